@@ -1,0 +1,517 @@
+//! The standalone configuration file: meetings, participants, legs with their SRTP keys,
+//! tracks and subscriptions, declared in TOML so a forwarder can run with no control plane.
+//!
+//! ```toml
+//! [forwarder]
+//! listen = "0.0.0.0:40000"          # RTP, and RTCP from peers that mux it (RFC 5761)
+//! # rtcp_listen = "0.0.0.0:40001"   # RTCP from peers that don't; default: listen port + 1
+//! # metrics = "127.0.0.1:9464"      # Prometheus text at http://ADDR/metrics
+//!
+//! [[meeting]]
+//! id = "demo"
+//!
+//! [[meeting.participant]]
+//! id = "alice"
+//!
+//! [[meeting.participant.leg]]
+//! name = "video"
+//! profile = "AES_CM_128_HMAC_SHA1_80"
+//! receive_key = "inline:..."        # what alice encrypts with (RFC 4568 key-params)
+//! send_key = "inline:..."           # what the forwarder encrypts with towards alice
+//! # remote = "192.0.2.7:5004"       # omit to learn it from alice's first authenticated packet
+//!
+//! [[meeting.participant.track]]
+//! name = "camera"
+//! kind = "video"                    # audio | video | screen
+//! leg = "video"
+//! ssrc = 0x11111111
+//!
+//! [[meeting.participant]]
+//! id = "bob"
+//!
+//! [[meeting.participant.leg]]
+//! name = "video"
+//! profile = "AES_CM_128_HMAC_SHA1_80"
+//! receive_key = "inline:..."
+//! send_key = "inline:..."
+//! remote = "198.51.100.9:6004"
+//!
+//! [[meeting.participant.subscription]]
+//! track = "alice/camera"            # participant/track
+//! leg = "video"
+//! ```
+//!
+//! Every error names the file, the line and column, and the field
+//! (`meeting[0].participant[1].leg[0].send_key`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ids::{MeetingId, ParticipantId, Ssrc};
+use crate::sfu::{
+    ConfigureError, Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig,
+    TrackKind,
+};
+use crate::srtp::{MasterKey, SrtpProfile};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub forwarder: ForwarderSection,
+    #[serde(default)]
+    pub meeting: Vec<MeetingSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwarderSection {
+    /// RTP (and muxed RTCP) address.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    /// Non-muxed RTCP address; default: the RTP port plus one (RFC 3550 §11).
+    pub rtcp_listen: Option<Spanned<String>>,
+    /// Prometheus endpoint.
+    pub metrics: Option<Spanned<String>>,
+    /// Kernel socket buffer size in bytes (SO_RCVBUF/SO_SNDBUF).
+    #[serde(default = "default_socket_buffer")]
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for ForwarderSection {
+    fn default() -> Self {
+        ForwarderSection {
+            listen: default_listen(),
+            rtcp_listen: None,
+            metrics: None,
+            socket_buffer_bytes: default_socket_buffer(),
+        }
+    }
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "0.0.0.0:40000".to_owned())
+}
+
+fn default_socket_buffer() -> usize {
+    4 << 20
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingSection {
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub participant: Vec<ParticipantSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantSection {
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub leg: Vec<LegSection>,
+    #[serde(default)]
+    pub track: Vec<TrackSection>,
+    #[serde(default)]
+    pub subscription: Vec<SubscriptionSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegSection {
+    pub name: Spanned<String>,
+    pub profile: Spanned<String>,
+    pub receive_key: Spanned<String>,
+    pub send_key: Spanned<String>,
+    pub remote: Option<Spanned<String>>,
+    pub remote_rtcp: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rtcp_mux: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackSection {
+    pub name: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub leg: Spanned<String>,
+    pub ssrc: Spanned<u32>,
+    pub clock_rate: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSection {
+    /// `participant/track`.
+    pub track: Spanned<String>,
+    pub leg: Spanned<String>,
+    pub ssrc: Option<Spanned<u32>>,
+    pub payload_type: Option<Spanned<u8>>,
+}
+
+/// A configuration error, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the error has a place in the file.
+    pub position: Option<(usize, usize)>,
+    /// Dotted path of the field, such as `meeting[0].participant[1].leg[0].send_key`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The network settings of a loaded file, resolved to addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    pub listen: SocketAddr,
+    pub rtcp_listen: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub socket_buffer_bytes: usize,
+}
+
+/// A validated configuration: the network settings, and a core with every meeting,
+/// participant, leg, track and subscription of the file added.
+#[derive(Debug)]
+pub struct Loaded {
+    pub network: NetworkSettings,
+    pub forwarder: Forwarder,
+}
+
+/// Read, parse and validate a configuration file.
+pub fn load(path: &Path, now: Instant) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        position: None,
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text, now)
+}
+
+/// Parse and validate configuration text; `path` is only used in error messages.
+pub fn parse(path: &Path, text: &str, now: Instant) -> Result<Loaded, ConfigError> {
+    let locate = Locator { file: path, text };
+    let deserializer = toml::Deserializer::new(text);
+    let file: ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        // Spanned<T> fields add a private path segment; it means nothing to a reader.
+        let field = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let inner = e.into_inner();
+        ConfigError {
+            file: path.to_owned(),
+            position: inner.span().map(|s| locate.position(s.start)),
+            field: if field == "." { String::new() } else { field },
+            message: inner.message().to_owned(),
+        }
+    })?;
+    Builder {
+        locate,
+        forwarder: Forwarder::new(ForwarderConfig::default(), now),
+    }
+    .build(&file)
+}
+
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    /// 1-based line and column of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        (line, column)
+    }
+
+    fn error(&self, span: Range<usize>, field: String, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            position: (span != (0..0)).then(|| self.position(span.start)),
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+struct Builder<'a> {
+    locate: Locator<'a>,
+    forwarder: Forwarder,
+}
+
+impl Builder<'_> {
+    fn build(mut self, file: &ConfigFile) -> Result<Loaded, ConfigError> {
+        let network = self.network(&file.forwarder)?;
+        // Subscriptions refer to tracks of other participants, so they are added after
+        // every participant's legs and tracks.
+        for (mi, meeting) in file.meeting.iter().enumerate() {
+            let at = format!("meeting[{mi}]");
+            let id = MeetingId(meeting.id.get_ref().clone());
+            let result = self.forwarder.add_meeting(id.clone());
+            self.check(result, &meeting.id, format!("{at}.id"))?;
+            for (pi, participant) in meeting.participant.iter().enumerate() {
+                self.participant(&id, participant, &format!("{at}.participant[{pi}]"))?;
+            }
+            for (pi, participant) in meeting.participant.iter().enumerate() {
+                let pid = ParticipantId(participant.id.get_ref().clone());
+                for (si, sub) in participant.subscription.iter().enumerate() {
+                    let at = format!("{at}.participant[{pi}].subscription[{si}]");
+                    self.subscription(&id, &pid, sub, &at)?;
+                }
+            }
+        }
+        self.reject_key_reuse(file)?;
+        Ok(Loaded {
+            network,
+            forwarder: self.forwarder,
+        })
+    }
+
+    fn network(&self, section: &ForwarderSection) -> Result<NetworkSettings, ConfigError> {
+        let listen = self.address(&section.listen, "forwarder.listen".into())?;
+        let rtcp_listen = match &section.rtcp_listen {
+            Some(s) => Some(self.address(s, "forwarder.rtcp_listen".into())?),
+            None => listen
+                .port()
+                .checked_add(1)
+                .map(|p| SocketAddr::new(listen.ip(), p)),
+        };
+        let metrics = section
+            .metrics
+            .as_ref()
+            .map(|s| self.address(s, "forwarder.metrics".into()))
+            .transpose()?;
+        Ok(NetworkSettings {
+            listen,
+            rtcp_listen,
+            metrics,
+            socket_buffer_bytes: section.socket_buffer_bytes,
+        })
+    }
+
+    fn participant(
+        &mut self,
+        meeting: &MeetingId,
+        section: &ParticipantSection,
+        at: &str,
+    ) -> Result<(), ConfigError> {
+        let pid = ParticipantId(section.id.get_ref().clone());
+        let result = self.forwarder.add_participant(meeting, pid.clone());
+        self.check(result, &section.id, format!("{at}.id"))?;
+        for (li, leg) in section.leg.iter().enumerate() {
+            let at = format!("{at}.leg[{li}]");
+            let profile_name = leg.profile.get_ref();
+            let profile = SrtpProfile::from_name(profile_name).ok_or_else(|| {
+                self.locate.error(
+                    leg.profile.span(),
+                    format!("{at}.profile"),
+                    format!(
+                        "unknown SRTP profile `{profile_name}`; expected one of {}",
+                        SrtpProfile::ALL.map(|p| p.name()).join(", ")
+                    ),
+                )
+            })?;
+            let key = |field: &Spanned<String>, name: &str| {
+                MasterKey::from_inline(profile, field.get_ref()).map_err(|e| {
+                    self.locate
+                        .error(field.span(), format!("{at}.{name}"), format!("{e}"))
+                })
+            };
+            let config = LegConfig {
+                name: leg.name.get_ref().clone(),
+                receive_key: key(&leg.receive_key, "receive_key")?,
+                send_key: key(&leg.send_key, "send_key")?,
+                remote: leg
+                    .remote
+                    .as_ref()
+                    .map(|s| self.address(s, format!("{at}.remote")))
+                    .transpose()?,
+                remote_rtcp: leg
+                    .remote_rtcp
+                    .as_ref()
+                    .map(|s| self.address(s, format!("{at}.remote_rtcp")))
+                    .transpose()?,
+                rtcp_mux: leg.rtcp_mux,
+            };
+            let result = self.forwarder.add_leg(meeting, &pid, config);
+            self.check(result, &leg.name, format!("{at}.name"))?;
+        }
+        for (ti, track) in section.track.iter().enumerate() {
+            let at = format!("{at}.track[{ti}]");
+            let kind = match track.kind.get_ref().as_str() {
+                "audio" => TrackKind::Audio,
+                "video" => TrackKind::Video,
+                "screen" => TrackKind::Screen,
+                other => {
+                    return Err(self.locate.error(
+                        track.kind.span(),
+                        format!("{at}.kind"),
+                        format!("unknown track kind `{other}`; expected audio, video or screen"),
+                    ))
+                }
+            };
+            let leg = self
+                .forwarder
+                .leg_id(meeting, &pid, track.leg.get_ref())
+                .ok_or_else(|| {
+                    self.locate.error(
+                        track.leg.span(),
+                        format!("{at}.leg"),
+                        format!("participant `{pid}` has no leg `{}`", track.leg.get_ref()),
+                    )
+                })?;
+            let config = TrackConfig {
+                name: track.name.get_ref().clone(),
+                kind,
+                ssrc: Ssrc(*track.ssrc.get_ref()),
+                leg,
+                clock_rate: track.clock_rate.as_ref().map(|c| *c.get_ref()),
+            };
+            if let Some(rate) = &track.clock_rate {
+                if *rate.get_ref() == 0 {
+                    return Err(self.locate.error(
+                        rate.span(),
+                        format!("{at}.clock_rate"),
+                        "the clock rate must be positive",
+                    ));
+                }
+            }
+            let result = self.forwarder.add_track(meeting, &pid, config);
+            self.check(result, &track.ssrc, format!("{at}.ssrc"))?;
+        }
+        Ok(())
+    }
+
+    fn subscription(
+        &mut self,
+        meeting: &MeetingId,
+        subscriber: &ParticipantId,
+        section: &SubscriptionSection,
+        at: &str,
+    ) -> Result<(), ConfigError> {
+        let reference = section.track.get_ref();
+        let track = reference
+            .split_once('/')
+            .and_then(|(p, t)| self.forwarder.track_id(meeting, &ParticipantId(p.into()), t))
+            .ok_or_else(|| {
+                self.locate.error(
+                    section.track.span(),
+                    format!("{at}.track"),
+                    format!(
+                        "no track `{reference}` in meeting `{meeting}` (write it as \
+                         `participant/track`)"
+                    ),
+                )
+            })?;
+        let leg = self
+            .forwarder
+            .leg_id(meeting, subscriber, section.leg.get_ref())
+            .ok_or_else(|| {
+                self.locate.error(
+                    section.leg.span(),
+                    format!("{at}.leg"),
+                    format!("participant `{subscriber}` has no leg `{}`", section.leg.get_ref()),
+                )
+            })?;
+        let config = SubscriptionConfig {
+            track,
+            leg,
+            ssrc: section.ssrc.as_ref().map(|s| Ssrc(*s.get_ref())),
+            payload_type: section.payload_type.as_ref().map(|p| *p.get_ref()),
+        };
+        if let Some(pt) = &section.payload_type {
+            if *pt.get_ref() > 127 {
+                return Err(self.locate.error(
+                    pt.span(),
+                    format!("{at}.payload_type"),
+                    "an RTP payload type is 7 bits (0-127)",
+                ));
+            }
+        }
+        let result = self.forwarder.add_subscription(config);
+        self.check(result, &section.track, format!("{at}.track"))
+            .map(|_| ())
+    }
+
+    /// Two legs sending with one key would reuse SRTP keystream wherever their SSRCs and
+    /// sequence numbers meet (RFC 3711 §9.1): every key of the file, in either direction,
+    /// must be its own. Compared on the decoded key material, so two spellings of one key
+    /// are still caught.
+    fn reject_key_reuse(&self, file: &ConfigFile) -> Result<(), ConfigError> {
+        use base64::Engine;
+        let mut seen: HashMap<Vec<u8>, String> = HashMap::new();
+        for (mi, meeting) in file.meeting.iter().enumerate() {
+            for (pi, participant) in meeting.participant.iter().enumerate() {
+                for (li, leg) in participant.leg.iter().enumerate() {
+                    for (name, key) in [("receive_key", &leg.receive_key), ("send_key", &leg.send_key)] {
+                        let at = format!("meeting[{mi}].participant[{pi}].leg[{li}].{name}");
+                        let text = key.get_ref().trim();
+                        let text = text.strip_prefix("inline:").unwrap_or(text);
+                        let text = text.split('|').next().unwrap_or(text);
+                        // Keys were decoded successfully when their legs were added.
+                        let Ok(material) = base64::engine::general_purpose::STANDARD.decode(text) else {
+                            continue;
+                        };
+                        if let Some(first) = seen.insert(material, at.clone()) {
+                            return Err(self.locate.error(
+                                key.span(),
+                                at,
+                                format!(
+                                    "the same key is already used as {first}: every leg and \
+                                     direction needs its own key, or SRTP keystream is reused"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn address(&self, field: &Spanned<String>, at: String) -> Result<SocketAddr, ConfigError> {
+        field.get_ref().parse().map_err(|e| {
+            self.locate.error(
+                field.span(),
+                at,
+                format!("`{}` is not an IP address and port: {e}", field.get_ref()),
+            )
+        })
+    }
+
+    fn check<T, V>(
+        &self,
+        result: Result<T, ConfigureError>,
+        field: &Spanned<V>,
+        at: String,
+    ) -> Result<T, ConfigError> {
+        result.map_err(|e| self.locate.error(field.span(), at, e.to_string()))
+    }
+}

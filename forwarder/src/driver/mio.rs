@@ -1,0 +1,550 @@
+//! The portable driver: mio (epoll) readiness, `recvmmsg` and `sendmmsg` batches.
+//!
+//! One thread owns the core and every socket. On readiness it receives up to
+//! [`BATCH`] datagrams per system call, hands each to the core and drains the core's
+//! transmits into per-socket send batches, flushed with one `sendmmsg` when full and at
+//! the end of every receive batch. A socket that stays readable after a fair share of
+//! batches is revisited on the next turn (mio is edge-triggered, so the driver remembers).
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::mio::net::UdpSocket as MioUdpSocket;
+use ::mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, info, warn};
+
+use super::sockaddr;
+use crate::exporter::{MetricsExchange, Wake};
+use crate::sfu::{Event, Forwarder, MAX_DATAGRAM_LEN, MIN_TRANSMIT_BUFFER_LEN};
+
+/// Datagrams per `recvmmsg`/`sendmmsg` call.
+pub const BATCH: usize = 64;
+/// Receive batches taken from one socket before the others get a turn.
+const BATCHES_PER_TURN: usize = 16;
+/// How long a full send buffer may block the loop before the batch's remainder is dropped.
+const SEND_STALL: Duration = Duration::from_millis(20);
+
+const WAKER: Token = Token(usize::MAX);
+
+/// Counters of the driver itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DriverStats {
+    pub recv_syscalls: u64,
+    pub send_syscalls: u64,
+    pub datagrams_received: u64,
+    pub datagrams_sent: u64,
+    /// Datagrams larger than the receive buffer (the kernel truncated them).
+    pub truncated: u64,
+    /// Datagrams the kernel refused or that were dropped after the send buffer stayed full.
+    pub send_failures: u64,
+}
+
+/// Stops a running driver from another thread or a signal handler's thread.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!(error = %e, "cannot wake the driver");
+        }
+    }
+
+    /// The flag, for `signal_hook::flag::register`; pair it with [`StopHandle::waker`].
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+}
+
+struct MioWake(Arc<Waker>);
+
+impl Wake for MioWake {
+    fn wake(&self) {
+        let _ = self.0.wake();
+    }
+}
+
+struct DriverSocket {
+    socket: MioUdpSocket,
+    local: SocketAddr,
+    /// Edge-triggered readiness not yet exhausted.
+    readable: bool,
+    recv: RecvBatch,
+    send: SendBatch,
+}
+
+/// The portable driver.
+pub struct MioDriver {
+    poll: Poll,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    sockets: Vec<DriverSocket>,
+    metrics: Option<Arc<MetricsExchange>>,
+    stats: DriverStats,
+}
+
+impl std::fmt::Debug for MioDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MioDriver")
+            .field("sockets", &self.sockets.iter().map(|s| s.local).collect::<Vec<_>>())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl MioDriver {
+    /// Take ownership of bound, non-blocking sockets. The first is the default for
+    /// transmits that name no source.
+    pub fn new(sockets: Vec<UdpSocket>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut driver_sockets = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
+            socket.set_nonblocking(true)?;
+            let local = socket.local_addr()?;
+            let mut socket = MioUdpSocket::from_std(socket);
+            poll.registry()
+                .register(&mut socket, Token(i), Interest::READABLE)?;
+            driver_sockets.push(DriverSocket {
+                socket,
+                local,
+                readable: true,
+                recv: RecvBatch::new(),
+                send: SendBatch::new(),
+            });
+        }
+        Ok(MioDriver {
+            poll,
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            sockets: driver_sockets,
+            metrics: None,
+            stats: DriverStats::default(),
+        })
+    }
+
+    /// Answer metric scrapes through `exchange`; returns the waker the scraper must use.
+    pub fn serve_metrics(&mut self, exchange: Arc<MetricsExchange>) -> Arc<dyn Wake> {
+        self.metrics = Some(exchange);
+        Arc::new(MioWake(self.waker.clone()))
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            stop: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// The waker, so a signal thread can wake the loop after setting the stop flag.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(|s| s.local).collect()
+    }
+
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// Run until stopped. Events of the core are logged.
+    pub fn run(&mut self, core: &mut Forwarder) -> io::Result<()> {
+        let mut events = Events::with_capacity(64);
+        info!(addresses = ?self.local_addrs(), "forwarding");
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            core.handle_timeout(now);
+            self.drain(core);
+            let busy = self.sockets.iter().any(|s| s.readable);
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                core.poll_timeout()
+                    .map(|t| t.saturating_duration_since(now))
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    Token(i) => {
+                        if let Some(s) = self.sockets.get_mut(i) {
+                            s.readable = true;
+                        }
+                    }
+                }
+            }
+            for i in 0..self.sockets.len() {
+                if self.sockets[i].readable {
+                    self.receive(i, core)?;
+                }
+            }
+            if let Some(exchange) = &self.metrics {
+                let stats = self.stats;
+                exchange.serve(|out| {
+                    core.write_metrics(out);
+                    write_driver_metrics(&stats, out);
+                });
+            }
+        }
+        info!(stats = ?self.stats, "driver stopped");
+        Ok(())
+    }
+
+    /// Receive up to a fair share of batches from socket `i`, forwarding as we go.
+    fn receive(&mut self, i: usize, core: &mut Forwarder) -> io::Result<()> {
+        for _ in 0..BATCHES_PER_TURN {
+            let socket = &mut self.sockets[i];
+            let fd = socket.socket.as_raw_fd();
+            let n = match socket.recv.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    socket.readable = false;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on some kernels; they are
+                    // not fatal for a UDP server.
+                    debug!(error = %e, "recvmmsg");
+                    continue;
+                }
+            };
+            self.stats.recv_syscalls += 1;
+            self.stats.datagrams_received += n as u64;
+            let now = Instant::now();
+            let local = self.sockets[i].local;
+            for m in 0..n {
+                let (source, len, truncated) = self.sockets[i].recv.message(m);
+                if truncated || len > MAX_DATAGRAM_LEN {
+                    self.stats.truncated += 1;
+                    continue;
+                }
+                let Some(source) = source else { continue };
+                let buf = &mut self.sockets[i].recv.bufs[m][..len];
+                core.handle_datagram(now, local, source, buf);
+                self.drain(core);
+            }
+            self.flush_all(core);
+            if n < BATCH {
+                self.sockets[i].readable = false;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Move every pending transmit of the core into send batches; log its events.
+    fn drain(&mut self, core: &mut Forwarder) {
+        loop {
+            // The default socket's batch lends its next free buffer; the transmit is moved
+            // to its own socket's batch if it names another source.
+            let default = 0;
+            if self.sockets[default].send.is_full() {
+                self.flush(default, core);
+            }
+            let buf = self.sockets[default].send.next_buffer();
+            let Some(transmit) = core.poll_transmit(buf) else {
+                break;
+            };
+            let target = transmit
+                .source
+                .and_then(|src| self.sockets.iter().position(|s| s.local == src))
+                .unwrap_or(default);
+            if target == default {
+                self.sockets[default]
+                    .send
+                    .commit(transmit.destination, transmit.len);
+            } else {
+                if self.sockets[target].send.is_full() {
+                    self.flush(target, core);
+                }
+                let (from, to) = two_mut(&mut self.sockets, default, target);
+                let src = from.send.next_buffer();
+                to.send.next_buffer()[..transmit.len].copy_from_slice(&src[..transmit.len]);
+                to.send.commit(transmit.destination, transmit.len);
+            }
+        }
+        while let Some(event) = core.poll_event() {
+            log_event(&event);
+        }
+    }
+
+    fn flush_all(&mut self, core: &mut Forwarder) {
+        for i in 0..self.sockets.len() {
+            self.flush(i, core);
+        }
+    }
+
+    fn flush(&mut self, i: usize, core: &mut Forwarder) {
+        let socket = &mut self.sockets[i];
+        let fd = socket.socket.as_raw_fd();
+        let outcome = socket.send.send_all(fd);
+        self.stats.send_syscalls += outcome.syscalls;
+        self.stats.datagrams_sent += outcome.sent;
+        self.stats.send_failures += outcome.failed.len() as u64;
+        for destination in outcome.failed {
+            core.note_send_failure(destination);
+        }
+    }
+}
+
+fn two_mut<T>(items: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    debug_assert_ne!(a, b);
+    if a < b {
+        let (left, right) = items.split_at_mut(b);
+        (&mut left[a], &mut right[0])
+    } else {
+        let (left, right) = items.split_at_mut(a);
+        (&mut right[0], &mut left[b])
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::RemoteAddressLearned {
+            meeting,
+            participant,
+            leg,
+            kind,
+            address,
+            previous,
+        } => info!(%meeting, %participant, %leg, ?kind, %address, ?previous, "remote address learned"),
+        Event::LegInactive {
+            meeting,
+            participant,
+            leg,
+        } => info!(%meeting, %participant, %leg, "leg inactive"),
+        Event::LegActive {
+            meeting,
+            participant,
+            leg,
+        } => info!(%meeting, %participant, %leg, "leg active again"),
+    }
+}
+
+fn write_driver_metrics(stats: &DriverStats, out: &mut String) {
+    use std::fmt::Write;
+    for (name, help, value) in [
+        ("fanout_driver_recv_syscalls_total", "recvmmsg calls that returned datagrams", stats.recv_syscalls),
+        ("fanout_driver_send_syscalls_total", "sendmmsg calls", stats.send_syscalls),
+        ("fanout_driver_datagrams_received_total", "Datagrams received from the kernel", stats.datagrams_received),
+        ("fanout_driver_datagrams_sent_total", "Datagrams handed to the kernel", stats.datagrams_sent),
+        ("fanout_driver_truncated_total", "Datagrams dropped because they exceeded the receive buffer", stats.truncated),
+        ("fanout_driver_send_failures_total", "Datagrams the kernel refused or that found the send buffer full", stats.send_failures),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+}
+
+/// Receive buffers and the `mmsghdr` vector that points into them.
+struct RecvBatch {
+    bufs: Vec<Box<[u8; MAX_DATAGRAM_LEN]>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl RecvBatch {
+    fn new() -> Self {
+        RecvBatch {
+            bufs: (0..BATCH).map(|_| Box::new([0u8; MAX_DATAGRAM_LEN])).collect(),
+            // SAFETY: all-zero bytes are a valid sockaddr_storage, iovec and mmsghdr (null
+            // pointers and zero lengths), and every pointer is set before use in `recv`.
+            addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            // SAFETY: as above.
+            iovecs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            // SAFETY: as above.
+            msgs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+        }
+    }
+
+    /// One `recvmmsg` without blocking; returns how many datagrams arrived.
+    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: MAX_DATAGRAM_LEN,
+            };
+            let hdr = &mut self.msgs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovecs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+        // SAFETY: every mmsghdr points at a live iovec, buffer and sockaddr_storage owned
+        // by `self`, with the lengths of those allocations; none moves during the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Source, length and truncation flag of message `i` of the last batch.
+    fn message(&self, i: usize) -> (Option<SocketAddr>, usize, bool) {
+        let m = &self.msgs[i];
+        (
+            sockaddr::from_storage(&self.addrs[i]),
+            m.msg_len as usize,
+            m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        )
+    }
+}
+
+/// Send buffers filled by the core, and their destinations.
+struct SendBatch {
+    bufs: Vec<Box<[u8; MIN_TRANSMIT_BUFFER_LEN]>>,
+    lens: Vec<usize>,
+    dests: Vec<SocketAddr>,
+    addrs: Vec<libc::sockaddr_storage>,
+    addr_lens: Vec<libc::socklen_t>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    count: usize,
+}
+
+struct SendOutcome {
+    syscalls: u64,
+    sent: u64,
+    failed: Vec<SocketAddr>,
+}
+
+impl SendBatch {
+    fn new() -> Self {
+        SendBatch {
+            bufs: (0..BATCH).map(|_| Box::new([0u8; MIN_TRANSMIT_BUFFER_LEN])).collect(),
+            lens: vec![0; BATCH],
+            dests: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
+            // SAFETY: all-zero bytes are valid for these C structs; pointers are set in
+            // `send_all` before use.
+            addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            addr_lens: vec![0; BATCH],
+            // SAFETY: as above.
+            iovecs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            // SAFETY: as above.
+            msgs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            count: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.count == BATCH
+    }
+
+    /// The buffer the next transmit is written into. Only valid while not full.
+    fn next_buffer(&mut self) -> &mut [u8] {
+        &mut self.bufs[self.count.min(BATCH - 1)][..]
+    }
+
+    fn commit(&mut self, destination: SocketAddr, len: usize) {
+        let i = self.count;
+        self.lens[i] = len;
+        self.dests[i] = destination;
+        self.addr_lens[i] = sockaddr::to_storage(&destination, &mut self.addrs[i]);
+        self.count += 1;
+    }
+
+    /// Send everything queued. A datagram the kernel refuses (an ICMP error surfaced as
+    /// ECONNREFUSED, say) is skipped and reported; a full send buffer is waited on for at
+    /// most [`SEND_STALL`], then what remains is reported as failed.
+    fn send_all(&mut self, fd: RawFd) -> SendOutcome {
+        let mut outcome = SendOutcome {
+            syscalls: 0,
+            sent: 0,
+            failed: Vec::new(),
+        };
+        if self.count == 0 {
+            return outcome;
+        }
+        for i in 0..self.count {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.lens[i],
+            };
+            let hdr = &mut self.msgs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = self.addr_lens[i];
+            hdr.msg_iov = &mut self.iovecs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+        }
+        let mut offset = 0;
+        let mut stall_deadline: Option<Instant> = None;
+        while offset < self.count {
+            // SAFETY: msgs[offset..count] point at live buffers, iovecs and addresses owned
+            // by `self`, filled above; none moves during the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.msgs[offset..].as_mut_ptr(),
+                    (self.count - offset) as libc::c_uint,
+                    0,
+                )
+            };
+            outcome.syscalls += 1;
+            if n > 0 {
+                offset += n as usize;
+                outcome.sent += n as u64;
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
+                    let deadline = *stall_deadline.get_or_insert_with(|| Instant::now() + SEND_STALL);
+                    if Instant::now() >= deadline || !wait_writable(fd, deadline) {
+                        outcome.failed.extend_from_slice(&self.dests[offset..self.count]);
+                        break;
+                    }
+                }
+                _ => {
+                    outcome.failed.push(self.dests[offset]);
+                    offset += 1;
+                }
+            }
+        }
+        self.count = 0;
+        outcome
+    }
+}
+
+/// Block until `fd` is writable or `deadline` passes.
+fn wait_writable(fd: RawFd, deadline: Instant) -> bool {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = remaining.as_millis().clamp(1, 1000) as libc::c_int;
+    // SAFETY: pfd is a live pollfd and the count is 1.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}

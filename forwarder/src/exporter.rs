@@ -1,0 +1,173 @@
+//! The Prometheus endpoint: a small HTTP/1.1 server on its own thread that answers
+//! `GET /metrics` (and `GET /healthz`).
+//!
+//! The counters belong to the core, which lives on the driver thread and is never shared.
+//! A scrape therefore asks the driver for a fresh rendering through [`MetricsExchange`]
+//! and waits for it: the forwarding path stays lock-free and renders only when scraped.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+/// Hands metric renderings from the driver thread to scrapers.
+#[derive(Debug, Default)]
+pub struct MetricsExchange {
+    state: Mutex<Exchange>,
+    rendered: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Exchange {
+    requested: u64,
+    served: u64,
+    text: String,
+}
+
+/// Something that wakes the driver so it calls [`MetricsExchange::serve`].
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+impl MetricsExchange {
+    /// Scraper side: ask for a rendering, wake the driver, wait up to `timeout`.
+    pub fn request(&self, wake: &dyn Wake, timeout: Duration) -> Option<String> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.requested += 1;
+        let ticket = state.requested;
+        drop(state);
+        wake.wake();
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (state, result) = self
+            .rendered
+            .wait_timeout_while(state, timeout, |s| s.served < ticket)
+            .unwrap_or_else(PoisonError::into_inner);
+        (!result.timed_out()).then(|| state.text.clone())
+    }
+
+    /// Driver side: render if a scraper is waiting. Cheap when nobody is.
+    pub fn serve(&self, render: impl FnOnce(&mut String)) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.served == state.requested {
+            return;
+        }
+        state.text.clear();
+        render(&mut state.text);
+        state.served = state.requested;
+        drop(state);
+        self.rendered.notify_all();
+    }
+}
+
+/// Start the HTTP server on `address`. Returns the bound address (useful with port 0).
+pub fn spawn(
+    address: SocketAddr,
+    exchange: Arc<MetricsExchange>,
+    wake: Arc<dyn Wake>,
+) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address)?;
+    let bound = listener.local_addr()?;
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(e) = answer(stream, &exchange, wake.as_ref()) {
+                            debug!(error = %e, "metrics request failed");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "metrics listener error"),
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+fn answer(stream: TcpStream, exchange: &MetricsExchange, wake: &dyn Wake) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Skip the headers: nothing in them changes the answer.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => match exchange.request(wake, Duration::from_secs(2)) {
+            Some(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+            None => (
+                "503 Service Unavailable",
+                "text/plain",
+                "the forwarding thread did not answer in time\n".to_owned(),
+            ),
+        },
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
+        _ => ("405 Method Not Allowed", "text/plain", String::new()),
+    };
+    let mut stream = &stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A driver stand-in: a thread that serves the exchange whenever woken.
+    struct Driver {
+        exchange: Arc<MetricsExchange>,
+        woken: AtomicBool,
+    }
+
+    impl Wake for Driver {
+        fn wake(&self) {
+            self.woken.store(true, Ordering::SeqCst);
+            self.exchange.serve(|s| s.push_str("fanout_up 1\n"));
+        }
+    }
+
+    #[test]
+    fn serves_a_fresh_rendering_per_scrape() {
+        let exchange = Arc::new(MetricsExchange::default());
+        let driver = Arc::new(Driver {
+            exchange: exchange.clone(),
+            woken: AtomicBool::new(false),
+        });
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), exchange, driver.clone()).unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(response.ends_with("fanout_up 1\n"), "{response}");
+        assert!(driver.woken.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn times_out_when_the_driver_does_not_answer() {
+        struct Deaf;
+        impl Wake for Deaf {
+            fn wake(&self) {}
+        }
+        let exchange = MetricsExchange::default();
+        assert_eq!(exchange.request(&Deaf, Duration::from_millis(10)), None);
+    }
+}

@@ -1,0 +1,36 @@
+//! Fanout's forwarder: a Selective Forwarding Unit for video meetings and webinars.
+//!
+//! Each publisher's SRTP arrives once; the forwarder authenticates and decrypts it once,
+//! then sends one copy per subscriber, rewritten (SSRC, sequence number, timestamp) and
+//! re-encrypted with that subscriber's keys.
+//!
+//! # Architecture
+//!
+//! * The protocol modules parse and protect packets, in place and without allocating:
+//!   [`rtp`] (RFC 3550 headers), [`rtcp`] (RFC 3550, 4585, 5104, 5506), [`demux`]
+//!   (RFC 7983 first-byte classes), [`srtp`] (RFC 3711, 6188, 7714) and
+//!   [`receive_stats`] (RFC 3550 loss and jitter).
+//! * [`sfu`] is the **sans-IO core**, [`sfu::Forwarder`]: meetings, participants, legs,
+//!   tracks and subscriptions. It owns no socket, thread or clock; time and datagrams are
+//!   inputs, transmits, events and the next timeout are outputs. The contract, for every
+//!   driver: after each input (`handle_datagram`, `handle_timeout`), drain
+//!   `poll_transmit` and `poll_event` until they return `None`, then wait for the next
+//!   datagram or `poll_timeout`.
+//! * [`driver`] holds the thin I/O drivers that run the core against kernel sockets
+//!   (today the portable mio driver with `recvmmsg`/`sendmmsg`); all `unsafe` code lives
+//!   there.
+//! * [`config`] reads the standalone TOML file into a configured core; [`exporter`]
+//!   serves Prometheus metrics.
+//!
+//! See `docs/architecture.md` in the repository for the longer story.
+
+pub mod config;
+pub mod demux;
+pub mod driver;
+pub mod exporter;
+pub mod ids;
+pub mod receive_stats;
+pub mod rtcp;
+pub mod rtp;
+pub mod sfu;
+pub mod srtp;

@@ -1,0 +1,80 @@
+//! A leg: one plain SRTP transport of a participant (RFC 4568 keys, one remote address).
+//!
+//! A participant may have several legs; FFmpeg, for one, sends each stream on its own port.
+//! The remote address is either configured or learned from the first *authenticated*
+//! packet ("comedia"), and re-learned whenever an authenticated packet arrives from
+//! another address, so a client that switches networks keeps its call. An unauthenticated
+//! packet never moves a leg: that would let anyone redirect a subscriber's media.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::ids::{ParticipantId, Ssrc, SubscriptionId, TrackId};
+use crate::srtp::{MasterKey, SrtpContext};
+
+use super::stats::LegStats;
+use super::MeetingIndex;
+
+/// Static description of a leg.
+#[derive(Debug, Clone)]
+pub struct LegConfig {
+    /// Name, unique within the participant (used in metrics and logs).
+    pub name: String,
+    /// The key the peer protects its packets with: the forwarder unprotects with it.
+    pub receive_key: MasterKey,
+    /// The key the forwarder protects packets towards this peer with.
+    pub send_key: MasterKey,
+    /// Where to send RTP (and muxed RTCP). `None`: learn it from the first authenticated
+    /// packet the peer sends.
+    pub remote: Option<SocketAddr>,
+    /// Where to send RTCP when it is not muxed. `None` with a known `remote`: the RTP port
+    /// plus one (RFC 3550 §11), unless `rtcp_mux`.
+    pub remote_rtcp: Option<SocketAddr>,
+    /// RTP and RTCP share one port (RFC 5761).
+    pub rtcp_mux: bool,
+}
+
+/// Live state of a leg inside the core.
+#[derive(Debug)]
+pub(crate) struct Leg {
+    pub(crate) meeting: MeetingIndex,
+    pub(crate) participant: ParticipantId,
+    pub(crate) name: String,
+    /// Unprotects what the peer sends.
+    pub(crate) srtp_in: SrtpContext,
+    /// Protects what the forwarder sends the peer.
+    pub(crate) srtp_out: SrtpContext,
+    /// Where RTP goes; learned or configured.
+    pub(crate) remote_rtp: Option<SocketAddr>,
+    /// Where non-muxed RTCP comes from and goes to.
+    pub(crate) remote_rtcp: Option<SocketAddr>,
+    pub(crate) rtcp_mux: bool,
+    /// The local address the peer talks to, so replies leave from the port it expects.
+    pub(crate) local: Option<SocketAddr>,
+    /// SSRCs the peer publishes on this leg, and their tracks. Few per leg: a linear scan
+    /// beats hashing.
+    pub(crate) inbound_ssrcs: Vec<(Ssrc, TrackId)>,
+    /// Subscriptions this leg carries to the peer.
+    pub(crate) subscriptions: Vec<SubscriptionId>,
+    /// Time of the last authenticated packet.
+    pub(crate) last_received: Option<Instant>,
+    /// Set once an inactivity event was emitted; cleared by the next packet.
+    pub(crate) inactive: bool,
+    pub(crate) stats: LegStats,
+}
+
+impl Leg {
+    pub(crate) fn track_for(&self, ssrc: Ssrc) -> Option<TrackId> {
+        self.inbound_ssrcs
+            .iter()
+            .find(|(s, _)| *s == ssrc)
+            .map(|&(_, t)| t)
+    }
+}
+
+/// Default RTCP address for a peer whose RTP address is known and who does not mux:
+/// the next port up (RFC 3550 §11).
+pub(crate) fn rtcp_port_convention(rtp: SocketAddr) -> Option<SocketAddr> {
+    let port = rtp.port().checked_add(1)?;
+    Some(SocketAddr::new(rtp.ip(), port))
+}

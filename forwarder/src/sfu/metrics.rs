@@ -1,0 +1,191 @@
+//! Prometheus text exposition (format 0.0.4) of the core's counters.
+//!
+//! Rendered on demand by the thread that owns the core, so counters stay plain integers.
+//! Per-leg series carry `meeting`, `participant` and `leg` labels; per-meeting series are
+//! sums over the meeting's legs; drops not attributable to a leg are forwarder-wide.
+
+use std::collections::BTreeMap;
+use std::fmt::{Display, Write};
+
+use super::stats::{DropReason, LegStats};
+use super::Forwarder;
+
+/// Escape a label value (backslash, double quote, newline).
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Appends metric families to a string. Writing to a `String` cannot fail, so the
+/// `fmt::Result`s are discarded.
+struct Exposition<'a>(&'a mut String);
+
+impl Exposition<'_> {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl Display) {
+        let _ = if labels.is_empty() {
+            writeln!(self.0, "{name} {value}")
+        } else {
+            writeln!(self.0, "{name}{{{labels}}} {value}")
+        };
+    }
+}
+
+type Pick = fn(&LegStats) -> u64;
+
+/// Traffic families: name suffix, help, and the RTP and RTCP counters.
+const TRAFFIC: [(&str, &str, Pick, Pick); 4] = [
+    (
+        "packets_received_total",
+        "Authenticated SRTP/SRTCP packets received",
+        |s| s.rtp_in.packets,
+        |s| s.rtcp_in.packets,
+    ),
+    (
+        "bytes_received_total",
+        "Authenticated SRTP/SRTCP bytes received",
+        |s| s.rtp_in.bytes,
+        |s| s.rtcp_in.bytes,
+    ),
+    (
+        "packets_sent_total",
+        "SRTP/SRTCP packets sent",
+        |s| s.rtp_out.packets,
+        |s| s.rtcp_out.packets,
+    ),
+    (
+        "bytes_sent_total",
+        "SRTP/SRTCP bytes sent",
+        |s| s.rtp_out.bytes,
+        |s| s.rtcp_out.bytes,
+    ),
+];
+
+impl Forwarder {
+    /// Append every metric in Prometheus text format to `out`.
+    pub fn write_metrics(&self, out: &mut String) {
+        let mut x = Exposition(out);
+
+        let mut legs: Vec<(String, &LegStats)> = self
+            .legs
+            .iter()
+            .map(|(_, leg)| {
+                let labels = format!(
+                    "meeting=\"{}\",participant=\"{}\",leg=\"{}\"",
+                    escape(&self.meetings[leg.meeting.0 as usize].id.0),
+                    escape(&leg.participant.0),
+                    escape(&leg.name)
+                );
+                (labels, &leg.stats)
+            })
+            .collect();
+        legs.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let mut meetings: BTreeMap<String, LegStats> = self
+            .meetings
+            .iter()
+            .map(|(_, m)| (format!("meeting=\"{}\"", escape(&m.id.0)), LegStats::default()))
+            .collect();
+        for (_, leg) in &self.legs {
+            let key = format!("meeting=\"{}\"", escape(&self.meetings[leg.meeting.0 as usize].id.0));
+            meetings.entry(key).or_default().merge(&leg.stats);
+        }
+        let meetings: Vec<(String, &LegStats)> =
+            meetings.iter().map(|(k, v)| (k.clone(), v)).collect();
+
+        for (scope, rows) in [("leg", &legs), ("meeting", &meetings)] {
+            for (suffix, help, rtp, rtcp) in TRAFFIC {
+                let name = format!("fanout_{scope}_{suffix}");
+                x.family(&name, "counter", help);
+                for (labels, stats) in rows.iter() {
+                    x.sample(&name, &format!("{labels},kind=\"rtp\""), rtp(stats));
+                    x.sample(&name, &format!("{labels},kind=\"rtcp\""), rtcp(stats));
+                }
+            }
+            let name = format!("fanout_{scope}_dropped_packets_total");
+            x.family(&name, "counter", "Packets dropped, by reason");
+            for (labels, stats) in rows.iter() {
+                for (reason, n) in stats.drops.iter() {
+                    x.sample(&name, &format!("{labels},reason=\"{}\"", reason.as_str()), n);
+                }
+            }
+        }
+
+        let name = "fanout_dropped_packets_total";
+        x.family(name, "counter", "Packets dropped before any leg was identified, by reason");
+        for reason in DropReason::ALL {
+            x.sample(name, &format!("reason=\"{}\"", reason.as_str()), self.drops.get(reason));
+        }
+
+        let name = "fanout_leg_reported_fraction_lost";
+        x.family(name, "gauge", "Fraction of our packets the peer last reported lost (RTCP report block)");
+        for (labels, stats) in &legs {
+            x.sample(name, labels, f64::from(stats.reported_fraction_lost) / 256.0);
+        }
+        let name = "fanout_leg_reported_jitter_seconds";
+        x.family(name, "gauge", "Interarrival jitter the peer last reported (RTCP report block)");
+        for (labels, stats) in &legs {
+            x.sample(name, labels, stats.reported_jitter_seconds);
+        }
+
+        let mut tracks: Vec<_> = self
+            .tracks
+            .iter()
+            .map(|(_, t)| {
+                let labels = format!(
+                    "meeting=\"{}\",participant=\"{}\",track=\"{}\",kind=\"{}\"",
+                    escape(&self.meetings[t.meeting.0 as usize].id.0),
+                    escape(&t.participant.0),
+                    escape(&t.name),
+                    t.kind.as_str()
+                );
+                (labels, t)
+            })
+            .collect();
+        tracks.sort_by(|a, b| a.0.cmp(&b.0));
+        let name = "fanout_track_packets_received_total";
+        x.family(name, "counter", "Packets of the published stream received (RFC 3550 A.3)");
+        for (labels, t) in &tracks {
+            x.sample(name, labels, t.receive.received());
+        }
+        let name = "fanout_track_packets_lost";
+        x.family(name, "gauge", "Cumulative packets lost on the publisher's leg (RFC 3550 A.3)");
+        for (labels, t) in &tracks {
+            x.sample(name, labels, t.receive.cumulative_lost());
+        }
+        let name = "fanout_track_jitter_seconds";
+        x.family(name, "gauge", "Interarrival jitter of the published stream (RFC 3550 A.8)");
+        for (labels, t) in &tracks {
+            x.sample(name, labels, t.receive.jitter_seconds());
+        }
+        let name = "fanout_track_subscriptions";
+        x.family(name, "gauge", "Subscriptions forwarding this track");
+        for (labels, t) in &tracks {
+            x.sample(name, labels, t.subscribers.len());
+        }
+
+        for (name, help, value) in [
+            ("fanout_meetings", "Meetings configured", self.meetings.len()),
+            ("fanout_legs", "Legs configured", self.legs.len()),
+            ("fanout_tracks", "Tracks published", self.tracks.len()),
+            ("fanout_subscriptions", "Subscriptions", self.subscriptions.len()),
+        ] {
+            x.family(name, "gauge", help);
+            x.sample(name, "", value);
+        }
+        let name = "fanout_events_dropped_total";
+        x.family(name, "counter", "Events dropped because nobody polled them");
+        x.sample(name, "", self.events_dropped);
+    }
+}

@@ -1,0 +1,1049 @@
+//! The sans-IO forwarding core.
+//!
+//! [`Forwarder`] owns no socket, thread or clock. A driver feeds it datagrams with
+//! [`Forwarder::handle_datagram`] and the passage of time with [`Forwarder::handle_timeout`];
+//! after **every** input it drains the outputs: [`Forwarder::poll_transmit`] until it
+//! returns `None`, [`Forwarder::poll_event`] likewise, then sleeps until
+//! [`Forwarder::poll_timeout`] or the next datagram.
+//!
+//! One received RTP packet is authenticated and decrypted once, copied into a bounded
+//! fan-out queue, and turned into one SRTP packet per subscription lazily, one per
+//! `poll_transmit` call, straight into the driver's send buffer. The driver thus decides
+//! the batch size (a `sendmmsg` vector, an io_uring submission) and the core never
+//! allocates per packet.
+
+mod leg;
+mod metrics;
+mod stats;
+mod subscription;
+mod track;
+
+pub use leg::LegConfig;
+pub use stats::{DropCounters, DropReason, LegStats, Traffic};
+pub use subscription::{Rewrite, Rewriter, SubscriptionConfig};
+pub use track::{TrackConfig, TrackKind};
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+use tracing::trace;
+
+use crate::demux::{classify, PacketClass};
+use crate::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, SubscriptionId, TrackId};
+use crate::receive_stats::ReceiveStats;
+use crate::rtcp::{self, RtcpPacket};
+use crate::rtp::{self, RtpHeader};
+use crate::srtp::{SrtpContext, SrtpError};
+
+use leg::{rtcp_port_convention, Leg};
+use subscription::Subscription;
+use track::Track;
+
+/// Largest datagram the forwarder accepts. Drivers receive into buffers of this size and
+/// drop anything the kernel truncated.
+pub const MAX_DATAGRAM_LEN: usize = 2048;
+
+/// Smallest send buffer a driver may pass to [`Forwarder::poll_transmit`]: the largest
+/// plaintext plus the largest SRTP trailer, with room to spare.
+pub const MIN_TRANSMIT_BUFFER_LEN: usize = MAX_DATAGRAM_LEN + 64;
+
+/// How many candidate legs an unknown source may be tried against. Bounds the cost an
+/// attacker can cause with packets from fresh addresses.
+const MAX_LEARNING_CANDIDATES: usize = 4;
+
+/// Tunables of the core.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    /// Received packets waiting to be fanned out. The driver drains after every input, so
+    /// one slot is enough in steady state; more absorb a driver that batches inputs.
+    pub fanout_queue: usize,
+    /// A leg that sent nothing for this long is reported inactive.
+    pub inactivity_timeout: Duration,
+    /// Events not yet polled; the oldest are dropped beyond this.
+    pub max_queued_events: usize,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        ForwarderConfig {
+            fanout_queue: 64,
+            inactivity_timeout: Duration::from_secs(5),
+            max_queued_events: 1024,
+        }
+    }
+}
+
+/// A datagram the driver must send: the first `len` bytes of the buffer given to
+/// [`Forwarder::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// The local address to send from (one the driver reported datagrams arriving on), or
+    /// `None` for the driver's default socket.
+    pub source: Option<SocketAddr>,
+    pub destination: SocketAddr,
+    pub len: usize,
+}
+
+/// Whether an address is a leg's RTP or RTCP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    Rtp,
+    Rtcp,
+}
+
+/// Something a driver or the control plane may want to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A leg's remote address was learned from, or moved by, an authenticated packet.
+    RemoteAddressLearned {
+        meeting: MeetingId,
+        participant: ParticipantId,
+        leg: String,
+        kind: AddressKind,
+        address: SocketAddr,
+        previous: Option<SocketAddr>,
+    },
+    /// A leg sent nothing authenticated for the inactivity timeout.
+    LegInactive {
+        meeting: MeetingId,
+        participant: ParticipantId,
+        leg: String,
+    },
+    /// An inactive leg is sending again.
+    LegActive {
+        meeting: MeetingId,
+        participant: ParticipantId,
+        leg: String,
+    },
+}
+
+/// Errors of the configuration API (adding and removing meetings, legs, tracks,
+/// subscriptions). The network path has no errors: it drops and counts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigureError {
+    #[error("meeting `{0}` already exists")]
+    MeetingExists(MeetingId),
+    #[error("no meeting `{0}`")]
+    NoSuchMeeting(MeetingId),
+    #[error("participant `{1}` already exists in meeting `{0}`")]
+    ParticipantExists(MeetingId, ParticipantId),
+    #[error("no participant `{1}` in meeting `{0}`")]
+    NoSuchParticipant(MeetingId, ParticipantId),
+    #[error("participant `{participant}` already has a leg named `{name}`")]
+    LegExists {
+        participant: ParticipantId,
+        name: String,
+    },
+    #[error("participant `{participant}` already has a track named `{name}`")]
+    TrackExists {
+        participant: ParticipantId,
+        name: String,
+    },
+    #[error("no such leg")]
+    NoSuchLeg,
+    #[error("no such track")]
+    NoSuchTrack,
+    #[error("no such subscription")]
+    NoSuchSubscription,
+    #[error("the leg belongs to another participant")]
+    ForeignLeg,
+    #[error("the track is in another meeting than the subscriber")]
+    CrossMeeting,
+    #[error("remote address {0} is already used by another leg")]
+    AddressInUse(SocketAddr),
+    #[error("SSRC {ssrc} is already published on leg `{leg}`")]
+    SsrcPublished { ssrc: Ssrc, leg: String },
+    #[error(
+        "SSRC {ssrc} is already sent to leg `{leg}` by another subscription: set a distinct \
+         SSRC for this subscription"
+    )]
+    SsrcInUse { ssrc: Ssrc, leg: String },
+}
+
+/// Index of a meeting in the core's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct MeetingIndex(u32);
+
+#[derive(Debug)]
+struct Meeting {
+    id: MeetingId,
+    participants: HashMap<ParticipantId, Participant>,
+}
+
+#[derive(Debug, Default)]
+struct Participant {
+    legs: Vec<LegId>,
+    tracks: Vec<TrackId>,
+    subscriptions: Vec<SubscriptionId>,
+}
+
+/// A received packet waiting to be fanned out.
+#[derive(Debug)]
+struct Pending {
+    track: TrackId,
+    ssrc: Ssrc,
+    sequence: SeqNo,
+    timestamp: u32,
+    arrival: Instant,
+    len: usize,
+    /// Next position in the track's subscriber list.
+    next: usize,
+    data: Box<[u8; MAX_DATAGRAM_LEN]>,
+}
+
+/// Bounded ring of [`Pending`] packets whose buffers are allocated once.
+#[derive(Debug)]
+struct FanoutQueue {
+    slots: Vec<Pending>,
+    head: usize,
+    len: usize,
+}
+
+impl FanoutQueue {
+    fn new(capacity: usize, now: Instant) -> Self {
+        let slots = (0..capacity.max(1))
+            .map(|_| Pending {
+                track: TrackId(0),
+                ssrc: Ssrc(0),
+                sequence: SeqNo(0),
+                timestamp: 0,
+                arrival: now,
+                len: 0,
+                next: 0,
+                data: Box::new([0; MAX_DATAGRAM_LEN]),
+            })
+            .collect();
+        FanoutQueue {
+            slots,
+            head: 0,
+            len: 0,
+        }
+    }
+
+    /// A free slot at the tail, if any; it becomes queued by [`FanoutQueue::commit`].
+    fn tail(&mut self) -> Option<&mut Pending> {
+        if self.len == self.slots.len() {
+            return None;
+        }
+        let i = (self.head + self.len) % self.slots.len();
+        Some(&mut self.slots[i])
+    }
+
+    fn commit(&mut self) {
+        debug_assert!(self.len < self.slots.len());
+        self.len += 1;
+    }
+
+    fn front(&mut self) -> Option<&mut Pending> {
+        if self.len == 0 {
+            return None;
+        }
+        Some(&mut self.slots[self.head])
+    }
+
+    fn pop(&mut self) {
+        if self.len > 0 {
+            self.head = (self.head + 1) % self.slots.len();
+            self.len -= 1;
+        }
+    }
+}
+
+/// The sans-IO SFU core: meetings, their participants' legs, tracks and subscriptions, and
+/// the forwarding of SRTP between them. See the [module docs](self) for the run loop.
+#[derive(Debug)]
+pub struct Forwarder {
+    config: ForwarderConfig,
+    meetings: Slab<Meeting>,
+    meeting_index: HashMap<MeetingId, MeetingIndex>,
+    legs: Slab<Leg>,
+    tracks: Slab<Track>,
+    subscriptions: Slab<Subscription>,
+    /// Remote RTP and RTCP addresses to legs.
+    by_remote: HashMap<SocketAddr, LegId>,
+    /// Published SSRCs to the legs that publish them, for learning unknown sources.
+    by_published_ssrc: HashMap<Ssrc, Vec<LegId>>,
+    queue: FanoutQueue,
+    events: VecDeque<Event>,
+    /// Drops not attributable to a leg.
+    drops: DropCounters,
+    events_dropped: u64,
+    next_housekeeping: Option<Instant>,
+    /// Copy of a packet from an unknown source, restored between candidate legs: a failed
+    /// AEAD open leaves the buffer unspecified.
+    scratch: Box<[u8; MAX_DATAGRAM_LEN]>,
+}
+
+enum Learned {
+    Leg(LegId, usize),
+    Rejected,
+}
+
+impl Forwarder {
+    pub fn new(config: ForwarderConfig, now: Instant) -> Self {
+        Forwarder {
+            queue: FanoutQueue::new(config.fanout_queue, now),
+            config,
+            meetings: Slab::new(),
+            meeting_index: HashMap::new(),
+            legs: Slab::new(),
+            tracks: Slab::new(),
+            subscriptions: Slab::new(),
+            by_remote: HashMap::new(),
+            by_published_ssrc: HashMap::new(),
+            events: VecDeque::new(),
+            drops: DropCounters::default(),
+            events_dropped: 0,
+            next_housekeeping: None,
+            scratch: Box::new([0; MAX_DATAGRAM_LEN]),
+        }
+    }
+
+    // ----- configuration -------------------------------------------------------------
+
+    pub fn add_meeting(&mut self, id: MeetingId) -> Result<(), ConfigureError> {
+        if self.meeting_index.contains_key(&id) {
+            return Err(ConfigureError::MeetingExists(id));
+        }
+        let index = self.meetings.insert(Meeting {
+            id: id.clone(),
+            participants: HashMap::new(),
+        });
+        self.meeting_index.insert(id, MeetingIndex(index as u32));
+        Ok(())
+    }
+
+    /// Remove a meeting with everything in it.
+    pub fn remove_meeting(&mut self, id: &MeetingId) -> Result<(), ConfigureError> {
+        let index = self.meeting(id)?;
+        let participants: Vec<ParticipantId> = self.meetings[index.0 as usize]
+            .participants
+            .keys()
+            .cloned()
+            .collect();
+        for p in participants {
+            self.remove_participant(id, &p)?;
+        }
+        self.meetings.remove(index.0 as usize);
+        self.meeting_index.remove(id);
+        Ok(())
+    }
+
+    pub fn add_participant(
+        &mut self,
+        meeting: &MeetingId,
+        participant: ParticipantId,
+    ) -> Result<(), ConfigureError> {
+        let index = self.meeting(meeting)?;
+        let m = &mut self.meetings[index.0 as usize];
+        if m.participants.contains_key(&participant) {
+            return Err(ConfigureError::ParticipantExists(meeting.clone(), participant));
+        }
+        m.participants.insert(participant, Participant::default());
+        Ok(())
+    }
+
+    /// Remove a participant: its legs, its tracks (and every subscription to them) and its
+    /// subscriptions.
+    pub fn remove_participant(
+        &mut self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+    ) -> Result<(), ConfigureError> {
+        let p = self.participant(meeting, participant)?;
+        let (subs, tracks, legs) = (p.subscriptions.clone(), p.tracks.clone(), p.legs.clone());
+        for s in subs {
+            self.remove_subscription(s)?;
+        }
+        for t in tracks {
+            self.remove_track(t)?;
+        }
+        for l in legs {
+            let leg = self.legs.remove(l.index());
+            for addr in [leg.remote_rtp, leg.remote_rtcp].into_iter().flatten() {
+                if self.by_remote.get(&addr) == Some(&l) {
+                    self.by_remote.remove(&addr);
+                }
+            }
+        }
+        let index = self.meeting(meeting)?;
+        self.meetings[index.0 as usize]
+            .participants
+            .remove(participant);
+        Ok(())
+    }
+
+    pub fn add_leg(
+        &mut self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+        config: LegConfig,
+    ) -> Result<LegId, ConfigureError> {
+        let index = self.meeting(meeting)?;
+        let p = self.participant(meeting, participant)?;
+        if p.legs.iter().any(|&l| self.legs[l.index()].name == config.name) {
+            return Err(ConfigureError::LegExists {
+                participant: participant.clone(),
+                name: config.name,
+            });
+        }
+        let remote_rtcp = match (config.remote_rtcp, config.remote) {
+            (Some(rtcp), _) => Some(rtcp),
+            (None, Some(rtp)) if !config.rtcp_mux => rtcp_port_convention(rtp),
+            _ => None,
+        };
+        for addr in [config.remote, remote_rtcp].into_iter().flatten() {
+            if self.by_remote.contains_key(&addr) {
+                return Err(ConfigureError::AddressInUse(addr));
+            }
+        }
+        let id = LegId(self.legs.insert(Leg {
+            meeting: index,
+            participant: participant.clone(),
+            name: config.name,
+            srtp_in: SrtpContext::new(&config.receive_key),
+            srtp_out: SrtpContext::new(&config.send_key),
+            remote_rtp: config.remote,
+            remote_rtcp,
+            rtcp_mux: config.rtcp_mux,
+            local: None,
+            inbound_ssrcs: Vec::new(),
+            subscriptions: Vec::new(),
+            last_received: None,
+            inactive: false,
+            stats: LegStats::default(),
+        }) as u32);
+        for addr in [config.remote, remote_rtcp].into_iter().flatten() {
+            self.by_remote.insert(addr, id);
+        }
+        self.participant_mut(meeting, participant)?.legs.push(id);
+        Ok(id)
+    }
+
+    pub fn add_track(
+        &mut self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+        config: TrackConfig,
+    ) -> Result<TrackId, ConfigureError> {
+        let index = self.meeting(meeting)?;
+        let p = self.participant(meeting, participant)?;
+        if !p.legs.contains(&config.leg) {
+            return Err(ConfigureError::ForeignLeg);
+        }
+        if p.tracks.iter().any(|&t| self.tracks[t.index()].name == config.name) {
+            return Err(ConfigureError::TrackExists {
+                participant: participant.clone(),
+                name: config.name,
+            });
+        }
+        let leg = &self.legs[config.leg.index()];
+        if leg.track_for(config.ssrc).is_some() {
+            return Err(ConfigureError::SsrcPublished {
+                ssrc: config.ssrc,
+                leg: leg.name.clone(),
+            });
+        }
+        let clock_rate = config
+            .clock_rate
+            .unwrap_or(config.kind.default_clock_rate());
+        let id = TrackId(self.tracks.insert(Track {
+            meeting: index,
+            participant: participant.clone(),
+            name: config.name,
+            kind: config.kind,
+            ssrc: config.ssrc,
+            leg: config.leg,
+            clock_rate,
+            subscribers: Vec::new(),
+            receive: ReceiveStats::new(clock_rate),
+        }) as u32);
+        self.legs[config.leg.index()]
+            .inbound_ssrcs
+            .push((config.ssrc, id));
+        self.by_published_ssrc
+            .entry(config.ssrc)
+            .or_default()
+            .push(config.leg);
+        self.participant_mut(meeting, participant)?.tracks.push(id);
+        Ok(id)
+    }
+
+    /// Remove a track and every subscription to it.
+    pub fn remove_track(&mut self, id: TrackId) -> Result<(), ConfigureError> {
+        let track = self.tracks.get(id.index()).ok_or(ConfigureError::NoSuchTrack)?;
+        for s in track.subscribers.clone() {
+            self.remove_subscription(s)?;
+        }
+        let track = self.tracks.remove(id.index());
+        let leg = &mut self.legs[track.leg.index()];
+        leg.inbound_ssrcs.retain(|&(_, t)| t != id);
+        if let Some(legs) = self.by_published_ssrc.get_mut(&track.ssrc) {
+            legs.retain(|&l| l != track.leg);
+            if legs.is_empty() {
+                self.by_published_ssrc.remove(&track.ssrc);
+            }
+        }
+        let meeting = self.meetings[track.meeting.0 as usize].id.clone();
+        if let Ok(p) = self.participant_mut(&meeting, &track.participant) {
+            p.tracks.retain(|&t| t != id);
+        }
+        Ok(())
+    }
+
+    /// Subscribe the participant that owns `config.leg` to `config.track`.
+    pub fn add_subscription(
+        &mut self,
+        config: SubscriptionConfig,
+    ) -> Result<SubscriptionId, ConfigureError> {
+        let leg = self
+            .legs
+            .get(config.leg.index())
+            .ok_or(ConfigureError::NoSuchLeg)?;
+        let track = self
+            .tracks
+            .get(config.track.index())
+            .ok_or(ConfigureError::NoSuchTrack)?;
+        if leg.meeting != track.meeting {
+            return Err(ConfigureError::CrossMeeting);
+        }
+        let ssrc = config.ssrc.unwrap_or(track.ssrc);
+        if leg
+            .subscriptions
+            .iter()
+            .any(|&s| self.subscriptions[s.index()].ssrc == ssrc)
+        {
+            return Err(ConfigureError::SsrcInUse {
+                ssrc,
+                leg: leg.name.clone(),
+            });
+        }
+        let meeting = self.meetings[leg.meeting.0 as usize].id.clone();
+        let participant = leg.participant.clone();
+        let id = SubscriptionId(self.subscriptions.insert(Subscription {
+            track: config.track,
+            leg: config.leg,
+            ssrc,
+            payload_type: config.payload_type,
+            rewriter: Rewriter::new(track.clock_rate),
+            forwarded: 0,
+        }) as u32);
+        self.tracks[config.track.index()].subscribers.push(id);
+        self.legs[config.leg.index()].subscriptions.push(id);
+        self.participant_mut(&meeting, &participant)?
+            .subscriptions
+            .push(id);
+        Ok(id)
+    }
+
+    /// Re-point a subscription at another track of the same meeting. The subscriber keeps
+    /// one continuous stream: same SSRC, next sequence number, timestamps that advance
+    /// with wall-clock time.
+    pub fn switch_subscription(
+        &mut self,
+        id: SubscriptionId,
+        track: TrackId,
+    ) -> Result<(), ConfigureError> {
+        let sub = self
+            .subscriptions
+            .get(id.index())
+            .ok_or(ConfigureError::NoSuchSubscription)?;
+        let new_track = self.tracks.get(track.index()).ok_or(ConfigureError::NoSuchTrack)?;
+        if self.legs[sub.leg.index()].meeting != new_track.meeting {
+            return Err(ConfigureError::CrossMeeting);
+        }
+        let clock_rate = new_track.clock_rate;
+        let old_track = sub.track;
+        if old_track == track {
+            return Ok(());
+        }
+        self.tracks[old_track.index()]
+            .subscribers
+            .retain(|&s| s != id);
+        self.tracks[track.index()].subscribers.push(id);
+        let sub = &mut self.subscriptions[id.index()];
+        sub.track = track;
+        sub.rewriter.reset_source(clock_rate);
+        Ok(())
+    }
+
+    pub fn remove_subscription(&mut self, id: SubscriptionId) -> Result<(), ConfigureError> {
+        if !self.subscriptions.contains(id.index()) {
+            return Err(ConfigureError::NoSuchSubscription);
+        }
+        let sub = self.subscriptions.remove(id.index());
+        self.tracks[sub.track.index()]
+            .subscribers
+            .retain(|&s| s != id);
+        let leg = &mut self.legs[sub.leg.index()];
+        leg.subscriptions.retain(|&s| s != id);
+        let meeting = self.meetings[leg.meeting.0 as usize].id.clone();
+        let participant = leg.participant.clone();
+        if let Ok(p) = self.participant_mut(&meeting, &participant) {
+            p.subscriptions.retain(|&s| s != id);
+        }
+        Ok(())
+    }
+
+    // ----- look-ups -----------------------------------------------------------------
+
+    /// The leg named `name` of a participant.
+    pub fn leg_id(&self, meeting: &MeetingId, participant: &ParticipantId, name: &str) -> Option<LegId> {
+        let p = self.participant(meeting, participant).ok()?;
+        p.legs
+            .iter()
+            .copied()
+            .find(|l| self.legs[l.index()].name == name)
+    }
+
+    /// The track named `name` of a participant.
+    pub fn track_id(&self, meeting: &MeetingId, participant: &ParticipantId, name: &str) -> Option<TrackId> {
+        let p = self.participant(meeting, participant).ok()?;
+        p.tracks
+            .iter()
+            .copied()
+            .find(|t| self.tracks[t.index()].name == name)
+    }
+
+    pub fn leg_stats(&self, leg: LegId) -> Option<&LegStats> {
+        self.legs.get(leg.index()).map(|l| &l.stats)
+    }
+
+    /// The leg's remote RTP address, configured or learned.
+    pub fn leg_remote(&self, leg: LegId) -> Option<SocketAddr> {
+        self.legs.get(leg.index()).and_then(|l| l.remote_rtp)
+    }
+
+    /// Loss and jitter of a track's incoming stream as the forwarder sees it.
+    pub fn track_receive_stats(&self, track: TrackId) -> Option<&ReceiveStats> {
+        self.tracks.get(track.index()).map(|t| &t.receive)
+    }
+
+    /// Drops that could not be attributed to a leg (unknown sources, malformed datagrams).
+    pub fn unattributed_drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Drops of every kind, forwarder-wide.
+    pub fn total_drops(&self) -> DropCounters {
+        let mut all = self.drops;
+        for (_, leg) in &self.legs {
+            all.merge(&leg.stats.drops);
+        }
+        all
+    }
+
+    pub fn leg_count(&self) -> usize {
+        self.legs.len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// The driver could not send a datagram the core produced: count it against the leg
+    /// it was meant for.
+    pub fn note_send_failure(&mut self, destination: SocketAddr) {
+        match self.by_remote.get(&destination) {
+            Some(l) => self.legs[l.index()].stats.drops.add(DropReason::SendFailed),
+            None => self.drops.add(DropReason::SendFailed),
+        }
+    }
+
+    fn meeting(&self, id: &MeetingId) -> Result<MeetingIndex, ConfigureError> {
+        self.meeting_index
+            .get(id)
+            .copied()
+            .ok_or_else(|| ConfigureError::NoSuchMeeting(id.clone()))
+    }
+
+    fn participant(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+    ) -> Result<&Participant, ConfigureError> {
+        let index = self.meeting(meeting)?;
+        self.meetings[index.0 as usize]
+            .participants
+            .get(participant)
+            .ok_or_else(|| ConfigureError::NoSuchParticipant(meeting.clone(), participant.clone()))
+    }
+
+    fn participant_mut(
+        &mut self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+    ) -> Result<&mut Participant, ConfigureError> {
+        let index = self.meeting(meeting)?;
+        self.meetings[index.0 as usize]
+            .participants
+            .get_mut(participant)
+            .ok_or_else(|| ConfigureError::NoSuchParticipant(meeting.clone(), participant.clone()))
+    }
+
+    // ----- the network path ---------------------------------------------------------
+
+    /// One datagram arrived on the local address `local` from `source`. `contents` is
+    /// decrypted in place. Drain [`Forwarder::poll_transmit`] afterwards.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        source: SocketAddr,
+        contents: &mut [u8],
+    ) {
+        if self.next_housekeeping.is_none() {
+            self.next_housekeeping = Some(now + HOUSEKEEPING_INTERVAL);
+        }
+        let known = self.by_remote.get(&source).copied();
+        let drop = |this: &mut Self, reason: DropReason| match known {
+            Some(l) => this.legs[l.index()].stats.drops.add(reason),
+            None => this.drops.add(reason),
+        };
+        if contents.len() > MAX_DATAGRAM_LEN {
+            return drop(self, DropReason::TooLarge);
+        }
+        match classify(contents) {
+            PacketClass::Rtp => self.handle_rtp(now, local, source, known, contents),
+            PacketClass::Rtcp => self.handle_rtcp(now, local, source, known, contents),
+            PacketClass::Stun | PacketClass::Dtls | PacketClass::TurnChannel | PacketClass::Zrtp => {
+                drop(self, DropReason::UnsupportedProtocol)
+            }
+            PacketClass::Unknown => drop(self, DropReason::Malformed),
+        }
+    }
+
+    fn handle_rtp(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        source: SocketAddr,
+        known: Option<LegId>,
+        contents: &mut [u8],
+    ) {
+        let Ok(header) = RtpHeader::parse(contents) else {
+            return self.drop_at(known, DropReason::Malformed);
+        };
+        let wire_len = contents.len();
+        let (leg_id, plain_len) = match known {
+            Some(l) => match self.legs[l.index()].srtp_in.unprotect_rtp(contents) {
+                Ok(n) => (l, n),
+                Err(e) => return self.drop_at(Some(l), srtp_drop_reason(e)),
+            },
+            None => match self.learn(local, source, header.ssrc, contents, AddressKind::Rtp) {
+                Learned::Leg(l, n) => (l, n),
+                Learned::Rejected => return self.drops.add(DropReason::UnknownSource),
+            },
+        };
+        let leg = &mut self.legs[leg_id.index()];
+        leg.stats.rtp_in.add(wire_len);
+        self.note_activity(leg_id, now);
+        let leg = &mut self.legs[leg_id.index()];
+        let Some(track_id) = leg.track_for(header.ssrc) else {
+            return leg.stats.drops.add(DropReason::UnknownSsrc);
+        };
+        let track = &mut self.tracks[track_id.index()];
+        track.receive.on_packet(header.sequence, header.timestamp, now);
+        if track.subscribers.is_empty() {
+            return;
+        }
+        let Some(slot) = self.queue.tail() else {
+            return self.legs[leg_id.index()].stats.drops.add(DropReason::QueueFull);
+        };
+        slot.track = track_id;
+        slot.ssrc = header.ssrc;
+        slot.sequence = header.sequence;
+        slot.timestamp = header.timestamp;
+        slot.arrival = now;
+        slot.len = plain_len;
+        slot.next = 0;
+        slot.data[..plain_len].copy_from_slice(&contents[..plain_len]);
+        self.queue.commit();
+    }
+
+    fn handle_rtcp(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        source: SocketAddr,
+        known: Option<LegId>,
+        contents: &mut [u8],
+    ) {
+        let Some(sender) = contents.get(4..8) else {
+            return self.drop_at(known, DropReason::Malformed);
+        };
+        let sender = Ssrc(u32::from_be_bytes([sender[0], sender[1], sender[2], sender[3]]));
+        let wire_len = contents.len();
+        let (leg_id, plain_len) = match known {
+            Some(l) => match self.legs[l.index()].srtp_in.unprotect_rtcp(contents) {
+                Ok(n) => (l, n),
+                Err(e) => return self.drop_at(Some(l), srtp_drop_reason(e)),
+            },
+            None => match self.learn(local, source, sender, contents, AddressKind::Rtcp) {
+                Learned::Leg(l, n) => (l, n),
+                Learned::Rejected => return self.drops.add(DropReason::UnknownSource),
+            },
+        };
+        self.legs[leg_id.index()].stats.rtcp_in.add(wire_len);
+        self.note_activity(leg_id, now);
+        let plain = &contents[..plain_len];
+        if rtcp::validate(plain).is_err() {
+            return self.drop_at(Some(leg_id), DropReason::Malformed);
+        }
+        for packet in rtcp::iter_compound(plain).flatten() {
+            let blocks = match &packet {
+                RtcpPacket::SenderReport(sr) => sr.report_blocks(),
+                RtcpPacket::ReceiverReport(rr) => rr.report_blocks(),
+                _ => continue,
+            };
+            for block in blocks {
+                self.note_report_block(leg_id, block);
+            }
+        }
+    }
+
+    /// A report block from a subscriber about one of the SSRCs we send it.
+    fn note_report_block(&mut self, leg_id: LegId, block: rtcp::ReportBlock) {
+        let leg = &self.legs[leg_id.index()];
+        let Some(sub) = leg
+            .subscriptions
+            .iter()
+            .map(|s| &self.subscriptions[s.index()])
+            .find(|s| s.ssrc == block.ssrc)
+        else {
+            return;
+        };
+        let clock_rate = self.tracks[sub.track.index()].clock_rate;
+        let leg = &mut self.legs[leg_id.index()];
+        leg.stats.reported_fraction_lost = block.fraction_lost;
+        leg.stats.reported_jitter_seconds = f64::from(block.jitter) / f64::from(clock_rate);
+    }
+
+    /// A packet from an address no leg knows: find the leg whose keys authenticate it, and
+    /// latch that leg's address to `source`. Candidates are the legs publishing `ssrc`, and
+    /// for RTCP the leg whose RTP comes from the port below (RFC 3550 §11's convention).
+    fn learn(
+        &mut self,
+        local: SocketAddr,
+        source: SocketAddr,
+        ssrc: Ssrc,
+        contents: &mut [u8],
+        kind: AddressKind,
+    ) -> Learned {
+        let mut candidates = [None; MAX_LEARNING_CANDIDATES];
+        let mut n = 0;
+        let mut push = |leg: LegId| {
+            if n < MAX_LEARNING_CANDIDATES && !candidates[..n].contains(&Some(leg)) {
+                candidates[n] = Some(leg);
+                n += 1;
+            }
+        };
+        if let Some(legs) = self.by_published_ssrc.get(&ssrc) {
+            legs.iter().copied().for_each(&mut push);
+        }
+        if kind == AddressKind::Rtcp && source.port() > 0 {
+            let rtp = SocketAddr::new(source.ip(), source.port() - 1);
+            if let Some(&leg) = self.by_remote.get(&rtp) {
+                push(leg);
+            }
+        }
+        let len = contents.len();
+        if n > 1 {
+            self.scratch[..len].copy_from_slice(contents);
+        }
+        for (i, leg_id) in candidates[..n].iter().flatten().copied().enumerate() {
+            if i > 0 {
+                contents.copy_from_slice(&self.scratch[..len]);
+            }
+            let leg = &mut self.legs[leg_id.index()];
+            let result = match kind {
+                AddressKind::Rtp => leg.srtp_in.unprotect_rtp(contents),
+                AddressKind::Rtcp => leg.srtp_in.unprotect_rtcp(contents),
+            };
+            if let Ok(plain_len) = result {
+                self.latch(leg_id, local, source, kind);
+                return Learned::Leg(leg_id, plain_len);
+            }
+        }
+        trace!(%source, %ssrc, candidates = n, "dropping packet from unknown source");
+        Learned::Rejected
+    }
+
+    /// Point a leg's address of `kind` at `source` after an authenticated packet came from
+    /// there.
+    fn latch(&mut self, leg_id: LegId, local: SocketAddr, source: SocketAddr, kind: AddressKind) {
+        let leg = &mut self.legs[leg_id.index()];
+        let previous = match kind {
+            // RTCP from the RTP address: the peer muxes (RFC 5761).
+            AddressKind::Rtcp if leg.remote_rtp == Some(source) => {
+                leg.rtcp_mux = true;
+                return;
+            }
+            AddressKind::Rtcp => leg.remote_rtcp.replace(source),
+            AddressKind::Rtp => {
+                leg.local = Some(local);
+                leg.remote_rtp.replace(source)
+            }
+        };
+        if let Some(prev) = previous {
+            if self.by_remote.get(&prev) == Some(&leg_id) {
+                self.by_remote.remove(&prev);
+            }
+        }
+        self.by_remote.insert(source, leg_id);
+        let event = Event::RemoteAddressLearned {
+            meeting: self.meetings[leg.meeting.0 as usize].id.clone(),
+            participant: leg.participant.clone(),
+            leg: leg.name.clone(),
+            kind,
+            address: source,
+            previous,
+        };
+        self.push_event(event);
+    }
+
+    fn note_activity(&mut self, leg_id: LegId, now: Instant) {
+        let leg = &mut self.legs[leg_id.index()];
+        leg.last_received = Some(now);
+        if leg.inactive {
+            leg.inactive = false;
+            let event = Event::LegActive {
+                meeting: self.meetings[leg.meeting.0 as usize].id.clone(),
+                participant: leg.participant.clone(),
+                leg: leg.name.clone(),
+            };
+            self.push_event(event);
+        }
+    }
+
+    fn drop_at(&mut self, leg: Option<LegId>, reason: DropReason) {
+        match leg {
+            Some(l) => self.legs[l.index()].stats.drops.add(reason),
+            None => self.drops.add(reason),
+        }
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() >= self.config.max_queued_events {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    /// The next datagram to send, written into `buf` (at least
+    /// [`MIN_TRANSMIT_BUFFER_LEN`] bytes). `None` when nothing is pending.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        loop {
+            let pending = self.queue.front()?;
+            let track = &self.tracks.get(pending.track.index());
+            let Some(track) = track else {
+                // The track was removed while its packet waited.
+                self.queue.pop();
+                continue;
+            };
+            while let Some(&sub_id) = track.subscribers.get(pending.next) {
+                pending.next += 1;
+                let sub = &mut self.subscriptions[sub_id.index()];
+                let leg = &mut self.legs[sub.leg.index()];
+                let Some(destination) = leg.remote_rtp else {
+                    leg.stats.drops.add(DropReason::NoRemoteAddress);
+                    continue;
+                };
+                let (sequence, timestamp) = match sub.rewriter.rewrite(
+                    pending.ssrc,
+                    pending.sequence,
+                    pending.timestamp,
+                    pending.arrival,
+                ) {
+                    Rewrite::Forward {
+                        sequence,
+                        timestamp,
+                    } => (sequence, timestamp),
+                    Rewrite::Stale => {
+                        leg.stats.drops.add(DropReason::StaleSource);
+                        continue;
+                    }
+                };
+                let len = pending.len;
+                let Some(out) = buf.get_mut(..len) else {
+                    leg.stats.drops.add(DropReason::ProtectFailed);
+                    continue;
+                };
+                out.copy_from_slice(&pending.data[..len]);
+                rtp::set_ssrc(out, sub.ssrc);
+                rtp::set_sequence(out, sequence);
+                rtp::set_timestamp(out, timestamp);
+                if let Some(pt) = sub.payload_type {
+                    rtp::set_payload_type(out, pt);
+                }
+                match leg.srtp_out.protect_rtp(buf, len) {
+                    Ok(wire_len) => {
+                        leg.stats.rtp_out.add(wire_len);
+                        sub.forwarded += 1;
+                        return Some(Transmit {
+                            source: leg.local,
+                            destination,
+                            len: wire_len,
+                        });
+                    }
+                    Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
+                }
+            }
+            self.queue.pop();
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Forwarder::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_housekeeping
+    }
+
+    /// Time passed: run what is due (inactivity detection).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.next_housekeeping {
+            Some(due) if now >= due => {}
+            _ => return,
+        }
+        self.next_housekeeping = Some(now + HOUSEKEEPING_INTERVAL);
+        let timeout = self.config.inactivity_timeout;
+        let mut went_quiet = Vec::new();
+        for (i, leg) in &mut self.legs {
+            if let Some(last) = leg.last_received {
+                if !leg.inactive && now.saturating_duration_since(last) >= timeout {
+                    leg.inactive = true;
+                    went_quiet.push(LegId(i as u32));
+                }
+            }
+        }
+        for leg_id in went_quiet {
+            let leg = &self.legs[leg_id.index()];
+            let event = Event::LegInactive {
+                meeting: self.meetings[leg.meeting.0 as usize].id.clone(),
+                participant: leg.participant.clone(),
+                leg: leg.name.clone(),
+            };
+            self.push_event(event);
+        }
+    }
+}
+
+/// How often [`Forwarder::handle_timeout`] runs its housekeeping.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+fn srtp_drop_reason(e: SrtpError) -> DropReason {
+    match e {
+        SrtpError::AuthenticationFailed => DropReason::AuthenticationFailed,
+        SrtpError::Replayed | SrtpError::TooOld => DropReason::Replayed,
+        _ => DropReason::Malformed,
+    }
+}

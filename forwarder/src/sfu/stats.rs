@@ -1,0 +1,178 @@
+//! Counters kept by the core. Plain integers: the core is single-threaded, so the hot path
+//! pays an increment, never an atomic or a lock. Drivers read them through
+//! [`crate::sfu::Forwarder::write_metrics`].
+
+/// Why a packet was not forwarded. Every drop on the network path is counted under one of
+/// these, per leg where the leg is known and forwarder-wide otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not a well-formed RTP or RTCP packet (bad version, truncated header or trailer).
+    Malformed,
+    /// From an address no leg knows, and no leg could authenticate it.
+    UnknownSource,
+    /// The SRTP/SRTCP authentication tag did not verify.
+    AuthenticationFailed,
+    /// Already received, or older than the replay window (RFC 3711 §3.3.2).
+    Replayed,
+    /// Authenticated RTP whose SSRC is not a track published on that leg.
+    UnknownSsrc,
+    /// STUN, DTLS, TURN or ZRTP: not spoken by plain SRTP legs.
+    UnsupportedProtocol,
+    /// Larger than the forwarder's datagram limit.
+    TooLarge,
+    /// The subscriber's address is not known yet (it has sent nothing and none was configured).
+    NoRemoteAddress,
+    /// The bounded fan-out queue was full: the driver did not drain transmits.
+    QueueFull,
+    /// A packet of a source the subscription has switched away from, or older than the
+    /// switch point: forwarding it would break the subscriber's continuous sequence.
+    StaleSource,
+    /// The leg's SRTP context refused to protect (too many SSRCs, buffer too small).
+    ProtectFailed,
+    /// The driver could not hand the datagram to the kernel.
+    SendFailed,
+}
+
+impl DropReason {
+    /// Every reason, in the order of [`DropReason::index`].
+    pub const ALL: [DropReason; 12] = [
+        DropReason::Malformed,
+        DropReason::UnknownSource,
+        DropReason::AuthenticationFailed,
+        DropReason::Replayed,
+        DropReason::UnknownSsrc,
+        DropReason::UnsupportedProtocol,
+        DropReason::TooLarge,
+        DropReason::NoRemoteAddress,
+        DropReason::QueueFull,
+        DropReason::StaleSource,
+        DropReason::ProtectFailed,
+        DropReason::SendFailed,
+    ];
+
+    /// Label value used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::AuthenticationFailed => "authentication_failed",
+            DropReason::Replayed => "replayed",
+            DropReason::UnknownSsrc => "unknown_ssrc",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::TooLarge => "too_large",
+            DropReason::NoRemoteAddress => "no_remote_address",
+            DropReason::QueueFull => "queue_full",
+            DropReason::StaleSource => "stale_source",
+            DropReason::ProtectFailed => "protect_failed",
+            DropReason::SendFailed => "send_failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Drop counters by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::ALL.len()]);
+
+impl DropCounters {
+    pub fn add(&mut self, reason: DropReason) {
+        self.0[reason.index()] += 1;
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Non-zero counters with their reasons.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|&r| (r, self.get(r)))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    pub fn merge(&mut self, other: &DropCounters) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// Packet and byte counters of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Traffic {
+    pub fn add(&mut self, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+
+    pub fn merge(&mut self, other: &Traffic) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Counters of one leg (one plain SRTP transport). Byte counts are of SRTP/SRTCP datagrams
+/// as they crossed the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LegStats {
+    pub rtp_in: Traffic,
+    pub rtcp_in: Traffic,
+    pub rtp_out: Traffic,
+    pub rtcp_out: Traffic,
+    pub drops: DropCounters,
+    /// What the peer last reported about what it receives from us (RFC 3550 §6.4.1
+    /// report blocks about our outbound SSRCs): fraction lost (8-bit fixed point) and
+    /// interarrival jitter in seconds.
+    pub reported_fraction_lost: u8,
+    pub reported_jitter_seconds: f64,
+}
+
+impl LegStats {
+    pub fn merge(&mut self, other: &LegStats) {
+        self.rtp_in.merge(&other.rtp_in);
+        self.rtcp_in.merge(&other.rtcp_in);
+        self.rtp_out.merge(&other.rtp_out);
+        self.rtcp_out.merge(&other.rtcp_out);
+        self.drops.merge(&other.drops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_index_matches_all() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn drop_counters_count_and_merge() {
+        let mut a = DropCounters::default();
+        a.add(DropReason::Replayed);
+        a.add(DropReason::Replayed);
+        let mut b = DropCounters::default();
+        b.add(DropReason::Malformed);
+        a.merge(&b);
+        assert_eq!(a.get(DropReason::Replayed), 2);
+        assert_eq!(a.get(DropReason::Malformed), 1);
+        assert_eq!(a.total(), 3);
+        assert_eq!(a.iter().count(), 2);
+    }
+}

@@ -1,0 +1,122 @@
+//! The SRTP per-packet path must not allocate (see `fanout_forwarder::srtp` docs).
+//!
+//! Its own test binary so that it can install a counting global allocator. Only
+//! allocations made by this thread while `COUNTING` is set are counted, so the test
+//! harness's own threads cannot disturb the result.
+
+use fanout_forwarder::ids::SeqNo;
+use fanout_forwarder::rtp::set_sequence;
+use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct CountingAlloc;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_allocation() {
+    // `try_with`: the thread-local may already be gone while a thread shuts down.
+    let _ = COUNTING.try_with(|counting| {
+        if counting.get() {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards to `System` with the same arguments; the counting only
+// touches const-initialised thread-locals, which never allocate.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Allocations made by `f` on this thread.
+fn allocations_in(f: impl FnOnce()) -> usize {
+    ALLOCATIONS.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.with(|n| n.get())
+}
+
+const PACKETS: usize = 10_000;
+
+#[test]
+fn protect_and_unprotect_do_not_allocate() {
+    // The counter itself works.
+    assert!(allocations_in(|| drop(std::hint::black_box(Vec::<u8>::with_capacity(64)))) > 0);
+
+    // An RTP packet with a CSRC and a one-byte header extension, 1200 bytes of payload.
+    let mut template = vec![0x91, 96, 0xea, 0x60, 0, 0, 0x10, 0, 0x12, 0x34, 0x56, 0x78];
+    template.extend_from_slice(&[0, 0, 0, 1]); // CSRC
+    template.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x10, 0xaa, 0, 0]); // extension
+    template.extend((0..1200).map(|i| i as u8));
+    let rtcp: Vec<u8> = [0x80, 201, 0, 1, 0x12, 0x34, 0x56, 0x78].to_vec();
+
+    for profile in SrtpProfile::ALL {
+        let key = MasterKey::generate(profile);
+        let mut tx = SrtpContext::new(&key);
+        let mut rx = SrtpContext::new(&key);
+        let mut buf = vec![0u8; 1500];
+        let mut rtcp_buf = vec![0u8; 100];
+        let mut seq: u16 = 60_000;
+
+        let mut one_round = |seq: u16, buf: &mut [u8], rtcp_buf: &mut [u8]| {
+            let len = template.len();
+            buf[..len].copy_from_slice(&template);
+            set_sequence(buf, SeqNo(seq));
+            let n = tx.protect_rtp(buf, len).expect("protect_rtp");
+            let m = rx.unprotect_rtp(&mut buf[..n]).expect("unprotect_rtp");
+            assert_eq!(m, len);
+            if seq % 50 == 0 {
+                rtcp_buf[..rtcp.len()].copy_from_slice(&rtcp);
+                let n = tx.protect_rtcp(rtcp_buf, rtcp.len()).expect("protect_rtcp");
+                let m = rx
+                    .unprotect_rtcp(&mut rtcp_buf[..n])
+                    .expect("unprotect_rtcp");
+                assert_eq!(m, rtcp.len());
+            }
+        };
+
+        // Warm-up: the first packet of each SSRC creates its stream state (the one
+        // allowed allocation), and aws-lc initialises its CPU dispatch once.
+        for _ in 0..100 {
+            one_round(seq, &mut buf, &mut rtcp_buf);
+            seq = seq.wrapping_add(1);
+        }
+
+        let allocations = allocations_in(|| {
+            for _ in 0..PACKETS {
+                one_round(seq, &mut buf, &mut rtcp_buf);
+                seq = seq.wrapping_add(1);
+            }
+        });
+        assert_eq!(
+            allocations, 0,
+            "{profile}: {allocations} allocations in {PACKETS} protect+unprotect rounds"
+        );
+    }
+}
