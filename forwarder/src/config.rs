@@ -515,3 +515,146 @@ impl Builder<'_> {
         result.map_err(|e| self.locate.error(field.span(), at, e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(profile: SrtpProfile) -> String {
+        MasterKey::generate(profile).to_inline()
+    }
+
+    fn sample() -> String {
+        let p = SrtpProfile::AesCm128HmacSha1_80;
+        format!(
+            r#"
+[forwarder]
+listen = "127.0.0.1:40000"
+metrics = "127.0.0.1:9464"
+
+[[meeting]]
+id = "demo"
+
+[[meeting.participant]]
+id = "alice"
+
+[[meeting.participant.leg]]
+name = "video"
+profile = "AES_CM_128_HMAC_SHA1_80"
+receive_key = "{}"
+send_key = "{}"
+
+[[meeting.participant.track]]
+name = "camera"
+kind = "video"
+leg = "video"
+ssrc = 0x11111111
+
+[[meeting.participant]]
+id = "bob"
+
+[[meeting.participant.leg]]
+name = "video"
+profile = "AES_CM_128_HMAC_SHA1_80"
+receive_key = "{}"
+send_key = "{}"
+remote = "127.0.0.1:6000"
+
+[[meeting.participant.subscription]]
+track = "alice/camera"
+leg = "video"
+"#,
+            key(p),
+            key(p),
+            key(p),
+            key(p)
+        )
+    }
+
+    fn parse_text(text: &str) -> Result<Loaded, ConfigError> {
+        parse(Path::new("fanout.toml"), text, Instant::now())
+    }
+
+    #[test]
+    fn a_valid_file_configures_the_core() {
+        let loaded = parse_text(&sample()).unwrap();
+        assert_eq!(loaded.network.listen, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(loaded.network.rtcp_listen, Some("127.0.0.1:40001".parse().unwrap()));
+        assert_eq!(loaded.network.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(loaded.forwarder.leg_count(), 2);
+        assert_eq!(loaded.forwarder.subscription_count(), 1);
+        let bob = loaded
+            .forwarder
+            .leg_id(&"demo".into(), &"bob".into(), "video")
+            .unwrap();
+        assert_eq!(
+            loaded.forwarder.leg_remote(bob),
+            Some("127.0.0.1:6000".parse().unwrap())
+        );
+    }
+
+    fn error_for(text: &str) -> ConfigError {
+        parse_text(text).expect_err("the file should be rejected")
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let text = sample().replace("ssrc = 0x11111111", "ssrc = \"x\"");
+        let e = error_for(&text);
+        assert_eq!(e.field, "meeting[0].participant[0].track[0].ssrc");
+        let line = text.lines().position(|l| l.starts_with("ssrc = \"x\"")).unwrap() + 1;
+        assert_eq!(e.position.map(|p| p.0), Some(line));
+        assert!(e.to_string().starts_with(&format!("fanout.toml:{line}:")), "{e}");
+
+        let e = error_for(&sample().replace("kind = \"video\"", "kind = \"hologram\""));
+        assert_eq!(e.field, "meeting[0].participant[0].track[0].kind");
+        assert!(e.message.contains("hologram"), "{e}");
+
+        let e = error_for(&sample().replace("track = \"alice/camera\"", "track = \"alice/mic\""));
+        assert_eq!(e.field, "meeting[0].participant[1].subscription[0].track");
+
+        let e = error_for(&sample().replace("remote = \"127.0.0.1:6000\"", "remote = \"localhost\""));
+        assert_eq!(e.field, "meeting[0].participant[1].leg[0].remote");
+
+        let e = error_for(&sample().replacen(
+            "profile = \"AES_CM_128_HMAC_SHA1_80\"",
+            "profile = \"AES_CM_128_HMAC_SHA1_80\"\ncolour = 1",
+            1,
+        ));
+        assert_eq!(e.field, "meeting[0].participant[0].leg[0].colour");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_checked_against_their_profile() {
+        let gcm = key(SrtpProfile::AeadAes128Gcm);
+        let text = sample();
+        let first_key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("receive_key = \""))
+            .unwrap()
+            .trim_end_matches('"')
+            .to_owned();
+        let e = error_for(&text.replacen(&first_key, &gcm, 1));
+        assert_eq!(e.field, "meeting[0].participant[0].leg[0].receive_key");
+    }
+
+    #[test]
+    fn reused_keys_are_refused() {
+        let text = sample();
+        let keys: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("send_key = \""))
+            .map(|k| k.trim_end_matches('"').to_owned())
+            .collect();
+        let e = error_for(&text.replacen(&keys[1], &keys[0], 1));
+        assert_eq!(e.field, "meeting[0].participant[1].leg[0].send_key");
+        assert!(e.message.contains("keystream"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let e = error_for(&sample().replace("id = \"bob\"", "id = \"alice\""));
+        assert_eq!(e.field, "meeting[0].participant[1].id");
+    }
+}

@@ -109,7 +109,9 @@ impl RtpHeader {
             payload_type: fixed[1] & 0x7f,
             sequence: SeqNo(u16::from_be_bytes([fixed[2], fixed[3]])),
             timestamp: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
-            ssrc: Ssrc(u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]])),
+            ssrc: Ssrc(u32::from_be_bytes([
+                fixed[8], fixed[9], fixed[10], fixed[11],
+            ])),
             csrc_count,
             has_extension,
             has_padding,
@@ -336,10 +338,7 @@ mod tests {
 
     #[test]
     fn two_byte_extension_elements() {
-        let p = packet(
-            0x90,
-            &[0x10, 0x00, 0, 2, 5, 2, 0xaa, 0xbb, 0, 7, 0, 0],
-        );
+        let p = packet(0x90, &[0x10, 0x00, 0, 2, 5, 2, 0xaa, 0xbb, 0, 7, 0, 0]);
         let h = RtpHeader::parse(&p).unwrap();
         let els: Vec<_> = extension_elements(&p, &h).collect();
         assert_eq!(els, vec![(5, &[0xaa, 0xbb][..]), (7, &[][..])]);

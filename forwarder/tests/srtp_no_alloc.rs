@@ -91,7 +91,7 @@ fn protect_and_unprotect_do_not_allocate() {
             let n = tx.protect_rtp(buf, len).expect("protect_rtp");
             let m = rx.unprotect_rtp(&mut buf[..n]).expect("unprotect_rtp");
             assert_eq!(m, len);
-            if seq % 50 == 0 {
+            if seq.is_multiple_of(50) {
                 rtcp_buf[..rtcp.len()].copy_from_slice(&rtcp);
                 let n = tx.protect_rtcp(rtcp_buf, rtcp.len()).expect("protect_rtcp");
                 let m = rx

@@ -9,7 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(header) = RtpHeader::parse(data) else {
         return;
     };
-    assert!(header.header_len <= data.len(), "header runs past the packet");
+    assert!(
+        header.header_len <= data.len(),
+        "header runs past the packet"
+    );
     if let Ok(range) = rtp::payload_range(data, &header) {
         assert!(range.start <= range.end && range.end <= data.len());
     }

@@ -170,8 +170,9 @@ impl SrtpContext {
         let ssrc = header.ssrc.0;
         let seq = header.sequence.0;
         let roc = match self.tx_rtp.get_mut(ssrc) {
-            Some(stream) => estimate_roc(stream.roc, stream.s_l, seq)
-                .ok_or(SrtpError::IndexExhausted)?,
+            Some(stream) => {
+                estimate_roc(stream.roc, stream.s_l, seq).ok_or(SrtpError::IndexExhausted)?
+            }
             None => {
                 if !self.tx_rtp.has_room(self.options.max_ssrcs) {
                     return Err(SrtpError::TooManySsrcs);
@@ -265,10 +266,7 @@ impl SrtpContext {
     /// Authenticate, check replay and decrypt (if E is set) an SRTCP packet in place.
     /// Returns the RTCP length (trailer removed). Unencrypted SRTCP (E=0) is accepted.
     pub fn unprotect_rtcp(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
-        let (encrypted, index) = self
-            .rtcp
-            .rtcp_e_index(packet)
-            .ok_or(SrtpError::Malformed)?;
+        let (encrypted, index) = self.rtcp.rtcp_e_index(packet).ok_or(SrtpError::Malformed)?;
         let ssrc = rtcp_ssrc(packet)?;
         let replay_protection = self.options.replay_protection;
         match self.rx_rtcp.get_mut(ssrc) {

@@ -111,7 +111,10 @@ impl SrtpProfile {
 
     /// True for the AES-GCM profiles.
     pub fn is_aead(self) -> bool {
-        matches!(self, SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm)
+        matches!(
+            self,
+            SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm
+        )
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fanout_forwarder::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, TrackId};
+use fanout_forwarder::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, SubscriptionId, TrackId};
 use fanout_forwarder::rtp::RtpHeader;
 use fanout_forwarder::sfu::{
     Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
@@ -141,17 +141,29 @@ impl Scenario {
     }
 
     pub fn add_subscriber(&mut self, profile: SrtpProfile, i: usize) -> usize {
+        self.add_subscriber_with(profile, i, None, None).0
+    }
+
+    /// Add subscriber `i` with an explicit outbound SSRC and payload type.
+    pub fn add_subscriber_with(
+        &mut self,
+        profile: SrtpProfile,
+        i: usize,
+        ssrc: Option<Ssrc>,
+        payload_type: Option<u8>,
+    ) -> (usize, SubscriptionId) {
         let id = ParticipantId(format!("sub{i}"));
         self.forwarder.add_participant(&self.meeting, id.clone()).unwrap();
         let address = subscriber_addr(i);
         let (config, rk, sk) = leg_config("main", profile, Some(address));
         let leg = self.forwarder.add_leg(&self.meeting, &id, config).unwrap();
-        self.forwarder
+        let subscription = self
+            .forwarder
             .add_subscription(SubscriptionConfig {
                 track: self.track,
                 leg,
-                ssrc: None,
-                payload_type: None,
+                ssrc,
+                payload_type,
             })
             .unwrap();
         let index = self.subscribers.len();
@@ -162,7 +174,7 @@ impl Scenario {
             receiver: SrtpContext::new(&sk),
         });
         self.by_address.insert(address, index);
-        index
+        (index, subscription)
     }
 
     pub fn advance(&mut self, by: Duration) {

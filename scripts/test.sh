@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (.ci/run calls exactly this script).
+# Installs missing system packages first (FFmpeg and GStreamer are real test peers),
+# then checks formatting and lints and runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

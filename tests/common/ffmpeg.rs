@@ -1,0 +1,154 @@
+//! FFmpeg as the real SRTP peers (AES_CM_128_HMAC_SHA1_80/32 only; one port per stream,
+//! RTCP on the next port, no rtcp-mux: see PLATFORM.md).
+//!
+//! * Publisher: one `ffmpeg` encoding `testsrc` to VP8 and `sine` to Opus, live (`-re`),
+//!   through the `tee` muxer into two SRTP RTP outputs (one per stream, both to the
+//!   forwarder's port) and a Matroska file: the file holds exactly the encoded frames
+//!   that were sent.
+//! * Receiver: one `ffmpeg` per receiver, reading an SDP with two m-lines, each with its
+//!   own `a=crypto` key, copying both streams into a WebM file. It exits by itself about
+//!   two seconds after the media stops ("Connection timed out").
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fanout_forwarder::srtp::SrtpProfile;
+
+use crate::meeting::{MeetingPlan, PeerKit, ReceiverPlan, MEDIA, VIDEO, VIDEO_FPS};
+use crate::process::{tail, Proc};
+
+/// How long a receiver may take to notice the end of the media and exit.
+const RECEIVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The FFmpeg kit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ffmpeg;
+
+/// The receiver's SDP (RFC 4566) with one `a=crypto` line (RFC 4568) per m-line.
+pub fn receiver_sdp(receiver: &ReceiverPlan, profile: SrtpProfile) -> String {
+    let mut sdp = String::from(
+        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=fanout receiver\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n",
+    );
+    for (i, m) in MEDIA.iter().enumerate() {
+        let rtpmap = if *m == VIDEO { "VP8/90000" } else { "opus/48000/2" };
+        let _ = write!(
+            sdp,
+            "m={kind} {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\n\
+             a=crypto:1 {suite} {key}\r\n",
+            kind = m.kind,
+            port = receiver.ports[i],
+            pt = m.payload_type,
+            suite = profile.name(),
+            key = receiver.keys[i].inline(),
+        );
+    }
+    sdp
+}
+
+/// The `tee` muxer's output list: one SRTP RTP output per stream, and the sent file.
+fn tee_outputs(plan: &MeetingPlan) -> String {
+    let mut outputs = Vec::new();
+    for (i, m) in MEDIA.iter().enumerate() {
+        let select = if *m == VIDEO { "v" } else { "a" };
+        // Base64 has no ':', '|', '[' or ']', the tee option syntax's special characters.
+        outputs.push(format!(
+            "[select={select}:f=rtp:payload_type={pt}:ssrc={ssrc}:srtp_out_suite={suite}:\
+             srtp_out_params={key}]srtp://{listen}?pkt_size=1200",
+            pt = m.payload_type,
+            ssrc = m.ssrc,
+            suite = plan.profile.name(),
+            key = plan.publisher.keys[i].base64(),
+            listen = plan.listen,
+        ));
+    }
+    outputs.push(format!("[f=matroska]{}", plan.sent_file.display()));
+    outputs.join("|")
+}
+
+impl PeerKit for Ffmpeg {
+    fn name(&self) -> &'static str {
+        "FFmpeg"
+    }
+
+    fn tools(&self) -> &'static [&'static str] {
+        &["ffmpeg"]
+    }
+
+    fn extension(&self) -> &'static str {
+        "webm"
+    }
+
+    fn start_receiver(&self, plan: &MeetingPlan, receiver: &ReceiverPlan) -> Result<Proc> {
+        let sdp = plan.dir.join(format!("{}.sdp", receiver.id));
+        std::fs::write(&sdp, receiver_sdp(receiver, plan.profile))
+            .with_context(|| format!("cannot write {}", sdp.display()))?;
+        let mut command = Command::new("ffmpeg");
+        command
+            .args(["-nostdin", "-hide_banner", "-nostats"])
+            .args(["-protocol_whitelist", "file,udp,rtp,srtp"])
+            .args(["-reorder_queue_size", "500"])
+            .arg("-i")
+            .arg(&sdp)
+            .args(["-map", "0", "-c", "copy", "-y"])
+            .arg(&receiver.output);
+        Proc::spawn(format!("ffmpeg {}", receiver.id), command)
+    }
+
+    fn receiver_ports(&self, receiver: &ReceiverPlan) -> Vec<u16> {
+        // RTP and RTCP of both m-lines.
+        receiver.ports.iter().flat_map(|&p| [p, p + 1]).collect()
+    }
+
+    fn start_publisher(&self, plan: &MeetingPlan) -> Result<Proc> {
+        let seconds = plan.seconds;
+        let mut command = Command::new("ffmpeg");
+        command
+            .args(["-nostdin", "-hide_banner", "-nostats", "-re"])
+            .args(["-f", "lavfi", "-i"])
+            .arg(format!(
+                "testsrc=size=640x360:rate={VIDEO_FPS}:duration={seconds}"
+            ))
+            .args(["-f", "lavfi", "-i"])
+            .arg(format!(
+                "sine=frequency=440:sample_rate=48000:duration={seconds}"
+            ))
+            .args(["-map", "0:v", "-map", "1:a"])
+            // One encoder thread: libvpx's VP8 worker threads busy-wait on each other,
+            // which on a loaded 2-core machine slows encoding below real time.
+            .args(["-c:v", "libvpx", "-threads", "1"])
+            .args(["-deadline", "realtime", "-cpu-used", "8"])
+            .args(["-b:v", "1M", "-g", "30", "-auto-alt-ref", "0"])
+            .args(["-error-resilient", "1"])
+            .args(["-c:a", "libopus", "-b:a", "64k"])
+            .args(["-f", "tee"])
+            .arg(tee_outputs(plan));
+        Proc::spawn("ffmpeg publisher", command)
+    }
+
+    fn finish_receiver(&self, proc: &mut Proc, receiver: &ReceiverPlan) -> Result<String> {
+        let status = proc.wait_timeout(RECEIVER_EXIT_TIMEOUT)?;
+        let stderr = proc.stderr();
+        // FFmpeg's SDP input ends on a read timeout once the media stops; depending on
+        // timing it reports that as exit 255 or as a clean end.
+        let timed_out = stderr.contains("Connection timed out");
+        if status.success() || (status.code() == Some(255) && timed_out) || receiver.wrong_key {
+            Ok(format!(
+                "{status}{}",
+                if timed_out { " after the media stopped" } else { "" }
+            ))
+        } else {
+            bail!(
+                "ffmpeg {} failed ({status}); stderr:\n{}",
+                receiver.id,
+                tail(&stderr)
+            )
+        }
+    }
+
+    fn auth_failure_marker(&self) -> Option<&'static str> {
+        // libavformat/srtp.c logs this for every packet whose tag does not verify.
+        Some("HMAC mismatch")
+    }
+}

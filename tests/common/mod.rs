@@ -1,0 +1,22 @@
+//! Harness for Fanout's end-to-end tests with real SRTP peers, shared by the interop tests
+//! and the `fanout-demo` binary.
+//!
+//! * [`process`]: child processes with captured output, a deadline on every wait, and a
+//!   kill-on-drop guard; a clear failure when FFmpeg or GStreamer is not installed.
+//! * [`net`]: free RTP/RTCP port pairs, and waiting until a peer has bound its ports
+//!   (read from the kernel's socket table, never by racing the peer for the port).
+//! * [`forwarder`]: the standalone `fanout-forwarder` binary (found next to the test
+//!   executable, built if missing or stale), its TOML configuration, fresh SRTP keys,
+//!   readiness through its metrics endpoint, clean SIGTERM stop, metric scraping.
+//! * [`media`]: frames decoded from a file, with `ffprobe -count_frames`.
+//! * [`meeting`]: the scenario (one publisher, N receivers, a report and its checks),
+//!   run with the peers of a [`meeting::PeerKit`]: [`ffmpeg::Ffmpeg`] or
+//!   [`gstreamer::Gstreamer`].
+
+pub mod ffmpeg;
+pub mod forwarder;
+pub mod gstreamer;
+pub mod media;
+pub mod meeting;
+pub mod net;
+pub mod process;
