@@ -9,3 +9,6 @@ scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The fuzz targets are their own workspace (libFuzzer needs nightly to run them); make sure
+# they still compile against the forwarder's API.
+cargo check --locked --manifest-path forwarder/fuzz/Cargo.toml --bins --target-dir target/fuzz-check

@@ -15,7 +15,7 @@ use fanout_tests::meeting::{self, RunOptions};
 
 /// One FFmpeg publisher, N FFmpeg receivers, one Fanout forwarder: who decoded what.
 #[derive(Debug, Parser)]
-#[command(name = "fanout-demo", version, about, long_about = None)]
+#[command(name = "fanout-demo", version)]
 struct Args {
     /// Number of receivers, each with its own SRTP keys.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]

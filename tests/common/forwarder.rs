@@ -185,7 +185,13 @@ pub fn forwarder_binary() -> Result<PathBuf> {
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
-        .args(["build", "-p", "fanout-forwarder", "--bin", "fanout-forwarder"])
+        .args([
+            "build",
+            "-p",
+            "fanout-forwarder",
+            "--bin",
+            "fanout-forwarder",
+        ])
         .args(["--profile", &profile]);
     if let Some(target_dir) = dir.parent() {
         command.arg("--target-dir").arg(target_dir);
@@ -529,7 +535,9 @@ mod tests {
                 .unwrap(),
             12.0
         );
-        assert!(m.get("fanout_leg_packets_sent_total", &[("leg", "audio")]).is_err());
+        assert!(m
+            .get("fanout_leg_packets_sent_total", &[("leg", "audio")])
+            .is_err());
     }
 
     #[test]

@@ -68,7 +68,12 @@ impl PeerKit for Gstreamer {
                 ("video", 90000, "VP8", vec!["rtpvp8depay"])
             } else {
                 // rtpopusdepay's caps lack the rate webmmux wants; opusparse adds it.
-                ("audio", 48000, "OPUS", vec!["rtpopusdepay", "!", "opusparse"])
+                (
+                    "audio",
+                    48000,
+                    "OPUS",
+                    vec!["rtpopusdepay", "!", "opusparse"],
+                )
             };
             args.push("udpsrc".into());
             args.push(format!("name={}", SOURCES[i]));
@@ -84,7 +89,9 @@ impl PeerKit for Gstreamer {
                 ssrc = m.ssrc,
                 key = receiver.keys[i].hex(),
             ));
-            args.extend(["!", "srtpdec", "!", "rtpjitterbuffer", "mode=none", "!"].map(String::from));
+            args.extend(
+                ["!", "srtpdec", "!", "rtpjitterbuffer", "mode=none", "!"].map(String::from),
+            );
             args.extend(depay.into_iter().map(String::from));
             args.extend(["!", "queue", "!", "mux."].map(String::from));
         }
@@ -165,5 +172,9 @@ impl PeerKit for Gstreamer {
     fn auth_failure_marker(&self) -> Option<&'static str> {
         // srtpdec only reports failures in debug logs; not checked.
         None
+    }
+
+    fn receivers_end(&self) -> &'static str {
+        "each udpsrc reports 1 s without data, then SIGINT sends EOS"
     }
 }

@@ -25,8 +25,7 @@ use anyhow::{Context, Result};
 use fanout_forwarder::srtp::SrtpProfile;
 
 use crate::forwarder::{
-    ConfigSpec, Forwarder, LegSpec, Metrics, ParticipantSpec, SrtpKey, SubscriptionSpec,
-    TrackSpec,
+    ConfigSpec, Forwarder, LegSpec, Metrics, ParticipantSpec, SrtpKey, SubscriptionSpec, TrackSpec,
 };
 use crate::media::{count_frames, FrameCounts};
 use crate::net::{free_udp_port_pair, wait_udp_bound};
@@ -241,6 +240,8 @@ pub trait PeerKit {
     fn finish_receiver(&self, proc: &mut Proc, receiver: &ReceiverPlan) -> Result<String>;
     /// A string the receiver prints when a packet fails SRTP authentication, if any.
     fn auth_failure_marker(&self) -> Option<&'static str>;
+    /// How the receivers notice the end of the media (for progress output).
+    fn receivers_end(&self) -> &'static str;
 }
 
 /// What to run.
@@ -338,14 +339,21 @@ impl Report {
             } else if r.decoded != self.sent {
                 failures.push(format!(
                     "{} decoded {} video and {} audio frames; {} and {} were sent ({})",
-                    r.id, r.decoded.video, r.decoded.audio, self.sent.video, self.sent.audio,
+                    r.id,
+                    r.decoded.video,
+                    r.decoded.audio,
+                    self.sent.video,
+                    self.sent.audio,
                     r.ended
                 ));
             }
         }
         for m in MEDIA {
             let Some(publisher) = self.leg(&self.publisher_id, m.leg) else {
-                failures.push(format!("no metrics for leg {}/{}", self.publisher_id, m.leg));
+                failures.push(format!(
+                    "no metrics for leg {}/{}",
+                    self.publisher_id, m.leg
+                ));
                 continue;
             };
             if publisher.rtp_received == 0 {
@@ -357,17 +365,10 @@ impl Report {
             for r in &self.receivers {
                 match self.leg(&r.id, m.leg) {
                     None => failures.push(format!("no metrics for leg {}/{}", r.id, m.leg)),
-                    Some(leg) if leg.rtp_sent != publisher.rtp_received => {
-                        failures.push(format!(
-                            "the forwarder sent {} RTP packets on {}/{} but received {} on {}/{}",
-                            leg.rtp_sent,
-                            r.id,
-                            m.leg,
-                            publisher.rtp_received,
-                            self.publisher_id,
-                            m.leg
-                        ))
-                    }
+                    Some(leg) if leg.rtp_sent != publisher.rtp_received => failures.push(format!(
+                        "the forwarder sent {} RTP packets on {}/{} but received {} on {}/{}",
+                        leg.rtp_sent, r.id, m.leg, publisher.rtp_received, self.publisher_id, m.leg
+                    )),
                     Some(_) => {}
                 }
             }
@@ -406,10 +407,7 @@ impl Report {
             "\n--- forwarder log (tail) ---\n{}",
             self.forwarder_log_tail
         ));
-        panic!(
-            "{self}\nFAILED:\n  {}\n{logs}",
-            failures.join("\n  ")
-        );
+        panic!("{self}\nFAILED:\n  {}\n{logs}", failures.join("\n  "));
     }
 }
 
@@ -431,7 +429,9 @@ impl fmt::Display for Report {
         )?;
         for r in &self.receivers {
             let verdict = match (r.wrong_key, r.decoded == self.sent) {
-                (true, _) if r.decoded == FrameCounts::default() => "ok: wrong key, nothing decoded",
+                (true, _) if r.decoded == FrameCounts::default() => {
+                    "ok: wrong key, nothing decoded"
+                }
                 (true, _) => "FAIL: wrong key but frames decoded",
                 (false, true) => "ok: every frame",
                 (false, false) => "FAIL: frames missing",
@@ -442,12 +442,20 @@ impl fmt::Display for Report {
                 r.id, r.decoded.video, self.sent.video, r.decoded.audio, self.sent.audio
             )?;
         }
-        writeln!(f, "  forwarder counters (RTP in/out, RTCP in/out, drops) per leg:")?;
+        writeln!(
+            f,
+            "  forwarder counters (RTP in/out, RTCP in/out, drops) per leg:"
+        )?;
         for l in &self.legs {
             writeln!(
                 f,
                 "    {:<10} {:<6} rtp {:>6} in {:>6} out   rtcp {:>4} in {:>4} out   drops {}",
-                l.participant, l.leg, l.rtp_received, l.rtp_sent, l.rtcp_received, l.rtcp_sent,
+                l.participant,
+                l.leg,
+                l.rtp_received,
+                l.rtp_sent,
+                l.rtcp_received,
+                l.rtcp_sent,
                 l.drops
             )?;
         }
@@ -510,11 +518,12 @@ pub fn run(kit: &dyn PeerKit, options: &RunOptions) -> Result<Report> {
 
     let mut publisher = kit.start_publisher(&plan)?;
     let media = Duration::from_secs(u64::from(options.seconds));
-    let status = publisher.wait_with_ticks(media + PUBLISHER_GRACE, Duration::from_secs(1), |t| {
-        if options.progress {
-            progress_line(&forwarder, &plan, t);
-        }
-    })?;
+    let status =
+        publisher.wait_with_ticks(media + PUBLISHER_GRACE, Duration::from_secs(1), |t| {
+            if options.progress {
+                progress_line(&forwarder, &plan, t);
+            }
+        })?;
     if !status.success() {
         anyhow::bail!(
             "the {} publisher failed ({status}); stderr:\n{}",
@@ -524,8 +533,9 @@ pub fn run(kit: &dyn PeerKit, options: &RunOptions) -> Result<Report> {
     }
     if options.progress {
         eprintln!(
-            "[{:>5.1}s] publisher done; waiting for the receivers to finish",
-            started.elapsed().as_secs_f64()
+            "[{:>5.1}s] publisher done; waiting for the receivers to finish ({})",
+            started.elapsed().as_secs_f64(),
+            kit.receivers_end()
         );
     }
     settle(&forwarder, &plan)?;
@@ -638,9 +648,5 @@ fn progress_line(forwarder: &Forwarder, plan: &MeetingPlan, elapsed: Duration) {
         )
     });
     let line = line.unwrap_or_else(|e| format!("cannot scrape the forwarder: {e:#}"));
-    eprintln!(
-        "[{:>3}s/{}s] {line}",
-        elapsed.as_secs(),
-        plan.seconds
-    );
+    eprintln!("[{:>3}s/{}s] {line}", elapsed.as_secs(), plan.seconds);
 }

@@ -37,26 +37,24 @@ struct CapturedText {
 impl Captured {
     fn collect(self: Arc<Self>, mut pipe: impl Read + Send + 'static, name: String) {
         let this = self.clone();
-        let spawned = thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                let this = this;
-                let mut buf = [0u8; 8192];
-                loop {
-                    let n = pipe.read(&mut buf).unwrap_or(0);
-                    let mut state = this.text.lock().unwrap_or_else(PoisonError::into_inner);
-                    if n == 0 {
-                        state.closed = true;
-                    } else {
-                        state.text.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    }
-                    drop(state);
-                    this.changed.notify_all();
-                    if n == 0 {
-                        break;
-                    }
+        let spawned = thread::Builder::new().name(name).spawn(move || {
+            let this = this;
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = pipe.read(&mut buf).unwrap_or(0);
+                let mut state = this.text.lock().unwrap_or_else(PoisonError::into_inner);
+                if n == 0 {
+                    state.closed = true;
+                } else {
+                    state.text.push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
-            });
+                drop(state);
+                this.changed.notify_all();
+                if n == 0 {
+                    break;
+                }
+            }
+        });
         if spawned.is_err() {
             // Without a reader the output is lost, but the child still runs and is still
             // waited for; mark the pipe closed so output waits end.
@@ -83,7 +81,11 @@ impl Captured {
 
     /// Waits until `found` returns `Some` for the collected text, the pipe closes, or the
     /// deadline passes.
-    fn wait_for<T>(&self, deadline: Instant, mut found: impl FnMut(&str) -> Option<T>) -> Option<T> {
+    fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> Option<T> {
         let mut state = self.text.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(t) = found(&state.text) {
@@ -201,11 +203,9 @@ impl Proc {
         what: &str,
         mut found: impl FnMut(&str) -> bool,
     ) -> Result<()> {
-        let hit = self
-            .stdout
-            .wait_for(Instant::now() + timeout, |text| {
-                found(text.get(mark..).unwrap_or("")).then_some(())
-            });
+        let hit = self.stdout.wait_for(Instant::now() + timeout, |text| {
+            found(text.get(mark..).unwrap_or("")).then_some(())
+        });
         match hit {
             Some(()) => Ok(()),
             None => {

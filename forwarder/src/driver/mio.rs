@@ -352,7 +352,7 @@ fn write_driver_metrics(stats: &DriverStats, out: &mut String) {
 
 /// Receive buffers and the `mmsghdr` vector that points into them.
 struct RecvBatch {
-    bufs: Vec<Box<[u8; MAX_DATAGRAM_LEN]>>,
+    bufs: Vec<[u8; MAX_DATAGRAM_LEN]>,
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
@@ -361,7 +361,7 @@ struct RecvBatch {
 impl RecvBatch {
     fn new() -> Self {
         RecvBatch {
-            bufs: (0..BATCH).map(|_| Box::new([0u8; MAX_DATAGRAM_LEN])).collect(),
+            bufs: vec![[0u8; MAX_DATAGRAM_LEN]; BATCH],
             // SAFETY: all-zero bytes are a valid sockaddr_storage, iovec and mmsghdr (null
             // pointers and zero lengths), and every pointer is set before use in `recv`.
             addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
@@ -417,9 +417,14 @@ impl RecvBatch {
     }
 }
 
+// SAFETY: the raw pointers in `iovecs` and `msgs` only ever point into heap buffers owned by
+// the same batch, and are rewritten right before every system call; moving the batch to
+// another thread moves those buffers with it, so nothing is shared across threads.
+unsafe impl Send for RecvBatch {}
+
 /// Send buffers filled by the core, and their destinations.
 struct SendBatch {
-    bufs: Vec<Box<[u8; MIN_TRANSMIT_BUFFER_LEN]>>,
+    bufs: Vec<[u8; MIN_TRANSMIT_BUFFER_LEN]>,
     lens: Vec<usize>,
     dests: Vec<SocketAddr>,
     addrs: Vec<libc::sockaddr_storage>,
@@ -438,7 +443,7 @@ struct SendOutcome {
 impl SendBatch {
     fn new() -> Self {
         SendBatch {
-            bufs: (0..BATCH).map(|_| Box::new([0u8; MIN_TRANSMIT_BUFFER_LEN])).collect(),
+            bufs: vec![[0u8; MIN_TRANSMIT_BUFFER_LEN]; BATCH],
             lens: vec![0; BATCH],
             dests: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
             // SAFETY: all-zero bytes are valid for these C structs; pointers are set in
@@ -535,6 +540,10 @@ impl SendBatch {
         outcome
     }
 }
+
+// SAFETY: as for `RecvBatch`: the pointers refer to buffers the batch owns and are set
+// right before each system call.
+unsafe impl Send for SendBatch {}
 
 /// Block until `fd` is writable or `deadline` passes.
 fn wait_writable(fd: RawFd, deadline: Instant) -> bool {
