@@ -110,24 +110,25 @@ fn bench(c: &mut Criterion) {
             let source: SocketAddr = "192.0.2.10:6000".parse().unwrap();
             let mut out = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
             group.throughput(Throughput::Elements(subscribers as u64));
-            group.bench_function(
-                BenchmarkId::new(profile.name(), subscribers),
-                |b| {
-                    b.iter_batched_ref(
-                        || publisher.next_packet(),
-                        |packet| {
-                            forwarder.handle_datagram(now, local, source, packet);
-                            let mut sent = 0;
-                            while let Some(t) = forwarder.poll_transmit(&mut out) {
-                                sent += t.len;
-                            }
-                            sent
-                        },
-                        BatchSize::SmallInput,
-                    )
-                },
+            group.bench_function(BenchmarkId::new(profile.name(), subscribers), |b| {
+                b.iter_batched_ref(
+                    || publisher.next_packet(),
+                    |packet| {
+                        forwarder.handle_datagram(now, local, source, packet);
+                        let mut sent = 0;
+                        while let Some(t) = forwarder.poll_transmit(&mut out) {
+                            sent += t.len;
+                        }
+                        sent
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+            assert_eq!(
+                forwarder.total_drops().total(),
+                0,
+                "no drops while benchmarking"
             );
-            assert_eq!(forwarder.total_drops().total(), 0, "no drops while benchmarking");
         }
     }
     group.finish();

@@ -247,7 +247,10 @@ impl Locator<'_> {
     fn position(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
         (line, column)
     }
 
@@ -419,7 +422,10 @@ impl Builder<'_> {
         let reference = section.track.get_ref();
         let track = reference
             .split_once('/')
-            .and_then(|(p, t)| self.forwarder.track_id(meeting, &ParticipantId(p.into()), t))
+            .and_then(|(p, t)| {
+                self.forwarder
+                    .track_id(meeting, &ParticipantId(p.into()), t)
+            })
             .ok_or_else(|| {
                 self.locate.error(
                     section.track.span(),
@@ -437,7 +443,10 @@ impl Builder<'_> {
                 self.locate.error(
                     section.leg.span(),
                     format!("{at}.leg"),
-                    format!("participant `{subscriber}` has no leg `{}`", section.leg.get_ref()),
+                    format!(
+                        "participant `{subscriber}` has no leg `{}`",
+                        section.leg.get_ref()
+                    ),
                 )
             })?;
         let config = SubscriptionConfig {
@@ -470,13 +479,17 @@ impl Builder<'_> {
         for (mi, meeting) in file.meeting.iter().enumerate() {
             for (pi, participant) in meeting.participant.iter().enumerate() {
                 for (li, leg) in participant.leg.iter().enumerate() {
-                    for (name, key) in [("receive_key", &leg.receive_key), ("send_key", &leg.send_key)] {
+                    for (name, key) in [
+                        ("receive_key", &leg.receive_key),
+                        ("send_key", &leg.send_key),
+                    ] {
                         let at = format!("meeting[{mi}].participant[{pi}].leg[{li}].{name}");
                         let text = key.get_ref().trim();
                         let text = text.strip_prefix("inline:").unwrap_or(text);
                         let text = text.split('|').next().unwrap_or(text);
                         // Keys were decoded successfully when their legs were added.
-                        let Ok(material) = base64::engine::general_purpose::STANDARD.decode(text) else {
+                        let Ok(material) = base64::engine::general_purpose::STANDARD.decode(text)
+                        else {
                             continue;
                         };
                         if let Some(first) = seen.insert(material, at.clone()) {
@@ -579,8 +592,14 @@ leg = "video"
     fn a_valid_file_configures_the_core() {
         let loaded = parse_text(&sample()).unwrap();
         assert_eq!(loaded.network.listen, "127.0.0.1:40000".parse().unwrap());
-        assert_eq!(loaded.network.rtcp_listen, Some("127.0.0.1:40001".parse().unwrap()));
-        assert_eq!(loaded.network.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            loaded.network.rtcp_listen,
+            Some("127.0.0.1:40001".parse().unwrap())
+        );
+        assert_eq!(
+            loaded.network.metrics,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
         assert_eq!(loaded.forwarder.leg_count(), 2);
         assert_eq!(loaded.forwarder.subscription_count(), 1);
         let bob = loaded
@@ -602,9 +621,16 @@ leg = "video"
         let text = sample().replace("ssrc = 0x11111111", "ssrc = \"x\"");
         let e = error_for(&text);
         assert_eq!(e.field, "meeting[0].participant[0].track[0].ssrc");
-        let line = text.lines().position(|l| l.starts_with("ssrc = \"x\"")).unwrap() + 1;
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("ssrc = \"x\""))
+            .unwrap()
+            + 1;
         assert_eq!(e.position.map(|p| p.0), Some(line));
-        assert!(e.to_string().starts_with(&format!("fanout.toml:{line}:")), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("fanout.toml:{line}:")),
+            "{e}"
+        );
 
         let e = error_for(&sample().replace("kind = \"video\"", "kind = \"hologram\""));
         assert_eq!(e.field, "meeting[0].participant[0].track[0].kind");
@@ -613,7 +639,8 @@ leg = "video"
         let e = error_for(&sample().replace("track = \"alice/camera\"", "track = \"alice/mic\""));
         assert_eq!(e.field, "meeting[0].participant[1].subscription[0].track");
 
-        let e = error_for(&sample().replace("remote = \"127.0.0.1:6000\"", "remote = \"localhost\""));
+        let e =
+            error_for(&sample().replace("remote = \"127.0.0.1:6000\"", "remote = \"localhost\""));
         assert_eq!(e.field, "meeting[0].participant[1].leg[0].remote");
 
         let e = error_for(&sample().replacen(

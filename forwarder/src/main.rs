@@ -26,7 +26,12 @@ use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
 #[command(name = "fanout-forwarder", version, about, long_about)]
 struct Args {
     /// The standalone configuration file (TOML).
-    #[arg(long, short, value_name = "FILE", required_unless_present = "generate_key")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        required_unless_present = "generate_key"
+    )]
     config: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (overrides `forwarder.metrics`).
@@ -117,8 +122,10 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
-    let mut sockets = vec![driver::bind_udp(network.listen, network.socket_buffer_bytes)
-        .with_context(|| format!("cannot bind RTP socket {}", network.listen))?];
+    let mut sockets = vec![
+        driver::bind_udp(network.listen, network.socket_buffer_bytes)
+            .with_context(|| format!("cannot bind RTP socket {}", network.listen))?,
+    ];
     if let Some(rtcp) = network.rtcp_listen {
         sockets.push(
             driver::bind_udp(rtcp, network.socket_buffer_bytes)

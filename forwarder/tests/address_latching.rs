@@ -24,7 +24,9 @@ fn learns_and_relearns_only_from_authenticated_packets() {
     assert!(s.deliver(attacker, forged).is_empty());
     assert_eq!(s.forwarder.leg_remote(s.publisher.leg), None);
     assert_eq!(
-        s.forwarder.unattributed_drops().get(DropReason::UnknownSource),
+        s.forwarder
+            .unattributed_drops()
+            .get(DropReason::UnknownSource),
         1
     );
 

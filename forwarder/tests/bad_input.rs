@@ -34,16 +34,25 @@ fn every_kind_of_bad_packet_is_dropped_and_counted() {
     truncated.truncate(14);
     assert!(s.deliver(publisher, truncated).is_empty());
     // Malformed: an RTP version-2 first byte with a CSRC count larger than the packet.
-    assert!(s.deliver(publisher, vec![0x8f, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]).is_empty());
+    assert!(s
+        .deliver(publisher, vec![0x8f, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+        .is_empty());
     // Not RTP at all, and STUN.
     assert!(s.deliver(publisher, vec![0x40; 20]).is_empty());
-    assert!(s.deliver(publisher, vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42]).is_empty());
+    assert!(s
+        .deliver(publisher, vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42])
+        .is_empty());
     assert_eq!(drops(&s, DropReason::UnsupportedProtocol), 1);
     let counted = drops(&s, DropReason::Malformed) + drops(&s, DropReason::AuthenticationFailed);
-    assert!(counted >= 4, "truncated and malformed packets counted, got {counted}");
+    assert!(
+        counted >= 4,
+        "truncated and malformed packets counted, got {counted}"
+    );
 
     // An authenticated packet with an SSRC the leg does not publish.
-    let stranger = s.publisher.rtp(fanout_forwarder::ids::Ssrc(0xdead), 1, 0, b"who");
+    let stranger = s
+        .publisher
+        .rtp(fanout_forwarder::ids::Ssrc(0xdead), 1, 0, b"who");
     assert!(s.deliver(publisher, stranger).is_empty());
     assert_eq!(drops(&s, DropReason::UnknownSsrc), 1);
 

@@ -34,7 +34,11 @@ fn fan_out(profile: SrtpProfile) {
         s.advance(Duration::from_millis(33));
     }
     for sub in 0..SUBSCRIBERS {
-        assert_eq!(checker.counts[&sub], usize::from(PACKETS), "subscriber {sub}");
+        assert_eq!(
+            checker.counts[&sub],
+            usize::from(PACKETS),
+            "subscriber {sub}"
+        );
         let stats = s.forwarder.leg_stats(s.subscribers[sub].leg).unwrap();
         assert_eq!(stats.rtp_out.packets, u64::from(PACKETS));
     }
@@ -47,7 +51,10 @@ fn fan_out(profile: SrtpProfile) {
     assert_eq!(receive.received(), u64::from(PACKETS) - 1);
     assert_eq!(receive.expected(), receive.received());
     assert_eq!(receive.cumulative_lost(), 0);
-    assert_eq!(s.forwarder.leg_remote(s.publisher.leg), Some(s.publisher.address));
+    assert_eq!(
+        s.forwarder.leg_remote(s.publisher.leg),
+        Some(s.publisher.address)
+    );
 }
 
 #[test]
@@ -58,4 +65,22 @@ fn one_to_a_thousand_aes_gcm_128() {
 #[test]
 fn one_to_a_thousand_aes_cm_80() {
     fan_out(SrtpProfile::AesCm128HmacSha1_80);
+}
+
+/// More than 2^16 packets: the sequence number wraps on every leg and the subscriber's
+/// stream stays continuous past the point where 16-bit comparisons turn around (2^15).
+#[test]
+fn a_long_stream_stays_continuous_across_wraps() {
+    let mut s = Scenario::new(SrtpProfile::AeadAes128Gcm, 2);
+    let mut checker = ContinuityChecker::default();
+    let packets: u32 = 70_000;
+    for i in 0..packets {
+        let received = s.publish(i as u16, i.wrapping_mul(3000), b"payload");
+        assert_eq!(received.len(), 2, "packet {i}");
+        for r in &received {
+            checker.check(r);
+        }
+    }
+    assert_eq!(checker.counts[&0], packets as usize);
+    assert_eq!(s.forwarder.total_drops().total(), 0);
 }

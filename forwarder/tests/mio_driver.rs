@@ -132,12 +132,19 @@ fn forwards_real_udp_and_serves_metrics() {
         }
         for (i, (socket, receiver)) in subscribers.iter_mut().enumerate() {
             for _ in 0..50 {
-                let n = socket.recv(&mut buf).expect("a forwarded packet within 5 s");
+                let n = socket
+                    .recv(&mut buf)
+                    .expect("a forwarded packet within 5 s");
                 let len = receiver.unprotect_rtp(&mut buf[..n]).unwrap();
                 let header = RtpHeader::parse(&buf[..len]).unwrap();
                 assert_eq!(header.ssrc, ssrc);
-                assert_eq!(header.sequence.0, received[i] as u16, "in order, exactly once");
-                assert!(buf[header.header_len..len].iter().all(|&b| b == header.sequence.0 as u8));
+                assert_eq!(
+                    header.sequence.0, received[i] as u16,
+                    "in order, exactly once"
+                );
+                assert!(buf[header.header_len..len]
+                    .iter()
+                    .all(|&b| b == header.sequence.0 as u8));
                 received[i] += 1;
             }
         }

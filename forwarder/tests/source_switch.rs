@@ -18,7 +18,9 @@ fn switching_tracks_keeps_the_subscriber_stream_continuous() {
 
     // A second publisher, bob, with his own numbering.
     let bob = ParticipantId::from("bob");
-    s.forwarder.add_participant(&s.meeting, bob.clone()).unwrap();
+    s.forwarder
+        .add_participant(&s.meeting, bob.clone())
+        .unwrap();
     let (config, bob_send, _) = leg_config("main", profile, None);
     let bob_leg = s.forwarder.add_leg(&s.meeting, &bob, config).unwrap();
     let bob_ssrc = Ssrc(0xB0B0_B0B0);
@@ -73,7 +75,11 @@ fn switching_tracks_keeps_the_subscriber_stream_continuous() {
         let out = s.deliver(bob_addr, packet);
         assert_eq!(out.len(), 1);
         checker.check(&out[0]);
-        assert_eq!(out[0].header.ssrc, Ssrc(0x5555), "the SSRC survives the switch");
+        assert_eq!(
+            out[0].header.ssrc,
+            Ssrc(0x5555),
+            "the SSRC survives the switch"
+        );
         assert_eq!(out[0].payload, b"bob");
         if i == 0 {
             // 100 ms after the last packet (33 + 67 ms) at 90 kHz.
@@ -88,7 +94,11 @@ fn switching_tracks_keeps_the_subscriber_stream_continuous() {
     assert!(out.is_empty());
     let leg = s.subscribers[viewer].leg;
     assert_eq!(
-        s.forwarder.leg_stats(leg).unwrap().drops.get(DropReason::StaleSource),
+        s.forwarder
+            .leg_stats(leg)
+            .unwrap()
+            .drops
+            .get(DropReason::StaleSource),
         0,
         "alice's packet is not even offered to the viewer: it left her fan-out list"
     );

@@ -256,10 +256,11 @@ impl Forwarder {
             .arg("--config")
             .arg(&path)
             .args(["--metrics", "127.0.0.1:0"])
-            .env("NO_COLOR", "1");
-        if let Ok(filter) = std::env::var("FANOUT_FORWARDER_LOG") {
-            command.args(["--log", &filter]);
-        }
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        // The start-up is recognised by an info line: a filter must keep info level.
+        let filter = std::env::var("FANOUT_FORWARDER_LOG").unwrap_or_else(|_| "info".into());
+        command.args(["--log", &filter]);
         let mut proc = Proc::spawn("fanout-forwarder", command)?;
         // Port 0 avoids any race for the metrics port; the forwarder logs what it bound.
         let metrics = proc.wait_stderr(READY_TIMEOUT, "its metrics address", |text| {

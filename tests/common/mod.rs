@@ -12,6 +12,10 @@
 //! * [`meeting`]: the scenario (one publisher, N receivers, a report and its checks),
 //!   run with the peers of a [`meeting::PeerKit`]: [`ffmpeg::Ffmpeg`] or
 //!   [`gstreamer::Gstreamer`].
+//!
+//! Environment knobs: `FANOUT_FORWARDER_BIN` (use this forwarder binary),
+//! `FANOUT_FORWARDER_LOG` (the forwarder's log filter; default `info`, which start-up
+//! detection needs), `FANOUT_KEEP_TEMP` (keep configs, SDPs and media files of a run).
 
 pub mod ffmpeg;
 pub mod forwarder;

@@ -6,6 +6,7 @@
 //! assertion, an early `?`) kills and reaps the child.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -130,6 +131,18 @@ impl Proc {
     /// Starts `command` with stdin closed and stdout/stderr captured. `name` labels errors.
     pub fn spawn(name: impl Into<String>, mut command: Command) -> Result<Proc> {
         let name = name.into();
+        // If the harness itself dies (a SIGKILL, a Ctrl-C of `cargo test`), no Drop runs:
+        // have the kernel kill the child when the thread that spawned it ends.
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // prctl(2), which is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -94,7 +94,10 @@ pub struct MioDriver {
 impl std::fmt::Debug for MioDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MioDriver")
-            .field("sockets", &self.sockets.iter().map(|s| s.local).collect::<Vec<_>>())
+            .field(
+                "sockets",
+                &self.sockets.iter().map(|s| s.local).collect::<Vec<_>>(),
+            )
             .field("stats", &self.stats)
             .finish()
     }
@@ -322,7 +325,9 @@ fn log_event(event: &Event) {
             kind,
             address,
             previous,
-        } => info!(%meeting, %participant, %leg, ?kind, %address, ?previous, "remote address learned"),
+        } => {
+            info!(%meeting, %participant, %leg, ?kind, %address, ?previous, "remote address learned")
+        }
         Event::LegInactive {
             meeting,
             participant,
@@ -339,14 +344,41 @@ fn log_event(event: &Event) {
 fn write_driver_metrics(stats: &DriverStats, out: &mut String) {
     use std::fmt::Write;
     for (name, help, value) in [
-        ("fanout_driver_recv_syscalls_total", "recvmmsg calls that returned datagrams", stats.recv_syscalls),
-        ("fanout_driver_send_syscalls_total", "sendmmsg calls", stats.send_syscalls),
-        ("fanout_driver_datagrams_received_total", "Datagrams received from the kernel", stats.datagrams_received),
-        ("fanout_driver_datagrams_sent_total", "Datagrams handed to the kernel", stats.datagrams_sent),
-        ("fanout_driver_truncated_total", "Datagrams dropped because they exceeded the receive buffer", stats.truncated),
-        ("fanout_driver_send_failures_total", "Datagrams the kernel refused or that found the send buffer full", stats.send_failures),
+        (
+            "fanout_driver_recv_syscalls_total",
+            "recvmmsg calls that returned datagrams",
+            stats.recv_syscalls,
+        ),
+        (
+            "fanout_driver_send_syscalls_total",
+            "sendmmsg calls",
+            stats.send_syscalls,
+        ),
+        (
+            "fanout_driver_datagrams_received_total",
+            "Datagrams received from the kernel",
+            stats.datagrams_received,
+        ),
+        (
+            "fanout_driver_datagrams_sent_total",
+            "Datagrams handed to the kernel",
+            stats.datagrams_sent,
+        ),
+        (
+            "fanout_driver_truncated_total",
+            "Datagrams dropped because they exceeded the receive buffer",
+            stats.truncated,
+        ),
+        (
+            "fanout_driver_send_failures_total",
+            "Datagrams the kernel refused or that found the send buffer full",
+            stats.send_failures,
+        ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     }
 }
 
@@ -524,9 +556,12 @@ impl SendBatch {
             match err.raw_os_error() {
                 Some(libc::EINTR) => {}
                 Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
-                    let deadline = *stall_deadline.get_or_insert_with(|| Instant::now() + SEND_STALL);
+                    let deadline =
+                        *stall_deadline.get_or_insert_with(|| Instant::now() + SEND_STALL);
                     if Instant::now() >= deadline || !wait_writable(fd, deadline) {
-                        outcome.failed.extend_from_slice(&self.dests[offset..self.count]);
+                        outcome
+                            .failed
+                            .extend_from_slice(&self.dests[offset..self.count]);
                         break;
                     }
                 }

@@ -20,7 +20,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// `net.core.rmem_max` are forced when running as root (SO_RCVBUFFORCE), else capped by
 /// the kernel; the size obtained is logged.
 pub fn bind_udp(address: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     socket.set_nonblocking(true)?;
     if buffer_bytes > 0 {
         set_buffers(&socket, buffer_bytes);

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::ids::{ParticipantId, Ssrc, SubscriptionId, TrackId};
-use crate::srtp::{MasterKey, SrtpContext};
+use crate::srtp::{MasterKey, SrtpContext, SrtpError};
 
 use super::stats::LegStats;
-use super::MeetingIndex;
+use super::{AddressKind, MeetingIndex};
 
 /// Static description of a leg.
 #[derive(Debug, Clone)]
@@ -64,6 +64,18 @@ pub(crate) struct Leg {
 }
 
 impl Leg {
+    /// Unprotect what the peer sent, in place; returns the plaintext length.
+    pub(crate) fn unprotect(
+        &mut self,
+        kind: AddressKind,
+        packet: &mut [u8],
+    ) -> Result<usize, SrtpError> {
+        match kind {
+            AddressKind::Rtp => self.srtp_in.unprotect_rtp(packet),
+            AddressKind::Rtcp => self.srtp_in.unprotect_rtcp(packet),
+        }
+    }
+
     pub(crate) fn track_for(&self, ssrc: Ssrc) -> Option<TrackId> {
         self.inbound_ssrcs
             .iter()

@@ -95,10 +95,18 @@ impl Forwarder {
         let mut meetings: BTreeMap<String, LegStats> = self
             .meetings
             .iter()
-            .map(|(_, m)| (format!("meeting=\"{}\"", escape(&m.id.0)), LegStats::default()))
+            .map(|(_, m)| {
+                (
+                    format!("meeting=\"{}\"", escape(&m.id.0)),
+                    LegStats::default(),
+                )
+            })
             .collect();
         for (_, leg) in &self.legs {
-            let key = format!("meeting=\"{}\"", escape(&self.meetings[leg.meeting.0 as usize].id.0));
+            let key = format!(
+                "meeting=\"{}\"",
+                escape(&self.meetings[leg.meeting.0 as usize].id.0)
+            );
             meetings.entry(key).or_default().merge(&leg.stats);
         }
         let meetings: Vec<(String, &LegStats)> =
@@ -117,24 +125,48 @@ impl Forwarder {
             x.family(&name, "counter", "Packets dropped, by reason");
             for (labels, stats) in rows.iter() {
                 for (reason, n) in stats.drops.iter() {
-                    x.sample(&name, &format!("{labels},reason=\"{}\"", reason.as_str()), n);
+                    x.sample(
+                        &name,
+                        &format!("{labels},reason=\"{}\"", reason.as_str()),
+                        n,
+                    );
                 }
             }
         }
 
         let name = "fanout_dropped_packets_total";
-        x.family(name, "counter", "Packets dropped before any leg was identified, by reason");
+        x.family(
+            name,
+            "counter",
+            "Packets dropped before any leg was identified, by reason",
+        );
         for reason in DropReason::ALL {
-            x.sample(name, &format!("reason=\"{}\"", reason.as_str()), self.drops.get(reason));
+            x.sample(
+                name,
+                &format!("reason=\"{}\"", reason.as_str()),
+                self.drops.get(reason),
+            );
         }
 
         let name = "fanout_leg_reported_fraction_lost";
-        x.family(name, "gauge", "Fraction of our packets the peer last reported lost (RTCP report block)");
+        x.family(
+            name,
+            "gauge",
+            "Fraction of our packets the peer last reported lost (RTCP report block)",
+        );
         for (labels, stats) in &legs {
-            x.sample(name, labels, f64::from(stats.reported_fraction_lost) / 256.0);
+            x.sample(
+                name,
+                labels,
+                f64::from(stats.reported_fraction_lost) / 256.0,
+            );
         }
         let name = "fanout_leg_reported_jitter_seconds";
-        x.family(name, "gauge", "Interarrival jitter the peer last reported (RTCP report block)");
+        x.family(
+            name,
+            "gauge",
+            "Interarrival jitter the peer last reported (RTCP report block)",
+        );
         for (labels, stats) in &legs {
             x.sample(name, labels, stats.reported_jitter_seconds);
         }
@@ -155,17 +187,29 @@ impl Forwarder {
             .collect();
         tracks.sort_by(|a, b| a.0.cmp(&b.0));
         let name = "fanout_track_packets_received_total";
-        x.family(name, "counter", "Packets of the published stream received (RFC 3550 A.3)");
+        x.family(
+            name,
+            "counter",
+            "Packets of the published stream received (RFC 3550 A.3)",
+        );
         for (labels, t) in &tracks {
             x.sample(name, labels, t.receive.received());
         }
         let name = "fanout_track_packets_lost";
-        x.family(name, "gauge", "Cumulative packets lost on the publisher's leg (RFC 3550 A.3)");
+        x.family(
+            name,
+            "gauge",
+            "Cumulative packets lost on the publisher's leg (RFC 3550 A.3)",
+        );
         for (labels, t) in &tracks {
             x.sample(name, labels, t.receive.cumulative_lost());
         }
         let name = "fanout_track_jitter_seconds";
-        x.family(name, "gauge", "Interarrival jitter of the published stream (RFC 3550 A.8)");
+        x.family(
+            name,
+            "gauge",
+            "Interarrival jitter of the published stream (RFC 3550 A.8)",
+        );
         for (labels, t) in &tracks {
             x.sample(name, labels, t.receive.jitter_seconds());
         }
@@ -176,10 +220,18 @@ impl Forwarder {
         }
 
         for (name, help, value) in [
-            ("fanout_meetings", "Meetings configured", self.meetings.len()),
+            (
+                "fanout_meetings",
+                "Meetings configured",
+                self.meetings.len(),
+            ),
             ("fanout_legs", "Legs configured", self.legs.len()),
             ("fanout_tracks", "Tracks published", self.tracks.len()),
-            ("fanout_subscriptions", "Subscriptions", self.subscriptions.len()),
+            (
+                "fanout_subscriptions",
+                "Subscriptions",
+                self.subscriptions.len(),
+            ),
         ] {
             x.family(name, "gauge", help);
             x.sample(name, "", value);

@@ -341,7 +341,10 @@ impl Forwarder {
         let index = self.meeting(meeting)?;
         let m = &mut self.meetings[index.0 as usize];
         if m.participants.contains_key(&participant) {
-            return Err(ConfigureError::ParticipantExists(meeting.clone(), participant));
+            return Err(ConfigureError::ParticipantExists(
+                meeting.clone(),
+                participant,
+            ));
         }
         m.participants.insert(participant, Participant::default());
         Ok(())
@@ -385,7 +388,10 @@ impl Forwarder {
     ) -> Result<LegId, ConfigureError> {
         let index = self.meeting(meeting)?;
         let p = self.participant(meeting, participant)?;
-        if p.legs.iter().any(|&l| self.legs[l.index()].name == config.name) {
+        if p.legs
+            .iter()
+            .any(|&l| self.legs[l.index()].name == config.name)
+        {
             return Err(ConfigureError::LegExists {
                 participant: participant.clone(),
                 name: config.name,
@@ -435,7 +441,10 @@ impl Forwarder {
         if !p.legs.contains(&config.leg) {
             return Err(ConfigureError::ForeignLeg);
         }
-        if p.tracks.iter().any(|&t| self.tracks[t.index()].name == config.name) {
+        if p.tracks
+            .iter()
+            .any(|&t| self.tracks[t.index()].name == config.name)
+        {
             return Err(ConfigureError::TrackExists {
                 participant: participant.clone(),
                 name: config.name,
@@ -475,7 +484,10 @@ impl Forwarder {
 
     /// Remove a track and every subscription to it.
     pub fn remove_track(&mut self, id: TrackId) -> Result<(), ConfigureError> {
-        let track = self.tracks.get(id.index()).ok_or(ConfigureError::NoSuchTrack)?;
+        let track = self
+            .tracks
+            .get(id.index())
+            .ok_or(ConfigureError::NoSuchTrack)?;
         for s in track.subscribers.clone() {
             self.remove_subscription(s)?;
         }
@@ -552,7 +564,10 @@ impl Forwarder {
             .subscriptions
             .get(id.index())
             .ok_or(ConfigureError::NoSuchSubscription)?;
-        let new_track = self.tracks.get(track.index()).ok_or(ConfigureError::NoSuchTrack)?;
+        let new_track = self
+            .tracks
+            .get(track.index())
+            .ok_or(ConfigureError::NoSuchTrack)?;
         if self.legs[sub.leg.index()].meeting != new_track.meeting {
             return Err(ConfigureError::CrossMeeting);
         }
@@ -592,7 +607,12 @@ impl Forwarder {
     // ----- look-ups -----------------------------------------------------------------
 
     /// The leg named `name` of a participant.
-    pub fn leg_id(&self, meeting: &MeetingId, participant: &ParticipantId, name: &str) -> Option<LegId> {
+    pub fn leg_id(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+        name: &str,
+    ) -> Option<LegId> {
         let p = self.participant(meeting, participant).ok()?;
         p.legs
             .iter()
@@ -601,7 +621,12 @@ impl Forwarder {
     }
 
     /// The track named `name` of a participant.
-    pub fn track_id(&self, meeting: &MeetingId, participant: &ParticipantId, name: &str) -> Option<TrackId> {
+    pub fn track_id(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+        name: &str,
+    ) -> Option<TrackId> {
         let p = self.participant(meeting, participant).ok()?;
         p.tracks
             .iter()
@@ -648,10 +673,8 @@ impl Forwarder {
     /// The driver could not send a datagram the core produced: count it against the leg
     /// it was meant for.
     pub fn note_send_failure(&mut self, destination: SocketAddr) {
-        match self.by_remote.get(&destination) {
-            Some(l) => self.legs[l.index()].stats.drops.add(DropReason::SendFailed),
-            None => self.drops.add(DropReason::SendFailed),
-        }
+        let leg = self.by_remote.get(&destination).copied();
+        self.drop_at(leg, DropReason::SendFailed);
     }
 
     fn meeting(&self, id: &MeetingId) -> Result<MeetingIndex, ConfigureError> {
@@ -700,20 +723,17 @@ impl Forwarder {
             self.next_housekeeping = Some(now + HOUSEKEEPING_INTERVAL);
         }
         let known = self.by_remote.get(&source).copied();
-        let drop = |this: &mut Self, reason: DropReason| match known {
-            Some(l) => this.legs[l.index()].stats.drops.add(reason),
-            None => this.drops.add(reason),
-        };
         if contents.len() > MAX_DATAGRAM_LEN {
-            return drop(self, DropReason::TooLarge);
+            return self.drop_at(known, DropReason::TooLarge);
         }
         match classify(contents) {
             PacketClass::Rtp => self.handle_rtp(now, local, source, known, contents),
             PacketClass::Rtcp => self.handle_rtcp(now, local, source, known, contents),
-            PacketClass::Stun | PacketClass::Dtls | PacketClass::TurnChannel | PacketClass::Zrtp => {
-                drop(self, DropReason::UnsupportedProtocol)
-            }
-            PacketClass::Unknown => drop(self, DropReason::Malformed),
+            PacketClass::Stun
+            | PacketClass::Dtls
+            | PacketClass::TurnChannel
+            | PacketClass::Zrtp => self.drop_at(known, DropReason::UnsupportedProtocol),
+            PacketClass::Unknown => self.drop_at(known, DropReason::Malformed),
         }
     }
 
@@ -728,31 +748,33 @@ impl Forwarder {
         let Ok(header) = RtpHeader::parse(contents) else {
             return self.drop_at(known, DropReason::Malformed);
         };
-        let wire_len = contents.len();
-        let (leg_id, plain_len) = match known {
-            Some(l) => match self.legs[l.index()].srtp_in.unprotect_rtp(contents) {
-                Ok(n) => (l, n),
-                Err(e) => return self.drop_at(Some(l), srtp_drop_reason(e)),
-            },
-            None => match self.learn(local, source, header.ssrc, contents, AddressKind::Rtp) {
-                Learned::Leg(l, n) => (l, n),
-                Learned::Rejected => return self.drops.add(DropReason::UnknownSource),
-            },
+        let Some((leg_id, plain_len)) = self.authenticate(
+            now,
+            local,
+            source,
+            known,
+            header.ssrc,
+            contents,
+            AddressKind::Rtp,
+        ) else {
+            return;
         };
-        let leg = &mut self.legs[leg_id.index()];
-        leg.stats.rtp_in.add(wire_len);
-        self.note_activity(leg_id, now);
         let leg = &mut self.legs[leg_id.index()];
         let Some(track_id) = leg.track_for(header.ssrc) else {
             return leg.stats.drops.add(DropReason::UnknownSsrc);
         };
         let track = &mut self.tracks[track_id.index()];
-        track.receive.on_packet(header.sequence, header.timestamp, now);
+        track
+            .receive
+            .on_packet(header.sequence, header.timestamp, now);
         if track.subscribers.is_empty() {
             return;
         }
         let Some(slot) = self.queue.tail() else {
-            return self.legs[leg_id.index()].stats.drops.add(DropReason::QueueFull);
+            return self.legs[leg_id.index()]
+                .stats
+                .drops
+                .add(DropReason::QueueFull);
         };
         slot.track = track_id;
         slot.ssrc = header.ssrc;
@@ -776,20 +798,20 @@ impl Forwarder {
         let Some(sender) = contents.get(4..8) else {
             return self.drop_at(known, DropReason::Malformed);
         };
-        let sender = Ssrc(u32::from_be_bytes([sender[0], sender[1], sender[2], sender[3]]));
-        let wire_len = contents.len();
-        let (leg_id, plain_len) = match known {
-            Some(l) => match self.legs[l.index()].srtp_in.unprotect_rtcp(contents) {
-                Ok(n) => (l, n),
-                Err(e) => return self.drop_at(Some(l), srtp_drop_reason(e)),
-            },
-            None => match self.learn(local, source, sender, contents, AddressKind::Rtcp) {
-                Learned::Leg(l, n) => (l, n),
-                Learned::Rejected => return self.drops.add(DropReason::UnknownSource),
-            },
+        let sender = Ssrc(u32::from_be_bytes([
+            sender[0], sender[1], sender[2], sender[3],
+        ]));
+        let Some((leg_id, plain_len)) = self.authenticate(
+            now,
+            local,
+            source,
+            known,
+            sender,
+            contents,
+            AddressKind::Rtcp,
+        ) else {
+            return;
         };
-        self.legs[leg_id.index()].stats.rtcp_in.add(wire_len);
-        self.note_activity(leg_id, now);
         let plain = &contents[..plain_len];
         if rtcp::validate(plain).is_err() {
             return self.drop_at(Some(leg_id), DropReason::Malformed);
@@ -804,6 +826,47 @@ impl Forwarder {
                 self.note_report_block(leg_id, block);
             }
         }
+    }
+
+    /// Unprotect a packet in place with the keys of the leg it came from, or, from an
+    /// unknown address, of the leg it authenticates for (which then latches to `source`).
+    /// Counts the packet on success and the drop on failure; returns the leg and the
+    /// plaintext length.
+    #[allow(clippy::too_many_arguments)]
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        source: SocketAddr,
+        known: Option<LegId>,
+        ssrc: Ssrc,
+        contents: &mut [u8],
+        kind: AddressKind,
+    ) -> Option<(LegId, usize)> {
+        let wire_len = contents.len();
+        let (leg_id, plain_len) = match known {
+            Some(l) => match self.legs[l.index()].unprotect(kind, contents) {
+                Ok(n) => (l, n),
+                Err(e) => {
+                    self.drop_at(Some(l), srtp_drop_reason(e));
+                    return None;
+                }
+            },
+            None => match self.learn(local, source, ssrc, contents, kind) {
+                Learned::Leg(l, n) => (l, n),
+                Learned::Rejected => {
+                    self.drops.add(DropReason::UnknownSource);
+                    return None;
+                }
+            },
+        };
+        let stats = &mut self.legs[leg_id.index()].stats;
+        match kind {
+            AddressKind::Rtp => stats.rtp_in.add(wire_len),
+            AddressKind::Rtcp => stats.rtcp_in.add(wire_len),
+        }
+        self.note_activity(leg_id, now);
+        Some((leg_id, plain_len))
     }
 
     /// A report block from a subscriber about one of the SSRCs we send it.
@@ -859,12 +922,7 @@ impl Forwarder {
             if i > 0 {
                 contents.copy_from_slice(&self.scratch[..len]);
             }
-            let leg = &mut self.legs[leg_id.index()];
-            let result = match kind {
-                AddressKind::Rtp => leg.srtp_in.unprotect_rtp(contents),
-                AddressKind::Rtcp => leg.srtp_in.unprotect_rtcp(contents),
-            };
-            if let Ok(plain_len) = result {
+            if let Ok(plain_len) = self.legs[leg_id.index()].unprotect(kind, contents) {
                 self.latch(leg_id, local, source, kind);
                 return Learned::Leg(leg_id, plain_len);
             }

@@ -25,8 +25,8 @@ pub enum DropReason {
     NoRemoteAddress,
     /// The bounded fan-out queue was full: the driver did not drain transmits.
     QueueFull,
-    /// A packet of a source the subscription has switched away from, or older than the
-    /// switch point: forwarding it would break the subscriber's continuous sequence.
+    /// A late packet from before the point where the subscription switched to its source:
+    /// forwarding it would break the subscriber's continuous sequence.
     StaleSource,
     /// The leg's SRTP context refused to protect (too many SSRCs, buffer too small).
     ProtectFailed,

@@ -16,8 +16,8 @@ use crate::ids::{LegId, SeqNo, Ssrc, TrackId};
 pub enum Rewrite {
     /// Forward with these header values.
     Forward { sequence: SeqNo, timestamp: u32 },
-    /// Drop: the packet belongs to a source the subscription left, or precedes the point
-    /// where the current source was spliced in.
+    /// Drop: the packet precedes the point where its source was spliced in, so its
+    /// sequence number would collide with one the previous source already used.
     Stale,
 }
 
@@ -25,8 +25,12 @@ pub enum Rewrite {
 #[derive(Debug, Clone, Copy)]
 struct Splice {
     source: Ssrc,
-    /// First sequence number of the source that is forwarded; earlier ones are stale.
-    first_seq: SeqNo,
+    /// Highest sequence number of the source seen, and its extended value counted from
+    /// the splice point (0). A packet whose extended value is negative came before the
+    /// splice and is stale. Extending (rather than comparing 16-bit numbers with the first
+    /// one) keeps this right after the stream has run past 2^15 packets.
+    highest_seq: SeqNo,
+    highest_ext: i64,
     seq_offset: u16,
     ts_offset: u32,
 }
@@ -56,14 +60,23 @@ impl Rewriter {
         self.clock_rate = clock_rate.max(1);
     }
 
-    /// Map one packet of `source` onto the subscription's stream.
+    /// Map one packet of `source` onto the subscription's stream. A packet of another
+    /// source than the last one splices that source in: the caller feeds only the source
+    /// the subscription currently follows.
     pub fn rewrite(&mut self, source: Ssrc, seq: SeqNo, timestamp: u32, now: Instant) -> Rewrite {
-        let splice = match self.splice {
+        let mut splice = match self.splice {
             Some(s) if s.source == source => s,
             Some(_) | None => self.splice_in(source, seq, timestamp, now),
         };
-        if splice.first_seq.delta_to(seq) < 0 {
+        let delta = splice.highest_seq.delta_to(seq);
+        let ext = splice.highest_ext + i64::from(delta);
+        if ext < 0 {
             return Rewrite::Stale;
+        }
+        if delta > 0 {
+            splice.highest_seq = seq;
+            splice.highest_ext = ext;
+            self.splice = Some(splice);
         }
         let out_seq = SeqNo(seq.0.wrapping_add(splice.seq_offset));
         let out_ts = timestamp.wrapping_add(splice.ts_offset);
@@ -98,7 +111,8 @@ impl Rewriter {
         };
         let splice = Splice {
             source,
-            first_seq: seq,
+            highest_seq: seq,
+            highest_ext: 0,
             seq_offset,
             ts_offset,
         };
@@ -150,11 +164,23 @@ mod tests {
     fn first_source_is_transparent() {
         let t0 = Instant::now();
         let mut r = Rewriter::new(90_000);
-        assert_eq!(forward(r.rewrite(Ssrc(1), SeqNo(100), 5000, t0)), (100, 5000));
-        assert_eq!(forward(r.rewrite(Ssrc(1), SeqNo(101), 8000, t0)), (101, 8000));
+        assert_eq!(
+            forward(r.rewrite(Ssrc(1), SeqNo(100), 5000, t0)),
+            (100, 5000)
+        );
+        assert_eq!(
+            forward(r.rewrite(Ssrc(1), SeqNo(101), 8000, t0)),
+            (101, 8000)
+        );
         // Reordered packets of the same source keep their relative numbering.
-        assert_eq!(forward(r.rewrite(Ssrc(1), SeqNo(103), 14000, t0)), (103, 14000));
-        assert_eq!(forward(r.rewrite(Ssrc(1), SeqNo(102), 11000, t0)), (102, 11000));
+        assert_eq!(
+            forward(r.rewrite(Ssrc(1), SeqNo(103), 14000, t0)),
+            (103, 14000)
+        );
+        assert_eq!(
+            forward(r.rewrite(Ssrc(1), SeqNo(102), 11000, t0)),
+            (102, 11000)
+        );
     }
 
     #[test]
@@ -165,11 +191,44 @@ mod tests {
         forward(r.rewrite(Ssrc(1), SeqNo(65535), 4000, t0));
         // 100 ms later another source, with unrelated numbering, is spliced in.
         let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(forward(r.rewrite(Ssrc(2), SeqNo(7), 777, t1)), (0, 4000 + 9000));
-        assert_eq!(forward(r.rewrite(Ssrc(2), SeqNo(8), 3777, t1)), (1, 4000 + 12000));
-        // The old source is now stale, as is anything of the new one before the splice.
-        assert_eq!(r.rewrite(Ssrc(1), SeqNo(0), 7000, t1), Rewrite::Stale);
+        assert_eq!(
+            forward(r.rewrite(Ssrc(2), SeqNo(7), 777, t1)),
+            (0, 4000 + 9000)
+        );
+        assert_eq!(
+            forward(r.rewrite(Ssrc(2), SeqNo(8), 3777, t1)),
+            (1, 4000 + 12000)
+        );
+        // A late packet of the new source from before the splice point would collide with
+        // what the old source already used.
         assert_eq!(r.rewrite(Ssrc(2), SeqNo(6), 0, t1), Rewrite::Stale);
+        assert_eq!(
+            forward(r.rewrite(Ssrc(2), SeqNo(9), 6777, t1)),
+            (2, 4000 + 15000)
+        );
+    }
+
+    #[test]
+    fn long_streams_never_turn_stale() {
+        // Well past 2^15 and 2^16 packets after the splice, with some reordering.
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(90_000);
+        forward(r.rewrite(Ssrc(1), SeqNo(0), 0, t0));
+        let mut r2 = r.clone();
+        forward(r2.rewrite(Ssrc(2), SeqNo(40_000), 0, t0));
+        for i in 1..200_000u32 {
+            let seq = SeqNo(i as u16);
+            let (out, _) = forward(r.rewrite(Ssrc(1), seq, i * 3000, t0));
+            assert_eq!(out, i as u16);
+            let seq2 = SeqNo(40_000u16.wrapping_add(i as u16));
+            let (out2, _) = forward(r2.rewrite(Ssrc(2), seq2, i * 3000, t0));
+            assert_eq!(out2, (i as u16).wrapping_add(1));
+            if i % 1000 == 0 {
+                // A late packet from just before keeps its place.
+                let late = SeqNo((i - 5) as u16);
+                assert_eq!(forward(r.rewrite(Ssrc(1), late, 0, t0)).0, (i - 5) as u16);
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A track: one source a participant publishes (audio, camera video, screen share).
 
-use crate::ids::{LegId, ParticipantId, SubscriptionId, Ssrc};
+use crate::ids::{LegId, ParticipantId, Ssrc, SubscriptionId};
 use crate::receive_stats::ReceiveStats;
 
 use super::MeetingIndex;

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fanout_forwarder::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, SubscriptionId, TrackId};
+use fanout_forwarder::ids::{
+    LegId, MeetingId, ParticipantId, SeqNo, Ssrc, SubscriptionId, TrackId,
+};
 use fanout_forwarder::rtp::RtpHeader;
 use fanout_forwarder::sfu::{
     Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
@@ -71,7 +73,11 @@ pub struct Received {
     pub payload: Vec<u8>,
 }
 
-pub fn leg_config(name: &str, profile: SrtpProfile, remote: Option<SocketAddr>) -> (LegConfig, MasterKey, MasterKey) {
+pub fn leg_config(
+    name: &str,
+    profile: SrtpProfile,
+    remote: Option<SocketAddr>,
+) -> (LegConfig, MasterKey, MasterKey) {
     let receive_key = MasterKey::generate(profile);
     let send_key = MasterKey::generate(profile);
     (
@@ -153,7 +159,9 @@ impl Scenario {
         payload_type: Option<u8>,
     ) -> (usize, SubscriptionId) {
         let id = ParticipantId(format!("sub{i}"));
-        self.forwarder.add_participant(&self.meeting, id.clone()).unwrap();
+        self.forwarder
+            .add_participant(&self.meeting, id.clone())
+            .unwrap();
         let address = subscriber_addr(i);
         let (config, rk, sk) = leg_config("main", profile, Some(address));
         let leg = self.forwarder.add_leg(&self.meeting, &id, config).unwrap();
