@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
@@ -41,6 +41,10 @@ struct Args {
     /// RTP listen address (overrides `forwarder.listen`).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+
+    /// Seconds between progress lines in the log (datagrams in and out, drops); 0 for none.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    progress_interval: u64,
 
     /// Validate the configuration and exit.
     #[arg(long)]
@@ -133,6 +137,7 @@ fn run(args: Args) -> Result<()> {
         );
     }
     let mut driver = MioDriver::new(sockets).context("cannot start the I/O driver")?;
+    driver.set_progress_interval(Some(Duration::from_secs(args.progress_interval)));
 
     if let Some(address) = network.metrics {
         let exchange = Arc::new(MetricsExchange::default());

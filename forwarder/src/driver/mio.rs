@@ -88,6 +88,8 @@ pub struct MioDriver {
     stop: Arc<AtomicBool>,
     sockets: Vec<DriverSocket>,
     metrics: Option<Arc<MetricsExchange>>,
+    /// How often a progress line is logged; `None` for never.
+    progress_interval: Option<Duration>,
     stats: DriverStats,
 }
 
@@ -130,6 +132,7 @@ impl MioDriver {
             stop: Arc::new(AtomicBool::new(false)),
             sockets: driver_sockets,
             metrics: None,
+            progress_interval: Some(Duration::from_secs(10)),
             stats: DriverStats::default(),
         })
     }
@@ -138,6 +141,11 @@ impl MioDriver {
     pub fn serve_metrics(&mut self, exchange: Arc<MetricsExchange>) -> Arc<dyn Wake> {
         self.metrics = Some(exchange);
         Arc::new(MioWake(self.waker.clone()))
+    }
+
+    /// Log a progress line (datagrams in and out, drops) this often; `None` turns it off.
+    pub fn set_progress_interval(&mut self, interval: Option<Duration>) {
+        self.progress_interval = interval.filter(|d| !d.is_zero());
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -164,15 +172,25 @@ impl MioDriver {
     pub fn run(&mut self, core: &mut Forwarder) -> io::Result<()> {
         let mut events = Events::with_capacity(64);
         info!(addresses = ?self.local_addrs(), "forwarding");
+        let mut next_progress = self.progress_interval.map(|i| Instant::now() + i);
         while !self.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
+            if let (Some(due), Some(interval)) = (next_progress, self.progress_interval) {
+                if now >= due {
+                    self.log_progress(core);
+                    next_progress = Some(now + interval);
+                }
+            }
             core.handle_timeout(now);
             self.drain(core);
             let busy = self.sockets.iter().any(|s| s.readable);
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
-                core.poll_timeout()
+                [core.poll_timeout(), next_progress]
+                    .into_iter()
+                    .flatten()
+                    .min()
                     .map(|t| t.saturating_duration_since(now))
             };
             match self.poll.poll(&mut events, timeout) {
@@ -205,6 +223,19 @@ impl MioDriver {
         }
         info!(stats = ?self.stats, "driver stopped");
         Ok(())
+    }
+
+    fn log_progress(&self, core: &Forwarder) {
+        let drops = core.total_drops();
+        info!(
+            received = self.stats.datagrams_received,
+            sent = self.stats.datagrams_sent,
+            dropped = drops.total(),
+            send_failures = self.stats.send_failures,
+            legs = core.leg_count(),
+            subscriptions = core.subscription_count(),
+            "progress"
+        );
     }
 
     /// Receive up to a fair share of batches from socket `i`, forwarding as we go.
