@@ -5,9 +5,10 @@
 #
 #   scripts/demo.sh [--receivers N] [--seconds S] [--profile AES_CM_128_HMAC_SHA1_80]
 #
-# Needs ffmpeg and ffprobe (scripts/install-deps.sh installs them).
+# Installs what is missing first (scripts/install-deps.sh: FFmpeg, GStreamer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh
 # The demo finds the forwarder binary next to itself: build both with the same profile.
 cargo build --quiet -p fanout-forwarder --bin fanout-forwarder
 cargo build --quiet -p fanout-tests --bin fanout-demo

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::{Display, Write};
 
 use super::stats::{DropReason, LegStats};
+use super::track::Track;
 use super::Forwarder;
 
 /// Escape a label value (backslash, double quote, newline).
@@ -186,37 +187,38 @@ impl Forwarder {
             })
             .collect();
         tracks.sort_by(|a, b| a.0.cmp(&b.0));
-        let name = "fanout_track_packets_received_total";
-        x.family(
-            name,
-            "counter",
-            "Packets of the published stream received (RFC 3550 A.3)",
-        );
-        for (labels, t) in &tracks {
-            x.sample(name, labels, t.receive.received());
-        }
-        let name = "fanout_track_packets_lost";
-        x.family(
-            name,
-            "gauge",
-            "Cumulative packets lost on the publisher's leg (RFC 3550 A.3)",
-        );
-        for (labels, t) in &tracks {
-            x.sample(name, labels, t.receive.cumulative_lost());
-        }
-        let name = "fanout_track_jitter_seconds";
-        x.family(
-            name,
-            "gauge",
-            "Interarrival jitter of the published stream (RFC 3550 A.8)",
-        );
-        for (labels, t) in &tracks {
-            x.sample(name, labels, t.receive.jitter_seconds());
-        }
-        let name = "fanout_track_subscriptions";
-        x.family(name, "gauge", "Subscriptions forwarding this track");
-        for (labels, t) in &tracks {
-            x.sample(name, labels, t.subscribers.len());
+        type TrackValue = fn(&Track) -> f64;
+        let families: [(&str, &str, &str, TrackValue); 4] = [
+            (
+                "fanout_track_packets_received_total",
+                "counter",
+                "Packets of the published stream received (RFC 3550 A.3)",
+                |t| t.receive.received() as f64,
+            ),
+            (
+                "fanout_track_packets_lost",
+                "gauge",
+                "Cumulative packets lost on the publisher's leg (RFC 3550 A.3)",
+                |t| t.receive.cumulative_lost() as f64,
+            ),
+            (
+                "fanout_track_jitter_seconds",
+                "gauge",
+                "Interarrival jitter of the published stream (RFC 3550 A.8)",
+                |t| t.receive.jitter_seconds(),
+            ),
+            (
+                "fanout_track_subscriptions",
+                "gauge",
+                "Subscriptions forwarding this track",
+                |t| t.subscribers.len() as f64,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            x.family(name, kind, help);
+            for (labels, t) in &tracks {
+                x.sample(name, labels, value(t));
+            }
         }
 
         for (name, help, value) in [
@@ -239,5 +241,76 @@ impl Forwarder {
         let name = "fanout_events_dropped_total";
         x.family(name, "counter", "Events dropped because nobody polled them");
         x.sample(name, "", self.events_dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::ids::{MeetingId, ParticipantId, Ssrc};
+    use crate::sfu::{ForwarderConfig, LegConfig, TrackConfig, TrackKind};
+    use crate::srtp::{MasterKey, SrtpProfile};
+
+    #[test]
+    fn exposition_is_well_formed_and_escapes_labels() {
+        let mut f = Forwarder::new(ForwarderConfig::default(), Instant::now());
+        let meeting = MeetingId::from("say \"hi\"\\now");
+        f.add_meeting(meeting.clone()).unwrap();
+        let p = ParticipantId::from("alice");
+        f.add_participant(&meeting, p.clone()).unwrap();
+        let profile = SrtpProfile::AeadAes128Gcm;
+        let leg = f
+            .add_leg(
+                &meeting,
+                &p,
+                LegConfig {
+                    name: "main".into(),
+                    receive_key: MasterKey::generate(profile),
+                    send_key: MasterKey::generate(profile),
+                    remote: None,
+                    remote_rtcp: None,
+                    rtcp_mux: true,
+                },
+            )
+            .unwrap();
+        f.add_track(
+            &meeting,
+            &p,
+            TrackConfig {
+                name: "mic".into(),
+                kind: TrackKind::Audio,
+                ssrc: Ssrc(1),
+                leg,
+                clock_rate: None,
+            },
+        )
+        .unwrap();
+
+        let mut out = String::new();
+        f.write_metrics(&mut out);
+        let mut typed = std::collections::HashSet::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    typed.insert(name.to_owned()),
+                    "family {name} declared twice"
+                );
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(typed.contains(name), "sample before its TYPE: {line}");
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
+        }
+        assert!(out
+            .contains(r#"meeting="say \"hi\"\\now",participant="alice",leg="main",kind="rtp"} 0"#));
+        assert!(out.contains("fanout_legs 1"));
+        assert!(out.contains(r#"track="mic",kind="audio"} 0"#));
     }
 }
