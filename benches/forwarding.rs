@@ -55,7 +55,7 @@ fn setup(profile: SrtpProfile, subscribers: usize, now: Instant) -> (Forwarder, 
             TrackConfig {
                 name: "camera".into(),
                 kind: TrackKind::Video,
-                ssrc: SSRC,
+                encodings: vec![SSRC],
                 leg: leg_id,
                 clock_rate: None,
             },

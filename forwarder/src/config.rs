@@ -144,7 +144,10 @@ pub struct TrackSection {
     pub name: Spanned<String>,
     pub kind: Spanned<String>,
     pub leg: Spanned<String>,
-    pub ssrc: Spanned<u32>,
+    /// The SSRC of a single-encoding track...
+    pub ssrc: Option<Spanned<u32>>,
+    /// ...or the SSRCs of a simulcast track's encodings, lowest quality first.
+    pub encodings: Option<Spanned<Vec<u32>>>,
     pub clock_rate: Option<Spanned<u32>>,
 }
 
@@ -390,10 +393,27 @@ impl Builder<'_> {
                         format!("participant `{pid}` has no leg `{}`", track.leg.get_ref()),
                     )
                 })?;
+            let (encodings, encodings_span, encodings_field) = match (&track.ssrc, &track.encodings)
+            {
+                (Some(ssrc), None) => (vec![Ssrc(*ssrc.get_ref())], ssrc.span(), "ssrc"),
+                (None, Some(list)) => (
+                    list.get_ref().iter().map(|&s| Ssrc(s)).collect(),
+                    list.span(),
+                    "encodings",
+                ),
+                _ => {
+                    return Err(self.locate.error(
+                        track.name.span(),
+                        at.clone(),
+                        "give either `ssrc` (one encoding) or `encodings` (simulcast SSRCs, \
+                         lowest quality first)",
+                    ))
+                }
+            };
             let config = TrackConfig {
                 name: track.name.get_ref().clone(),
                 kind,
-                ssrc: Ssrc(*track.ssrc.get_ref()),
+                encodings,
                 leg,
                 clock_rate: track.clock_rate.as_ref().map(|c| *c.get_ref()),
             };
@@ -407,7 +427,13 @@ impl Builder<'_> {
                 }
             }
             let result = self.forwarder.add_track(meeting, &pid, config);
-            self.check(result, &track.ssrc, format!("{at}.ssrc"))?;
+            result.map_err(|e| {
+                self.locate.error(
+                    encodings_span,
+                    format!("{at}.{encodings_field}"),
+                    e.to_string(),
+                )
+            })?;
         }
         Ok(())
     }

@@ -794,6 +794,64 @@ pub fn write_receiver_report(
     Ok(len)
 }
 
+/// The sender information of a sender report (RFC 3550 §6.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderInfo {
+    pub ntp_timestamp: u64,
+    pub rtp_timestamp: u32,
+    pub packet_count: u32,
+    pub octet_count: u32,
+}
+
+/// Write a sender report (RFC 3550 §6.4.1) into `buf`; returns its length.
+pub fn write_sender_report(
+    buf: &mut [u8],
+    sender_ssrc: Ssrc,
+    info: &SenderInfo,
+    blocks: &[ReportBlock],
+) -> Result<usize, RtcpError> {
+    if blocks.len() > MAX_REPORT_BLOCKS {
+        return Err(RtcpError::TooManyReportBlocks);
+    }
+    let len = HEADER_LEN + SR_FIXED_LEN + blocks.len() * REPORT_BLOCK_LEN;
+    let out = buf.get_mut(..len).ok_or(RtcpError::BufferTooSmall)?;
+    // At most 31 blocks, so the count fits in the 5-bit RC field.
+    write_header(out, blocks.len() as u8, packet_type::SR, len)?;
+    put(out, 4, &sender_ssrc.0.to_be_bytes());
+    put(out, 8, &info.ntp_timestamp.to_be_bytes());
+    put(out, 16, &info.rtp_timestamp.to_be_bytes());
+    put(out, 20, &info.packet_count.to_be_bytes());
+    put(out, 24, &info.octet_count.to_be_bytes());
+    let block_area = out.get_mut(HEADER_LEN + SR_FIXED_LEN..).unwrap_or_default();
+    for (block, dst) in blocks
+        .iter()
+        .zip(block_area.chunks_exact_mut(REPORT_BLOCK_LEN))
+    {
+        block.write(dst);
+    }
+    Ok(len)
+}
+
+/// Write an SDES packet with one chunk holding a CNAME item (RFC 3550 §6.5.1), which a full
+/// compound packet must carry (§6.1). `cname` is cut to 255 bytes.
+pub fn write_sdes_cname(buf: &mut [u8], ssrc: Ssrc, cname: &[u8]) -> Result<usize, RtcpError> {
+    const CNAME: u8 = 1;
+    let cname = &cname[..cname.len().min(255)];
+    // SSRC, type, length, text, then at least one null octet ending the item list,
+    // padded to a 32-bit boundary.
+    let chunk = 4 + 2 + cname.len() + 1;
+    let len = HEADER_LEN + chunk.div_ceil(4) * 4;
+    let out = buf.get_mut(..len).ok_or(RtcpError::BufferTooSmall)?;
+    write_header(out, 1, packet_type::SDES, len)?;
+    put(out, 4, &ssrc.0.to_be_bytes());
+    put(out, 8, &[CNAME, cname.len() as u8]);
+    put(out, 10, cname);
+    if let Some(rest) = out.get_mut(10 + cname.len()..) {
+        rest.fill(0);
+    }
+    Ok(len)
+}
+
 /// Write the header and SSRCs shared by every feedback message (RFC 4585 §6.1).
 fn write_feedback_header(
     out: &mut [u8],
@@ -1528,5 +1586,42 @@ mod tests {
             set_media_ssrc(&mut data, Ssrc(ssrc));
             let _ = set_report_block_ssrc(&mut data, index, Ssrc(ssrc));
         }
+    }
+
+    #[test]
+    fn sender_report_and_sdes_round_trip() {
+        let mut buf = [0u8; 256];
+        let info = SenderInfo {
+            ntp_timestamp: 0x0102_0304_0506_0708,
+            rtp_timestamp: 90_000,
+            packet_count: 7,
+            octet_count: 7_000,
+        };
+        let block = ReportBlock {
+            ssrc: Ssrc(9),
+            fraction_lost: 3,
+            cumulative_lost: -2,
+            extended_highest_seq: 70_000,
+            jitter: 5,
+            last_sr: 6,
+            delay_since_last_sr: 7,
+        };
+        let n = write_sender_report(&mut buf, Ssrc(42), &info, &[block]).unwrap();
+        let m = write_sdes_cname(&mut buf[n..], Ssrc(42), b"fanout").unwrap();
+        assert_eq!(m % 4, 0);
+        assert_eq!(validate(&buf[..n + m]), Ok(2));
+        let mut it = iter_compound(&buf[..n + m]);
+        match it.next() {
+            Some(Ok(RtcpPacket::SenderReport(sr))) => {
+                assert_eq!(sr.sender_ssrc, Ssrc(42));
+                assert_eq!(sr.ntp_timestamp, info.ntp_timestamp);
+                assert_eq!(sr.rtp_timestamp, 90_000);
+                assert_eq!(sr.packet_count, 7);
+                assert_eq!(sr.octet_count, 7_000);
+                assert_eq!(sr.report_blocks().collect::<Vec<_>>(), vec![block]);
+            }
+            other => panic!("expected SR, got {other:?}"),
+        }
+        assert!(matches!(it.next(), Some(Ok(RtcpPacket::Sdes(_)))));
     }
 }

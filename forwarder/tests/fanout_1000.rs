@@ -45,7 +45,7 @@ fn fan_out(profile: SrtpProfile) {
     let publisher = s.forwarder.leg_stats(s.publisher.leg).unwrap();
     assert_eq!(publisher.rtp_in.packets, u64::from(PACKETS));
     assert_eq!(s.forwarder.total_drops().total(), 0);
-    let receive = s.forwarder.track_receive_stats(s.track).unwrap();
+    let receive = s.forwarder.track_receive_stats(s.track, 0).unwrap();
     // RFC 3550 A.1: the first packet of a source only starts its probation, so the
     // statistics count from the second packet on.
     assert_eq!(receive.received(), u64::from(PACKETS) - 1);

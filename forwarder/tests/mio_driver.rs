@@ -73,7 +73,7 @@ fn forwards_real_udp_and_serves_metrics() {
             TrackConfig {
                 name: "camera".into(),
                 kind: TrackKind::Video,
-                ssrc,
+                encodings: vec![ssrc],
                 leg: alice_leg,
                 clock_rate: None,
             },

@@ -32,7 +32,7 @@ fn switching_tracks_keeps_the_subscriber_stream_continuous() {
             TrackConfig {
                 name: "camera".into(),
                 kind: TrackKind::Video,
-                ssrc: bob_ssrc,
+                encodings: vec![bob_ssrc],
                 leg: bob_leg,
                 clock_rate: None,
             },

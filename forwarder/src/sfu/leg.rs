@@ -51,9 +51,14 @@ pub(crate) struct Leg {
     pub(crate) rtcp_mux: bool,
     /// The local address the peer talks to, so replies leave from the port it expects.
     pub(crate) local: Option<SocketAddr>,
-    /// SSRCs the peer publishes on this leg, and their tracks. Few per leg: a linear scan
-    /// beats hashing.
-    pub(crate) inbound_ssrcs: Vec<(Ssrc, TrackId)>,
+    /// SSRCs the peer publishes on this leg, with their track and encoding index. Few per
+    /// leg: a linear scan beats hashing.
+    pub(crate) inbound_ssrcs: Vec<(Ssrc, TrackId, u8)>,
+    /// The local address the peer's non-muxed RTCP arrives on, so ours leaves from it.
+    pub(crate) local_rtcp: Option<SocketAddr>,
+    /// Our SSRC as the sender of RTCP the forwarder originates towards this peer
+    /// (receiver reports, feedback).
+    pub(crate) rtcp_ssrc: Ssrc,
     /// Subscriptions this leg carries to the peer.
     pub(crate) subscriptions: Vec<SubscriptionId>,
     /// Time of the last authenticated packet.
@@ -76,11 +81,23 @@ impl Leg {
         }
     }
 
-    pub(crate) fn track_for(&self, ssrc: Ssrc) -> Option<TrackId> {
+    /// The track and encoding a published SSRC belongs to.
+    pub(crate) fn track_for(&self, ssrc: Ssrc) -> Option<(TrackId, u8)> {
         self.inbound_ssrcs
             .iter()
-            .find(|(s, _)| *s == ssrc)
-            .map(|&(_, t)| t)
+            .find(|(s, _, _)| *s == ssrc)
+            .map(|&(_, t, e)| (t, e))
+    }
+
+    /// Where RTCP for this peer goes, and the local address it leaves from.
+    pub(crate) fn rtcp_route(&self) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        if self.rtcp_mux {
+            return self.remote_rtp.map(|d| (d, self.local));
+        }
+        let destination = self
+            .remote_rtcp
+            .or_else(|| self.remote_rtp.and_then(rtcp_port_convention))?;
+        Some((destination, self.local_rtcp))
     }
 }
 

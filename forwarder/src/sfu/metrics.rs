@@ -162,6 +162,15 @@ impl Forwarder {
                 f64::from(stats.reported_fraction_lost) / 256.0,
             );
         }
+        let name = "fanout_leg_round_trip_seconds";
+        x.family(
+            name,
+            "gauge",
+            "Round-trip time to the peer from its RTCP report blocks (RFC 3550 6.4.1)",
+        );
+        for (labels, stats) in &legs {
+            x.sample(name, labels, stats.round_trip_seconds);
+        }
         let name = "fanout_leg_reported_jitter_seconds";
         x.family(
             name,
@@ -193,19 +202,34 @@ impl Forwarder {
                 "fanout_track_packets_received_total",
                 "counter",
                 "Packets of the published stream received (RFC 3550 A.3)",
-                |t| t.receive.received() as f64,
+                |t| {
+                    t.encodings
+                        .iter()
+                        .map(|e| e.receive.received())
+                        .sum::<u64>() as f64
+                },
             ),
             (
                 "fanout_track_packets_lost",
                 "gauge",
                 "Cumulative packets lost on the publisher's leg (RFC 3550 A.3)",
-                |t| t.receive.cumulative_lost() as f64,
+                |t| {
+                    t.encodings
+                        .iter()
+                        .map(|e| e.receive.cumulative_lost())
+                        .sum::<i64>() as f64
+                },
             ),
             (
                 "fanout_track_jitter_seconds",
                 "gauge",
                 "Interarrival jitter of the published stream (RFC 3550 A.8)",
-                |t| t.receive.jitter_seconds(),
+                |t| {
+                    t.encodings
+                        .iter()
+                        .map(|e| e.receive.jitter_seconds())
+                        .fold(0.0, f64::max)
+                },
             ),
             (
                 "fanout_track_subscriptions",
@@ -281,7 +305,7 @@ mod tests {
             TrackConfig {
                 name: "mic".into(),
                 kind: TrackKind::Audio,
-                ssrc: Ssrc(1),
+                encodings: vec![Ssrc(1)],
                 leg,
                 clock_rate: None,
             },

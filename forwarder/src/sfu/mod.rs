@@ -14,6 +14,7 @@
 
 mod leg;
 mod metrics;
+mod reports;
 mod stats;
 mod subscription;
 mod track;
@@ -21,7 +22,7 @@ mod track;
 pub use leg::LegConfig;
 pub use stats::{DropCounters, DropReason, LegStats, Traffic};
 pub use subscription::{Rewrite, Rewriter, SubscriptionConfig};
-pub use track::{TrackConfig, TrackKind};
+pub use track::{TrackConfig, TrackKind, MAX_ENCODINGS};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -38,8 +39,9 @@ use crate::rtp::{self, RtpHeader};
 use crate::srtp::{SrtpContext, SrtpError};
 
 use leg::{rtcp_port_convention, Leg};
+use reports::{OutgoingRtcp, RTCP_QUEUE_LEN};
 use subscription::Subscription;
-use track::Track;
+use track::{Encoding, Track};
 
 /// Largest datagram the forwarder accepts. Drivers receive into buffers of this size and
 /// drop anything the kernel truncated.
@@ -48,6 +50,10 @@ pub const MAX_DATAGRAM_LEN: usize = 2048;
 /// Smallest send buffer a driver may pass to [`Forwarder::poll_transmit`]: the largest
 /// plaintext plus the largest SRTP trailer, with room to spare.
 pub const MIN_TRANSMIT_BUFFER_LEN: usize = MAX_DATAGRAM_LEN + 64;
+
+/// High bits of the SSRCs the forwarder uses as the sender of the RTCP it originates; the
+/// low bits are the leg's index, so each leg's is distinct.
+const RTCP_SSRC_BASE: u32 = 0xFA40_0000;
 
 /// How many candidate legs an unknown source may be tried against. Bounds the cost an
 /// attacker can cause with packets from fresh addresses.
@@ -143,6 +149,8 @@ pub enum ConfigureError {
         participant: ParticipantId,
         name: String,
     },
+    #[error("a track has 1 to {MAX_ENCODINGS} encodings, not {0}")]
+    Encodings(usize),
     #[error("no such leg")]
     NoSuchLeg,
     #[error("no such track")]
@@ -190,6 +198,7 @@ struct Pending {
     timestamp: u32,
     arrival: Instant,
     len: usize,
+    header_len: usize,
     /// Next position in the track's subscriber list.
     next: usize,
     data: Box<[u8; MAX_DATAGRAM_LEN]>,
@@ -213,6 +222,7 @@ impl FanoutQueue {
                 timestamp: 0,
                 arrival: now,
                 len: 0,
+                header_len: 0,
                 next: 0,
                 data: Box::new([0; MAX_DATAGRAM_LEN]),
             })
@@ -268,6 +278,8 @@ pub struct Forwarder {
     /// Published SSRCs to the legs that publish them, for learning unknown sources.
     by_published_ssrc: HashMap<Ssrc, Vec<LegId>>,
     queue: FanoutQueue,
+    /// RTCP the forwarder originates or relays, waiting for `poll_transmit`.
+    rtcp_queue: VecDeque<OutgoingRtcp>,
     events: VecDeque<Event>,
     /// Drops not attributable to a leg.
     drops: DropCounters,
@@ -287,6 +299,7 @@ impl Forwarder {
     pub fn new(config: ForwarderConfig, now: Instant) -> Self {
         Forwarder {
             queue: FanoutQueue::new(config.fanout_queue, now),
+            rtcp_queue: VecDeque::with_capacity(RTCP_QUEUE_LEN),
             config,
             meetings: Slab::new(),
             meeting_index: HashMap::new(),
@@ -366,6 +379,7 @@ impl Forwarder {
             self.remove_track(t)?;
         }
         for l in legs {
+            self.purge_rtcp(l);
             let leg = self.legs.remove(l.index());
             for addr in [leg.remote_rtp, leg.remote_rtcp].into_iter().flatten() {
                 if self.by_remote.get(&addr) == Some(&l) {
@@ -418,6 +432,8 @@ impl Forwarder {
             rtcp_mux: config.rtcp_mux,
             local: None,
             inbound_ssrcs: Vec::new(),
+            local_rtcp: None,
+            rtcp_ssrc: Ssrc(RTCP_SSRC_BASE ^ self.legs.vacant_key() as u32),
             subscriptions: Vec::new(),
             last_received: None,
             inactive: false,
@@ -450,34 +466,50 @@ impl Forwarder {
                 name: config.name,
             });
         }
+        if config.encodings.is_empty() || config.encodings.len() > MAX_ENCODINGS {
+            return Err(ConfigureError::Encodings(config.encodings.len()));
+        }
         let leg = &self.legs[config.leg.index()];
-        if leg.track_for(config.ssrc).is_some() {
-            return Err(ConfigureError::SsrcPublished {
-                ssrc: config.ssrc,
-                leg: leg.name.clone(),
-            });
+        for (i, &ssrc) in config.encodings.iter().enumerate() {
+            if leg.track_for(ssrc).is_some() || config.encodings[..i].contains(&ssrc) {
+                return Err(ConfigureError::SsrcPublished {
+                    ssrc,
+                    leg: leg.name.clone(),
+                });
+            }
         }
         let clock_rate = config
             .clock_rate
             .unwrap_or(config.kind.default_clock_rate());
+        let encodings = config
+            .encodings
+            .iter()
+            .map(|&ssrc| Encoding {
+                ssrc,
+                receive: ReceiveStats::new(clock_rate),
+                last_sr: None,
+            })
+            .collect();
         let id = TrackId(self.tracks.insert(Track {
             meeting: index,
             participant: participant.clone(),
             name: config.name,
             kind: config.kind,
-            ssrc: config.ssrc,
+            encodings,
             leg: config.leg,
             clock_rate,
             subscribers: Vec::new(),
-            receive: ReceiveStats::new(clock_rate),
         }) as u32);
-        self.legs[config.leg.index()]
-            .inbound_ssrcs
-            .push((config.ssrc, id));
-        self.by_published_ssrc
-            .entry(config.ssrc)
-            .or_default()
-            .push(config.leg);
+        for (i, &ssrc) in config.encodings.iter().enumerate() {
+            // At most MAX_ENCODINGS, checked above.
+            self.legs[config.leg.index()]
+                .inbound_ssrcs
+                .push((ssrc, id, i as u8));
+            self.by_published_ssrc
+                .entry(ssrc)
+                .or_default()
+                .push(config.leg);
+        }
         self.participant_mut(meeting, participant)?.tracks.push(id);
         Ok(id)
     }
@@ -493,11 +525,13 @@ impl Forwarder {
         }
         let track = self.tracks.remove(id.index());
         let leg = &mut self.legs[track.leg.index()];
-        leg.inbound_ssrcs.retain(|&(_, t)| t != id);
-        if let Some(legs) = self.by_published_ssrc.get_mut(&track.ssrc) {
-            legs.retain(|&l| l != track.leg);
-            if legs.is_empty() {
-                self.by_published_ssrc.remove(&track.ssrc);
+        leg.inbound_ssrcs.retain(|&(_, t, _)| t != id);
+        for encoding in &track.encodings {
+            if let Some(legs) = self.by_published_ssrc.get_mut(&encoding.ssrc) {
+                legs.retain(|&l| l != track.leg);
+                if legs.is_empty() {
+                    self.by_published_ssrc.remove(&encoding.ssrc);
+                }
             }
         }
         let meeting = self.meetings[track.meeting.0 as usize].id.clone();
@@ -523,7 +557,7 @@ impl Forwarder {
         if leg.meeting != track.meeting {
             return Err(ConfigureError::CrossMeeting);
         }
-        let ssrc = config.ssrc.unwrap_or(track.ssrc);
+        let ssrc = config.ssrc.unwrap_or(track.primary_ssrc());
         if leg
             .subscriptions
             .iter()
@@ -542,7 +576,9 @@ impl Forwarder {
             ssrc,
             payload_type: config.payload_type,
             rewriter: Rewriter::new(track.clock_rate),
-            forwarded: 0,
+            packets_sent: 0,
+            octets_sent: 0,
+            reports: Default::default(),
         }) as u32);
         self.tracks[config.track.index()].subscribers.push(id);
         self.legs[config.leg.index()].subscriptions.push(id);
@@ -643,9 +679,12 @@ impl Forwarder {
         self.legs.get(leg.index()).and_then(|l| l.remote_rtp)
     }
 
-    /// Loss and jitter of a track's incoming stream as the forwarder sees it.
-    pub fn track_receive_stats(&self, track: TrackId) -> Option<&ReceiveStats> {
-        self.tracks.get(track.index()).map(|t| &t.receive)
+    /// Loss and jitter of one encoding of a track as the forwarder receives it.
+    pub fn track_receive_stats(&self, track: TrackId, encoding: usize) -> Option<&ReceiveStats> {
+        self.tracks
+            .get(track.index())
+            .and_then(|t| t.encodings.get(encoding))
+            .map(|e| &e.receive)
     }
 
     /// Drops that could not be attributed to a leg (unknown sources, malformed datagrams).
@@ -760,13 +799,13 @@ impl Forwarder {
             return;
         };
         let leg = &mut self.legs[leg_id.index()];
-        let Some(track_id) = leg.track_for(header.ssrc) else {
+        let Some((track_id, encoding)) = leg.track_for(header.ssrc) else {
             return leg.stats.drops.add(DropReason::UnknownSsrc);
         };
         let track = &mut self.tracks[track_id.index()];
-        track
-            .receive
-            .on_packet(header.sequence, header.timestamp, now);
+        if let Some(e) = track.encodings.get_mut(usize::from(encoding)) {
+            e.receive.on_packet(header.sequence, header.timestamp, now);
+        }
         if track.subscribers.is_empty() {
             return;
         }
@@ -782,6 +821,7 @@ impl Forwarder {
         slot.timestamp = header.timestamp;
         slot.arrival = now;
         slot.len = plain_len;
+        slot.header_len = header.header_len.min(plain_len);
         slot.next = 0;
         slot.data[..plain_len].copy_from_slice(&contents[..plain_len]);
         self.queue.commit();
@@ -818,12 +858,19 @@ impl Forwarder {
         }
         for packet in rtcp::iter_compound(plain).flatten() {
             let blocks = match &packet {
-                RtcpPacket::SenderReport(sr) => sr.report_blocks(),
+                RtcpPacket::SenderReport(sr) => {
+                    if let Some((track, encoding)) =
+                        self.legs[leg_id.index()].track_for(sr.sender_ssrc)
+                    {
+                        self.on_sender_report(track, usize::from(encoding), sr, now);
+                    }
+                    sr.report_blocks()
+                }
                 RtcpPacket::ReceiverReport(rr) => rr.report_blocks(),
                 _ => continue,
             };
             for block in blocks {
-                self.note_report_block(leg_id, block);
+                self.note_report_block(leg_id, block, now);
             }
         }
     }
@@ -867,23 +914,6 @@ impl Forwarder {
         }
         self.note_activity(leg_id, now);
         Some((leg_id, plain_len))
-    }
-
-    /// A report block from a subscriber about one of the SSRCs we send it.
-    fn note_report_block(&mut self, leg_id: LegId, block: rtcp::ReportBlock) {
-        let leg = &self.legs[leg_id.index()];
-        let Some(sub) = leg
-            .subscriptions
-            .iter()
-            .map(|s| &self.subscriptions[s.index()])
-            .find(|s| s.ssrc == block.ssrc)
-        else {
-            return;
-        };
-        let clock_rate = self.tracks[sub.track.index()].clock_rate;
-        let leg = &mut self.legs[leg_id.index()];
-        leg.stats.reported_fraction_lost = block.fraction_lost;
-        leg.stats.reported_jitter_seconds = f64::from(block.jitter) / f64::from(clock_rate);
     }
 
     /// A packet from an address no leg knows: find the leg whose keys authenticate it, and
@@ -941,7 +971,10 @@ impl Forwarder {
                 leg.rtcp_mux = true;
                 return;
             }
-            AddressKind::Rtcp => leg.remote_rtcp.replace(source),
+            AddressKind::Rtcp => {
+                leg.local_rtcp = Some(local);
+                leg.remote_rtcp.replace(source)
+            }
             AddressKind::Rtp => {
                 leg.local = Some(local);
                 leg.remote_rtp.replace(source)
@@ -996,6 +1029,9 @@ impl Forwarder {
     /// The next datagram to send, written into `buf` (at least
     /// [`MIN_TRANSMIT_BUFFER_LEN`] bytes). `None` when nothing is pending.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(transmit) = self.poll_rtcp_transmit(buf) {
+            return Some(transmit);
+        }
         loop {
             let pending = self.queue.front()?;
             let track = &self.tracks.get(pending.track.index());
@@ -1042,7 +1078,10 @@ impl Forwarder {
                 match leg.srtp_out.protect_rtp(buf, len) {
                     Ok(wire_len) => {
                         leg.stats.rtp_out.add(wire_len);
-                        sub.forwarded += 1;
+                        sub.packets_sent = sub.packets_sent.wrapping_add(1);
+                        sub.octets_sent = sub
+                            .octets_sent
+                            .wrapping_add((len - pending.header_len) as u32);
                         return Some(Transmit {
                             source: leg.local,
                             destination,
@@ -1092,6 +1131,7 @@ impl Forwarder {
             };
             self.push_event(event);
         }
+        self.send_receiver_reports(now, timeout);
     }
 }
 

@@ -139,6 +139,8 @@ pub struct LegStats {
     /// interarrival jitter in seconds.
     pub reported_fraction_lost: u8,
     pub reported_jitter_seconds: f64,
+    /// Round-trip time to the peer, from its report blocks' LSR/DLSR (RFC 3550 §6.4.1).
+    pub round_trip_seconds: f64,
 }
 
 impl LegStats {

@@ -90,6 +90,13 @@ impl Rewriter {
         }
     }
 
+    /// The subscriber-side RTP timestamp of `timestamp` of `source`, if that is the source
+    /// being forwarded (to rewrite its sender reports).
+    pub fn map_timestamp(&self, source: Ssrc, timestamp: u32) -> Option<u32> {
+        let splice = self.splice.filter(|s| s.source == source)?;
+        Some(timestamp.wrapping_add(splice.ts_offset))
+    }
+
     /// Start forwarding `source` so that its first packet continues right after the last
     /// packet sent: the next sequence number, and a timestamp advanced by the wall-clock
     /// time that passed (at least one tick, so the decoder never sees time stand still).
@@ -142,7 +149,11 @@ pub(crate) struct Subscription {
     pub(crate) ssrc: Ssrc,
     pub(crate) payload_type: Option<u8>,
     pub(crate) rewriter: Rewriter,
-    pub(crate) forwarded: u64,
+    /// RTP packets and payload octets sent, for the SR counts (RFC 3550 §6.4.1: they wrap).
+    pub(crate) packets_sent: u32,
+    pub(crate) octets_sent: u32,
+    /// SRs sent to the subscriber, to compute its round-trip time.
+    pub(crate) reports: super::reports::SentReports,
 }
 
 #[cfg(test)]

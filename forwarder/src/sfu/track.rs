@@ -1,5 +1,7 @@
 //! A track: one source a participant publishes (audio, camera video, screen share).
 
+use std::time::Instant;
+
 use crate::ids::{LegId, ParticipantId, Ssrc, SubscriptionId};
 use crate::receive_stats::ReceiveStats;
 
@@ -40,12 +42,26 @@ pub struct TrackConfig {
     /// Name, unique within the participant.
     pub name: String,
     pub kind: TrackKind,
-    /// The SSRC the publisher sends it with.
-    pub ssrc: Ssrc,
+    /// The SSRC of each encoding the publisher sends, lowest quality first: one for a
+    /// plain track, up to [`MAX_ENCODINGS`] for simulcast.
+    pub encodings: Vec<Ssrc>,
     /// The publisher's leg that carries it.
     pub leg: LegId,
     /// RTP clock rate; `None` takes the kind's default.
     pub clock_rate: Option<u32>,
+}
+
+/// Most simulcast encodings of one track (WebRTC browsers send at most three).
+pub const MAX_ENCODINGS: usize = 3;
+
+/// One encoding of a track as received: its SSRC, what the forwarder sees of it, and the
+/// publisher's last sender report (for the LSR/DLSR of our receiver reports).
+#[derive(Debug)]
+pub(crate) struct Encoding {
+    pub(crate) ssrc: Ssrc,
+    pub(crate) receive: ReceiveStats,
+    /// Middle 32 bits of the last SR's NTP timestamp, and when it arrived.
+    pub(crate) last_sr: Option<(u32, Instant)>,
 }
 
 /// Live state of a track inside the core.
@@ -55,11 +71,16 @@ pub(crate) struct Track {
     pub(crate) participant: ParticipantId,
     pub(crate) name: String,
     pub(crate) kind: TrackKind,
-    pub(crate) ssrc: Ssrc,
+    pub(crate) encodings: Vec<Encoding>,
     pub(crate) leg: LegId,
     pub(crate) clock_rate: u32,
     /// The fan-out list.
     pub(crate) subscribers: Vec<SubscriptionId>,
-    /// Loss and jitter of the publisher's stream as the forwarder sees it.
-    pub(crate) receive: ReceiveStats,
+}
+
+impl Track {
+    /// The SSRC subscribers see by default: the first encoding's.
+    pub(crate) fn primary_ssrc(&self) -> Ssrc {
+        self.encodings.first().map_or(Ssrc(0), |e| e.ssrc)
+    }
 }

@@ -63,6 +63,8 @@ pub struct Scenario {
     pub track_ssrc: Ssrc,
     pub subscribers: Vec<Peer>,
     by_address: HashMap<SocketAddr, usize>,
+    /// Decrypted RTCP the forwarder sent, with its destination.
+    pub rtcp: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 /// What one subscriber received.
@@ -117,7 +119,7 @@ impl Scenario {
                 TrackConfig {
                     name: "camera".into(),
                     kind: TrackKind::Video,
-                    ssrc: track_ssrc,
+                    encodings: vec![track_ssrc],
                     leg,
                     clock_rate: None,
                 },
@@ -139,6 +141,7 @@ impl Scenario {
             track_ssrc,
             subscribers: Vec::new(),
             by_address: HashMap::new(),
+            rtcp: Vec::new(),
         };
         for i in 0..subscribers {
             scenario.add_subscriber(profile, i);
@@ -202,11 +205,25 @@ impl Scenario {
         let mut out = Vec::new();
         let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
         while let Some(t) = self.forwarder.poll_transmit(&mut buf) {
+            let mut packet = buf[..t.len].to_vec();
+            if (200..=207).contains(&packet[1]) {
+                let peer = if t.destination == self.publisher.address {
+                    &mut self.publisher
+                } else {
+                    &mut self.subscribers[self.by_address[&t.destination]]
+                };
+                let len = peer
+                    .receiver
+                    .unprotect_rtcp(&mut packet)
+                    .expect("valid SRTCP");
+                packet.truncate(len);
+                self.rtcp.push((t.destination, packet));
+                continue;
+            }
             let &subscriber = self
                 .by_address
                 .get(&t.destination)
                 .unwrap_or_else(|| panic!("transmit to unknown address {}", t.destination));
-            let mut packet = buf[..t.len].to_vec();
             let len = self.subscribers[subscriber]
                 .receiver
                 .unprotect_rtp(&mut packet)

@@ -1,0 +1,264 @@
+//! RTCP the forwarder originates or relays (RFC 3550 §6.4), and what it learns from the
+//! reports it receives.
+//!
+//! * **Sender reports, rewritten per subscription.** A publisher's SR is relayed to every
+//!   subscription currently following that encoding with the subscription's SSRC, the
+//!   RTP timestamp moved by the subscription's timestamp offset (so it still pairs with the
+//!   same NTP instant in the subscriber's timeline) and the subscription's own packet and
+//!   octet counts. Report blocks are left out: they describe what the *publisher* receives.
+//! * **Receiver reports towards publishers**, every second (RFC 4585 §3.5 lets AVPF
+//!   sessions report more often than RFC 3550's 5 s minimum), one block per encoding the
+//!   forwarder receives: loss, extended highest sequence number and jitter from
+//!   [`ReceiveStats`](crate::receive_stats::ReceiveStats), LSR/DLSR from the last SR.
+//! * **Report blocks from subscribers** about our outbound SSRCs give the loss and jitter
+//!   they see and, through LSR/DLSR against the SRs we sent them, the round-trip time.
+//!
+//! Every compound packet carries an SDES CNAME (RFC 3550 §6.1). RTCP waits in a bounded
+//! queue of small preallocated slots and is protected (SRTCP) when polled.
+
+use std::time::{Duration, Instant};
+
+use crate::ids::{LegId, Ssrc, TrackId};
+use crate::rtcp::{self, ReportBlock, RtcpError, SenderInfo, SenderReport};
+
+use super::{DropReason, Forwarder, Transmit};
+
+/// Largest RTCP packet the forwarder originates (an RR with a block per encoding and an
+/// SDES, or a relayed SR, fit easily).
+pub(crate) const RTCP_SLOT_LEN: usize = 512;
+/// RTCP packets waiting to be sent; beyond this they are dropped and counted.
+pub(crate) const RTCP_QUEUE_LEN: usize = 256;
+/// How many of the SRs sent to one subscription are remembered to match LSR echoes.
+pub(crate) const SR_HISTORY: usize = 4;
+/// The CNAME of RTCP the forwarder originates.
+const CNAME: &[u8] = b"fanout";
+
+/// One RTCP compound packet waiting for its leg's SRTCP protection.
+#[derive(Debug)]
+pub(crate) struct OutgoingRtcp {
+    leg: LegId,
+    len: usize,
+    data: [u8; RTCP_SLOT_LEN],
+}
+
+/// SRs recently sent to one subscriber, to turn its LSR/DLSR into a round-trip time.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SentReports {
+    sent: [Option<(u32, Instant)>; SR_HISTORY],
+    next: usize,
+}
+
+impl SentReports {
+    fn record(&mut self, compact_ntp: u32, at: Instant) {
+        self.sent[self.next % SR_HISTORY] = Some((compact_ntp, at));
+        self.next = self.next.wrapping_add(1);
+    }
+
+    /// RFC 3550 §6.4.1: RTT = arrival - LSR - DLSR, with LSR matched to when we sent it.
+    fn round_trip(&self, last_sr: u32, delay_since_last_sr: u32, now: Instant) -> Option<Duration> {
+        if last_sr == 0 {
+            return None;
+        }
+        let (_, sent_at) = self
+            .sent
+            .iter()
+            .flatten()
+            .find(|(ntp, _)| *ntp == last_sr)?;
+        let delay = Duration::from_secs_f64(f64::from(delay_since_last_sr) / 65536.0);
+        now.saturating_duration_since(*sent_at).checked_sub(delay)
+    }
+}
+
+impl Forwarder {
+    /// Build an RTCP compound packet for `leg` with `write` and queue it.
+    pub(crate) fn queue_rtcp(
+        &mut self,
+        leg: LegId,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, RtcpError>,
+    ) {
+        if self.rtcp_queue.len() >= RTCP_QUEUE_LEN {
+            self.drop_at(Some(leg), DropReason::QueueFull);
+            return;
+        }
+        let mut item = OutgoingRtcp {
+            leg,
+            len: 0,
+            data: [0; RTCP_SLOT_LEN],
+        };
+        if let Ok(len) = write(&mut item.data) {
+            item.len = len;
+            self.rtcp_queue.push_back(item);
+        }
+    }
+
+    /// The next queued RTCP packet, protected for its leg, if any.
+    pub(crate) fn poll_rtcp_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(item) = self.rtcp_queue.pop_front() {
+            let Some(leg) = self.legs.get_mut(item.leg.index()) else {
+                continue;
+            };
+            let Some((destination, source)) = leg.rtcp_route() else {
+                leg.stats.drops.add(DropReason::NoRemoteAddress);
+                continue;
+            };
+            let Some(out) = buf.get_mut(..item.len) else {
+                leg.stats.drops.add(DropReason::ProtectFailed);
+                continue;
+            };
+            out.copy_from_slice(&item.data[..item.len]);
+            match leg.srtp_out.protect_rtcp(buf, item.len) {
+                Ok(len) => {
+                    leg.stats.rtcp_out.add(len);
+                    return Some(Transmit {
+                        source,
+                        destination,
+                        len,
+                    });
+                }
+                Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
+            }
+        }
+        None
+    }
+
+    /// Forget queued RTCP of a leg that is going away (its slab slot may be reused).
+    pub(crate) fn purge_rtcp(&mut self, leg: LegId) {
+        self.rtcp_queue.retain(|item| item.leg != leg);
+    }
+
+    /// A publisher's SR for one encoding: remember it for our receiver reports' LSR, and
+    /// relay it, rewritten, to every subscription following that encoding.
+    pub(crate) fn on_sender_report(
+        &mut self,
+        track_id: TrackId,
+        encoding: usize,
+        sr: &SenderReport<'_>,
+        now: Instant,
+    ) {
+        let Some(track) = self.tracks.get_mut(track_id.index()) else {
+            return;
+        };
+        if let Some(e) = track.encodings.get_mut(encoding) {
+            e.last_sr = Some((sr.compact_ntp(), now));
+        }
+        for i in 0..track.subscribers.len() {
+            let sub_id = self.tracks[track_id.index()].subscribers[i];
+            let sub = &mut self.subscriptions[sub_id.index()];
+            let Some(rtp_timestamp) = sub.rewriter.map_timestamp(sr.sender_ssrc, sr.rtp_timestamp)
+            else {
+                continue;
+            };
+            let info = SenderInfo {
+                ntp_timestamp: sr.ntp_timestamp,
+                rtp_timestamp,
+                packet_count: sub.packets_sent,
+                octet_count: sub.octets_sent,
+            };
+            let (leg, ssrc) = (sub.leg, sub.ssrc);
+            sub.reports.record(sr.compact_ntp(), now);
+            self.queue_rtcp(leg, |buf| {
+                compound(buf, ssrc, |b| {
+                    rtcp::write_sender_report(b, ssrc, &info, &[])
+                })
+            });
+        }
+    }
+
+    /// Send every publisher a receiver report about each encoding it sends us.
+    pub(crate) fn send_receiver_reports(&mut self, now: Instant, active_within: Duration) {
+        let mut due = Vec::new();
+        for (i, leg) in &self.legs {
+            let active = leg
+                .last_received
+                .is_some_and(|t| now.saturating_duration_since(t) < active_within);
+            if active && !leg.inbound_ssrcs.is_empty() {
+                due.push(LegId(i as u32));
+            }
+        }
+        for leg_id in due {
+            let mut blocks = [ReportBlock::default(); 31];
+            let mut n = 0;
+            let leg = &self.legs[leg_id.index()];
+            let sender = leg.rtcp_ssrc;
+            for &(ssrc, track, encoding) in &leg.inbound_ssrcs {
+                let Some(e) = self.tracks[track.index()]
+                    .encodings
+                    .get_mut(usize::from(encoding))
+                else {
+                    continue;
+                };
+                if e.receive.received() == 0 || n == blocks.len() {
+                    continue;
+                }
+                let (lsr, dlsr) = e.last_sr.map_or((0, 0), |(ntp, at)| {
+                    let delay = now.saturating_duration_since(at).as_secs_f64() * 65536.0;
+                    (ntp, delay.min(f64::from(u32::MAX)) as u32)
+                });
+                blocks[n] = e.receive.report_block(ssrc, lsr, dlsr);
+                n += 1;
+            }
+            if n > 0 {
+                self.queue_rtcp(leg_id, |buf| {
+                    compound(buf, sender, |b| {
+                        rtcp::write_receiver_report(b, sender, &blocks[..n])
+                    })
+                });
+            }
+        }
+    }
+
+    /// A report block from a subscriber about one of the SSRCs we send it.
+    pub(crate) fn note_report_block(&mut self, leg_id: LegId, block: ReportBlock, now: Instant) {
+        let leg = &self.legs[leg_id.index()];
+        let Some(sub) = leg
+            .subscriptions
+            .iter()
+            .map(|s| &self.subscriptions[s.index()])
+            .find(|s| s.ssrc == block.ssrc)
+        else {
+            return;
+        };
+        let clock_rate = self.tracks[sub.track.index()].clock_rate;
+        let rtt = sub
+            .reports
+            .round_trip(block.last_sr, block.delay_since_last_sr, now);
+        let stats = &mut self.legs[leg_id.index()].stats;
+        stats.reported_fraction_lost = block.fraction_lost;
+        stats.reported_jitter_seconds = f64::from(block.jitter) / f64::from(clock_rate);
+        if let Some(rtt) = rtt {
+            stats.round_trip_seconds = rtt.as_secs_f64();
+        }
+    }
+}
+
+/// A compound packet: what `first` writes (an SR or RR), then an SDES CNAME for `ssrc`.
+fn compound(
+    buf: &mut [u8],
+    ssrc: Ssrc,
+    first: impl FnOnce(&mut [u8]) -> Result<usize, RtcpError>,
+) -> Result<usize, RtcpError> {
+    let n = first(buf)?;
+    let rest = buf.get_mut(n..).ok_or(RtcpError::BufferTooSmall)?;
+    Ok(n + rtcp::write_sdes_cname(rest, ssrc, CNAME)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_matches_the_echoed_report() {
+        let t0 = Instant::now();
+        let mut sent = SentReports::default();
+        sent.record(0x1111, t0);
+        sent.record(0x2222, t0 + Duration::from_millis(500));
+        // The subscriber held the second SR for 0.25 s (16384/65536) and its RR arrives
+        // 0.35 s after we sent that SR: 100 ms round trip.
+        let rtt = sent
+            .round_trip(0x2222, 16384, t0 + Duration::from_millis(850))
+            .unwrap();
+        assert!((rtt.as_secs_f64() - 0.1).abs() < 1e-3, "{rtt:?}");
+        assert_eq!(sent.round_trip(0, 0, t0), None, "LSR 0: no SR received yet");
+        assert_eq!(sent.round_trip(0x3333, 0, t0), None, "unknown SR");
+    }
+}

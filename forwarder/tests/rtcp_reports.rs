@@ -1,0 +1,113 @@
+//! RTCP the forwarder originates and relays: publishers' sender reports reach each
+//! subscriber rewritten for its subscription, publishers get receiver reports about what
+//! the forwarder receives, and subscribers' report blocks give their round-trip time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Scenario;
+use fanout_forwarder::ids::Ssrc;
+use fanout_forwarder::rtcp::{self, RtcpPacket, SenderInfo};
+use fanout_forwarder::srtp::SrtpProfile;
+
+fn srtcp(peer: &mut common::Peer, write: impl FnOnce(&mut [u8]) -> usize) -> Vec<u8> {
+    let mut buf = vec![0u8; 512];
+    let len = write(&mut buf);
+    let len = peer.sender.protect_rtcp(&mut buf, len).unwrap();
+    buf.truncate(len);
+    buf
+}
+
+#[test]
+fn sender_reports_are_rewritten_and_receiver_reports_generated() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let mut s = Scenario::new(profile, 0);
+    let (viewer, _) = s.add_subscriber_with(profile, 0, Some(Ssrc(0x7777)), None);
+    for i in 0..10u16 {
+        s.publish(100 + i, 1000 + u32::from(i) * 3000, &[0u8; 500]);
+        s.advance(Duration::from_millis(10));
+    }
+
+    // The publisher's SR: the viewer gets it with its own SSRC and packet counts.
+    let track_ssrc = s.track_ssrc;
+    let info = SenderInfo {
+        ntp_timestamp: 0xE000_0000_8000_0000,
+        rtp_timestamp: 31_000,
+        packet_count: 12345,
+        octet_count: 999_999,
+    };
+    let sr = srtcp(&mut s.publisher, |b| {
+        rtcp::write_sender_report(b, track_ssrc, &info, &[]).unwrap()
+    });
+    let publisher = s.publisher.address;
+    s.rtcp.clear();
+    s.deliver(publisher, sr);
+    let viewer_addr = s.subscribers[viewer].address;
+    let (to, relayed) = s.rtcp.pop().expect("the SR is relayed");
+    assert_eq!(to, viewer_addr);
+    assert_eq!(rtcp::validate(&relayed), Ok(2), "SR + SDES");
+    match rtcp::iter_compound(&relayed).next() {
+        Some(Ok(RtcpPacket::SenderReport(sr))) => {
+            assert_eq!(sr.sender_ssrc, Ssrc(0x7777));
+            assert_eq!(sr.ntp_timestamp, info.ntp_timestamp);
+            // The first source keeps its numbering, so the timestamp is unchanged.
+            assert_eq!(sr.rtp_timestamp, 31_000);
+            assert_eq!(sr.packet_count, 10);
+            assert_eq!(sr.octet_count, 10 * 500);
+        }
+        other => panic!("expected an SR, got {other:?}"),
+    }
+
+    // A second later the publisher gets a receiver report about its stream, echoing the SR.
+    s.advance(Duration::from_millis(1000));
+    s.drain();
+    let (to, rr) = s
+        .rtcp
+        .iter()
+        .find(|(to, _)| *to == publisher)
+        .cloned()
+        .expect("a receiver report to the publisher");
+    assert_eq!(to, publisher);
+    match rtcp::iter_compound(&rr).next() {
+        Some(Ok(RtcpPacket::ReceiverReport(rr))) => {
+            let blocks: Vec<_> = rr.report_blocks().collect();
+            assert_eq!(blocks.len(), 1);
+            assert_eq!(blocks[0].ssrc, track_ssrc);
+            assert_eq!(blocks[0].extended_highest_seq, 109);
+            assert_eq!(blocks[0].cumulative_lost, 0);
+            assert_eq!(
+                blocks[0].last_sr, 0x0000_8000,
+                "middle 32 bits of the NTP time"
+            );
+            // 1 s since the SR, in 1/65536 s.
+            assert!((i64::from(blocks[0].delay_since_last_sr) - 65536).abs() < 700);
+        }
+        other => panic!("expected an RR, got {other:?}"),
+    }
+
+    // The viewer's report echoes our SR, which it says it held for 40 ms, and arrives
+    // 1.1 s after we sent that SR: the round trip is 1.1 s - 0.04 s = 1.06 s.
+    s.advance(Duration::from_millis(100));
+    let block = rtcp::ReportBlock {
+        ssrc: Ssrc(0x7777),
+        fraction_lost: 64,
+        cumulative_lost: 3,
+        extended_highest_seq: 109,
+        jitter: 900,
+        last_sr: 0x0000_8000,
+        delay_since_last_sr: 65536 / 25,
+    };
+    let rr = srtcp(&mut s.subscribers[viewer], |b| {
+        rtcp::write_receiver_report(b, Ssrc(0xABCD), &[block]).unwrap()
+    });
+    s.deliver(viewer_addr, rr);
+    let stats = s.forwarder.leg_stats(s.subscribers[viewer].leg).unwrap();
+    assert_eq!(stats.reported_fraction_lost, 64);
+    assert!((stats.reported_jitter_seconds - 0.01).abs() < 1e-9);
+    assert!(
+        (stats.round_trip_seconds - 1.06).abs() < 0.002,
+        "{}",
+        stats.round_trip_seconds
+    );
+}
