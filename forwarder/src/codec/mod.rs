@@ -312,8 +312,7 @@ impl Renumbering {
 ///
 /// Model: every input picture id that is not yet known starts a new output frame numbered
 /// one past the last; packets of a frame seen before (reordering within a frame, or frames
-/// interleaved by reordering) get that frame's number from a table of the last
-/// [`MUNGER_WINDOW`] frames. A plain offset (output = input + k, as for sequence numbers)
+/// interleaved by reordering) get that frame's number from a table of the last 32 frames. A plain offset (output = input + k, as for sequence numbers)
 /// is not enough: each dropped frame changes k, so late packets of an earlier frame would
 /// get the wrong number. TL0PICIDX works the same way, counting only base-layer frames; a
 /// frame of a higher temporal layer whose TL0 frame was not forwarded carries the last
@@ -362,7 +361,11 @@ impl PictureIdMunger {
         }
         if let Some(input) = info.picture_id {
             let (unwrapped, newer) = self.pictures.unwrap(input, info.picture_id_bits);
-            let known = if newer { None } else { self.pictures.get(unwrapped) };
+            let known = if newer {
+                None
+            } else {
+                self.pictures.get(unwrapped)
+            };
             let output = match known {
                 Some(output) => output,
                 // A new frame, or a late frame never seen before: the next number.
@@ -377,15 +380,17 @@ impl PictureIdMunger {
         }
         if let Some(input) = info.tl0_pic_idx {
             let (unwrapped, newer) = self.tl0s.unwrap(u16::from(input), 8);
-            let known = if newer { None } else { self.tl0s.get(unwrapped) };
+            let known = if newer {
+                None
+            } else {
+                self.tl0s.get(unwrapped)
+            };
             let output = match known {
                 Some(output) => output as u8,
                 // RFC 7741 §4.2 / RFC 9628 §4.2: TL0PICIDX increments with each TID 0
                 // frame; other frames repeat the index of the TL0 frame they follow.
                 None if info.temporal_layer.is_none_or(|t| t == 0) => {
-                    let output = self
-                        .last_tl0_pic_idx
-                        .map_or(input, |l| l.wrapping_add(1));
+                    let output = self.last_tl0_pic_idx.map_or(input, |l| l.wrapping_add(1));
                     self.last_tl0_pic_idx = Some(output);
                     self.tl0s
                         .insert(u16::from(input), unwrapped, newer, u16::from(output));
@@ -423,18 +428,21 @@ mod tests {
 
     #[test]
     fn writers_check_the_codec_and_the_width() {
-        // VP8: X=1, I=1, M=1, picture id 0x1234.
-        let mut p = [0x90, 0x80, 0x92, 0x34, 0x00];
+        // VP8: X=1, I=1, M=1, picture id 0x1234 (not a start: no payload header needed).
+        let mut p = [0x80, 0x80, 0x92, 0x34, 0x00];
         let info = inspect(Codec::Vp8, &p, false).unwrap();
         assert!(!set_vp9_picture_id(&mut p, &info, 1));
         // A FrameInfo that does not describe this payload: 15-bit field where the
         // payload has M=0.
-        let mut other = [0x90, 0x80, 0x12, 0x34, 0x00];
+        let mut other = [0x80, 0x80, 0x12, 0x34, 0x00];
         assert!(!set_vp8_picture_id(&mut other, &info, 1));
-        assert_eq!(other, [0x90, 0x80, 0x12, 0x34, 0x00]);
+        assert_eq!(other, [0x80, 0x80, 0x12, 0x34, 0x00]);
         assert!(!set_vp8_picture_id(&mut p[..3], &info, 1));
         assert!(set_vp8_picture_id(&mut p, &info, 0xffff));
-        assert_eq!(inspect(Codec::Vp8, &p, false).unwrap().picture_id, Some(0x7fff));
+        assert_eq!(
+            inspect(Codec::Vp8, &p, false).unwrap().picture_id,
+            Some(0x7fff)
+        );
         assert!(!set_vp8_tl0_pic_idx(&mut p, &info, 1), "no TL0PICIDX field");
     }
 
@@ -476,12 +484,7 @@ mod tests {
         }
     }
 
-    fn munge(
-        m: &mut PictureIdMunger,
-        codec: Codec,
-        mut p: Vec<u8>,
-        switched: bool,
-    ) -> (u16, u8) {
+    fn munge(m: &mut PictureIdMunger, codec: Codec, mut p: Vec<u8>, switched: bool) -> (u16, u8) {
         let info = inspect(codec, &p, false).unwrap();
         m.rewrite(codec, &mut p, &info, switched);
         let out = inspect(codec, &p, false).unwrap();
@@ -492,17 +495,41 @@ mod tests {
     fn munger_passes_the_first_source_through_and_closes_gaps() {
         let mut m = PictureIdMunger::new();
         let c = Codec::Vp8;
-        assert_eq!(munge(&mut m, c, vp8_packet(true, 100, 15, 7, 0), true), (100, 7));
-        assert_eq!(munge(&mut m, c, vp8_packet(false, 100, 15, 7, 0), false), (100, 7));
-        assert_eq!(munge(&mut m, c, vp8_packet(true, 101, 15, 7, 1), false), (101, 7));
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(true, 100, 15, 7, 0), true),
+            (100, 7)
+        );
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(false, 100, 15, 7, 0), false),
+            (100, 7)
+        );
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(true, 101, 15, 7, 1), false),
+            (101, 7)
+        );
         // 102 (TID 1) dropped, 103 (TID 0) forwarded.
-        assert_eq!(munge(&mut m, c, vp8_packet(true, 103, 15, 8, 0), false), (102, 8));
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(true, 103, 15, 8, 0), false),
+            (102, 8)
+        );
         // A late packet of 101 keeps 101's number.
-        assert_eq!(munge(&mut m, c, vp8_packet(false, 101, 15, 7, 1), false), (101, 7));
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(false, 101, 15, 7, 1), false),
+            (101, 7)
+        );
         // Switch to an unrelated 7-bit source.
-        assert_eq!(munge(&mut m, c, vp8_packet(true, 5, 7, 200, 0), true), (103 & 0x7f, 9));
-        assert_eq!(munge(&mut m, c, vp8_packet(false, 5, 7, 200, 0), false), (103 & 0x7f, 9));
-        assert_eq!(munge(&mut m, c, vp8_packet(true, 6, 7, 200, 2), false), (104 & 0x7f, 9));
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(true, 5, 7, 200, 0), true),
+            (103 & 0x7f, 9)
+        );
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(false, 5, 7, 200, 0), false),
+            (103 & 0x7f, 9)
+        );
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(true, 6, 7, 200, 2), false),
+            (104 & 0x7f, 9)
+        );
         // H.264 is left alone.
         let mut h = vec![0x65, 0x88];
         let info = inspect(Codec::H264, &h, true).unwrap();
@@ -514,9 +541,40 @@ mod tests {
     fn munger_wraps_seven_bit_ids() {
         let mut m = PictureIdMunger::new();
         let c = Codec::Vp9;
-        assert_eq!(munge(&mut m, c, vp9_packet(true, 126, 7, 255, 0), true), (126, 255));
-        assert_eq!(munge(&mut m, c, vp9_packet(true, 127, 7, 0, 0), false), (127, 0));
-        assert_eq!(munge(&mut m, c, vp9_packet(true, 0, 7, 1, 0), false), (0, 1));
+        assert_eq!(
+            munge(&mut m, c, vp9_packet(true, 126, 7, 255, 0), true),
+            (126, 255)
+        );
+        assert_eq!(
+            munge(&mut m, c, vp9_packet(true, 127, 7, 0, 0), false),
+            (127, 0)
+        );
+        assert_eq!(
+            munge(&mut m, c, vp9_packet(true, 0, 7, 1, 0), false),
+            (0, 1)
+        );
+    }
+
+    #[test]
+    fn munger_gives_all_spatial_layers_of_a_picture_one_number() {
+        let mut m = PictureIdMunger::new();
+        let c = Codec::Vp9;
+        // Source 1: pictures 10, 11. Source 2 (after a switch): picture 500, in two
+        // spatial layers (the second byte after the picture id is the layer octet).
+        munge(&mut m, c, vp9_packet(true, 10, 15, 0, 0), false);
+        munge(&mut m, c, vp9_packet(true, 11, 15, 0, 1), false);
+        let mut base = vp9_packet(true, 500, 15, 40, 0);
+        let mut upper = vp9_packet(true, 500, 15, 40, 0);
+        upper[3] |= 1 << 1 | 1; // SID 1, D=1
+        let b = inspect(c, &base, false).unwrap();
+        let u = inspect(c, &upper, false).unwrap();
+        assert_eq!((b.spatial_layer, u.spatial_layer), (Some(0), Some(1)));
+        m.rewrite(c, &mut base, &b, true);
+        m.rewrite(c, &mut upper, &u, false);
+        for p in [&base, &upper] {
+            let out = inspect(c, p, false).unwrap();
+            assert_eq!((out.picture_id, out.tl0_pic_idx), (Some(12), Some(1)));
+        }
     }
 
     #[derive(Debug, Clone)]

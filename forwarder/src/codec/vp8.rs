@@ -132,9 +132,7 @@ mod tests {
 
     fn build(d: Desc, vp8: &[u8]) -> Vec<u8> {
         let x = d.picture_id.is_some() || d.tl0.is_some() || d.tid.is_some() || d.keyidx.is_some();
-        let mut p = vec![
-            u8::from(x) << 7 | u8::from(d.n) << 5 | u8::from(d.s) << 4 | (d.pid & 7),
-        ];
+        let mut p = vec![u8::from(x) << 7 | u8::from(d.n) << 5 | u8::from(d.s) << 4 | (d.pid & 7)];
         if x {
             p.push(
                 u8::from(d.picture_id.is_some()) << 7
@@ -212,7 +210,17 @@ mod tests {
     #[test]
     fn minimal_descriptor() {
         // RFC 7741 allows a one-octet descriptor (X=0).
-        let info = inspect(&build(Desc { s: true, ..Desc::default() }, &KEY_FRAME), true).unwrap();
+        let info = inspect(
+            &build(
+                Desc {
+                    s: true,
+                    ..Desc::default()
+                },
+                &KEY_FRAME,
+            ),
+            true,
+        )
+        .unwrap();
         assert!(info.keyframe && info.start_of_frame && info.end_of_frame);
         assert_eq!(info.descriptor_len, 1);
         assert_eq!(info.picture_id, None);
@@ -224,17 +232,36 @@ mod tests {
         // P=0 in the first payload byte means nothing unless S=1 and PID=0.
         let not_start = build(Desc::default(), &KEY_FRAME);
         assert!(!inspect(&not_start, false).unwrap().keyframe);
-        let other_partition = build(Desc { s: true, pid: 1, ..Desc::default() }, &KEY_FRAME);
+        let other_partition = build(
+            Desc {
+                s: true,
+                pid: 1,
+                ..Desc::default()
+            },
+            &KEY_FRAME,
+        );
         let info = inspect(&other_partition, false).unwrap();
         assert!(!info.keyframe && !info.start_of_frame);
     }
 
     #[test]
     fn truncated_key_frame_header() {
-        let p = build(Desc { s: true, ..Desc::default() }, &KEY_FRAME[..9]);
+        let p = build(
+            Desc {
+                s: true,
+                ..Desc::default()
+            },
+            &KEY_FRAME[..9],
+        );
         assert_eq!(inspect(&p, false), Err(CodecError::TooShort));
         // A start packet must carry the payload header.
-        let p = build(Desc { s: true, ..Desc::default() }, &[]);
+        let p = build(
+            Desc {
+                s: true,
+                ..Desc::default()
+            },
+            &[],
+        );
         assert_eq!(inspect(&p, false), Err(CodecError::TooShort));
         // Other packets may be empty after the descriptor.
         assert!(inspect(&build(Desc::default(), &[]), false).is_ok());
@@ -267,7 +294,13 @@ mod tests {
 
     #[test]
     fn keyidx_alone_has_no_temporal_layer() {
-        let p = build(Desc { keyidx: Some(3), ..Desc::default() }, &[0]);
+        let p = build(
+            Desc {
+                keyidx: Some(3),
+                ..Desc::default()
+            },
+            &[0],
+        );
         let info = inspect(&p, false).unwrap();
         assert_eq!(info.temporal_layer, None);
         assert!(!info.layer_sync);

@@ -233,11 +233,13 @@ mod tests {
             }
         }
         if let Some(ss) = &d.ss {
-            p.push((ss.spatial_layers - 1) << 5 | bit(ss.resolutions, 4) | bit(ss.group.is_some(), 3));
+            p.push(
+                (ss.spatial_layers - 1) << 5 | bit(ss.resolutions, 4) | bit(ss.group.is_some(), 3),
+            );
             if ss.resolutions {
                 for l in 0..u16::from(ss.spatial_layers) {
-                    p.extend_from_slice(&(320 << l).to_be_bytes());
-                    p.extend_from_slice(&(180 << l).to_be_bytes());
+                    p.extend_from_slice(&(320u16 << l).to_be_bytes());
+                    p.extend_from_slice(&(180u16 << l).to_be_bytes());
                 }
             }
             if let Some(group) = &ss.group {
@@ -372,11 +374,19 @@ mod tests {
     fn scalability_structure_variants() {
         for spatial_layers in 1..=8u8 {
             for resolutions in [false, true] {
-                for group in [None, Some(vec![]), Some(vec![(0, false, vec![]), (1, true, vec![1, 2, 3])])] {
+                for group in [
+                    None,
+                    Some(vec![]),
+                    Some(vec![(0, false, vec![]), (1, true, vec![1, 2, 3])]),
+                ] {
                     let d = Desc {
                         b: true,
                         picture_id: Some((1, 7)),
-                        ss: Some(Ss { spatial_layers, resolutions, group: group.clone() }),
+                        ss: Some(Ss {
+                            spatial_layers,
+                            resolutions,
+                            group: group.clone(),
+                        }),
                         ..Desc::default()
                     };
                     let p = build(&d, &BITSTREAM);
@@ -423,7 +433,10 @@ mod tests {
         assert!(set_vp9_tl0_pic_idx(&mut p, &info, 250));
         assert!(!set_vp8_picture_id_is_not_vp9(&mut p, &info));
         let after = inspect(&p).unwrap();
-        assert_eq!((after.picture_id, after.tl0_pic_idx), (Some(0x7ffe), Some(250)));
+        assert_eq!(
+            (after.picture_id, after.tl0_pic_idx),
+            (Some(0x7ffe), Some(250))
+        );
         let flexible = Desc { f: true, ..d };
         let mut p = build(&flexible, &BITSTREAM);
         let info = inspect(&p).unwrap();
@@ -435,11 +448,23 @@ mod tests {
     }
 
     fn descs() -> impl Strategy<Value = Desc> {
-        let ss = (1u8..=8, any::<bool>(), proptest::option::of(proptest::collection::vec(
-            (0u8..8, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..4)),
-            0..4,
-        )))
-            .prop_map(|(spatial_layers, resolutions, group)| Ss { spatial_layers, resolutions, group });
+        let ss = (
+            1u8..=8,
+            any::<bool>(),
+            proptest::option::of(proptest::collection::vec(
+                (
+                    0u8..8,
+                    any::<bool>(),
+                    proptest::collection::vec(any::<u8>(), 0..4),
+                ),
+                0..4,
+            )),
+        )
+            .prop_map(|(spatial_layers, resolutions, group)| Ss {
+                spatial_layers,
+                resolutions,
+                group,
+            });
         (
             any::<[bool; 5]>(),
             proptest::option::of((any::<u16>(), prop_oneof![Just(7u8), Just(15u8)])),
@@ -448,18 +473,20 @@ mod tests {
             proptest::collection::vec(0u8..128, 1..=3),
             proptest::option::of(ss),
         )
-            .prop_map(|([p, f, b, e, z], picture_id, layers, tl0, references, ss)| Desc {
-                p,
-                f,
-                b,
-                e,
-                z,
-                picture_id,
-                layers,
-                tl0,
-                references,
-                ss,
-            })
+            .prop_map(
+                |([p, f, b, e, z], picture_id, layers, tl0, references, ss)| Desc {
+                    p,
+                    f,
+                    b,
+                    e,
+                    z,
+                    picture_id,
+                    layers,
+                    tl0,
+                    references,
+                    ss,
+                },
+            )
     }
 
     proptest! {

@@ -16,23 +16,120 @@ use crate::ids::{LegId, SeqNo, Ssrc, TrackId};
 pub enum Rewrite {
     /// Forward with these header values.
     Forward { sequence: SeqNo, timestamp: u32 },
-    /// Drop: the packet precedes the point where its source was spliced in, so its
-    /// sequence number would collide with one the previous source already used.
+    /// Drop: the packet precedes the point where its source was spliced in (its sequence
+    /// number would collide with one the previous source already used), was skipped
+    /// already, or is too old to place among the skipped ones.
     Stale,
 }
 
-/// The offsets that map one source's sequence/timestamp space onto the subscription's.
+/// Skipped packets remembered per splice. Output sequence numbers close the gaps that
+/// skipped packets (dropped temporal or spatial layers) leave, so a reordered packet
+/// arriving after a skip must know how many skips precede it; beyond this many, packets
+/// older than the oldest remembered skip are stale.
+const MAX_SKIPS: usize = 32;
+
+/// Extended sequence numbers (counted from the splice point) of recently skipped packets,
+/// in ascending order, plus how many older ones were forgotten.
+#[derive(Debug, Clone, Copy)]
+struct Skips {
+    ring: [i64; MAX_SKIPS],
+    start: usize,
+    len: usize,
+    forgotten: i64,
+}
+
+impl Skips {
+    const EMPTY: Skips = Skips {
+        ring: [0; MAX_SKIPS],
+        start: 0,
+        len: 0,
+        forgotten: 0,
+    };
+
+    fn get(&self, i: usize) -> i64 {
+        self.ring[(self.start + i) % MAX_SKIPS]
+    }
+
+    fn oldest(&self) -> Option<i64> {
+        (self.len > 0).then(|| self.get(0))
+    }
+
+    /// Skipped packets before `ext`.
+    fn count_below(&self, ext: i64) -> i64 {
+        // Few entries and mostly appended in order: a scan from the newest end is short.
+        let mut n = 0;
+        for i in (0..self.len).rev() {
+            if self.get(i) < ext {
+                n = i + 1;
+                break;
+            }
+        }
+        self.forgotten + n as i64
+    }
+
+    fn contains(&self, ext: i64) -> bool {
+        (0..self.len).any(|i| self.get(i) == ext)
+    }
+
+    fn insert(&mut self, ext: i64) {
+        if self.contains(ext) {
+            return;
+        }
+        if self.len == MAX_SKIPS {
+            self.start = (self.start + 1) % MAX_SKIPS;
+            self.len -= 1;
+            self.forgotten += 1;
+        }
+        // Keep ascending order: shift newer entries up by one (rarely more than none).
+        let mut i = self.len;
+        while i > 0 && self.get(i - 1) > ext {
+            self.ring[(self.start + i) % MAX_SKIPS] = self.get(i - 1);
+            i -= 1;
+        }
+        self.ring[(self.start + i) % MAX_SKIPS] = ext;
+        self.len += 1;
+    }
+}
+
+/// How one source's sequence/timestamp space maps onto the subscription's.
+///
+/// Input sequence numbers are extended relative to the splice point (0 = the first packet
+/// forwarded from this source), which keeps comparisons right however long the stream
+/// runs. Output = `first_out` + extended input - skipped packets before it.
 #[derive(Debug, Clone, Copy)]
 struct Splice {
     source: Ssrc,
-    /// Highest sequence number of the source seen, and its extended value counted from
-    /// the splice point (0). A packet whose extended value is negative came before the
-    /// splice and is stale. Extending (rather than comparing 16-bit numbers with the first
-    /// one) keeps this right after the stream has run past 2^15 packets.
+    first_in: SeqNo,
+    first_out: SeqNo,
+    /// Highest input sequence number seen, and its extended value.
     highest_seq: SeqNo,
     highest_ext: i64,
-    seq_offset: u16,
     ts_offset: u32,
+    skips: Skips,
+}
+
+impl Splice {
+    fn extend(&self, seq: SeqNo) -> i64 {
+        self.highest_ext + i64::from(self.highest_seq.delta_to(seq))
+    }
+
+    fn observe(&mut self, seq: SeqNo, ext: i64) {
+        if ext > self.highest_ext {
+            self.highest_seq = seq;
+            self.highest_ext = ext;
+        }
+    }
+
+    fn output(&self, ext: i64) -> SeqNo {
+        let out_ext = ext - self.skips.count_below(ext);
+        SeqNo(self.first_out.0.wrapping_add(out_ext as u16))
+    }
+
+    /// Whether a packet at `ext` can no longer be placed: before the splice, or older
+    /// than the skips remembered.
+    fn is_stale(&self, ext: i64) -> bool {
+        ext < 0 || (self.skips.forgotten > 0 && self.skips.oldest().is_some_and(|o| ext < o))
+    }
 }
 
 /// Rewrites sequence numbers and timestamps of one subscription.
@@ -60,6 +157,11 @@ impl Rewriter {
         self.clock_rate = clock_rate.max(1);
     }
 
+    /// The source being forwarded.
+    pub fn source(&self) -> Option<Ssrc> {
+        self.splice.map(|s| s.source)
+    }
+
     /// Map one packet of `source` onto the subscription's stream. A packet of another
     /// source than the last one splices that source in: the caller feeds only the source
     /// the subscription currently follows.
@@ -68,18 +170,14 @@ impl Rewriter {
             Some(s) if s.source == source => s,
             Some(_) | None => self.splice_in(source, seq, timestamp, now),
         };
-        let delta = splice.highest_seq.delta_to(seq);
-        let ext = splice.highest_ext + i64::from(delta);
-        if ext < 0 {
+        let ext = splice.extend(seq);
+        if splice.is_stale(ext) || splice.skips.contains(ext) {
             return Rewrite::Stale;
         }
-        if delta > 0 {
-            splice.highest_seq = seq;
-            splice.highest_ext = ext;
-            self.splice = Some(splice);
-        }
-        let out_seq = SeqNo(seq.0.wrapping_add(splice.seq_offset));
+        splice.observe(seq, ext);
+        let out_seq = splice.output(ext);
         let out_ts = timestamp.wrapping_add(splice.ts_offset);
+        self.splice = Some(splice);
         match self.last {
             Some((last_seq, _, _)) if last_seq.delta_to(out_seq) <= 0 => {}
             _ => self.last = Some((out_seq, out_ts, now)),
@@ -90,8 +188,50 @@ impl Rewriter {
         }
     }
 
+    /// A packet of the current source that is deliberately not forwarded (a dropped
+    /// layer): later packets close the gap it would leave.
+    pub fn skip(&mut self, source: Ssrc, seq: SeqNo) {
+        let Some(splice) = self.splice.as_mut().filter(|s| s.source == source) else {
+            return;
+        };
+        let ext = splice.extend(seq);
+        if splice.is_stale(ext) {
+            return;
+        }
+        splice.observe(seq, ext);
+        splice.skips.insert(ext);
+    }
+
+    /// The source packet that was sent as `out` (for answering a NACK), if it belongs to
+    /// the current source.
+    pub fn original(&self, out: SeqNo) -> Option<(Ssrc, SeqNo)> {
+        let splice = self.splice?;
+        let highest_out = splice.output(splice.highest_ext);
+        let out_ext = (splice.highest_ext - splice.skips.count_below(splice.highest_ext))
+            + i64::from(highest_out.delta_to(out));
+        // Find the input whose output is `out`: x - skips_below(x) == out_ext with x not
+        // skipped. x - skips_below(x) never decreases and a skipped x shares its value
+        // with the next one forwarded, so: move x up by the skips below it until it
+        // settles, and past any skipped x; a few rounds per skip at most.
+        let mut x = out_ext;
+        for _ in 0..3 * MAX_SKIPS + 4 {
+            let next = out_ext + splice.skips.count_below(x);
+            if next != x {
+                x = next;
+            } else if splice.skips.contains(x) {
+                x += 1;
+            } else {
+                if splice.is_stale(x) || x > splice.highest_ext {
+                    return None;
+                }
+                return Some((splice.source, SeqNo(splice.first_in.0.wrapping_add(x as u16))));
+            }
+        }
+        None
+    }
+
     /// The subscriber-side RTP timestamp of `timestamp` of `source`, if that is the source
-    /// being forwarded (to rewrite its sender reports).
+    /// being forwarded (to rewrite its sender reports and retransmissions).
     pub fn map_timestamp(&self, source: Ssrc, timestamp: u32) -> Option<u32> {
         let splice = self.splice.filter(|s| s.source == source)?;
         Some(timestamp.wrapping_add(splice.ts_offset))
@@ -101,27 +241,29 @@ impl Rewriter {
     /// packet sent: the next sequence number, and a timestamp advanced by the wall-clock
     /// time that passed (at least one tick, so the decoder never sees time stand still).
     fn splice_in(&mut self, source: Ssrc, seq: SeqNo, timestamp: u32, now: Instant) -> Splice {
-        let (seq_offset, ts_offset) = match self.last {
+        let (first_out, ts_offset) = match self.last {
             // The first source of a subscription keeps its own numbering: an unswitched
             // subscription is then transparent, which helps anyone reading captures.
-            None => (0, 0),
+            None => (seq, 0),
             Some((last_seq, last_ts, last_at)) => {
                 let elapsed = now.saturating_duration_since(last_at);
                 let ticks = (elapsed.as_secs_f64() * f64::from(self.clock_rate)).round();
                 // `as` saturates on f64 -> u32; a gap of more than a day is not a concern.
                 let ticks = (ticks as u32).max(1);
                 (
-                    last_seq.0.wrapping_add(1).wrapping_sub(seq.0),
+                    SeqNo(last_seq.0.wrapping_add(1)),
                     last_ts.wrapping_add(ticks).wrapping_sub(timestamp),
                 )
             }
         };
         let splice = Splice {
             source,
+            first_in: seq,
+            first_out,
             highest_seq: seq,
             highest_ext: 0,
-            seq_offset,
             ts_offset,
+            skips: Skips::EMPTY,
         };
         self.splice = Some(splice);
         splice
@@ -250,5 +392,56 @@ mod tests {
         let (seq, ts) = forward(r.rewrite(Ssrc(2), SeqNo(500), 123_456, t0));
         assert_eq!(seq, 11);
         assert_eq!(ts, 961);
+    }
+
+    #[test]
+    fn skipped_packets_leave_no_gap_even_when_reordered() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(90_000);
+        assert_eq!(forward(r.rewrite(Ssrc(1), SeqNo(100), 0, t0)).0, 100);
+        r.skip(Ssrc(1), SeqNo(101));
+        r.skip(Ssrc(1), SeqNo(102));
+        assert_eq!(forward(r.rewrite(Ssrc(1), SeqNo(104), 0, t0)).0, 102);
+        // 103 arrives late, after 104: it still gets the number before 104's.
+        assert_eq!(forward(r.rewrite(Ssrc(1), SeqNo(103), 0, t0)).0, 101);
+        r.skip(Ssrc(1), SeqNo(105));
+        assert_eq!(forward(r.rewrite(Ssrc(1), SeqNo(106), 0, t0)).0, 103);
+        // A skipped packet arriving again is not forwarded.
+        assert_eq!(r.rewrite(Ssrc(1), SeqNo(102), 0, t0), Rewrite::Stale);
+        // NACKs map back to the packets that were sent.
+        assert_eq!(r.original(SeqNo(100)), Some((Ssrc(1), SeqNo(100))));
+        assert_eq!(r.original(SeqNo(101)), Some((Ssrc(1), SeqNo(103))));
+        assert_eq!(r.original(SeqNo(102)), Some((Ssrc(1), SeqNo(104))));
+        assert_eq!(r.original(SeqNo(103)), Some((Ssrc(1), SeqNo(106))));
+        assert_eq!(r.original(SeqNo(104)), None, "not sent yet");
+    }
+
+    #[test]
+    fn original_maps_back_across_a_splice_and_many_skips() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(90_000);
+        forward(r.rewrite(Ssrc(1), SeqNo(65_000), 0, t0));
+        // Splice in source 2 and skip every third packet for a long while.
+        let mut sent = Vec::new();
+        for i in 0..5000u32 {
+            let seq = SeqNo(60_000u16.wrapping_add(i as u16));
+            if i % 3 == 2 {
+                r.skip(Ssrc(2), seq);
+            } else {
+                let (out, _) = forward(r.rewrite(Ssrc(2), seq, i, t0));
+                sent.push((SeqNo(out), seq));
+            }
+        }
+        for w in sent.windows(2) {
+            assert_eq!(w[0].0.delta_to(w[1].0), 1, "no gaps in the output");
+        }
+        // Within the remembered skips every output maps back; beyond, the answer is "not
+        // known", never a wrong packet.
+        for (age, &(out, seq)) in sent.iter().rev().take(3000).enumerate() {
+            match r.original(out) {
+                Some(found) => assert_eq!(found, (Ssrc(2), seq)),
+                None => assert!(age + 2 >= 2 * MAX_SKIPS, "output {out:?} ({age} back) unmapped"),
+            }
+        }
     }
 }

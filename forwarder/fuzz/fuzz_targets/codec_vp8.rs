@@ -1,0 +1,38 @@
+//! VP8 payload descriptor (RFC 7741 §4.2, §4.3): `codec::inspect`, then the in-place
+//! rewriters and the `PictureIdMunger` on what it accepted; checks that written values
+//! read back.
+#![no_main]
+
+use fanout_forwarder::codec::{self, Codec, PictureIdMunger};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&control, payload)) = data.split_first() else {
+        return;
+    };
+    let marker = control & 1 != 0;
+    let Ok(info) = codec::inspect(Codec::Vp8, payload, marker) else {
+        return;
+    };
+    assert!(info.descriptor_len <= payload.len());
+    assert_eq!(info.end_of_frame, marker);
+    let mut copy = payload.to_vec();
+    let id = u16::from_le_bytes([control, control.rotate_left(3)]);
+    if codec::set_vp8_picture_id(&mut copy, &info, id) {
+        let mask = if info.picture_id_bits == 7 {
+            0x7f
+        } else {
+            0x7fff
+        };
+        let again = codec::inspect(Codec::Vp8, &copy, marker).expect("still parses");
+        assert_eq!(again.picture_id, Some(id & mask));
+    }
+    if codec::set_vp8_tl0_pic_idx(&mut copy, &info, control) {
+        let again = codec::inspect(Codec::Vp8, &copy, marker).expect("still parses");
+        assert_eq!(again.tl0_pic_idx, Some(control));
+    }
+    let mut munger = PictureIdMunger::new();
+    munger.rewrite(Codec::Vp8, &mut copy, &info, control & 2 != 0);
+    munger.rewrite(Codec::Vp8, &mut copy, &info, false);
+    assert_eq!(copy.len(), payload.len());
+});
