@@ -58,6 +58,7 @@ fn setup(profile: SrtpProfile, subscribers: usize, now: Instant) -> (Forwarder, 
                 encodings: vec![SSRC],
                 leg: leg_id,
                 clock_rate: None,
+                codec: Default::default(),
             },
         )
         .unwrap();
@@ -73,6 +74,7 @@ fn setup(profile: SrtpProfile, subscribers: usize, now: Instant) -> (Forwarder, 
                 leg,
                 ssrc: None,
                 payload_type: None,
+                max_layers: Default::default(),
             })
             .unwrap();
     }

@@ -54,9 +54,10 @@ use std::time::Instant;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::codec::Codec;
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::{
-    ConfigureError, Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig,
+    ConfigureError, Forwarder, ForwarderConfig, Layers, LegConfig, SubscriptionConfig, TrackConfig,
     TrackKind,
 };
 use crate::srtp::{MasterKey, SrtpProfile};
@@ -149,6 +150,10 @@ pub struct TrackSection {
     /// ...or the SSRCs of a simulcast track's encodings, lowest quality first.
     pub encodings: Option<Spanned<Vec<u32>>>,
     pub clock_rate: Option<Spanned<u32>>,
+    /// The payload format's encoding name (`VP8`, `VP9`, `H264`, `opus`, ...): the
+    /// forwarder reads VP8, VP9 and H.264 payload descriptors to find keyframes and
+    /// layers; anything else is forwarded as is.
+    pub codec: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +164,10 @@ pub struct SubscriptionSection {
     pub leg: Spanned<String>,
     pub ssrc: Option<Spanned<u32>>,
     pub payload_type: Option<Spanned<u8>>,
+    /// The highest simulcast encoding (0 = lowest), spatial and temporal layer to send.
+    pub max_encoding: Option<u8>,
+    pub max_spatial_layer: Option<u8>,
+    pub max_temporal_layer: Option<u8>,
 }
 
 /// A configuration error, located in the file.
@@ -413,6 +422,10 @@ impl Builder<'_> {
             let config = TrackConfig {
                 name: track.name.get_ref().clone(),
                 kind,
+                codec: track
+                    .codec
+                    .as_ref()
+                    .map_or(Codec::Opaque, |c| Codec::from_encoding_name(c.get_ref())),
                 encodings,
                 leg,
                 clock_rate: track.clock_rate.as_ref().map(|c| *c.get_ref()),
@@ -478,6 +491,11 @@ impl Builder<'_> {
         let config = SubscriptionConfig {
             track,
             leg,
+            max_layers: Layers {
+                encoding: section.max_encoding.unwrap_or(u8::MAX),
+                spatial: section.max_spatial_layer.unwrap_or(u8::MAX),
+                temporal: section.max_temporal_layer.unwrap_or(u8::MAX),
+            },
             ssrc: section.ssrc.as_ref().map(|s| Ssrc(*s.get_ref())),
             payload_type: section.payload_type.as_ref().map(|p| *p.get_ref()),
         };

@@ -24,11 +24,13 @@
 //!
 //! See `docs/architecture.md` in the repository for the longer story.
 
+pub mod codec;
 pub mod config;
 pub mod demux;
 pub mod driver;
 pub mod exporter;
 pub mod ids;
+pub mod policy;
 pub mod receive_stats;
 pub mod rtcp;
 pub mod rtp;

@@ -76,6 +76,7 @@ fn forwards_real_udp_and_serves_metrics() {
                 encodings: vec![ssrc],
                 leg: alice_leg,
                 clock_rate: None,
+                codec: Default::default(),
             },
         )
         .unwrap();
@@ -95,6 +96,7 @@ fn forwards_real_udp_and_serves_metrics() {
             leg,
             ssrc: None,
             payload_type: None,
+            max_layers: Default::default(),
         })
         .unwrap();
         subscribers.push((socket, SrtpContext::new(&send_key)));

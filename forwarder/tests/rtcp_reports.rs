@@ -62,13 +62,26 @@ fn sender_reports_are_rewritten_and_receiver_reports_generated() {
     // A second later the publisher gets a receiver report about its stream, echoing the SR.
     s.advance(Duration::from_millis(1000));
     s.drain();
-    let (to, rr) = s
+    let to_publisher: Vec<Vec<u8>> = s
         .rtcp
         .iter()
-        .find(|(to, _)| *to == publisher)
-        .cloned()
+        .filter(|(to, _)| *to == publisher)
+        .map(|(_, p)| p.clone())
+        .collect();
+    // The new subscription asked the publisher for a keyframe (PLI) first.
+    assert!(matches!(
+        rtcp::iter_compound(&to_publisher[0]).next(),
+        Some(Ok(RtcpPacket::PayloadFeedback(fb))) if fb.fmt == 1 && fb.media_ssrc == track_ssrc
+    ));
+    let rr = to_publisher
+        .iter()
+        .find(|p| {
+            matches!(
+                rtcp::iter_compound(p).next(),
+                Some(Ok(RtcpPacket::ReceiverReport(_)))
+            )
+        })
         .expect("a receiver report to the publisher");
-    assert_eq!(to, publisher);
     match rtcp::iter_compound(&rr).next() {
         Some(Ok(RtcpPacket::ReceiverReport(rr))) => {
             let blocks: Vec<_> = rr.report_blocks().collect();

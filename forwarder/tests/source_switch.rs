@@ -35,6 +35,7 @@ fn switching_tracks_keeps_the_subscriber_stream_continuous() {
                 encodings: vec![bob_ssrc],
                 leg: bob_leg,
                 clock_rate: None,
+                codec: Default::default(),
             },
         )
         .unwrap();

@@ -229,7 +229,7 @@ mod tests {
         assert!(k.request(t0));
         let mut sends = vec![];
         let mut now = t0;
-        for _ in 0..10 {
+        for _ in 0..20 {
             now += ms(250);
             if k.poll(now) {
                 sends.push(now.duration_since(t0));

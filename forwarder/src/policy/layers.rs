@@ -102,10 +102,7 @@ impl Layer {
     }
 
     /// The highest layer there is.
-    pub const MAX: Layer = Layer::new(
-        MAX_SPATIAL_LAYERS as u8 - 1,
-        MAX_TEMPORAL_LAYERS as u8 - 1,
-    );
+    pub const MAX: Layer = Layer::new(MAX_SPATIAL_LAYERS as u8 - 1, MAX_TEMPORAL_LAYERS as u8 - 1);
 
     fn within(self, max: Layer) -> bool {
         self.spatial <= max.spatial && self.temporal <= max.temporal
@@ -161,8 +158,7 @@ impl BitrateMeter {
         // The window is the 9 complete buckets plus the elapsed part of the current one,
         // or less at the start; at least one bucket, so a first packet does not read as
         // an infinite rate.
-        let into_bucket =
-            Duration::from_nanos((elapsed.as_nanos() % BUCKET.as_nanos()) as u64);
+        let into_bucket = Duration::from_nanos((elapsed.as_nanos() % BUCKET.as_nanos()) as u64);
         let span = (BUCKET * (METER_BUCKETS as u32 - 1) + into_bucket)
             .min(elapsed)
             .max(BUCKET);
@@ -209,7 +205,10 @@ impl LayerBitrates {
     /// spatial layer `s` also forwards the spatial layers below it (they are its
     /// references), while simulcast encodings are independent. A layer whose own rate is
     /// 0 stays unavailable.
-    pub fn from_own_rates(own: &[[u64; MAX_TEMPORAL_LAYERS]; MAX_SPATIAL_LAYERS], svc: bool) -> Self {
+    pub fn from_own_rates(
+        own: &[[u64; MAX_TEMPORAL_LAYERS]; MAX_SPATIAL_LAYERS],
+        svc: bool,
+    ) -> Self {
         let mut table = LayerBitrates::default();
         for s in 0..MAX_SPATIAL_LAYERS {
             for t in 0..MAX_TEMPORAL_LAYERS {
@@ -273,7 +272,8 @@ impl LayerSelector {
     }
 
     /// A receiver report on this subscription's stream arrived at `now` with this
-    /// fraction lost (RFC 3550 §6.4.1, in 1/256).
+    /// fraction lost (RFC 3550 §6.4.1, in 1/256). A step down it triggers takes effect at
+    /// the next [`LayerSelector::select`], which the core should call right after.
     pub fn on_loss_report(&mut self, fraction_lost: u8, now: Instant) {
         if self.screen {
             return;
@@ -349,7 +349,8 @@ impl LayerSelector {
         }
         let fits = |l: &Layer| {
             available_bps.is_none_or(|bps| {
-                u128::from(bitrates.get(*l)) * 100 <= u128::from(bps) * u128::from(BANDWIDTH_USE_PERCENT)
+                u128::from(bitrates.get(*l)) * 100
+                    <= u128::from(bps) * u128::from(BANDWIDTH_USE_PERCENT)
             })
         };
         let by_bandwidth = bitrates
@@ -393,10 +394,7 @@ mod tests {
         assert_eq!(t.get(Layer::new(2, 1)), 1_750_000);
         assert_eq!(t.get(Layer::new(2, 3)), 0);
         assert_eq!(t.get(Layer::new(7, 0)), 0);
-        let svc = LayerBitrates::from_own_rates(
-            &[[100, 10, 0, 0], [200, 20, 0, 0], [0; 4]],
-            true,
-        );
+        let svc = LayerBitrates::from_own_rates(&[[100, 10, 0, 0], [200, 20, 0, 0], [0; 4]], true);
         assert_eq!(svc.get(Layer::new(1, 1)), 330);
         assert_eq!(svc.get(Layer::new(2, 0)), 0);
     }
@@ -410,7 +408,10 @@ mod tests {
         // (1,2) is 450 kbit/s: fits 500k × 0.9 = 450k exactly.
         assert_eq!(s.select(t0, max, &t, Some(500_000)), Some(Layer::new(1, 2)));
         assert_eq!(s.select(t0, max, &t, Some(499_999)), Some(Layer::new(1, 1)));
-        assert_eq!(s.select(t0, max, &t, Some(10_000_000)), Some(Layer::new(2, 2)));
+        assert_eq!(
+            s.select(t0, max, &t, Some(10_000_000)),
+            Some(Layer::new(2, 2))
+        );
         assert_eq!(s.select(t0, max, &t, None), Some(Layer::new(2, 2)));
         // Nothing fits: the lowest layer still goes out.
         assert_eq!(s.select(t0, max, &t, Some(1_000)), Some(Layer::new(0, 0)));
@@ -447,21 +448,36 @@ mod tests {
         s.on_loss_report(40, t0 + secs(3));
         assert_eq!(s.select(t0 + secs(3), Layer::MAX, &t, bw), Some(top));
         s.on_loss_report(26, t0 + secs(4));
-        assert_eq!(s.select(t0 + secs(4), Layer::MAX, &t, bw), Some(Layer::new(2, 1)));
+        assert_eq!(
+            s.select(t0 + secs(4), Layer::MAX, &t, bw),
+            Some(Layer::new(2, 1))
+        );
         // Two more: one more rung.
         s.on_loss_report(30, t0 + secs(5));
         s.on_loss_report(30, t0 + secs(6));
-        assert_eq!(s.select(t0 + secs(6), Layer::MAX, &t, bw), Some(Layer::new(2, 0)));
+        assert_eq!(
+            s.select(t0 + secs(6), Layer::MAX, &t, bw),
+            Some(Layer::new(2, 0))
+        );
         // Low loss from 7 s: one rung back at 12 s, the next at 17 s, then no ceiling.
         s.on_loss_report(0, t0 + secs(7));
         s.on_loss_report(5, t0 + secs(11));
-        assert_eq!(s.select(t0 + secs(11), Layer::MAX, &t, bw), Some(Layer::new(2, 0)));
+        assert_eq!(
+            s.select(t0 + secs(11), Layer::MAX, &t, bw),
+            Some(Layer::new(2, 0))
+        );
         s.on_loss_report(0, t0 + secs(12));
-        assert_eq!(s.select(t0 + secs(12), Layer::MAX, &t, bw), Some(Layer::new(2, 1)));
+        assert_eq!(
+            s.select(t0 + secs(12), Layer::MAX, &t, bw),
+            Some(Layer::new(2, 1))
+        );
         // Medium loss holds the ceiling and restarts the clock.
         s.on_loss_report(12, t0 + secs(13));
         s.on_loss_report(0, t0 + secs(14));
-        assert_eq!(s.select(t0 + secs(18), Layer::MAX, &t, bw), Some(Layer::new(2, 1)));
+        assert_eq!(
+            s.select(t0 + secs(18), Layer::MAX, &t, bw),
+            Some(Layer::new(2, 1))
+        );
         assert_eq!(s.select(t0 + secs(19), Layer::MAX, &t, bw), Some(top));
         assert_eq!(s.loss_ceiling(), None);
     }
@@ -474,7 +490,10 @@ mod tests {
         s.select(t0, Layer::MAX, &t, Some(10_000_000));
         s.on_loss_report(50, t0);
         s.on_loss_report(50, t0);
-        assert_eq!(s.select(t0, Layer::MAX, &t, Some(200_000)), Some(Layer::new(0, 2)));
+        assert_eq!(
+            s.select(t0, Layer::MAX, &t, Some(200_000)),
+            Some(Layer::new(0, 2))
+        );
         assert_eq!(s.loss_ceiling(), Some(Layer::new(2, 1)));
     }
 

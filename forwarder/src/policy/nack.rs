@@ -92,17 +92,30 @@ struct Missing {
 }
 
 /// Loss detection and NACK scheduling for one received stream (see the module docs).
-#[derive(Debug)]
 pub struct NackGenerator {
     /// Sorted by `ext`, ascending: entries are only ever appended above the highest.
     missing: VecDeque<Missing>,
     capacity: usize,
-    /// Highest sequence number seen and its extended value.
+    /// Highest sequence number seen and its extended value (congruent to it modulo 2^16,
+    /// so that truncating an extended value gives back the wire sequence number).
     highest: Option<(SeqNo, i64)>,
     /// Earliest moment an entry is due, as of the last `poll` (or a new gap).
     next_due: Option<Instant>,
     keyframe_needed: bool,
     given_up: u64,
+}
+
+impl std::fmt::Debug for NackGenerator {
+    // Not derived: the missing list holds up to hundreds of entries.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NackGenerator")
+            .field("missing", &self.missing.len())
+            .field("capacity", &self.capacity)
+            .field("highest", &self.highest.map(|(seq, _)| seq))
+            .field("next_due", &self.next_due)
+            .field("given_up", &self.given_up)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for NackGenerator {
@@ -128,7 +141,7 @@ impl NackGenerator {
     /// Records the arrival of `seq` at `now`.
     pub fn on_packet(&mut self, seq: SeqNo, now: Instant) -> Received {
         let Some((highest, highest_ext)) = self.highest else {
-            self.highest = Some((seq, 0));
+            self.highest = Some((seq, i64::from(seq.0)));
             return Received::First;
         };
         let delta = highest.delta_to(seq);
@@ -185,7 +198,7 @@ impl NackGenerator {
 
     fn reset_to(&mut self, seq: SeqNo) {
         self.missing.clear();
-        self.highest = Some((seq, 0));
+        self.highest = Some((seq, i64::from(seq.0)));
         self.next_due = None;
     }
 
@@ -272,21 +285,24 @@ impl NackGenerator {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Sent {
-    seq: SeqNo,
-    at: Option<Instant>,
-}
-
 /// Per-subscription limit on resending one sequence number (see the module docs).
 ///
-/// A direct-mapped table of `capacity` (a power of two) `(seq, last_sent)` pairs. When two
-/// sequence numbers `capacity` apart compete for one entry within an interval, the newer
-/// request is refused rather than forgetting the older one's send time: refusing is the
-/// safe side, the subscriber will NACK again after its RTT.
-#[derive(Debug)]
+/// A direct-mapped table of `capacity` (a power of two) last-send times, indexed by
+/// `seq % capacity`. When two sequence numbers `capacity` apart compete for one entry
+/// within an interval, the newer request is refused rather than forgetting the older
+/// one's send time: refusing is the safe side, the subscriber will NACK again after its
+/// RTT. (So the entry need not remember which sequence number it was for.)
 pub struct RetransmitLimiter {
-    sent: Box<[Sent]>,
+    sent: Box<[Option<Instant>]>,
+}
+
+impl std::fmt::Debug for RetransmitLimiter {
+    // Not derived: one entry per remembered sequence number.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetransmitLimiter")
+            .field("capacity", &self.sent.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RetransmitLimiter {
@@ -297,18 +313,11 @@ impl Default for RetransmitLimiter {
 
 impl RetransmitLimiter {
     /// A limiter remembering `capacity` sequence numbers (rounded up to a power of two,
-    /// at least 1, at most 2^15), allocated now: 24 bytes each.
+    /// at least 1, at most 2^15), allocated now: 16 bytes each (8 KiB by default).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(1, 1 << 15).next_power_of_two();
         RetransmitLimiter {
-            sent: vec![
-                Sent {
-                    seq: SeqNo(0),
-                    at: None
-                };
-                capacity
-            ]
-            .into_boxed_slice(),
+            sent: vec![None; capacity].into_boxed_slice(),
         }
     }
 
@@ -320,12 +329,12 @@ impl RetransmitLimiter {
         let Some(entry) = self.sent.get_mut(usize::from(seq.0) & mask) else {
             return false;
         };
-        if let Some(at) = entry.at {
+        if let Some(at) = *entry {
             if now.saturating_duration_since(at) < interval {
                 return false;
             }
         }
-        *entry = Sent { seq, at: Some(now) };
+        *entry = Some(now);
         true
     }
 }

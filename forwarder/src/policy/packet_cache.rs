@@ -20,11 +20,11 @@
 //!
 //! | preset | capacity | memory per track |
 //! |---|---|---|
-//! | [`PacketCacheConfig::video`] | 512 | 784 KiB (≈ 0.77 MiB) |
-//! | [`PacketCacheConfig::screen`] | 2048 | 3.1 MiB |
+//! | [`PacketCacheConfig::video`] | 512 | 766 KiB (784,384 bytes) |
+//! | [`PacketCacheConfig::screen`] | 2048 | 3.0 MiB (3,137,536 bytes) |
 //! | [`PacketCacheConfig::audio`] | 0 | nothing |
 //!
-//! So a meeting with 50 camera publishers holds about 38 MiB of cache.
+//! So a meeting with 50 camera publishers holds about 37 MiB of cache.
 
 use std::time::{Duration, Instant};
 
@@ -151,13 +151,23 @@ struct Slot<M> {
 /// The most recent packets of one track, keyed by sequence number (see the module docs).
 ///
 /// Generic over the per-packet metadata `M` (by default [`PacketMeta`]).
-#[derive(Debug)]
 pub struct PacketCache<M = PacketMeta> {
     /// `slots.len() × max_len` bytes; slot `i` owns `data[i × max_len..][..max_len]`.
     data: Box<[u8]>,
     slots: Box<[Slot<M>]>,
     max_len: usize,
     max_age: Duration,
+}
+
+impl<M> std::fmt::Debug for PacketCache<M> {
+    // Not derived: the buffer is hundreds of kilobytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketCache")
+            .field("capacity", &self.slots.len())
+            .field("max_len", &self.max_len)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<M: Copy + Default> PacketCache<M> {
@@ -221,7 +231,10 @@ impl<M: Copy + Default> PacketCache<M> {
                 return Insert::Stale;
             }
         }
-        let Some(buf) = self.data.get_mut(index * max_len..index * max_len + packet.len()) else {
+        let Some(buf) = self
+            .data
+            .get_mut(index * max_len..index * max_len + packet.len())
+        else {
             return Insert::Disabled;
         };
         buf.copy_from_slice(packet);

@@ -308,6 +308,7 @@ mod tests {
                 encodings: vec![Ssrc(1)],
                 leg,
                 clock_rate: None,
+                codec: Default::default(),
             },
         )
         .unwrap();

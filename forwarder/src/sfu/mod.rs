@@ -12,8 +12,10 @@
 //! the batch size (a `sendmmsg` vector, an io_uring submission) and the core never
 //! allocates per packet.
 
+mod feedback;
 mod leg;
 mod metrics;
+mod queue;
 mod reports;
 mod stats;
 mod subscription;
@@ -21,7 +23,7 @@ mod track;
 
 pub use leg::LegConfig;
 pub use stats::{DropCounters, DropReason, LegStats, Traffic};
-pub use subscription::{Rewrite, Rewriter, SubscriptionConfig};
+pub use subscription::{Layers, Rewrite, Rewriter, SubscriptionConfig};
 pub use track::{TrackConfig, TrackKind, MAX_ENCODINGS};
 
 use std::collections::{HashMap, VecDeque};
@@ -31,16 +33,21 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use tracing::trace;
 
+use crate::codec::{self, PictureIdMunger};
 use crate::demux::{classify, PacketClass};
 use crate::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, SubscriptionId, TrackId};
+use crate::policy::nack::{Received as NackReceived, RetransmitLimiter};
+use crate::policy::packet_cache::PacketMeta;
 use crate::receive_stats::ReceiveStats;
 use crate::rtcp::{self, RtcpPacket};
 use crate::rtp::{self, RtpHeader};
 use crate::srtp::{SrtpContext, SrtpError};
 
+use feedback::{RetransmissionQueue, RETRANSMISSION_QUEUE_LEN};
 use leg::{rtcp_port_convention, Leg};
+use queue::FanoutQueue;
 use reports::{OutgoingRtcp, RTCP_QUEUE_LEN};
-use subscription::Subscription;
+use subscription::{Subscription, Verdict, RETRANSMIT_MEMORY};
 use track::{Encoding, Track};
 
 /// Largest datagram the forwarder accepts. Drivers receive into buffers of this size and
@@ -189,80 +196,6 @@ struct Participant {
     subscriptions: Vec<SubscriptionId>,
 }
 
-/// A received packet waiting to be fanned out.
-#[derive(Debug)]
-struct Pending {
-    track: TrackId,
-    ssrc: Ssrc,
-    sequence: SeqNo,
-    timestamp: u32,
-    arrival: Instant,
-    len: usize,
-    header_len: usize,
-    /// Next position in the track's subscriber list.
-    next: usize,
-    data: Box<[u8; MAX_DATAGRAM_LEN]>,
-}
-
-/// Bounded ring of [`Pending`] packets whose buffers are allocated once.
-#[derive(Debug)]
-struct FanoutQueue {
-    slots: Vec<Pending>,
-    head: usize,
-    len: usize,
-}
-
-impl FanoutQueue {
-    fn new(capacity: usize, now: Instant) -> Self {
-        let slots = (0..capacity.max(1))
-            .map(|_| Pending {
-                track: TrackId(0),
-                ssrc: Ssrc(0),
-                sequence: SeqNo(0),
-                timestamp: 0,
-                arrival: now,
-                len: 0,
-                header_len: 0,
-                next: 0,
-                data: Box::new([0; MAX_DATAGRAM_LEN]),
-            })
-            .collect();
-        FanoutQueue {
-            slots,
-            head: 0,
-            len: 0,
-        }
-    }
-
-    /// A free slot at the tail, if any; it becomes queued by [`FanoutQueue::commit`].
-    fn tail(&mut self) -> Option<&mut Pending> {
-        if self.len == self.slots.len() {
-            return None;
-        }
-        let i = (self.head + self.len) % self.slots.len();
-        Some(&mut self.slots[i])
-    }
-
-    fn commit(&mut self) {
-        debug_assert!(self.len < self.slots.len());
-        self.len += 1;
-    }
-
-    fn front(&mut self) -> Option<&mut Pending> {
-        if self.len == 0 {
-            return None;
-        }
-        Some(&mut self.slots[self.head])
-    }
-
-    fn pop(&mut self) {
-        if self.len > 0 {
-            self.head = (self.head + 1) % self.slots.len();
-            self.len -= 1;
-        }
-    }
-}
-
 /// The sans-IO SFU core: meetings, their participants' legs, tracks and subscriptions, and
 /// the forwarding of SRTP between them. See the [module docs](self) for the run loop.
 #[derive(Debug)]
@@ -278,8 +211,16 @@ pub struct Forwarder {
     /// Published SSRCs to the legs that publish them, for learning unknown sources.
     by_published_ssrc: HashMap<Ssrc, Vec<LegId>>,
     queue: FanoutQueue,
+    /// Screen share waits here and goes before everything in `queue`.
+    priority_queue: FanoutQueue,
     /// RTCP the forwarder originates or relays, waiting for `poll_transmit`.
     rtcp_queue: VecDeque<OutgoingRtcp>,
+    /// Packets NACKed by subscribers, waiting to be sent again.
+    retransmissions: RetransmissionQueue,
+    /// The latest time given as input.
+    now: Instant,
+    /// When the feedback timers (NACK retries, deferred keyframe requests) run next.
+    next_feedback_tick: Option<Instant>,
     events: VecDeque<Event>,
     /// Drops not attributable to a leg.
     drops: DropCounters,
@@ -299,7 +240,11 @@ impl Forwarder {
     pub fn new(config: ForwarderConfig, now: Instant) -> Self {
         Forwarder {
             queue: FanoutQueue::new(config.fanout_queue, now),
+            priority_queue: FanoutQueue::new(config.fanout_queue / 4, now),
             rtcp_queue: VecDeque::with_capacity(RTCP_QUEUE_LEN),
+            retransmissions: VecDeque::with_capacity(RETRANSMISSION_QUEUE_LEN),
+            now,
+            next_feedback_tick: None,
             config,
             meetings: Slab::new(),
             meeting_index: HashMap::new(),
@@ -484,17 +429,14 @@ impl Forwarder {
         let encodings = config
             .encodings
             .iter()
-            .map(|&ssrc| Encoding {
-                ssrc,
-                receive: ReceiveStats::new(clock_rate),
-                last_sr: None,
-            })
+            .map(|&ssrc| Encoding::new(ssrc, config.kind, clock_rate))
             .collect();
         let id = TrackId(self.tracks.insert(Track {
             meeting: index,
             participant: participant.clone(),
             name: config.name,
             kind: config.kind,
+            codec: config.codec,
             encodings,
             leg: config.leg,
             clock_rate,
@@ -570,18 +512,34 @@ impl Forwarder {
         }
         let meeting = self.meetings[leg.meeting.0 as usize].id.clone();
         let participant = leg.participant.clone();
-        let id = SubscriptionId(self.subscriptions.insert(Subscription {
-            track: config.track,
-            leg: config.leg,
-            ssrc,
-            payload_type: config.payload_type,
-            rewriter: Rewriter::new(track.clock_rate),
-            packets_sent: 0,
-            octets_sent: 0,
-            reports: Default::default(),
-        }) as u32);
+        let id = SubscriptionId(
+            self.subscriptions.insert(Subscription {
+                track: config.track,
+                leg: config.leg,
+                ssrc,
+                payload_type: config.payload_type,
+                rewriter: Rewriter::new(track.clock_rate),
+                max_layers: config.max_layers,
+                desired_encoding: config
+                    .max_layers
+                    .encoding
+                    .min(track.encodings.len().saturating_sub(1) as u8),
+                current_encoding: None,
+                spatial_now: config.max_layers.spatial,
+                temporal_now: config.max_layers.temporal,
+                munger: PictureIdMunger::new(),
+                retransmits: RetransmitLimiter::new(RETRANSMIT_MEMORY),
+                packets_sent: 0,
+                octets_sent: 0,
+                reports: Default::default(),
+            }) as u32,
+        );
         self.tracks[config.track.index()].subscribers.push(id);
         self.legs[config.leg.index()].subscriptions.push(id);
+        // A new subscriber can only start at a keyframe: ask for one now rather than wait
+        // for the publisher's next periodic one.
+        let desired = self.subscriptions[id.index()].desired_encoding;
+        self.request_keyframe(config.track, usize::from(desired), self.now);
         self.participant_mut(&meeting, &participant)?
             .subscriptions
             .push(id);
@@ -758,8 +716,10 @@ impl Forwarder {
         source: SocketAddr,
         contents: &mut [u8],
     ) {
+        self.now = now;
         if self.next_housekeeping.is_none() {
             self.next_housekeeping = Some(now + HOUSEKEEPING_INTERVAL);
+            self.next_feedback_tick = Some(now + FEEDBACK_INTERVAL);
         }
         let known = self.by_remote.get(&source).copied();
         if contents.len() > MAX_DATAGRAM_LEN {
@@ -803,28 +763,60 @@ impl Forwarder {
             return leg.stats.drops.add(DropReason::UnknownSsrc);
         };
         let track = &mut self.tracks[track_id.index()];
-        if let Some(e) = track.encodings.get_mut(usize::from(encoding)) {
-            e.receive.on_packet(header.sequence, header.timestamp, now);
+        let Some(payload) = rtp::payload_range(&contents[..plain_len], &header).ok() else {
+            return self.drop_at(Some(leg_id), DropReason::Malformed);
+        };
+        let Ok(info) = codec::inspect(track.codec, &contents[payload.clone()], header.marker)
+        else {
+            return self.drop_at(Some(leg_id), DropReason::Malformed);
+        };
+        let Some(e) = track.encodings.get_mut(usize::from(encoding)) else {
+            return;
+        };
+        e.receive.on_packet(header.sequence, header.timestamp, now);
+        e.cache.insert(
+            header.sequence,
+            &contents[..plain_len],
+            now,
+            PacketMeta {
+                keyframe: info.keyframe,
+                temporal: info.temporal_layer,
+                spatial: info.spatial_layer,
+            },
+        );
+        if info.is_keyframe_start() {
+            e.keyframes.on_keyframe(now);
         }
-        if track.subscribers.is_empty() {
+        let gap = matches!(e.nack.on_packet(header.sequence, now), NackReceived::New { missing } if missing > 0);
+        let screen = track.kind == TrackKind::Screen;
+        let has_subscribers = !track.subscribers.is_empty();
+        if gap {
+            self.send_upstream_nacks(track_id, usize::from(encoding), now);
+        }
+        if !has_subscribers {
             return;
         }
-        let Some(slot) = self.queue.tail() else {
-            return self.legs[leg_id.index()]
-                .stats
-                .drops
-                .add(DropReason::QueueFull);
+        let queue = if screen {
+            &mut self.priority_queue
+        } else {
+            &mut self.queue
+        };
+        let Some(slot) = queue.tail() else {
+            return self.drop_at(Some(leg_id), DropReason::QueueFull);
         };
         slot.track = track_id;
+        slot.encoding = encoding;
+        slot.info = info;
         slot.ssrc = header.ssrc;
         slot.sequence = header.sequence;
         slot.timestamp = header.timestamp;
         slot.arrival = now;
         slot.len = plain_len;
         slot.header_len = header.header_len.min(plain_len);
+        slot.payload = payload;
         slot.next = 0;
         slot.data[..plain_len].copy_from_slice(&contents[..plain_len]);
-        self.queue.commit();
+        queue.commit();
     }
 
     fn handle_rtcp(
@@ -867,7 +859,10 @@ impl Forwarder {
                     sr.report_blocks()
                 }
                 RtcpPacket::ReceiverReport(rr) => rr.report_blocks(),
-                _ => continue,
+                other => {
+                    self.on_feedback(leg_id, other, now);
+                    continue;
+                }
             };
             for block in blocks {
                 self.note_report_block(leg_id, block, now);
@@ -1032,18 +1027,48 @@ impl Forwarder {
         if let Some(transmit) = self.poll_rtcp_transmit(buf) {
             return Some(transmit);
         }
+        if let Some(transmit) = self.poll_retransmission(buf) {
+            return Some(transmit);
+        }
+        if let Some(transmit) = self.fan_out(true, buf) {
+            return Some(transmit);
+        }
+        self.fan_out(false, buf)
+    }
+
+    /// The next subscriber copy of the oldest packet of the (priority) fan-out queue.
+    fn fan_out(&mut self, priority: bool, buf: &mut [u8]) -> Option<Transmit> {
+        let Forwarder {
+            queue,
+            priority_queue,
+            tracks,
+            subscriptions,
+            legs,
+            ..
+        } = self;
+        let queue = if priority { priority_queue } else { queue };
         loop {
-            let pending = self.queue.front()?;
-            let track = &self.tracks.get(pending.track.index());
-            let Some(track) = track else {
+            let pending = queue.front()?;
+            let Some(track) = tracks.get(pending.track.index()) else {
                 // The track was removed while its packet waited.
-                self.queue.pop();
+                queue.pop();
                 continue;
             };
             while let Some(&sub_id) = track.subscribers.get(pending.next) {
                 pending.next += 1;
-                let sub = &mut self.subscriptions[sub_id.index()];
-                let leg = &mut self.legs[sub.leg.index()];
+                let sub = &mut subscriptions[sub_id.index()];
+                let (switched, end_of_picture) = match sub.select(pending.encoding, &pending.info) {
+                    Verdict::Forward {
+                        switched,
+                        end_of_picture,
+                    } => (switched, end_of_picture),
+                    Verdict::Skip => {
+                        sub.rewriter.skip(pending.ssrc, pending.sequence);
+                        continue;
+                    }
+                    Verdict::Ignore | Verdict::AwaitKeyframe => continue,
+                };
+                let leg = &mut legs[sub.leg.index()];
                 let Some(destination) = leg.remote_rtp else {
                     leg.stats.drops.add(DropReason::NoRemoteAddress);
                     continue;
@@ -1069,19 +1094,20 @@ impl Forwarder {
                     continue;
                 };
                 out.copy_from_slice(&pending.data[..len]);
-                rtp::set_ssrc(out, sub.ssrc);
-                rtp::set_sequence(out, sequence);
-                rtp::set_timestamp(out, timestamp);
-                if let Some(pt) = sub.payload_type {
-                    rtp::set_payload_type(out, pt);
+                rewrite_header(out, sub.ssrc, sequence, timestamp, sub.payload_type);
+                if end_of_picture {
+                    rtp::set_marker(out, true);
+                }
+                if let Some(payload) = out.get_mut(pending.payload.clone()) {
+                    sub.munger
+                        .rewrite(track.codec, payload, &pending.info, switched);
                 }
                 match leg.srtp_out.protect_rtp(buf, len) {
                     Ok(wire_len) => {
                         leg.stats.rtp_out.add(wire_len);
                         sub.packets_sent = sub.packets_sent.wrapping_add(1);
-                        sub.octets_sent = sub
-                            .octets_sent
-                            .wrapping_add((len - pending.header_len) as u32);
+                        sub.octets_sent =
+                            sub.octets_sent.wrapping_add(pending.payload.len() as u32);
                         return Some(Transmit {
                             source: leg.local,
                             destination,
@@ -1091,7 +1117,7 @@ impl Forwarder {
                     Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
                 }
             }
-            self.queue.pop();
+            queue.pop();
         }
     }
 
@@ -1102,11 +1128,20 @@ impl Forwarder {
 
     /// When [`Forwarder::handle_timeout`] wants to be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_housekeeping
+        [self.next_housekeeping, self.next_feedback_tick]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Time passed: run what is due (inactivity detection).
+    /// Time passed: run what is due (feedback timers; every second, inactivity detection,
+    /// receiver reports and repeated keyframe requests).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.next_feedback_tick.is_some_and(|t| now >= t) {
+            self.next_feedback_tick = Some(now + FEEDBACK_INTERVAL);
+            self.feedback_tick(now);
+        }
         match self.next_housekeeping {
             Some(due) if now >= due => {}
             _ => return,
@@ -1132,8 +1167,29 @@ impl Forwarder {
             self.push_event(event);
         }
         self.send_receiver_reports(now, timeout);
+        self.rerequest_keyframes(now);
     }
 }
+
+/// Write the subscription's view of the header into a copy of the packet.
+fn rewrite_header(
+    packet: &mut [u8],
+    ssrc: Ssrc,
+    sequence: SeqNo,
+    timestamp: u32,
+    payload_type: Option<u8>,
+) {
+    rtp::set_ssrc(packet, ssrc);
+    rtp::set_sequence(packet, sequence);
+    rtp::set_timestamp(packet, timestamp);
+    if let Some(pt) = payload_type {
+        rtp::set_payload_type(packet, pt);
+    }
+}
+
+/// How often the feedback timers run: fine enough for NACK retries, which are spaced by
+/// at least 20 ms (`policy::nack::MIN_RETRY_INTERVAL`).
+const FEEDBACK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How often [`Forwarder::handle_timeout`] runs its housekeeping.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);

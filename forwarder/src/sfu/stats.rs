@@ -141,6 +141,16 @@ pub struct LegStats {
     pub reported_jitter_seconds: f64,
     /// Round-trip time to the peer, from its report blocks' LSR/DLSR (RFC 3550 §6.4.1).
     pub round_trip_seconds: f64,
+    /// The peer's receive bandwidth estimate (REMB), 0 if it sent none.
+    pub estimated_bitrate_bps: u64,
+    /// Sequence numbers the peer NACKed, and packets resent to it.
+    pub nacks_received: u64,
+    pub retransmitted: u64,
+    /// Sequence numbers the forwarder NACKed towards this (publishing) peer.
+    pub nacks_sent: u64,
+    /// PLI/FIR received from this peer, and PLI sent to it.
+    pub keyframe_requests_received: u64,
+    pub keyframe_requests_sent: u64,
 }
 
 impl LegStats {
@@ -150,6 +160,11 @@ impl LegStats {
         self.rtp_out.merge(&other.rtp_out);
         self.rtcp_out.merge(&other.rtcp_out);
         self.drops.merge(&other.drops);
+        self.nacks_received += other.nacks_received;
+        self.retransmitted += other.retransmitted;
+        self.nacks_sent += other.nacks_sent;
+        self.keyframe_requests_received += other.keyframe_requests_received;
+        self.keyframe_requests_sent += other.keyframe_requests_sent;
     }
 }
 

@@ -9,7 +9,9 @@
 
 use std::time::Instant;
 
+use crate::codec::{Codec, FrameInfo, PictureIdMunger};
 use crate::ids::{LegId, SeqNo, Ssrc, TrackId};
+use crate::policy::nack::RetransmitLimiter;
 
 /// What [`Rewriter::rewrite`] decided for one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +226,10 @@ impl Rewriter {
                 if splice.is_stale(x) || x > splice.highest_ext {
                     return None;
                 }
-                return Some((splice.source, SeqNo(splice.first_in.0.wrapping_add(x as u16))));
+                return Some((
+                    splice.source,
+                    SeqNo(splice.first_in.0.wrapping_add(x as u16)),
+                ));
             }
         }
         None
@@ -279,8 +284,55 @@ pub struct SubscriptionConfig {
     pub leg: LegId,
     /// SSRC the subscriber sees; `None` keeps the track's SSRC.
     pub ssrc: Option<Ssrc>,
+    /// The highest layers this subscriber wants; the forwarder may send less when the
+    /// subscriber's network cannot take it.
+    pub max_layers: Layers,
     /// Payload type the subscriber negotiated; `None` keeps the publisher's.
     pub payload_type: Option<u8>,
+}
+
+/// Layers of a track: the simulcast encoding (0 = lowest quality), and within it the
+/// spatial (VP9 SVC) and temporal layers. As a limit, each field is the highest wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Layers {
+    pub encoding: u8,
+    pub spatial: u8,
+    pub temporal: u8,
+}
+
+impl Layers {
+    /// Everything the publisher sends.
+    pub const ALL: Layers = Layers {
+        encoding: u8::MAX,
+        spatial: u8::MAX,
+        temporal: u8::MAX,
+    };
+}
+
+impl Default for Layers {
+    fn default() -> Self {
+        Layers::ALL
+    }
+}
+
+/// What a subscription does with one packet of its track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Send it. `switched`: the first packet after a change of encoding (a keyframe).
+    /// `end_of_picture`: set the RTP marker, because the layers above, which would have
+    /// carried it, are dropped (VP9 SVC).
+    Forward {
+        switched: bool,
+        end_of_picture: bool,
+    },
+    /// A packet of the encoding being forwarded, of a layer not forwarded: leave it out
+    /// and close the gap in the sequence numbers.
+    Skip,
+    /// A packet of an encoding the subscription is not following.
+    Ignore,
+    /// A packet of the encoding the subscription wants but cannot start yet: it needs a
+    /// keyframe of it.
+    AwaitKeyframe,
 }
 
 /// Live state of one subscription inside the core.
@@ -291,11 +343,84 @@ pub(crate) struct Subscription {
     pub(crate) ssrc: Ssrc,
     pub(crate) payload_type: Option<u8>,
     pub(crate) rewriter: Rewriter,
+    /// The limit set by configuration or the control plane.
+    pub(crate) max_layers: Layers,
+    /// The encoding to forward now (≤ `max_layers.encoding`, lowered under congestion).
+    pub(crate) desired_encoding: u8,
+    /// The encoding being forwarded, once a keyframe of it started the stream.
+    pub(crate) current_encoding: Option<u8>,
+    /// Highest spatial and temporal layers being forwarded; they rise only where a
+    /// decoder can follow (layer sync / independent layer frame) and fall at a frame start.
+    pub(crate) spatial_now: u8,
+    pub(crate) temporal_now: u8,
+    pub(crate) munger: PictureIdMunger,
+    pub(crate) retransmits: RetransmitLimiter,
     /// RTP packets and payload octets sent, for the SR counts (RFC 3550 §6.4.1: they wrap).
     pub(crate) packets_sent: u32,
     pub(crate) octets_sent: u32,
     /// SRs sent to the subscriber, to compute its round-trip time.
     pub(crate) reports: super::reports::SentReports,
+}
+
+/// Sequence numbers a subscription's retransmission limiter remembers: enough for the
+/// NACK bursts of one round trip, small enough for the per-leg memory budget (24 bytes
+/// each).
+pub(crate) const RETRANSMIT_MEMORY: usize = 64;
+
+impl Subscription {
+    /// Decide what to do with one packet of encoding `encoding` of the track.
+    pub(crate) fn select(&mut self, encoding: u8, info: &FrameInfo) -> Verdict {
+        if self.current_encoding != Some(encoding) {
+            if encoding != self.desired_encoding {
+                return Verdict::Ignore;
+            }
+            // A payload the forwarder cannot read (audio) can start anywhere.
+            if info.codec != Codec::Opaque && !info.is_keyframe_start() {
+                return Verdict::AwaitKeyframe;
+            }
+            self.current_encoding = Some(encoding);
+            self.spatial_now = self.max_layers.spatial;
+            self.temporal_now = self.max_layers.temporal;
+            return Verdict::Forward {
+                switched: true,
+                end_of_picture: self.ends_picture(info),
+            };
+        }
+        if info.start_of_frame {
+            // Lower at a frame boundary, so no frame is cut in half.
+            self.spatial_now = self.spatial_now.min(self.max_layers.spatial);
+            self.temporal_now = self.temporal_now.min(self.max_layers.temporal);
+        }
+        if let Some(t) = info.temporal_layer {
+            if t > self.temporal_now {
+                // Rise only at a switching-up point (VP8 Y bit, VP9 U bit).
+                if t <= self.max_layers.temporal && info.layer_sync && info.start_of_frame {
+                    self.temporal_now = t;
+                } else {
+                    return Verdict::Skip;
+                }
+            }
+        }
+        if let Some(sid) = info.spatial_layer {
+            if sid > self.spatial_now {
+                if sid <= self.max_layers.spatial && info.is_independent_layer_start() {
+                    self.spatial_now = sid;
+                } else {
+                    return Verdict::Skip;
+                }
+            }
+        }
+        Verdict::Forward {
+            switched: false,
+            end_of_picture: self.ends_picture(info),
+        }
+    }
+
+    /// With upper spatial layers dropped, the last packet of the highest layer forwarded
+    /// ends the picture and must carry the marker (RFC 9628 §4.1).
+    fn ends_picture(&self, info: &FrameInfo) -> bool {
+        info.spatial_layer == Some(self.spatial_now) && info.end_of_frame
+    }
 }
 
 #[cfg(test)]
@@ -440,7 +565,10 @@ mod tests {
         for (age, &(out, seq)) in sent.iter().rev().take(3000).enumerate() {
             match r.original(out) {
                 Some(found) => assert_eq!(found, (Ssrc(2), seq)),
-                None => assert!(age + 2 >= 2 * MAX_SKIPS, "output {out:?} ({age} back) unmapped"),
+                None => assert!(
+                    age + 2 >= 2 * MAX_SKIPS,
+                    "output {out:?} ({age} back) unmapped"
+                ),
             }
         }
     }

@@ -2,7 +2,11 @@
 
 use std::time::Instant;
 
+use crate::codec::Codec;
 use crate::ids::{LegId, ParticipantId, Ssrc, SubscriptionId};
+use crate::policy::keyframe::KeyframeRequester;
+use crate::policy::nack::NackGenerator;
+use crate::policy::packet_cache::{PacketCache, PacketCacheConfig};
 use crate::receive_stats::ReceiveStats;
 
 use super::MeetingIndex;
@@ -24,6 +28,17 @@ impl TrackKind {
         match self {
             TrackKind::Audio => 48_000,
             TrackKind::Video | TrackKind::Screen => 90_000,
+        }
+    }
+
+    /// Retransmission cache per encoding: a shared screen is read, not watched, so a lost
+    /// packet of it is worth recovering from further back; audio is not retransmitted
+    /// (a late audio packet is useless to a jitter buffer).
+    pub(crate) fn cache_config(self) -> PacketCacheConfig {
+        match self {
+            TrackKind::Audio => PacketCacheConfig::audio(),
+            TrackKind::Video => PacketCacheConfig::video(),
+            TrackKind::Screen => PacketCacheConfig::screen(),
         }
     }
 
@@ -49,6 +64,8 @@ pub struct TrackConfig {
     pub leg: LegId,
     /// RTP clock rate; `None` takes the kind's default.
     pub clock_rate: Option<u32>,
+    /// The payload format, whose descriptor tells keyframes and layers apart.
+    pub codec: Codec,
 }
 
 /// Most simulcast encodings of one track (WebRTC browsers send at most three).
@@ -62,6 +79,25 @@ pub(crate) struct Encoding {
     pub(crate) receive: ReceiveStats,
     /// Middle 32 bits of the last SR's NTP timestamp, and when it arrived.
     pub(crate) last_sr: Option<(u32, Instant)>,
+    /// Recent packets, to answer subscribers' NACKs.
+    pub(crate) cache: PacketCache,
+    /// Losses on the publisher's leg, to NACK upstream.
+    pub(crate) nack: NackGenerator,
+    /// Keyframe requests towards the publisher, coalesced and throttled.
+    pub(crate) keyframes: KeyframeRequester,
+}
+
+impl Encoding {
+    pub(crate) fn new(ssrc: Ssrc, kind: TrackKind, clock_rate: u32) -> Self {
+        Encoding {
+            ssrc,
+            receive: ReceiveStats::new(clock_rate),
+            last_sr: None,
+            cache: PacketCache::new(kind.cache_config()),
+            nack: NackGenerator::default(),
+            keyframes: KeyframeRequester::default(),
+        }
+    }
 }
 
 /// Live state of a track inside the core.
@@ -71,6 +107,7 @@ pub(crate) struct Track {
     pub(crate) participant: ParticipantId,
     pub(crate) name: String,
     pub(crate) kind: TrackKind,
+    pub(crate) codec: Codec,
     pub(crate) encodings: Vec<Encoding>,
     pub(crate) leg: LegId,
     pub(crate) clock_rate: u32,

@@ -122,6 +122,7 @@ impl Scenario {
                     encodings: vec![track_ssrc],
                     leg,
                     clock_rate: None,
+                    codec: Default::default(),
                 },
             )
             .unwrap();
@@ -175,6 +176,7 @@ impl Scenario {
                 leg,
                 ssrc,
                 payload_type,
+                max_layers: Default::default(),
             })
             .unwrap();
         let index = self.subscribers.len();
