@@ -82,7 +82,7 @@ fn sender_reports_are_rewritten_and_receiver_reports_generated() {
             )
         })
         .expect("a receiver report to the publisher");
-    match rtcp::iter_compound(&rr).next() {
+    match rtcp::iter_compound(rr).next() {
         Some(Ok(RtcpPacket::ReceiverReport(rr))) => {
             let blocks: Vec<_> = rr.report_blocks().collect();
             assert_eq!(blocks.len(), 1);

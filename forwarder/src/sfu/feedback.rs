@@ -239,7 +239,7 @@ impl Forwarder {
             out.copy_from_slice(cached.packet);
             rewrite_header(out, sub.ssrc, r.sequence, timestamp, sub.payload_type);
             // The munger remembers what it made of this frame's picture id.
-            if let Some(range) = crate::rtp::payload_range(out, &header).ok() {
+            if let Ok(range) = crate::rtp::payload_range(out, &header) {
                 if let Some(payload) = out.get_mut(range) {
                     if let Ok(info) = codec::inspect(track.codec, payload, header.marker) {
                         sub.munger.rewrite(track.codec, payload, &info, false);

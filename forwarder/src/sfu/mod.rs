@@ -763,7 +763,7 @@ impl Forwarder {
             return leg.stats.drops.add(DropReason::UnknownSsrc);
         };
         let track = &mut self.tracks[track_id.index()];
-        let Some(payload) = rtp::payload_range(&contents[..plain_len], &header).ok() else {
+        let Ok(payload) = rtp::payload_range(&contents[..plain_len], &header) else {
             return self.drop_at(Some(leg_id), DropReason::Malformed);
         };
         let Ok(info) = codec::inspect(track.codec, &contents[payload.clone()], header.marker)
