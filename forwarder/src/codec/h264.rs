@@ -305,7 +305,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), m in any::<bool>()) {
+        fn random_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            m in any::<bool>(),
+        ) {
             if let Ok(info) = inspect(&bytes, m) {
                 prop_assert_eq!(info.end_of_frame, m);
                 prop_assert_eq!(info.keyframe, info.layer_keyframe);
@@ -314,7 +317,8 @@ mod tests {
 
         #[test]
         fn stap_a_is_key_iff_a_unit_is(types in proptest::collection::vec(1u8..=23, 1..6)) {
-            let units: Vec<Vec<u8>> = types.iter().map(|&t| vec![nal_header(t), 0x80, 0x00]).collect();
+            let units: Vec<Vec<u8>> =
+                types.iter().map(|&t| vec![nal_header(t), 0x80, 0x00]).collect();
             let refs: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
             let info = inspect(&stap_a(&refs), false).unwrap();
             prop_assert_eq!(info.keyframe, types.iter().any(|t| matches!(t, 5 | 7 | 8)));

@@ -10,7 +10,7 @@
 //! | codec | payload format | what is read |
 //! |-------|----------------|--------------|
 //! | [`Codec::Vp8`]  | RFC 7741 §4.2 payload descriptor, §4.3 payload header | [`vp8`] |
-//! | [`Codec::Vp9`]  | RFC 9628 §4.2 payload descriptor (incl. §4.2.1 scalability structure) | [`vp9`] |
+//! | [`Codec::Vp9`]  | RFC 9628 §4.2 payload descriptor, §4.2.1 scalability structure | [`vp9`] |
 //! | [`Codec::H264`] | RFC 6184 §5.2–5.8 NAL unit header, STAP-A, FU-A | [`h264`] |
 //! | [`Codec::Opaque`] | anything else (audio): nothing is read | |
 //!
@@ -312,9 +312,10 @@ impl Renumbering {
 ///
 /// Model: every input picture id that is not yet known starts a new output frame numbered
 /// one past the last; packets of a frame seen before (reordering within a frame, or frames
-/// interleaved by reordering) get that frame's number from a table of the last 32 frames. A plain offset (output = input + k, as for sequence numbers)
-/// is not enough: each dropped frame changes k, so late packets of an earlier frame would
-/// get the wrong number. TL0PICIDX works the same way, counting only base-layer frames; a
+/// interleaved by reordering) get that frame's number from a table of the last 32 frames.
+/// A plain offset (output = input + k, as for sequence numbers) is not enough: each
+/// dropped frame changes k, so late packets of an earlier frame would get the wrong
+/// number. TL0PICIDX works the same way, counting only base-layer frames; a
 /// frame of a higher temporal layer whose TL0 frame was not forwarded carries the last
 /// forwarded TL0PICIDX. The first source ever seen passes through unchanged (while no frame
 /// is dropped).

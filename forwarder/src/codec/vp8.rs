@@ -381,7 +381,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..48), m in any::<bool>()) {
+        fn random_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..48),
+            m in any::<bool>(),
+        ) {
             if let Ok(info) = inspect(&bytes, m) {
                 prop_assert!(info.descriptor_len <= bytes.len());
                 prop_assert_eq!(info.end_of_frame, m);

@@ -580,6 +580,29 @@ impl Forwarder {
         Ok(())
     }
 
+    /// Change the highest layers a subscription forwards. A change of simulcast encoding
+    /// happens at the next keyframe of the new encoding, which is requested now; until
+    /// then the subscriber keeps receiving the old one. Temporal and spatial layers follow
+    /// at the next frame where a decoder can switch.
+    pub fn set_max_layers(
+        &mut self,
+        id: SubscriptionId,
+        layers: Layers,
+    ) -> Result<(), ConfigureError> {
+        let sub = self
+            .subscriptions
+            .get_mut(id.index())
+            .ok_or(ConfigureError::NoSuchSubscription)?;
+        let encodings = self.tracks[sub.track.index()].encodings.len();
+        sub.max_layers = layers;
+        sub.desired_encoding = layers.encoding.min(encodings.saturating_sub(1) as u8);
+        if sub.current_encoding != Some(sub.desired_encoding) {
+            let (track, encoding) = (sub.track, usize::from(sub.desired_encoding));
+            self.request_keyframe(track, encoding, self.now);
+        }
+        Ok(())
+    }
+
     pub fn remove_subscription(&mut self, id: SubscriptionId) -> Result<(), ConfigureError> {
         if !self.subscriptions.contains(id.index()) {
             return Err(ConfigureError::NoSuchSubscription);

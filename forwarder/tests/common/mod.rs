@@ -3,10 +3,14 @@
 
 #![allow(dead_code)]
 
+pub mod netem;
+pub mod vp8;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use fanout_forwarder::codec::Codec;
 use fanout_forwarder::ids::{
     LegId, MeetingId, ParticipantId, SeqNo, Ssrc, SubscriptionId, TrackId,
 };
@@ -36,9 +40,21 @@ pub struct Peer {
 impl Peer {
     /// Build an SRTP packet as this peer would send it.
     pub fn rtp(&mut self, ssrc: Ssrc, seq: u16, timestamp: u32, payload: &[u8]) -> Vec<u8> {
+        self.rtp_marked(ssrc, seq, timestamp, false, payload)
+    }
+
+    /// An SRTP packet with the marker bit as given (the end of a video frame).
+    pub fn rtp_marked(
+        &mut self,
+        ssrc: Ssrc,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut buf = vec![0u8; 12 + payload.len() + 64];
         buf[0] = 0x80;
-        buf[1] = 96;
+        buf[1] = 96 | if marker { 0x80 } else { 0 };
         buf[2..4].copy_from_slice(&seq.to_be_bytes());
         buf[4..8].copy_from_slice(&timestamp.to_be_bytes());
         buf[8..12].copy_from_slice(&ssrc.0.to_be_bytes());
@@ -100,8 +116,30 @@ pub fn subscriber_addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5000))
 }
 
+/// The published track of a scenario.
+#[derive(Debug, Clone)]
+pub struct TrackSetup {
+    pub kind: TrackKind,
+    pub codec: Codec,
+    pub encodings: Vec<Ssrc>,
+}
+
+impl Default for TrackSetup {
+    fn default() -> Self {
+        TrackSetup {
+            kind: TrackKind::Video,
+            codec: Codec::Opaque,
+            encodings: vec![Ssrc(0x1234_5678)],
+        }
+    }
+}
+
 impl Scenario {
     pub fn new(profile: SrtpProfile, subscribers: usize) -> Self {
+        Self::with_track(profile, subscribers, TrackSetup::default())
+    }
+
+    pub fn with_track(profile: SrtpProfile, subscribers: usize, setup: TrackSetup) -> Self {
         let now = Instant::now();
         let mut forwarder = Forwarder::new(ForwarderConfig::default(), now);
         let meeting = MeetingId::from("m");
@@ -111,18 +149,18 @@ impl Scenario {
         forwarder.add_participant(&meeting, alice.clone()).unwrap();
         let (config, rk, sk) = leg_config("main", profile, None);
         let leg = forwarder.add_leg(&meeting, &alice, config).unwrap();
-        let track_ssrc = Ssrc(0x1234_5678);
+        let track_ssrc = setup.encodings[0];
         let track = forwarder
             .add_track(
                 &meeting,
                 &alice,
                 TrackConfig {
                     name: "camera".into(),
-                    kind: TrackKind::Video,
-                    encodings: vec![track_ssrc],
+                    kind: setup.kind,
+                    encodings: setup.encodings.clone(),
                     leg,
                     clock_rate: None,
-                    codec: Default::default(),
+                    codec: setup.codec,
                 },
             )
             .unwrap();
@@ -238,6 +276,22 @@ impl Scenario {
             });
         }
         out
+    }
+
+    /// The publisher sends one packet of one encoding of its track.
+    pub fn publish_on(
+        &mut self,
+        ssrc: Ssrc,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> Vec<Received> {
+        let packet = self
+            .publisher
+            .rtp_marked(ssrc, seq, timestamp, marker, payload);
+        let source = self.publisher.address;
+        self.deliver(source, packet)
     }
 
     /// The publisher sends one packet of its track.

@@ -54,7 +54,9 @@ impl Link {
     /// The next datagram due by `now`, if any.
     pub fn receive(&mut self, now: Instant) -> Option<Vec<u8>> {
         match self.in_flight.peek() {
-            Some(Reverse((at, _, _))) if *at <= now => self.in_flight.pop().map(|Reverse((_, _, d))| d),
+            Some(Reverse((at, _, _))) if *at <= now => {
+                self.in_flight.pop().map(|Reverse((_, _, d))| d)
+            }
             _ => None,
         }
     }
