@@ -17,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(info.keyframe, info.layer_keyframe);
     assert!(info.picture_id.is_none() && info.tl0_pic_idx.is_none());
     let mut copy = payload.to_vec();
-    PictureIdMunger::new().rewrite(Codec::H264, &mut copy, &info, control & 2 != 0);
+    let mut munger = PictureIdMunger::new();
+    munger.rewrite(Codec::H264, &mut copy, &info, control & 2 != 0);
+    assert!(munger.rewrite_retransmission(Codec::H264, &mut copy, &info));
     assert_eq!(copy, payload);
 });

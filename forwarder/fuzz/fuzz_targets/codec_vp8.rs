@@ -34,5 +34,6 @@ fuzz_target!(|data: &[u8]| {
     let mut munger = PictureIdMunger::new();
     munger.rewrite(Codec::Vp8, &mut copy, &info, control & 2 != 0);
     munger.rewrite(Codec::Vp8, &mut copy, &info, false);
+    let _ = munger.rewrite_retransmission(Codec::Vp8, &mut copy, &info);
     assert_eq!(copy.len(), payload.len());
 });

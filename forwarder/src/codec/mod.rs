@@ -231,9 +231,16 @@ fn write_tl0_pic_idx(payload: &mut [u8], info: &FrameInfo, codec: Codec, idx: u8
 }
 
 /// How many recent frames (picture ids) and base-layer frames (TL0PICIDX values) a
-/// [`PictureIdMunger`] remembers. Late packets of older frames (reordering, or a
-/// retransmission forwarded again) get a fresh number.
+/// [`PictureIdMunger`] remembers, for reordered packets and retransmissions. At 30 frames
+/// per second that is about a second (four when only a quarter of the frames is
+/// forwarded). Packets of frames older than all of them are numbered by extrapolation,
+/// without taking a number from the live frames.
 const MUNGER_WINDOW: usize = 32;
+
+/// Signed distance from unwrapped id `from` to `to`.
+fn distance(from: u32, to: u32) -> i32 {
+    to.wrapping_sub(from) as i32
+}
 
 /// Renumbering of one field (picture id or TL0PICIDX) for the current source: input ids
 /// are unwrapped (RFC 1982 serial arithmetic in the field's width) so that an id that
@@ -287,6 +294,29 @@ impl Renumbering {
             })
     }
 
+    fn remembered(&self) -> &[(u32, u16)] {
+        self.entries.get(..self.len).unwrap_or_default()
+    }
+
+    /// Older than every remembered input id (false when nothing is remembered).
+    fn is_behind(&self, unwrapped: u32) -> bool {
+        let remembered = self.remembered();
+        !remembered.is_empty() && remembered.iter().all(|e| distance(e.0, unwrapped) < 0)
+    }
+
+    /// An output id for an input id that was never numbered, without numbering it: the
+    /// output of the nearest remembered id at or below it (else the oldest one), moved by
+    /// the same distance. `mask` is the output space (0x7fff or 0xff).
+    fn extrapolate(&self, unwrapped: u32, mask: u16) -> Option<u16> {
+        let remembered = self.remembered();
+        let below = remembered
+            .iter()
+            .filter(|e| distance(e.0, unwrapped) >= 0)
+            .min_by_key(|e| distance(e.0, unwrapped));
+        let base = below.or_else(|| remembered.iter().max_by_key(|e| distance(e.0, unwrapped)))?;
+        Some(base.1.wrapping_add(unwrapped.wrapping_sub(base.0) as u16) & mask)
+    }
+
     fn insert(&mut self, raw: u16, unwrapped: u32, newer: bool, output: u16) {
         if let Some(e) = self.entries.get_mut(self.next) {
             *e = (unwrapped, output);
@@ -319,6 +349,10 @@ impl Renumbering {
 /// frame of a higher temporal layer whose TL0 frame was not forwarded carries the last
 /// forwarded TL0PICIDX. The first source ever seen passes through unchanged (while no frame
 /// is dropped).
+///
+/// Packets sent again from a retransmission cache go through
+/// [`PictureIdMunger::rewrite_retransmission`], which reuses the numbers their frame got
+/// and never allocates new ones.
 ///
 /// Every gap is closed, whether the forwarder dropped the frames or the network lost
 /// them upstream: the receiver then learns of an upstream loss from the RTP sequence
@@ -369,6 +403,12 @@ impl PictureIdMunger {
             };
             let output = match known {
                 Some(output) => output,
+                // Older than anything remembered: too late to matter to the receiver, and
+                // it must not take a number from the live frames.
+                None if !newer && self.pictures.is_behind(unwrapped) => self
+                    .pictures
+                    .extrapolate(unwrapped, 0x7fff)
+                    .unwrap_or(input),
                 // A new frame, or a late frame never seen before: the next number.
                 None => {
                     let output = self.last_picture_id.map_or(input, |l| (l + 1) & 0x7fff);
@@ -388,6 +428,10 @@ impl PictureIdMunger {
             };
             let output = match known {
                 Some(output) => output as u8,
+                None if !newer && self.tl0s.is_behind(unwrapped) => self
+                    .tl0s
+                    .extrapolate(unwrapped, 0xff)
+                    .map_or(input, |o| o as u8),
                 // RFC 7741 §4.2 / RFC 9628 §4.2: TL0PICIDX increments with each TID 0
                 // frame; other frames repeat the index of the TL0 frame they follow.
                 None if info.temporal_layer.is_none_or(|t| t == 0) => {
@@ -401,6 +445,48 @@ impl PictureIdMunger {
             };
             write_tl0_pic_idx(payload, info, codec, output);
         }
+    }
+
+    /// Rewrites a packet sent again from a retransmission cache (the publisher's original
+    /// bytes) with the numbers its frame got when it was forwarded, without numbering
+    /// anything new, so the live numbering is not disturbed. Returns false if the munger
+    /// no longer remembers the frame (older than its window, from before the last switch,
+    /// or never forwarded): the numbers written are then extrapolated from the nearest
+    /// remembered frame, and the caller may prefer not to send the packet.
+    pub fn rewrite_retransmission(
+        &self,
+        codec: Codec,
+        payload: &mut [u8],
+        info: &FrameInfo,
+    ) -> bool {
+        if !matches!(codec, Codec::Vp8 | Codec::Vp9) || info.codec != codec {
+            return true;
+        }
+        let mut remembered = true;
+        if let Some(input) = info.picture_id {
+            let (unwrapped, _) = self.pictures.unwrap(input, info.picture_id_bits);
+            let output = self.pictures.get(unwrapped).unwrap_or_else(|| {
+                remembered = false;
+                self.pictures
+                    .extrapolate(unwrapped, 0x7fff)
+                    .unwrap_or(input)
+            });
+            write_picture_id(payload, info, codec, output);
+        }
+        if let Some(input) = info.tl0_pic_idx {
+            let (unwrapped, _) = self.tl0s.unwrap(u16::from(input), 8);
+            let output = match self.tl0s.get(unwrapped) {
+                Some(output) => output as u8,
+                None => {
+                    remembered = false;
+                    self.tl0s
+                        .extrapolate(unwrapped, 0xff)
+                        .map_or(input, |o| o as u8)
+                }
+            };
+            write_tl0_pic_idx(payload, info, codec, output);
+        }
+        remembered
     }
 }
 
@@ -578,6 +664,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn retransmissions_reuse_numbers_and_never_take_new_ones() {
+        let mut m = PictureIdMunger::new();
+        let c = Codec::Vp8;
+        munge(&mut m, c, vp8_packet(true, 1000, 15, 50, 0), true);
+        // 80 frames, every other one dropped (TID 1): outputs 1001..=1040.
+        for n in 1..=80u16 {
+            if n % 2 == 0 {
+                let tl0 = 50 + (n / 2) as u8;
+                assert_eq!(
+                    munge(&mut m, c, vp8_packet(true, 1000 + n, 15, tl0, 0), false),
+                    (1000 + n / 2, tl0)
+                );
+            }
+        }
+        let resend = |m: &PictureIdMunger, pid: u16, tl0: u8| {
+            let mut p = vp8_packet(false, pid, 15, tl0, 0);
+            let info = inspect(c, &p, false).unwrap();
+            let remembered = m.rewrite_retransmission(c, &mut p, &info);
+            let out = inspect(c, &p, false).unwrap();
+            (
+                remembered,
+                out.picture_id.unwrap(),
+                out.tl0_pic_idx.unwrap(),
+            )
+        };
+        // Remembered: frame 1030 became 1015.
+        assert_eq!(resend(&m, 1030, 65), (true, 1015, 65));
+        // Forgotten (more than 32 frames back): extrapolated from the oldest remembered.
+        let (remembered, pid, _) = resend(&m, 1002, 51);
+        assert!(!remembered);
+        assert!(pid < 1005, "{pid}");
+        // A live packet that late does not take a number either.
+        assert_ne!(
+            munge(&mut m, c, vp8_packet(false, 1002, 15, 51, 0), false).0,
+            1021
+        );
+        // The next live frame continues the numbering.
+        assert_eq!(
+            munge(&mut m, c, vp8_packet(true, 1082, 15, 91, 0), false),
+            (1041, 91)
+        );
+        // H.264 is not touched and counts as remembered.
+        let mut h = vec![0x65, 0x88];
+        let info = inspect(Codec::H264, &h, true).unwrap();
+        assert!(m.rewrite_retransmission(Codec::H264, &mut h, &info));
+        assert_eq!(h, [0x65, 0x88]);
+    }
+
     #[derive(Debug, Clone)]
     struct Frame {
         tid: u8,
@@ -629,6 +764,7 @@ mod tests {
                     let mut b = bytes.clone();
                     let mut m = PictureIdMunger::new();
                     m.rewrite(codec, &mut b, &info, switched);
+                    let _ = m.rewrite_retransmission(codec, &mut b, &info);
                     prop_assert_eq!(b.len(), bytes.len());
                     let mut b = bytes.clone();
                     let _ = set_vp8_picture_id(&mut b, &info, pid);

@@ -76,7 +76,11 @@ pub enum Received {
         missing: u16,
     },
     /// A missing packet arrived (late, or as the answer to a NACK).
-    Recovered,
+    Recovered {
+        /// Time since the packet was requested, when it was requested exactly once: a
+        /// round-trip sample (Karn's rule: an answer to a repeated request is ambiguous).
+        since_request: Option<Duration>,
+    },
     /// Older than the highest and not missing: a duplicate, or a packet already given up.
     Old,
     /// A jump beyond RFC 3550's `MAX_DROPOUT`: taken as a sender restart, list cleared.
@@ -171,8 +175,13 @@ impl NackGenerator {
         let ext = highest_ext + i64::from(delta);
         match self.missing.binary_search_by_key(&ext, |m| m.ext) {
             Ok(i) => {
-                self.missing.remove(i);
-                Received::Recovered
+                let since_request = self
+                    .missing
+                    .remove(i)
+                    .filter(|m| m.tries == 1)
+                    .and_then(|m| m.last_sent)
+                    .map(|sent| now.saturating_duration_since(sent));
+                Received::Recovered { since_request }
             }
             Err(_) => Received::Old,
         }
@@ -367,9 +376,20 @@ mod tests {
         assert_eq!(poll_all(&mut g, t0, ms(50)), vec![12, 13]);
         assert_eq!(g.next_timeout(), Some(t0 + ms(50)));
         assert!(poll_all(&mut g, t0 + ms(49), ms(50)).is_empty());
-        assert_eq!(g.on_packet(SeqNo(12), t0 + ms(49)), Received::Recovered);
+        assert_eq!(
+            g.on_packet(SeqNo(12), t0 + ms(49)),
+            Received::Recovered {
+                since_request: Some(ms(49))
+            }
+        );
         assert_eq!(poll_all(&mut g, t0 + ms(50), ms(50)), vec![13]);
-        assert_eq!(g.on_packet(SeqNo(13), t0 + ms(60)), Received::Recovered);
+        assert_eq!(
+            g.on_packet(SeqNo(13), t0 + ms(60)),
+            Received::Recovered {
+                since_request: None
+            },
+            "asked twice: no round-trip sample"
+        );
         assert_eq!(g.on_packet(SeqNo(13), t0 + ms(61)), Received::Old);
         assert!(poll_all(&mut g, t0 + ms(200), ms(50)).is_empty());
         assert_eq!(g.next_timeout(), None);
@@ -428,7 +448,10 @@ mod tests {
         g.on_packet(SeqNo(65534), t0);
         assert_eq!(g.on_packet(SeqNo(2), t0), Received::New { missing: 3 });
         assert_eq!(poll_all(&mut g, t0, ms(50)), vec![65535, 0, 1]);
-        assert_eq!(g.on_packet(SeqNo(0), t0), Received::Recovered);
+        assert!(matches!(
+            g.on_packet(SeqNo(0), t0),
+            Received::Recovered { .. }
+        ));
         assert_eq!(poll_all(&mut g, t0 + ms(50), ms(50)), vec![65535, 1]);
     }
 

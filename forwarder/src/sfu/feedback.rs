@@ -180,7 +180,10 @@ impl Forwarder {
         let Some(sub_id) = self.subscription_on(leg, fb.media_ssrc) else {
             return;
         };
-        let rtt = round_trip(self.legs[leg.index()].stats.round_trip_seconds);
+        // Resend a packet at most once per round trip, with some slack: the subscriber
+        // retries after its own estimate, which can be a little shorter than ours (ours
+        // includes its reporting delays), and a retry refused costs it a whole round trip.
+        let interval = round_trip(self.legs[leg.index()].stats.round_trip_seconds).mul_f64(0.75);
         let sub = &mut self.subscriptions[sub_id.index()];
         let track = &self.tracks[sub.track.index()];
         let mut asked = 0;
@@ -193,7 +196,7 @@ impl Forwarder {
                 continue;
             };
             if self.retransmissions.len() >= RETRANSMISSION_QUEUE_LEN
-                || !sub.retransmits.allow(sequence, now, rtt)
+                || !sub.retransmits.allow(sequence, now, interval)
             {
                 continue;
             }
@@ -238,11 +241,18 @@ impl Forwarder {
             };
             out.copy_from_slice(cached.packet);
             rewrite_header(out, sub.ssrc, r.sequence, timestamp, sub.payload_type);
-            // The munger remembers what it made of this frame's picture id.
+            // The munger remembers what it made of this frame's picture id; a frame it has
+            // forgotten cannot be resent consistently, so it is not resent at all.
             if let Ok(range) = crate::rtp::payload_range(out, &header) {
                 if let Some(payload) = out.get_mut(range) {
                     if let Ok(info) = codec::inspect(track.codec, payload, header.marker) {
-                        sub.munger.rewrite(track.codec, payload, &info, false);
+                        if info.picture_id.is_some()
+                            && !sub
+                                .munger
+                                .rewrite_retransmission(track.codec, payload, &info)
+                        {
+                            continue;
+                        }
                     }
                 }
             }

@@ -810,9 +810,25 @@ impl Forwarder {
         if info.is_keyframe_start() {
             e.keyframes.on_keyframe(now);
         }
-        let gap = matches!(e.nack.on_packet(header.sequence, now), NackReceived::New { missing } if missing > 0);
+        let mut gap = false;
+        let mut rtt_sample = None;
+        match e.nack.on_packet(header.sequence, now) {
+            NackReceived::New { missing } => gap = missing > 0,
+            NackReceived::Recovered { since_request } => rtt_sample = since_request,
+            _ => {}
+        }
         let screen = track.kind == TrackKind::Screen;
         let has_subscribers = !track.subscribers.is_empty();
+        if let Some(sample) = rtt_sample {
+            // A NACK answered: the publisher leg's round trip, smoothed as TCP does
+            // (RFC 6298 §2, alpha 1/8), paces the next NACK retries.
+            let stats = &mut self.legs[leg_id.index()].stats;
+            stats.round_trip_seconds = if stats.round_trip_seconds > 0.0 {
+                0.875 * stats.round_trip_seconds + 0.125 * sample.as_secs_f64()
+            } else {
+                sample.as_secs_f64()
+            };
+        }
         if gap {
             self.send_upstream_nacks(track_id, usize::from(encoding), now);
         }
@@ -917,7 +933,7 @@ impl Forwarder {
                     return None;
                 }
             },
-            None => match self.learn(local, source, ssrc, contents, kind) {
+            None => match self.learn(source, ssrc, contents, kind) {
                 Learned::Leg(l, n) => (l, n),
                 Learned::Rejected => {
                     self.drops.add(DropReason::UnknownSource);
@@ -931,6 +947,18 @@ impl Forwarder {
             AddressKind::Rtcp => stats.rtcp_in.add(wire_len),
         }
         self.note_activity(leg_id, now);
+        let leg = &self.legs[leg_id.index()];
+        let latched = match kind {
+            AddressKind::Rtp => leg.remote_rtp == Some(source),
+            AddressKind::Rtcp => {
+                leg.remote_rtcp == Some(source) || (leg.rtcp_mux && leg.remote_rtp == Some(source))
+            }
+        };
+        if !latched {
+            // New, or the first of its kind from a source known by the other kind (an RTCP
+            // packet that arrived before any RTP, say): point the leg at it.
+            self.latch(leg_id, local, source, kind);
+        }
         Some((leg_id, plain_len))
     }
 
@@ -939,7 +967,6 @@ impl Forwarder {
     /// for RTCP the leg whose RTP comes from the port below (RFC 3550 §11's convention).
     fn learn(
         &mut self,
-        local: SocketAddr,
         source: SocketAddr,
         ssrc: Ssrc,
         contents: &mut [u8],
@@ -971,7 +998,6 @@ impl Forwarder {
                 contents.copy_from_slice(&self.scratch[..len]);
             }
             if let Ok(plain_len) = self.legs[leg_id.index()].unprotect(kind, contents) {
-                self.latch(leg_id, local, source, kind);
                 return Learned::Leg(leg_id, plain_len);
             }
         }
