@@ -69,3 +69,37 @@ fn learns_and_relearns_only_from_authenticated_packets() {
     assert_eq!(s.deliver(first, packet).len(), 2);
     assert_eq!(s.forwarder.leg_remote(s.publisher.leg), Some(first));
 }
+
+/// A peer that sends each stream from its own port (as FFmpeg does) keeps one leg: the
+/// second port is added, the leg does not flap between the two.
+#[test]
+fn streams_from_several_ports_share_one_leg() {
+    use common::TrackSetup;
+    use fanout_forwarder::ids::Ssrc;
+    let (a, b) = (Ssrc(0xA), Ssrc(0xB));
+    let mut s = Scenario::with_track(
+        SrtpProfile::AesCm128HmacSha1_80,
+        1,
+        TrackSetup {
+            encodings: vec![a, b],
+            ..TrackSetup::default()
+        },
+    );
+    let port_a: SocketAddr = "198.51.100.7:6000".parse().unwrap();
+    let port_b: SocketAddr = "198.51.100.7:6002".parse().unwrap();
+    for i in 0..20u16 {
+        let pa = s.publisher.rtp(a, i, 0, b"low");
+        s.deliver(port_a, pa);
+        let pb = s.publisher.rtp(b, 1000 + i, 0, b"high");
+        // The subscription follows the highest encoding by default.
+        assert_eq!(s.deliver(port_b, pb).len(), 1);
+    }
+    assert_eq!(s.forwarder.leg_remote(s.publisher.leg), Some(port_a));
+    let learned = std::iter::from_fn(|| s.forwarder.poll_event())
+        .filter(|e| matches!(e, Event::RemoteAddressLearned { .. }))
+        .count();
+    assert_eq!(learned, 1, "one address learned, no flapping");
+    let stats = s.forwarder.leg_stats(s.publisher.leg).unwrap();
+    assert_eq!(stats.rtp_in.packets, 40);
+    assert_eq!(stats.drops.total(), 0);
+}

@@ -54,6 +54,8 @@ pub(crate) struct Leg {
     /// SSRCs the peer publishes on this leg, with their track and encoding index. Few per
     /// leg: a linear scan beats hashing.
     pub(crate) inbound_ssrcs: Vec<(Ssrc, TrackId, u8)>,
+    /// The address each published SSRC last came from (see `Forwarder::note_source`).
+    pub(crate) sources: Vec<(Ssrc, SocketAddr)>,
     /// The local address the peer's non-muxed RTCP arrives on, so ours leaves from it.
     pub(crate) local_rtcp: Option<SocketAddr>,
     /// Our SSRC as the sender of RTCP the forwarder originates towards this peer

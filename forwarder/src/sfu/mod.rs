@@ -377,6 +377,7 @@ impl Forwarder {
             rtcp_mux: config.rtcp_mux,
             local: None,
             inbound_ssrcs: Vec::new(),
+            sources: Vec::new(),
             local_rtcp: None,
             rtcp_ssrc: Ssrc(RTCP_SSRC_BASE ^ self.legs.vacant_key() as u32),
             subscriptions: Vec::new(),
@@ -649,6 +650,32 @@ impl Forwarder {
             .iter()
             .copied()
             .find(|t| self.tracks[t.index()].name == name)
+    }
+
+    /// A participant's subscriptions, in the order they were added.
+    pub fn subscriptions_of(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+    ) -> Vec<SubscriptionId> {
+        self.participant(meeting, participant)
+            .map(|p| p.subscriptions.clone())
+            .unwrap_or_default()
+    }
+
+    /// The layer limits of a subscription.
+    pub fn max_layers(&self, subscription: SubscriptionId) -> Option<Layers> {
+        self.subscriptions
+            .get(subscription.index())
+            .map(|s| s.max_layers)
+    }
+
+    /// The simulcast encoding a subscription is forwarding now (`None` until a keyframe
+    /// of the encoding it wants arrived).
+    pub fn forwarded_encoding(&self, subscription: SubscriptionId) -> Option<u8> {
+        self.subscriptions
+            .get(subscription.index())
+            .and_then(|s| s.current_encoding)
     }
 
     pub fn leg_stats(&self, leg: LegId) -> Option<&LegStats> {
@@ -947,6 +974,9 @@ impl Forwarder {
             AddressKind::Rtcp => stats.rtcp_in.add(wire_len),
         }
         self.note_activity(leg_id, now);
+        if kind == AddressKind::Rtp && self.note_source(leg_id, ssrc, source) {
+            return Some((leg_id, plain_len));
+        }
         let leg = &self.legs[leg_id.index()];
         let latched = match kind {
             AddressKind::Rtp => leg.remote_rtp == Some(source),
@@ -960,6 +990,40 @@ impl Forwarder {
             self.latch(leg_id, local, source, kind);
         }
         Some((leg_id, plain_len))
+    }
+
+    /// Remember where each published SSRC comes from. A peer may send its streams from
+    /// several ports (FFmpeg sends each from its own), so a new address for an SSRC that
+    /// the leg's main address never carried adds an address rather than moving the leg;
+    /// the leg moves when an SSRC it was getting from the main address comes from
+    /// elsewhere (the peer changed networks). Returns whether the leg's main address is
+    /// settled (nothing more for `latch` to do).
+    fn note_source(&mut self, leg_id: LegId, ssrc: Ssrc, source: SocketAddr) -> bool {
+        let leg = &mut self.legs[leg_id.index()];
+        if leg.track_for(ssrc).is_none() {
+            return false;
+        }
+        let previous = leg
+            .sources
+            .iter()
+            .find(|(s, _)| *s == ssrc)
+            .map(|&(_, a)| a);
+        if previous == Some(source) {
+            return true;
+        }
+        leg.sources.retain(|(s, _)| *s != ssrc);
+        leg.sources.push((ssrc, source));
+        let moves_leg = leg.remote_rtp.is_none() || leg.remote_rtp == previous;
+        if let Some(old) = previous {
+            let still_used = leg.sources.iter().any(|&(_, a)| a == old)
+                || leg.remote_rtp == Some(old) && !moves_leg
+                || leg.remote_rtcp == Some(old);
+            if !still_used && self.by_remote.get(&old) == Some(&leg_id) {
+                self.by_remote.remove(&old);
+            }
+        }
+        self.by_remote.insert(source, leg_id);
+        !moves_leg
     }
 
     /// A packet from an address no leg knows: find the leg whose keys authenticate it, and
