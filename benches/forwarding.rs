@@ -59,6 +59,7 @@ fn setup(profile: SrtpProfile, subscribers: usize, now: Instant) -> (Forwarder, 
                 leg: leg_id,
                 clock_rate: None,
                 codec: Default::default(),
+                audio_level_extension: None,
             },
         )
         .unwrap();

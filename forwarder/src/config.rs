@@ -154,6 +154,9 @@ pub struct TrackSection {
     /// forwarder reads VP8, VP9 and H.264 payload descriptors to find keyframes and
     /// layers; anything else is forwarded as is.
     pub codec: Option<Spanned<String>>,
+    /// Audio: the RFC 8285 id of the RFC 6464 audio level extension, for dominant
+    /// speaker detection.
+    pub audio_level_extension: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,6 +429,7 @@ impl Builder<'_> {
                     .codec
                     .as_ref()
                     .map_or(Codec::Opaque, |c| Codec::from_encoding_name(c.get_ref())),
+                audio_level_extension: track.audio_level_extension,
                 encodings,
                 leg,
                 clock_rate: track.clock_rate.as_ref().map(|c| *c.get_ref()),

@@ -38,6 +38,7 @@ fn subscriber_requests_are_coalesced_and_throttled() {
             kind: TrackKind::Video,
             codec: Codec::Vp8,
             encodings: vec![ssrc],
+            audio_level_extension: None,
         },
     );
     let publisher = s.publisher.address;
@@ -51,7 +52,11 @@ fn subscriber_requests_are_coalesced_and_throttled() {
     // A keyframe starts every subscription (each asked for one when it was added: one PLI).
     let payload = vp8::payload(&frame(0, true), 0, b"key");
     assert_eq!(s.publish_on(ssrc, 1, 0, true, &payload).len(), SUBSCRIBERS);
-    assert_eq!(plis_to(&s, publisher), 1, "the 50 new subscriptions asked once");
+    assert_eq!(
+        plis_to(&s, publisher),
+        1,
+        "the 50 new subscriptions asked once"
+    );
     s.advance(Duration::from_millis(400));
     s.drain();
 
@@ -86,7 +91,11 @@ fn subscriber_requests_are_coalesced_and_throttled() {
         s.advance(Duration::from_millis(10));
         s.drain();
     }
-    assert_eq!(plis_to(&s, publisher), 3, "the held request goes out after the interval");
+    assert_eq!(
+        plis_to(&s, publisher),
+        3,
+        "the held request goes out after the interval"
+    );
 
     // The keyframe arrives; a burst after it is answered by one PLI, and a keyframe
     // arriving while a request is held cancels it.
@@ -103,12 +112,21 @@ fn subscriber_requests_are_coalesced_and_throttled() {
         s.advance(Duration::from_millis(10));
         s.drain();
     }
-    assert_eq!(plis_to(&s, publisher), 4, "the keyframe answered the held request");
+    assert_eq!(
+        plis_to(&s, publisher),
+        4,
+        "the keyframe answered the held request"
+    );
 
     let received: u64 = s
         .subscribers
         .iter()
-        .map(|p| s.forwarder.leg_stats(p.leg).unwrap().keyframe_requests_received)
+        .map(|p| {
+            s.forwarder
+                .leg_stats(p.leg)
+                .unwrap()
+                .keyframe_requests_received
+        })
         .sum();
     assert_eq!(received, 4 * SUBSCRIBERS as u64);
 }

@@ -77,6 +77,7 @@ fn forwards_real_udp_and_serves_metrics() {
                 leg: alice_leg,
                 clock_rate: None,
                 codec: Default::default(),
+                audio_level_extension: None,
             },
         )
         .unwrap();

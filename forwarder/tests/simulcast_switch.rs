@@ -34,6 +34,7 @@ fn switches_only_at_keyframes_and_stays_continuous() {
             kind: TrackKind::Video,
             codec: Codec::Vp8,
             encodings: ENCODINGS.to_vec(),
+            audio_level_extension: None,
         },
     );
     let (viewer, sub) = s.add_subscriber_with(profile, 0, None, None);

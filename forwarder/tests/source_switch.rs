@@ -36,6 +36,7 @@ fn switching_tracks_keeps_the_subscriber_stream_continuous() {
                 leg: bob_leg,
                 clock_rate: None,
                 codec: Default::default(),
+                audio_level_extension: None,
             },
         )
         .unwrap();

@@ -30,6 +30,7 @@ fn dropping_temporal_layers_leaves_a_decodable_stream() {
             kind: TrackKind::Video,
             codec: Codec::Vp8,
             encodings: vec![ssrc],
+            audio_level_extension: None,
         },
     );
     let (_, sub) = s.add_subscriber_with(profile, 0, None, None);

@@ -364,6 +364,10 @@ fn log_event(event: &Event) {
             participant,
             leg,
         } => info!(%meeting, %participant, %leg, "leg inactive"),
+        Event::DominantSpeaker {
+            meeting,
+            participant,
+        } => info!(%meeting, participant = ?participant.as_ref().map(|p| &p.0), "dominant speaker"),
         Event::LegActive {
             meeting,
             participant,

@@ -309,6 +309,7 @@ mod tests {
                 leg,
                 clock_rate: None,
                 codec: Default::default(),
+                audio_level_extension: None,
             },
         )
         .unwrap();

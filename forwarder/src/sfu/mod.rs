@@ -31,13 +31,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
-use tracing::trace;
+use tracing::{trace, warn};
 
 use crate::codec::{self, PictureIdMunger};
 use crate::demux::{classify, PacketClass};
 use crate::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, SubscriptionId, TrackId};
 use crate::policy::nack::{Received as NackReceived, RetransmitLimiter};
 use crate::policy::packet_cache::PacketMeta;
+use crate::policy::speaker::{audio_level, SpeakerDetector};
 use crate::receive_stats::ReceiveStats;
 use crate::rtcp::{self, RtcpPacket};
 use crate::rtp::{self, RtpHeader};
@@ -61,6 +62,9 @@ pub const MIN_TRANSMIT_BUFFER_LEN: usize = MAX_DATAGRAM_LEN + 64;
 /// High bits of the SSRCs the forwarder uses as the sender of the RTCP it originates; the
 /// low bits are the leg's index, so each leg's is distinct.
 const RTCP_SSRC_BASE: u32 = 0xFA40_0000;
+
+/// Audio tracks per meeting that take part in dominant speaker detection (28 bytes each).
+const MAX_SPEAKERS: usize = 256;
 
 /// How many candidate legs an unknown source may be tried against. Bounds the cost an
 /// attacker can cause with packets from fresh addresses.
@@ -118,6 +122,12 @@ pub enum Event {
         kind: AddressKind,
         address: SocketAddr,
         previous: Option<SocketAddr>,
+    },
+    /// The dominant speaker of a meeting changed (RFC 6464 audio levels); `None` when
+    /// the last one left and nobody speaks.
+    DominantSpeaker {
+        meeting: MeetingId,
+        participant: Option<ParticipantId>,
     },
     /// A leg sent nothing authenticated for the inactivity timeout.
     LegInactive {
@@ -187,6 +197,11 @@ pub(crate) struct MeetingIndex(u32);
 struct Meeting {
     id: MeetingId,
     participants: HashMap<ParticipantId, Participant>,
+    /// Dominant speaker detection over the audio tracks that carry audio levels; each
+    /// such track holds a slot, and `speakers_by_slot` names its participant.
+    speakers: SpeakerDetector,
+    speakers_by_slot: Vec<Option<ParticipantId>>,
+    dominant_speaker: Option<ParticipantId>,
 }
 
 #[derive(Debug, Default)]
@@ -270,6 +285,9 @@ impl Forwarder {
         let index = self.meetings.insert(Meeting {
             id: id.clone(),
             participants: HashMap::new(),
+            speakers: SpeakerDetector::new(MAX_SPEAKERS),
+            speakers_by_slot: vec![None; MAX_SPEAKERS],
+            dominant_speaker: None,
         });
         self.meeting_index.insert(id, MeetingIndex(index as u32));
         Ok(())
@@ -438,6 +456,7 @@ impl Forwarder {
             name: config.name,
             kind: config.kind,
             codec: config.codec,
+            speaker: None,
             encodings,
             leg: config.leg,
             clock_rate,
@@ -454,6 +473,18 @@ impl Forwarder {
                 .push(config.leg);
         }
         self.participant_mut(meeting, participant)?.tracks.push(id);
+        if let (TrackKind::Audio, Some(ext)) = (config.kind, config.audio_level_extension) {
+            let m = &mut self.meetings[index.0 as usize];
+            match m.speakers_by_slot.iter().position(Option::is_none) {
+                Some(slot) => {
+                    m.speakers_by_slot[slot] = Some(participant.clone());
+                    self.tracks[id.index()].speaker = Some((ext, slot));
+                }
+                None => {
+                    warn!(meeting = %meeting, %participant, "more than {MAX_SPEAKERS} audio tracks: this one is left out of speaker detection")
+                }
+            }
+        }
         Ok(id)
     }
 
@@ -467,6 +498,11 @@ impl Forwarder {
             self.remove_subscription(s)?;
         }
         let track = self.tracks.remove(id.index());
+        if let Some((_, slot)) = track.speaker {
+            let m = &mut self.meetings[track.meeting.0 as usize];
+            m.speakers.remove(slot);
+            m.speakers_by_slot[slot] = None;
+        }
         let leg = &mut self.legs[track.leg.index()];
         leg.inbound_ssrcs.retain(|&(_, t, _)| t != id);
         for encoding in &track.encodings {
@@ -820,6 +856,13 @@ impl Forwarder {
         else {
             return self.drop_at(Some(leg_id), DropReason::Malformed);
         };
+        if let Some((ext, slot)) = track.speaker {
+            if let Some((_, level)) = audio_level(&contents[..plain_len], &header, ext) {
+                self.meetings[track.meeting.0 as usize]
+                    .speakers
+                    .on_audio_level(slot, level, now);
+            }
+        }
         let Some(e) = track.encodings.get_mut(usize::from(encoding)) else {
             return;
         };
@@ -1254,6 +1297,7 @@ impl Forwarder {
         if self.next_feedback_tick.is_some_and(|t| now >= t) {
             self.next_feedback_tick = Some(now + FEEDBACK_INTERVAL);
             self.feedback_tick(now);
+            self.detect_speakers(now);
         }
         match self.next_housekeeping {
             Some(due) if now >= due => {}
@@ -1281,6 +1325,32 @@ impl Forwarder {
         }
         self.send_receiver_reports(now, timeout);
         self.rerequest_keyframes(now);
+    }
+}
+
+impl Forwarder {
+    /// Run each meeting's dominant speaker detector and report changes.
+    fn detect_speakers(&mut self, now: Instant) {
+        let mut changes = Vec::new();
+        for (_, m) in &mut self.meetings {
+            let Some(change) = m.speakers.poll(now) else {
+                continue;
+            };
+            let speaker = change
+                .current
+                .and_then(|slot| m.speakers_by_slot.get(slot).cloned().flatten());
+            // Two audio tracks of one participant are one speaker.
+            if speaker != m.dominant_speaker {
+                m.dominant_speaker = speaker.clone();
+                changes.push(Event::DominantSpeaker {
+                    meeting: m.id.clone(),
+                    participant: speaker,
+                });
+            }
+        }
+        for event in changes {
+            self.push_event(event);
+        }
     }
 }
 

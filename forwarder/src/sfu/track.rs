@@ -66,6 +66,10 @@ pub struct TrackConfig {
     pub clock_rate: Option<u32>,
     /// The payload format, whose descriptor tells keyframes and layers apart.
     pub codec: Codec,
+    /// For audio: the RFC 8285 id of the RFC 6464 audio level header extension
+    /// (`urn:ietf:params:rtp-hdrext:ssrc-audio-level`), which feeds dominant speaker
+    /// detection.
+    pub audio_level_extension: Option<u8>,
 }
 
 /// Most simulcast encodings of one track (WebRTC browsers send at most three).
@@ -108,6 +112,9 @@ pub(crate) struct Track {
     pub(crate) name: String,
     pub(crate) kind: TrackKind,
     pub(crate) codec: Codec,
+    /// The audio level extension id and this track's slot in its meeting's speaker
+    /// detector.
+    pub(crate) speaker: Option<(u8, usize)>,
     pub(crate) encodings: Vec<Encoding>,
     pub(crate) leg: LegId,
     pub(crate) clock_rate: u32,

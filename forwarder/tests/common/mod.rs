@@ -122,6 +122,7 @@ pub struct TrackSetup {
     pub kind: TrackKind,
     pub codec: Codec,
     pub encodings: Vec<Ssrc>,
+    pub audio_level_extension: Option<u8>,
 }
 
 impl Default for TrackSetup {
@@ -129,6 +130,7 @@ impl Default for TrackSetup {
         TrackSetup {
             kind: TrackKind::Video,
             codec: Codec::Opaque,
+            audio_level_extension: None,
             encodings: vec![Ssrc(0x1234_5678)],
         }
     }
@@ -161,6 +163,7 @@ impl Scenario {
                     leg,
                     clock_rate: None,
                     codec: setup.codec,
+                    audio_level_extension: setup.audio_level_extension,
                 },
             )
             .unwrap();
