@@ -173,6 +173,17 @@ pub struct SubscriptionSection {
     pub max_temporal_layer: Option<u8>,
 }
 
+impl SubscriptionSection {
+    /// The limits the section asks for; an absent field is no limit.
+    fn max_layers(&self) -> Layers {
+        Layers {
+            encoding: self.max_encoding.unwrap_or(u8::MAX),
+            spatial: self.max_spatial_layer.unwrap_or(u8::MAX),
+            temporal: self.max_temporal_layer.unwrap_or(u8::MAX),
+        }
+    }
+}
+
 /// A configuration error, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -214,6 +225,8 @@ pub struct NetworkSettings {
 pub struct Loaded {
     pub network: NetworkSettings,
     pub forwarder: Forwarder,
+    /// What the file says, kept to compare a reloaded file with (see [`Settings::diff`]).
+    pub settings: Settings,
 }
 
 /// Read, parse and validate a configuration file.
@@ -307,6 +320,7 @@ impl Builder<'_> {
         }
         self.reject_key_reuse(file)?;
         Ok(Loaded {
+            settings: Settings::from_file(file, &network),
             network,
             forwarder: self.forwarder,
         })
@@ -495,11 +509,7 @@ impl Builder<'_> {
         let config = SubscriptionConfig {
             track,
             leg,
-            max_layers: Layers {
-                encoding: section.max_encoding.unwrap_or(u8::MAX),
-                spatial: section.max_spatial_layer.unwrap_or(u8::MAX),
-                temporal: section.max_temporal_layer.unwrap_or(u8::MAX),
-            },
+            max_layers: section.max_layers(),
             ssrc: section.ssrc.as_ref().map(|s| Ssrc(*s.get_ref())),
             payload_type: section.payload_type.as_ref().map(|p| *p.get_ref()),
         };
@@ -575,6 +585,446 @@ impl Builder<'_> {
     ) -> Result<T, ConfigError> {
         result.map_err(|e| self.locate.error(field.span(), at, e.to_string()))
     }
+}
+
+// ----- reload ---------------------------------------------------------------------------
+
+/// What a configuration file says, without source positions: the state a running
+/// forwarder was configured with, compared with a reloaded file by [`Settings::diff`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    network: NetworkSettings,
+    meetings: Vec<MeetingSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MeetingSettings {
+    id: MeetingId,
+    participants: Vec<ParticipantSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ParticipantSettings {
+    id: ParticipantId,
+    legs: Vec<LegSettings>,
+    tracks: Vec<TrackSettings>,
+    subscriptions: Vec<SubscriptionSettings>,
+}
+
+/// A leg as written. The keys are compared as written (a key re-spelt differently counts
+/// as a change) and never printed.
+#[derive(Clone, PartialEq, Eq)]
+struct LegSettings {
+    name: String,
+    profile: String,
+    receive_key: String,
+    send_key: String,
+    remote: Option<String>,
+    remote_rtcp: Option<String>,
+    rtcp_mux: bool,
+}
+
+impl fmt::Debug for LegSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LegSettings")
+            .field("name", &self.name)
+            .field("profile", &self.profile)
+            .field("remote", &self.remote)
+            .field("remote_rtcp", &self.remote_rtcp)
+            .field("rtcp_mux", &self.rtcp_mux)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TrackSettings {
+    name: String,
+    kind: String,
+    leg: String,
+    ssrc: Option<u32>,
+    encodings: Option<Vec<u32>>,
+    clock_rate: Option<u32>,
+    codec: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SubscriptionSettings {
+    track: String,
+    leg: String,
+    ssrc: Option<u32>,
+    payload_type: Option<u8>,
+    max_layers: Layers,
+}
+
+/// What a reloaded file changes, by [`Settings::diff`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reload {
+    /// Changes a running forwarder applies at once, in file order.
+    pub layer_changes: Vec<LayerChange>,
+    /// Every other difference, one sentence each: these take effect at the next restart.
+    pub needs_restart: Vec<String>,
+}
+
+impl Reload {
+    pub fn is_empty(&self) -> bool {
+        self.layer_changes.is_empty() && self.needs_restart.is_empty()
+    }
+}
+
+/// New layer limits for one subscription, which is named as in the file: the `index`-th
+/// subscription of `participant` in `meeting`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerChange {
+    pub meeting: MeetingId,
+    pub participant: ParticipantId,
+    /// Position among the participant's subscriptions, in file order from 0.
+    pub index: usize,
+    /// The subscribed track, `participant/track`.
+    pub track: String,
+    pub from: Layers,
+    pub to: Layers,
+}
+
+impl LayerChange {
+    /// Set the new limits on the core; returns the limits it replaced. The subscription
+    /// is found the way the file names it, so this works on any core built from a file
+    /// with the same subscriptions.
+    pub fn apply(&self, core: &mut Forwarder) -> Result<Layers, ConfigureError> {
+        let id = core
+            .subscriptions_of(&self.meeting, &self.participant)
+            .get(self.index)
+            .copied()
+            .ok_or(ConfigureError::NoSuchSubscription)?;
+        let previous = core
+            .max_layers(id)
+            .ok_or(ConfigureError::NoSuchSubscription)?;
+        core.set_max_layers(id, self.to)?;
+        Ok(previous)
+    }
+}
+
+impl fmt::Display for LayerChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "meeting `{}`, participant `{}`, subscription[{}] (`{}`): {} -> {}",
+            self.meeting,
+            self.participant,
+            self.index,
+            self.track,
+            LayerLimits(self.from),
+            LayerLimits(self.to)
+        )
+    }
+}
+
+/// Layer limits as the file writes them: `max_encoding=1 max_spatial_layer=any ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerLimits(pub Layers);
+
+impl fmt::Display for LayerLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Layers {
+            encoding,
+            spatial,
+            temporal,
+        } = self.0;
+        for (i, (name, value)) in [
+            ("max_encoding", encoding),
+            ("max_spatial_layer", spatial),
+            ("max_temporal_layer", temporal),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sep = if i == 0 { "" } else { " " };
+            if value == u8::MAX {
+                write!(f, "{sep}{name}=any")?;
+            } else {
+                write!(f, "{sep}{name}={value}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn from_file(file: &ConfigFile, network: &NetworkSettings) -> Settings {
+        let text = |s: &Spanned<String>| s.get_ref().clone();
+        let meetings = file
+            .meeting
+            .iter()
+            .map(|m| MeetingSettings {
+                id: MeetingId(text(&m.id)),
+                participants: m
+                    .participant
+                    .iter()
+                    .map(|p| ParticipantSettings {
+                        id: ParticipantId(text(&p.id)),
+                        legs: p
+                            .leg
+                            .iter()
+                            .map(|l| LegSettings {
+                                name: text(&l.name),
+                                profile: text(&l.profile),
+                                receive_key: l.receive_key.get_ref().trim().to_owned(),
+                                send_key: l.send_key.get_ref().trim().to_owned(),
+                                remote: l.remote.as_ref().map(text),
+                                remote_rtcp: l.remote_rtcp.as_ref().map(text),
+                                rtcp_mux: l.rtcp_mux,
+                            })
+                            .collect(),
+                        tracks: p
+                            .track
+                            .iter()
+                            .map(|t| TrackSettings {
+                                name: text(&t.name),
+                                kind: text(&t.kind),
+                                leg: text(&t.leg),
+                                ssrc: t.ssrc.as_ref().map(|s| *s.get_ref()),
+                                encodings: t.encodings.as_ref().map(|e| e.get_ref().clone()),
+                                clock_rate: t.clock_rate.as_ref().map(|c| *c.get_ref()),
+                                codec: t.codec.as_ref().map(text),
+                            })
+                            .collect(),
+                        subscriptions: p
+                            .subscription
+                            .iter()
+                            .map(|s| SubscriptionSettings {
+                                track: text(&s.track),
+                                leg: text(&s.leg),
+                                ssrc: s.ssrc.as_ref().map(|v| *v.get_ref()),
+                                payload_type: s.payload_type.as_ref().map(|v| *v.get_ref()),
+                                max_layers: s.max_layers(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Settings {
+            network: network.clone(),
+            meetings,
+        }
+    }
+
+    /// Compare the running settings (`self`) with a reloaded file's. Meetings and
+    /// participants are matched by id, legs and tracks by name, subscriptions by their
+    /// position among the participant's subscriptions and must keep their track, leg,
+    /// SSRC and payload type. A matched subscription whose only change is its layer
+    /// limits yields a [`LayerChange`]; anything else is described in
+    /// [`Reload::needs_restart`]. Reordering meetings, participants, legs or tracks is
+    /// not a change; reordering subscriptions is.
+    pub fn diff(&self, new: &Settings) -> Reload {
+        let mut reload = Reload::default();
+        let restart = &mut reload.needs_restart;
+        let (a, b) = (&self.network, &new.network);
+        if a.listen != b.listen {
+            restart.push(format!(
+                "forwarder.listen changed from {} to {}",
+                a.listen, b.listen
+            ));
+        }
+        if a.rtcp_listen != b.rtcp_listen {
+            restart.push(format!(
+                "forwarder.rtcp_listen changed from {:?} to {:?}",
+                a.rtcp_listen, b.rtcp_listen
+            ));
+        }
+        if a.metrics != b.metrics {
+            restart.push(format!(
+                "forwarder.metrics changed from {:?} to {:?}",
+                a.metrics, b.metrics
+            ));
+        }
+        if a.socket_buffer_bytes != b.socket_buffer_bytes {
+            restart.push(format!(
+                "forwarder.socket_buffer_bytes changed from {} to {}",
+                a.socket_buffer_bytes, b.socket_buffer_bytes
+            ));
+        }
+        for paired in pair(&self.meetings, &new.meetings, |m| &m.id) {
+            match paired {
+                Paired::Removed(m) => reload
+                    .needs_restart
+                    .push(format!("meeting `{}` removed", m.id)),
+                Paired::Added(m) => reload
+                    .needs_restart
+                    .push(format!("meeting `{}` added", m.id)),
+                Paired::Both(old, new) => Self::diff_meeting(old, new, &mut reload),
+            }
+        }
+        reload
+    }
+
+    fn diff_meeting(old: &MeetingSettings, new: &MeetingSettings, reload: &mut Reload) {
+        let m = &old.id;
+        for paired in pair(&old.participants, &new.participants, |p| &p.id) {
+            match paired {
+                Paired::Removed(p) => reload
+                    .needs_restart
+                    .push(format!("meeting `{m}`: participant `{}` removed", p.id)),
+                Paired::Added(p) => reload
+                    .needs_restart
+                    .push(format!("meeting `{m}`: participant `{}` added", p.id)),
+                Paired::Both(old, new) => Self::diff_participant(m, old, new, reload),
+            }
+        }
+    }
+
+    fn diff_participant(
+        meeting: &MeetingId,
+        old: &ParticipantSettings,
+        new: &ParticipantSettings,
+        reload: &mut Reload,
+    ) {
+        let at = format!("meeting `{meeting}`, participant `{}`", old.id);
+        let restart = &mut reload.needs_restart;
+        for paired in pair(&old.legs, &new.legs, |l| &l.name) {
+            let (a, b) = match paired {
+                Paired::Removed(l) => {
+                    restart.push(format!("{at}: leg `{}` removed", l.name));
+                    continue;
+                }
+                Paired::Added(l) => {
+                    restart.push(format!("{at}: leg `{}` added", l.name));
+                    continue;
+                }
+                Paired::Both(a, b) => (a, b),
+            };
+            let changed = changed_fields(&[
+                ("profile", a.profile != b.profile),
+                ("receive_key", a.receive_key != b.receive_key),
+                ("send_key", a.send_key != b.send_key),
+                ("remote", a.remote != b.remote),
+                ("remote_rtcp", a.remote_rtcp != b.remote_rtcp),
+                ("rtcp_mux", a.rtcp_mux != b.rtcp_mux),
+            ]);
+            if !changed.is_empty() {
+                restart.push(format!("{at}: leg `{}` changed {changed}", a.name));
+            }
+        }
+        for paired in pair(&old.tracks, &new.tracks, |t| &t.name) {
+            let (a, b) = match paired {
+                Paired::Removed(t) => {
+                    restart.push(format!("{at}: track `{}` removed", t.name));
+                    continue;
+                }
+                Paired::Added(t) => {
+                    restart.push(format!("{at}: track `{}` added", t.name));
+                    continue;
+                }
+                Paired::Both(a, b) => (a, b),
+            };
+            let changed = changed_fields(&[
+                ("kind", a.kind != b.kind),
+                ("leg", a.leg != b.leg),
+                ("ssrc", a.ssrc != b.ssrc),
+                ("encodings", a.encodings != b.encodings),
+                ("clock_rate", a.clock_rate != b.clock_rate),
+                ("codec", a.codec != b.codec),
+            ]);
+            if !changed.is_empty() {
+                restart.push(format!("{at}: track `{}` changed {changed}", a.name));
+            }
+        }
+        for (i, (a, b)) in old.subscriptions.iter().zip(&new.subscriptions).enumerate() {
+            let changed = changed_fields(&[
+                ("track", a.track != b.track),
+                ("leg", a.leg != b.leg),
+                ("ssrc", a.ssrc != b.ssrc),
+                ("payload_type", a.payload_type != b.payload_type),
+            ]);
+            if !changed.is_empty() {
+                restart.push(format!(
+                    "{at}: subscription[{i}] (`{}`) changed {changed}",
+                    a.track
+                ));
+            } else if a.max_layers != b.max_layers {
+                reload.layer_changes.push(LayerChange {
+                    meeting: meeting.clone(),
+                    participant: old.id.clone(),
+                    index: i,
+                    track: a.track.clone(),
+                    from: a.max_layers,
+                    to: b.max_layers,
+                });
+            }
+        }
+        for (i, s) in old
+            .subscriptions
+            .iter()
+            .enumerate()
+            .skip(new.subscriptions.len())
+        {
+            restart.push(format!("{at}: subscription[{i}] (`{}`) removed", s.track));
+        }
+        for (i, s) in new
+            .subscriptions
+            .iter()
+            .enumerate()
+            .skip(old.subscriptions.len())
+        {
+            restart.push(format!("{at}: subscription[{i}] (`{}`) added", s.track));
+        }
+    }
+
+    /// Record a change applied to the running forwarder, so that the next reload is
+    /// compared with what runs. Unknown subscriptions are ignored.
+    pub fn record(&mut self, change: &LayerChange) {
+        let subscription = self
+            .meetings
+            .iter_mut()
+            .find(|m| m.id == change.meeting)
+            .and_then(|m| {
+                m.participants
+                    .iter_mut()
+                    .find(|p| p.id == change.participant)
+            })
+            .and_then(|p| p.subscriptions.get_mut(change.index));
+        if let Some(s) = subscription {
+            s.max_layers = change.to;
+        }
+    }
+}
+
+/// One item of two lists paired by key, by [`pair`].
+enum Paired<'a, T> {
+    Removed(&'a T),
+    Added(&'a T),
+    Both(&'a T, &'a T),
+}
+
+/// Pairs the items of two lists by key: the items of `old` in their order (each with its
+/// match in `new`, or removed), then the items only in `new` in theirs.
+fn pair<'a, T, K: PartialEq + ?Sized>(
+    old: &'a [T],
+    new: &'a [T],
+    key: impl Fn(&T) -> &K,
+) -> Vec<Paired<'a, T>> {
+    let mut out: Vec<Paired<'a, T>> = old
+        .iter()
+        .map(|o| match new.iter().find(|n| key(n) == key(o)) {
+            Some(n) => Paired::Both(o, n),
+            None => Paired::Removed(o),
+        })
+        .collect();
+    out.extend(
+        new.iter()
+            .filter(|n| !old.iter().any(|o| key(o) == key(n)))
+            .map(Paired::Added),
+    );
+    out
+}
+
+/// `profile, send_key` for the fields whose flag is set; empty if none is.
+fn changed_fields(fields: &[(&str, bool)]) -> String {
+    fields
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

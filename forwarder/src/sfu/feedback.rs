@@ -152,6 +152,7 @@ impl Forwarder {
             RtcpPacket::PayloadFeedback(fb) if fb.fmt == FMT_AFB => {
                 if let Some(remb) = fb.remb() {
                     self.legs[leg.index()].stats.estimated_bitrate_bps = remb.bitrate_bps;
+                    self.adapt_leg(leg, now);
                 }
             }
             _ => {}

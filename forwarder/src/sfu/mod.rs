@@ -12,6 +12,7 @@
 //! the batch size (a `sendmmsg` vector, an io_uring submission) and the core never
 //! allocates per packet.
 
+mod adaptation;
 mod feedback;
 mod leg;
 mod metrics;
@@ -36,6 +37,7 @@ use tracing::{trace, warn};
 use crate::codec::{self, PictureIdMunger};
 use crate::demux::{classify, PacketClass};
 use crate::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, SubscriptionId, TrackId};
+use crate::policy::layers::LayerSelector;
 use crate::policy::nack::{Received as NackReceived, RetransmitLimiter};
 use crate::policy::packet_cache::PacketMeta;
 use crate::policy::speaker::{audio_level, SpeakerDetector};
@@ -566,6 +568,7 @@ impl Forwarder {
                 temporal_now: config.max_layers.temporal,
                 munger: PictureIdMunger::new(),
                 retransmits: RetransmitLimiter::new(RETRANSMIT_MEMORY),
+                selector: LayerSelector::new(track.kind == TrackKind::Screen),
                 packets_sent: 0,
                 octets_sent: 0,
                 reports: Default::default(),
@@ -632,11 +635,13 @@ impl Forwarder {
             .ok_or(ConfigureError::NoSuchSubscription)?;
         let encodings = self.tracks[sub.track.index()].encodings.len();
         sub.max_layers = layers;
+        // Lowering the limit takes effect at once; `adapt` may lower it further.
         sub.desired_encoding = layers.encoding.min(encodings.saturating_sub(1) as u8);
         if sub.current_encoding != Some(sub.desired_encoding) {
             let (track, encoding) = (sub.track, usize::from(sub.desired_encoding));
             self.request_keyframe(track, encoding, self.now);
         }
+        self.adapt(id, self.now);
         Ok(())
     }
 
@@ -867,6 +872,7 @@ impl Forwarder {
             return;
         };
         e.receive.on_packet(header.sequence, header.timestamp, now);
+        e.bitrate.add(plain_len, now);
         e.cache.insert(
             header.sequence,
             &contents[..plain_len],
@@ -1324,6 +1330,7 @@ impl Forwarder {
             self.push_event(event);
         }
         self.send_receiver_reports(now, timeout);
+        self.adapt_all(now);
         self.rerequest_keyframes(now);
     }
 }

@@ -222,11 +222,22 @@ impl Forwarder {
         let rtt = sub
             .reports
             .round_trip(block.last_sr, block.delay_since_last_sr, now);
+        let sub_id = leg
+            .subscriptions
+            .iter()
+            .copied()
+            .find(|s| self.subscriptions[s.index()].ssrc == block.ssrc);
         let stats = &mut self.legs[leg_id.index()].stats;
         stats.reported_fraction_lost = block.fraction_lost;
         stats.reported_jitter_seconds = f64::from(block.jitter) / f64::from(clock_rate);
         if let Some(rtt) = rtt {
             stats.round_trip_seconds = rtt.as_secs_f64();
+        }
+        if let Some(id) = sub_id {
+            self.subscriptions[id.index()]
+                .selector
+                .on_loss_report(block.fraction_lost, now);
+            self.adapt(id, now);
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crate::codec::{Codec, FrameInfo, PictureIdMunger};
 use crate::ids::{LegId, SeqNo, Ssrc, TrackId};
+use crate::policy::layers::LayerSelector;
 use crate::policy::nack::RetransmitLimiter;
 
 /// What [`Rewriter::rewrite`] decided for one packet.
@@ -355,6 +356,8 @@ pub(crate) struct Subscription {
     pub(crate) temporal_now: u8,
     pub(crate) munger: PictureIdMunger,
     pub(crate) retransmits: RetransmitLimiter,
+    /// Lowers the encoding under congestion (REMB, loss reports).
+    pub(crate) selector: LayerSelector,
     /// RTP packets and payload octets sent, for the SR counts (RFC 3550 §6.4.1: they wrap).
     pub(crate) packets_sent: u32,
     pub(crate) octets_sent: u32,

@@ -5,6 +5,7 @@ use std::time::Instant;
 use crate::codec::Codec;
 use crate::ids::{LegId, ParticipantId, Ssrc, SubscriptionId};
 use crate::policy::keyframe::KeyframeRequester;
+use crate::policy::layers::BitrateMeter;
 use crate::policy::nack::NackGenerator;
 use crate::policy::packet_cache::{PacketCache, PacketCacheConfig};
 use crate::receive_stats::ReceiveStats;
@@ -89,6 +90,8 @@ pub(crate) struct Encoding {
     pub(crate) nack: NackGenerator,
     /// Keyframe requests towards the publisher, coalesced and throttled.
     pub(crate) keyframes: KeyframeRequester,
+    /// What the encoding costs a subscriber, for layer selection.
+    pub(crate) bitrate: BitrateMeter,
 }
 
 impl Encoding {
@@ -100,6 +103,7 @@ impl Encoding {
             cache: PacketCache::new(kind.cache_config()),
             nack: NackGenerator::default(),
             keyframes: KeyframeRequester::default(),
+            bitrate: BitrateMeter::new(),
         }
     }
 }
