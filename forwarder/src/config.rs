@@ -1182,4 +1182,221 @@ leg = "video"
         let e = error_for(&sample().replace("id = \"bob\"", "id = \"alice\""));
         assert_eq!(e.field, "meeting[0].participant[1].id");
     }
+
+    /// Alice publishes a simulcast camera and a microphone; bob subscribes to both. The
+    /// markers `#CAMERA` and `#MIC` sit in bob's two subscriptions, for replacements.
+    fn simulcast_sample() -> String {
+        let p = SrtpProfile::AesCm128HmacSha1_80;
+        format!(
+            r#"
+[forwarder]
+listen = "127.0.0.1:40000"
+
+[[meeting]]
+id = "demo"
+
+[[meeting.participant]]
+id = "alice"
+
+[[meeting.participant.leg]]
+name = "main"
+profile = "AES_CM_128_HMAC_SHA1_80"
+receive_key = "{}"
+send_key = "{}"
+
+[[meeting.participant.track]]
+name = "camera"
+kind = "video"
+leg = "main"
+codec = "VP8"
+encodings = [0x1111, 0x2222]
+
+[[meeting.participant.track]]
+name = "mic"
+kind = "audio"
+leg = "main"
+ssrc = 0x3333
+
+[[meeting.participant]]
+id = "bob"
+
+[[meeting.participant.leg]]
+name = "main"
+profile = "AES_CM_128_HMAC_SHA1_80"
+receive_key = "{}"
+send_key = "{}"
+remote = "127.0.0.1:6000"
+
+[[meeting.participant.subscription]]
+track = "alice/camera"
+leg = "main"
+max_encoding = 0 #CAMERA
+
+[[meeting.participant.subscription]]
+track = "alice/mic"
+leg = "main" #MIC
+"#,
+            key(p),
+            key(p),
+            key(p),
+            key(p)
+        )
+    }
+
+    fn settings(text: &str) -> Settings {
+        parse_text(text).unwrap().settings
+    }
+
+    #[test]
+    fn the_same_file_reloads_to_nothing() {
+        let text = simulcast_sample();
+        let reload = settings(&text).diff(&settings(&text));
+        assert!(reload.is_empty(), "{reload:?}");
+    }
+
+    #[test]
+    fn layer_limits_change_live() {
+        let text = simulcast_sample();
+        let mut loaded = parse_text(&text).unwrap();
+        let edited = text.replace(
+            "max_encoding = 0 #CAMERA",
+            "max_encoding = 1\nmax_temporal_layer = 2",
+        );
+        let reload = loaded.settings.diff(&settings(&edited));
+        assert!(reload.needs_restart.is_empty(), "{reload:?}");
+        let expected = LayerChange {
+            meeting: "demo".into(),
+            participant: "bob".into(),
+            index: 0,
+            track: "alice/camera".into(),
+            from: Layers {
+                encoding: 0,
+                ..Layers::ALL
+            },
+            to: Layers {
+                encoding: 1,
+                temporal: 2,
+                ..Layers::ALL
+            },
+        };
+        assert_eq!(reload.layer_changes, vec![expected.clone()]);
+        assert_eq!(
+            expected.to_string(),
+            "meeting `demo`, participant `bob`, subscription[0] (`alice/camera`): \
+             max_encoding=0 max_spatial_layer=any max_temporal_layer=any -> \
+             max_encoding=1 max_spatial_layer=any max_temporal_layer=2"
+        );
+
+        // Applied to the running core, found the way the file names it.
+        let core = &mut loaded.forwarder;
+        let bob = core.subscriptions_of(&"demo".into(), &"bob".into());
+        assert_eq!(bob.len(), 2);
+        assert_eq!(expected.apply(core), Ok(expected.from));
+        assert_eq!(core.max_layers(bob[0]), Some(expected.to));
+        assert_eq!(core.max_layers(bob[1]), Some(Layers::ALL));
+
+        // Once recorded, the same file is no change; going back is one.
+        loaded.settings.record(&expected);
+        assert!(loaded.settings.diff(&settings(&edited)).is_empty());
+        let back = loaded.settings.diff(&settings(&text));
+        assert_eq!(back.layer_changes.len(), 1);
+        assert_eq!(back.layer_changes[0].from, expected.to);
+        assert_eq!(back.layer_changes[0].to, expected.from);
+    }
+
+    #[test]
+    fn subscriptions_are_matched_by_position() {
+        let text = simulcast_sample();
+        let edited = text.replace(
+            "leg = \"main\" #MIC",
+            "leg = \"main\"\nmax_temporal_layer = 0",
+        );
+        let reload = settings(&text).diff(&settings(&edited));
+        assert!(reload.needs_restart.is_empty(), "{reload:?}");
+        assert_eq!(reload.layer_changes.len(), 1);
+        assert_eq!(reload.layer_changes[0].index, 1);
+        assert_eq!(reload.layer_changes[0].track, "alice/mic");
+
+        // A subscription that now names another track is another subscription: its new
+        // limits are not applied to the old one.
+        let edited = text
+            .replace("track = \"alice/camera\"", "track = \"alice/mic\"")
+            .replace(
+                "track = \"alice/mic\"\nleg = \"main\" #MIC",
+                "track = \"alice/camera\"\nleg = \"main\"",
+            );
+        let reload = settings(&text).diff(&settings(&edited));
+        assert!(reload.layer_changes.is_empty(), "{reload:?}");
+        assert_eq!(
+            reload.needs_restart,
+            vec![
+                "meeting `demo`, participant `bob`: subscription[0] (`alice/camera`) changed track",
+                "meeting `demo`, participant `bob`: subscription[1] (`alice/mic`) changed track",
+            ]
+        );
+    }
+
+    #[test]
+    fn other_changes_need_a_restart() {
+        let text = simulcast_sample();
+        let removed_mic = text.replace(
+            "[[meeting.participant.subscription]]\ntrack = \"alice/mic\"\nleg = \"main\" #MIC",
+            "",
+        );
+        let edited = removed_mic
+            .replace("remote = \"127.0.0.1:6000\"", "remote = \"127.0.0.1:6002\"")
+            .replace(
+                "encodings = [0x1111, 0x2222]",
+                "encodings = [0x1111, 0x2224]",
+            )
+            .replace(
+                "listen = \"127.0.0.1:40000\"",
+                "listen = \"127.0.0.1:40010\"",
+            )
+            .replace("max_encoding = 0 #CAMERA", "max_encoding = 1")
+            + "\n[[meeting]]\nid = \"second\"\n";
+        let reload = settings(&text).diff(&settings(&edited));
+        assert_eq!(
+            reload.needs_restart,
+            vec![
+                "forwarder.listen changed from 127.0.0.1:40000 to 127.0.0.1:40010",
+                "forwarder.rtcp_listen changed from Some(127.0.0.1:40001) to Some(127.0.0.1:40011)",
+                "meeting `demo`, participant `alice`: track `camera` changed encodings",
+                "meeting `demo`, participant `bob`: leg `main` changed remote",
+                "meeting `demo`, participant `bob`: subscription[1] (`alice/mic`) removed",
+                "meeting `second` added",
+            ]
+        );
+        // What can change live still does, next to what cannot.
+        assert_eq!(reload.layer_changes.len(), 1);
+        assert_eq!(reload.layer_changes[0].to.encoding, 1);
+    }
+
+    #[test]
+    fn reordering_participants_is_no_change() {
+        let text = simulcast_sample();
+        let bob_at = text.find("[[meeting.participant]]\nid = \"bob\"").unwrap();
+        let alice_at = text
+            .find("[[meeting.participant]]\nid = \"alice\"")
+            .unwrap();
+        let reordered = format!(
+            "{}{}{}",
+            &text[..alice_at],
+            &text[bob_at..],
+            &text[alice_at..bob_at]
+        );
+        assert!(settings(&text).diff(&settings(&reordered)).is_empty());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let text = simulcast_sample();
+        let debug = format!("{:?}", settings(&text));
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("send_key = \"inline:"))
+            .unwrap()
+            .trim_end_matches('"');
+        assert!(!debug.contains(key), "{debug}");
+    }
 }

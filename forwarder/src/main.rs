@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::info;
+use tracing::{error, info, warn};
 
-use fanout_forwarder::config;
-use fanout_forwarder::driver::{self, mio::MioDriver};
+use fanout_forwarder::config::{self, LayerLimits, Settings};
+use fanout_forwarder::driver::{self, mio::DriverHandle, mio::MioDriver};
 use fanout_forwarder::exporter::{self, MetricsExchange};
 use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
 
@@ -22,6 +22,15 @@ use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
 /// own copy re-encrypted with that subscriber's keys, over plain SRTP legs (RFC 4568 keys).
 /// In standalone mode, meetings, participants, keys, tracks and subscriptions come from a
 /// TOML file (see docs/standalone.md); no control plane is needed.
+///
+/// Signals: SIGTERM or SIGINT stops the forwarder cleanly. SIGHUP re-reads the
+/// configuration file and applies, without a restart and without losing a packet, what can
+/// change while running: the subscriptions' layer limits (`max_encoding`,
+/// `max_spatial_layer`, `max_temporal_layer`), each change logged. Every other difference
+/// from the running configuration (meetings, participants, legs, keys, tracks,
+/// subscriptions added, removed or changed, `[forwarder]` settings) is logged as a warning
+/// that it needs a restart, and is not applied. A file that does not validate is logged
+/// with its error and changes nothing.
 #[derive(Debug, Parser)]
 #[command(name = "fanout-forwarder", version, about, long_about)]
 struct Args {
@@ -105,6 +114,7 @@ fn run(args: Args) -> Result<()> {
     let loaded = config::load(&path, Instant::now())?;
     let mut network = loaded.network;
     let mut core = loaded.forwarder;
+    let mut running = loaded.settings;
     if let Some(listen) = args.listen {
         network.rtcp_listen = listen
             .port()
@@ -148,13 +158,20 @@ fn run(args: Args) -> Result<()> {
     }
 
     let stop = driver.stop_handle();
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    let handle = driver.handle();
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload(&path, &mut running, &handle);
+                    continue;
+                }
                 info!(signal, "shutting down");
                 stop.stop();
+                break;
             }
         })
         .context("cannot start the signal thread")?;
@@ -167,4 +184,60 @@ fn run(args: Args) -> Result<()> {
         "stopped cleanly"
     );
     Ok(())
+}
+
+/// SIGHUP: read and validate the file on this (the signal) thread, then send what can
+/// change live to the driver as commands, and warn about the rest. `running` is what the
+/// forwarder runs with; it follows the changes sent.
+fn reload(path: &std::path::Path, running: &mut Settings, driver: &DriverHandle) {
+    info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let loaded = match config::load(path, Instant::now()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            error!("configuration not reloaded, nothing changed: {e}");
+            return;
+        }
+    };
+    let reload = running.diff(&loaded.settings);
+    if reload.is_empty() {
+        info!("configuration reloaded: nothing changed");
+        return;
+    }
+    for difference in &reload.needs_restart {
+        warn!("configuration change needs a restart, not applied: {difference}");
+    }
+    let mut queued = 0;
+    for change in reload.layer_changes {
+        let command = change.clone();
+        let sent = driver.send(Box::new(move |core| match command.apply(core) {
+            Ok(previous) => info!(
+                meeting = %command.meeting,
+                participant = %command.participant,
+                subscription = command.index,
+                track = %command.track,
+                from = %LayerLimits(previous),
+                to = %LayerLimits(command.to),
+                "subscription layer limits changed"
+            ),
+            Err(e) => error!(
+                meeting = %command.meeting,
+                participant = %command.participant,
+                subscription = command.index,
+                track = %command.track,
+                "cannot change the subscription's layer limits: {e}"
+            ),
+        }));
+        match sent {
+            Ok(()) => {
+                running.record(&change);
+                queued += 1;
+            }
+            Err(e) => error!("layer change not applied ({change}): {e}"),
+        }
+    }
+    info!(
+        applied = queued,
+        needs_restart = reload.needs_restart.len(),
+        "configuration reloaded"
+    );
 }

@@ -5,12 +5,18 @@
 //! transmits into per-socket send batches, flushed with one `sendmmsg` when full and at
 //! the end of every receive batch. A socket that stays readable after a fair share of
 //! batches is revisited on the next turn (mio is edge-triggered, so the driver remembers).
+//!
+//! Other threads change the core through a [`DriverHandle`]: a command (a closure over
+//! `&mut Forwarder`) goes into a small bounded queue and the driver's waker fires; the loop
+//! runs queued commands between batches, after checking one atomic flag per turn, so the
+//! per-packet path never takes a lock.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ::mio::net::UdpSocket as MioUdpSocket;
@@ -29,6 +35,64 @@ const BATCHES_PER_TURN: usize = 16;
 const SEND_STALL: Duration = Duration::from_millis(20);
 
 const WAKER: Token = Token(usize::MAX);
+
+/// Commands that may wait in a driver's queue; more are refused with
+/// [`CommandError::QueueFull`] (a stuck driver must not grow memory without bound).
+pub const COMMAND_QUEUE_CAPACITY: usize = 1024;
+
+/// A change to the core, run on the driver thread between batches.
+pub type Command = Box<dyn FnOnce(&mut Forwarder) + Send>;
+
+/// Why [`DriverHandle::send`] refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    #[error("the driver's command queue is full ({COMMAND_QUEUE_CAPACITY} commands)")]
+    QueueFull,
+}
+
+/// The queue behind [`DriverHandle`]: `pending` lets the loop skip the lock when empty.
+#[derive(Default)]
+struct CommandQueue {
+    pending: AtomicBool,
+    commands: Mutex<VecDeque<Command>>,
+}
+
+/// Sends commands to a driver's core from other threads (a signal handler's thread, an
+/// HTTP server). Commands run in the order sent, on the driver thread, between batches.
+#[derive(Clone)]
+pub struct DriverHandle {
+    queue: Arc<CommandQueue>,
+    waker: Arc<Waker>,
+}
+
+impl std::fmt::Debug for DriverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverHandle").finish_non_exhaustive()
+    }
+}
+
+impl DriverHandle {
+    /// Queue `command` and wake the driver. A command sent before [`MioDriver::run`]
+    /// runs when the loop starts.
+    pub fn send(&self, command: Command) -> Result<(), CommandError> {
+        let mut commands = self
+            .queue
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if commands.len() >= COMMAND_QUEUE_CAPACITY {
+            return Err(CommandError::QueueFull);
+        }
+        commands.push_back(command);
+        self.queue.pending.store(true, Ordering::Release);
+        drop(commands);
+        if let Err(e) = self.waker.wake() {
+            warn!(error = %e, "cannot wake the driver");
+        }
+        Ok(())
+    }
+}
 
 /// Counters of the driver itself.
 #[derive(Debug, Default, Clone, Copy)]
@@ -86,6 +150,7 @@ pub struct MioDriver {
     poll: Poll,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
+    commands: Arc<CommandQueue>,
     sockets: Vec<DriverSocket>,
     metrics: Option<Arc<MetricsExchange>>,
     /// How often a progress line is logged; `None` for never.
@@ -130,6 +195,7 @@ impl MioDriver {
             poll,
             waker,
             stop: Arc::new(AtomicBool::new(false)),
+            commands: Arc::new(CommandQueue::default()),
             sockets: driver_sockets,
             metrics: None,
             progress_interval: Some(Duration::from_secs(10)),
@@ -151,6 +217,14 @@ impl MioDriver {
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
             stop: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// A handle to send commands to the core from other threads.
+    pub fn handle(&self) -> DriverHandle {
+        DriverHandle {
+            queue: self.commands.clone(),
             waker: self.waker.clone(),
         }
     }
@@ -181,6 +255,7 @@ impl MioDriver {
                     next_progress = Some(now + interval);
                 }
             }
+            self.run_commands(core);
             core.handle_timeout(now);
             self.drain(core);
             let busy = self.sockets.iter().any(|s| s.readable);
@@ -223,6 +298,25 @@ impl MioDriver {
         }
         info!(stats = ?self.stats, "driver stopped");
         Ok(())
+    }
+
+    /// Run the queued commands, if any. One atomic load when there are none.
+    fn run_commands(&mut self, core: &mut Forwarder) {
+        if !self.commands.pending.load(Ordering::Acquire) {
+            return;
+        }
+        let commands = {
+            let mut queue = self
+                .commands
+                .commands
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.commands.pending.store(false, Ordering::Release);
+            std::mem::take(&mut *queue)
+        };
+        for command in commands {
+            command(core);
+        }
     }
 
     fn log_progress(&self, core: &Forwarder) {

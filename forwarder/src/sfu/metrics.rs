@@ -73,6 +73,35 @@ const TRAFFIC: [(&str, &str, Pick, Pick); 4] = [
     ),
 ];
 
+/// Feedback counters of a leg: name suffix, help, value.
+const FEEDBACK: [(&str, &str, Pick); 5] = [
+    (
+        "nack_requests_received_total",
+        "Sequence numbers the peer NACKed (RFC 4585)",
+        |s| s.nacks_received,
+    ),
+    (
+        "retransmitted_packets_total",
+        "Packets resent to the peer from the retransmission cache",
+        |s| s.retransmitted,
+    ),
+    (
+        "nack_requests_sent_total",
+        "Sequence numbers the forwarder NACKed towards the (publishing) peer",
+        |s| s.nacks_sent,
+    ),
+    (
+        "keyframe_requests_received_total",
+        "PLI and FIR received from the peer",
+        |s| s.keyframe_requests_received,
+    ),
+    (
+        "keyframe_requests_sent_total",
+        "PLI sent to the (publishing) peer, after coalescing",
+        |s| s.keyframe_requests_sent,
+    ),
+];
+
 impl Forwarder {
     /// Append every metric in Prometheus text format to `out`.
     pub fn write_metrics(&self, out: &mut String) {
@@ -133,6 +162,23 @@ impl Forwarder {
                     );
                 }
             }
+        }
+
+        for (suffix, help, value) in FEEDBACK {
+            let name = format!("fanout_leg_{suffix}");
+            x.family(&name, "counter", help);
+            for (labels, stats) in &legs {
+                x.sample(&name, labels, value(stats));
+            }
+        }
+        let name = "fanout_leg_estimated_bitrate_bps";
+        x.family(
+            name,
+            "gauge",
+            "The peer's receive bandwidth estimate (REMB), 0 if none",
+        );
+        for (labels, stats) in &legs {
+            x.sample(name, labels, stats.estimated_bitrate_bps);
         }
 
         let name = "fanout_dropped_packets_total";
