@@ -24,7 +24,7 @@ use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
 /// TOML file (see docs/standalone.md); no control plane is needed.
 ///
 /// Signals: SIGTERM or SIGINT stops the forwarder cleanly. SIGHUP re-reads the
-/// configuration file and applies, without a restart and without losing a packet, what can
+/// configuration file and applies, without a restart, what can
 /// change while running: the subscriptions' layer limits (`max_encoding`,
 /// `max_spatial_layer`, `max_temporal_layer`), each change logged. Every other difference
 /// from the running configuration (meetings, participants, legs, keys, tracks,

@@ -12,12 +12,15 @@
 //!   of a complete file, at the cost of 10 s per run.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fanout_forwarder::srtp::SrtpProfile;
 
+use crate::forwarder::SrtpKey;
 use crate::meeting::{MeetingPlan, PeerKit, ReceiverPlan, MEDIA, VIDEO, VIDEO_FPS};
 use crate::process::{tail, Proc};
 
@@ -165,5 +168,109 @@ impl PeerKit for Ffmpeg {
     fn receivers_end(&self) -> &'static str {
         // libavformat/rtsp.c: the SDP input gives up after 10 s without a packet.
         "FFmpeg's SDP input exits 10 s after the last packet"
+    }
+}
+
+/// One simulcast encoding of [`simulcast_publisher`]: its own libvpx encoder instance and
+/// its own RTP output (its own source port), all on one SRTP leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimulcastEncoding {
+    pub width: u32,
+    pub height: u32,
+    pub ssrc: u32,
+    pub bitrate_kbps: u32,
+}
+
+/// An FFmpeg publisher of simulcast VP8: `testsrc` at the first encoding's size, split and
+/// scaled to every encoding's size (so every encoding shows the same frames at the same
+/// instants), each encoded by its own libvpx with a keyframe every `VIDEO_FPS` frames, and
+/// sent as SRTP from its own socket to `listen`, all with one key (one leg) and SSRCs
+/// of their own. Runs live (`-re`) for `seconds`.
+pub fn simulcast_publisher(
+    encodings: &[SimulcastEncoding],
+    payload_type: u8,
+    key: &SrtpKey,
+    listen: SocketAddr,
+    seconds: u32,
+) -> Result<Proc> {
+    let Some(first) = encodings.first() else {
+        bail!("a simulcast publisher needs at least one encoding");
+    };
+    let mut graph = format!("[0:v]split={}", encodings.len());
+    for i in 0..encodings.len() {
+        let _ = write!(graph, "[s{i}]");
+    }
+    for (i, e) in encodings.iter().enumerate() {
+        let _ = write!(graph, ";[s{i}]scale={}:{}[e{i}]", e.width, e.height);
+    }
+    let mut command = Command::new("ffmpeg");
+    command
+        .args(["-nostdin", "-hide_banner", "-nostats", "-re"])
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!(
+            "testsrc=size={}x{}:rate={VIDEO_FPS}:duration={seconds}",
+            first.width, first.height
+        ))
+        .arg("-filter_complex")
+        .arg(graph);
+    for (i, e) in encodings.iter().enumerate() {
+        command
+            .args(["-map", &format!("[e{i}]")])
+            // One encoder thread: libvpx's VP8 worker threads busy-wait on each other,
+            // which on a loaded 2-core machine slows encoding below real time.
+            .args(["-c:v", "libvpx", "-threads", "1"])
+            .args(["-deadline", "realtime", "-cpu-used", "8"])
+            .args(["-b:v", &format!("{}k", e.bitrate_kbps)])
+            .args(["-g", &VIDEO_FPS.to_string(), "-auto-alt-ref", "0"])
+            .args(["-error-resilient", "1"])
+            .args(["-payload_type", &payload_type.to_string()])
+            .args(["-ssrc", &e.ssrc.to_string()])
+            .args(["-f", "rtp", "-srtp_out_suite", key.profile().name()])
+            .args(["-srtp_out_params", &key.base64()])
+            .arg(format!("srtp://{listen}?pkt_size=1200"));
+    }
+    Proc::spawn("ffmpeg simulcast publisher", command)
+}
+
+/// An SDP (RFC 4566) with one VP8 m-line on `port` and its `a=crypto` key (RFC 4568).
+pub fn vp8_receiver_sdp(port: u16, payload_type: u8, key: &SrtpKey) -> String {
+    format!(
+        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=fanout receiver\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=video {port} RTP/AVP {payload_type}\r\na=rtpmap:{payload_type} VP8/90000\r\n\
+         a=crypto:1 {suite} {key}\r\n",
+        suite = key.profile().name(),
+        key = key.inline(),
+    )
+}
+
+/// An FFmpeg receiver of the SDP at `sdp`, copying what it receives into `output`. It
+/// exits by itself 10 s after the last packet (see the module docs); wait for it with
+/// [`finish_sdp_receiver`].
+pub fn sdp_receiver(sdp: &Path, output: &Path) -> Result<Proc> {
+    let mut command = Command::new("ffmpeg");
+    command
+        .args(["-nostdin", "-hide_banner", "-nostats"])
+        .args(["-protocol_whitelist", "file,udp,rtp,srtp"])
+        .args(["-reorder_queue_size", "500"])
+        .arg("-i")
+        .arg(sdp)
+        .args(["-map", "0", "-c", "copy", "-y"])
+        .arg(output);
+    Proc::spawn("ffmpeg receiver", command)
+}
+
+/// Waits for a receiver of [`sdp_receiver`] to notice the end of the media and exit; a
+/// failure carries its stderr.
+pub fn finish_sdp_receiver(proc: &mut Proc) -> Result<()> {
+    let status = proc.wait_timeout(RECEIVER_EXIT_TIMEOUT)?;
+    let stderr = proc.stderr();
+    if status.success() || (status.code() == Some(255) && stderr.contains("Connection timed out")) {
+        Ok(())
+    } else {
+        bail!(
+            "{} failed ({status}); stderr:\n{}",
+            proc.name(),
+            tail(&stderr)
+        )
     }
 }

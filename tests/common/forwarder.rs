@@ -88,20 +88,27 @@ pub struct LegSpec {
 }
 
 /// One `[[meeting.participant.track]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TrackSpec {
     pub name: String,
     pub kind: String,
     pub leg: String,
+    /// The SSRC of a single-encoding track (ignored when `encodings` is not empty).
     pub ssrc: u32,
+    /// A simulcast track's SSRCs, lowest quality first.
+    pub encodings: Vec<u32>,
+    /// The payload format (`VP8`, ...), for keyframe and layer detection.
+    pub codec: Option<String>,
 }
 
 /// One `[[meeting.participant.subscription]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SubscriptionSpec {
     /// `participant/track`.
     pub track: String,
     pub leg: String,
+    /// The highest simulcast encoding to forward (0 = lowest); `None` for no limit.
+    pub max_encoding: Option<u8>,
 }
 
 /// One `[[meeting.participant]]`.
@@ -145,12 +152,28 @@ impl ConfigSpec {
                 let _ = writeln!(t, "name = \"{}\"", track.name);
                 let _ = writeln!(t, "kind = \"{}\"", track.kind);
                 let _ = writeln!(t, "leg = \"{}\"", track.leg);
-                let _ = writeln!(t, "ssrc = 0x{:08x}\n", track.ssrc);
+                if let Some(codec) = &track.codec {
+                    let _ = writeln!(t, "codec = \"{codec}\"");
+                }
+                if track.encodings.is_empty() {
+                    let _ = writeln!(t, "ssrc = 0x{:08x}\n", track.ssrc);
+                } else {
+                    let list: Vec<String> = track
+                        .encodings
+                        .iter()
+                        .map(|s| format!("0x{s:08x}"))
+                        .collect();
+                    let _ = writeln!(t, "encodings = [{}]\n", list.join(", "));
+                }
             }
             for sub in &p.subscriptions {
                 let _ = writeln!(t, "[[meeting.participant.subscription]]");
                 let _ = writeln!(t, "track = \"{}\"", sub.track);
-                let _ = writeln!(t, "leg = \"{}\"\n", sub.leg);
+                let _ = writeln!(t, "leg = \"{}\"", sub.leg);
+                if let Some(max) = sub.max_encoding {
+                    let _ = writeln!(t, "max_encoding = {max}");
+                }
+                t.push('\n');
             }
         }
         t
@@ -242,6 +265,7 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
 pub struct Forwarder {
     proc: Proc,
     metrics: SocketAddr,
+    config_path: PathBuf,
 }
 
 impl Forwarder {
@@ -267,7 +291,11 @@ impl Forwarder {
             let rest = &text[text.find("metrics at http://")? + "metrics at http://".len()..];
             rest[..rest.find("/metrics")?].parse::<SocketAddr>().ok()
         })?;
-        let mut forwarder = Forwarder { proc, metrics };
+        let mut forwarder = Forwarder {
+            proc,
+            metrics,
+            config_path: path,
+        };
         forwarder.wait_ready()?;
         Ok(forwarder)
     }
@@ -297,6 +325,35 @@ impl Forwarder {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Replaces the configuration file with `config` (written to a temporary file and
+    /// renamed over it, as an operator's editor would, so the forwarder never reads half a
+    /// file) and sends SIGHUP. Returns a mark of the log: pass it to
+    /// [`Forwarder::wait_log_after`] to wait for what the reload logged.
+    pub fn reload(&mut self, config: &ConfigSpec) -> Result<usize> {
+        let temporary = self.config_path.with_extension("toml.new");
+        std::fs::write(&temporary, config.to_toml())
+            .with_context(|| format!("cannot write {}", temporary.display()))?;
+        std::fs::rename(&temporary, &self.config_path)
+            .with_context(|| format!("cannot replace {}", self.config_path.display()))?;
+        let mark = self.proc.stderr_mark();
+        self.proc.signal(libc::SIGHUP)?;
+        Ok(mark)
+    }
+
+    /// Waits until a line of the forwarder's log written after `mark` satisfies `found`;
+    /// returns that line.
+    pub fn wait_log_after(
+        &mut self,
+        mark: usize,
+        timeout: Duration,
+        what: &str,
+        found: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        self.proc.wait_stderr_after(mark, timeout, what, |text| {
+            text.lines().find(|l| found(l)).map(str::to_owned)
+        })
     }
 
     pub fn metrics_address(&self) -> SocketAddr {

@@ -48,3 +48,56 @@ pub fn count_frames(path: &Path) -> Result<FrameCounts> {
     }
     Ok(counts)
 }
+
+/// One decoded video frame: when it is shown and its size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoFrame {
+    /// Presentation time in seconds.
+    pub time: f64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Decodes the first video stream of `path` and lists its frames in presentation order,
+/// with whatever ffprobe reported at error level (empty when the stream decodes cleanly).
+pub fn video_frames(path: &Path) -> Result<(Vec<VideoFrame>, String)> {
+    let mut command = Command::new("ffprobe");
+    command
+        .args(["-v", "error", "-select_streams", "v:0", "-show_frames"])
+        .args(["-show_entries", "frame=pts_time,width,height"])
+        .args(["-of", "compact=p=0"])
+        .arg(path);
+    let out = process::run("ffprobe", command, FFPROBE_TIMEOUT)
+        .with_context(|| format!("cannot list the frames of {}", path.display()))?;
+    let mut frames = Vec::new();
+    for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        // `pts_time=0.033000|width=320|height=180`, in ffprobe's field order.
+        let field = |name: &str| {
+            line.trim()
+                .split('|')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .with_context(|| format!("no {name} in ffprobe frame line `{line}`"))
+        };
+        let bad = |name: &str| format!("bad {name} in `{line}`");
+        frames.push(VideoFrame {
+            time: field("pts_time")?.parse().with_context(|| bad("pts_time"))?,
+            width: field("width")?.parse().with_context(|| bad("width"))?,
+            height: field("height")?.parse().with_context(|| bad("height"))?,
+        });
+    }
+    frames.sort_by(|a, b| a.time.total_cmp(&b.time));
+    Ok((frames, out.stderr))
+}
+
+/// Decodes every stream of `path` with `ffmpeg -v error` and returns what it printed:
+/// empty when nothing is corrupt.
+pub fn decode_errors(path: &Path) -> Result<String> {
+    let mut command = Command::new("ffmpeg");
+    command
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"]);
+    let out = process::run("ffmpeg decode", command, FFPROBE_TIMEOUT)
+        .with_context(|| format!("cannot decode {}", path.display()))?;
+    Ok(out.stderr)
+}

@@ -187,6 +187,7 @@ impl MeetingPlan {
                     kind: m.kind.into(),
                     leg: m.leg.into(),
                     ssrc: m.ssrc,
+                    ..Default::default()
                 })
                 .collect(),
             subscriptions: Vec::new(),
@@ -209,6 +210,7 @@ impl MeetingPlan {
                 .map(|m| SubscriptionSpec {
                     track: format!("{}/{}", self.publisher.id, m.track),
                     leg: m.leg.into(),
+                    ..Default::default()
                 })
                 .collect(),
         });

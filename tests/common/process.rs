@@ -208,6 +208,23 @@ impl Proc {
         }
     }
 
+    /// Length of the stderr collected so far: a mark for [`Proc::wait_stderr_after`].
+    pub fn stderr_mark(&self) -> usize {
+        self.stderr.len()
+    }
+
+    /// Waits until `found` matches the stderr collected after byte `mark`. Fails if the
+    /// deadline passes or the child closes stderr (exits) first.
+    pub fn wait_stderr_after<T>(
+        &mut self,
+        mark: usize,
+        timeout: Duration,
+        what: &str,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T> {
+        self.wait_stderr(timeout, what, |text| found(text.get(mark..).unwrap_or("")))
+    }
+
     /// Waits until `found` matches the stdout collected after byte `mark`.
     pub fn wait_stdout_after(
         &mut self,
