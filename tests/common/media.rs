@@ -80,7 +80,9 @@ pub fn video_frames(path: &Path) -> Result<(Vec<VideoFrame>, String)> {
         };
         let bad = |name: &str| format!("bad {name} in `{line}`");
         frames.push(VideoFrame {
-            time: field("pts_time")?.parse().with_context(|| bad("pts_time"))?,
+            time: field("pts_time")?
+                .parse()
+                .with_context(|| bad("pts_time"))?,
             width: field("width")?.parse().with_context(|| bad("width"))?,
             height: field("height")?.parse().with_context(|| bad("height"))?,
         });
