@@ -29,7 +29,7 @@ use fanout_tests::ffmpeg::{self, SimulcastEncoding};
 use fanout_tests::forwarder::{
     ConfigSpec, Forwarder, LegSpec, Metrics, ParticipantSpec, SrtpKey, SubscriptionSpec, TrackSpec,
 };
-use fanout_tests::media::{decode_errors, video_frames, VideoFrame};
+use fanout_tests::media::{decode_video, video_frames, VideoFrame};
 use fanout_tests::meeting::{temp_dir, VIDEO_FPS};
 use fanout_tests::net::{free_udp_port_pair, wait_udp_bound};
 use fanout_tests::process::{require_tool, Proc};
@@ -230,7 +230,7 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
     let forwarder_log = forwarder.stop()?;
 
     // (a) No corrupt frame.
-    let errors = decode_errors(&output)?;
+    let decoded = decode_video(&output)?;
     let (frames, probe_errors) = video_frames(&output)?;
     // (b) Continuity: duplicates only at a switch, no gap.
     let mut duplicates = 0;
@@ -276,7 +276,7 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
          {duplicates} duplicate(s) over {switches} switches, gaps: {gaps:?}\n\
          sizes in order: {}\n\
          first/last frame time: {:.3}s / {:.3}s\n\
-         decode errors: {:?}; ffprobe errors: {:?}\n\
+         decoded {} frames; decode errors: {:?}; ffprobe errors: {:?}\n\
          keyframe requests sent to the publisher: {}; RTCP packets sent to the publisher: \
          {rtcp_to_publisher}\n\
          non-zero drops: {drops:?}",
@@ -288,7 +288,8 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
             .join(", "),
         frames.first().map_or(0.0, |f| f.time),
         frames.last().map_or(0.0, |f| f.time),
-        errors.trim(),
+        decoded.frames,
+        decoded.errors.trim(),
         probe_errors.trim(),
         if exported {
             keyframe_requests.to_string()
@@ -298,8 +299,15 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
     );
 
     ensure!(
-        errors.trim().is_empty(),
-        "decoding the received file failed:\n{errors}"
+        decoded.errors.trim().is_empty(),
+        "decoding the received file failed:\n{}",
+        decoded.errors
+    );
+    ensure!(
+        decoded.frames == frames.len() as u64,
+        "ffmpeg decoded {} frames, ffprobe listed {}",
+        decoded.frames,
+        frames.len()
     );
     ensure!(
         probe_errors.trim().is_empty(),

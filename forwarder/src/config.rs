@@ -43,6 +43,25 @@
 //!
 //! Every error names the file, the line and column, and the field
 //! (`meeting[0].participant[1].leg[0].send_key`).
+//!
+//! # Reloading (SIGHUP)
+//!
+//! `fanout-forwarder` re-reads its file on SIGHUP. The file is parsed and validated in
+//! full, off the forwarding thread; an invalid file is logged with its error and changes
+//! nothing. A valid one is compared with what the forwarder runs by [`Settings::diff`]:
+//! meetings and participants are matched by id, legs and tracks by name, and
+//! subscriptions by their position among their participant's subscriptions (the same
+//! position must keep its `track`, `leg`, `ssrc` and `payload_type`).
+//!
+//! * Applied at once, each logged: the subscriptions' layer limits (`max_encoding`,
+//!   `max_spatial_layer`, `max_temporal_layer`), as [`LayerChange`]s run on the driver
+//!   thread. A new encoding starts at its next keyframe, which the forwarder requests.
+//! * Logged as a warning that it needs a restart, and not applied: anything else —
+//!   `[forwarder]` settings, meetings, participants, legs (keys, addresses), tracks, and
+//!   subscriptions added, removed, reordered or re-pointed.
+//!
+//! The comparison is with what runs, not with the previous file: a difference that needs
+//! a restart is reported again at every reload until the forwarder restarts.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -967,6 +986,25 @@ impl Settings {
         {
             restart.push(format!("{at}: subscription[{i}] (`{}`) added", s.track));
         }
+    }
+
+    /// The subscribed track (`participant/track`) and layer limits of the `index`-th
+    /// subscription of `participant` in `meeting`, if there is one.
+    pub fn subscription(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+        index: usize,
+    ) -> Option<(&str, Layers)> {
+        self.meetings
+            .iter()
+            .find(|m| m.id == *meeting)?
+            .participants
+            .iter()
+            .find(|p| p.id == *participant)?
+            .subscriptions
+            .get(index)
+            .map(|s| (s.track.as_str(), s.max_layers))
     }
 
     /// Record a change applied to the running forwarder, so that the next reload is

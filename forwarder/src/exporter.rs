@@ -1,5 +1,6 @@
 //! The Prometheus endpoint: a small HTTP/1.1 server on its own thread that answers
-//! `GET /metrics` (and `GET /healthz`).
+//! `GET /metrics` (and `GET /healthz`), and `POST` requests of an optional [`Control`]
+//! (the standalone forwarder's `POST /v1/subscriptions/max-layers`).
 //!
 //! The counters belong to the core, which lives on the driver thread and is never shared.
 //! A scrape therefore asks the driver for a fresh rendering through [`MetricsExchange`]
@@ -62,11 +63,28 @@ impl MetricsExchange {
     }
 }
 
+/// Answers `POST` requests: run-time control next to the metrics.
+pub trait Control: Send + Sync {
+    /// `POST path?query` (the query as sent, still percent-encoded): the HTTP status code
+    /// and a plain-text body.
+    fn post(&self, path: &str, query: &str) -> (u16, String);
+}
+
 /// Start the HTTP server on `address`. Returns the bound address (useful with port 0).
 pub fn spawn(
     address: SocketAddr,
     exchange: Arc<MetricsExchange>,
     wake: Arc<dyn Wake>,
+) -> io::Result<SocketAddr> {
+    spawn_with_control(address, exchange, wake, None)
+}
+
+/// [`spawn`], also answering `POST` requests with `control`.
+pub fn spawn_with_control(
+    address: SocketAddr,
+    exchange: Arc<MetricsExchange>,
+    wake: Arc<dyn Wake>,
+    control: Option<Arc<dyn Control>>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
@@ -76,7 +94,8 @@ pub fn spawn(
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        if let Err(e) = answer(stream, &exchange, wake.as_ref()) {
+                        let control = control.as_deref();
+                        if let Err(e) = answer(stream, &exchange, wake.as_ref(), control) {
                             debug!(error = %e, "metrics request failed");
                         }
                     }
@@ -87,7 +106,12 @@ pub fn spawn(
     Ok(bound)
 }
 
-fn answer(stream: TcpStream, exchange: &MetricsExchange, wake: &dyn Wake) -> io::Result<()> {
+fn answer(
+    stream: TcpStream,
+    exchange: &MetricsExchange,
+    wake: &dyn Wake,
+    control: Option<&dyn Control>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(&stream);
@@ -111,6 +135,14 @@ fn answer(stream: TcpStream, exchange: &MetricsExchange, wake: &dyn Wake) -> io:
         },
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
         ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
+        ("POST", target) if control.is_some() => {
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let (code, mut body) = control.map_or((404, String::new()), |c| c.post(path, query));
+            if !body.ends_with('\n') {
+                body.push('\n');
+            }
+            (status_line(code), "text/plain", body)
+        }
         _ => ("405 Method Not Allowed", "text/plain", String::new()),
     };
     let mut stream = &stream;
@@ -121,6 +153,49 @@ fn answer(stream: TcpStream, exchange: &MetricsExchange, wake: &dyn Wake) -> io:
     )?;
     stream.write_all(body.as_bytes())?;
     stream.flush()
+}
+
+fn status_line(code: u16) -> &'static str {
+    match code {
+        200 => "200 OK",
+        400 => "400 Bad Request",
+        404 => "404 Not Found",
+        409 => "409 Conflict",
+        503 => "503 Service Unavailable",
+        _ => "500 Internal Server Error",
+    }
+}
+
+/// The value of `name` in a URL query (`a=1&b=x%2Fy`), percent-decoded, `+` as space.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key)? == name).then(|| percent_decode(value))?
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -159,6 +234,17 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         assert!(response.ends_with("fanout_up 1\n"), "{response}");
         assert!(driver.woken.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        let q = "meeting=a%2Fb&participant=bob+smith&index=0&flag";
+        assert_eq!(query_param(q, "meeting").as_deref(), Some("a/b"));
+        assert_eq!(query_param(q, "participant").as_deref(), Some("bob smith"));
+        assert_eq!(query_param(q, "index").as_deref(), Some("0"));
+        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
+        assert_eq!(query_param(q, "encoding"), None);
+        assert_eq!(query_param("x=%zz", "x"), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -11,9 +11,11 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
-use fanout_forwarder::config::{self, LayerLimits, Settings};
+use fanout_forwarder::config::{self, LayerChange, LayerLimits, Settings};
 use fanout_forwarder::driver::{self, mio::DriverHandle, mio::MioDriver};
-use fanout_forwarder::exporter::{self, MetricsExchange};
+use fanout_forwarder::exporter::{self, query_param, Control, MetricsExchange};
+use fanout_forwarder::ids::{MeetingId, ParticipantId};
+use fanout_forwarder::sfu::{ConfigureError, Layers};
 use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
 
 /// Fanout's Selective Forwarding Unit.
@@ -31,6 +33,12 @@ use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
 /// subscriptions added, removed or changed, `[forwarder]` settings) is logged as a warning
 /// that it needs a restart, and is not applied. A file that does not validate is logged
 /// with its error and changes nothing.
+///
+/// The metrics server also takes `POST /v1/subscriptions/max-layers?meeting=M&
+/// participant=P&index=I&encoding=E` (and/or `spatial=S`, `temporal=T`; `any` lifts a
+/// limit): the same change for the I-th subscription (from 0, in file order) of P. It
+/// lasts until a SIGHUP applies the file's own limits for that subscription, or a
+/// restart.
 #[derive(Debug, Parser)]
 #[command(name = "fanout-forwarder", version, about, long_about)]
 struct Args {
@@ -114,7 +122,8 @@ fn run(args: Args) -> Result<()> {
     let loaded = config::load(&path, Instant::now())?;
     let mut network = loaded.network;
     let mut core = loaded.forwarder;
-    let mut running = loaded.settings;
+    // What the forwarder runs with: the file as loaded, plus the live changes since.
+    let running = Arc::new(Mutex::new(loaded.settings));
     if let Some(listen) = args.listen {
         network.rtcp_listen = listen
             .port()
@@ -152,7 +161,11 @@ fn run(args: Args) -> Result<()> {
     if let Some(address) = network.metrics {
         let exchange = Arc::new(MetricsExchange::default());
         let wake = driver.serve_metrics(exchange.clone());
-        let bound = exporter::spawn(address, exchange, wake)
+        let control = Arc::new(LayerControl {
+            running: running.clone(),
+            driver: driver.handle(),
+        });
+        let bound = exporter::spawn_with_control(address, exchange, wake, Some(control))
             .with_context(|| format!("cannot serve metrics on {address}"))?;
         info!(%bound, "metrics at http://{bound}/metrics");
     }
@@ -166,7 +179,7 @@ fn run(args: Args) -> Result<()> {
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    reload(&path, &mut running, &handle);
+                    reload(&path, &running, &handle);
                     continue;
                 }
                 info!(signal, "shutting down");
@@ -189,7 +202,7 @@ fn run(args: Args) -> Result<()> {
 /// SIGHUP: read and validate the file on this (the signal) thread, then send what can
 /// change live to the driver as commands, and warn about the rest. `running` is what the
 /// forwarder runs with; it follows the changes sent.
-fn reload(path: &std::path::Path, running: &mut Settings, driver: &DriverHandle) {
+fn reload(path: &std::path::Path, running: &Mutex<Settings>, driver: &DriverHandle) {
     info!(config = %path.display(), "SIGHUP: reloading the configuration");
     let loaded = match config::load(path, Instant::now()) {
         Ok(loaded) => loaded,
@@ -198,6 +211,7 @@ fn reload(path: &std::path::Path, running: &mut Settings, driver: &DriverHandle)
             return;
         }
     };
+    let mut running = running.lock().unwrap_or_else(PoisonError::into_inner);
     let reload = running.diff(&loaded.settings);
     if reload.is_empty() {
         info!("configuration reloaded: nothing changed");
@@ -208,26 +222,7 @@ fn reload(path: &std::path::Path, running: &mut Settings, driver: &DriverHandle)
     }
     let mut queued = 0;
     for change in reload.layer_changes {
-        let command = change.clone();
-        let sent = driver.send(Box::new(move |core| match command.apply(core) {
-            Ok(previous) => info!(
-                meeting = %command.meeting,
-                participant = %command.participant,
-                subscription = command.index,
-                track = %command.track,
-                from = %LayerLimits(previous),
-                to = %LayerLimits(command.to),
-                "subscription layer limits changed"
-            ),
-            Err(e) => error!(
-                meeting = %command.meeting,
-                participant = %command.participant,
-                subscription = command.index,
-                track = %command.track,
-                "cannot change the subscription's layer limits: {e}"
-            ),
-        }));
-        match sent {
+        match send_layer_change(driver, change.clone(), None) {
             Ok(()) => {
                 running.record(&change);
                 queued += 1;
@@ -240,4 +235,134 @@ fn reload(path: &std::path::Path, running: &mut Settings, driver: &DriverHandle)
         needs_restart = reload.needs_restart.len(),
         "configuration reloaded"
     );
+}
+
+/// Queue `change` for the driver thread, which applies and logs it, and reports the
+/// outcome on `reply` if given.
+fn send_layer_change(
+    driver: &DriverHandle,
+    change: LayerChange,
+    reply: Option<mpsc::Sender<Result<Layers, ConfigureError>>>,
+) -> Result<(), driver::mio::CommandError> {
+    driver.send(Box::new(move |core| {
+        let result = change.apply(core);
+        match &result {
+            Ok(previous) => info!(
+                meeting = %change.meeting,
+                participant = %change.participant,
+                subscription = change.index,
+                track = %change.track,
+                from = %LayerLimits(*previous),
+                to = %LayerLimits(change.to),
+                "subscription layer limits changed"
+            ),
+            Err(e) => error!(
+                meeting = %change.meeting,
+                participant = %change.participant,
+                subscription = change.index,
+                track = %change.track,
+                "cannot change the subscription's layer limits: {e}"
+            ),
+        }
+        if let Some(reply) = reply {
+            // The requester may have given up waiting; nothing to do then.
+            let _ = reply.send(result);
+        }
+    }))
+}
+
+/// `POST /v1/subscriptions/max-layers`: layer limits over HTTP.
+struct LayerControl {
+    running: Arc<Mutex<Settings>>,
+    driver: DriverHandle,
+}
+
+impl LayerControl {
+    /// How long a request waits for the driver thread to apply the change.
+    const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn set_max_layers(&self, query: &str) -> Result<String, (u16, String)> {
+        let required = |name: &str| {
+            query_param(query, name).ok_or_else(|| (400, format!("missing parameter `{name}`")))
+        };
+        let meeting = MeetingId(required("meeting")?);
+        let participant = ParticipantId(required("participant")?);
+        let index: usize = required("index")?.parse().map_err(|_| {
+            (
+                400,
+                "`index` must be a subscription position: 0, 1, ...".into(),
+            )
+        })?;
+        let limit = |name: &str| -> Result<Option<u8>, (u16, String)> {
+            match query_param(query, name).as_deref() {
+                None => Ok(None),
+                Some("any") => Ok(Some(u8::MAX)),
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| (400, format!("`{name}` must be 0-254 or `any`, not `{v}`"))),
+            }
+        };
+        let (encoding, spatial, temporal) =
+            (limit("encoding")?, limit("spatial")?, limit("temporal")?);
+        if encoding.is_none() && spatial.is_none() && temporal.is_none() {
+            return Err((
+                400,
+                "give at least one of `encoding`, `spatial`, `temporal`".into(),
+            ));
+        }
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let (track, from) = running
+            .subscription(&meeting, &participant, index)
+            .ok_or_else(|| {
+                (
+                    404,
+                    format!(
+                        "no subscription[{index}] of participant `{participant}` in \
+                         meeting `{meeting}`"
+                    ),
+                )
+            })?;
+        let to = Layers {
+            encoding: encoding.unwrap_or(from.encoding),
+            spatial: spatial.unwrap_or(from.spatial),
+            temporal: temporal.unwrap_or(from.temporal),
+        };
+        let change = LayerChange {
+            meeting,
+            participant,
+            index,
+            track: track.to_owned(),
+            from,
+            to,
+        };
+        let (reply, outcome) = mpsc::channel();
+        send_layer_change(&self.driver, change.clone(), Some(reply))
+            .map_err(|e| (503, e.to_string()))?;
+        running.record(&change);
+        drop(running);
+        match outcome.recv_timeout(Self::APPLY_TIMEOUT) {
+            Ok(Ok(_)) => Ok(format!("applied: {change}")),
+            Ok(Err(ConfigureError::NoSuchSubscription)) => {
+                Err((404, format!("{change}: no such subscription")))
+            }
+            Ok(Err(e)) => Err((409, format!("{change}: {e}"))),
+            Err(_) => Err((
+                503,
+                format!("{change}: queued, but the forwarding thread did not confirm in time"),
+            )),
+        }
+    }
+}
+
+impl Control for LayerControl {
+    fn post(&self, path: &str, query: &str) -> (u16, String) {
+        match path {
+            "/v1/subscriptions/max-layers" => match self.set_max_layers(query) {
+                Ok(body) => (200, body),
+                Err(error) => error,
+            },
+            _ => (404, "try POST /v1/subscriptions/max-layers".into()),
+        }
+    }
 }

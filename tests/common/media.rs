@@ -91,15 +91,42 @@ pub fn video_frames(path: &Path) -> Result<(Vec<VideoFrame>, String)> {
     Ok((frames, out.stderr))
 }
 
-/// Decodes every stream of `path` with `ffmpeg -v error` and returns what it printed:
-/// empty when nothing is corrupt.
-pub fn decode_errors(path: &Path) -> Result<String> {
+/// What decoding every frame of a file's first video stream gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// Frames the decoder produced.
+    pub frames: u64,
+    /// What FFmpeg printed at error level: empty when nothing is corrupt.
+    pub errors: String,
+}
+
+/// Decodes every frame of the first video stream of `path` with `ffmpeg -v error`.
+///
+/// Each frame goes to the `framemd5` muxer with its own timestamp (`-fps_mode
+/// passthrough`): the `null` muxer would complain about two frames with one timestamp,
+/// which is the file's timing (checked separately with [`video_frames`]), not corruption.
+pub fn decode_video(path: &Path) -> Result<Decoded> {
     let mut command = Command::new("ffmpeg");
     command
         .args(["-nostdin", "-v", "error", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"]);
+        .args([
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "framemd5",
+            "-",
+        ]);
     let out = process::run("ffmpeg decode", command, FFPROBE_TIMEOUT)
         .with_context(|| format!("cannot decode {}", path.display()))?;
-    Ok(out.stderr)
+    Ok(Decoded {
+        frames: out
+            .stdout
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .count() as u64,
+        errors: out.stderr,
+    })
 }

@@ -54,11 +54,15 @@ impl Forwarder {
     /// Ask the publisher of `track` for a keyframe of `encoding`, unless one was asked for
     /// within the throttle interval (then it is sent when the interval ends).
     pub(crate) fn request_keyframe(&mut self, track: TrackId, encoding: usize, now: Instant) {
-        let Some(e) = self
-            .tracks
-            .get_mut(track.index())
-            .and_then(|t| t.encodings.get_mut(encoding))
-        else {
+        let Some(t) = self.tracks.get_mut(track.index()) else {
+            return;
+        };
+        // A publisher not heard from yet cannot be asked; its first packets are usually a
+        // keyframe, and waiting subscriptions ask again every second.
+        if self.legs[t.leg.index()].rtcp_route().is_none() {
+            return;
+        }
+        let Some(e) = t.encodings.get_mut(encoding) else {
             return;
         };
         if e.keyframes.request(now) {
