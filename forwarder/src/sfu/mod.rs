@@ -606,6 +606,8 @@ impl Forwarder {
             return Err(ConfigureError::CrossMeeting);
         }
         let clock_rate = new_track.clock_rate;
+        let encodings = new_track.encodings.len();
+        let screen = new_track.kind == TrackKind::Screen;
         let old_track = sub.track;
         if old_track == track {
             return Ok(());
@@ -617,6 +619,16 @@ impl Forwarder {
         let sub = &mut self.subscriptions[id.index()];
         sub.track = track;
         sub.rewriter.reset_source(clock_rate);
+        // The new track starts like a new subscription: at a keyframe of the encoding the
+        // limits allow, asked for now.
+        sub.current_encoding = None;
+        sub.desired_encoding = sub
+            .max_layers
+            .encoding
+            .min(encodings.saturating_sub(1) as u8);
+        sub.selector = LayerSelector::new(screen);
+        let desired = usize::from(sub.desired_encoding);
+        self.request_keyframe(track, desired, self.now);
         Ok(())
     }
 
