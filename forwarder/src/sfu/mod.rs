@@ -49,7 +49,7 @@ use crate::srtp::{SrtpContext, SrtpError};
 use feedback::{RetransmissionQueue, RETRANSMISSION_QUEUE_LEN};
 use leg::{rtcp_port_convention, Leg};
 use queue::FanoutQueue;
-use reports::{OutgoingRtcp, RTCP_QUEUE_LEN};
+use reports::{OutgoingRtcp, SrRelay, RTCP_QUEUE_LEN, SR_RELAYS};
 use subscription::{Subscription, Verdict, RETRANSMIT_MEMORY};
 use track::{Encoding, Track};
 
@@ -232,6 +232,8 @@ pub struct Forwarder {
     priority_queue: FanoutQueue,
     /// RTCP the forwarder originates or relays, waiting for `poll_transmit`.
     rtcp_queue: VecDeque<OutgoingRtcp>,
+    /// Publishers' sender reports being relayed to subscriptions.
+    sr_relays: VecDeque<SrRelay>,
     /// Packets NACKed by subscribers, waiting to be sent again.
     retransmissions: RetransmissionQueue,
     /// The latest time given as input.
@@ -259,6 +261,7 @@ impl Forwarder {
             queue: FanoutQueue::new(config.fanout_queue, now),
             priority_queue: FanoutQueue::new(config.fanout_queue / 4, now),
             rtcp_queue: VecDeque::with_capacity(RTCP_QUEUE_LEN),
+            sr_relays: VecDeque::with_capacity(SR_RELAYS),
             retransmissions: VecDeque::with_capacity(RETRANSMISSION_QUEUE_LEN),
             now,
             next_feedback_tick: None,

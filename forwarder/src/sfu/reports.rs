@@ -33,6 +33,22 @@ pub(crate) const SR_HISTORY: usize = 4;
 /// The CNAME of RTCP the forwarder originates.
 const CNAME: &[u8] = b"fanout";
 
+/// Publishers' SRs being relayed at once; each is fanned out lazily (`poll_sr_relay`).
+pub(crate) const SR_RELAYS: usize = 16;
+
+/// A publisher's sender report on its way to the subscriptions of its track.
+#[derive(Debug)]
+pub(crate) struct SrRelay {
+    track: TrackId,
+    /// The encoding's SSRC: only subscriptions forwarding it get the report.
+    source: Ssrc,
+    ntp_timestamp: u64,
+    rtp_timestamp: u32,
+    at: Instant,
+    /// Next position in the track's subscriber list.
+    next: usize,
+}
+
 /// One RTCP compound packet waiting for its leg's SRTCP protection.
 #[derive(Debug)]
 pub(crate) struct OutgoingRtcp {
@@ -118,7 +134,7 @@ impl Forwarder {
                 Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
             }
         }
-        None
+        self.poll_sr_relay(buf)
     }
 
     /// Forget queued RTCP of a leg that is going away (its slab slot may be reused).
@@ -127,7 +143,9 @@ impl Forwarder {
     }
 
     /// A publisher's SR for one encoding: remember it for our receiver reports' LSR, and
-    /// relay it, rewritten, to every subscription following that encoding.
+    /// relay it, rewritten, to every subscription following that encoding — lazily, one
+    /// subscription per `poll_transmit`, as media is fanned out, so a meeting of any size
+    /// needs no more than one queue slot per SR.
     pub(crate) fn on_sender_report(
         &mut self,
         track_id: TrackId,
@@ -141,26 +159,69 @@ impl Forwarder {
         if let Some(e) = track.encodings.get_mut(encoding) {
             e.last_sr = Some((sr.compact_ntp(), now));
         }
-        for i in 0..track.subscribers.len() {
-            let sub_id = self.tracks[track_id.index()].subscribers[i];
-            let sub = &mut self.subscriptions[sub_id.index()];
-            let Some(rtp_timestamp) = sub.rewriter.map_timestamp(sr.sender_ssrc, sr.rtp_timestamp)
-            else {
+        if self.sr_relays.len() >= SR_RELAYS {
+            let leg = track.leg;
+            self.drop_at(Some(leg), DropReason::QueueFull);
+            return;
+        }
+        self.sr_relays.push_back(SrRelay {
+            track: track_id,
+            source: sr.sender_ssrc,
+            ntp_timestamp: sr.ntp_timestamp,
+            rtp_timestamp: sr.rtp_timestamp,
+            at: now,
+            next: 0,
+        });
+    }
+
+    /// The next subscription's copy of a relayed SR, protected for its leg.
+    pub(crate) fn poll_sr_relay(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        loop {
+            let relay = self.sr_relays.front_mut()?;
+            let Some(track) = self.tracks.get(relay.track.index()) else {
+                self.sr_relays.pop_front();
                 continue;
             };
-            let info = SenderInfo {
-                ntp_timestamp: sr.ntp_timestamp,
-                rtp_timestamp,
-                packet_count: sub.packets_sent,
-                octet_count: sub.octets_sent,
-            };
-            let (leg, ssrc) = (sub.leg, sub.ssrc);
-            sub.reports.record(sr.compact_ntp(), now);
-            self.queue_rtcp(leg, |buf| {
-                compound(buf, ssrc, |b| {
+            while let Some(&sub_id) = track.subscribers.get(relay.next) {
+                relay.next += 1;
+                let sub = &mut self.subscriptions[sub_id.index()];
+                let Some(rtp_timestamp) = sub
+                    .rewriter
+                    .map_timestamp(relay.source, relay.rtp_timestamp)
+                else {
+                    continue;
+                };
+                let info = SenderInfo {
+                    ntp_timestamp: relay.ntp_timestamp,
+                    rtp_timestamp,
+                    packet_count: sub.packets_sent,
+                    octet_count: sub.octets_sent,
+                };
+                let leg = &mut self.legs[sub.leg.index()];
+                let Some((destination, source)) = leg.rtcp_route() else {
+                    continue;
+                };
+                let ssrc = sub.ssrc;
+                let Ok(len) = compound(buf, ssrc, |b| {
                     rtcp::write_sender_report(b, ssrc, &info, &[])
-                })
-            });
+                }) else {
+                    continue;
+                };
+                sub.reports
+                    .record((relay.ntp_timestamp >> 16) as u32, relay.at);
+                match leg.srtp_out.protect_rtcp(buf, len) {
+                    Ok(len) => {
+                        leg.stats.rtcp_out.add(len);
+                        return Some(Transmit {
+                            source,
+                            destination,
+                            len,
+                        });
+                    }
+                    Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
+                }
+            }
+            self.sr_relays.pop_front();
         }
     }
 
