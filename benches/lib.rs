@@ -1,4 +1,5 @@
 //! Fanout's benchmarks. The criterion micro-benchmarks are the `[[bench]]` targets of
-//! this crate (`cargo bench -p fanout-benches`); results and the commands that reproduce
-//! them are recorded in `docs/benchmarks.md`. The macro benchmark harness (a forwarder
-//! under a paced SRTP load, compared with a raw UDP sender) arrives with the io_uring issue.
+//! this crate (`cargo bench -p fanout-benches`); the macro benchmark harness is the binary
+//! `fanout-macro-bench` (benches/macro/: the release forwarder under a paced SRTP load
+//! over loopback, compared with a raw UDP sender measured in the same run). Results and
+//! the commands that reproduce them are recorded in `docs/benchmarks.md`.
