@@ -124,9 +124,8 @@ impl ForwarderProcess {
             .arg("--metrics")
             .arg(metrics.to_string())
             .args(["--progress-interval", "0", "--log", "warn"]);
-        if driver != "mio" {
-            command.args(["--io", driver]);
-        }
+        // Always explicit: the forwarder's default (`auto`) picks io_uring where it can.
+        command.args(["--io", driver]);
         command
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

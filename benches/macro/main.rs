@@ -78,7 +78,7 @@ struct Args {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_FORWARDER)]
     forwarder: PathBuf,
 
-    /// I/O driver label; anything but "mio" is passed to the forwarder as `--io DRIVER`.
+    /// I/O driver of the forwarder, passed as `--io DRIVER`: mio, uring or auto.
     #[arg(long, default_value = "mio")]
     driver: String,
 

@@ -8,17 +8,21 @@
 //!
 //! * The protocol modules parse and protect packets, in place and without allocating:
 //!   [`rtp`] (RFC 3550 headers), [`rtcp`] (RFC 3550, 4585, 5104, 5506), [`demux`]
-//!   (RFC 7983 first-byte classes), [`srtp`] (RFC 3711, 6188, 7714) and
-//!   [`receive_stats`] (RFC 3550 loss and jitter).
+//!   (RFC 7983 first-byte classes), [`srtp`] (RFC 3711, 6188, 7714),
+//!   [`receive_stats`] (RFC 3550 loss and jitter) and [`codec`] (VP8, VP9 and H.264
+//!   payload descriptors: keyframes, layers, picture ids).
+//! * [`policy`] holds the sans-IO state machines of SFU behaviour: retransmission cache,
+//!   NACK generation, keyframe request throttling, dominant speaker, layer selection.
 //! * [`sfu`] is the **sans-IO core**, [`sfu::Forwarder`]: meetings, participants, legs,
 //!   tracks and subscriptions. It owns no socket, thread or clock; time and datagrams are
 //!   inputs, transmits, events and the next timeout are outputs. The contract, for every
 //!   driver: after each input (`handle_datagram`, `handle_timeout`), drain
 //!   `poll_transmit` and `poll_event` until they return `None`, then wait for the next
 //!   datagram or `poll_timeout`.
-//! * [`driver`] holds the thin I/O drivers that run the core against kernel sockets
-//!   (today the portable mio driver with `recvmmsg`/`sendmmsg`); all `unsafe` code lives
-//!   there.
+//! * [`driver`] holds the thin I/O drivers that run the core against kernel sockets: the
+//!   io_uring driver (multishot receive over provided buffer rings, one submission per
+//!   fan-out batch) and the portable mio driver (`recvmmsg`/`sendmmsg`), chosen at start
+//!   by a kernel probe; all `unsafe` code lives there.
 //! * [`config`] reads the standalone TOML file into a configured core; [`exporter`]
 //!   serves Prometheus metrics.
 //!

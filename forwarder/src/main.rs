@@ -12,7 +12,7 @@ use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
 use fanout_forwarder::config::{self, LayerChange, LayerLimits, Settings};
-use fanout_forwarder::driver::{self, mio::DriverHandle, mio::MioDriver};
+use fanout_forwarder::driver::{self, DriverHandle, IoSelection};
 use fanout_forwarder::exporter::{self, query_param, Control, MetricsExchange};
 use fanout_forwarder::ids::{MeetingId, ParticipantId};
 use fanout_forwarder::sfu::{ConfigureError, Layers};
@@ -75,9 +75,33 @@ struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// The I/O driver: `uring` (io_uring: multishot receive, one submission per fan-out
+    /// batch), `mio` (portable epoll with recvmmsg/sendmmsg), or `auto`: io_uring when
+    /// the kernel has it, else mio with the reason logged. `--io uring` fails if the
+    /// kernel lacks io_uring.
+    #[arg(long, value_enum, env = "FANOUT_IO", default_value_t = Io::Auto)]
+    io: Io,
+
     /// Log filter, in tracing's EnvFilter syntax (`RUST_LOG` works too).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Io {
+    Auto,
+    Uring,
+    Mio,
+}
+
+impl From<Io> for IoSelection {
+    fn from(io: Io) -> Self {
+        match io {
+            Io::Auto => IoSelection::Auto,
+            Io::Uring => IoSelection::Uring,
+            Io::Mio => IoSelection::Mio,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -155,7 +179,10 @@ fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("cannot bind RTCP socket {rtcp}"))?,
         );
     }
-    let mut driver = MioDriver::new(sockets).context("cannot start the I/O driver")?;
+    let kind = driver::select(args.io.into())?;
+    let mut driver = driver::new_driver(kind, sockets)
+        .with_context(|| format!("cannot start the {kind} I/O driver"))?;
+    info!(driver = %kind, requested = ?args.io, "I/O driver selected");
     driver.set_progress_interval(Some(Duration::from_secs(args.progress_interval)));
 
     if let Some(address) = network.metrics {
@@ -243,7 +270,7 @@ fn send_layer_change(
     driver: &DriverHandle,
     change: LayerChange,
     reply: Option<mpsc::Sender<Result<Layers, ConfigureError>>>,
-) -> Result<(), driver::mio::CommandError> {
+) -> Result<(), driver::CommandError> {
     driver.send(Box::new(move |core| {
         let result = change.apply(core);
         match &result {

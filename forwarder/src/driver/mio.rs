@@ -11,12 +11,11 @@
 //! runs queued commands between batches, after checking one atomic flag per turn, so the
 //! per-packet path never takes a lock.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::mio::net::UdpSocket as MioUdpSocket;
@@ -25,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::sockaddr;
 use crate::exporter::{MetricsExchange, Wake};
-use crate::sfu::{Event, Forwarder, MAX_DATAGRAM_LEN, MIN_TRANSMIT_BUFFER_LEN};
+use crate::sfu::{Forwarder, MAX_DATAGRAM_LEN, MIN_TRANSMIT_BUFFER_LEN};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 64;
@@ -36,103 +35,18 @@ const SEND_STALL: Duration = Duration::from_millis(20);
 
 const WAKER: Token = Token(usize::MAX);
 
-/// Commands that may wait in a driver's queue; more are refused with
-/// [`CommandError::QueueFull`] (a stuck driver must not grow memory without bound).
-pub const COMMAND_QUEUE_CAPACITY: usize = 1024;
-
-/// A change to the core, run on the driver thread between batches.
-pub type Command = Box<dyn FnOnce(&mut Forwarder) + Send>;
-
-/// Why [`DriverHandle::send`] refused a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CommandError {
-    #[error("the driver's command queue is full ({COMMAND_QUEUE_CAPACITY} commands)")]
-    QueueFull,
-}
-
-/// The queue behind [`DriverHandle`]: `pending` lets the loop skip the lock when empty.
-#[derive(Default)]
-struct CommandQueue {
-    pending: AtomicBool,
-    commands: Mutex<VecDeque<Command>>,
-}
-
-/// Sends commands to a driver's core from other threads (a signal handler's thread, an
-/// HTTP server). Commands run in the order sent, on the driver thread, between batches.
-#[derive(Clone)]
-pub struct DriverHandle {
-    queue: Arc<CommandQueue>,
-    waker: Arc<Waker>,
-}
-
-impl std::fmt::Debug for DriverHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DriverHandle").finish_non_exhaustive()
-    }
-}
-
-impl DriverHandle {
-    /// Queue `command` and wake the driver. A command sent before [`MioDriver::run`]
-    /// runs when the loop starts.
-    pub fn send(&self, command: Command) -> Result<(), CommandError> {
-        let mut commands = self
-            .queue
-            .commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if commands.len() >= COMMAND_QUEUE_CAPACITY {
-            return Err(CommandError::QueueFull);
-        }
-        commands.push_back(command);
-        self.queue.pending.store(true, Ordering::Release);
-        drop(commands);
-        if let Err(e) = self.waker.wake() {
-            warn!(error = %e, "cannot wake the driver");
-        }
-        Ok(())
-    }
-}
-
-/// Counters of the driver itself.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DriverStats {
-    pub recv_syscalls: u64,
-    pub send_syscalls: u64,
-    pub datagrams_received: u64,
-    pub datagrams_sent: u64,
-    /// Datagrams larger than the receive buffer (the kernel truncated them).
-    pub truncated: u64,
-    /// Datagrams the kernel refused or that were dropped after the send buffer stayed full.
-    pub send_failures: u64,
-}
-
-/// Stops a running driver from another thread or a signal handler's thread.
-#[derive(Debug, Clone)]
-pub struct StopHandle {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl StopHandle {
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Err(e) = self.waker.wake() {
-            warn!(error = %e, "cannot wake the driver");
-        }
-    }
-
-    /// The flag, for `signal_hook::flag::register`; pair it with [`StopHandle::waker`].
-    pub fn flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
-    }
-}
+use super::common::{drain_events, CommandQueue, Progress};
+pub use super::common::{
+    Command, CommandError, DriverHandle, DriverStats, StopHandle, COMMAND_QUEUE_CAPACITY,
+};
 
 struct MioWake(Arc<Waker>);
 
 impl Wake for MioWake {
     fn wake(&self) {
-        let _ = self.0.wake();
+        if let Err(e) = self.0.wake() {
+            warn!(error = %e, "cannot wake the driver");
+        }
     }
 }
 
@@ -153,8 +67,7 @@ pub struct MioDriver {
     commands: Arc<CommandQueue>,
     sockets: Vec<DriverSocket>,
     metrics: Option<Arc<MetricsExchange>>,
-    /// How often a progress line is logged; `None` for never.
-    progress_interval: Option<Duration>,
+    progress: Progress,
     stats: DriverStats,
 }
 
@@ -198,7 +111,7 @@ impl MioDriver {
             commands: Arc::new(CommandQueue::default()),
             sockets: driver_sockets,
             metrics: None,
-            progress_interval: Some(Duration::from_secs(10)),
+            progress: Progress::new(Some(Duration::from_secs(10))),
             stats: DriverStats::default(),
         })
     }
@@ -211,22 +124,16 @@ impl MioDriver {
 
     /// Log a progress line (datagrams in and out, drops) this often; `None` turns it off.
     pub fn set_progress_interval(&mut self, interval: Option<Duration>) {
-        self.progress_interval = interval.filter(|d| !d.is_zero());
+        self.progress.set_interval(interval);
     }
 
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle {
-            stop: self.stop.clone(),
-            waker: self.waker.clone(),
-        }
+        StopHandle::new(self.stop.clone(), Arc::new(MioWake(self.waker.clone())))
     }
 
     /// A handle to send commands to the core from other threads.
     pub fn handle(&self) -> DriverHandle {
-        DriverHandle {
-            queue: self.commands.clone(),
-            waker: self.waker.clone(),
-        }
+        DriverHandle::new(self.commands.clone(), Arc::new(MioWake(self.waker.clone())))
     }
 
     /// The waker, so a signal thread can wake the loop after setting the stop flag.
@@ -246,23 +153,18 @@ impl MioDriver {
     pub fn run(&mut self, core: &mut Forwarder) -> io::Result<()> {
         let mut events = Events::with_capacity(64);
         info!(addresses = ?self.local_addrs(), "forwarding");
-        let mut next_progress = self.progress_interval.map(|i| Instant::now() + i);
+        self.progress.start(Instant::now());
         while !self.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
-            if let (Some(due), Some(interval)) = (next_progress, self.progress_interval) {
-                if now >= due {
-                    self.log_progress(core);
-                    next_progress = Some(now + interval);
-                }
-            }
-            self.run_commands(core);
+            self.progress.tick(now, &self.stats, core);
+            self.commands.run(core);
             core.handle_timeout(now);
             self.drain(core);
             let busy = self.sockets.iter().any(|s| s.readable);
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
-                [core.poll_timeout(), next_progress]
+                [core.poll_timeout(), self.progress.due()]
                     .into_iter()
                     .flatten()
                     .min()
@@ -288,48 +190,10 @@ impl MioDriver {
                     self.receive(i, core)?;
                 }
             }
-            if let Some(exchange) = &self.metrics {
-                let stats = self.stats;
-                exchange.serve(|out| {
-                    core.write_metrics(out);
-                    write_driver_metrics(&stats, out);
-                });
-            }
+            super::common::serve_metrics(self.metrics.as_deref(), core, &self.stats);
         }
         info!(stats = ?self.stats, "driver stopped");
         Ok(())
-    }
-
-    /// Run the queued commands, if any. One atomic load when there are none.
-    fn run_commands(&mut self, core: &mut Forwarder) {
-        if !self.commands.pending.load(Ordering::Acquire) {
-            return;
-        }
-        let commands = {
-            let mut queue = self
-                .commands
-                .commands
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            self.commands.pending.store(false, Ordering::Release);
-            std::mem::take(&mut *queue)
-        };
-        for command in commands {
-            command(core);
-        }
-    }
-
-    fn log_progress(&self, core: &Forwarder) {
-        let drops = core.total_drops();
-        info!(
-            received = self.stats.datagrams_received,
-            sent = self.stats.datagrams_sent,
-            dropped = drops.total(),
-            send_failures = self.stats.send_failures,
-            legs = core.leg_count(),
-            subscriptions = core.subscription_count(),
-            "progress"
-        );
     }
 
     /// Receive up to a fair share of batches from socket `i`, forwarding as we go.
@@ -406,9 +270,7 @@ impl MioDriver {
                 to.send.commit(transmit.destination, transmit.len);
             }
         }
-        while let Some(event) = core.poll_event() {
-            log_event(&event);
-        }
+        drain_events(core);
     }
 
     fn flush_all(&mut self, core: &mut Forwarder) {
@@ -430,6 +292,33 @@ impl MioDriver {
     }
 }
 
+impl super::Driver for MioDriver {
+    fn kind(&self) -> super::DriverKind {
+        super::DriverKind::Mio
+    }
+    fn serve_metrics(&mut self, exchange: Arc<MetricsExchange>) -> Arc<dyn Wake> {
+        MioDriver::serve_metrics(self, exchange)
+    }
+    fn set_progress_interval(&mut self, interval: Option<Duration>) {
+        MioDriver::set_progress_interval(self, interval)
+    }
+    fn stop_handle(&self) -> StopHandle {
+        MioDriver::stop_handle(self)
+    }
+    fn handle(&self) -> DriverHandle {
+        MioDriver::handle(self)
+    }
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        MioDriver::local_addrs(self)
+    }
+    fn stats(&self) -> DriverStats {
+        MioDriver::stats(self)
+    }
+    fn run(&mut self, core: &mut Forwarder) -> io::Result<()> {
+        MioDriver::run(self, core)
+    }
+}
+
 fn two_mut<T>(items: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     debug_assert_ne!(a, b);
     if a < b {
@@ -438,76 +327,6 @@ fn two_mut<T>(items: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     } else {
         let (left, right) = items.split_at_mut(a);
         (&mut right[0], &mut left[b])
-    }
-}
-
-fn log_event(event: &Event) {
-    match event {
-        Event::RemoteAddressLearned {
-            meeting,
-            participant,
-            leg,
-            kind,
-            address,
-            previous,
-        } => {
-            info!(%meeting, %participant, %leg, ?kind, %address, ?previous, "remote address learned")
-        }
-        Event::LegInactive {
-            meeting,
-            participant,
-            leg,
-        } => info!(%meeting, %participant, %leg, "leg inactive"),
-        Event::DominantSpeaker {
-            meeting,
-            participant,
-        } => info!(%meeting, participant = ?participant.as_ref().map(|p| &p.0), "dominant speaker"),
-        Event::LegActive {
-            meeting,
-            participant,
-            leg,
-        } => info!(%meeting, %participant, %leg, "leg active again"),
-    }
-}
-
-fn write_driver_metrics(stats: &DriverStats, out: &mut String) {
-    use std::fmt::Write;
-    for (name, help, value) in [
-        (
-            "fanout_driver_recv_syscalls_total",
-            "recvmmsg calls that returned datagrams",
-            stats.recv_syscalls,
-        ),
-        (
-            "fanout_driver_send_syscalls_total",
-            "sendmmsg calls",
-            stats.send_syscalls,
-        ),
-        (
-            "fanout_driver_datagrams_received_total",
-            "Datagrams received from the kernel",
-            stats.datagrams_received,
-        ),
-        (
-            "fanout_driver_datagrams_sent_total",
-            "Datagrams handed to the kernel",
-            stats.datagrams_sent,
-        ),
-        (
-            "fanout_driver_truncated_total",
-            "Datagrams dropped because they exceeded the receive buffer",
-            stats.truncated,
-        ),
-        (
-            "fanout_driver_send_failures_total",
-            "Datagrams the kernel refused or that found the send buffer full",
-            stats.send_failures,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
     }
 }
 
@@ -726,6 +545,7 @@ fn wait_writable(fd: RawFd, deadline: Instant) -> bool {
 mod tests {
     use super::*;
     use crate::sfu::ForwarderConfig;
+    use std::sync::Mutex;
 
     fn driver() -> MioDriver {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -3,18 +3,117 @@
 //!
 //! * [`mio`]: the portable driver. Readiness from epoll (via mio), batched receive with
 //!   `recvmmsg` and batched send with `sendmmsg`.
+//! * [`uring`]: the io_uring driver. Multishot receive into a provided buffer ring, and
+//!   one submission for the whole fan-out of a receive batch.
 //!
-//! The io_uring and AF_XDP drivers are separate issues; they plug into the same core
-//! through the same four calls (`handle_datagram`, `poll_transmit`, `poll_timeout`,
-//! `handle_timeout`).
+//! Both offer the same surface, the [`Driver`] trait, and share their command queue, stop
+//! handle, counters, progress lines and metrics rendering (`common`). [`select`] picks one
+//! at start from an [`IoSelection`] (`--io auto|uring|mio`), probing the kernel for
+//! io_uring; [`new_driver`] builds it. The AF_XDP driver is a separate issue; it plugs
+//! into the same core through the same four calls (`handle_datagram`, `poll_transmit`,
+//! `poll_timeout`, `handle_timeout`).
 
+mod common;
 pub mod mio;
 mod sockaddr;
+pub mod uring;
+
+pub use common::{
+    Command, CommandError, DriverHandle, DriverStats, StopHandle, COMMAND_QUEUE_CAPACITY,
+};
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::exporter::{MetricsExchange, Wake};
+use crate::sfu::Forwarder;
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+/// What a driver offers the process: main.rs picks one at start and does not care which.
+pub trait Driver: Send + std::fmt::Debug {
+    /// Which driver this is.
+    fn kind(&self) -> DriverKind;
+    /// Answer metric scrapes through `exchange`; returns the wake-up the scraper must use.
+    fn serve_metrics(&mut self, exchange: Arc<MetricsExchange>) -> Arc<dyn Wake>;
+    /// Log a progress line (datagrams in and out, drops) this often; `None` turns it off.
+    fn set_progress_interval(&mut self, interval: Option<Duration>);
+    fn stop_handle(&self) -> StopHandle;
+    /// A handle to send commands to the core from other threads.
+    fn handle(&self) -> DriverHandle;
+    fn local_addrs(&self) -> Vec<SocketAddr>;
+    fn stats(&self) -> DriverStats;
+    /// Run until stopped. Events of the core are logged.
+    fn run(&mut self, core: &mut Forwarder) -> io::Result<()>;
+}
+
+/// The drivers this build has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    Mio,
+    Uring,
+}
+
+impl DriverKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Mio => "mio",
+            DriverKind::Uring => "io_uring",
+        }
+    }
+}
+
+impl std::fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the operator asked for (`--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoSelection {
+    /// io_uring when the kernel has what the driver needs, else mio (logged with why).
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    Mio,
+}
+
+/// `--io uring` on a kernel (or in a sandbox) without the io_uring features the driver
+/// needs.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("io_uring driver requested but unavailable: {0}")]
+pub struct UringUnavailable(pub String);
+
+/// Pick the driver for `selection`, probing the kernel for io_uring unless mio was asked
+/// for. `Auto` falls back to mio with a logged reason.
+pub fn select(selection: IoSelection) -> Result<DriverKind, UringUnavailable> {
+    match selection {
+        IoSelection::Mio => Ok(DriverKind::Mio),
+        IoSelection::Uring => uring::probe()
+            .map(|()| DriverKind::Uring)
+            .map_err(UringUnavailable),
+        IoSelection::Auto => match uring::probe() {
+            Ok(()) => Ok(DriverKind::Uring),
+            Err(reason) => {
+                tracing::warn!(%reason, "io_uring unavailable; falling back to the mio driver");
+                Ok(DriverKind::Mio)
+            }
+        },
+    }
+}
+
+/// Build the driver of `kind` over bound sockets (the first is the default for transmits
+/// that name no source).
+pub fn new_driver(kind: DriverKind, sockets: Vec<UdpSocket>) -> io::Result<Box<dyn Driver>> {
+    Ok(match kind {
+        DriverKind::Mio => Box::new(mio::MioDriver::new(sockets)?),
+        DriverKind::Uring => Box::new(uring::UringDriver::new(sockets)?),
+    })
+}
 
 /// Bind a non-blocking UDP socket with the given kernel buffer sizes. Buffers larger than
 /// `net.core.rmem_max` are forced when running as root (SO_RCVBUFFORCE), else capped by

@@ -1,0 +1,292 @@
+//! What every driver shares: the command queue and its handle, the stop handle, the
+//! driver's counters and their Prometheus rendering, progress lines and event logging.
+//!
+//! Drivers differ in how they wait (epoll, io_uring), so the wake-up is abstracted as an
+//! [`exporter::Wake`](crate::exporter::Wake): a mio `Waker` for the mio driver, an eventfd
+//! for the io_uring driver. Everything else is the same code.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::exporter::Wake;
+use crate::sfu::{Event, Forwarder};
+
+/// Commands that may wait in a driver's queue; more are refused with
+/// [`CommandError::QueueFull`] (a stuck driver must not grow memory without bound).
+pub const COMMAND_QUEUE_CAPACITY: usize = 1024;
+
+/// A change to the core, run on the driver thread between batches.
+pub type Command = Box<dyn FnOnce(&mut Forwarder) + Send>;
+
+/// Why [`DriverHandle::send`] refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    #[error("the driver's command queue is full ({COMMAND_QUEUE_CAPACITY} commands)")]
+    QueueFull,
+}
+
+/// The queue behind [`DriverHandle`]: `pending` lets the loop skip the lock when empty.
+#[derive(Default)]
+pub(crate) struct CommandQueue {
+    pending: AtomicBool,
+    commands: Mutex<VecDeque<Command>>,
+}
+
+impl CommandQueue {
+    /// Run the queued commands, if any. One atomic load when there are none.
+    pub(crate) fn run(&self, core: &mut Forwarder) {
+        if !self.pending.load(Ordering::Acquire) {
+            return;
+        }
+        let commands = {
+            let mut queue = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
+            self.pending.store(false, Ordering::Release);
+            std::mem::take(&mut *queue)
+        };
+        for command in commands {
+            command(core);
+        }
+    }
+}
+
+/// Sends commands to a driver's core from other threads (a signal handler's thread, an
+/// HTTP server). Commands run in the order sent, on the driver thread, between batches.
+#[derive(Clone)]
+pub struct DriverHandle {
+    queue: Arc<CommandQueue>,
+    wake: Arc<dyn Wake>,
+}
+
+impl std::fmt::Debug for DriverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverHandle").finish_non_exhaustive()
+    }
+}
+
+impl DriverHandle {
+    pub(crate) fn new(queue: Arc<CommandQueue>, wake: Arc<dyn Wake>) -> Self {
+        DriverHandle { queue, wake }
+    }
+
+    /// Queue `command` and wake the driver. A command sent before the driver runs runs
+    /// when its loop starts.
+    pub fn send(&self, command: Command) -> Result<(), CommandError> {
+        let mut commands = self
+            .queue
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if commands.len() >= COMMAND_QUEUE_CAPACITY {
+            return Err(CommandError::QueueFull);
+        }
+        commands.push_back(command);
+        self.queue.pending.store(true, Ordering::Release);
+        drop(commands);
+        self.wake.wake();
+        Ok(())
+    }
+}
+
+/// Stops a running driver from another thread or a signal handler's thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    wake: Arc<dyn Wake>,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle")
+            .field("stop", &self.stop)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StopHandle {
+    pub(crate) fn new(stop: Arc<AtomicBool>, wake: Arc<dyn Wake>) -> Self {
+        StopHandle { stop, wake }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.wake();
+    }
+
+    /// The flag, for `signal_hook::flag::register`; pair it with a wake-up of the driver.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+}
+
+/// Counters of the driver itself. The mio driver counts `recvmmsg`/`sendmmsg` calls as
+/// system calls; the io_uring driver counts `io_uring_enter` calls that reaped datagrams
+/// (receive) or submitted sends (send).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DriverStats {
+    pub recv_syscalls: u64,
+    pub send_syscalls: u64,
+    pub datagrams_received: u64,
+    pub datagrams_sent: u64,
+    /// Datagrams larger than the receive buffer (the kernel truncated them).
+    pub truncated: u64,
+    /// Datagrams the kernel refused or that were dropped after the send buffer stayed full.
+    pub send_failures: u64,
+    /// io_uring only: multishot receives armed again after the kernel ended them (no
+    /// provided buffer left, or an error).
+    pub recv_rearms: u64,
+}
+
+/// When to log the next progress line.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    interval: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Progress {
+    pub(crate) fn new(interval: Option<Duration>) -> Self {
+        Progress {
+            interval,
+            next: None,
+        }
+    }
+
+    pub(crate) fn set_interval(&mut self, interval: Option<Duration>) {
+        self.interval = interval.filter(|d| !d.is_zero());
+        self.next = None;
+    }
+
+    /// Start the clock (at the start of `run`).
+    pub(crate) fn start(&mut self, now: Instant) {
+        self.next = self.interval.map(|i| now + i);
+    }
+
+    /// When the next line is due, to bound the driver's sleep.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Log a progress line if one is due.
+    pub(crate) fn tick(&mut self, now: Instant, stats: &DriverStats, core: &Forwarder) {
+        if let (Some(due), Some(interval)) = (self.next, self.interval) {
+            if now >= due {
+                log_progress(stats, core);
+                self.next = Some(now + interval);
+            }
+        }
+    }
+}
+
+fn log_progress(stats: &DriverStats, core: &Forwarder) {
+    let drops = core.total_drops();
+    info!(
+        received = stats.datagrams_received,
+        sent = stats.datagrams_sent,
+        dropped = drops.total(),
+        send_failures = stats.send_failures,
+        legs = core.leg_count(),
+        subscriptions = core.subscription_count(),
+        "progress"
+    );
+}
+
+/// Log every pending event of the core.
+pub(crate) fn drain_events(core: &mut Forwarder) {
+    while let Some(event) = core.poll_event() {
+        log_event(&event);
+    }
+}
+
+pub(crate) fn log_event(event: &Event) {
+    match event {
+        Event::RemoteAddressLearned {
+            meeting,
+            participant,
+            leg,
+            kind,
+            address,
+            previous,
+        } => {
+            info!(%meeting, %participant, %leg, ?kind, %address, ?previous, "remote address learned")
+        }
+        Event::LegInactive {
+            meeting,
+            participant,
+            leg,
+        } => info!(%meeting, %participant, %leg, "leg inactive"),
+        Event::DominantSpeaker {
+            meeting,
+            participant,
+        } => info!(%meeting, participant = ?participant.as_ref().map(|p| &p.0), "dominant speaker"),
+        Event::LegActive {
+            meeting,
+            participant,
+            leg,
+        } => info!(%meeting, %participant, %leg, "leg active again"),
+    }
+}
+
+/// Render the core's metrics and the driver's counters, if a scraper is waiting.
+pub(crate) fn serve_metrics(
+    exchange: Option<&crate::exporter::MetricsExchange>,
+    core: &Forwarder,
+    stats: &DriverStats,
+) {
+    if let Some(exchange) = exchange {
+        exchange.serve(|out| {
+            core.write_metrics(out);
+            write_driver_metrics(stats, out);
+        });
+    }
+}
+
+pub(crate) fn write_driver_metrics(stats: &DriverStats, out: &mut String) {
+    use std::fmt::Write;
+    for (name, help, value) in [
+        (
+            "fanout_driver_recv_syscalls_total",
+            "Receive system calls that returned datagrams (recvmmsg, or io_uring_enter)",
+            stats.recv_syscalls,
+        ),
+        (
+            "fanout_driver_send_syscalls_total",
+            "Send system calls (sendmmsg, or io_uring_enter submitting sends)",
+            stats.send_syscalls,
+        ),
+        (
+            "fanout_driver_datagrams_received_total",
+            "Datagrams received from the kernel",
+            stats.datagrams_received,
+        ),
+        (
+            "fanout_driver_datagrams_sent_total",
+            "Datagrams handed to the kernel",
+            stats.datagrams_sent,
+        ),
+        (
+            "fanout_driver_truncated_total",
+            "Datagrams dropped because they exceeded the receive buffer",
+            stats.truncated,
+        ),
+        (
+            "fanout_driver_send_failures_total",
+            "Datagrams the kernel refused or that found the send buffer full",
+            stats.send_failures,
+        ),
+        (
+            "fanout_driver_recv_rearms_total",
+            "Multishot receives armed again after the kernel ended them (io_uring)",
+            stats.recv_rearms,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+}
