@@ -157,8 +157,7 @@ fn publish_and_check(setup: &mut Setup, forwarder: SocketAddr, packets: u16) {
         }
         for (i, (socket, receiver)) in setup.subscribers.iter_mut().enumerate() {
             for _ in 0..BURST {
-                let n = socket
-                    .recv(&mut buf)
+                let n = recv_retrying(socket, &mut buf)
                     .unwrap_or_else(|e| panic!("subscriber {i}: a packet within 5 s: {e}"));
                 let len = receiver.unprotect_rtp(&mut buf[..n]).unwrap();
                 let header = RtpHeader::parse(&buf[..len]).unwrap();
@@ -321,4 +320,15 @@ fn commands_reach_the_core_while_forwarding() {
     stop.stop();
     let stats = stats.join().unwrap();
     assert_eq!(stats.datagrams_received, 2 * u64::from(BURST));
+}
+
+/// A blocking receive that retries when a signal interrupts it (EINTR is a legal outcome
+/// of any blocking system call; io_uring's task work notifications are one source).
+fn recv_retrying(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match socket.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }

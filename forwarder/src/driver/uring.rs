@@ -85,7 +85,20 @@ const INDEX_MASK: u64 = (1 << OP_SHIFT) - 1;
 /// driver's setup flags and `IORING_FEAT_EXT_ARG`, the RecvMsg/SendMsg/Read/AsyncCancel
 /// opcodes, and a real multishot receive over a provided buffer ring on loopback.
 /// `Err` carries the reason, for the log or the error message.
+///
+/// The probe runs on a thread of its own: io_uring delivers completion work to the task
+/// that submitted, and what the probe's short-lived ring leaves behind could otherwise
+/// interrupt the caller's next blocking system call (EINTR).
 pub fn probe() -> Result<(), String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(probe_on_this_thread)
+            .join()
+            .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+    })
+}
+
+fn probe_on_this_thread() -> Result<(), String> {
     let mut ring = build_ring(16, 64).map_err(|e| format!("cannot create a ring: {e}"))?;
     let params = ring.params();
     if !params.is_feature_ext_arg() {
