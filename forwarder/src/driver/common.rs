@@ -290,3 +290,39 @@ pub(crate) fn write_driver_metrics(stats: &DriverStats, out: &mut String) {
         );
     }
 }
+
+/// Checks every driver must pass, shared by the drivers' unit tests.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use crate::driver::Driver;
+    use crate::sfu::{Forwarder, ForwarderConfig};
+
+    /// Commands sent from another thread run on the driver's thread, in order.
+    pub(crate) fn commands_run_on_the_driver_thread_in_order<D: Driver + 'static>(mut driver: D) {
+        let handle = driver.handle();
+        let stop = driver.stop_handle();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let driver_thread = std::thread::spawn(move || {
+            let mut core = Forwarder::new(ForwarderConfig::default(), Instant::now());
+            driver.run(&mut core).unwrap();
+            core
+        });
+        for i in 0..3 {
+            let seen = seen.clone();
+            handle
+                .send(Box::new(move |core| {
+                    core.add_meeting(format!("m{i}").as_str().into()).unwrap();
+                    seen.lock().unwrap().push(i);
+                }))
+                .unwrap();
+        }
+        // The last command stops the loop, so every command before it has run.
+        handle.send(Box::new(move |_| stop.stop())).unwrap();
+        let mut core = driver_thread.join().unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2]);
+        assert!(core.add_meeting("m2".into()).is_err(), "m2 was added");
+    }
+}

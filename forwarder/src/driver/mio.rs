@@ -544,8 +544,6 @@ fn wait_writable(fd: RawFd, deadline: Instant) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sfu::ForwarderConfig;
-    use std::sync::Mutex;
 
     fn driver() -> MioDriver {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -554,29 +552,7 @@ mod tests {
 
     #[test]
     fn commands_run_on_the_driver_thread_in_order() {
-        let mut driver = driver();
-        let handle = driver.handle();
-        let stop = driver.stop_handle();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let driver_thread = std::thread::spawn(move || {
-            let mut core = Forwarder::new(ForwarderConfig::default(), Instant::now());
-            driver.run(&mut core).unwrap();
-            core
-        });
-        for i in 0..3 {
-            let seen = seen.clone();
-            handle
-                .send(Box::new(move |core| {
-                    core.add_meeting(format!("m{i}").as_str().into()).unwrap();
-                    seen.lock().unwrap().push(i);
-                }))
-                .unwrap();
-        }
-        // The last command stops the loop, so every command before it has run.
-        handle.send(Box::new(move |_| stop.stop())).unwrap();
-        let mut core = driver_thread.join().unwrap();
-        assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2]);
-        assert!(core.add_meeting("m2".into()).is_err(), "m2 was added");
+        crate::driver::common::conformance::commands_run_on_the_driver_thread_in_order(driver());
     }
 
     #[test]

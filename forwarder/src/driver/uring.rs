@@ -1005,7 +1005,6 @@ impl super::Driver for UringDriver {
 mod tests {
     use super::*;
     use crate::sfu::ForwarderConfig;
-    use std::sync::Mutex;
 
     fn driver() -> Option<UringDriver> {
         if let Err(reason) = probe() {
@@ -1018,28 +1017,8 @@ mod tests {
 
     #[test]
     fn commands_run_on_the_driver_thread_in_order() {
-        let Some(mut driver) = driver() else { return };
-        let handle = driver.handle();
-        let stop = driver.stop_handle();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let driver_thread = std::thread::spawn(move || {
-            let mut core = Forwarder::new(ForwarderConfig::default(), Instant::now());
-            driver.run(&mut core).unwrap();
-            core
-        });
-        for i in 0..3 {
-            let seen = seen.clone();
-            handle
-                .send(Box::new(move |core| {
-                    core.add_meeting(format!("m{i}").as_str().into()).unwrap();
-                    seen.lock().unwrap().push(i);
-                }))
-                .unwrap();
-        }
-        handle.send(Box::new(move |_| stop.stop())).unwrap();
-        let mut core = driver_thread.join().unwrap();
-        assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2]);
-        assert!(core.add_meeting("m2".into()).is_err(), "m2 was added");
+        let Some(driver) = driver() else { return };
+        crate::driver::common::conformance::commands_run_on_the_driver_thread_in_order(driver);
     }
 
     #[test]
