@@ -144,3 +144,77 @@ fn a_sender_report_reaches_every_subscriber_of_a_large_meeting() {
     reached.dedup();
     assert_eq!(reached.len(), 600);
 }
+
+/// Receiver reports reach every publisher of a large meeting each second: the round is
+/// produced lazily, not through the bounded RTCP queue.
+#[test]
+fn every_publisher_gets_its_receiver_report() {
+    use std::collections::HashSet;
+    const PUBLISHERS: usize = 400;
+    let profile = SrtpProfile::AesCm128HmacSha1_80;
+    let mut s = Scenario::new(profile, 0);
+    let meeting = s.meeting.clone();
+    let mut senders = Vec::new();
+    for i in 0..PUBLISHERS {
+        let id = fanout_forwarder::ids::ParticipantId(format!("p{i}"));
+        s.forwarder.add_participant(&meeting, id.clone()).unwrap();
+        let (config, receive_key, send_key) = common::leg_config("main", profile, None);
+        let leg = s.forwarder.add_leg(&meeting, &id, config).unwrap();
+        let ssrc = Ssrc(0x1000 + i as u32);
+        s.forwarder
+            .add_track(
+                &meeting,
+                &id,
+                fanout_forwarder::sfu::TrackConfig {
+                    name: "mic".into(),
+                    kind: fanout_forwarder::sfu::TrackKind::Audio,
+                    encodings: vec![ssrc],
+                    leg,
+                    clock_rate: None,
+                    codec: Default::default(),
+                    audio_level_extension: None,
+                },
+            )
+            .unwrap();
+        let address = std::net::SocketAddr::from(([10, 9, (i >> 8) as u8, i as u8], 9000));
+        let mut sender = fanout_forwarder::srtp::SrtpContext::new(&receive_key);
+        let receiver = fanout_forwarder::srtp::SrtpContext::new(&send_key);
+        for seq in 0..3u16 {
+            let mut p = vec![0u8; 128];
+            p[0] = 0x80;
+            p[1] = 111;
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p[8..12].copy_from_slice(&ssrc.0.to_be_bytes());
+            let len = sender.protect_rtp(&mut p, 40).unwrap();
+            p.truncate(len);
+            s.forwarder
+                .handle_datagram(s.now, common::forwarder_addr(), address, &mut p);
+        }
+        senders.push((address, receiver));
+    }
+    s.advance(Duration::from_millis(1001));
+    let mut buf = vec![0u8; fanout_forwarder::sfu::MIN_TRANSMIT_BUFFER_LEN];
+    let mut reported = HashSet::new();
+    let by_address: std::collections::HashMap<_, _> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, (a, _))| (*a, i))
+        .collect();
+    while let Some(t) = s.forwarder.poll_transmit(&mut buf) {
+        let Some(&i) = by_address.get(&t.destination) else {
+            continue;
+        };
+        let mut packet = buf[..t.len].to_vec();
+        let len = senders[i]
+            .1
+            .unprotect_rtcp(&mut packet)
+            .expect("valid SRTCP");
+        if let Some(Ok(RtcpPacket::ReceiverReport(rr))) = rtcp::iter_compound(&packet[..len]).next()
+        {
+            let block = rr.report_blocks().next().unwrap();
+            assert_eq!(block.ssrc, Ssrc(0x1000 + i as u32));
+            reported.insert(i);
+        }
+    }
+    assert_eq!(reported.len(), PUBLISHERS);
+}

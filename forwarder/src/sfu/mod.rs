@@ -234,6 +234,8 @@ pub struct Forwarder {
     rtcp_queue: VecDeque<OutgoingRtcp>,
     /// Publishers' sender reports being relayed to subscriptions.
     sr_relays: VecDeque<SrRelay>,
+    /// The next leg (slab index) of the receiver report round under way.
+    next_report_leg: Option<usize>,
     /// Packets NACKed by subscribers, waiting to be sent again.
     retransmissions: RetransmissionQueue,
     /// The latest time given as input.
@@ -262,6 +264,7 @@ impl Forwarder {
             priority_queue: FanoutQueue::new(config.fanout_queue / 4, now),
             rtcp_queue: VecDeque::with_capacity(RTCP_QUEUE_LEN),
             sr_relays: VecDeque::with_capacity(SR_RELAYS),
+            next_report_leg: None,
             retransmissions: VecDeque::with_capacity(RETRANSMISSION_QUEUE_LEN),
             now,
             next_feedback_tick: None,
@@ -1344,7 +1347,7 @@ impl Forwarder {
             };
             self.push_event(event);
         }
-        self.send_receiver_reports(now, timeout);
+        self.start_receiver_reports();
         self.adapt_all(now);
         self.rerequest_keyframes(now);
     }

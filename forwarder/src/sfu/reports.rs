@@ -13,8 +13,11 @@
 //! * **Report blocks from subscribers** about our outbound SSRCs give the loss and jitter
 //!   they see and, through LSR/DLSR against the SRs we sent them, the round-trip time.
 //!
-//! Every compound packet carries an SDES CNAME (RFC 3550 §6.1). RTCP waits in a bounded
-//! queue of small preallocated slots and is protected (SRTCP) when polled.
+//! Every compound packet carries an SDES CNAME (RFC 3550 §6.1). Sender report relays and
+//! receiver report rounds are produced lazily, one packet per `poll_transmit`, like media
+//! fan-out, so they need no queue space whatever the meeting's size; the rest (feedback)
+//! waits in a bounded queue of small preallocated slots. All of it is protected (SRTCP)
+//! when polled.
 
 use std::time::{Duration, Instant};
 
@@ -134,7 +137,10 @@ impl Forwarder {
                 Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
             }
         }
-        self.poll_sr_relay(buf)
+        if let Some(transmit) = self.poll_sr_relay(buf) {
+            return Some(transmit);
+        }
+        self.poll_receiver_report(buf)
     }
 
     /// Forget queued RTCP of a leg that is going away (its slab slot may be reused).
@@ -225,22 +231,34 @@ impl Forwarder {
         }
     }
 
-    /// Send every publisher a receiver report about each encoding it sends us.
-    pub(crate) fn send_receiver_reports(&mut self, now: Instant, active_within: Duration) {
-        let mut due = Vec::new();
-        for (i, leg) in &self.legs {
+    /// Start a round of receiver reports: every publisher gets one about each encoding
+    /// it sends us, produced lazily by `poll_receiver_report` (one leg per call), so a
+    /// round costs no queue space however many publishers there are.
+    pub(crate) fn start_receiver_reports(&mut self) {
+        self.next_report_leg = Some(0);
+    }
+
+    /// The next publisher's receiver report of the round, protected for its leg.
+    pub(crate) fn poll_receiver_report(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let now = self.now;
+        let active_within = self.config.inactivity_timeout;
+        while let Some(index) = self.next_report_leg {
+            if index >= self.legs.capacity() {
+                self.next_report_leg = None;
+                return None;
+            }
+            self.next_report_leg = Some(index + 1);
+            let Some(leg) = self.legs.get(index) else {
+                continue;
+            };
             let active = leg
                 .last_received
                 .is_some_and(|t| now.saturating_duration_since(t) < active_within);
-            if active && !leg.inbound_ssrcs.is_empty() {
-                due.push(LegId(i as u32));
+            if !active || leg.inbound_ssrcs.is_empty() {
+                continue;
             }
-        }
-        for leg_id in due {
             let mut blocks = [ReportBlock::default(); 31];
             let mut n = 0;
-            let leg = &self.legs[leg_id.index()];
-            let sender = leg.rtcp_ssrc;
             for &(ssrc, track, encoding) in &leg.inbound_ssrcs {
                 let Some(e) = self.tracks[track.index()]
                     .encodings
@@ -258,14 +276,34 @@ impl Forwarder {
                 blocks[n] = e.receive.report_block(ssrc, lsr, dlsr);
                 n += 1;
             }
-            if n > 0 {
-                self.queue_rtcp(leg_id, |buf| {
-                    compound(buf, sender, |b| {
-                        rtcp::write_receiver_report(b, sender, &blocks[..n])
-                    })
-                });
+            let Some(leg) = self.legs.get_mut(index) else {
+                continue;
+            };
+            let Some((destination, source)) = leg.rtcp_route() else {
+                continue;
+            };
+            if n == 0 {
+                continue;
+            }
+            let sender = leg.rtcp_ssrc;
+            let Ok(len) = compound(buf, sender, |b| {
+                rtcp::write_receiver_report(b, sender, &blocks[..n])
+            }) else {
+                continue;
+            };
+            match leg.srtp_out.protect_rtcp(buf, len) {
+                Ok(len) => {
+                    leg.stats.rtcp_out.add(len);
+                    return Some(Transmit {
+                        source,
+                        destination,
+                        len,
+                    });
+                }
+                Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
             }
         }
+        None
     }
 
     /// A report block from a subscriber about one of the SSRCs we send it.
