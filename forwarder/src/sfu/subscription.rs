@@ -33,7 +33,7 @@ const MAX_SKIPS: usize = 32;
 
 /// Extended sequence numbers (counted from the splice point) of recently skipped packets,
 /// in ascending order, plus how many older ones were forgotten.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Skips {
     ring: [i64; MAX_SKIPS],
     start: usize,
@@ -99,7 +99,7 @@ impl Skips {
 /// Input sequence numbers are extended relative to the splice point (0 = the first packet
 /// forwarded from this source), which keeps comparisons right however long the stream
 /// runs. Output = `first_out` + extended input - skipped packets before it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Splice {
     source: Ssrc,
     first_in: SeqNo,
@@ -162,16 +162,19 @@ impl Rewriter {
 
     /// The source being forwarded.
     pub fn source(&self) -> Option<Ssrc> {
-        self.splice.map(|s| s.source)
+        self.splice.as_ref().map(|s| s.source)
     }
 
     /// Map one packet of `source` onto the subscription's stream. A packet of another
     /// source than the last one splices that source in: the caller feeds only the source
     /// the subscription currently follows.
     pub fn rewrite(&mut self, source: Ssrc, seq: SeqNo, timestamp: u32, now: Instant) -> Rewrite {
-        let mut splice = match self.splice {
-            Some(s) if s.source == source => s,
-            Some(_) | None => self.splice_in(source, seq, timestamp, now),
+        // In place: the splice carries the skip memory, too big to copy per packet.
+        if self.splice.as_ref().is_none_or(|s| s.source != source) {
+            self.splice_in(source, seq, timestamp, now);
+        }
+        let Some(splice) = self.splice.as_mut() else {
+            return Rewrite::Stale; // splice_in just set it
         };
         let ext = splice.extend(seq);
         if splice.is_stale(ext) || splice.skips.contains(ext) {
@@ -180,7 +183,6 @@ impl Rewriter {
         splice.observe(seq, ext);
         let out_seq = splice.output(ext);
         let out_ts = timestamp.wrapping_add(splice.ts_offset);
-        self.splice = Some(splice);
         match self.last {
             Some((last_seq, _, _)) if last_seq.delta_to(out_seq) <= 0 => {}
             _ => self.last = Some((out_seq, out_ts, now)),
@@ -208,7 +210,7 @@ impl Rewriter {
     /// The source packet that was sent as `out` (for answering a NACK), if it belongs to
     /// the current source.
     pub fn original(&self, out: SeqNo) -> Option<(Ssrc, SeqNo)> {
-        let splice = self.splice?;
+        let splice = self.splice.as_ref()?;
         let highest_out = splice.output(splice.highest_ext);
         let out_ext = (splice.highest_ext - splice.skips.count_below(splice.highest_ext))
             + i64::from(highest_out.delta_to(out));
@@ -239,14 +241,14 @@ impl Rewriter {
     /// The subscriber-side RTP timestamp of `timestamp` of `source`, if that is the source
     /// being forwarded (to rewrite its sender reports and retransmissions).
     pub fn map_timestamp(&self, source: Ssrc, timestamp: u32) -> Option<u32> {
-        let splice = self.splice.filter(|s| s.source == source)?;
+        let splice = self.splice.as_ref().filter(|s| s.source == source)?;
         Some(timestamp.wrapping_add(splice.ts_offset))
     }
 
     /// Start forwarding `source` so that its first packet continues right after the last
     /// packet sent: the next sequence number, and a timestamp advanced by the wall-clock
     /// time that passed (at least one tick, so the decoder never sees time stand still).
-    fn splice_in(&mut self, source: Ssrc, seq: SeqNo, timestamp: u32, now: Instant) -> Splice {
+    fn splice_in(&mut self, source: Ssrc, seq: SeqNo, timestamp: u32, now: Instant) {
         let (first_out, ts_offset) = match self.last {
             // The first source of a subscription keeps its own numbering: an unswitched
             // subscription is then transparent, which helps anyone reading captures.
@@ -262,7 +264,7 @@ impl Rewriter {
                 )
             }
         };
-        let splice = Splice {
+        self.splice = Some(Splice {
             source,
             first_in: seq,
             first_out,
@@ -270,9 +272,7 @@ impl Rewriter {
             highest_ext: 0,
             ts_offset,
             skips: Skips::EMPTY,
-        };
-        self.splice = Some(splice);
-        splice
+        });
     }
 }
 
