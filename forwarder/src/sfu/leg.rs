@@ -13,7 +13,7 @@ use crate::ids::{ParticipantId, Ssrc, SubscriptionId, TrackId};
 use crate::srtp::{MasterKey, SrtpContext, SrtpError};
 
 use super::stats::LegStats;
-use super::{AddressKind, MeetingIndex};
+use super::{AddressKind, DropReason, MeetingIndex, Transmit};
 
 /// Static description of a leg.
 #[derive(Debug, Clone)]
@@ -89,6 +89,31 @@ impl Leg {
             .iter()
             .find(|(s, _, _)| *s == ssrc)
             .map(|&(_, t, e)| (t, e))
+    }
+
+    /// Protect the RTCP compound packet in `buf[..len]` for this peer and count it; a
+    /// packet that cannot be protected is counted as dropped.
+    pub(crate) fn protect_rtcp(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        destination: SocketAddr,
+        source: Option<SocketAddr>,
+    ) -> Option<Transmit> {
+        match self.srtp_out.protect_rtcp(buf, len) {
+            Ok(len) => {
+                self.stats.rtcp_out.add(len);
+                Some(Transmit {
+                    source,
+                    destination,
+                    len,
+                })
+            }
+            Err(_) => {
+                self.stats.drops.add(DropReason::ProtectFailed);
+                None
+            }
+        }
     }
 
     /// Where RTCP for this peer goes, and the local address it leaves from.

@@ -125,16 +125,8 @@ impl Forwarder {
                 continue;
             };
             out.copy_from_slice(&item.data[..item.len]);
-            match leg.srtp_out.protect_rtcp(buf, item.len) {
-                Ok(len) => {
-                    leg.stats.rtcp_out.add(len);
-                    return Some(Transmit {
-                        source,
-                        destination,
-                        len,
-                    });
-                }
-                Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
+            if let Some(transmit) = leg.protect_rtcp(buf, item.len, destination, source) {
+                return Some(transmit);
             }
         }
         if let Some(transmit) = self.poll_sr_relay(buf) {
@@ -215,16 +207,8 @@ impl Forwarder {
                 };
                 sub.reports
                     .record((relay.ntp_timestamp >> 16) as u32, relay.at);
-                match leg.srtp_out.protect_rtcp(buf, len) {
-                    Ok(len) => {
-                        leg.stats.rtcp_out.add(len);
-                        return Some(Transmit {
-                            source,
-                            destination,
-                            len,
-                        });
-                    }
-                    Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
+                if let Some(transmit) = leg.protect_rtcp(buf, len, destination, source) {
+                    return Some(transmit);
                 }
             }
             self.sr_relays.pop_front();
@@ -291,16 +275,8 @@ impl Forwarder {
             }) else {
                 continue;
             };
-            match leg.srtp_out.protect_rtcp(buf, len) {
-                Ok(len) => {
-                    leg.stats.rtcp_out.add(len);
-                    return Some(Transmit {
-                        source,
-                        destination,
-                        len,
-                    });
-                }
-                Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
+            if let Some(transmit) = leg.protect_rtcp(buf, len, destination, source) {
+                return Some(transmit);
             }
         }
         None
