@@ -5,6 +5,10 @@
 #   ffmpeg, gstreamer1.0-*   real SRTP peers for the interop tests and the demo
 #                            (FFmpeg: AES_CM_128_HMAC_SHA1_80/32; GStreamer's srtpenc/
 #                            srtpdec on libsrtp2: also AEAD_AES_128/256_GCM)
+#   etcd-server              the control plane's production store; its tests start one
+#   protobuf-compiler,       protoc and the well-known .proto files (google/protobuf/*),
+#   libprotobuf-dev          for the gRPC code generation (tonic/prost) and
+#                            etcd-client's build script
 #
 # The Rust toolchain itself (rustup, cargo) is expected to be present.
 set -euo pipefail
@@ -15,6 +19,9 @@ packages=(
   gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad
+  etcd-server
+  protobuf-compiler
+  libprotobuf-dev
 )
 
 missing=()

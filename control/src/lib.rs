@@ -1,6 +1,9 @@
 //! Fanout's control plane: a gRPC API (tonic) whose state lives in etcd.
 //!
-//! **Stub.** This crate only reserves its place in the workspace. The control-plane issue
-//! fills it: meetings, participants, placement of meetings on forwarders, relay trees for
-//! webinars, forwarder liveness by etcd leases and failover. Until then the forwarder runs
-//! standalone from a TOML file (`fanout-forwarder --config FILE`).
+//! * [`store`]: where state lives, behind the [`store::Store`] trait: etcd in production
+//!   (leases, transactions, watches), memory as the embedded default for one machine.
+//! * [`domain`]: meetings, participants, roles, the waiting room, breakout rooms, join
+//!   tokens and passcodes, as plain Rust with no I/O.
+
+pub mod domain;
+pub mod store;

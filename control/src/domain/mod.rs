@@ -1,0 +1,1 @@
+//! The meeting domain (filled in by the domain work in progress).

@@ -1,0 +1,1 @@
+//! State storage (filled in by the store work in progress).
