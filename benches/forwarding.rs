@@ -35,6 +35,8 @@ fn leg(profile: SrtpProfile, name: &str, remote: Option<SocketAddr>) -> (LegConf
             remote,
             remote_rtcp: None,
             rtcp_mux: true,
+            local: None,
+            local_rtcp: None,
         },
         receive_key,
     )

@@ -104,6 +104,9 @@ pub struct ForwarderSection {
     /// Kernel socket buffer size in bytes (SO_RCVBUF/SO_SNDBUF).
     #[serde(default = "default_socket_buffer")]
     pub socket_buffer_bytes: usize,
+    /// Forwarding threads (shards), each pinned to a core; absent: one per available
+    /// core. Meetings reached at the same address share a shard; see [`ShardSetup`].
+    pub shards: Option<Spanned<usize>>,
 }
 
 impl Default for ForwarderSection {
@@ -113,6 +116,7 @@ impl Default for ForwarderSection {
             rtcp_listen: None,
             metrics: None,
             socket_buffer_bytes: default_socket_buffer(),
+            shards: None,
         }
     }
 }
@@ -129,6 +133,11 @@ fn default_socket_buffer() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct MeetingSection {
     pub id: Spanned<String>,
+    /// The meeting's own RTP (and muxed RTCP) address. Absent: `forwarder.listen`. A
+    /// meeting with its own port can run on its own shard.
+    pub listen: Option<Spanned<String>>,
+    /// The meeting's non-muxed RTCP address; default: its `listen` port plus one.
+    pub rtcp_listen: Option<Spanned<String>>,
     #[serde(default)]
     pub participant: Vec<ParticipantSection>,
 }
@@ -236,31 +245,64 @@ pub struct NetworkSettings {
     pub rtcp_listen: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub socket_buffer_bytes: usize,
+    /// How many shards were asked for (the file, or `--shards`); `None`: one per
+    /// available core.
+    pub shards: Option<usize>,
 }
 
-/// A validated configuration: the network settings, and a core with every meeting,
-/// participant, leg, track and subscription of the file added.
+/// Command-line settings that take precedence over the file's `[forwarder]` section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `forwarder.listen`; `forwarder.rtcp_listen` becomes its port plus one.
+    pub listen: Option<SocketAddr>,
+    pub shards: Option<usize>,
+}
+
+/// One shard: the sockets it owns and a core holding the meetings reached through them.
+///
+/// Steering is by address: every leg of a meeting sends to the meeting's address (its own
+/// `listen`, or `forwarder.listen`), that address is one socket, and the socket belongs to
+/// exactly one shard. The kernel's socket lookup does the steering; no packet is ever
+/// handed between threads (docs/architecture.md explains the choice).
+#[derive(Debug)]
+pub struct ShardSetup {
+    /// The addresses to bind. The first is the shard's default for transmits that name no
+    /// source; it is `forwarder.listen` in the shard that holds it.
+    pub listen: Vec<SocketAddr>,
+    pub meetings: Vec<MeetingId>,
+    pub forwarder: Forwarder,
+}
+
+/// A validated configuration: the network settings, and the shards, each with a core
+/// holding its meetings with every participant, leg, track and subscription added.
 #[derive(Debug)]
 pub struct Loaded {
     pub network: NetworkSettings,
-    pub forwarder: Forwarder,
+    /// At least one; no more than asked for, nor than there are distinct meeting
+    /// addresses.
+    pub shards: Vec<ShardSetup>,
     /// What the file says, kept to compare a reloaded file with (see [`Settings::diff`]).
     pub settings: Settings,
 }
 
 /// Read, parse and validate a configuration file.
-pub fn load(path: &Path, now: Instant) -> Result<Loaded, ConfigError> {
+pub fn load(path: &Path, now: Instant, overrides: Overrides) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         position: None,
         field: String::new(),
         message: format!("cannot read: {e}"),
     })?;
-    parse(path, &text, now)
+    parse(path, &text, now, overrides)
 }
 
 /// Parse and validate configuration text; `path` is only used in error messages.
-pub fn parse(path: &Path, text: &str, now: Instant) -> Result<Loaded, ConfigError> {
+pub fn parse(
+    path: &Path,
+    text: &str,
+    now: Instant,
+    overrides: Overrides,
+) -> Result<Loaded, ConfigError> {
     let locate = Locator { file: path, text };
     let deserializer = toml::Deserializer::new(text);
     let file: ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -279,7 +321,10 @@ pub fn parse(path: &Path, text: &str, now: Instant) -> Result<Loaded, ConfigErro
     })?;
     Builder {
         locate,
-        forwarder: Forwarder::new(ForwarderConfig::default(), now),
+        now,
+        overrides,
+        shards: Vec::new(),
+        shard: 0,
     }
     .build(&file)
 }
@@ -311,23 +356,95 @@ impl Locator<'_> {
     }
 }
 
+/// The addresses some meetings are reached at, and so one unit of placement on shards.
+#[derive(Debug)]
+struct PortGroup {
+    listen: SocketAddr,
+    rtcp_listen: Option<SocketAddr>,
+    /// A meeting's own `listen` (legs send from it), not `forwarder.listen`.
+    own: bool,
+    /// Roughly the packets per second it will cost: streams in plus streams out.
+    weight: usize,
+    meetings: Vec<usize>,
+}
+
+impl PortGroup {
+    fn addresses(&self) -> impl Iterator<Item = SocketAddr> {
+        std::iter::once(self.listen).chain(self.rtcp_listen)
+    }
+}
+
+/// Spread port groups over at most `shards` shards, heaviest first onto the least loaded
+/// (LPT scheduling: within 4/3 of the best balance). Returns each group's shard.
+fn place_groups(groups: &[PortGroup], shards: usize) -> Vec<usize> {
+    let shards = shards.clamp(1, groups.len().max(1));
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    // Stable: equal weights keep file order, so a file always gives the same placement.
+    order.sort_by_key(|&g| std::cmp::Reverse(groups[g].weight));
+    let mut load = vec![0usize; shards];
+    let mut placed = vec![0; groups.len()];
+    for g in order {
+        let (shard, _) = load
+            .iter()
+            .enumerate()
+            .min_by_key(|&(i, l)| (*l, i))
+            .unwrap_or((0, &0));
+        placed[g] = shard;
+        load[shard] += groups[g].weight;
+    }
+    placed
+}
+
 struct Builder<'a> {
     locate: Locator<'a>,
-    forwarder: Forwarder,
+    now: Instant,
+    overrides: Overrides,
+    shards: Vec<Forwarder>,
+    /// The shard of the meeting being added.
+    shard: usize,
 }
 
 impl Builder<'_> {
     fn build(mut self, file: &ConfigFile) -> Result<Loaded, ConfigError> {
         let network = self.network(&file.forwarder)?;
+        let groups = self.port_groups(file, &network)?;
+        let requested = network.shards.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let placed = place_groups(&groups, requested);
+        let shard_count = placed.iter().max().map_or(1, |&s| s + 1);
+        self.shards = (0..shard_count)
+            .map(|_| Forwarder::new(ForwarderConfig::default(), self.now))
+            .collect();
+        let mut setups: Vec<(Vec<SocketAddr>, Vec<MeetingId>)> =
+            vec![(Vec::new(), Vec::new()); shard_count];
+        // Group 0 is `forwarder.listen`: listed first, it is its shard's default socket.
+        for (group, &shard) in groups.iter().zip(&placed) {
+            setups[shard].0.extend(group.addresses());
+        }
+        let group_of: HashMap<usize, usize> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| group.meetings.iter().map(move |&m| (m, g)))
+            .collect();
         // Subscriptions refer to tracks of other participants, so they are added after
         // every participant's legs and tracks.
         for (mi, meeting) in file.meeting.iter().enumerate() {
             let at = format!("meeting[{mi}]");
             let id = MeetingId(meeting.id.get_ref().clone());
-            let result = self.forwarder.add_meeting(id.clone());
+            let group = &groups[group_of[&mi]];
+            self.shard = placed[group_of[&mi]];
+            // A meeting declared twice may land on two shards: check across all of them.
+            let result = match self.shards.iter().any(|core| core.meeting_exists(&id)) {
+                true => Err(ConfigureError::MeetingExists(id.clone())),
+                false => self.shards[self.shard].add_meeting(id.clone()),
+            };
             self.check(result, &meeting.id, format!("{at}.id"))?;
+            setups[self.shard].1.push(id.clone());
+            let local = group.own.then_some((group.listen, group.rtcp_listen));
             for (pi, participant) in meeting.participant.iter().enumerate() {
-                self.participant(&id, participant, &format!("{at}.participant[{pi}]"))?;
+                let at = format!("{at}.participant[{pi}]");
+                self.participant(&id, participant, local, &at)?;
             }
             for (pi, participant) in meeting.participant.iter().enumerate() {
                 let pid = ParticipantId(participant.id.get_ref().clone());
@@ -338,22 +455,141 @@ impl Builder<'_> {
             }
         }
         self.reject_key_reuse(file)?;
+        let shards = setups
+            .into_iter()
+            .zip(self.shards)
+            .map(|((listen, meetings), forwarder)| ShardSetup {
+                listen,
+                meetings,
+                forwarder,
+            })
+            .collect();
         Ok(Loaded {
             settings: Settings::from_file(file, &network),
             network,
-            forwarder: self.forwarder,
+            shards,
         })
     }
 
+    /// Group meetings by the address they are reached at. Group 0 is `forwarder.listen`,
+    /// always bound even if no meeting uses it. Two groups may not share an address.
+    fn port_groups(
+        &self,
+        file: &ConfigFile,
+        network: &NetworkSettings,
+    ) -> Result<Vec<PortGroup>, ConfigError> {
+        let mut groups = vec![PortGroup {
+            listen: network.listen,
+            rtcp_listen: network.rtcp_listen,
+            own: false,
+            weight: 0,
+            meetings: Vec::new(),
+        }];
+        for (mi, meeting) in file.meeting.iter().enumerate() {
+            let at = format!("meeting[{mi}]");
+            let weight = 1 + meeting
+                .participant
+                .iter()
+                .map(|p| p.leg.len() + p.subscription.len())
+                .sum::<usize>();
+            let Some(listen_field) = &meeting.listen else {
+                if let Some(rtcp) = &meeting.rtcp_listen {
+                    return Err(self.locate.error(
+                        rtcp.span(),
+                        format!("{at}.rtcp_listen"),
+                        "`rtcp_listen` needs the meeting's own `listen`",
+                    ));
+                }
+                groups[0].meetings.push(mi);
+                groups[0].weight += weight;
+                continue;
+            };
+            let listen = self.address(listen_field, format!("{at}.listen"))?;
+            if listen.port() == 0 {
+                return Err(self.locate.error(
+                    listen_field.span(),
+                    format!("{at}.listen"),
+                    "a meeting's port must be given (not 0): its participants are told it",
+                ));
+            }
+            let rtcp_listen = match &meeting.rtcp_listen {
+                Some(s) => Some(self.address(s, format!("{at}.rtcp_listen"))?),
+                None => listen
+                    .port()
+                    .checked_add(1)
+                    .map(|p| SocketAddr::new(listen.ip(), p)),
+            };
+            let same = groups.iter().position(|g| g.listen == listen);
+            if let Some(g) = same {
+                if groups[g].rtcp_listen != rtcp_listen {
+                    return Err(self.locate.error(
+                        listen_field.span(),
+                        format!("{at}.rtcp_listen"),
+                        format!(
+                            "meetings reached at {listen} must share their RTCP address too                              ({:?} elsewhere, {rtcp_listen:?} here)",
+                            groups[g].rtcp_listen
+                        ),
+                    ));
+                }
+                groups[g].meetings.push(mi);
+                groups[g].weight += weight;
+                continue;
+            }
+            let mine = PortGroup {
+                listen,
+                rtcp_listen,
+                own: true,
+                weight,
+                meetings: vec![mi],
+            };
+            if let Some(clash) = mine
+                .addresses()
+                .find(|a| groups.iter().any(|g| g.addresses().any(|b| b == *a)))
+            {
+                return Err(self.locate.error(
+                    listen_field.span(),
+                    format!("{at}.listen"),
+                    format!(
+                        "{clash} is already another meeting's or the forwarder's address                          (RTP or RTCP)"
+                    ),
+                ));
+            }
+            groups.push(mine);
+        }
+        Ok(groups)
+    }
+
     fn network(&self, section: &ForwarderSection) -> Result<NetworkSettings, ConfigError> {
-        let listen = self.address(&section.listen, "forwarder.listen".into())?;
-        let rtcp_listen = match &section.rtcp_listen {
-            Some(s) => Some(self.address(s, "forwarder.rtcp_listen".into())?),
-            None => listen
+        let plus_one = |listen: SocketAddr| {
+            listen
                 .port()
                 .checked_add(1)
-                .map(|p| SocketAddr::new(listen.ip(), p)),
+                .map(|p| SocketAddr::new(listen.ip(), p))
         };
+        let (listen, rtcp_listen) = match self.overrides.listen {
+            Some(listen) => (listen, plus_one(listen)),
+            None => {
+                let listen = self.address(&section.listen, "forwarder.listen".into())?;
+                let rtcp_listen = match &section.rtcp_listen {
+                    Some(s) => Some(self.address(s, "forwarder.rtcp_listen".into())?),
+                    None => plus_one(listen),
+                };
+                (listen, rtcp_listen)
+            }
+        };
+        let shards = match (self.overrides.shards, &section.shards) {
+            (Some(n), _) => Some(n),
+            (None, Some(field)) => Some(*field.get_ref()),
+            (None, None) => None,
+        };
+        if shards == Some(0) {
+            let span = section.shards.as_ref().map_or(0..0, Spanned::span);
+            return Err(self.locate.error(
+                span,
+                "forwarder.shards".into(),
+                "at least one shard is needed",
+            ));
+        }
         let metrics = section
             .metrics
             .as_ref()
@@ -364,17 +600,21 @@ impl Builder<'_> {
             rtcp_listen,
             metrics,
             socket_buffer_bytes: section.socket_buffer_bytes,
+            shards,
         })
     }
 
+    /// Add a participant with its legs and tracks. `local`: the meeting's own RTP and
+    /// RTCP addresses, which its legs send from.
     fn participant(
         &mut self,
         meeting: &MeetingId,
         section: &ParticipantSection,
+        local: Option<(SocketAddr, Option<SocketAddr>)>,
         at: &str,
     ) -> Result<(), ConfigError> {
         let pid = ParticipantId(section.id.get_ref().clone());
-        let result = self.forwarder.add_participant(meeting, pid.clone());
+        let result = self.shards[self.shard].add_participant(meeting, pid.clone());
         self.check(result, &section.id, format!("{at}.id"))?;
         for (li, leg) in section.leg.iter().enumerate() {
             let at = format!("{at}.leg[{li}]");
@@ -410,8 +650,11 @@ impl Builder<'_> {
                     .map(|s| self.address(s, format!("{at}.remote_rtcp")))
                     .transpose()?,
                 rtcp_mux: leg.rtcp_mux,
+                local: local.map(|(rtp, _)| rtp),
+                local_rtcp: local
+                    .and_then(|(rtp, rtcp)| if leg.rtcp_mux { Some(rtp) } else { rtcp }),
             };
-            let result = self.forwarder.add_leg(meeting, &pid, config);
+            let result = self.shards[self.shard].add_leg(meeting, &pid, config);
             self.check(result, &leg.name, format!("{at}.name"))?;
         }
         for (ti, track) in section.track.iter().enumerate() {
@@ -428,8 +671,7 @@ impl Builder<'_> {
                     ))
                 }
             };
-            let leg = self
-                .forwarder
+            let leg = self.shards[self.shard]
                 .leg_id(meeting, &pid, track.leg.get_ref())
                 .ok_or_else(|| {
                     self.locate.error(
@@ -476,7 +718,7 @@ impl Builder<'_> {
                     ));
                 }
             }
-            let result = self.forwarder.add_track(meeting, &pid, config);
+            let result = self.shards[self.shard].add_track(meeting, &pid, config);
             result.map_err(|e| {
                 self.locate.error(
                     encodings_span,
@@ -499,8 +741,7 @@ impl Builder<'_> {
         let track = reference
             .split_once('/')
             .and_then(|(p, t)| {
-                self.forwarder
-                    .track_id(meeting, &ParticipantId(p.into()), t)
+                self.shards[self.shard].track_id(meeting, &ParticipantId(p.into()), t)
             })
             .ok_or_else(|| {
                 self.locate.error(
@@ -512,8 +753,7 @@ impl Builder<'_> {
                     ),
                 )
             })?;
-        let leg = self
-            .forwarder
+        let leg = self.shards[self.shard]
             .leg_id(meeting, subscriber, section.leg.get_ref())
             .ok_or_else(|| {
                 self.locate.error(
@@ -541,7 +781,7 @@ impl Builder<'_> {
                 ));
             }
         }
-        let result = self.forwarder.add_subscription(config);
+        let result = self.shards[self.shard].add_subscription(config);
         self.check(result, &section.track, format!("{at}.track"))
             .map(|_| ())
     }
@@ -619,6 +859,8 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MeetingSettings {
     id: MeetingId,
+    listen: Option<String>,
+    rtcp_listen: Option<String>,
     participants: Vec<ParticipantSettings>,
 }
 
@@ -775,6 +1017,8 @@ impl Settings {
             .iter()
             .map(|m| MeetingSettings {
                 id: MeetingId(text(&m.id)),
+                listen: m.listen.as_ref().map(text),
+                rtcp_listen: m.rtcp_listen.as_ref().map(text),
                 participants: m
                     .participant
                     .iter()
@@ -856,6 +1100,12 @@ impl Settings {
                 a.metrics, b.metrics
             ));
         }
+        if a.shards != b.shards {
+            restart.push(format!(
+                "forwarder.shards changed from {:?} to {:?}",
+                a.shards, b.shards
+            ));
+        }
         if a.socket_buffer_bytes != b.socket_buffer_bytes {
             restart.push(format!(
                 "forwarder.socket_buffer_bytes changed from {} to {}",
@@ -878,6 +1128,12 @@ impl Settings {
 
     fn diff_meeting(old: &MeetingSettings, new: &MeetingSettings, reload: &mut Reload) {
         let m = &old.id;
+        if (&old.listen, &old.rtcp_listen) != (&new.listen, &new.rtcp_listen) {
+            reload.needs_restart.push(format!(
+                "meeting `{m}`: listen/rtcp_listen changed from {:?}/{:?} to {:?}/{:?}",
+                old.listen, old.rtcp_listen, new.listen, new.rtcp_listen
+            ));
+        }
         for paired in pair(&old.participants, &new.participants, |p| &p.id) {
             match paired {
                 Paired::Removed(p) => reload
@@ -1121,7 +1377,12 @@ leg = "video"
     }
 
     fn parse_text(text: &str) -> Result<Loaded, ConfigError> {
-        parse(Path::new("fanout.toml"), text, Instant::now())
+        parse(
+            Path::new("fanout.toml"),
+            text,
+            Instant::now(),
+            Overrides::default(),
+        )
     }
 
     #[test]
@@ -1136,14 +1397,14 @@ leg = "video"
             loaded.network.metrics,
             Some("127.0.0.1:9464".parse().unwrap())
         );
-        assert_eq!(loaded.forwarder.leg_count(), 2);
-        assert_eq!(loaded.forwarder.subscription_count(), 1);
-        let bob = loaded
+        assert_eq!(loaded.shards[0].forwarder.leg_count(), 2);
+        assert_eq!(loaded.shards[0].forwarder.subscription_count(), 1);
+        let bob = loaded.shards[0]
             .forwarder
             .leg_id(&"demo".into(), &"bob".into(), "video")
             .unwrap();
         assert_eq!(
-            loaded.forwarder.leg_remote(bob),
+            loaded.shards[0].forwarder.leg_remote(bob),
             Some("127.0.0.1:6000".parse().unwrap())
         );
     }
@@ -1326,7 +1587,7 @@ leg = "main" #MIC
         );
 
         // Applied to the running core, found the way the file names it.
-        let core = &mut loaded.forwarder;
+        let core = &mut loaded.shards[0].forwarder;
         let bob = core.subscriptions_of(&"demo".into(), &"bob".into());
         assert_eq!(bob.len(), 2);
         assert_eq!(expected.apply(core), Ok(expected.from));
@@ -1436,5 +1697,189 @@ leg = "main" #MIC
             .unwrap()
             .trim_end_matches('"');
         assert!(!debug.contains(key), "{debug}");
+    }
+
+    /// `sample()` with three more meetings, `m1` and `m2` at their own ports and `m3`
+    /// sharing `m2`'s, each a copy of `demo` with fresh keys.
+    fn sharded_sample(shards: &str) -> String {
+        let mut text = sample().replacen(
+            "metrics = \"127.0.0.1:9464\"",
+            &format!("metrics = \"127.0.0.1:9464\"\n{shards}"),
+            1,
+        );
+        let meeting_at = text.find("[[meeting]]").unwrap();
+        let demo = text[meeting_at..].to_owned();
+        for (i, (id, listen)) in [
+            ("m1", "127.0.0.1:41000"),
+            ("m2", "127.0.0.1:42000"),
+            ("m3", "127.0.0.1:42000"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut copy = demo.replacen(
+                "id = \"demo\"",
+                &format!("id = \"{id}\"\nlisten = \"{listen}\""),
+                1,
+            );
+            let mut from = 0;
+            while let Some(found) = copy[from..].find("key = \"inline:") {
+                let at = from + found + "key = \"".len();
+                let end = at + copy[at..].find('"').unwrap();
+                copy.replace_range(at..end, &key(SrtpProfile::AesCm128HmacSha1_80));
+                from = at;
+            }
+            // One remote per leg and shard: give bob other RTP and RTCP ports.
+            copy = copy.replace("127.0.0.1:6000", &format!("127.0.0.1:{}", 6002 + 2 * i));
+            text.push_str(&copy);
+        }
+        text
+    }
+
+    fn shard_of(loaded: &Loaded, meeting: &str) -> usize {
+        loaded
+            .shards
+            .iter()
+            .position(|s| s.meetings.contains(&MeetingId(meeting.into())))
+            .unwrap()
+    }
+
+    #[test]
+    fn meetings_at_their_own_ports_spread_over_shards() {
+        let loaded = parse_text(&sharded_sample("shards = 2")).unwrap();
+        assert_eq!(loaded.shards.len(), 2);
+        // Three port groups (forwarder.listen with demo, m1, m2+m3) of which m2+m3 weighs
+        // most: it gets a shard; the lighter two share the other.
+        let (demo, m1, m2, m3) = (
+            shard_of(&loaded, "demo"),
+            shard_of(&loaded, "m1"),
+            shard_of(&loaded, "m2"),
+            shard_of(&loaded, "m3"),
+        );
+        assert_eq!(m2, m3, "one address, one shard");
+        assert_ne!(m2, demo);
+        assert_eq!(m1, demo);
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        // forwarder.listen leads its shard's sockets: it is the default for transmits.
+        assert_eq!(
+            loaded.shards[demo].listen,
+            [
+                addr("127.0.0.1:40000"),
+                addr("127.0.0.1:40001"),
+                addr("127.0.0.1:41000"),
+                addr("127.0.0.1:41001")
+            ]
+        );
+        assert_eq!(
+            loaded.shards[m2].listen,
+            [addr("127.0.0.1:42000"), addr("127.0.0.1:42001")]
+        );
+        // Legs of a meeting at its own port send from it; the others from the default.
+        let core = &loaded.shards[m1].forwarder;
+        let bob = core.leg_id(&"m1".into(), &"bob".into(), "video").unwrap();
+        assert_eq!(core.leg_local(bob), Some(addr("127.0.0.1:41000")));
+        let bob = core.leg_id(&"demo".into(), &"bob".into(), "video").unwrap();
+        assert_eq!(core.leg_local(bob), None);
+        // Each core holds its own meetings only.
+        assert_eq!(core.leg_count(), 4);
+        assert_eq!(loaded.shards[m2].forwarder.leg_count(), 4);
+    }
+
+    #[test]
+    fn shards_are_capped_by_addresses_and_overridable() {
+        let one = parse_text(&sample()).unwrap();
+        assert_eq!(
+            one.shards.len(),
+            1,
+            "one address, one shard, whatever the cores"
+        );
+        let text = sharded_sample("shards = 8");
+        assert_eq!(parse_text(&text).unwrap().shards.len(), 3);
+        let overridden = parse(
+            Path::new("fanout.toml"),
+            &text,
+            Instant::now(),
+            Overrides {
+                shards: Some(1),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(overridden.shards.len(), 1);
+        assert_eq!(overridden.shards[0].meetings.len(), 4);
+    }
+
+    #[test]
+    fn meeting_addresses_are_checked() {
+        let text = sharded_sample("");
+        for (from, to, field, message) in [
+            (
+                "listen = \"127.0.0.1:41000\"",
+                "listen = \"127.0.0.1:0\"",
+                "meeting[1].listen",
+                "not 0",
+            ),
+            (
+                "listen = \"127.0.0.1:41000\"",
+                "listen = \"127.0.0.1:40001\"",
+                "meeting[1].listen",
+                "already another meeting's",
+            ),
+            (
+                "listen = \"127.0.0.1:41000\"",
+                "listen = \"127.0.0.1:41999\"",
+                "meeting[2].listen",
+                "already another meeting's",
+            ),
+            (
+                "listen = \"127.0.0.1:41000\"",
+                "listen = \"nowhere\"",
+                "meeting[1].listen",
+                "not an IP address",
+            ),
+            (
+                "id = \"m1\"",
+                "id = \"demo\"",
+                "meeting[1].id",
+                "already exists",
+            ),
+            (
+                "id = \"m2\"",
+                "id = \"demo\"",
+                "meeting[2].id",
+                "already exists",
+            ),
+            (
+                "shards = 8",
+                "shards = 0",
+                "forwarder.shards",
+                "at least one",
+            ),
+        ] {
+            let text = if from == "shards = 8" {
+                sharded_sample("shards = 8")
+            } else {
+                text.clone()
+            };
+            let e = error_for(&text.replacen(from, to, 1));
+            assert_eq!(e.field, field, "{to}: {e}");
+            assert!(e.message.contains(message), "{to}: {e}");
+        }
+        let e = error_for(&sample().replacen(
+            "id = \"demo\"",
+            "id = \"demo\"\nrtcp_listen = \"127.0.0.1:5\"",
+            1,
+        ));
+        assert_eq!(e.field, "meeting[0].rtcp_listen");
+    }
+
+    #[test]
+    fn a_meeting_address_change_needs_a_restart() {
+        let text = sharded_sample("");
+        let moved = text.replacen("127.0.0.1:41000", "127.0.0.1:43000", 1);
+        let reload = settings(&text).diff(&settings(&moved));
+        assert!(reload.layer_changes.is_empty());
+        assert_eq!(reload.needs_restart.len(), 1, "{:?}", reload.needs_restart);
+        assert!(reload.needs_restart[0].starts_with("meeting `m1`: listen/rtcp_listen changed"));
     }
 }

@@ -5,6 +5,8 @@
 //! The counters belong to the core, which lives on the driver thread and is never shared.
 //! A scrape therefore asks the driver for a fresh rendering through [`MetricsExchange`]
 //! and waits for it: the forwarding path stays lock-free and renders only when scraped.
+//! With several shards, each is asked, and their renderings are merged into one
+//! exposition where every sample carries a `shard` label.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,11 +38,21 @@ pub trait Wake: Send + Sync {
 impl MetricsExchange {
     /// Scraper side: ask for a rendering, wake the driver, wait up to `timeout`.
     pub fn request(&self, wake: &dyn Wake, timeout: Duration) -> Option<String> {
+        let ticket = self.ask(wake);
+        self.wait(ticket, timeout)
+    }
+
+    /// Ask for a rendering and wake the driver; [`wait`](Self::wait) with the ticket.
+    fn ask(&self, wake: &dyn Wake) -> u64 {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.requested += 1;
         let ticket = state.requested;
         drop(state);
         wake.wake();
+        ticket
+    }
+
+    fn wait(&self, ticket: u64, timeout: Duration) -> Option<String> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (state, result) = self
             .rendered
@@ -70,20 +82,34 @@ pub trait Control: Send + Sync {
     fn post(&self, path: &str, query: &str) -> (u16, String);
 }
 
-/// Start the HTTP server on `address`. Returns the bound address (useful with port 0).
+/// One driver thread's metrics: where its renderings arrive and how to wake it.
+#[derive(Clone)]
+pub struct MetricsSource {
+    pub exchange: Arc<MetricsExchange>,
+    pub wake: Arc<dyn Wake>,
+}
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSource").finish_non_exhaustive()
+    }
+}
+
+/// Start the HTTP server on `address` for one driver. Returns the bound address (useful
+/// with port 0).
 pub fn spawn(
     address: SocketAddr,
     exchange: Arc<MetricsExchange>,
     wake: Arc<dyn Wake>,
 ) -> io::Result<SocketAddr> {
-    spawn_with_control(address, exchange, wake, None)
+    spawn_with_control(address, vec![MetricsSource { exchange, wake }], None)
 }
 
-/// [`spawn`], also answering `POST` requests with `control`.
+/// [`spawn`] for the shards of `sources` (shard `i` is `sources[i]`), also answering
+/// `POST` requests with `control`.
 pub fn spawn_with_control(
     address: SocketAddr,
-    exchange: Arc<MetricsExchange>,
-    wake: Arc<dyn Wake>,
+    sources: Vec<MetricsSource>,
     control: Option<Arc<dyn Control>>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)?;
@@ -95,7 +121,7 @@ pub fn spawn_with_control(
                 match stream {
                     Ok(stream) => {
                         let control = control.as_deref();
-                        if let Err(e) = answer(stream, &exchange, wake.as_ref(), control) {
+                        if let Err(e) = answer(stream, &sources, control) {
                             debug!(error = %e, "metrics request failed");
                         }
                     }
@@ -108,8 +134,7 @@ pub fn spawn_with_control(
 
 fn answer(
     stream: TcpStream,
-    exchange: &MetricsExchange,
-    wake: &dyn Wake,
+    sources: &[MetricsSource],
     control: Option<&dyn Control>,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -125,12 +150,12 @@ fn answer(
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => match exchange.request(wake, Duration::from_secs(2)) {
-            Some(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
-            None => (
+        ("GET", "/metrics") => match scrape(sources) {
+            Ok(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+            Err(shard) => (
                 "503 Service Unavailable",
                 "text/plain",
-                "the forwarding thread did not answer in time\n".to_owned(),
+                format!("forwarding thread (shard {shard}) did not answer in time\n"),
             ),
         },
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
@@ -153,6 +178,89 @@ fn answer(
     )?;
     stream.write_all(body.as_bytes())?;
     stream.flush()
+}
+
+/// Every source's rendering, merged; or the first shard that did not answer.
+fn scrape(sources: &[MetricsSource]) -> Result<String, usize> {
+    // Ask them all first, so the shards render in parallel.
+    let tickets: Vec<u64> = sources
+        .iter()
+        .map(|s| s.exchange.ask(s.wake.as_ref()))
+        .collect();
+    let mut renderings = Vec::with_capacity(sources.len());
+    for (shard, (source, ticket)) in sources.iter().zip(tickets).enumerate() {
+        let text = source
+            .exchange
+            .wait(ticket, Duration::from_secs(2))
+            .ok_or(shard)?;
+        renderings.push(text);
+    }
+    Ok(merge_shards(renderings))
+}
+
+/// One exposition from the shards' renderings: each family once, its `# HELP` and
+/// `# TYPE` first, then its samples from every shard, each labelled `shard="i"` (the
+/// text format wants a family's samples together). One shard's rendering passes as is.
+fn merge_shards(mut renderings: Vec<String>) -> String {
+    if renderings.len() == 1 {
+        return renderings.pop().unwrap_or_default();
+    }
+    struct Family<'a> {
+        help: Option<&'a str>,
+        kind: Option<&'a str>,
+        samples: Vec<String>,
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: std::collections::HashMap<&str, Family<'_>> = Default::default();
+    for (shard, text) in renderings.iter().enumerate() {
+        for line in text.lines() {
+            let (name, header) = if let Some(rest) = line.strip_prefix("# HELP ") {
+                (rest.split(' ').next().unwrap_or(rest), Some(true))
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                (rest.split(' ').next().unwrap_or(rest), Some(false))
+            } else if line.is_empty() || line.starts_with('#') {
+                continue;
+            } else {
+                (line.split(['{', ' ']).next().unwrap_or(line), None)
+            };
+            let family = families.entry(name).or_insert_with(|| {
+                order.push(name);
+                Family {
+                    help: None,
+                    kind: None,
+                    samples: Vec::new(),
+                }
+            });
+            match header {
+                Some(true) => {
+                    family.help.get_or_insert(line);
+                }
+                Some(false) => {
+                    family.kind.get_or_insert(line);
+                }
+                None => {
+                    let rest = &line[name.len()..];
+                    family.samples.push(match rest.strip_prefix('{') {
+                        Some(labels) => format!("{name}{{shard=\"{shard}\",{labels}"),
+                        None => format!("{name}{{shard=\"{shard}\"}}{rest}"),
+                    });
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        let family = &families[name];
+        for line in family.help.iter().chain(&family.kind) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for sample in &family.samples {
+            out.push_str(sample);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn status_line(code: u16) -> &'static str {
@@ -234,6 +342,27 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         assert!(response.ends_with("fanout_up 1\n"), "{response}");
         assert!(driver.woken.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn shards_merge_into_one_labelled_exposition() {
+        let shard = |legs: u32, drops: u32| {
+            format!(
+                "# HELP fanout_legs Legs\n# TYPE fanout_legs gauge\nfanout_legs {legs}\n\
+                 # HELP fanout_drops_total Drops\n# TYPE fanout_drops_total counter\n\
+                 fanout_drops_total{{reason=\"auth\"}} {drops}\n"
+            )
+        };
+        let merged = merge_shards(vec![shard(3, 1), shard(5, 0)]);
+        assert_eq!(
+            merged,
+            "# HELP fanout_legs Legs\n# TYPE fanout_legs gauge\n\
+             fanout_legs{shard=\"0\"} 3\nfanout_legs{shard=\"1\"} 5\n\
+             # HELP fanout_drops_total Drops\n# TYPE fanout_drops_total counter\n\
+             fanout_drops_total{shard=\"0\",reason=\"auth\"} 1\n\
+             fanout_drops_total{shard=\"1\",reason=\"auth\"} 0\n"
+        );
+        assert_eq!(merge_shards(vec![shard(3, 1)]), shard(3, 1));
     }
 
     #[test]

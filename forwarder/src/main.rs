@@ -11,9 +11,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
-use fanout_forwarder::config::{self, LayerChange, LayerLimits, Settings};
-use fanout_forwarder::driver::{self, DriverHandle, IoSelection};
-use fanout_forwarder::exporter::{self, query_param, Control, MetricsExchange};
+use fanout_forwarder::config::{self, LayerChange, LayerLimits, Overrides, Settings};
+use fanout_forwarder::driver::{self, DriverHandle, IoSelection, StopHandle};
+use fanout_forwarder::exporter::{self, query_param, Control, MetricsExchange, MetricsSource};
 use fanout_forwarder::ids::{MeetingId, ParticipantId};
 use fanout_forwarder::sfu::{ConfigureError, Layers};
 use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
@@ -58,6 +58,13 @@ struct Args {
     /// RTP listen address (overrides `forwarder.listen`).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+
+    /// Forwarding threads, one per core, each pinned (overrides `forwarder.shards`;
+    /// default: one per CPU this process may use). Meetings are spread over shards by the
+    /// address participants send to: meetings with their own `listen` port can run on
+    /// different cores; meetings sharing an address share a shard.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    shards: Option<u16>,
 
     /// Seconds between progress lines in the log (datagrams in and out, drops); 0 for none.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -143,95 +150,218 @@ fn run(args: Args) -> Result<()> {
     }
     // Required by clap unless --generate-key, which returned above.
     let path = args.config.context("--config FILE is required")?;
-    let loaded = config::load(&path, Instant::now())?;
+    let overrides = Overrides {
+        listen: args.listen,
+        shards: args.shards.map(usize::from),
+    };
+    let loaded = config::load(&path, Instant::now(), overrides)?;
     let mut network = loaded.network;
-    let mut core = loaded.forwarder;
     // What the forwarder runs with: the file as loaded, plus the live changes since.
     let running = Arc::new(Mutex::new(loaded.settings));
-    if let Some(listen) = args.listen {
-        network.rtcp_listen = listen
-            .port()
-            .checked_add(1)
-            .map(|p| std::net::SocketAddr::new(listen.ip(), p));
-        network.listen = listen;
-    }
     if args.metrics.is_some() {
         network.metrics = args.metrics;
     }
     info!(
         config = %path.display(),
-        legs = core.leg_count(),
-        subscriptions = core.subscription_count(),
+        shards = loaded.shards.len(),
+        legs = loaded.shards.iter().map(|s| s.forwarder.leg_count()).sum::<usize>(),
+        subscriptions = loaded.shards.iter().map(|s| s.forwarder.subscription_count()).sum::<usize>(),
         "configuration loaded"
     );
     if args.check {
+        for (i, shard) in loaded.shards.iter().enumerate() {
+            let meetings: Vec<&str> = shard.meetings.iter().map(|m| m.0.as_str()).collect();
+            let listen: Vec<String> = shard.listen.iter().map(|a| a.to_string()).collect();
+            println!(
+                "shard {i}: listen {} meetings {}",
+                listen.join(" "),
+                meetings.join(" ")
+            );
+        }
         println!("{}: OK", path.display());
         return Ok(());
     }
 
-    let mut sockets = vec![
-        driver::bind_udp(network.listen, network.socket_buffer_bytes)
-            .with_context(|| format!("cannot bind RTP socket {}", network.listen))?,
-    ];
-    if let Some(rtcp) = network.rtcp_listen {
-        sockets.push(
-            driver::bind_udp(rtcp, network.socket_buffer_bytes)
-                .with_context(|| format!("cannot bind RTCP socket {rtcp}"))?,
+    let kind = driver::select(args.io.into())?;
+    info!(driver = %kind, requested = ?args.io, "I/O driver selected");
+    let cpus = driver::allowed_cpus();
+    let mut shards = Vec::with_capacity(loaded.shards.len());
+    for (index, setup) in loaded.shards.into_iter().enumerate() {
+        let mut sockets = Vec::with_capacity(setup.listen.len());
+        for address in &setup.listen {
+            sockets.push(
+                driver::bind_udp(*address, network.socket_buffer_bytes)
+                    .with_context(|| format!("cannot bind {address} (shard {index})"))?,
+            );
+        }
+        let mut driver = driver::new_driver(kind, sockets)
+            .with_context(|| format!("cannot start the {kind} I/O driver (shard {index})"))?;
+        driver.set_progress_interval(Some(Duration::from_secs(args.progress_interval)));
+        let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
+        info!(
+            shard = index,
+            ?cpu,
+            listen = ?setup.listen,
+            meetings = ?setup.meetings.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+            "shard ready"
+        );
+        shards.push(Shard {
+            index,
+            cpu,
+            meetings: setup.meetings,
+            driver,
+            core: setup.forwarder,
+        });
+    }
+    if shards.len() > cpus.len().max(1) {
+        warn!(
+            shards = shards.len(),
+            cpus = cpus.len(),
+            "more shards than CPUs: shards share cores"
         );
     }
-    let kind = driver::select(args.io.into())?;
-    let mut driver = driver::new_driver(kind, sockets)
-        .with_context(|| format!("cannot start the {kind} I/O driver"))?;
-    info!(driver = %kind, requested = ?args.io, "I/O driver selected");
-    driver.set_progress_interval(Some(Duration::from_secs(args.progress_interval)));
+    let router = Arc::new(Router {
+        handles: shards.iter().map(|s| s.driver.handle()).collect(),
+        shard_of: shards
+            .iter()
+            .flat_map(|s| s.meetings.iter().map(|m| (m.clone(), s.index)))
+            .collect(),
+    });
 
     if let Some(address) = network.metrics {
-        let exchange = Arc::new(MetricsExchange::default());
-        let wake = driver.serve_metrics(exchange.clone());
+        let sources = shards
+            .iter_mut()
+            .map(|s| {
+                let exchange = Arc::new(MetricsExchange::default());
+                let wake = s.driver.serve_metrics(exchange.clone());
+                MetricsSource { exchange, wake }
+            })
+            .collect();
         let control = Arc::new(LayerControl {
             running: running.clone(),
-            driver: driver.handle(),
+            router: router.clone(),
         });
-        let bound = exporter::spawn_with_control(address, exchange, wake, Some(control))
+        let bound = exporter::spawn_with_control(address, sources, Some(control))
             .with_context(|| format!("cannot serve metrics on {address}"))?;
         info!(%bound, "metrics at http://{bound}/metrics");
     }
 
-    let stop = driver.stop_handle();
-    let handle = driver.handle();
+    let stops: Vec<StopHandle> = shards.iter().map(|s| s.driver.stop_handle()).collect();
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    let signal_stops = stops.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    reload(&path, &running, &handle);
+                    reload(&path, overrides, &running, &router);
                     continue;
                 }
                 info!(signal, "shutting down");
-                stop.stop();
+                for stop in &signal_stops {
+                    stop.stop();
+                }
                 break;
             }
         })
         .context("cannot start the signal thread")?;
 
-    driver.run(&mut core).context("the I/O driver failed")?;
-    let drops = core.total_drops();
-    info!(
-        dropped = drops.total(),
-        driver = ?driver.stats(),
-        "stopped cleanly"
-    );
+    run_shards(shards, &stops)
+}
+
+/// One core's share of the forwarder: its meetings' core and the driver of their sockets.
+struct Shard {
+    index: usize,
+    cpu: Option<usize>,
+    meetings: Vec<MeetingId>,
+    driver: Box<dyn driver::Driver>,
+    core: fanout_forwarder::sfu::Forwarder,
+}
+
+/// Run every shard on its own thread, pinned to its CPU, until all stop. A shard whose
+/// driver fails stops the others: a forwarder that lost some of its meetings should
+/// restart, not limp.
+fn run_shards(shards: Vec<Shard>, stops: &[StopHandle]) -> Result<()> {
+    let failures = std::thread::scope(|scope| {
+        let threads: Vec<_> = shards
+            .into_iter()
+            .map(|mut shard| {
+                std::thread::Builder::new()
+                    .name(format!("shard-{}", shard.index))
+                    .spawn_scoped(scope, move || {
+                        let span = tracing::info_span!("shard", shard = shard.index);
+                        let _entered = span.enter();
+                        if let Some(cpu) = shard.cpu {
+                            if let Err(e) = driver::pin_current_thread(cpu) {
+                                warn!(cpu, "cannot pin the shard to its CPU: {e}");
+                            }
+                        }
+                        let result = shard.driver.run(&mut shard.core);
+                        if result.is_err() {
+                            for stop in stops {
+                                stop.stop();
+                            }
+                        }
+                        info!(
+                            dropped = shard.core.total_drops().total(),
+                            driver = ?shard.driver.stats(),
+                            "shard stopped"
+                        );
+                        result.map_err(|e| (shard.index, e))
+                    })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for thread in threads {
+            match thread {
+                Ok(handle) => match handle.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err((index, e))) => failures.push(format!("shard {index}: {e}")),
+                    Err(_) => failures.push("a shard thread panicked".to_owned()),
+                },
+                Err(e) => {
+                    for stop in stops {
+                        stop.stop();
+                    }
+                    failures.push(format!("cannot start a shard thread: {e}"));
+                }
+            }
+        }
+        failures
+    });
+    if !failures.is_empty() {
+        anyhow::bail!("the I/O driver failed: {}", failures.join("; "));
+    }
+    info!("stopped cleanly");
     Ok(())
+}
+
+/// Which shard's driver runs a meeting.
+struct Router {
+    handles: Vec<DriverHandle>,
+    shard_of: std::collections::HashMap<MeetingId, usize>,
+}
+
+impl Router {
+    fn driver(&self, meeting: &MeetingId) -> Option<&DriverHandle> {
+        self.shard_of
+            .get(meeting)
+            .map(|&shard| &self.handles[shard])
+    }
 }
 
 /// SIGHUP: read and validate the file on this (the signal) thread, then send what can
 /// change live to the driver as commands, and warn about the rest. `running` is what the
 /// forwarder runs with; it follows the changes sent.
-fn reload(path: &std::path::Path, running: &Mutex<Settings>, driver: &DriverHandle) {
+fn reload(
+    path: &std::path::Path,
+    overrides: Overrides,
+    running: &Mutex<Settings>,
+    router: &Router,
+) {
     info!(config = %path.display(), "SIGHUP: reloading the configuration");
-    let loaded = match config::load(path, Instant::now()) {
+    let loaded = match config::load(path, Instant::now(), overrides) {
         Ok(loaded) => loaded,
         Err(e) => {
             error!("configuration not reloaded, nothing changed: {e}");
@@ -249,7 +379,7 @@ fn reload(path: &std::path::Path, running: &Mutex<Settings>, driver: &DriverHand
     }
     let mut queued = 0;
     for change in reload.layer_changes {
-        match send_layer_change(driver, change.clone(), None) {
+        match send_layer_change(router, change.clone(), None) {
             Ok(()) => {
                 running.record(&change);
                 queued += 1;
@@ -264,44 +394,49 @@ fn reload(path: &std::path::Path, running: &Mutex<Settings>, driver: &DriverHand
     );
 }
 
-/// Queue `change` for the driver thread, which applies and logs it, and reports the
-/// outcome on `reply` if given.
+/// Queue `change` for the thread of the shard running its meeting, which applies and
+/// logs it, and reports the outcome on `reply` if given.
 fn send_layer_change(
-    driver: &DriverHandle,
+    router: &Router,
     change: LayerChange,
     reply: Option<mpsc::Sender<Result<Layers, ConfigureError>>>,
-) -> Result<(), driver::CommandError> {
-    driver.send(Box::new(move |core| {
-        let result = change.apply(core);
-        match &result {
-            Ok(previous) => info!(
-                meeting = %change.meeting,
-                participant = %change.participant,
-                subscription = change.index,
-                track = %change.track,
-                from = %LayerLimits(*previous),
-                to = %LayerLimits(change.to),
-                "subscription layer limits changed"
-            ),
-            Err(e) => error!(
-                meeting = %change.meeting,
-                participant = %change.participant,
-                subscription = change.index,
-                track = %change.track,
-                "cannot change the subscription's layer limits: {e}"
-            ),
-        }
-        if let Some(reply) = reply {
-            // The requester may have given up waiting; nothing to do then.
-            let _ = reply.send(result);
-        }
-    }))
+) -> Result<(), String> {
+    let driver = router
+        .driver(&change.meeting)
+        .ok_or_else(|| format!("no shard runs meeting `{}`", change.meeting))?;
+    driver
+        .send(Box::new(move |core| {
+            let result = change.apply(core);
+            match &result {
+                Ok(previous) => info!(
+                    meeting = %change.meeting,
+                    participant = %change.participant,
+                    subscription = change.index,
+                    track = %change.track,
+                    from = %LayerLimits(*previous),
+                    to = %LayerLimits(change.to),
+                    "subscription layer limits changed"
+                ),
+                Err(e) => error!(
+                    meeting = %change.meeting,
+                    participant = %change.participant,
+                    subscription = change.index,
+                    track = %change.track,
+                    "cannot change the subscription's layer limits: {e}"
+                ),
+            }
+            if let Some(reply) = reply {
+                // The requester may have given up waiting; nothing to do then.
+                let _ = reply.send(result);
+            }
+        }))
+        .map_err(|e| e.to_string())
 }
 
 /// `POST /v1/subscriptions/max-layers`: layer limits over HTTP.
 struct LayerControl {
     running: Arc<Mutex<Settings>>,
-    driver: DriverHandle,
+    router: Arc<Router>,
 }
 
 impl LayerControl {
@@ -364,8 +499,7 @@ impl LayerControl {
             to,
         };
         let (reply, outcome) = mpsc::channel();
-        send_layer_change(&self.driver, change.clone(), Some(reply))
-            .map_err(|e| (503, e.to_string()))?;
+        send_layer_change(&self.router, change.clone(), Some(reply)).map_err(|e| (503, e))?;
         running.record(&change);
         drop(running);
         match outcome.recv_timeout(Self::APPLY_TIMEOUT) {

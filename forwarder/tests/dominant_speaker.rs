@@ -62,6 +62,8 @@ fn the_dominant_speaker_changes_once_per_change_of_speaker() {
                     remote: None,
                     remote_rtcp: None,
                     rtcp_mux: true,
+                    local: None,
+                    local_rtcp: None,
                 },
             )
             .unwrap();

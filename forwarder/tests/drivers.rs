@@ -44,6 +44,8 @@ fn leg(name: &str, remote: Option<SocketAddr>) -> (LegConfig, MasterKey, MasterK
         remote,
         remote_rtcp: None,
         rtcp_mux: true,
+        local: None,
+        local_rtcp: None,
     };
     (config, receive_key, send_key)
 }

@@ -32,6 +32,12 @@ pub struct LegConfig {
     pub remote_rtcp: Option<SocketAddr>,
     /// RTP and RTCP share one port (RFC 5761).
     pub rtcp_mux: bool,
+    /// The forwarder's own address the peer sends RTP to, when it has several (a meeting
+    /// with its own port): transmits leave from it, so the peer sees one symmetric flow.
+    /// `None`: the driver's default socket until the peer's first packet shows which.
+    pub local: Option<SocketAddr>,
+    /// The same for non-muxed RTCP.
+    pub local_rtcp: Option<SocketAddr>,
 }
 
 /// Live state of a leg inside the core.

@@ -342,6 +342,8 @@ mod tests {
                     remote: None,
                     remote_rtcp: None,
                     rtcp_mux: true,
+                    local: None,
+                    local_rtcp: None,
                 },
             )
             .unwrap();

@@ -286,6 +286,10 @@ impl Forwarder {
 
     // ----- configuration -------------------------------------------------------------
 
+    pub fn meeting_exists(&self, id: &MeetingId) -> bool {
+        self.meeting_index.contains_key(id)
+    }
+
     pub fn add_meeting(&mut self, id: MeetingId) -> Result<(), ConfigureError> {
         if self.meeting_index.contains_key(&id) {
             return Err(ConfigureError::MeetingExists(id));
@@ -401,10 +405,10 @@ impl Forwarder {
             remote_rtp: config.remote,
             remote_rtcp,
             rtcp_mux: config.rtcp_mux,
-            local: None,
+            local: config.local,
             inbound_ssrcs: Vec::new(),
             sources: Vec::new(),
-            local_rtcp: None,
+            local_rtcp: config.local_rtcp,
             rtcp_ssrc: Ssrc(RTCP_SSRC_BASE ^ self.legs.vacant_key() as u32),
             subscriptions: Vec::new(),
             last_received: None,
@@ -744,6 +748,11 @@ impl Forwarder {
     /// The leg's remote RTP address, configured or learned.
     pub fn leg_remote(&self, leg: LegId) -> Option<SocketAddr> {
         self.legs.get(leg.index()).and_then(|l| l.remote_rtp)
+    }
+
+    /// The forwarder's address a leg sends RTP from (`None`: the driver's default).
+    pub fn leg_local(&self, leg: LegId) -> Option<SocketAddr> {
+        self.legs.get(leg.index()).and_then(|l| l.local)
     }
 
     /// Loss and jitter of one encoding of a track as the forwarder receives it.

@@ -106,6 +106,8 @@ pub fn leg_config(
             remote,
             remote_rtcp: None,
             rtcp_mux: true,
+            local: None,
+            local_rtcp: None,
         },
         receive_key,
         send_key,
