@@ -9,6 +9,7 @@
 #   protobuf-compiler,       protoc and the well-known .proto files (google/protobuf/*),
 #   libprotobuf-dev          for the gRPC code generation (tonic/prost) and
 #                            etcd-client's build script
+#   iproute2                 `ip`: network namespaces and veth pairs (benchmarks, tests)
 #
 # The Rust toolchain itself (rustup, cargo) is expected to be present.
 set -euo pipefail
@@ -22,6 +23,7 @@ packages=(
   etcd-server
   protobuf-compiler
   libprotobuf-dev
+  iproute2
 )
 
 missing=()

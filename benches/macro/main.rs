@@ -23,6 +23,7 @@ mod packet;
 mod receiver;
 mod search;
 mod sender;
+mod topology;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ use forwarder::{Counters, ForwarderProcess, Keys};
 use receiver::Receivers;
 use search::Search;
 use sender::{SendReport, Sender, StepPlan};
+use topology::Topology;
 
 const DEFAULT_FORWARDER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -81,6 +83,20 @@ struct Args {
     /// I/O driver of the forwarder, passed as `--io DRIVER`: mio, uring or auto.
     #[arg(long, default_value = "mio")]
     driver: String,
+
+    /// Forwarder shards (`--shards`): the N subscribers are split over this many
+    /// meetings, each at its own port (so each runs on its own shard and core), each with
+    /// its own publisher; every id is published once to each meeting. Egress stays
+    /// N datagrams per id; ingress is one per meeting.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    shards: u16,
+
+    /// Where the harness's sockets are: `loopback` (127.0.0.1, with the forwarder), or
+    /// `veth`: in a network namespace of their own behind a veth pair, created for the
+    /// run and removed after it (needs root and iproute2), so every datagram crosses an
+    /// interface in each direction.
+    #[arg(long, value_enum, default_value_t = Network::Loopback)]
+    network: Network,
 
     /// Subscriber counts N to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
@@ -155,6 +171,12 @@ struct Args {
     workdir: PathBuf,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Network {
+    Loopback,
+    Veth,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if !args.forwarder.is_file() {
@@ -200,11 +222,21 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
     }
     let machine = machine();
     eprintln!("machine: {machine}");
+    let topology = match args.network {
+        Network::Loopback => Topology::loopback(),
+        Network::Veth => Topology::veth().context("cannot set up the veth pair")?,
+    };
+    eprintln!(
+        "network: {} (forwarder {}, peers {})",
+        topology.name(),
+        topology.forwarder_ip,
+        topology.peer_ip
+    );
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let mut records = Vec::new();
     for &profile in &profiles {
         for &n in &args.subscribers {
-            let record = measure(args, profile, n, &machine, deadline, stop)?;
+            let record = measure(args, &topology, profile, n, &machine, deadline, stop)?;
             records.push(record);
             write_json(&args.json, &records)?;
         }
@@ -244,6 +276,10 @@ struct StepRecord {
 #[derive(Debug, Serialize)]
 struct Record {
     driver: String,
+    /// `loopback` or `veth`.
+    network: String,
+    /// Forwarder shards, and meetings (one publisher each).
+    shards: u16,
     profile: String,
     subscribers: usize,
     /// UDP payload bytes per datagram on the wire (RTP header + payload + SRTP trailer).
@@ -306,23 +342,34 @@ struct Bench<'a> {
 
 fn measure(
     args: &Args,
+    topology: &Topology,
     profile: SrtpProfile,
     n: usize,
     machine: &str,
     deadline: Instant,
     stop: &AtomicBool,
 ) -> Result<Record> {
-    let tag = format!("{}-{}-n{n}", args.driver, profile.name());
+    let shards = usize::from(args.shards);
+    if n < shards {
+        bail!("--subscribers {n} is fewer than --shards {shards}: a meeting would be empty");
+    }
+    let tag = format!(
+        "{}-{}-{}-s{shards}-n{n}",
+        args.driver,
+        topology.name(),
+        profile.name()
+    );
     eprintln!("[{tag}] binding {n} subscriber sockets, starting the forwarder");
-    let keys = Keys::generate(profile, n);
+    let keys = Keys::generate(profile, shards, n);
     let receivers = Receivers::start(
+        topology,
         keys.subscribers.clone(),
         args.receiver_threads,
         args.socket_buffer,
         args.sample_every,
     )?;
-    let (listen, metrics) = forwarder::free_ports()?;
-    let toml = forwarder::config_toml(listen, profile, &keys, &receivers.addrs);
+    let (meetings, metrics) = forwarder::free_ports(topology.forwarder_ip, shards)?;
+    let toml = forwarder::config_toml(&meetings, profile, &keys, &receivers.addrs);
     let forwarder = ForwarderProcess::start(
         &args.forwarder,
         &args.workdir,
@@ -330,6 +377,7 @@ fn measure(
         &toml,
         metrics,
         &args.driver,
+        shards,
     )?;
     let trailer = profile.rtp_trailer_len();
     let packet_bytes = packet::HEADER_LEN + args.payload_bytes.max(packet::MIN_PAYLOAD) + trailer;
@@ -344,21 +392,31 @@ fn measure(
         stop,
     };
 
-    let mut raw = Sender::raw(
-        &bench.receivers.addrs,
-        args.payload_bytes,
-        trailer,
-        args.socket_buffer,
-    )?;
+    let mut raw = topology.in_peer_namespace(|| {
+        Ok(Sender::raw(
+            topology.peer_ip,
+            &bench.receivers.addrs,
+            args.payload_bytes,
+            trailer,
+            args.socket_buffer,
+        )?)
+    })?;
     let (raw_best, raw_steps, raw_limit, raw_complete) = bench.search(&mut raw, Target::Raw)?;
     drop(raw);
 
-    let mut publisher = Sender::publisher(
-        listen,
-        SrtpContext::new(&keys.publisher),
-        args.payload_bytes,
-        args.socket_buffer,
-    )?;
+    let publishers = meetings
+        .iter()
+        .zip(&keys.publishers)
+        .map(|(address, key)| (*address, SrtpContext::new(key)))
+        .collect();
+    let mut publisher = topology.in_peer_namespace(|| {
+        Ok(Sender::publisher(
+            topology.peer_ip,
+            publishers,
+            args.payload_bytes,
+            args.socket_buffer,
+        )?)
+    })?;
     let (best, steps, limit, complete) = bench.search(&mut publisher, Target::Forwarder)?;
     let half = best.as_ref().map(|b| b.record.egress_pps / 2.0);
     let at_half = match half {
@@ -373,12 +431,14 @@ fn measure(
     let egress = best.as_ref().map_or(0.0, |s| s.record.egress_pps);
     let record = Record {
         driver: args.driver.clone(),
+        network: topology.name().to_string(),
+        shards: args.shards,
         profile: profile.name().to_string(),
         subscribers: n,
         packet_bytes,
         payload_bytes: args.payload_bytes,
         egress_pps: egress,
-        ingress_pps: egress / n as f64,
+        ingress_pps: egress / n as f64 * shards as f64,
         raw_sender_pps: raw_pps,
         ratio_to_raw: if raw_pps > 0.0 { egress / raw_pps } else { 0.0 },
         busy_cores: best.as_ref().map_or(0.0, |s| s.record.busy_cores),
@@ -626,7 +686,8 @@ impl Bench<'_> {
             paced,
             &report,
             &counters,
-            n,
+            // Copies per datagram in: each meeting has its share of the subscribers.
+            n.div_ceil(u64::from(args.shards)),
             (loss, late),
             busy,
             receiver_busy,
@@ -686,7 +747,7 @@ fn diagnose(
     paced: bool,
     sent: &SendReport,
     forwarder: &Counters,
-    n: u64,
+    fanout: u64,
     (loss, late): (f64, f64),
     busy: f64,
     receiver_busy: f64,
@@ -706,7 +767,7 @@ fn diagnose(
                 forwarder.received, published, busy
             );
         }
-        let expected = forwarder.received * n;
+        let expected = forwarder.received * fanout;
         if ((forwarder.sent + forwarder.send_failures) as f64) < expected as f64 * 0.999 {
             return format!(
                 "forwarder dropped: sent {} of {} copies (drops {}, send failures {})",
@@ -773,8 +834,10 @@ fn write_json(path: &std::path::Path, records: &[Record]) -> Result<()> {
 
 fn print_table(records: &[Record]) {
     println!(
-        "{:<6} {:<24} {:>5} {:>6} {:>11} {:>11} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "{:<6} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11} {:>11} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}",
         "driver",
+        "network",
+        "shards",
         "profile",
         "N",
         "bytes",
@@ -790,8 +853,10 @@ fn print_table(records: &[Record]) {
     );
     for r in records {
         println!(
-            "{:<6} {:<24} {:>5} {:>6} {:>11.0} {:>11.0} {:>6.2} {:>6.2} {:>7.0} {:>8.0} {:>8.0} {:>8.0} {:>8.4}{}",
+            "{:<6} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11.0} {:>11.0} {:>6.2} {:>6.2} {:>7.0} {:>8.0} {:>8.0} {:>8.0} {:>8.4}{}",
             r.driver,
+            r.network,
+            r.shards,
             r.profile,
             r.subscribers,
             r.packet_bytes,

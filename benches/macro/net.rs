@@ -311,3 +311,12 @@ pub fn kill(pid: u32, signal: libc::c_int) {
         unsafe { libc::kill(pid, signal) };
     }
 }
+
+/// Move the calling thread into the network namespace `file` refers to (/var/run/netns/X).
+pub fn enter_network_namespace(file: &std::fs::File) -> io::Result<()> {
+    // SAFETY: the descriptor is open for the duration of the call (borrowed from `file`).
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use crate::clock;
 use crate::net::{self, Epoll, RecvBatch};
 use crate::packet::{self, RAW_SSRC};
+use crate::topology::Topology;
 
 /// Counters of one subscriber for the current step.
 #[derive(Debug, Default)]
@@ -88,27 +89,32 @@ pub struct Receivers {
 }
 
 impl Receivers {
-    /// Binds one socket per key (subscriber) on 127.0.0.1 and starts `threads` readers,
+    /// Binds one socket per key (subscriber) on `bind_ip` (inside `topology`'s peer
+    /// namespace) and starts `threads` readers,
     /// each owning an equal share of the sockets. `sample_every`: decrypt and time one
     /// packet in that many per subscriber.
     pub fn start(
+        topology: &Topology,
         keys: Vec<MasterKey>,
         threads: usize,
         buffer_bytes: usize,
         sample_every: u64,
     ) -> Result<Self> {
         let n = keys.len();
-        let mut sockets = Vec::with_capacity(n);
-        let mut addrs = Vec::with_capacity(n);
-        for i in 0..n {
-            let s = net::udp_socket(SocketAddrV4::new([127, 0, 0, 1].into(), 0), buffer_bytes)
-                .with_context(|| format!("cannot bind subscriber socket {i}"))?;
-            match s.local_addr()? {
-                std::net::SocketAddr::V4(a) => addrs.push(a),
-                other => anyhow::bail!("unexpected local address {other}"),
+        let (sockets, addrs) = topology.in_peer_namespace(|| {
+            let mut sockets = Vec::with_capacity(n);
+            let mut addrs = Vec::with_capacity(n);
+            for i in 0..n {
+                let s = net::udp_socket(SocketAddrV4::new(topology.peer_ip, 0), buffer_bytes)
+                    .with_context(|| format!("cannot bind subscriber socket {i}"))?;
+                match s.local_addr()? {
+                    std::net::SocketAddr::V4(a) => addrs.push(a),
+                    other => anyhow::bail!("unexpected local address {other}"),
+                }
+                sockets.push(s);
             }
-            sockets.push(s);
-        }
+            Ok((sockets, addrs))
+        })?;
         let threads = threads.clamp(1, n.max(1));
         let shared = Arc::new(Shared {
             counters: (0..n).map(|_| SubscriberCounters::default()).collect(),

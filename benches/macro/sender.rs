@@ -8,7 +8,7 @@
 //! The publisher's SRTP context lives for the whole configuration, so sequence numbers
 //! keep increasing across steps and the forwarder's replay protection never trips.
 
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 use std::time::Duration;
@@ -57,10 +57,10 @@ impl SendReport {
 /// A paced sender of one kind.
 #[derive(Debug)]
 pub enum Sender {
-    /// Sends SRTP to the forwarder from one connected socket.
+    /// Sends SRTP to the forwarder: every id once to each meeting, from one connected
+    /// socket per meeting with that meeting's publisher key.
     Publisher {
-        socket: UdpSocket,
-        context: Box<SrtpContext>,
+        meetings: Vec<(UdpSocket, Box<SrtpContext>)>,
         payload_len: usize,
         bufs: Vec<Vec<u8>>,
     },
@@ -84,17 +84,24 @@ fn buffers() -> Vec<Vec<u8>> {
 }
 
 impl Sender {
+    /// A publisher per meeting: `meetings` holds each meeting's address and publisher
+    /// context. Sockets are bound to `bind_ip`.
     pub fn publisher(
-        forwarder: SocketAddrV4,
-        context: SrtpContext,
+        bind_ip: Ipv4Addr,
+        meetings: Vec<(SocketAddrV4, SrtpContext)>,
         payload_len: usize,
         buffer_bytes: usize,
     ) -> std::io::Result<Self> {
-        let socket = net::udp_socket(SocketAddrV4::new([127, 0, 0, 1].into(), 0), buffer_bytes)?;
-        socket.connect(forwarder)?;
+        let meetings = meetings
+            .into_iter()
+            .map(|(forwarder, context)| {
+                let socket = net::udp_socket(SocketAddrV4::new(bind_ip, 0), buffer_bytes)?;
+                socket.connect(forwarder)?;
+                Ok((socket, Box::new(context)))
+            })
+            .collect::<std::io::Result<_>>()?;
         Ok(Sender::Publisher {
-            socket,
-            context: Box::new(context),
+            meetings,
             payload_len,
             bufs: buffers(),
         })
@@ -103,12 +110,13 @@ impl Sender {
     /// `trailer` is the SRTP trailer length of the profile compared, so the raw datagrams
     /// have exactly the size of the forwarder's.
     pub fn raw(
+        bind_ip: Ipv4Addr,
         dests: &[SocketAddrV4],
         payload_len: usize,
         trailer: usize,
         buffer_bytes: usize,
     ) -> std::io::Result<Self> {
-        let socket = net::udp_socket(SocketAddrV4::new([127, 0, 0, 1].into(), 0), buffer_bytes)?;
+        let socket = net::udp_socket(SocketAddrV4::new(bind_ip, 0), buffer_bytes)?;
         Ok(Sender::Raw {
             socket,
             dests: dests.iter().map(|a| net::sockaddr(*a)).collect(),
@@ -159,35 +167,38 @@ impl Sender {
         };
         match self {
             Sender::Publisher {
-                socket,
-                context,
+                meetings,
                 payload_len,
                 bufs,
             } => {
-                let mut lens = [0usize; BATCH];
-                let mut n = 0;
-                for id in from..to {
-                    let now = clock::now_ns();
-                    mark(id, report, now);
-                    let buf = &mut bufs[n];
-                    let len = packet::write(buf, TRACK_SSRC, id as u32, now, *payload_len);
-                    match context.protect_rtp(buf, len) {
-                        Ok(len) => {
-                            lens[n] = len;
-                            n += 1;
+                for (m, (socket, context)) in meetings.iter_mut().enumerate() {
+                    let mut lens = [0usize; BATCH];
+                    let mut n = 0;
+                    for id in from..to {
+                        let now = clock::now_ns();
+                        if m == 0 {
+                            mark(id, report, now);
                         }
-                        Err(_) => report.datagrams_failed += 1,
+                        let buf = &mut bufs[n];
+                        let len = packet::write(buf, TRACK_SSRC, id as u32, now, *payload_len);
+                        match context.protect_rtp(buf, len) {
+                            Ok(len) => {
+                                lens[n] = len;
+                                n += 1;
+                            }
+                            Err(_) => report.datagrams_failed += 1,
+                        }
                     }
+                    let slices: Vec<&[u8]> = bufs[..n]
+                        .iter()
+                        .zip(&lens[..n])
+                        .map(|(b, &l)| &b[..l])
+                        .collect();
+                    let (sent, failed, calls) = net::send_batch(socket.as_raw_fd(), &slices, &[]);
+                    report.datagrams_sent += sent as u64;
+                    report.datagrams_failed += failed as u64;
+                    report.syscalls += calls as u64;
                 }
-                let slices: Vec<&[u8]> = bufs[..n]
-                    .iter()
-                    .zip(&lens[..n])
-                    .map(|(b, &l)| &b[..l])
-                    .collect();
-                let (sent, failed, calls) = net::send_batch(socket.as_raw_fd(), &slices, &[]);
-                report.datagrams_sent += sent as u64;
-                report.datagrams_failed += failed as u64;
-                report.syscalls += calls as u64;
             }
             Sender::Raw {
                 socket,
