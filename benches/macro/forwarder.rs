@@ -27,7 +27,9 @@ pub struct Keys {
 impl Keys {
     pub fn generate(profile: SrtpProfile, meetings: usize, n: usize) -> Self {
         Keys {
-            publishers: (0..meetings).map(|_| MasterKey::generate(profile)).collect(),
+            publishers: (0..meetings)
+                .map(|_| MasterKey::generate(profile))
+                .collect(),
             subscribers: (0..n).map(|_| MasterKey::generate(profile)).collect(),
         }
     }

@@ -54,7 +54,15 @@ impl Topology {
             vec!["link", "set", &peer, "netns", &ns],
             vec!["addr", "add", &format!("{forwarder_ip}/30"), "dev", &host],
             vec!["link", "set", &host, "up"],
-            vec!["-n", &ns, "addr", "add", &format!("{peer_ip}/30"), "dev", &peer],
+            vec![
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{peer_ip}/30"),
+                "dev",
+                &peer,
+            ],
             vec!["-n", &ns, "link", "set", &peer, "up"],
             vec!["-n", &ns, "link", "set", "lo", "up"],
         ] {
