@@ -99,7 +99,11 @@ pub fn probe() -> Result<(), String> {
 }
 
 fn probe_on_this_thread() -> Result<(), String> {
-    let mut ring = build_ring(16, 64).map_err(|e| format!("cannot create a ring: {e}"))?;
+    let (mut ring, disabled) =
+        build_ring(16, 64).map_err(|e| format!("cannot create a ring: {e}"))?;
+    if disabled {
+        enable_ring(&ring).map_err(|e| format!("cannot enable the ring: {e}"))?;
+    }
     let params = ring.params();
     if !params.is_feature_ext_arg() {
         return Err("the kernel lacks IORING_FEAT_EXT_ARG (Linux 5.11)".into());
@@ -203,14 +207,41 @@ fn probe_multishot(ring: &mut IoUring) -> Result<(), String> {
     outcome
 }
 
-fn build_ring(sq: u32, cq: u32) -> io::Result<IoUring> {
-    IoUring::builder()
+/// A ring, and whether it was created disabled: then the thread that will submit must
+/// enable it ([`enable_ring`]) before the first submission.
+///
+/// Preferred (Linux 6.1): `SINGLE_ISSUER | DEFER_TASKRUN`: completion work is deferred
+/// until the issuer asks for completions, which the driver does once per turn, so the
+/// network softirq never interrupts the forwarding thread to post a completion, and the
+/// kernel may skip the locking single-issuer rings do not need. The ring starts disabled
+/// (`R_DISABLED`) so that the issuer is the shard thread that enables it, not the thread
+/// that built the driver. Fallback: `COOP_TASKRUN`, whose task work still runs only when
+/// the thread enters the kernel.
+fn build_ring(sq: u32, cq: u32) -> io::Result<(IoUring, bool)> {
+    let deferred = IoUring::builder()
         .setup_cqsize(cq)
-        // Completions from softirq context run as task work when we enter the kernel,
-        // which we do every turn anyway: no inter-processor interrupt per packet.
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .build(sq)
+        .setup_r_disabled()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(sq);
+    match deferred {
+        Ok(ring) => Ok((ring, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            debug!("io_uring without DEFER_TASKRUN (Linux < 6.1): using COOP_TASKRUN");
+            let ring = IoUring::builder()
+                .setup_cqsize(cq)
+                .setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .build(sq)?;
+            Ok((ring, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Make the calling thread a disabled ring's single issuer.
+fn enable_ring(ring: &IoUring) -> io::Result<()> {
+    ring.submitter().register_enable_rings()
 }
 
 /// Push one SQE, submitting first if the submission queue is full.
@@ -470,6 +501,10 @@ impl Wake for EventFdWake {
 /// The io_uring driver. Build it with [`UringDriver::new`] after [`probe`] succeeded.
 pub struct UringDriver {
     ring: IoUring,
+    /// Created disabled: the thread that runs the driver enables it (see [`build_ring`]).
+    disabled: bool,
+    /// Operations cancelled, buffers and files unregistered: it cannot run again.
+    released: bool,
     sockets: Vec<RingSocket>,
     pool: SendPool,
     wake_fd: Arc<OwnedFd>,
@@ -511,7 +546,7 @@ impl UringDriver {
                 "the io_uring driver takes 1 to 64 sockets",
             ));
         }
-        let ring = build_ring(SQ_ENTRIES, CQ_ENTRIES)?;
+        let (ring, disabled) = build_ring(SQ_ENTRIES, CQ_ENTRIES)?;
         let fds: Vec<_> = sockets.iter().map(|s| s.as_raw_fd()).collect();
         ring.submitter().register_files(&fds)?;
         let mut ring_sockets = Vec::with_capacity(sockets.len());
@@ -539,6 +574,8 @@ impl UringDriver {
         let wake_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         Ok(UringDriver {
             ring,
+            disabled,
+            released: false,
             sockets: ring_sockets,
             pool: SendPool::new(SEND_SLOTS),
             wake_fd,
@@ -590,6 +627,13 @@ impl UringDriver {
 
     /// Run until stopped. Events of the core are logged.
     pub fn run(&mut self, core: &mut Forwarder) -> io::Result<()> {
+        if self.released {
+            return Err(io::Error::other("this io_uring driver has already run and stopped"));
+        }
+        if self.disabled {
+            enable_ring(&self.ring)?;
+            self.disabled = false;
+        }
         info!(addresses = ?self.local_addrs(), driver = "io_uring", "forwarding");
         self.progress.start(Instant::now());
         self.arm()?;
@@ -626,6 +670,7 @@ impl UringDriver {
             self.arm()?;
         }
         info!(stats = ?self.stats, "driver stopped");
+        self.release();
         Ok(())
     }
 
@@ -952,8 +997,16 @@ fn zeroed_storage() -> libc::sockaddr_storage {
     unsafe { std::mem::zeroed() }
 }
 
-impl Drop for UringDriver {
-    fn drop(&mut self) {
+impl UringDriver {
+    /// Cancel and reap every operation, and unregister buffers and files. Done by `run`
+    /// on its way out, on the thread that issued everything: a single-issuer ring refuses
+    /// submissions and registrations from any other thread, and the driver may be dropped
+    /// elsewhere.
+    fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
         if self.quiesce(Duration::from_secs(1)) {
             for socket in &self.sockets {
                 let _ = self.ring.submitter().unregister_buf_ring(socket.bufs.bgid);
@@ -971,6 +1024,12 @@ impl Drop for UringDriver {
             self.pool.slots.leak();
             self.wake_buf.leak();
         }
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -1028,7 +1087,9 @@ mod tests {
         stop.stop();
         let mut core = Forwarder::new(ForwarderConfig::default(), Instant::now());
         driver.run(&mut core).unwrap();
+        assert!(driver.released, "run releases what the kernel holds on its way out");
         assert!(driver.quiesce(Duration::from_secs(1)));
+        assert!(driver.run(&mut core).is_err(), "a released driver does not run again");
     }
 
     #[test]
