@@ -286,6 +286,10 @@ struct Record {
     packet_bytes: usize,
     payload_bytes: usize,
     egress_pps: f64,
+    /// egress_pps × packet_bytes × 8 (UDP payload bits; headers not counted).
+    egress_gbps: f64,
+    /// egress_pps / busy_cores.
+    pps_per_busy_core: f64,
     ingress_pps: f64,
     raw_sender_pps: f64,
     ratio_to_raw: f64,
@@ -438,6 +442,11 @@ fn measure(
         packet_bytes,
         payload_bytes: args.payload_bytes,
         egress_pps: egress,
+        egress_gbps: egress * packet_bytes as f64 * 8.0 / 1e9,
+        pps_per_busy_core: match best.as_ref().map_or(0.0, |s| s.record.busy_cores) {
+            busy if busy > 0.0 => egress / busy,
+            _ => 0.0,
+        },
         ingress_pps: egress / n as f64 * shards as f64,
         raw_sender_pps: raw_pps,
         ratio_to_raw: if raw_pps > 0.0 { egress / raw_pps } else { 0.0 },
@@ -834,7 +843,7 @@ fn write_json(path: &std::path::Path, records: &[Record]) -> Result<()> {
 
 fn print_table(records: &[Record]) {
     println!(
-        "{:<6} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11} {:>11} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "{:<6} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11} {:>6} {:>11} {:>11} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}",
         "driver",
         "network",
         "shards",
@@ -842,6 +851,8 @@ fn print_table(records: &[Record]) {
         "N",
         "bytes",
         "egress_pps",
+        "Gbit/s",
+        "pps/core",
         "raw_pps",
         "ratio",
         "cores",
@@ -853,7 +864,7 @@ fn print_table(records: &[Record]) {
     );
     for r in records {
         println!(
-            "{:<6} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11.0} {:>11.0} {:>6.2} {:>6.2} {:>7.0} {:>8.0} {:>8.0} {:>8.0} {:>8.4}{}",
+            "{:<6} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11.0} {:>6.2} {:>11.0} {:>11.0} {:>6.2} {:>6.2} {:>7.0} {:>8.0} {:>8.0} {:>8.0} {:>8.4}{}",
             r.driver,
             r.network,
             r.shards,
@@ -861,6 +872,8 @@ fn print_table(records: &[Record]) {
             r.subscribers,
             r.packet_bytes,
             r.egress_pps,
+            r.egress_gbps,
+            r.pps_per_busy_core,
             r.raw_sender_pps,
             r.ratio_to_raw,
             r.busy_cores,
