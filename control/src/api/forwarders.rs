@@ -1,0 +1,1 @@
+//! `fanout.control.v1.Forwarders` (filled in with the forwarder registry).

@@ -1,0 +1,153 @@
+//! The keyspace (docs/control-plane.md): every key the control plane writes, built here
+//! and nowhere else. Keys are relative to the store's root (an `EtcdStore` adds its own
+//! prefix, `/fanout/` by default). Ids are validated by the domain to `[A-Za-z0-9._-]`, so
+//! they cannot contain the `/` that separates segments.
+
+use crate::domain::{ForwarderId, MeetingId, ParticipantId};
+
+/// The layout's version: a later layout can live beside this one during a migration.
+const V: &str = "v1";
+
+/// Every meeting document: `v1/meetings/`.
+pub fn meetings() -> String {
+    format!("{V}/meetings/")
+}
+
+/// A meeting and its stage.
+pub fn meeting(meeting: &MeetingId) -> String {
+    format!("{V}/meetings/{meeting}")
+}
+
+/// Every attendee of a webinar.
+pub fn audience(meeting: &MeetingId) -> String {
+    format!("{V}/audience/{meeting}/")
+}
+
+/// One attendee of a webinar.
+pub fn attendee(meeting: &MeetingId, participant: &ParticipantId) -> String {
+    format!("{V}/audience/{meeting}/{participant}")
+}
+
+/// Every participant's media transport (SRTP keys) of a meeting.
+pub fn transports(meeting: &MeetingId) -> String {
+    format!("{V}/transports/{meeting}/")
+}
+
+/// A participant's media transport: the SRTP keys the join handed out, which the
+/// forwarder running the meeting needs too.
+pub fn transport(meeting: &MeetingId, participant: &ParticipantId) -> String {
+    format!("{V}/transports/{meeting}/{participant}")
+}
+
+/// Who sees an event: everyone, or hosts and the participant it is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventScope {
+    Stage,
+    Audience,
+}
+
+impl EventScope {
+    fn segment(self) -> &'static str {
+        match self {
+            EventScope::Stage => "stage",
+            EventScope::Audience => "audience",
+        }
+    }
+}
+
+/// Every event of a meeting (both scopes).
+pub fn events(meeting: &MeetingId) -> String {
+    format!("{V}/events/{meeting}/")
+}
+
+/// Events of one scope.
+pub fn events_in(meeting: &MeetingId, scope: EventScope) -> String {
+    format!("{V}/events/{meeting}/{}/", scope.segment())
+}
+
+/// One event; `id` is unique per event (a random id: the store's revision orders them).
+pub fn event(meeting: &MeetingId, scope: EventScope, id: &str) -> String {
+    format!("{V}/events/{meeting}/{}/{id}", scope.segment())
+}
+
+/// Every registered forwarder.
+pub fn forwarders() -> String {
+    format!("{V}/forwarders/")
+}
+
+/// A forwarder's registration (attached to its lease).
+pub fn forwarder(forwarder: &ForwarderId) -> String {
+    format!("{V}/forwarders/{forwarder}")
+}
+
+/// Every forwarder's last heartbeat.
+pub fn loads() -> String {
+    format!("{V}/load/")
+}
+
+/// A forwarder's last heartbeat (attached to its lease).
+pub fn load(forwarder: &ForwarderId) -> String {
+    format!("{V}/load/{forwarder}")
+}
+
+/// Every placement.
+pub fn placements() -> String {
+    format!("{V}/placements/")
+}
+
+/// Where a meeting runs.
+pub fn placement(meeting: &MeetingId) -> String {
+    format!("{V}/placements/{meeting}")
+}
+
+/// Every port given out on a forwarder.
+pub fn ports(forwarder: &ForwarderId) -> String {
+    format!("{V}/ports/{forwarder}/")
+}
+
+/// A port of a forwarder, claimed by one meeting: created (compare-absent) in the same
+/// transaction as the placement that uses it, so two meetings can never get the same port.
+pub fn port(forwarder: &ForwarderId, port: u16) -> String {
+    format!("{V}/ports/{forwarder}/{port}")
+}
+
+/// Every relay of a webinar's tree.
+pub fn relays(meeting: &MeetingId) -> String {
+    format!("{V}/relays/{meeting}/")
+}
+
+/// One relay of a webinar's tree.
+pub fn relay(meeting: &MeetingId, forwarder: &ForwarderId) -> String {
+    format!("{V}/relays/{meeting}/{forwarder}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_contain_their_keys_and_nothing_else() {
+        let m = MeetingId::new("m1").unwrap();
+        let m10 = MeetingId::new("m10").unwrap();
+        let p = ParticipantId::new("p").unwrap();
+        assert!(meeting(&m).starts_with(&meetings()));
+        assert!(attendee(&m, &p).starts_with(&audience(&m)));
+        assert!(transport(&m, &p).starts_with(&transports(&m)));
+        // A prefix ends with `/`: meeting m1's audience is not m10's.
+        assert!(!attendee(&m10, &p).starts_with(&audience(&m)));
+        for scope in [EventScope::Stage, EventScope::Audience] {
+            let key = event(&m, scope, "x");
+            assert!(key.starts_with(&events_in(&m, scope)));
+            assert!(key.starts_with(&events(&m)));
+            assert!(!event(&m10, scope, "x").starts_with(&events(&m)));
+        }
+        let f = ForwarderId::new("f").unwrap();
+        assert!(forwarder(&f).starts_with(&forwarders()));
+        assert!(load(&f).starts_with(&loads()));
+        assert!(placement(&m).starts_with(&placements()));
+        assert!(relay(&m, &f).starts_with(&relays(&m)));
+        assert!(port(&f, 5).starts_with(&ports(&f)));
+        let f1 = ForwarderId::new("f1").unwrap();
+        assert!(!port(&f1, 5).starts_with(&ports(&f)));
+    }
+}

@@ -1,0 +1,268 @@
+//! Test support: a real, throwaway etcd server.
+//!
+//! [`EtcdServer::start`] runs the `etcd` binary (Debian's `etcd-server`, etcd 3.4; installed
+//! by `scripts/install-deps.sh`) as a single-member cluster on a fresh data directory and two
+//! free loopback ports, and returns once it answers a real request. Dropping the handle kills
+//! the process, reaps it and removes the directory.
+//!
+//! A missing binary is an error, not a skip: CI installs etcd, and a silently skipped
+//! conformance suite would hide a broken store.
+//!
+//! The server runs with a 10 ms heartbeat and a 100 ms election timeout (loopback, one
+//! member): it becomes leader in ~50 ms instead of ~1 s, and its minimum lease TTL (1.5 x the
+//! election timeout, rounded up to whole seconds) is 1 s instead of 2 s, which halves the
+//! time lease tests spend waiting.
+//!
+//! Errors are `anyhow`: they are for a human reading a failed test, not for code to match.
+
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use etcd_client::{Client, ConnectOptions};
+
+use crate::store::{EtcdConfig, EtcdStore};
+
+/// How long etcd may take to answer after being started (it takes ~50 ms here; a loaded CI
+/// machine may be much slower).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts with fresh ports when another process grabbed one between our probe and etcd's
+/// bind.
+const PORT_ATTEMPTS: usize = 5;
+
+/// A running etcd, killed on drop.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: Child,
+    /// Holds `data/` (etcd's data dir) and `etcd.log`; removed on drop.
+    dir: PathBuf,
+    endpoint: String,
+}
+
+impl EtcdServer {
+    /// Start etcd and wait until it serves requests.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut last_err = None;
+        for _ in 0..PORT_ATTEMPTS {
+            match Self::try_start().await {
+                Ok(server) => return Ok(server),
+                Err(StartError::PortClash(e)) => last_err = Some(e),
+                Err(StartError::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
+            .context(format!(
+                "etcd: ports kept clashing after {PORT_ATTEMPTS} attempts"
+            )))
+    }
+
+    /// The client URL, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// An [`EtcdStore`] on this server with every key under `root`.
+    pub async fn store(&self, root: &str) -> anyhow::Result<EtcdStore> {
+        let config = EtcdConfig::new([self.endpoint.clone()]).with_root(root);
+        EtcdStore::connect(config)
+            .await
+            .with_context(|| format!("connecting to etcd at {}", self.endpoint))
+    }
+
+    async fn try_start() -> Result<Self, StartError> {
+        let dir = unique_dir().map_err(StartError::Fatal)?;
+        // Bind both before releasing either, so the two ports differ.
+        let ports = (|| -> io::Result<(u16, u16)> {
+            let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let b = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+            Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+        })();
+        let (client_port, peer_port) = match ports {
+            Ok(p) => p,
+            Err(e) => {
+                remove_dir(&dir);
+                return Err(StartError::Fatal(
+                    anyhow::Error::new(e).context("finding free ports"),
+                ));
+            }
+        };
+        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log_path = dir.join("etcd.log");
+        let spawned = fs::File::create(&log_path).and_then(|log| {
+            Command::new(etcd_binary())
+                .arg("--name")
+                .arg("default")
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .args(["--listen-client-urls", &endpoint])
+                .args(["--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("default={peer}")])
+                .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+        });
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                remove_dir(&dir);
+                let err = if e.kind() == io::ErrorKind::NotFound {
+                    anyhow::anyhow!(
+                        "the etcd binary ({}) is not installed: run scripts/install-deps.sh \
+                         (Debian package etcd-server)",
+                        etcd_binary()
+                    )
+                } else {
+                    anyhow::Error::new(e).context("starting etcd")
+                };
+                return Err(StartError::Fatal(err));
+            }
+        };
+        // From here on, Drop cleans up on every early return.
+        let mut server = EtcdServer {
+            child,
+            dir,
+            endpoint,
+        };
+        server.wait_ready(&log_path).await?;
+        Ok(server)
+    }
+
+    /// Poll the client port with a real request until etcd answers, it exits, or
+    /// [`STARTUP_TIMEOUT`] passes.
+    async fn wait_ready(&mut self, log_path: &Path) -> Result<(), StartError> {
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        // Start polling fast (etcd is usually up in ~50 ms), back off to 100 ms.
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(|e| StartError::Fatal(anyhow::Error::new(e).context("waiting for etcd")))?
+            {
+                let log = fs::read_to_string(log_path).unwrap_or_default();
+                let err = anyhow::anyhow!("etcd exited with {status}; log:\n{}", tail(&log));
+                return Err(if log.contains("address already in use") {
+                    StartError::PortClash(err)
+                } else {
+                    StartError::Fatal(err)
+                });
+            }
+            if self.answers().await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let log = fs::read_to_string(log_path).unwrap_or_default();
+                return Err(StartError::Fatal(anyhow::anyhow!(
+                    "etcd did not answer within {STARTUP_TIMEOUT:?}; log:\n{}",
+                    tail(&log)
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// One status request, bounded so a hung server cannot stall the poll loop.
+    async fn answers(&self) -> bool {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_secs(1));
+        let probe = async {
+            let mut client = Client::connect([self.endpoint.as_str()], Some(options)).await?;
+            client.status().await
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        // SIGKILL: the data is throwaway, so there is nothing for a clean shutdown to save.
+        // Errors mean it already exited; `wait` reaps it either way.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        remove_dir(&self.dir);
+    }
+}
+
+enum StartError {
+    /// etcd could not bind a port we thought free: worth another attempt with new ports.
+    PortClash(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+impl From<StartError> for anyhow::Error {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::PortClash(e) | StartError::Fatal(e) => e,
+        }
+    }
+}
+
+/// `$ETCD_BIN` if set (a locally built etcd), else `etcd` from `PATH`.
+fn etcd_binary() -> String {
+    std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_owned())
+}
+
+/// A new, empty directory under the system temp dir. `create_dir` fails if the name exists,
+/// so two concurrent tests (or processes) never share one.
+fn unique_dir() -> anyhow::Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("fanout-etcd-{}-{nanos}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("creating {}", dir.display())))
+            }
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove etcd test dir");
+    }
+}
+
+/// The last lines of etcd's log: enough to see why it failed without flooding the output.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn starts_answers_and_cleans_up() -> anyhow::Result<()> {
+        let server = EtcdServer::start().await?;
+        let dir = server.dir.clone();
+        let mut client = Client::connect([server.endpoint()], None).await?;
+        client.put("k", "v", None).await?;
+        drop(server);
+        assert!(!dir.exists(), "data dir {} left behind", dir.display());
+        Ok(())
+    }
+}
