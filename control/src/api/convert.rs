@@ -325,3 +325,18 @@ pub(crate) fn profile_to(name: &str) -> pb::SrtpProfile {
         .find(|(_, n)| *n == name)
         .map_or(pb::SrtpProfile::Unspecified, |(p, _)| *p)
 }
+
+pub(crate) fn track_to(t: &crate::service::meetings::TrackAssignment) -> pb::TrackAssignment {
+    use crate::service::meetings::TrackKind;
+    pb::TrackAssignment {
+        kind: match t.kind {
+            TrackKind::Audio => pb::TrackKind::Audio,
+            TrackKind::Camera => pb::TrackKind::Camera,
+            TrackKind::Screen => pb::TrackKind::Screen,
+        }
+        .into(),
+        ssrcs: t.ssrcs.clone(),
+        codec: t.codec.clone(),
+        clock_rate: t.clock_rate,
+    }
+}

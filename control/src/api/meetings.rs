@@ -235,6 +235,7 @@ impl Meetings for MeetingsApi {
             role: convert::role_to(joined.role).into(),
             presence: convert::presence_to(joined.presence).into(),
             meeting: Some(view_to(&joined.view)),
+            tracks: joined.tracks.iter().map(convert::track_to).collect(),
         }))
     }
 

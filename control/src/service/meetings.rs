@@ -54,6 +54,7 @@
 //! redacted.
 
 mod srtp;
+mod tracks;
 mod watch;
 
 use std::sync::Arc;
@@ -69,6 +70,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use srtp::{key_salt_len, SrtpTransport};
+pub use tracks::{TrackAssignment, TrackKind, CAMERA_ENCODINGS};
 pub use watch::MeetingUpdate;
 
 use super::keys::{self, EventScope};
@@ -87,6 +89,8 @@ pub const DEFAULT_SRTP_PROFILE: &str = "AEAD_AES_128_GCM";
 pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(600);
 /// Compare-and-swap attempts before giving up with `Contention`.
 pub const DEFAULT_MAX_CAS_ATTEMPTS: u32 = 20;
+/// Participants a meeting is expected to bring, for placement (see `MeetingsConfig`).
+pub const DEFAULT_EXPECTED_PARTICIPANTS: u32 = 25;
 /// Format version of the records this module writes besides the meeting document.
 const RECORD_VERSION: u32 = 1;
 
@@ -104,6 +108,11 @@ pub struct MeetingsConfig {
     pub max_cas_attempts: u32,
     /// Lifetime of an event in the store.
     pub event_ttl: Duration,
+    /// Participants a meeting is expected to bring when placed (capped by its
+    /// `max_participants`): placement reserves this much headroom until the forwarder
+    /// reports the real number. A limit is not an estimate: reserving every meeting's
+    /// maximum would fill forwarders with empty seats.
+    pub expected_participants: u32,
 }
 
 impl Default for MeetingsConfig {
@@ -114,6 +123,7 @@ impl Default for MeetingsConfig {
             srtp_profile: DEFAULT_SRTP_PROFILE.to_owned(),
             max_cas_attempts: DEFAULT_MAX_CAS_ATTEMPTS,
             event_ttl: DEFAULT_EVENT_TTL,
+            expected_participants: DEFAULT_EXPECTED_PARTICIPANTS,
         }
     }
 }
@@ -165,6 +175,8 @@ pub struct Joined {
     pub presence: Presence,
     pub placement: Placement,
     pub srtp: SrtpTransport,
+    /// The SSRCs to publish with.
+    pub tracks: Vec<TrackAssignment>,
     /// The meeting as of the join.
     pub view: MeetingView,
 }
@@ -190,6 +202,9 @@ pub struct TransportRecord {
     pub participant: ParticipantId,
     #[serde(flatten)]
     pub srtp: SrtpTransport,
+    /// The tracks (and SSRCs) the participant was assigned.
+    #[serde(default)]
+    pub tracks: Vec<TrackAssignment>,
     pub created_at: UnixMillis,
 }
 
@@ -230,6 +245,23 @@ fn check_version(key: &str, version: u32) -> Result<(), ServiceError> {
             reason: format!("unsupported record version {version}"),
         })
     }
+}
+
+/// Read a stored meeting document (for other services: desired state, relays).
+pub(crate) fn read_meeting(key: &str, bytes: &[u8]) -> Result<Meeting, ServiceError> {
+    decode(key, bytes)
+}
+
+/// Read a stored attendee record.
+pub(crate) fn read_attendee(key: &str, bytes: &[u8]) -> Result<Participant, ServiceError> {
+    decode::<AttendeeRecord>(key, bytes)?.into_participant(key)
+}
+
+/// Read a stored transport record.
+pub(crate) fn read_transport(key: &str, bytes: &[u8]) -> Result<TransportRecord, ServiceError> {
+    let record: TransportRecord = decode(key, bytes)?;
+    check_version(key, record.version)?;
+    Ok(record)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ServiceError> {
@@ -749,12 +781,16 @@ impl MeetingService {
         let authority = authorize(m.clone(), passcode, host_key, now).await?;
         let hint = PlacementHint {
             region,
-            expected_participants: m.limits().max_participants,
+            expected_participants: m
+                .limits()
+                .max_participants
+                .min(self.config.expected_participants),
             window: m.schedule().map(|s| (s.opens_at(), s.ends_at)),
         };
         let placement = self.placer.place(id, &hint).await?;
         let participant = ParticipantId::random()?;
         let srtp = SrtpTransport::generate(&profile)?;
+        let tracks = tracks::assign()?;
         let transport_key = keys::transport(id, &participant);
         let transport = encode(
             &transport_key,
@@ -762,6 +798,7 @@ impl MeetingService {
                 version: RECORD_VERSION,
                 participant: participant.clone(),
                 srtp: srtp.clone(),
+                tracks: tracks.clone(),
                 created_at: now,
             },
         )?;
@@ -824,6 +861,7 @@ impl MeetingService {
                 presence: joined.presence,
                 placement,
                 srtp,
+                tracks,
                 view: MeetingView {
                     meeting: m,
                     revision: doc_revision,

@@ -9,6 +9,7 @@
 //! * [`placement`]: which forwarder (and port) a meeting goes to.
 //! * [`failover`]: moving the meetings of a dead forwarder.
 
+pub mod desired;
 pub mod failover;
 pub mod forwarders;
 pub mod keys;

@@ -1,0 +1,369 @@
+//! `fanout-control`: the control plane as a process (docs/control-plane.md).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use fanout_control::api::forwarders::{ForwardersApi, SessionKey};
+use fanout_control::api::meetings::MeetingsApi;
+use fanout_control::api::{pb, Secret};
+use fanout_control::domain::TokenKey;
+use fanout_control::service::desired::DesiredStates;
+use fanout_control::service::failover::{Failover, FailoverConfig};
+use fanout_control::service::forwarders::{ForwarderRegistry, LiveForwarders, RegistryConfig};
+use fanout_control::service::meetings::{MeetingService, MeetingsConfig};
+use fanout_control::service::placement::{PlacementConfig, StorePlacer};
+use fanout_control::store::{EtcdConfig, EtcdStore, MemoryStore, Store};
+
+/// Fanout's control plane: meetings, joins, placement of meetings on forwarders, failover.
+///
+/// Serves the gRPC API `fanout.control.v1` (Meetings, Forwarders), gRPC health checking
+/// and server reflection on one port. State lives in etcd (`--store etcd`), so any number
+/// of instances can run behind one address; `--store memory` keeps it in this process, for
+/// one machine. Every instance of a deployment must share the deployment secret (join
+/// tokens and forwarder sessions are signed with it), the operator token and the forwarder
+/// enrolment token. SIGINT/SIGTERM stop it cleanly: streams end, in-flight calls finish.
+#[derive(Debug, Parser)]
+#[command(name = "fanout-control", version, about, long_about)]
+struct Args {
+    /// Configuration file (TOML; see docs/control-plane.md). Flags override it.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// gRPC address (default 127.0.0.1:7400).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Where state lives.
+    #[arg(long, value_enum)]
+    store: Option<StoreKind>,
+
+    /// etcd endpoints, comma-separated (`--store etcd`).
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    etcd: Vec<String>,
+
+    /// File holding the deployment secret (32 bytes or more): join tokens and forwarder
+    /// sessions are signed with it. Required with etcd; with memory, a random one is made.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+
+    /// File holding the operator token (CreateMeeting, ListMeetings, acting as host).
+    #[arg(long, value_name = "FILE", env = "FANOUT_OPERATOR_TOKEN_FILE")]
+    operator_token_file: Option<PathBuf>,
+
+    /// File holding the forwarder enrolment token (Register).
+    #[arg(long, value_name = "FILE", env = "FANOUT_ENROLMENT_TOKEN_FILE")]
+    enrolment_token_file: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (`RUST_LOG` works too).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoreKind {
+    Memory,
+    Etcd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<SocketAddr>,
+    store: Option<StoreKind>,
+    #[serde(default)]
+    etcd: EtcdSection,
+    secret_file: Option<PathBuf>,
+    operator_token_file: Option<PathBuf>,
+    enrolment_token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    meetings: MeetingsSection,
+    registry: Option<RegistryConfig>,
+    placement: Option<PlacementConfig>,
+    failover: Option<FailoverConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EtcdSection {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    root: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeetingsSection {
+    /// Join token lifetime, seconds.
+    token_ttl_s: Option<u64>,
+    /// Preferred SRTP profile.
+    srtp_profile: Option<String>,
+    /// Participants a new meeting is expected to bring, for placement headroom.
+    expected_participants: Option<u32>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_secret(path: &Path, what: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} from {}", path.display()))?;
+    let text = text.trim().to_owned();
+    if text.len() < 16 {
+        bail!(
+            "the {what} in {} is shorter than 16 characters",
+            path.display()
+        );
+    }
+    Ok(text)
+}
+
+async fn run(args: Args) -> Result<()> {
+    let file: ConfigFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+    let kind = args.store.or(file.store).unwrap_or(StoreKind::Memory);
+
+    let store: Arc<dyn Store> = match kind {
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Etcd => {
+            let endpoints = if args.etcd.is_empty() {
+                file.etcd.endpoints.clone()
+            } else {
+                args.etcd.clone()
+            };
+            if endpoints.is_empty() {
+                bail!("--store etcd needs --etcd URL[,URL...] (or [etcd] endpoints)");
+            }
+            let mut config = EtcdConfig::new(endpoints.clone());
+            if let Some(root) = &file.etcd.root {
+                config.root = root.clone();
+            }
+            let store = EtcdStore::connect(config)
+                .await
+                .with_context(|| format!("cannot reach etcd at {}", endpoints.join(",")))?;
+            Arc::new(store)
+        }
+    };
+
+    let secret: Vec<u8> = match args.secret_file.as_ref().or(file.secret_file.as_ref()) {
+        Some(path) => read_secret(path, "deployment secret")?.into_bytes(),
+        None if kind == StoreKind::Memory => {
+            let mut bytes = vec![0u8; 32];
+            aws_lc_rs::rand::fill(&mut bytes).context("the system RNG failed")?;
+            bytes
+        }
+        None => bail!(
+            "--store etcd needs --secret-file FILE: every control instance must sign tokens \
+             with the same secret"
+        ),
+    };
+    let tokens =
+        TokenKey::from_bytes(&secret).map_err(|e| anyhow::anyhow!("the deployment secret: {e}"))?;
+    let sessions = SessionKey::new(&secret);
+    let operator = match args
+        .operator_token_file
+        .as_ref()
+        .or(file.operator_token_file.as_ref())
+    {
+        Some(path) => Some(Secret::new(read_secret(path, "operator token")?)),
+        None => {
+            warn!("no operator token: CreateMeeting and ListMeetings are refused");
+            None
+        }
+    };
+    let enrolment = match args
+        .enrolment_token_file
+        .as_ref()
+        .or(file.enrolment_token_file.as_ref())
+    {
+        Some(path) => Some(Secret::new(read_secret(path, "enrolment token")?)),
+        None => {
+            warn!("no enrolment token: forwarders cannot register");
+            None
+        }
+    };
+
+    let live = LiveForwarders::start(store.clone())
+        .await
+        .context("cannot follow the forwarder registry")?;
+    let placer = Arc::new(
+        StorePlacer::start(
+            store.clone(),
+            live.clone(),
+            file.placement.clone().unwrap_or_default(),
+        )
+        .await
+        .context("cannot start placement")?,
+    );
+    let failover = Failover::new(
+        store.clone(),
+        placer.clone(),
+        live.clone(),
+        file.failover.clone().unwrap_or_default(),
+    );
+    tokio::spawn(failover.run());
+
+    let mut meetings_config = MeetingsConfig::default();
+    if let Some(ttl) = file.meetings.token_ttl_s {
+        meetings_config.token_ttl = Duration::from_secs(ttl);
+    }
+    if let Some(expected) = file.meetings.expected_participants {
+        meetings_config.expected_participants = expected;
+    }
+    if let Some(profile) = &file.meetings.srtp_profile {
+        meetings_config.srtp_profile = profile.clone();
+    }
+    let meetings = Arc::new(MeetingService::new(
+        store.clone(),
+        tokens,
+        placer.clone(),
+        meetings_config,
+    ));
+    let registry = Arc::new(ForwarderRegistry::new(
+        store.clone(),
+        file.registry.clone().unwrap_or_default(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::meetings_server::MeetingsServer<MeetingsApi>>()
+        .await;
+    health
+        .set_serving::<pb::forwarders_server::ForwardersServer<ForwardersApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build server reflection")?;
+
+    let mut server = tonic::transport::Server::builder();
+    let tls = match (
+        args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
+        args.tls_key.as_ref().or(file.tls_key.as_ref()),
+    ) {
+        (Some(cert), Some(key)) => {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            let key =
+                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .context("bad TLS certificate or key")?;
+            true
+        }
+        (None, None) => false,
+        _ => bail!("TLS needs both a certificate and a key"),
+    };
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    info!(
+        address = %bound,
+        store = ?kind,
+        tls,
+        "fanout-control listening on {bound}"
+    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    server
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(MeetingsApi::new(meetings, operator).into_server())
+        .add_service(
+            ForwardersApi::new(
+                registry,
+                DesiredStates::new(store.clone()),
+                sessions,
+                enrolment,
+            )
+            .into_server(),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown())
+        .await
+        .context("the gRPC server failed")?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,97 @@
+//! The tracks a participant may publish on the plain SRTP transport, and the SSRCs the
+//! join assigns them. Assigning SSRCs at join time lets the forwarder know a leg's tracks
+//! before the first packet, with no signalling per track: audio (Opus), a camera with three
+//! simulcast encodings (VP8, lowest quality first) and a screen share (VP8).
+//!
+//! SSRCs are random (RFC 3550 §8 wants them unpredictable) and distinct within the
+//! participant; the forwarder keys tracks per leg and rewrites SSRCs per subscription, so
+//! two participants drawing the same value do not collide.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::DomainError;
+
+/// What a track carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    Audio,
+    Camera,
+    Screen,
+}
+
+/// One track and its SSRCs (a camera's: one per simulcast encoding, lowest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackAssignment {
+    pub kind: TrackKind,
+    pub ssrcs: Vec<u32>,
+    /// Encoding name of the payload format (`opus`, `VP8`).
+    pub codec: String,
+    pub clock_rate: u32,
+}
+
+/// Simulcast encodings of a camera track.
+pub const CAMERA_ENCODINGS: usize = 3;
+
+/// Fresh assignments for one participant: audio, camera (simulcast), screen.
+pub fn assign() -> Result<Vec<TrackAssignment>, DomainError> {
+    let mut taken: Vec<u32> = Vec::with_capacity(CAMERA_ENCODINGS + 2);
+    let mut draw = |n: usize| -> Result<Vec<u32>, DomainError> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let mut bytes = [0u8; 4];
+            aws_lc_rs::rand::fill(&mut bytes).map_err(|_| DomainError::Random)?;
+            let ssrc = u32::from_be_bytes(bytes);
+            // 0 is avoided by some stacks as "unset"; duplicates would merge two tracks.
+            if ssrc != 0 && !taken.contains(&ssrc) {
+                taken.push(ssrc);
+                out.push(ssrc);
+            }
+        }
+        Ok(out)
+    };
+    Ok(vec![
+        TrackAssignment {
+            kind: TrackKind::Audio,
+            ssrcs: draw(1)?,
+            codec: "opus".into(),
+            clock_rate: 48_000,
+        },
+        TrackAssignment {
+            kind: TrackKind::Camera,
+            ssrcs: draw(CAMERA_ENCODINGS)?,
+            codec: "VP8".into(),
+            clock_rate: 90_000,
+        },
+        TrackAssignment {
+            kind: TrackKind::Screen,
+            ssrcs: draw(1)?,
+            codec: "VP8".into(),
+            clock_rate: 90_000,
+        },
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ssrc_is_distinct_and_nonzero() {
+        for _ in 0..100 {
+            let tracks = assign().unwrap();
+            let mut all: Vec<u32> = tracks.iter().flat_map(|t| t.ssrcs.clone()).collect();
+            assert_eq!(all.len(), CAMERA_ENCODINGS + 2);
+            assert!(all.iter().all(|&s| s != 0));
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), CAMERA_ENCODINGS + 2);
+        }
+        let tracks = assign().unwrap();
+        let kinds: Vec<TrackKind> = tracks.iter().map(|t| t.kind).collect();
+        assert_eq!(
+            kinds,
+            [TrackKind::Audio, TrackKind::Camera, TrackKind::Screen]
+        );
+    }
+}

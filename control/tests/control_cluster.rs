@@ -1,0 +1,451 @@
+//! The control plane as real processes: one etcd-server, two `fanout-control` instances
+//! on it, and three forwarders in two regions registering over gRPC (a forwarder here is
+//! its Register/Heartbeat/WatchDesiredState calls; stopping its heartbeats is its death).
+//! Covers health, placement by region, bad arguments and their status codes, concurrent
+//! joins through both instances never placing a meeting twice, the desired state a
+//! forwarder receives, and failover with FORWARDER_CHANGED after a lease expires.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout_control::api::pb;
+use fanout_control::testing::EtcdServer;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const OPERATOR: &str = "operator-token-for-tests-0123456789";
+const ENROLMENT: &str = "enrolment-token-for-tests-0123456789";
+
+/// A `fanout-control` process, killed on drop.
+struct Control {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Control {
+    fn start(dir: &Path, etcd: &str, name: &str) -> Control {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fanout-control"))
+            .args(["--store", "etcd", "--etcd", etcd, "--listen", "127.0.0.1:0"])
+            .arg("--secret-file")
+            .arg(dir.join("secret"))
+            .arg("--operator-token-file")
+            .arg(dir.join("operator"))
+            .arg("--enrolment-token-file")
+            .arg(dir.join("enrolment"))
+            .arg("--config")
+            .arg(dir.join("control.toml"))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fanout-control starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on ") {
+                    let rest = &line[at + "listening on ".len()..];
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                if std::env::var_os("CONTROL_LOG").is_some() {
+                    eprintln!("[{name}] {line}");
+                }
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("fanout-control logs its address")
+            .parse()
+            .unwrap();
+        Control { child, address }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn with_bearer<T>(message: T, credential: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {credential}")).unwrap(),
+    );
+    request
+}
+
+/// A registered forwarder whose heartbeats run until `stop`.
+struct FakeForwarder {
+    session: String,
+    alive: Arc<AtomicBool>,
+}
+
+async fn register(
+    channel: Channel,
+    id: &str,
+    region: &str,
+    ports: (u32, u32),
+    max_legs: u32,
+) -> FakeForwarder {
+    let mut client = pb::forwarders_client::ForwardersClient::new(channel);
+    let response = client
+        .register(with_bearer(
+            pb::RegisterRequest {
+                forwarder_id: id.into(),
+                media_ip: "127.0.0.1".into(),
+                port_range_start: ports.0,
+                port_range_end: ports.1,
+                region: region.into(),
+                max_legs,
+                ..Default::default()
+            },
+            ENROLMENT,
+        ))
+        .await
+        .expect("register")
+        .into_inner();
+    let alive = Arc::new(AtomicBool::new(true));
+    let (session, flag, id) = (response.session_token.clone(), alive.clone(), id.to_owned());
+    let interval = Duration::from_millis(response.heartbeat_interval_ms);
+    tokio::spawn(async move {
+        while flag.load(Ordering::SeqCst) {
+            let _ = client
+                .heartbeat(with_bearer(
+                    pb::HeartbeatRequest {
+                        forwarder_id: id.clone(),
+                        ..Default::default()
+                    },
+                    &session,
+                ))
+                .await;
+            tokio::time::sleep(interval).await;
+        }
+    });
+    FakeForwarder {
+        session: response.session_token,
+        alive,
+    }
+}
+
+async fn create(channel: Channel, id: &str, passcode: Option<&str>) -> Result<(), tonic::Status> {
+    pb::meetings_client::MeetingsClient::new(channel)
+        .create_meeting(with_bearer(
+            pb::CreateMeetingRequest {
+                meeting_id: id.into(),
+                kind: pb::MeetingKind::Meeting.into(),
+                title: format!("meeting {id}"),
+                passcode: passcode.map(str::to_owned),
+                ..Default::default()
+            },
+            OPERATOR,
+        ))
+        .await
+        .map(|_| ())
+}
+
+async fn join(
+    channel: Channel,
+    meeting: &str,
+    region: &str,
+    passcode: Option<&str>,
+) -> Result<pb::JoinMeetingResponse, tonic::Status> {
+    let mut request = Request::new(pb::JoinMeetingRequest {
+        meeting_id: meeting.into(),
+        display_name: "someone".into(),
+        passcode: passcode.map(str::to_owned),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-fanout-region", MetadataValue::try_from(region).unwrap());
+    pb::meetings_client::MeetingsClient::new(channel)
+        .join_meeting(request)
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn port_of(address: &str) -> u32 {
+    address.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_three_forwarders_two_regions() {
+    let etcd = EtcdServer::start().await.expect("etcd starts");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("secret"),
+        "deployment-secret-for-tests-0123456789",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("operator"), OPERATOR).unwrap();
+    std::fs::write(dir.path().join("enrolment"), ENROLMENT).unwrap();
+    std::fs::write(
+        dir.path().join("control.toml"),
+        "[registry]\nlease_ttl_ms = 1500\n\n[placement]\nregion_latency = [{ from = \"eu\", to = \"us\", ms = 90 }]\n",
+    )
+    .unwrap();
+    let a = Control::start(dir.path(), etcd.endpoint(), "a");
+    let b = Control::start(dir.path(), etcd.endpoint(), "b");
+    let (ca, cb) = (a.channel().await, b.channel().await);
+
+    // Health: both services serving, on both instances.
+    for channel in [&ca, &cb] {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "fanout.control.v1.Meetings".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    // Three forwarders in two regions, each with its own port range.
+    let forwarders: BTreeMap<&str, (u32, u32)> = [
+        ("eu-1", (41000, 41099)),
+        ("eu-2", (42000, 42099)),
+        ("us-1", (43000, 43099)),
+    ]
+    .into_iter()
+    .collect();
+    let mut registered = BTreeMap::new();
+    for (id, ports) in &forwarders {
+        let region = &id[..2];
+        registered.insert(*id, register(ca.clone(), id, region, *ports, 1000).await);
+    }
+    let owner = |address: &str| -> &str {
+        let port = port_of(address);
+        forwarders
+            .iter()
+            .find(|(_, (lo, hi))| (*lo..=*hi).contains(&port))
+            .map(|(id, _)| *id)
+            .unwrap_or_else(|| panic!("{address} is in no forwarder's range"))
+    };
+
+    // Bad arguments get precise codes and change nothing.
+    let status = pb::meetings_client::MeetingsClient::new(ca.clone())
+        .create_meeting(pb::CreateMeetingRequest {
+            meeting_id: "x".into(),
+            kind: pb::MeetingKind::Meeting.into(),
+            title: "no credential".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        create(ca.clone(), "bad/id", None).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    create(ca.clone(), "secret-room", Some("1234"))
+        .await
+        .unwrap();
+    assert_eq!(
+        create(cb.clone(), "secret-room", None)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        join(cb.clone(), "secret-room", "eu", Some("9999"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        join(cb.clone(), "nowhere", "eu", None)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // Placement by region: the first joiner's region decides.
+    create(ca.clone(), "us-meeting", None).await.unwrap();
+    let us = join(cb.clone(), "us-meeting", "us", None).await.unwrap();
+    assert_eq!(owner(&us.forwarder_address), "us-1");
+    assert_eq!(us.forwarder_id, "us-1");
+    assert_eq!(us.tracks.len(), 3, "audio, camera, screen SSRCs assigned");
+
+    // Concurrent joins through both instances: one placement per meeting, ever.
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for m in 0..10 {
+            let id = format!("r{round}-m{m}");
+            create(ca.clone(), &id, None).await.unwrap();
+            for j in 0..6 {
+                let channel = if j % 2 == 0 { ca.clone() } else { cb.clone() };
+                let id = id.clone();
+                tasks.push(tokio::spawn(async move {
+                    (
+                        id.clone(),
+                        join(channel, &id, "eu", None)
+                            .await
+                            .expect("join")
+                            .forwarder_address,
+                    )
+                }));
+            }
+        }
+        let mut placed: BTreeMap<String, String> = BTreeMap::new();
+        for task in tasks {
+            let (id, address) = task.await.unwrap();
+            assert!(
+                owner(&address).starts_with("eu"),
+                "{id} placed in eu: {address}"
+            );
+            let first = placed.entry(id.clone()).or_insert_with(|| address.clone());
+            assert_eq!(*first, address, "{id}: every join sees one placement");
+        }
+        let mut ports: Vec<&String> = placed.values().collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), placed.len(), "each meeting its own port");
+    }
+
+    // The desired state of us-1 holds us-meeting and the leg with the join's keys.
+    let mut desired = pb::forwarders_client::ForwardersClient::new(cb.clone())
+        .watch_desired_state(with_bearer(
+            pb::WatchDesiredStateRequest {
+                forwarder_id: "us-1".into(),
+                after_revision: None,
+            },
+            &registered["us-1"].session,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), desired.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(pb::desired_state_update::Update::Snapshot(snapshot)) = first.update else {
+        panic!("the first update is a snapshot: {first:?}");
+    };
+    assert_eq!(snapshot.meetings.len(), 1);
+    assert_eq!(snapshot.meetings[0].meeting_id, "us-meeting");
+    assert_eq!(snapshot.meetings[0].listen_address, us.forwarder_address);
+    assert_eq!(snapshot.legs.len(), 1);
+    let leg = &snapshot.legs[0];
+    assert_eq!(leg.participant_id, us.participant_id);
+    use base64::Engine as _;
+    let sent = base64::engine::general_purpose::STANDARD
+        .decode(us.send_key.strip_prefix("inline:").unwrap())
+        .unwrap();
+    let inbound = leg.inbound_key.as_ref().unwrap();
+    assert_eq!(
+        [inbound.master_key.clone(), inbound.master_salt.clone()].concat(),
+        sent
+    );
+    // Another forwarder's session cannot watch us-1.
+    let status = pb::forwarders_client::ForwardersClient::new(cb.clone())
+        .watch_desired_state(with_bearer(
+            pb::WatchDesiredStateRequest {
+                forwarder_id: "us-1".into(),
+                after_revision: None,
+            },
+            &registered["eu-1"].session,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // A second join shows up as a change.
+    let second = join(ca.clone(), "us-meeting", "us", None).await.unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(10), desired.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = format!("{change:?}");
+    assert!(text.contains(&second.participant_id), "{text}");
+
+    // Failover: a meeting on eu-1 watched through instance b; eu-1 stops heartbeating.
+    create(ca.clone(), "failover", None).await.unwrap();
+    let mut on_eu1 = None;
+    for attempt in 0..20 {
+        let joined = join(ca.clone(), "failover", "eu", None).await.unwrap();
+        if owner(&joined.forwarder_address) == "eu-1" {
+            on_eu1 = Some(joined);
+            break;
+        }
+        // Placed on eu-2: try another meeting.
+        let id = format!("failover-{attempt}");
+        create(ca.clone(), &id, None).await.unwrap();
+        let joined = join(ca.clone(), &id, "eu", None).await.unwrap();
+        if owner(&joined.forwarder_address) == "eu-1" {
+            on_eu1 = Some(joined);
+            break;
+        }
+    }
+    let victim = on_eu1.expect("some meeting lands on eu-1");
+    let meeting_id = victim.meeting.as_ref().unwrap().meeting_id.clone();
+    let mut watch = pb::meetings_client::MeetingsClient::new(cb.clone())
+        .watch_meeting(with_bearer(
+            pb::WatchMeetingRequest {
+                meeting_id: meeting_id.clone(),
+                after_sequence: None,
+            },
+            &victim.join_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = watch.message().await.unwrap().unwrap();
+    assert!(matches!(
+        snapshot.update,
+        Some(pb::meeting_update::Update::Snapshot(_))
+    ));
+    registered["eu-1"].alive.store(false, Ordering::SeqCst);
+    let killed = Instant::now();
+    let moved = loop {
+        let update = tokio::time::timeout(Duration::from_secs(15), watch.message())
+            .await
+            .expect("FORWARDER_CHANGED within the lease TTL + 5 s")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::meeting_update::Update::ForwarderChanged(changed)) = update.update {
+            break changed;
+        }
+    };
+    let after = killed.elapsed();
+    assert!(
+        after < Duration::from_millis(1500 + 5000 + 1500),
+        "moved after {after:?}"
+    );
+    assert_eq!(moved.forwarder_id, "eu-2", "same region first");
+    assert_eq!(owner(&moved.forwarder_address), "eu-2");
+    // A new join gets the new placement.
+    let again = join(cb.clone(), &meeting_id, "eu", None).await.unwrap();
+    assert_eq!(again.forwarder_address, moved.forwarder_address);
+    for f in registered.values() {
+        f.alive.store(false, Ordering::SeqCst);
+    }
+    drop((a, b, etcd));
+}
