@@ -67,6 +67,11 @@ impl EtcdServer {
         &self.endpoint
     }
 
+    /// The etcd process id (for its memory and CPU in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
     /// An [`EtcdStore`] on this server with every key under `root`.
     pub async fn store(&self, root: &str) -> anyhow::Result<EtcdStore> {
         let config = EtcdConfig::new([self.endpoint.clone()]).with_root(root);
