@@ -10,6 +10,7 @@
 #   libprotobuf-dev          for the gRPC code generation (tonic/prost) and
 #                            etcd-client's build script
 #   iproute2                 `ip`: network namespaces and veth pairs (benchmarks, tests)
+#   openssl                  test certificates for the control plane's TLS
 #
 # The Rust toolchain itself (rustup, cargo) is expected to be present.
 set -euo pipefail
@@ -24,6 +25,7 @@ packages=(
   protobuf-compiler
   libprotobuf-dev
   iproute2
+  openssl
 )
 
 missing=()
