@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use fanout_control::api::forwarders::{ForwardersApi, SessionKey};
 use fanout_control::api::meetings::MeetingsApi;
+use fanout_control::api::metrics::{Metrics, MetricsLayer};
 use fanout_control::api::{pb, Secret};
 use fanout_control::domain::TokenKey;
 use fanout_control::service::desired::DesiredStates;
@@ -70,6 +71,10 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -97,6 +102,7 @@ enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     store: Option<StoreKind>,
     #[serde(default)]
     etcd: EtcdSection,
@@ -300,6 +306,16 @@ async fn run(args: Args) -> Result<()> {
         .build_v1()
         .context("cannot build server reflection")?;
 
+    let metrics = Metrics::default();
+    if let Some(address) = args.metrics.or(file.metrics) {
+        let bound = metrics
+            .clone()
+            .serve(address, live.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+        info!("metrics at http://{bound}/metrics");
+    }
+
     let mut server = tonic::transport::Server::builder();
     let tls = match (
         args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
@@ -332,6 +348,7 @@ async fn run(args: Args) -> Result<()> {
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     server
+        .layer(MetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(MeetingsApi::new(meetings, operator).into_server())

@@ -28,12 +28,14 @@ const ENROLMENT: &str = "enrolment-token-for-tests-0123456789";
 struct Control {
     child: Child,
     address: SocketAddr,
+    metrics: SocketAddr,
 }
 
 impl Control {
     fn start(dir: &Path, etcd: &str, name: &str) -> Control {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fanout-control"))
             .args(["--store", "etcd", "--etcd", etcd, "--listen", "127.0.0.1:0"])
+            .args(["--metrics", "127.0.0.1:0"])
             .arg("--secret-file")
             .arg(dir.join("secret"))
             .arg("--operator-token-file")
@@ -53,21 +55,32 @@ impl Control {
         let name = name.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on ") {
-                    let rest = &line[at + "listening on ".len()..];
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                for marker in ["metrics at http://", "listening on "] {
+                    if let Some(at) = line.find(marker) {
+                        let rest = &line[at + marker.len()..];
+                        let word = rest.split_whitespace().next().unwrap_or("");
+                        let _ = tx.send(word.trim_end_matches("/metrics").to_owned());
+                    }
                 }
                 if std::env::var_os("CONTROL_LOG").is_some() {
                     eprintln!("[{name}] {line}");
                 }
             }
         });
-        let address = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("fanout-control logs its address")
-            .parse()
-            .unwrap();
-        Control { child, address }
+        let next = || -> SocketAddr {
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("fanout-control logs its addresses")
+                .parse()
+                .unwrap()
+        };
+        // The metrics line comes first (the server binds its port last).
+        let metrics = next();
+        let address = next();
+        Control {
+            child,
+            address,
+            metrics,
+        }
     }
 
     async fn channel(&self) -> Channel {
@@ -329,6 +342,29 @@ async fn two_instances_three_forwarders_two_regions() {
         ports.dedup();
         assert_eq!(ports.len(), placed.len(), "each meeting its own port");
     }
+
+    // Metrics count calls by method and status.
+    let scrape = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(b.metrics).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    let joins_ok = scrape
+        .lines()
+        .find(|l| {
+            l.starts_with("fanout_control_calls_total{method=\"Meetings/JoinMeeting\",code=\"Ok\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no JoinMeeting count:\n{scrape}"));
+    assert!(joins_ok >= 30, "{joins_ok} joins answered by b");
+    assert!(scrape.contains("code=\"NotFound\"} 1"), "{scrape}");
+    assert!(
+        scrape.contains("fanout_control_live_forwarders 3"),
+        "{scrape}"
+    );
 
     // The desired state of us-1 holds us-meeting and the leg with the join's keys.
     let mut desired = pb::forwarders_client::ForwardersClient::new(cb.clone())

@@ -89,6 +89,91 @@ pub struct ConfigFile {
     pub forwarder: ForwarderSection,
     #[serde(default)]
     pub meeting: Vec<MeetingSection>,
+    /// Control mode (`fanout-forwarder --control URL`): how to join the control plane.
+    /// Command-line flags take precedence; see docs/forwarder-control.md.
+    pub control: Option<ControlSection>,
+}
+
+/// `[control]`: the forwarder takes its meetings from a control plane instead of this
+/// file, which may then hold no `[[meeting]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// `http://host:port` or `https://host:port` of `fanout-control`.
+    pub url: Option<String>,
+    /// PEM CA certificate(s) to trust for `https`.
+    pub ca_file: Option<PathBuf>,
+    /// Default: the host name.
+    pub forwarder_id: Option<String>,
+    pub region: Option<String>,
+    /// The IP participants send media to; default: the listen IP.
+    pub media_ip: Option<String>,
+    /// `START-END`; default 40100-40199.
+    pub port_range: Option<String>,
+    /// File holding the enrolment credential (never put the credential itself here).
+    pub enrolment_token_file: Option<PathBuf>,
+    pub max_legs: Option<u32>,
+}
+
+/// A file read for control mode: its network settings and its `[control]` section.
+#[derive(Debug)]
+pub struct ControlFile {
+    pub network: NetworkSettings,
+    pub control: ControlSection,
+}
+
+/// Read a file for control mode: `[forwarder]` and `[control]`; `[[meeting]]` is refused
+/// (meetings come from the control plane).
+pub fn load_control(path: &Path, overrides: Overrides) -> Result<ControlFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        position: None,
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let locate = Locator {
+        file: path,
+        text: &text,
+    };
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+        locate.error(
+            e.span().unwrap_or(0..0),
+            String::new(),
+            e.message().to_owned(),
+        )
+    })?;
+    if let Some(first) = file.meeting.first() {
+        return Err(locate.error(
+            first.id.span(),
+            "meeting[0]".into(),
+            "in control mode meetings come from the control plane; remove [[meeting]]",
+        ));
+    }
+    let builder = Builder {
+        locate,
+        now: Instant::now(),
+        overrides,
+        shards: Vec::new(),
+        shard: 0,
+    };
+    let network = builder.network(&file.forwarder)?;
+    Ok(ControlFile {
+        network,
+        control: file.control.unwrap_or_default(),
+    })
+}
+
+/// Whether a file asks for control mode (`[control] url`), without validating the rest.
+pub fn wants_control(path: &Path) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        control: Option<toml::Value>,
+    }
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| toml::from_str::<Probe>(&text).ok())
+        .and_then(|p| p.control)
+        .is_some_and(|c| c.get("url").is_some())
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,13 +23,15 @@
 //!   io_uring driver (multishot receive over provided buffer rings, one submission per
 //!   fan-out batch) and the portable mio driver (`recvmmsg`/`sendmmsg`), chosen at start
 //!   by a kernel probe; all `unsafe` code lives there.
-//! * [`config`] reads the standalone TOML file into a configured core; [`exporter`]
-//!   serves Prometheus metrics.
+//! * [`config`] reads the standalone TOML file into a configured core; [`control`] joins a
+//!   control plane instead (register, heartbeat, reconcile the desired state into the
+//!   cores); [`exporter`] serves Prometheus metrics.
 //!
 //! See `docs/architecture.md` in the repository for the longer story.
 
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod demux;
 pub mod driver;
 pub mod exporter;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -47,9 +48,47 @@ struct Args {
         long,
         short,
         value_name = "FILE",
-        required_unless_present = "generate_key"
+        required_unless_present_any = ["generate_key", "control"]
     )]
     config: Option<PathBuf>,
+
+    /// Control mode: join the control plane at URL (`http://host:port`, or `https://`
+    /// with `--control-ca`) and take meetings from it; `--config` then only gives
+    /// `[forwarder]` and `[control]` settings (also `[control] url`). See
+    /// docs/forwarder-control.md.
+    #[arg(long, value_name = "URL")]
+    control: Option<String>,
+
+    /// PEM CA certificate(s) to trust for an `https` control plane.
+    #[arg(long, value_name = "FILE")]
+    control_ca: Option<PathBuf>,
+
+    /// Control mode: this forwarder's stable id (default: the host name).
+    #[arg(long, value_name = "ID")]
+    forwarder_id: Option<String>,
+
+    /// Control mode: placement region, e.g. eu-west-1.
+    #[arg(long, value_name = "NAME")]
+    region: Option<String>,
+
+    /// Control mode: the IP participants send media to (default: the listen IP, or the
+    /// primary IP when listening on every interface).
+    #[arg(long, value_name = "IP")]
+    media_ip: Option<std::net::IpAddr>,
+
+    /// Control mode: the UDP ports meetings get, one socket each, bound at start; port
+    /// P runs on shard (P - START) % shards. Default 40100-40199.
+    #[arg(long, value_name = "START-END")]
+    port_range: Option<fanout_forwarder::control::PortRange>,
+
+    /// Control mode: file holding the enrolment credential for `Register` (or set
+    /// FANOUT_ENROLMENT_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    enrolment_token_file: Option<PathBuf>,
+
+    /// Control mode: the most legs to accept (told to the control plane). Default 1000.
+    #[arg(long, value_name = "N")]
+    max_legs: Option<u32>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (overrides `forwarder.metrics`).
     #[arg(long, value_name = "ADDR")]
@@ -148,7 +187,10 @@ fn run(args: Args) -> Result<()> {
         println!("{}", MasterKey::generate(profile).to_inline());
         return Ok(());
     }
-    // Required by clap unless --generate-key, which returned above.
+    if args.control.is_some() || args.config.as_deref().is_some_and(config::wants_control) {
+        return run_control(args);
+    }
+    // Required by clap unless --generate-key, which returned above, or control mode.
     let path = args.config.context("--config FILE is required")?;
     let overrides = Overrides {
         listen: args.listen,
@@ -211,6 +253,7 @@ fn run(args: Args) -> Result<()> {
             meetings: setup.meetings,
             driver,
             core: setup.forwarder,
+            tid: Arc::default(),
         });
     }
     if shards.len() > cpus.len().max(1) {
@@ -270,6 +313,230 @@ fn run(args: Args) -> Result<()> {
     run_shards(shards, &stops)
 }
 
+/// Control mode: bind the port range, start empty shards, and let the control-plane
+/// client fill them (fanout_forwarder::control).
+fn run_control(args: Args) -> Result<()> {
+    use fanout_forwarder::control::{self, ControlSettings, PortRange, ShardLink, Token};
+
+    let overrides = Overrides {
+        listen: args.listen,
+        shards: args.shards.map(usize::from),
+    };
+    let (mut network, section) = match &args.config {
+        Some(path) => {
+            let file = config::load_control(path, overrides)?;
+            (file.network, file.control)
+        }
+        None => (
+            config::NetworkSettings {
+                listen: args
+                    .listen
+                    .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+                rtcp_listen: None,
+                metrics: None,
+                socket_buffer_bytes: 4 << 20,
+                shards: args.shards.map(usize::from),
+            },
+            config::ControlSection::default(),
+        ),
+    };
+    if args.metrics.is_some() {
+        network.metrics = args.metrics;
+    }
+    let url = args
+        .control
+        .clone()
+        .or(section.url.clone())
+        .context("control mode needs --control URL or [control] url")?;
+    let ports = match (args.port_range, &section.port_range) {
+        (Some(r), _) => r,
+        (None, Some(text)) => text
+            .parse::<PortRange>()
+            .map_err(|e| anyhow::anyhow!("[control] port_range: {e}"))?,
+        (None, None) => PortRange::DEFAULT,
+    };
+    let bind_ip = network.listen.ip();
+    let media_ip = match (args.media_ip, &section.media_ip) {
+        (Some(ip), _) => ip,
+        (None, Some(text)) => text
+            .parse()
+            .with_context(|| format!("[control] media_ip `{text}` is not an IP address"))?,
+        (None, None) if !bind_ip.is_unspecified() => bind_ip,
+        (None, None) => control::primary_ip()
+            .context("cannot tell which IP participants reach this host by: give --media-ip")?,
+    };
+    let forwarder_id = args
+        .forwarder_id
+        .clone()
+        .or(section.forwarder_id.clone())
+        .or_else(control::hostname)
+        .context("no --forwarder-id and no host name")?;
+    let token = match args
+        .enrolment_token_file
+        .as_ref()
+        .or(section.enrolment_token_file.as_ref())
+    {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the enrolment token file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("FANOUT_ENROLMENT_TOKEN").context(
+            "control mode needs the enrolment credential: --enrolment-token-file FILE or \
+             FANOUT_ENROLMENT_TOKEN",
+        )?,
+    };
+    let requested = network.shards.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    // Every shard needs a port; more shards than ports would idle.
+    let shard_count = requested.clamp(1, ports.len());
+    let per_shard = ports.len().div_ceil(shard_count);
+    if args.check {
+        println!(
+            "control mode: {url} as `{forwarder_id}`, media {media_ip}, ports {ports} on \
+             {shard_count} shards"
+        );
+        return Ok(());
+    }
+
+    let mut kind = driver::select(args.io.into())?;
+    // The io_uring driver registers at most 64 sockets, each with its own buffer ring.
+    if kind == driver::DriverKind::Uring && per_shard > 64 {
+        if matches!(args.io, Io::Uring) {
+            anyhow::bail!(
+                "--io uring takes at most 64 ports per shard; {per_shard} asked \
+                 ({ports} over {shard_count} shards): narrow --port-range or add shards"
+            );
+        }
+        warn!(
+            ports_per_shard = per_shard,
+            "more than 64 ports per shard: using the mio driver"
+        );
+        kind = driver::DriverKind::Mio;
+    }
+    info!(driver = %kind, requested = ?args.io, "I/O driver selected");
+    if kind == driver::DriverKind::Uring {
+        let ring_bytes =
+            ports.len() * usize::from(driver::uring::RECV_BUFFERS) * driver::uring::RECV_BUF_LEN;
+        info!(
+            ports = ports.len(),
+            mib = ring_bytes >> 20,
+            "io_uring receive buffer rings: one per port ({} buffers of {} bytes)",
+            driver::uring::RECV_BUFFERS,
+            driver::uring::RECV_BUF_LEN
+        );
+    }
+
+    let cpus = driver::allowed_cpus();
+    let mut shards = Vec::with_capacity(shard_count);
+    for index in 0..shard_count {
+        let mut sockets = Vec::with_capacity(per_shard);
+        let mut bound = Vec::with_capacity(per_shard);
+        for port in ports
+            .ports()
+            .filter(|&p| ports.shard_of(p, shard_count) == index)
+        {
+            let address = std::net::SocketAddr::new(bind_ip, port);
+            sockets.push(
+                driver::bind_udp(address, network.socket_buffer_bytes)
+                    .with_context(|| format!("cannot bind {address} (shard {index})"))?,
+            );
+            bound.push(port);
+        }
+        let mut driver = driver::new_driver(kind, sockets)
+            .with_context(|| format!("cannot start the {kind} I/O driver (shard {index})"))?;
+        driver.set_progress_interval(Some(Duration::from_secs(args.progress_interval)));
+        let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
+        info!(
+            shard = index,
+            ?cpu,
+            ports = bound.len(),
+            first = bound.first(),
+            "shard ready"
+        );
+        shards.push(Shard {
+            index,
+            cpu,
+            meetings: Vec::new(),
+            driver,
+            core: fanout_forwarder::sfu::Forwarder::new(
+                fanout_forwarder::sfu::ForwarderConfig::default(),
+                Instant::now(),
+            ),
+            tid: Arc::default(),
+        });
+    }
+
+    if let Some(address) = network.metrics {
+        let sources = shards
+            .iter_mut()
+            .map(|s| {
+                let exchange = Arc::new(MetricsExchange::default());
+                let wake = s.driver.serve_metrics(exchange.clone());
+                MetricsSource { exchange, wake }
+            })
+            .collect();
+        let bound = exporter::spawn_with_control(address, sources, None)
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+        info!(%bound, "metrics at http://{bound}/metrics");
+    }
+
+    let settings = ControlSettings {
+        url,
+        ca_file: args.control_ca.clone().or(section.ca_file.clone()),
+        forwarder_id,
+        region: args
+            .region
+            .clone()
+            .or(section.region.clone())
+            .unwrap_or_default(),
+        media_ip,
+        bind_ip,
+        ports,
+        enrolment_token: Token::new(token),
+        max_legs: args.max_legs.or(section.max_legs).unwrap_or(1000),
+    };
+    info!(
+        url = %settings.url,
+        forwarder = %settings.forwarder_id,
+        media_ip = %settings.media_ip,
+        ports = %settings.ports,
+        shards = shards.len(),
+        "control mode"
+    );
+    let links = shards
+        .iter()
+        .map(|s| ShardLink {
+            handle: s.driver.handle(),
+            traffic: s.driver.traffic(),
+            tid: s.tid.clone(),
+        })
+        .collect();
+    control::spawn(settings, links).context("cannot start the control-plane client")?;
+
+    let stops: Vec<StopHandle> = shards.iter().map(|s| s.driver.stop_handle()).collect();
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    let signal_stops = stops.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    info!("SIGHUP: nothing to reload in control mode");
+                    continue;
+                }
+                info!(signal, "shutting down");
+                for stop in &signal_stops {
+                    stop.stop();
+                }
+                break;
+            }
+        })
+        .context("cannot start the signal thread")?;
+    run_shards(shards, &stops)
+}
+
 /// One core's share of the forwarder: its meetings' core and the driver of their sockets.
 struct Shard {
     index: usize,
@@ -277,6 +544,8 @@ struct Shard {
     meetings: Vec<MeetingId>,
     driver: Box<dyn driver::Driver>,
     core: fanout_forwarder::sfu::Forwarder,
+    /// The shard thread's id once it runs (the control client reads its CPU time).
+    tid: Arc<AtomicI32>,
 }
 
 /// Run every shard on its own thread, pinned to its CPU, until all stop. A shard whose
@@ -292,6 +561,10 @@ fn run_shards(shards: Vec<Shard>, stops: &[StopHandle]) -> Result<()> {
                     .spawn_scoped(scope, move || {
                         let span = tracing::info_span!("shard", shard = shard.index);
                         let _entered = span.enter();
+                        // SAFETY: gettid has no arguments and cannot fail.
+                        shard
+                            .tid
+                            .store(unsafe { libc::gettid() }, Ordering::Relaxed);
                         if let Some(cpu) = shard.cpu {
                             if let Err(e) = driver::pin_current_thread(cpu) {
                                 warn!(cpu, "cannot pin the shard to its CPU: {e}");

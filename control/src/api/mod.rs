@@ -10,6 +10,7 @@
 mod convert;
 pub mod forwarders;
 pub mod meetings;
+pub mod metrics;
 
 use tonic::Status;
 

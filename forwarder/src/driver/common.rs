@@ -6,7 +6,7 @@
 //! for the io_uring driver. Everything else is the same code.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -141,11 +141,37 @@ pub struct DriverStats {
     pub recv_rearms: u64,
 }
 
-/// When to log the next progress line.
+/// The driver's datagram counters as other threads see them (the control-plane client
+/// reports packets per second from them). Published once per turn of the driver's loop:
+/// two relaxed stores, never a lock on the packet path.
+#[derive(Debug, Default)]
+pub struct TrafficCounters {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl TrafficCounters {
+    /// Datagrams received and sent since the driver started, as of its last turn.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.received.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+        )
+    }
+
+    fn publish(&self, stats: &DriverStats) {
+        self.received
+            .store(stats.datagrams_received, Ordering::Relaxed);
+        self.sent.store(stats.datagrams_sent, Ordering::Relaxed);
+    }
+}
+
+/// When to log the next progress line; also publishes the [`TrafficCounters`] every turn.
 #[derive(Debug)]
 pub(crate) struct Progress {
     interval: Option<Duration>,
     next: Option<Instant>,
+    traffic: Arc<TrafficCounters>,
 }
 
 impl Progress {
@@ -153,7 +179,12 @@ impl Progress {
         Progress {
             interval,
             next: None,
+            traffic: Arc::default(),
         }
+    }
+
+    pub(crate) fn traffic(&self) -> Arc<TrafficCounters> {
+        self.traffic.clone()
     }
 
     pub(crate) fn set_interval(&mut self, interval: Option<Duration>) {
@@ -173,6 +204,7 @@ impl Progress {
 
     /// Log a progress line if one is due.
     pub(crate) fn tick(&mut self, now: Instant, stats: &DriverStats, core: &Forwarder) {
+        self.traffic.publish(stats);
         if let (Some(due), Some(interval)) = (self.next, self.interval) {
             if now >= due {
                 log_progress(stats, core);

@@ -314,6 +314,9 @@ impl super::Driver for MioDriver {
     fn stats(&self) -> DriverStats {
         MioDriver::stats(self)
     }
+    fn traffic(&self) -> Arc<super::TrafficCounters> {
+        self.progress.traffic()
+    }
     fn run(&mut self, core: &mut Forwarder) -> io::Result<()> {
         MioDriver::run(self, core)
     }

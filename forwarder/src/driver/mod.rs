@@ -19,7 +19,8 @@ mod sockaddr;
 pub mod uring;
 
 pub use common::{
-    Command, CommandError, DriverHandle, DriverStats, StopHandle, COMMAND_QUEUE_CAPACITY,
+    Command, CommandError, DriverHandle, DriverStats, StopHandle, TrafficCounters,
+    COMMAND_QUEUE_CAPACITY,
 };
 
 use std::io;
@@ -45,6 +46,8 @@ pub trait Driver: Send + std::fmt::Debug {
     fn handle(&self) -> DriverHandle;
     fn local_addrs(&self) -> Vec<SocketAddr>;
     fn stats(&self) -> DriverStats;
+    /// The datagram counters, readable from other threads while the driver runs.
+    fn traffic(&self) -> Arc<TrafficCounters>;
     /// Run until stopped. Events of the core are logged.
     fn run(&mut self, core: &mut Forwarder) -> io::Result<()>;
 }

@@ -628,7 +628,9 @@ impl UringDriver {
     /// Run until stopped. Events of the core are logged.
     pub fn run(&mut self, core: &mut Forwarder) -> io::Result<()> {
         if self.released {
-            return Err(io::Error::other("this io_uring driver has already run and stopped"));
+            return Err(io::Error::other(
+                "this io_uring driver has already run and stopped",
+            ));
         }
         if self.disabled {
             enable_ring(&self.ring)?;
@@ -1055,6 +1057,9 @@ impl super::Driver for UringDriver {
     fn stats(&self) -> DriverStats {
         UringDriver::stats(self)
     }
+    fn traffic(&self) -> Arc<super::TrafficCounters> {
+        self.progress.traffic()
+    }
     fn run(&mut self, core: &mut Forwarder) -> io::Result<()> {
         UringDriver::run(self, core)
     }
@@ -1087,9 +1092,15 @@ mod tests {
         stop.stop();
         let mut core = Forwarder::new(ForwarderConfig::default(), Instant::now());
         driver.run(&mut core).unwrap();
-        assert!(driver.released, "run releases what the kernel holds on its way out");
+        assert!(
+            driver.released,
+            "run releases what the kernel holds on its way out"
+        );
         assert!(driver.quiesce(Duration::from_secs(1)));
-        assert!(driver.run(&mut core).is_err(), "a released driver does not run again");
+        assert!(
+            driver.run(&mut core).is_err(),
+            "a released driver does not run again"
+        );
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub(crate) struct Leg {
     /// Our SSRC as the sender of RTCP the forwarder originates towards this peer
     /// (receiver reports, feedback).
     pub(crate) rtcp_ssrc: Ssrc,
+    /// SSRCs the peer may send with that are not (or not yet) published tracks, so an
+    /// unknown source using them is tried against this leg: a receive-only peer's RTCP
+    /// is how the forwarder learns where to send to it.
+    pub(crate) learning_ssrcs: Vec<Ssrc>,
     /// Subscriptions this leg carries to the peer.
     pub(crate) subscriptions: Vec<SubscriptionId>,
     /// Time of the last authenticated packet.

@@ -356,6 +356,7 @@ impl Forwarder {
         for l in legs {
             self.purge_rtcp(l);
             let leg = self.legs.remove(l.index());
+            self.forget_learning_ssrcs(l, &leg.learning_ssrcs);
             for addr in [leg.remote_rtp, leg.remote_rtcp].into_iter().flatten() {
                 if self.by_remote.get(&addr) == Some(&l) {
                     self.by_remote.remove(&addr);
@@ -410,6 +411,7 @@ impl Forwarder {
             sources: Vec::new(),
             local_rtcp: config.local_rtcp,
             rtcp_ssrc: Ssrc(RTCP_SSRC_BASE ^ self.legs.vacant_key() as u32),
+            learning_ssrcs: Vec::new(),
             subscriptions: Vec::new(),
             last_received: None,
             inactive: false,
@@ -479,10 +481,11 @@ impl Forwarder {
             self.legs[config.leg.index()]
                 .inbound_ssrcs
                 .push((ssrc, id, i as u8));
-            self.by_published_ssrc
-                .entry(ssrc)
-                .or_default()
-                .push(config.leg);
+            let legs = self.by_published_ssrc.entry(ssrc).or_default();
+            // Already there if the leg declared the SSRC for learning.
+            if !legs.contains(&config.leg) {
+                legs.push(config.leg);
+            }
         }
         self.participant_mut(meeting, participant)?.tracks.push(id);
         if let (TrackKind::Audio, Some(ext)) = (config.kind, config.audio_level_extension) {
@@ -518,11 +521,12 @@ impl Forwarder {
         let leg = &mut self.legs[track.leg.index()];
         leg.inbound_ssrcs.retain(|&(_, t, _)| t != id);
         for encoding in &track.encodings {
-            if let Some(legs) = self.by_published_ssrc.get_mut(&encoding.ssrc) {
-                legs.retain(|&l| l != track.leg);
-                if legs.is_empty() {
-                    self.by_published_ssrc.remove(&encoding.ssrc);
-                }
+            // The leg may still be learned by this SSRC if it was declared for learning.
+            if !self.legs[track.leg.index()]
+                .learning_ssrcs
+                .contains(&encoding.ssrc)
+            {
+                self.forget_learning_ssrcs(track.leg, &[encoding.ssrc]);
             }
         }
         let meeting = self.meetings[track.meeting.0 as usize].id.clone();
@@ -530,6 +534,40 @@ impl Forwarder {
             p.tracks.retain(|&t| t != id);
         }
         Ok(())
+    }
+
+    /// Declare SSRCs a leg's peer may send with although it publishes no track with them
+    /// (a participant who may not publish still sends RTCP receiver reports): an unknown
+    /// source using one of them is tried against this leg, so the forwarder learns the
+    /// address of a receive-only peer from its first authenticated packet. Packets
+    /// authenticated this way still count as unknown SSRCs unless a track publishes them.
+    pub fn add_learning_ssrcs(&mut self, leg: LegId, ssrcs: &[Ssrc]) -> Result<(), ConfigureError> {
+        let l = self
+            .legs
+            .get_mut(leg.index())
+            .ok_or(ConfigureError::NoSuchLeg)?;
+        for &ssrc in ssrcs {
+            if !l.learning_ssrcs.contains(&ssrc) {
+                l.learning_ssrcs.push(ssrc);
+                let legs = self.by_published_ssrc.entry(ssrc).or_default();
+                if !legs.contains(&leg) {
+                    legs.push(leg);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop trying `leg` for unknown sources using `ssrcs`.
+    fn forget_learning_ssrcs(&mut self, leg: LegId, ssrcs: &[Ssrc]) {
+        for ssrc in ssrcs {
+            if let Some(legs) = self.by_published_ssrc.get_mut(ssrc) {
+                legs.retain(|&l| l != leg);
+                if legs.is_empty() {
+                    self.by_published_ssrc.remove(ssrc);
+                }
+            }
+        }
     }
 
     /// Subscribe the participant that owns `config.leg` to `config.track`.
@@ -724,6 +762,13 @@ impl Forwarder {
         self.participant(meeting, participant)
             .map(|p| p.subscriptions.clone())
             .unwrap_or_default()
+    }
+
+    /// The track a subscription forwards.
+    pub fn subscription_track(&self, subscription: SubscriptionId) -> Option<TrackId> {
+        self.subscriptions
+            .get(subscription.index())
+            .map(|s| s.track)
     }
 
     /// The layer limits of a subscription.
@@ -1154,6 +1199,12 @@ impl Forwarder {
             AddressKind::Rtcp if leg.remote_rtp == Some(source) => {
                 leg.rtcp_mux = true;
                 return;
+            }
+            // A muxed leg heard from by RTCP first (a participant that only receives
+            // sends nothing else): its one address is where RTP goes too.
+            AddressKind::Rtcp if leg.rtcp_mux && leg.remote_rtp.is_none() => {
+                leg.local = Some(local);
+                leg.remote_rtp.replace(source)
             }
             AddressKind::Rtcp => {
                 leg.local_rtcp = Some(local);

@@ -1,0 +1,1076 @@
+//! Reconciliation: what the control plane wants the forwarder to hold, turned into
+//! configuration calls on the sans-IO [`Forwarder`] cores. Pure: no I/O, no clock, no
+//! generated types (the client converts them, see `super`), so it is tested against a
+//! real core with SRTP packets fed through it.
+//!
+//! # The model
+//!
+//! The client keeps a [`Reconciler`] holding the last desired state it applied: meetings
+//! (with the address their legs send to, the meeting's own port on this forwarder) and
+//! legs (one per participant: SRTP profile and keys, whether it may publish, its room,
+//! its tracks). A snapshot replaces that state; a batch of changes edits it. Either way
+//! the reconciler compares, meeting by meeting, the state before with the state after,
+//! and returns per meeting a [`Batch`] of [`Op`]s that take a core holding the first to
+//! one holding the second. The client runs each batch on the shard that owns the
+//! meeting's port ([`apply`] on the shard's thread).
+//!
+//! In a core, a leg is a participant with one leg named [`LEG_NAME`]; its tracks are
+//! named after their kind (`audio`, `camera`, `screen`; a second one of a kind gets
+//! `-1`, ...).
+//!
+//! # Rules
+//!
+//! * A meeting exists in a core once it has a plan (`MeetingPlan`); legs that arrive
+//!   before their meeting's plan wait in the model. A meeting whose address changes is
+//!   removed at the old one and built afresh at the new one (another port may be another
+//!   shard).
+//! * A new leg adds a participant with a leg that sends from the meeting's address, RTP
+//!   and RTCP muxed (RFC 5761), its remote address unknown until its first authenticated
+//!   packet. Every SSRC its join assigned is declared for learning, so a participant that
+//!   may not publish is still found from its RTCP.
+//! * Tracks exist only while the leg may publish (`can_publish`); they are removed when
+//!   it stops, and a track whose SSRCs, codec or clock rate change is replaced.
+//! * Subscriptions follow the default rule of the protocol: every leg receives every
+//!   track published by the other legs of its room (the main room, or the same breakout
+//!   room). They are added and removed as legs join, leave, move rooms, or start or stop
+//!   publishing.
+//! * Upserting a leg equal to the one held changes nothing: no re-keying, subscriptions
+//!   kept (their SSRC, sequence and timestamp rewriting continue). A leg whose profile or
+//!   either key changes is re-created: removed with everything attached, then added.
+//!
+//! Only the pairs of legs where at least one side changed are compared, so a join into a
+//! meeting of N legs costs O(N x tracks), not O(N^2).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use tracing::warn;
+
+use crate::codec::Codec;
+use crate::ids::{MeetingId, ParticipantId, Ssrc};
+use crate::sfu::{
+    ConfigureError, Forwarder, Layers, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
+};
+use crate::srtp::MasterKey;
+
+/// The name of the one leg of each participant in a core.
+pub const LEG_NAME: &str = "srtp";
+
+/// What a track carries, as the control plane names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PublishedKind {
+    Audio,
+    Camera,
+    Screen,
+}
+
+impl PublishedKind {
+    fn name(self) -> &'static str {
+        match self {
+            PublishedKind::Audio => "audio",
+            PublishedKind::Camera => "camera",
+            PublishedKind::Screen => "screen",
+        }
+    }
+
+    fn core_kind(self) -> TrackKind {
+        match self {
+            PublishedKind::Audio => TrackKind::Audio,
+            PublishedKind::Camera => TrackKind::Video,
+            PublishedKind::Screen => TrackKind::Screen,
+        }
+    }
+}
+
+/// A track a leg may publish: the SSRCs its join assigned (one per simulcast encoding,
+/// lowest quality first), its codec and RTP clock rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredTrack {
+    pub kind: PublishedKind,
+    pub ssrcs: Vec<Ssrc>,
+    /// The payload format's encoding name: `opus`, `VP8`, ...
+    pub codec: String,
+    /// 0: the kind's default.
+    pub clock_rate: u32,
+}
+
+/// One participant's leg as the control plane wants it. Debug shows no key material
+/// ([`MasterKey`] redacts it).
+#[derive(Debug, Clone)]
+pub struct DesiredLeg {
+    /// What the participant protects with: the forwarder unprotects with it.
+    pub inbound_key: MasterKey,
+    /// What the forwarder protects towards the participant with.
+    pub outbound_key: MasterKey,
+    pub can_publish: bool,
+    /// `None`: the main room.
+    pub breakout: Option<String>,
+    pub tracks: Vec<DesiredTrack>,
+}
+
+impl DesiredLeg {
+    /// Same keys (and so the same profile): the leg's SRTP contexts can stay.
+    fn same_transport(&self, other: &DesiredLeg) -> bool {
+        self.inbound_key.same_material(&other.inbound_key)
+            && self.outbound_key.same_material(&other.outbound_key)
+    }
+
+    fn same(&self, other: &DesiredLeg) -> bool {
+        self.same_transport(other)
+            && self.can_publish == other.can_publish
+            && self.breakout == other.breakout
+            && self.tracks == other.tracks
+    }
+
+    /// The tracks the core should hold for this leg, by name.
+    fn published(&self) -> BTreeMap<String, &DesiredTrack> {
+        if !self.can_publish {
+            return BTreeMap::new();
+        }
+        track_names(&self.tracks)
+    }
+
+    /// Every SSRC the join assigned, whether or not the leg may publish.
+    fn ssrcs(&self) -> Vec<Ssrc> {
+        self.tracks
+            .iter()
+            .flat_map(|t| t.ssrcs.iter().copied())
+            .collect()
+    }
+}
+
+/// Names tracks by kind: the first of a kind is `audio`, the next `audio-1`, ...
+fn track_names(tracks: &[DesiredTrack]) -> BTreeMap<String, &DesiredTrack> {
+    let mut seen: BTreeMap<PublishedKind, usize> = BTreeMap::new();
+    tracks
+        .iter()
+        .map(|t| {
+            let n = seen.entry(t.kind).or_default();
+            let name = match *n {
+                0 => t.kind.name().to_owned(),
+                n => format!("{}-{n}", t.kind.name()),
+            };
+            *n += 1;
+            (name, t)
+        })
+        .collect()
+}
+
+/// A meeting in the desired state.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredMeeting {
+    /// The forwarder's address the meeting's legs send to (the meeting's own port),
+    /// as bound here. `None` until the meeting's plan arrives.
+    pub listen: Option<SocketAddr>,
+    pub legs: BTreeMap<ParticipantId, DesiredLeg>,
+}
+
+/// Everything the control plane wants this forwarder to hold.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredState {
+    pub meetings: BTreeMap<MeetingId, DesiredMeeting>,
+}
+
+impl DesiredState {
+    /// Apply one change to the model (no core is touched).
+    fn change(&mut self, change: Change) {
+        match change {
+            Change::MeetingUpserted { meeting, listen } => {
+                self.meetings.entry(meeting).or_default().listen = Some(listen);
+            }
+            Change::MeetingRemoved(meeting) => {
+                self.meetings.remove(&meeting);
+            }
+            Change::LegUpserted {
+                meeting,
+                participant,
+                leg,
+            } => {
+                self.meetings
+                    .entry(meeting)
+                    .or_default()
+                    .legs
+                    .insert(participant, leg);
+            }
+            Change::LegRemoved {
+                meeting,
+                participant,
+            } => {
+                if let Some(m) = self.meetings.get_mut(&meeting) {
+                    m.legs.remove(&participant);
+                    if m.listen.is_none() && m.legs.is_empty() {
+                        self.meetings.remove(&meeting);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Legs in meetings that have a plan, per meeting.
+    pub fn legs_per_meeting(&self) -> impl Iterator<Item = (&MeetingId, usize)> {
+        self.meetings
+            .iter()
+            .filter(|(_, m)| m.listen.is_some())
+            .map(|(id, m)| (id, m.legs.len()))
+    }
+}
+
+/// One change of a `DesiredStateChanges` batch. Removing a meeting removes its legs.
+#[derive(Debug, Clone)]
+pub enum Change {
+    MeetingUpserted {
+        meeting: MeetingId,
+        listen: SocketAddr,
+    },
+    MeetingRemoved(MeetingId),
+    LegUpserted {
+        meeting: MeetingId,
+        participant: ParticipantId,
+        leg: DesiredLeg,
+    },
+    LegRemoved {
+        meeting: MeetingId,
+        participant: ParticipantId,
+    },
+}
+
+impl Change {
+    fn meeting(&self) -> &MeetingId {
+        match self {
+            Change::MeetingUpserted { meeting, .. }
+            | Change::MeetingRemoved(meeting)
+            | Change::LegUpserted { meeting, .. }
+            | Change::LegRemoved { meeting, .. } => meeting,
+        }
+    }
+}
+
+/// One configuration call on a core, within the meeting of its [`Batch`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    AddMeeting,
+    /// Removes everything in it.
+    RemoveMeeting,
+    /// A participant with its one leg.
+    AddLeg {
+        participant: ParticipantId,
+        config: LegConfig,
+        /// Declared for learning the peer's address (see [`Forwarder::add_learning_ssrcs`]).
+        learning_ssrcs: Vec<Ssrc>,
+    },
+    /// The participant with its leg, tracks and subscriptions, and every subscription to
+    /// its tracks.
+    RemoveLeg {
+        participant: ParticipantId,
+    },
+    AddTrack {
+        participant: ParticipantId,
+        name: String,
+        track: DesiredTrack,
+    },
+    /// With every subscription to it.
+    RemoveTrack {
+        participant: ParticipantId,
+        name: String,
+    },
+    Subscribe(SubscriptionKey),
+    Unsubscribe(SubscriptionKey),
+}
+
+/// A subscription by names: `subscriber` receives `publisher`'s track `track`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SubscriptionKey {
+    pub subscriber: ParticipantId,
+    pub publisher: ParticipantId,
+    pub track: String,
+}
+
+/// The operations on one meeting, to run in order on the shard that owns `listen`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub meeting: MeetingId,
+    pub listen: SocketAddr,
+    pub ops: Vec<Op>,
+}
+
+/// Holds the desired state last applied and turns new desired states into [`Batch`]es.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    state: DesiredState,
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        Reconciler::default()
+    }
+
+    /// What the cores were last told to hold.
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    /// A snapshot replaces everything: what it lacks is removed, what it has that is
+    /// already held unchanged is left alone.
+    pub fn snapshot(&mut self, new: DesiredState) -> Vec<Batch> {
+        let ids: BTreeSet<&MeetingId> = self
+            .state
+            .meetings
+            .keys()
+            .chain(new.meetings.keys())
+            .collect();
+        let mut batches = Vec::new();
+        for id in ids {
+            diff_meeting(
+                id,
+                self.state.meetings.get(id),
+                new.meetings.get(id),
+                &mut batches,
+            );
+        }
+        self.state = new;
+        batches
+    }
+
+    /// Apply changes in order; returns what the cores must do, per meeting touched.
+    pub fn changes(&mut self, changes: Vec<Change>) -> Vec<Batch> {
+        let mut before: BTreeMap<MeetingId, Option<DesiredMeeting>> = BTreeMap::new();
+        for change in changes {
+            let id = change.meeting();
+            if !before.contains_key(id) {
+                before.insert(id.clone(), self.state.meetings.get(id).cloned());
+            }
+            self.state.change(change);
+        }
+        let mut batches = Vec::new();
+        for (id, old) in &before {
+            diff_meeting(id, old.as_ref(), self.state.meetings.get(id), &mut batches);
+        }
+        batches
+    }
+}
+
+/// The batches that take a core from `old` to `new` for one meeting.
+fn diff_meeting(
+    id: &MeetingId,
+    old: Option<&DesiredMeeting>,
+    new: Option<&DesiredMeeting>,
+    batches: &mut Vec<Batch>,
+) {
+    let empty = BTreeMap::new();
+    let old_listen = old.and_then(|m| m.listen);
+    let new_listen = new.and_then(|m| m.listen);
+    let old_legs = old.map_or(&empty, |m| &m.legs);
+    let new_legs = new.map_or(&empty, |m| &m.legs);
+    match (old_listen, new_listen) {
+        (None, None) => {}
+        (Some(a), Some(b)) if a == b => {
+            let mut ops = Vec::new();
+            diff_legs(a, old_legs, new_legs, &mut ops);
+            if !ops.is_empty() {
+                batches.push(Batch {
+                    meeting: id.clone(),
+                    listen: a,
+                    ops,
+                });
+            }
+        }
+        (old_listen, new_listen) => {
+            if let Some(a) = old_listen {
+                batches.push(Batch {
+                    meeting: id.clone(),
+                    listen: a,
+                    ops: vec![Op::RemoveMeeting],
+                });
+            }
+            if let Some(b) = new_listen {
+                let mut ops = vec![Op::AddMeeting];
+                diff_legs(b, &empty, new_legs, &mut ops);
+                batches.push(Batch {
+                    meeting: id.clone(),
+                    listen: b,
+                    ops,
+                });
+            }
+        }
+    }
+}
+
+type Legs = BTreeMap<ParticipantId, DesiredLeg>;
+
+/// The operations that take a meeting's legs from `old` to `new` in a core, appended to
+/// `ops` in an order the core accepts: subscriptions that go, legs and tracks that go,
+/// legs and tracks that come, subscriptions that come.
+fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
+    let mut changed: BTreeSet<&ParticipantId> = BTreeSet::new();
+    // Removed, or re-created because their keys changed: the core drops everything
+    // attached to them.
+    let mut dropped: BTreeSet<&ParticipantId> = BTreeSet::new();
+    let mut added: BTreeSet<&ParticipantId> = BTreeSet::new();
+    for (p, leg) in old {
+        match new.get(p) {
+            None => {
+                changed.insert(p);
+                dropped.insert(p);
+            }
+            Some(next) if !leg.same_transport(next) => {
+                changed.insert(p);
+                dropped.insert(p);
+                added.insert(p);
+            }
+            Some(next) if !leg.same(next) => {
+                changed.insert(p);
+            }
+            Some(_) => {}
+        }
+    }
+    for p in new.keys() {
+        if !old.contains_key(p) {
+            changed.insert(p);
+            added.insert(p);
+        }
+    }
+    if changed.is_empty() {
+        return;
+    }
+
+    // Tracks of legs kept: those that go (removed or replaced) and those that come.
+    let mut tracks_gone: BTreeSet<(&ParticipantId, String)> = BTreeSet::new();
+    let mut tracks_new: Vec<(&ParticipantId, String, &DesiredTrack)> = Vec::new();
+    for &p in &changed {
+        if dropped.contains(p) {
+            continue;
+        }
+        let (Some(before), Some(after)) = (old.get(p), new.get(p)) else {
+            continue;
+        };
+        let (before, after) = (before.published(), after.published());
+        for (name, track) in &before {
+            if after.get(name) != Some(track) {
+                tracks_gone.insert((p, name.clone()));
+            }
+        }
+        for (name, track) in after {
+            if before.get(&name) != Some(&track) {
+                tracks_new.push((p, name, track));
+            }
+        }
+    }
+
+    // Subscriptions with a changed leg on either side. The core drops by itself those of
+    // dropped legs and gone tracks: they are no longer there to remove.
+    let before: BTreeSet<SubscriptionKey> = subscriptions_involving(old, &changed)
+        .into_iter()
+        .filter(|s| {
+            !dropped.contains(&s.subscriber)
+                && !dropped.contains(&s.publisher)
+                && !tracks_gone.contains(&(&s.publisher, s.track.clone()))
+        })
+        .collect();
+    let after = subscriptions_involving(new, &changed);
+
+    for s in before.difference(&after) {
+        ops.push(Op::Unsubscribe(s.clone()));
+    }
+    for &p in &dropped {
+        ops.push(Op::RemoveLeg {
+            participant: p.clone(),
+        });
+    }
+    for (p, name) in tracks_gone {
+        ops.push(Op::RemoveTrack {
+            participant: p.clone(),
+            name,
+        });
+    }
+    for &p in &added {
+        // `added` holds only participants of `new`.
+        let Some(leg) = new.get(p) else { continue };
+        ops.push(Op::AddLeg {
+            participant: p.clone(),
+            config: LegConfig {
+                name: LEG_NAME.to_owned(),
+                receive_key: leg.inbound_key.clone(),
+                send_key: leg.outbound_key.clone(),
+                remote: None,
+                remote_rtcp: None,
+                rtcp_mux: true,
+                local: Some(listen),
+                local_rtcp: None,
+            },
+            learning_ssrcs: leg.ssrcs(),
+        });
+        for (name, track) in leg.published() {
+            ops.push(Op::AddTrack {
+                participant: p.clone(),
+                name,
+                track: track.clone(),
+            });
+        }
+    }
+    for (p, name, track) in tracks_new {
+        ops.push(Op::AddTrack {
+            participant: p.clone(),
+            name,
+            track: track.clone(),
+        });
+    }
+    for s in after.difference(&before) {
+        ops.push(Op::Subscribe(s.clone()));
+    }
+}
+
+/// The default rule, restricted to pairs with a leg of `who` on at least one side: every
+/// leg receives every track published by the other legs of its room.
+fn subscriptions_involving(
+    legs: &Legs,
+    who: &BTreeSet<&ParticipantId>,
+) -> BTreeSet<SubscriptionKey> {
+    let mut out = BTreeSet::new();
+    for &p in who {
+        let Some(leg) = legs.get(p) else { continue };
+        let mine = leg.published();
+        for (q, other) in legs {
+            if q == p || other.breakout != leg.breakout {
+                continue;
+            }
+            for name in other.published().into_keys() {
+                out.insert(SubscriptionKey {
+                    subscriber: p.clone(),
+                    publisher: q.clone(),
+                    track: name,
+                });
+            }
+            for name in mine.keys() {
+                out.insert(SubscriptionKey {
+                    subscriber: q.clone(),
+                    publisher: p.clone(),
+                    track: name.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// How a batch went: operations applied, and the errors of those refused (each logged).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub ok: usize,
+    pub failed: Vec<String>,
+}
+
+/// Run a batch on a core (on its shard's thread). An operation the core refuses is
+/// logged and skipped; the rest still run, so one bad leg does not hold up a meeting.
+pub fn apply(core: &mut Forwarder, batch: Batch) -> Applied {
+    let mut applied = Applied::default();
+    let meeting = batch.meeting;
+    for op in batch.ops {
+        let what = describe(&op);
+        match apply_op(core, &meeting, op) {
+            Ok(()) => applied.ok += 1,
+            Err(e) => {
+                warn!(%meeting, op = %what, "control plane change not applied: {e}");
+                applied.failed.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    applied
+}
+
+/// A short description for logs, without keys.
+fn describe(op: &Op) -> String {
+    match op {
+        Op::AddMeeting => "add meeting".into(),
+        Op::RemoveMeeting => "remove meeting".into(),
+        Op::AddLeg { participant, .. } => format!("add leg of `{participant}`"),
+        Op::RemoveLeg { participant } => format!("remove leg of `{participant}`"),
+        Op::AddTrack {
+            participant, name, ..
+        } => format!("add track `{participant}/{name}`"),
+        Op::RemoveTrack { participant, name } => {
+            format!("remove track `{participant}/{name}`")
+        }
+        Op::Subscribe(s) => format!(
+            "subscribe `{}` to `{}/{}`",
+            s.subscriber, s.publisher, s.track
+        ),
+        Op::Unsubscribe(s) => format!(
+            "unsubscribe `{}` from `{}/{}`",
+            s.subscriber, s.publisher, s.track
+        ),
+    }
+}
+
+fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), ConfigureError> {
+    match op {
+        Op::AddMeeting => core.add_meeting(meeting.clone()),
+        Op::RemoveMeeting => core.remove_meeting(meeting),
+        Op::AddLeg {
+            participant,
+            config,
+            learning_ssrcs,
+        } => {
+            core.add_participant(meeting, participant.clone())?;
+            let leg = match core.add_leg(meeting, &participant, config) {
+                Ok(leg) => leg,
+                Err(e) => {
+                    // Leave no participant without its leg behind.
+                    let _ = core.remove_participant(meeting, &participant);
+                    return Err(e);
+                }
+            };
+            core.add_learning_ssrcs(leg, &learning_ssrcs)
+        }
+        Op::RemoveLeg { participant } => core.remove_participant(meeting, &participant),
+        Op::AddTrack {
+            participant,
+            name,
+            track,
+        } => {
+            let leg = core
+                .leg_id(meeting, &participant, LEG_NAME)
+                .ok_or(ConfigureError::NoSuchLeg)?;
+            core.add_track(
+                meeting,
+                &participant,
+                TrackConfig {
+                    name,
+                    kind: track.kind.core_kind(),
+                    encodings: track.ssrcs,
+                    leg,
+                    clock_rate: (track.clock_rate != 0).then_some(track.clock_rate),
+                    codec: Codec::from_encoding_name(&track.codec),
+                    audio_level_extension: None,
+                },
+            )
+            .map(|_| ())
+        }
+        Op::RemoveTrack { participant, name } => {
+            let track = core
+                .track_id(meeting, &participant, &name)
+                .ok_or(ConfigureError::NoSuchTrack)?;
+            core.remove_track(track)
+        }
+        Op::Subscribe(s) => {
+            let leg = core
+                .leg_id(meeting, &s.subscriber, LEG_NAME)
+                .ok_or(ConfigureError::NoSuchLeg)?;
+            let track = core
+                .track_id(meeting, &s.publisher, &s.track)
+                .ok_or(ConfigureError::NoSuchTrack)?;
+            core.add_subscription(SubscriptionConfig {
+                track,
+                leg,
+                ssrc: None,
+                max_layers: Layers::ALL,
+                payload_type: None,
+            })
+            .map(|_| ())
+        }
+        Op::Unsubscribe(s) => {
+            let track = core
+                .track_id(meeting, &s.publisher, &s.track)
+                .ok_or(ConfigureError::NoSuchTrack)?;
+            let subscription = core
+                .subscriptions_of(meeting, &s.subscriber)
+                .into_iter()
+                .find(|&id| core.subscription_track(id) == Some(track))
+                .ok_or(ConfigureError::NoSuchSubscription)?;
+            core.remove_subscription(subscription)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::{ForwarderConfig, MIN_TRANSMIT_BUFFER_LEN};
+    use crate::srtp::{SrtpContext, SrtpProfile};
+    use std::time::{Duration, Instant};
+
+    const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
+
+    /// One simulated participant: it protects with the leg's inbound key and unprotects
+    /// with its outbound key, as a real one would.
+    struct Peer {
+        address: SocketAddr,
+        inbound: MasterKey,
+        outbound: MasterKey,
+        sender: SrtpContext,
+        receiver: SrtpContext,
+        audio: Ssrc,
+        camera: Ssrc,
+        seq: u16,
+    }
+
+    /// A core, the reconciler feeding it, and the participants around it, on a virtual
+    /// clock with no sockets.
+    struct Net {
+        now: Instant,
+        core: Forwarder,
+        reconciler: Reconciler,
+        peers: BTreeMap<String, Peer>,
+    }
+
+    fn listen() -> SocketAddr {
+        "192.0.2.1:40100".parse().unwrap()
+    }
+
+    fn m() -> MeetingId {
+        "m".into()
+    }
+
+    impl Net {
+        fn new() -> Self {
+            let now = Instant::now();
+            Net {
+                now,
+                core: Forwarder::new(ForwarderConfig::default(), now),
+                reconciler: Reconciler::new(),
+                peers: BTreeMap::new(),
+            }
+        }
+
+        fn peer(&mut self, name: &str) -> &mut Peer {
+            let n = self.peers.len() as u32;
+            self.peers.entry(name.to_owned()).or_insert_with(|| {
+                let inbound = MasterKey::generate(PROFILE);
+                let outbound = MasterKey::generate(PROFILE);
+                Peer {
+                    address: SocketAddr::new([198, 51, 100, 1].into(), 5000 + n as u16),
+                    sender: SrtpContext::new(&inbound),
+                    receiver: SrtpContext::new(&outbound),
+                    inbound,
+                    outbound,
+                    audio: Ssrc(0x1000 + n),
+                    camera: Ssrc(0x2000 + n),
+                    seq: 0,
+                }
+            })
+        }
+
+        /// The leg the control plane would send for `name`.
+        fn leg(&mut self, name: &str, can_publish: bool, room: Option<&str>) -> DesiredLeg {
+            let peer = self.peer(name);
+            DesiredLeg {
+                inbound_key: peer.inbound.clone(),
+                outbound_key: peer.outbound.clone(),
+                can_publish,
+                breakout: room.map(str::to_owned),
+                tracks: vec![
+                    DesiredTrack {
+                        kind: PublishedKind::Audio,
+                        ssrcs: vec![peer.audio],
+                        codec: "opus".into(),
+                        clock_rate: 48_000,
+                    },
+                    DesiredTrack {
+                        kind: PublishedKind::Camera,
+                        ssrcs: vec![peer.camera],
+                        codec: "VP8".into(),
+                        clock_rate: 90_000,
+                    },
+                ],
+            }
+        }
+
+        fn upsert(&mut self, name: &str, can_publish: bool, room: Option<&str>) -> Vec<Batch> {
+            let leg = self.leg(name, can_publish, room);
+            let batches = self.reconciler.changes(vec![Change::LegUpserted {
+                meeting: m(),
+                participant: name.into(),
+                leg,
+            }]);
+            self.run(batches.clone());
+            batches
+        }
+
+        fn run(&mut self, batches: Vec<Batch>) {
+            for batch in batches {
+                let applied = apply(&mut self.core, batch);
+                assert!(applied.failed.is_empty(), "{:?}", applied.failed);
+            }
+        }
+
+        /// `name` sends one audio packet; returns who received it (each copy checked to
+        /// decrypt under the receiver's key).
+        fn speak(&mut self, name: &str) -> BTreeSet<String> {
+            let peer = self.peers.get_mut(name).unwrap();
+            peer.seq += 1;
+            let mut buf = vec![0u8; 12 + 20 + 64];
+            buf[0] = 0x80;
+            buf[1] = 111;
+            buf[2..4].copy_from_slice(&peer.seq.to_be_bytes());
+            buf[4..8].copy_from_slice(&(u32::from(peer.seq) * 960).to_be_bytes());
+            buf[8..12].copy_from_slice(&peer.audio.0.to_be_bytes());
+            let len = peer.sender.protect_rtp(&mut buf, 12 + 20).unwrap();
+            buf.truncate(len);
+            let source = peer.address;
+            self.deliver(source, buf)
+        }
+
+        /// `name` sends an SRTCP receiver report (what a participant that only watches
+        /// sends), which lets the forwarder learn its address.
+        fn hello(&mut self, name: &str) {
+            let peer = self.peers.get_mut(name).unwrap();
+            let mut buf = vec![0u8; 8 + 64];
+            buf[..4].copy_from_slice(&[0x80, 201, 0, 1]);
+            buf[4..8].copy_from_slice(&peer.audio.0.to_be_bytes());
+            let len = peer.sender.protect_rtcp(&mut buf, 8).unwrap();
+            buf.truncate(len);
+            let source = peer.address;
+            self.deliver(source, buf);
+        }
+
+        fn deliver(&mut self, source: SocketAddr, mut datagram: Vec<u8>) -> BTreeSet<String> {
+            self.now += Duration::from_millis(20);
+            self.core.handle_timeout(self.now);
+            self.core
+                .handle_datagram(self.now, listen(), source, &mut datagram);
+            let mut got = BTreeSet::new();
+            let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
+            while let Some(t) = self.core.poll_transmit(&mut buf) {
+                assert_eq!(
+                    t.source,
+                    Some(listen()),
+                    "legs send from the meeting's port"
+                );
+                if (200..=207).contains(&buf[1]) {
+                    continue; // RTCP the forwarder originates (keyframe requests, reports)
+                }
+                let (name, peer) = self
+                    .peers
+                    .iter_mut()
+                    .find(|(_, p)| p.address == t.destination)
+                    .unwrap_or_else(|| panic!("transmit to unknown {}", t.destination));
+                let mut packet = buf[..t.len].to_vec();
+                peer.receiver
+                    .unprotect_rtp(&mut packet)
+                    .unwrap_or_else(|e| panic!("{name} cannot unprotect: {e}"));
+                assert!(got.insert(name.clone()), "{name} got two copies");
+            }
+            got
+        }
+    }
+
+    fn names(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A snapshot with meeting `m` and publishing legs `legs` in the main room, applied,
+    /// and every peer heard from once (so its address is learned).
+    fn meeting_with(legs: &[&str]) -> Net {
+        let mut net = Net::new();
+        let mut state = DesiredState::default();
+        let mut meeting = DesiredMeeting {
+            listen: Some(listen()),
+            legs: BTreeMap::new(),
+        };
+        for name in legs {
+            meeting
+                .legs
+                .insert((*name).into(), net.leg(name, true, None));
+        }
+        state.meetings.insert(m(), meeting);
+        let batches = net.reconciler.snapshot(state);
+        net.run(batches);
+        for name in legs {
+            net.hello(name);
+        }
+        net
+    }
+
+    #[test]
+    fn a_snapshot_then_changes_fan_out_to_the_right_legs() {
+        let mut net = meeting_with(&["a", "b", "c"]);
+        assert_eq!(net.core.leg_count(), 3);
+        // Three legs, two tracks each, each track to the two others.
+        assert_eq!(net.core.subscription_count(), 12);
+        assert_eq!(net.speak("a"), names(&["b", "c"]));
+        assert_eq!(net.speak("c"), names(&["a", "b"]));
+
+        let d = net.leg("d", true, None);
+        let batches = net.reconciler.changes(vec![
+            Change::LegUpserted {
+                meeting: m(),
+                participant: "d".into(),
+                leg: d,
+            },
+            Change::LegRemoved {
+                meeting: m(),
+                participant: "b".into(),
+            },
+        ]);
+        assert_eq!(batches.len(), 1);
+        net.run(batches);
+        net.hello("d");
+        assert_eq!(net.core.leg_count(), 3);
+        assert_eq!(net.core.subscription_count(), 12);
+        assert_eq!(net.speak("a"), names(&["c", "d"]));
+        assert_eq!(net.speak("d"), names(&["a", "c"]));
+        assert!(net.speak("b").is_empty(), "a removed leg is not heard");
+    }
+
+    #[test]
+    fn subscriptions_follow_room_moves() {
+        let mut net = meeting_with(&["a", "b", "c", "d"]);
+        net.upsert("c", true, Some("x"));
+        net.upsert("d", true, Some("x"));
+        assert_eq!(net.speak("a"), names(&["b"]));
+        assert_eq!(net.speak("c"), names(&["d"]));
+        // 2 rooms x 2 legs x 2 tracks x 1 other.
+        assert_eq!(net.core.subscription_count(), 8);
+        net.upsert("d", true, Some("y"));
+        assert!(net.speak("c").is_empty(), "alone in its room");
+        net.upsert("c", true, None);
+        net.upsert("d", true, None);
+        assert_eq!(net.speak("a"), names(&["b", "c", "d"]));
+        assert_eq!(net.speak("d"), names(&["a", "b", "c"]));
+        assert_eq!(net.core.subscription_count(), 24);
+    }
+
+    #[test]
+    fn a_leg_that_may_not_publish_has_no_tracks_and_still_receives() {
+        let mut net = meeting_with(&["host"]);
+        net.upsert("attendee", false, None);
+        // Learned from its RTCP alone: it publishes nothing.
+        net.hello("attendee");
+        let core = &net.core;
+        assert!(core.track_id(&m(), &"attendee".into(), "audio").is_none());
+        assert_eq!(net.speak("host"), names(&["attendee"]));
+        assert!(
+            net.speak("attendee").is_empty(),
+            "its media is not accepted"
+        );
+
+        // Promoted: it publishes, and the host hears it.
+        net.upsert("attendee", true, None);
+        assert_eq!(net.speak("attendee"), names(&["host"]));
+        assert_eq!(net.speak("host"), names(&["attendee"]));
+        // Demoted again: tracks gone, still receives.
+        net.upsert("attendee", false, None);
+        assert!(net
+            .core
+            .track_id(&m(), &"attendee".into(), "audio")
+            .is_none());
+        assert!(net.speak("attendee").is_empty());
+        assert_eq!(net.speak("host"), names(&["attendee"]));
+        assert_eq!(net.core.subscription_count(), 2);
+    }
+
+    #[test]
+    fn removals_remove_from_the_core() {
+        let mut net = meeting_with(&["a", "b", "c"]);
+        // A snapshot without `b` removes it, and leaves the others alone.
+        let subs_of_a = net.core.subscriptions_of(&m(), &"a".into());
+        let mut state = net.reconciler.state().clone();
+        state
+            .meetings
+            .get_mut(&m())
+            .unwrap()
+            .legs
+            .remove(&ParticipantId::from("b"));
+        let batches = net.reconciler.snapshot(state);
+        assert_eq!(batches.len(), 1);
+        assert!(
+            matches!(&batches[0].ops[..], [Op::RemoveLeg { participant }] if participant.0 == "b")
+        );
+        net.run(batches);
+        assert_eq!(net.speak("a"), names(&["c"]));
+        let kept: Vec<_> = net.core.subscriptions_of(&m(), &"a".into());
+        assert!(kept.iter().all(|s| subs_of_a.contains(s)));
+
+        // Removing the meeting removes everything in it.
+        let batches = net.reconciler.changes(vec![Change::MeetingRemoved(m())]);
+        net.run(batches);
+        assert!(!net.core.meeting_exists(&m()));
+        assert_eq!(net.core.leg_count(), 0);
+        assert_eq!(net.core.subscription_count(), 0);
+        // An empty snapshot then has nothing left to do.
+        assert!(net.reconciler.snapshot(DesiredState::default()).is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_upsert_changes_nothing_and_a_new_key_recreates_the_leg() {
+        let mut net = meeting_with(&["a", "b"]);
+        let subs = net.core.subscriptions_of(&m(), &"b".into());
+        let leg = net.core.leg_id(&m(), &"b".into(), LEG_NAME).unwrap();
+        assert!(net.upsert("b", true, None).is_empty());
+        // The same snapshot again: nothing either.
+        let state = net.reconciler.state().clone();
+        assert!(net.reconciler.snapshot(state).is_empty());
+        assert_eq!(net.core.subscriptions_of(&m(), &"b".into()), subs);
+        assert_eq!(net.core.leg_id(&m(), &"b".into(), LEG_NAME), Some(leg));
+        assert_eq!(net.speak("a"), names(&["b"]));
+
+        // New keys for `b`: the leg is re-created, and must be learned again.
+        let fresh = MasterKey::generate(PROFILE);
+        let peer = net.peers.get_mut("b").unwrap();
+        peer.outbound = fresh.clone();
+        peer.receiver = SrtpContext::new(&fresh);
+        let batches = net.upsert("b", true, None);
+        assert!(matches!(batches[0].ops[0], Op::RemoveLeg { .. }));
+        assert!(net.speak("a").is_empty(), "address not learned yet");
+        net.hello("b");
+        assert_eq!(net.speak("a"), names(&["b"]));
+        assert_eq!(net.speak("b"), names(&["a"]));
+        assert_eq!(net.core.subscription_count(), 4);
+    }
+
+    #[test]
+    fn legs_wait_for_their_meeting_and_follow_it_to_another_port() {
+        let mut net = Net::new();
+        let a = net.leg("a", true, None);
+        let batches = net.reconciler.changes(vec![Change::LegUpserted {
+            meeting: m(),
+            participant: "a".into(),
+            leg: a,
+        }]);
+        assert!(batches.is_empty(), "no plan, nothing to build");
+        let batches = net.reconciler.changes(vec![Change::MeetingUpserted {
+            meeting: m(),
+            listen: listen(),
+        }]);
+        assert_eq!(batches.len(), 1);
+        assert!(matches!(batches[0].ops[0], Op::AddMeeting));
+        assert!(matches!(batches[0].ops[1], Op::AddLeg { .. }));
+        net.run(batches);
+        assert_eq!(net.core.leg_count(), 1);
+
+        // Moved to another port: removed here, built there (another shard, perhaps).
+        let other: SocketAddr = "192.0.2.1:40101".parse().unwrap();
+        let batches = net.reconciler.changes(vec![Change::MeetingUpserted {
+            meeting: m(),
+            listen: other,
+        }]);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].listen, listen());
+        assert!(matches!(batches[0].ops[..], [Op::RemoveMeeting]));
+        assert_eq!(batches[1].listen, other);
+        assert!(matches!(batches[1].ops[0], Op::AddMeeting));
+        match &batches[1].ops[1] {
+            Op::AddLeg { config, .. } => {
+                assert_eq!(config.local, Some(other));
+                assert!(config.rtcp_mux && config.remote.is_none());
+            }
+            op => panic!("{op:?}"),
+        }
+    }
+
+    #[test]
+    fn tracks_are_named_by_kind() {
+        let t = |kind| DesiredTrack {
+            kind,
+            ssrcs: vec![Ssrc(1)],
+            codec: String::new(),
+            clock_rate: 0,
+        };
+        let tracks = [
+            t(PublishedKind::Camera),
+            t(PublishedKind::Audio),
+            t(PublishedKind::Camera),
+        ];
+        let names: Vec<String> = track_names(&tracks).into_keys().collect();
+        assert_eq!(names, ["audio", "camera", "camera-1"]);
+    }
+}
