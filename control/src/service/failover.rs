@@ -25,6 +25,14 @@
 //! their sweeps so that they mostly take different meetings. If no forwarder can take a
 //! meeting, the sweep logs it and tries again with a growing pause, up to
 //! [`FailoverConfig::max_backoff_ms`].
+//!
+//! # Relays
+//!
+//! With a [`RelayPlanner`] ([`Failover::with_relays`]) each sweep also moves the webinar
+//! relay nodes of dead forwarders ([`RelayPlanner::sweep`]: same region first, viewers and
+//! child relays stay on the node, each viewer gets a `FORWARDER_CHANGED` naming it), and
+//! after moving a webinar's origin re-keys the relay links it feeds
+//! ([`RelayPlanner::rekey`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +44,7 @@ use tokio::time::Instant;
 
 use super::forwarders::{Death, LiveForwarders};
 use super::placement::{Moved, StorePlacer};
+use super::relays::{RelayPlanner, RelaySweep};
 use super::ServiceError;
 use crate::store::{LeaseId, Store, StoreError};
 
@@ -100,7 +109,10 @@ pub struct SweepReport {
     /// Meetings whose forwarder turned out to be registered after all.
     pub still_alive: usize,
     /// Meetings left where they are: no forwarder could take them, or the store failed.
+    /// Relays left where they are count here too.
     pub stuck: usize,
+    /// What the relay sweep did (all zero without a relay planner).
+    pub relays: RelaySweep,
 }
 
 /// The failover task of one control instance; see the module docs.
@@ -112,6 +124,8 @@ pub struct Failover {
     config: FailoverConfig,
     /// The lease events go on now, and when it was granted.
     event_lease: Option<(LeaseId, Instant)>,
+    /// Webinar relays to move too.
+    relays: Option<Arc<RelayPlanner>>,
 }
 
 impl Failover {
@@ -127,7 +141,14 @@ impl Failover {
             live,
             config,
             event_lease: None,
+            relays: None,
         }
+    }
+
+    /// Move the relays of dead forwarders too (see the module docs).
+    pub fn with_relays(mut self, relays: Arc<RelayPlanner>) -> Self {
+        self.relays = Some(relays);
+        self
     }
 
     /// Sweep forever: on every death, every scan interval, and with backoff while meetings
@@ -164,9 +185,37 @@ impl Failover {
         }
     }
 
-    /// Move every placement whose forwarder is not live (as cached). Errors are counted
-    /// as `stuck` and logged: the next sweep tries again.
+    /// Move every placement, then every relay, whose forwarder is not live (as cached).
+    /// Errors are counted as `stuck` and logged: the next sweep tries again.
     pub async fn sweep(&mut self) -> SweepReport {
+        let mut report = self.sweep_placements().await;
+        if let Some(relays) = self.relays.clone() {
+            report.relays = self.sweep_relays(&relays).await;
+            report.stuck += report.relays.stuck;
+        }
+        report
+    }
+
+    async fn sweep_relays(&mut self, relays: &RelayPlanner) -> RelaySweep {
+        let lease = match self.event_lease().await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(error = %e, "failover: cannot get a lease for events");
+                return RelaySweep {
+                    stuck: 1,
+                    ..RelaySweep::default()
+                };
+            }
+        };
+        let report = relays.sweep(lease, self.config.concurrency).await;
+        if report.stuck > 0 {
+            // The lease may be the cause (revoked by hand?): a new one next sweep.
+            self.event_lease = None;
+        }
+        report
+    }
+
+    async fn sweep_placements(&mut self) -> SweepReport {
         let mut orphans = self.placer.orphans();
         let mut report = SweepReport::default();
         if orphans.is_empty() {
@@ -205,6 +254,12 @@ impl Failover {
                         "failover: meeting moved"
                     );
                     report.moved += 1;
+                    if let Some(relays) = &self.relays {
+                        // The links from the origin restart in a new process: new keys.
+                        if let Err(e) = relays.rekey(&old.meeting).await {
+                            tracing::warn!(meeting = %old.meeting, error = %e, "failover: cannot re-key relay links");
+                        }
+                    }
                 }
                 Ok(Moved::Elsewhere) => report.moved_elsewhere += 1,
                 Ok(Moved::StillAlive) => report.still_alive += 1,

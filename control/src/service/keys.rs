@@ -116,9 +116,32 @@ pub fn relays(meeting: &MeetingId) -> String {
     format!("{V}/relays/{meeting}/")
 }
 
-/// One relay of a webinar's tree.
-pub fn relay(meeting: &MeetingId, forwarder: &ForwarderId) -> String {
-    format!("{V}/relays/{meeting}/{forwarder}")
+/// Every relay of every webinar (failover follows them all).
+pub fn all_relays() -> String {
+    format!("{V}/relays/")
+}
+
+/// One relay node of a webinar's tree, by its node id (`super::relays::RelayId`), which
+/// stays the same when failover moves the node to another forwarder: viewers and child
+/// relays are assigned to the node, not to a forwarder.
+pub fn relay(meeting: &MeetingId, relay: &str) -> String {
+    format!("{V}/relays/{meeting}/{relay}")
+}
+
+/// Every viewer assignment of a webinar, on all its relays.
+pub fn relay_viewers(meeting: &MeetingId) -> String {
+    format!("{V}/relay_viewers/{meeting}/")
+}
+
+/// The viewers assigned to one relay node (what its forwarder serves).
+pub fn relay_viewers_of(meeting: &MeetingId, relay: &str) -> String {
+    format!("{V}/relay_viewers/{meeting}/{relay}/")
+}
+
+/// One viewer's assignment to a relay node: created in the transaction that counts the
+/// viewer into the relay record, deleted in the one that counts it out.
+pub fn relay_viewer(meeting: &MeetingId, relay: &str, participant: &ParticipantId) -> String {
+    format!("{V}/relay_viewers/{meeting}/{relay}/{participant}")
 }
 
 #[cfg(test)]
@@ -145,7 +168,12 @@ mod tests {
         assert!(forwarder(&f).starts_with(&forwarders()));
         assert!(load(&f).starts_with(&loads()));
         assert!(placement(&m).starts_with(&placements()));
-        assert!(relay(&m, &f).starts_with(&relays(&m)));
+        assert!(relay(&m, "eu-0").starts_with(&relays(&m)));
+        assert!(relays(&m).starts_with(&all_relays()));
+        assert!(relay_viewer(&m, "eu-0", &p).starts_with(&relay_viewers_of(&m, "eu-0")));
+        assert!(relay_viewers_of(&m, "eu-0").starts_with(&relay_viewers(&m)));
+        // Node eu-0's viewers are not node eu-00's.
+        assert!(!relay_viewer(&m, "eu-00", &p).starts_with(&relay_viewers_of(&m, "eu-0")));
         assert!(port(&f, 5).starts_with(&ports(&f)));
         let f1 = ForwarderId::new("f1").unwrap();
         assert!(!port(&f1, 5).starts_with(&ports(&f)));

@@ -74,6 +74,7 @@ pub use tracks::{TrackAssignment, TrackKind, CAMERA_ENCODINGS};
 pub use watch::MeetingUpdate;
 
 use super::keys::{self, EventScope};
+use super::relays::{RelayPlanner, ViewerSeat};
 use super::{Placement, PlacementHint, Placer, ServiceError};
 use crate::domain::{
     bearer_token, Actor, BreakoutId, DomainError, JoinAuthority, JoinClaims, JoinRequest, Meeting,
@@ -402,6 +403,8 @@ pub struct MeetingService {
     placer: Arc<dyn Placer>,
     config: MeetingsConfig,
     lease: tokio::sync::Mutex<Option<EventLease>>,
+    /// Webinar relay trees (`with_relays`); without, attendees get the origin.
+    relays: Option<Arc<RelayPlanner>>,
 }
 
 impl std::fmt::Debug for MeetingService {
@@ -427,6 +430,25 @@ impl MeetingService {
             placer,
             config,
             lease: tokio::sync::Mutex::new(None),
+            relays: None,
+        }
+    }
+
+    /// Seat webinar attendees on relay forwarders ([`super::relays`]): their join returns
+    /// the relay node's placement, and leave, deny, promotion and the end release it.
+    pub fn with_relays(mut self, relays: Arc<RelayPlanner>) -> Self {
+        self.relays = Some(relays);
+        self
+    }
+
+    /// Relays: drop `who`'s seat on a relay node, if any. The operation that made them
+    /// leave the audience has committed; a failure here leaves a seat counted until the
+    /// meeting ends, which is logged, not returned.
+    async fn release_viewer(&self, id: &MeetingId, who: &ParticipantId) {
+        if let Some(relays) = &self.relays {
+            if let Err(e) = relays.release_viewer(id, who).await {
+                tracing::warn!(meeting = %id, participant = %who, error = %e, "relay seat not released");
+            }
         }
     }
 
@@ -754,7 +776,15 @@ impl MeetingService {
                 Ok((Some(write), ()))
             })
         })
-        .await
+        .await?;
+        // Relays: the tree goes with the meeting. The meeting has ended whatever happens
+        // here, so a failure is logged and its relay records stay (see docs/control-plane.md).
+        if let Some(relays) = &self.relays {
+            if let Err(e) = relays.end_meeting(id).await {
+                tracing::warn!(meeting = %id, error = %e, "relay tree of an ended meeting not removed");
+            }
+        }
+        Ok(())
     }
 
     /// Joins a meeting: checks the passcode or host key, places the meeting, makes the
@@ -780,7 +810,7 @@ impl MeetingService {
         let (m, _) = self.load(id).await?;
         let authority = authorize(m.clone(), passcode, host_key, now).await?;
         let hint = PlacementHint {
-            region,
+            region: region.clone(),
             expected_participants: m
                 .limits()
                 .max_participants
@@ -803,9 +833,21 @@ impl MeetingService {
             },
         )?;
 
+        // Relays: an attendee's seat on a relay node, taken before the write and released
+        // (on drop) if the join does not go through.
+        let mut viewer: Option<ViewerSeat> = None;
         for attempt in 0..self.config.max_cas_attempts {
             let (mut m, revision) = self.load(id).await?;
             let audience = self.audience_count(&m).await?;
+            match (m.seat(&authority), &self.relays) {
+                (Seat::Audience, Some(relays)) if viewer.is_none() => {
+                    let r = region.as_deref();
+                    viewer = Some(ViewerSeat::assign(relays, id, &participant, r).await?);
+                }
+                (Seat::Audience, _) => {}
+                // Seated on the stage after all (no host left to inherit): the origin.
+                (Seat::Stage, _) => viewer = None,
+            }
             let req = JoinRequest {
                 participant: participant.clone(),
                 display_name: display_name.clone(),
@@ -853,6 +895,8 @@ impl MeetingService {
                 self.config.token_ttl,
             );
             let token = self.tokens.issue(&claims);
+            // Relays: an attendee receives from its relay node, not the origin.
+            let placement = viewer.take().map_or(placement, ViewerSeat::keep);
             return Ok(Joined {
                 participant,
                 token,
@@ -920,7 +964,10 @@ impl MeetingService {
                 Ok((Some(write), ()))
             })
         })
-        .await
+        .await?;
+        // Relays: the attendee's seat on its relay node goes with it.
+        self.release_viewer(id, who).await;
+        Ok(())
     }
 
     /// Changes `target`'s mute flags (themself, or a host muting them).
@@ -1071,7 +1118,10 @@ impl MeetingService {
                 }
             })
         })
-        .await
+        .await?;
+        // Relays: a denied attendee's seat on its relay node goes too.
+        self.release_viewer(id, target).await;
+        Ok(())
     }
 
     /// Changes `target`'s role (host or operator). Promoting a webinar attendee moves them
@@ -1107,7 +1157,10 @@ impl MeetingService {
                 }
             })
         })
-        .await
+        .await?;
+        // Relays: a promoted attendee publishes from the origin now; its relay seat goes.
+        self.release_viewer(id, target).await;
+        Ok(())
     }
 
     /// Creates breakout rooms named `names` (host or operator); returns their new ids in

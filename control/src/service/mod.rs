@@ -8,6 +8,7 @@
 //! * [`forwarders`]: registration under a lease, heartbeats, the live set.
 //! * [`placement`]: which forwarder (and port) a meeting goes to.
 //! * [`failover`]: moving the meetings of a dead forwarder.
+//! * [`relays`]: webinar relay trees: which relay forwarder each viewer receives from.
 
 pub mod desired;
 pub mod failover;
@@ -15,6 +16,7 @@ pub mod forwarders;
 pub mod keys;
 pub mod meetings;
 pub mod placement;
+pub mod relays;
 
 use crate::domain::{DomainError, ErrorKind};
 use crate::store::StoreError;
