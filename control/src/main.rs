@@ -21,6 +21,7 @@ use fanout_control::service::failover::{Failover, FailoverConfig};
 use fanout_control::service::forwarders::{ForwarderRegistry, LiveForwarders, RegistryConfig};
 use fanout_control::service::meetings::{MeetingService, MeetingsConfig};
 use fanout_control::service::placement::{PlacementConfig, StorePlacer};
+use fanout_control::service::relays::{RelayConfig, RelayPlanner};
 use fanout_control::store::{EtcdConfig, EtcdStore, MemoryStore, Store};
 
 /// Fanout's control plane: meetings, joins, placement of meetings on forwarders, failover.
@@ -116,6 +117,7 @@ struct ConfigFile {
     registry: Option<RegistryConfig>,
     placement: Option<PlacementConfig>,
     failover: Option<FailoverConfig>,
+    relays: Option<RelayConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,12 +266,24 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("cannot start placement")?,
     );
+    let placement_config = file.placement.clone().unwrap_or_default();
+    let relays = Arc::new(
+        RelayPlanner::start(
+            store.clone(),
+            placer.clone(),
+            &placement_config,
+            file.relays.clone().unwrap_or_default(),
+        )
+        .await
+        .context("cannot start the relay planner")?,
+    );
     let failover = Failover::new(
         store.clone(),
         placer.clone(),
         live.clone(),
         file.failover.clone().unwrap_or_default(),
-    );
+    )
+    .with_relays(relays.clone());
     tokio::spawn(failover.run());
 
     let mut meetings_config = MeetingsConfig::default();
@@ -282,12 +296,10 @@ async fn run(args: Args) -> Result<()> {
     if let Some(profile) = &file.meetings.srtp_profile {
         meetings_config.srtp_profile = profile.clone();
     }
-    let meetings = Arc::new(MeetingService::new(
-        store.clone(),
-        tokens,
-        placer.clone(),
-        meetings_config,
-    ));
+    let meetings = Arc::new(
+        MeetingService::new(store.clone(), tokens, placer.clone(), meetings_config)
+            .with_relays(relays),
+    );
     let registry = Arc::new(ForwarderRegistry::new(
         store.clone(),
         file.registry.clone().unwrap_or_default(),

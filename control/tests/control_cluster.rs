@@ -508,3 +508,110 @@ async fn two_instances_three_forwarders_two_regions() {
     }
     drop((b, etcd));
 }
+
+/// The acceptance's webinar plan, through real processes: 5,000 viewers (3,000 in eu,
+/// 2,000 in us) joining through both instances land on ceil(n/1000) relays per region,
+/// none with more than 1,000 viewers, and the presenter on the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webinar_of_5000_viewers_uses_ceil_n_over_1000_relays_per_region() {
+    let etcd = EtcdServer::start().await.expect("etcd starts");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("secret"),
+        "deployment-secret-for-tests-0123456789",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("operator"), OPERATOR).unwrap();
+    std::fs::write(dir.path().join("enrolment"), ENROLMENT).unwrap();
+    std::fs::write(dir.path().join("control.toml"), "").unwrap();
+    let a = Control::start(dir.path(), etcd.endpoint(), "a");
+    let b = Control::start(dir.path(), etcd.endpoint(), "b");
+    let (ca, cb) = (a.channel().await, b.channel().await);
+    let mut alive = Vec::new();
+    for (id, region, ports) in [
+        ("eu-1", "eu", (41000, 41099)),
+        ("eu-2", "eu", (42000, 42099)),
+        ("us-1", "us", (43000, 43099)),
+    ] {
+        alive.push(register(ca.clone(), id, region, ports, 100_000).await.alive);
+    }
+    pb::meetings_client::MeetingsClient::new(ca.clone())
+        .create_meeting(with_bearer(
+            pb::CreateMeetingRequest {
+                meeting_id: "town-hall".into(),
+                kind: pb::MeetingKind::Webinar.into(),
+                title: "5,000 viewers".into(),
+                host_key: Some("host-key-1234".into()),
+                ..Default::default()
+            },
+            OPERATOR,
+        ))
+        .await
+        .unwrap();
+    let mut host = Request::new(pb::JoinMeetingRequest {
+        meeting_id: "town-hall".into(),
+        display_name: "presenter".into(),
+        host_key: Some("host-key-1234".into()),
+        ..Default::default()
+    });
+    host.metadata_mut()
+        .insert("x-fanout-region", MetadataValue::from_static("eu"));
+    let presenter = pb::meetings_client::MeetingsClient::new(ca.clone())
+        .join_meeting(host)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(presenter.role, pb::Role::Host as i32);
+
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..32 {
+        let channel = if worker % 2 == 0 {
+            ca.clone()
+        } else {
+            cb.clone()
+        };
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut placed = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= 5000 {
+                    break placed;
+                }
+                let region = if i % 5 < 3 { "eu" } else { "us" };
+                let joined = join(channel.clone(), "town-hall", region, None)
+                    .await
+                    .expect("viewer joins");
+                assert_eq!(joined.role, pb::Role::Attendee as i32);
+                placed.push((region, joined.forwarder_address));
+            }
+        }));
+    }
+    let mut relays: BTreeMap<(&str, String), usize> = BTreeMap::new();
+    for task in tasks {
+        for (region, address) in task.await.unwrap() {
+            *relays.entry((region, address)).or_default() += 1;
+        }
+    }
+    for (region, viewers) in [("eu", 3000usize), ("us", 2000)] {
+        let mine: Vec<usize> = relays
+            .iter()
+            .filter(|((r, _), _)| *r == region)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(mine.len(), viewers.div_ceil(1000), "{region}: {relays:?}");
+        assert!(mine.iter().all(|&n| n <= 1000), "{region}: {relays:?}");
+        assert_eq!(mine.iter().sum::<usize>(), viewers);
+    }
+    assert!(
+        !relays
+            .keys()
+            .any(|(_, address)| *address == presenter.forwarder_address),
+        "viewers are never on the origin's port"
+    );
+    for flag in alive {
+        flag.store(false, Ordering::SeqCst);
+    }
+    drop((a, b, etcd));
+}
