@@ -184,7 +184,20 @@ impl ConfigSpec {
 /// built with cargo first if it is missing or older than the forwarder's sources.
 /// `FANOUT_FORWARDER_BIN` overrides the search.
 pub fn forwarder_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("FANOUT_FORWARDER_BIN") {
+    workspace_binary("fanout-forwarder", "forwarder", "FANOUT_FORWARDER_BIN")
+}
+
+/// The `fanout-control` binary, found and built like [`forwarder_binary`];
+/// `FANOUT_CONTROL_BIN` overrides the search.
+pub fn control_binary() -> Result<PathBuf> {
+    workspace_binary("fanout-control", "control", "FANOUT_CONTROL_BIN")
+}
+
+/// The binary `name` of the workspace package in folder `folder`, next to the running
+/// executable (target/<profile>/), built with cargo first if it is missing or older than
+/// its package's sources; `env` names a variable that overrides the search.
+fn workspace_binary(name: &str, folder: &str, env: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().context("cannot locate the running executable")?;
@@ -196,8 +209,8 @@ pub fn forwarder_binary() -> Result<PathBuf> {
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
     }
-    let binary = dir.join("fanout-forwarder");
-    if binary.is_file() && !is_stale(&binary) {
+    let binary = dir.join(name);
+    if binary.is_file() && !is_stale(&binary, folder) {
         return Ok(binary);
     }
     let profile = match dir.file_name().and_then(|n| n.to_str()) {
@@ -208,23 +221,14 @@ pub fn forwarder_binary() -> Result<PathBuf> {
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
-        .args([
-            "build",
-            "-p",
-            "fanout-forwarder",
-            "--bin",
-            "fanout-forwarder",
-        ])
+        .args(["build", "-p", name, "--bin", name])
         .args(["--profile", &profile]);
     if let Some(target_dir) = dir.parent() {
         command.arg("--target-dir").arg(target_dir);
     }
-    process::run("cargo build fanout-forwarder", command, BUILD_TIMEOUT)?;
+    process::run(&format!("cargo build {name}"), command, BUILD_TIMEOUT)?;
     if !binary.is_file() {
-        bail!(
-            "cargo built fanout-forwarder but {} does not exist",
-            binary.display()
-        );
+        bail!("cargo built {name} but {} does not exist", binary.display());
     }
     Ok(binary)
 }
@@ -235,13 +239,13 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
-/// True if a file of the forwarder crate is newer than `binary` (a stale build would test
-/// old code: cargo does not build other packages' binaries for a test target).
-fn is_stale(binary: &Path) -> bool {
+/// True if a file of the package in `folder` is newer than `binary` (a stale build would
+/// test old code: cargo does not build other packages' binaries for a test target).
+fn is_stale(binary: &Path, folder: &str) -> bool {
     let Ok(built) = binary.metadata().and_then(|m| m.modified()) else {
         return true;
     };
-    let crate_dir = workspace_root().join("forwarder");
+    let crate_dir = workspace_root().join(folder);
     newest_mtime(&crate_dir.join("src"))
         .into_iter()
         .chain(newest_mtime(&crate_dir.join("Cargo.toml")))
