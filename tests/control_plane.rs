@@ -1,5 +1,6 @@
-//! End to end with every part a real process: etcd-server, `fanout-control`, and two
-//! `fanout-forwarder --control` processes in one region. Two participants join over gRPC
+//! End to end with every part a real process: etcd-server, `fanout-control`, and three
+//! `fanout-forwarder --control` processes in two regions. A meeting is placed in the
+//! region of its first joiner. Two participants join over gRPC
 //! and get the same forwarder address, their own SRTP keys and SSRCs; media from one
 //! reaches the other through the forwarder the control plane programmed. Then that
 //! forwarder is killed (SIGKILL): within the lease TTL plus 5 s the participants are told
@@ -191,7 +192,7 @@ impl Participant {
     }
 }
 
-async fn join(channel: Channel, meeting: &str) -> pb::JoinMeetingResponse {
+async fn join(channel: Channel, meeting: &str, region: &'static str) -> pb::JoinMeetingResponse {
     let mut request = Request::new(pb::JoinMeetingRequest {
         meeting_id: meeting.into(),
         display_name: "someone".into(),
@@ -200,7 +201,7 @@ async fn join(channel: Channel, meeting: &str) -> pb::JoinMeetingResponse {
     });
     request
         .metadata_mut()
-        .insert("x-fanout-region", MetadataValue::from_static("eu"));
+        .insert("x-fanout-region", MetadataValue::from_static(region));
     pb::meetings_client::MeetingsClient::new(channel)
         .join_meeting(request)
         .await
@@ -248,7 +249,11 @@ async fn media_through_a_programmed_forwarder_survives_its_death() {
         .unwrap();
 
     let mut forwarders = Vec::new();
-    for (id, ports) in [("eu-1", "41000-41009"), ("eu-2", "42000-42009")] {
+    for (id, region, ports) in [
+        ("eu-1", "eu", "41000-41009"),
+        ("eu-2", "eu", "42000-42009"),
+        ("us-1", "us", "43000-43009"),
+    ] {
         let mut command = Command::new(forwarder_binary().unwrap());
         command
             .args(["--control", &format!("http://{address}")])
@@ -256,7 +261,7 @@ async fn media_through_a_programmed_forwarder_survives_its_death() {
                 "--forwarder-id",
                 id,
                 "--region",
-                "eu",
+                region,
                 "--media-ip",
                 "127.0.0.1",
             ])
@@ -274,25 +279,33 @@ async fn media_through_a_programmed_forwarder_survives_its_death() {
         forwarders.push((id, Proc::spawn(id, command)));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !scrape(&metrics).contains("fanout_control_live_forwarders 2") {
-        assert!(Instant::now() < deadline, "both forwarders register");
+    while !scrape(&metrics).contains("fanout_control_live_forwarders 3") {
+        assert!(Instant::now() < deadline, "the forwarders register");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    pb::meetings_client::MeetingsClient::new(channel.clone())
-        .create_meeting(with_bearer(
-            pb::CreateMeetingRequest {
-                meeting_id: "e2e".into(),
-                kind: pb::MeetingKind::Meeting.into(),
-                title: "end to end".into(),
-                ..Default::default()
-            },
-            OPERATOR,
-        ))
-        .await
-        .unwrap();
-    let mut alice = Participant::new(join(channel.clone(), "e2e").await);
-    let mut bob = Participant::new(join(channel.clone(), "e2e").await);
+    for id in ["e2e", "e2e-us"] {
+        pb::meetings_client::MeetingsClient::new(channel.clone())
+            .create_meeting(with_bearer(
+                pb::CreateMeetingRequest {
+                    meeting_id: id.into(),
+                    kind: pb::MeetingKind::Meeting.into(),
+                    title: "end to end".into(),
+                    ..Default::default()
+                },
+                OPERATOR,
+            ))
+            .await
+            .unwrap();
+    }
+    // Placed by region: the first joiner's.
+    assert_eq!(
+        join(channel.clone(), "e2e-us", "us").await.forwarder_id,
+        "us-1"
+    );
+    let mut alice = Participant::new(join(channel.clone(), "e2e", "eu").await);
+    let mut bob = Participant::new(join(channel.clone(), "e2e", "eu").await);
+    assert!(alice.joined.forwarder_id.starts_with("eu-"));
     let first = alice.joined.forwarder_address.clone();
     assert_eq!(
         bob.joined.forwarder_address, first,
@@ -363,6 +376,10 @@ async fn media_through_a_programmed_forwarder_survives_its_death() {
         "re-placed {took:?} after the kill (lease {LEASE_TTL:?})"
     );
     assert_ne!(moved.forwarder_id, victim);
+    assert!(
+        moved.forwarder_id.starts_with("eu-"),
+        "re-placed in the same region"
+    );
     let second = moved.forwarder_address.clone();
     assert_ne!(second, first);
 
