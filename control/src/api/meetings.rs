@@ -49,6 +49,19 @@ impl MeetingsApi {
         self.service.authenticate(credential, now()).map_err(status)
     }
 
+    /// A participant as it is now on the meeting's stage (after a change the call made).
+    async fn participant(
+        &self,
+        id: &MeetingId,
+        target: &ParticipantId,
+    ) -> Result<Option<pb::Participant>, Status> {
+        let view = self.service.get(id).await.map_err(status)?;
+        Ok(view
+            .meeting
+            .participant(target)
+            .map(convert::participant_to))
+    }
+
     fn operator<T>(&self, request: &Request<T>) -> Result<(), Status> {
         match self.caller(request)? {
             Caller::Operator => Ok(()),
@@ -69,6 +82,20 @@ fn meeting_id(text: &str) -> Result<MeetingId, Status> {
 
 fn participant_id(text: &str) -> Result<ParticipantId, Status> {
     id("participant_id", text, |s| ParticipantId::new(s))
+}
+
+/// The participant a call names, or the caller themself when it names none.
+fn target_or_self(caller: &Caller, text: &str) -> Result<ParticipantId, Status> {
+    match (
+        optional_id("participant_id", text, |s| ParticipantId::new(s))?,
+        caller,
+    ) {
+        (Some(p), _) => Ok(p),
+        (None, Caller::Participant(claims)) => Ok(claims.participant.clone()),
+        (None, Caller::Operator) => Err(Status::invalid_argument(
+            "participant_id: required for the operator",
+        )),
+    }
 }
 
 fn passcode(field: &str, text: Option<String>) -> Result<Option<Passcode>, Status> {
@@ -269,20 +296,7 @@ impl Meetings for MeetingsApi {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let id = meeting_id(&r.meeting_id)?;
-        let target = match (
-            optional_id("participant_id", &r.participant_id, |s| {
-                ParticipantId::new(s)
-            })?,
-            &caller,
-        ) {
-            (Some(p), _) => p,
-            (None, Caller::Participant(claims)) => claims.participant.clone(),
-            (None, Caller::Operator) => {
-                return Err(Status::invalid_argument(
-                    "participant_id: required for the operator",
-                ))
-            }
-        };
+        let target = target_or_self(&caller, &r.participant_id)?;
         let change = MuteChange {
             audio: r.audio_muted,
             video: r.video_muted,
@@ -291,12 +305,8 @@ impl Meetings for MeetingsApi {
             .set_mute(&caller, &id, &target, change, now())
             .await
             .map_err(status)?;
-        let view = self.service.get(&id).await.map_err(status)?;
         Ok(Response::new(pb::SetMuteResponse {
-            participant: view
-                .meeting
-                .participant(&target)
-                .map(convert::participant_to),
+            participant: self.participant(&id, &target).await?,
         }))
     }
 
@@ -320,20 +330,7 @@ impl Meetings for MeetingsApi {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let id = meeting_id(&r.meeting_id)?;
-        let target = match (
-            optional_id("participant_id", &r.participant_id, |s| {
-                ParticipantId::new(s)
-            })?,
-            &caller,
-        ) {
-            (Some(p), _) => p,
-            (None, Caller::Participant(claims)) => claims.participant.clone(),
-            (None, Caller::Operator) => {
-                return Err(Status::invalid_argument(
-                    "participant_id: required for the operator",
-                ))
-            }
-        };
+        let target = target_or_self(&caller, &r.participant_id)?;
         self.service
             .stop_screen_share(&caller, &id, &target, now())
             .await
@@ -355,12 +352,8 @@ impl Meetings for MeetingsApi {
             .admit(&caller, &id, &target, now())
             .await
             .map_err(status)?;
-        let view = self.service.get(&id).await.map_err(status)?;
         Ok(Response::new(pb::AdmitParticipantResponse {
-            participant: view
-                .meeting
-                .participant(&target)
-                .map(convert::participant_to),
+            participant: self.participant(&id, &target).await?,
         }))
     }
 
@@ -396,12 +389,8 @@ impl Meetings for MeetingsApi {
             .set_role(&caller, &id, &target, role, now())
             .await
             .map_err(status)?;
-        let view = self.service.get(&id).await.map_err(status)?;
         Ok(Response::new(pb::SetRoleResponse {
-            participant: view
-                .meeting
-                .participant(&target)
-                .map(convert::participant_to),
+            participant: self.participant(&id, &target).await?,
         }))
     }
 

@@ -563,7 +563,6 @@ impl StorePlacer {
     ) -> Result<Moved, ServiceError> {
         let old = &current.value;
         let key = keys::placement(&old.meeting);
-        let old_fwd_key = keys::forwarder(&old.forwarder);
         let now = (self.clock)();
         let req = Request {
             region: Some(old.region.as_str()),
@@ -599,30 +598,18 @@ impl StorePlacer {
                 key: event_key.clone(),
                 reason: format!("cannot encode: {e}"),
             })?;
-            let fwd_key = keys::forwarder(&id);
             let port_key = keys::port(&id, port.port);
             let claim = PortClaim {
                 meeting: old.meeting.clone(),
             };
-            let txn = Txn::new()
-                .when([
-                    Compare::mod_revision(key.clone(), CompareOp::Equal, current.mod_revision),
-                    Compare::absent(old_fwd_key.clone()),
-                    Compare::create_revision(fwd_key.clone(), CompareOp::Equal, f.registered),
-                    Compare::absent(port_key.clone()),
-                ])
-                .and_then([
-                    Op::put(key.clone(), encode(&key, &record)?),
-                    Op::delete(keys::port(&old.forwarder, old.port)),
-                    Op::put(port_key.clone(), encode(&port_key, &claim)?),
-                    Op::put_with_lease(event_key, event_json, event_lease),
-                ])
-                .or_else([
-                    Op::get(key.clone()),
-                    Op::get(old_fwd_key.clone()),
-                    Op::get(fwd_key),
-                    Op::get(port_key),
-                ]);
+            let txn = relocation_txn(
+                &key,
+                current.mod_revision,
+                (&old.forwarder, old.port),
+                (&id, f.registered, port.port),
+                (encode(&key, &record)?, encode(&port_key, &claim)?),
+                vec![Op::put_with_lease(event_key, event_json, event_lease)],
+            );
             let resp = self.store.txn(txn).await?;
             if resp.succeeded {
                 self.placements.note_put(
@@ -676,6 +663,49 @@ impl Placer for StorePlacer {
     ) -> BoxFuture<'a, Result<Option<Placement>, ServiceError>> {
         Box::pin(async move { Ok(self.record(meeting).await?.map(|r| r.placement())) })
     }
+}
+
+/// The transaction that moves something holding a port of a forwarder (a placement, a
+/// relay node) off a dead forwarder. It applies only if the record at `key` is unchanged
+/// since it was read (`read_revision`), the old forwarder is still gone, the new one still
+/// has the registration it was chosen on, and the new port is free; then it writes the
+/// record, releases the old port, claims the new one, and runs `extra` (an event). The
+/// failure branch reads the record, the old and new registrations and the new port back,
+/// in that order, so the caller can tell which condition failed.
+pub(crate) fn relocation_txn(
+    key: &str,
+    read_revision: crate::store::Revision,
+    from: (&ForwarderId, u16),
+    to: (&ForwarderId, crate::store::Revision, u16),
+    writes: (Vec<u8>, Vec<u8>),
+    extra: Vec<Op>,
+) -> Txn {
+    let (old_forwarder, old_port) = from;
+    let (forwarder, registered, port) = to;
+    let (record, claim) = writes;
+    let old_fwd_key = keys::forwarder(old_forwarder);
+    let fwd_key = keys::forwarder(forwarder);
+    let port_key = keys::port(forwarder, port);
+    let mut ops = vec![
+        Op::put(key.to_owned(), record),
+        Op::delete(keys::port(old_forwarder, old_port)),
+        Op::put(port_key.clone(), claim),
+    ];
+    ops.extend(extra);
+    Txn::new()
+        .when([
+            Compare::mod_revision(key.to_owned(), CompareOp::Equal, read_revision),
+            Compare::absent(old_fwd_key.clone()),
+            Compare::create_revision(fwd_key.clone(), CompareOp::Equal, registered),
+            Compare::absent(port_key.clone()),
+        ])
+        .and_then(ops)
+        .or_else([
+            Op::get(key.to_owned()),
+            Op::get(old_fwd_key),
+            Op::get(fwd_key),
+            Op::get(port_key),
+        ])
 }
 
 #[cfg(test)]

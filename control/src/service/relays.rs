@@ -97,7 +97,8 @@ use super::forwarders::{decode, encode, Cached, LiveForwarder, LiveForwarders, P
 use super::keys::{self, EventScope};
 use super::meetings::SrtpTransport;
 use super::placement::{
-    system_clock, Clock, LatencyMatrix, PlacementConfig, PlacementRecord, StorePlacer,
+    relocation_txn, system_clock, Clock, LatencyMatrix, PlacementConfig, PlacementRecord,
+    StorePlacer,
 };
 use super::{Placement, PlacementHint, Placer, ServiceError};
 use crate::domain::{ForwarderId, MeetingEvent, MeetingId, ParticipantId, UnixMillis};
@@ -1041,7 +1042,6 @@ impl RelayPlanner {
         let old = &current.value;
         let meeting = &old.meeting;
         let key = keys::relay(meeting, old.relay.as_str());
-        let old_fwd_key = keys::forwarder(&old.forwarder);
         let need = old.viewers.saturating_add(old.children).saturating_add(1);
         let mut exclude = BTreeSet::from([old.forwarder.clone()]);
         let mut taken: HashMap<ForwarderId, BTreeSet<u16>> = HashMap::new();
@@ -1088,30 +1088,19 @@ impl RelayPlanner {
                 placed_at: now,
                 ..old.clone()
             };
-            let fwd_key = keys::forwarder(&f.info.id);
             let port_key = keys::port(&f.info.id, port);
             let claim = RelayPortClaim {
                 meeting: meeting.clone(),
                 relay: old.relay.clone(),
             };
-            let txn = Txn::new()
-                .when([
-                    Compare::mod_revision(key.clone(), CompareOp::Equal, current.mod_revision),
-                    Compare::absent(old_fwd_key.clone()),
-                    Compare::create_revision(fwd_key.clone(), CompareOp::Equal, f.registered),
-                    Compare::absent(port_key.clone()),
-                ])
-                .and_then([
-                    Op::put(key.clone(), encode(&key, &record)?),
-                    Op::delete(keys::port(&old.forwarder, old.port)),
-                    Op::put(port_key.clone(), encode(&port_key, &claim)?),
-                ])
-                .or_else([
-                    Op::get(key.clone()),
-                    Op::get(old_fwd_key.clone()),
-                    Op::get(fwd_key),
-                    Op::get(port_key),
-                ]);
+            let txn = relocation_txn(
+                &key,
+                current.mod_revision,
+                (&old.forwarder, old.port),
+                (&f.info.id, f.registered, port),
+                (encode(&key, &record)?, encode(&port_key, &claim)?),
+                Vec::new(),
+            );
             let resp = self.txn(txn).await?;
             if resp.succeeded {
                 self.relays
