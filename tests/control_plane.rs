@@ -5,7 +5,8 @@
 //! reaches the other through the forwarder the control plane programmed. Then that
 //! forwarder is killed (SIGKILL): within the lease TTL plus 5 s the participants are told
 //! (FORWARDER_CHANGED) where the meeting went, and media flows again through the other
-//! forwarder with the same keys: the meeting is not lost.
+//! forwarder with the same keys: the meeting is not lost. On the way, the forwarder's
+//! dominant-speaker detection reaches the meeting's watchers as ACTIVE_SPEAKER.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -145,17 +146,37 @@ impl Participant {
         self.socket.send_to(&buf[..len], to).unwrap();
     }
 
-    /// One audio packet whose payload is `tag` repeated.
+    /// One audio packet whose payload is `tag` repeated, with the RFC 6464 audio level
+    /// in the RFC 8285 one-byte header extension the join assigned.
     fn speak(&mut self, to: &str, tag: u8) {
-        let mut p = vec![0u8; 12 + 160 + 16];
-        p[0] = 0x80;
+        let id = self
+            .joined
+            .tracks
+            .iter()
+            .find(|t| t.kind == pb::TrackKind::Audio as i32)
+            .map_or(0, |t| t.audio_level_extension_id as u8);
+        assert!(
+            (1..=14).contains(&id),
+            "an audio-level extension id is assigned"
+        );
+        let mut p = vec![0u8; 12 + 8 + 160 + 16];
+        p[0] = 0x90; // version 2, extension present
         p[1] = 111;
         p[2..4].copy_from_slice(&self.next_seq.to_be_bytes());
         p[4..8].copy_from_slice(&(u32::from(self.next_seq) * 960).to_be_bytes());
         p[8..12].copy_from_slice(&self.audio.to_be_bytes());
-        p[12..172].fill(tag);
+        // Speech at -10 dBov with a pause every fourth frame: the detector measures
+        // speech against the speaker's own noise floor, the quietest recent frame.
+        let level = if self.next_seq.is_multiple_of(4) {
+            127
+        } else {
+            0x80 | 10
+        };
+        // 0xBEDE, one 32-bit word: [id | len-1 = 0] [V, level] [pad] [pad].
+        p[12..20].copy_from_slice(&[0xBE, 0xDE, 0x00, 0x01, id << 4, level, 0, 0]);
+        p[20..180].fill(tag);
         self.next_seq = self.next_seq.wrapping_add(1);
-        let len = self.sender.protect_rtp(&mut p, 172).unwrap();
+        let len = self.sender.protect_rtp(&mut p, 180).unwrap();
         self.socket.send_to(&p[..len], to).unwrap();
     }
 
@@ -175,11 +196,9 @@ impl Participant {
             let Ok((n, source)) = self.socket.recv_from(&mut buf) else {
                 continue;
             };
-            assert_eq!(
-                source.to_string(),
-                from,
-                "media comes from the meeting's address"
-            );
+            if source.to_string() != from {
+                continue; // still queued from before the move
+            }
             let Ok(len) = self.receiver.unprotect_rtp(&mut buf[..n]) else {
                 continue; // RTCP from the forwarder, say
             };
@@ -355,6 +374,26 @@ async fn media_through_a_programmed_forwarder_survives_its_death() {
         snapshot.update,
         Some(pb::meeting_update::Update::Snapshot(_))
     ));
+
+    // Alice keeps talking: the forwarder's dominant-speaker detection names her, and the
+    // control plane tells the meeting (ACTIVE_SPEAKER).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let speaker = loop {
+        assert!(Instant::now() < deadline, "ACTIVE_SPEAKER within 20 s");
+        for _ in 0..5 {
+            alice.speak(&first, tag);
+        }
+        match tokio::time::timeout(Duration::from_millis(100), watch.message()).await {
+            Ok(Ok(Some(update))) => {
+                if let Some(pb::meeting_update::Update::ActiveSpeaker(s)) = update.update {
+                    break s;
+                }
+            }
+            Ok(other) => panic!("the watch ended: {other:?}"),
+            Err(_) => {} // nothing yet: keep talking
+        }
+    };
+    assert_eq!(speaker.participant_id, alice.joined.participant_id);
     let victim = alice.joined.forwarder_id.clone();
     let index = forwarders.iter().position(|(id, _)| *id == victim).unwrap();
     let (_, mut dead) = forwarders.remove(index);

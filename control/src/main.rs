@@ -298,7 +298,7 @@ async fn run(args: Args) -> Result<()> {
     }
     let meetings = Arc::new(
         MeetingService::new(store.clone(), tokens, placer.clone(), meetings_config)
-            .with_relays(relays),
+            .with_relays(relays.clone()),
     );
     let registry = Arc::new(ForwarderRegistry::new(
         store.clone(),
@@ -363,13 +363,14 @@ async fn run(args: Args) -> Result<()> {
         .layer(MetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(MeetingsApi::new(meetings, operator).into_server())
+        .add_service(MeetingsApi::new(meetings.clone(), operator).into_server())
         .add_service(
             ForwardersApi::new(
                 registry,
-                DesiredStates::new(store.clone()),
+                DesiredStates::new(store.clone()).with_relays(relays),
                 sessions,
                 enrolment,
+                meetings,
             )
             .into_server(),
         )

@@ -527,13 +527,13 @@ async fn webinar_of_5000_viewers_uses_ceil_n_over_1000_relays_per_region() {
     let a = Control::start(dir.path(), etcd.endpoint(), "a");
     let b = Control::start(dir.path(), etcd.endpoint(), "b");
     let (ca, cb) = (a.channel().await, b.channel().await);
-    let mut alive = Vec::new();
+    let mut registered = BTreeMap::new();
     for (id, region, ports) in [
         ("eu-1", "eu", (41000, 41099)),
         ("eu-2", "eu", (42000, 42099)),
         ("us-1", "us", (43000, 43099)),
     ] {
-        alive.push(register(ca.clone(), id, region, ports, 100_000).await.alive);
+        registered.insert(id, register(ca.clone(), id, region, ports, 100_000).await);
     }
     pb::meetings_client::MeetingsClient::new(ca.clone())
         .create_meeting(with_bearer(
@@ -610,8 +610,53 @@ async fn webinar_of_5000_viewers_uses_ceil_n_over_1000_relays_per_region() {
             .any(|(_, address)| *address == presenter.forwarder_address),
         "viewers are never on the origin's port"
     );
-    for flag in alive {
-        flag.store(false, Ordering::SeqCst);
+
+    // us-1 is told to run the us relay nodes (a plan per node, a leg per viewer) and to
+    // hold the upstream end of each node's feed, the ingress's from the origin.
+    let mut desired = pb::forwarders_client::ForwardersClient::new(cb.clone())
+        .watch_desired_state(with_bearer(
+            pb::WatchDesiredStateRequest {
+                forwarder_id: "us-1".into(),
+                after_revision: None,
+            },
+            &registered["us-1"].session,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), desired.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(pb::desired_state_update::Update::Snapshot(snapshot)) = first.update else {
+        panic!("a snapshot first");
+    };
+    let plans: Vec<&str> = snapshot
+        .meetings
+        .iter()
+        .map(|m| m.meeting_id.as_str())
+        .collect();
+    assert_eq!(plans.len(), 2, "{plans:?}");
+    assert!(
+        plans.iter().all(|p| p.starts_with("town-hall/us-")),
+        "{plans:?}"
+    );
+    assert_eq!(snapshot.legs.len(), 2000);
+    let upstream: Vec<&pb::RelayLink> = snapshot
+        .relay_links
+        .iter()
+        .filter(|l| l.direction == pb::relay_link::Direction::Upstream as i32)
+        .collect();
+    assert_eq!(upstream.len(), 2, "each us node has its feed");
+    assert!(
+        upstream
+            .iter()
+            .any(|l| l.peer_forwarder_id == presenter.forwarder_id),
+        "the us ingress is fed from the origin"
+    );
+    for f in registered.values() {
+        f.alive.store(false, Ordering::SeqCst);
     }
     drop((a, b, etcd));
 }

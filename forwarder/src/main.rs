@@ -504,6 +504,12 @@ fn run_control(args: Args) -> Result<()> {
         shards = shards.len(),
         "control mode"
     );
+    // Dominant-speaker events for the client; a shard drops (and counts) what does not fit.
+    let (sink, speaker_events) = driver::EventSink::bounded(1024);
+    for shard in &mut shards {
+        shard.driver.set_event_sink(sink.clone());
+    }
+    drop(sink);
     let links = shards
         .iter()
         .map(|s| ShardLink {
@@ -512,7 +518,8 @@ fn run_control(args: Args) -> Result<()> {
             tid: s.tid.clone(),
         })
         .collect();
-    control::spawn(settings, links).context("cannot start the control-plane client")?;
+    control::spawn(settings, links, speaker_events)
+        .context("cannot start the control-plane client")?;
 
     let stops: Vec<StopHandle> = shards.iter().map(|s| s.driver.stop_handle()).collect();
     let mut signals =

@@ -338,5 +338,6 @@ pub(crate) fn track_to(t: &crate::service::meetings::TrackAssignment) -> pb::Tra
         ssrcs: t.ssrcs.clone(),
         codec: t.codec.clone(),
         clock_rate: t.clock_rate,
+        audio_level_extension_id: t.audio_level_extension.map_or(0, u32::from),
     }
 }

@@ -18,12 +18,12 @@ use tonic::{Request, Response, Status};
 
 use super::pb::{self, forwarders_server::Forwarders};
 use super::{bearer, convert, status, Secret};
-use crate::domain::{ForwarderId, MeetingKind};
+use crate::domain::{ForwarderId, MeetingId, MeetingKind, ParticipantId, UnixMillis};
 use crate::service::desired::{
-    DesiredChange, DesiredLeg, DesiredMeeting, DesiredStates, DesiredUpdate,
+    DesiredChange, DesiredLeg, DesiredLink, DesiredMeeting, DesiredStates, DesiredUpdate,
 };
 use crate::service::forwarders::{Capacity, ForwarderInfo, ForwarderRegistry, Load, Session};
-use crate::service::meetings::key_salt_len;
+use crate::service::meetings::{key_salt_len, Caller, MeetingService};
 use crate::store::LeaseId;
 
 /// Signs and checks session tokens.
@@ -94,6 +94,8 @@ pub struct ForwardersApi {
     sessions: SessionKey,
     /// The credential `Register` needs (`None`: registration refused).
     enrolment: Option<Secret>,
+    /// Where forwarders' reports about meetings (the active speaker) go.
+    meetings: Arc<MeetingService>,
 }
 
 impl ForwardersApi {
@@ -102,12 +104,14 @@ impl ForwardersApi {
         desired: DesiredStates,
         sessions: SessionKey,
         enrolment: Option<Secret>,
+        meetings: Arc<MeetingService>,
     ) -> Self {
         ForwardersApi {
             registry,
             desired,
             sessions,
             enrolment,
+            meetings,
         }
     }
 
@@ -115,7 +119,8 @@ impl ForwardersApi {
         pb::forwarders_server::ForwardersServer::new(self)
     }
 
-    /// The session of a Heartbeat or WatchDesiredState call, which must be `forwarder`'s.
+    /// The session of a Heartbeat, WatchDesiredState or ReportActiveSpeaker call, which
+    /// must be `forwarder`'s.
     fn session<T>(&self, request: &Request<T>, forwarder: &str) -> Result<SessionClaims, Status> {
         let claims = self.sessions.verify(bearer(request)?)?;
         if claims.forwarder.as_str() != forwarder {
@@ -215,6 +220,42 @@ impl Forwarders for ForwardersApi {
         let stream = updates.map(|update| update.map_err(status).and_then(|u| update_to(&u)));
         Ok(Response::new(Box::pin(stream)))
     }
+
+    // ----- ReportActiveSpeaker (kept apart from the desired-state conversion) -----
+
+    async fn report_active_speaker(
+        &self,
+        request: Request<pb::ReportActiveSpeakerRequest>,
+    ) -> Result<Response<pb::ReportActiveSpeakerResponse>, Status> {
+        let claims = self.session(&request, &request.get_ref().forwarder_id)?;
+        let r = request.into_inner();
+        let meeting = convert::id("meeting_id", &r.meeting_id, |s| MeetingId::new(s))?;
+        let speaker = convert::optional_id("participant_id", &r.participant_id, |s| {
+            ParticipantId::new(s)
+        })?;
+        // Only the forwarder holding the meeting knows who speaks there: a report from
+        // another (or from one the meeting moved away from) is refused.
+        let placed_here = self
+            .meetings
+            .placement(&meeting)
+            .await
+            .map_err(status)?
+            .is_some_and(|p| p.forwarder == claims.forwarder);
+        if !placed_here {
+            return Err(Status::permission_denied(
+                "the meeting is not placed on this forwarder",
+            ));
+        }
+        // Nobody speaks: the domain has no event for that, the last speaker stands.
+        if let Some(speaker) = speaker {
+            let now = UnixMillis::from_system_time(std::time::SystemTime::now());
+            self.meetings
+                .set_active_speaker(&Caller::Operator, &meeting, &speaker, now)
+                .await
+                .map_err(status)?;
+        }
+        Ok(Response::new(pb::ReportActiveSpeakerResponse {}))
+    }
 }
 
 fn update_to(update: &DesiredUpdate) -> Result<pb::DesiredStateUpdate, Status> {
@@ -227,6 +268,9 @@ fn update_to(update: &DesiredUpdate) -> Result<pb::DesiredStateUpdate, Status> {
                 for leg in meeting.legs.values() {
                     out.legs.push(leg_to(leg)?);
                 }
+            }
+            for link in state.links.values() {
+                out.relay_links.push(link_to(link)?);
             }
             pb::DesiredStateUpdate {
                 revision: *revision as u64,
@@ -243,9 +287,13 @@ fn update_to(update: &DesiredUpdate) -> Result<pb::DesiredStateUpdate, Status> {
                         DesiredChange::MeetingRemoved(id) => Change::MeetingRemoved(id.to_string()),
                         DesiredChange::LegUpserted(leg) => Change::LegUpserted(leg_to(leg)?),
                         DesiredChange::LegRemoved(m, p) => Change::LegRemoved(pb::LegRef {
-                            meeting_id: m.to_string(),
+                            meeting_id: m.clone(),
                             participant_id: p.to_string(),
                         }),
+                        DesiredChange::LinkUpserted(link) => {
+                            Change::RelayLinkUpserted(link_to(link)?)
+                        }
+                        DesiredChange::LinkRemoved(id) => Change::RelayLinkRemoved(id.clone()),
                     }),
                 });
             }
@@ -281,6 +329,25 @@ fn srtp_key(profile: &str, inline: &str) -> Result<pb::SrtpKey, Status> {
     Ok(pb::SrtpKey {
         master_key: bytes[..key_len].to_vec(),
         master_salt: bytes[key_len..].to_vec(),
+    })
+}
+
+fn link_to(link: &DesiredLink) -> Result<pb::RelayLink, Status> {
+    use pb::relay_link::Direction;
+    Ok(pb::RelayLink {
+        relay_id: link.id.clone(),
+        meeting_id: link.meeting.to_string(),
+        peer_forwarder_id: link.peer_forwarder.to_string(),
+        peer_address: link.peer_address.clone(),
+        direction: if link.upstream {
+            Direction::Upstream
+        } else {
+            Direction::Downstream
+        }
+        .into(),
+        srtp_profile: convert::profile_to(&link.profile).into(),
+        send_key: Some(srtp_key(&link.profile, &link.send_key)?),
+        receive_key: Some(srtp_key(&link.profile, &link.receive_key)?),
     })
 }
 

@@ -7,6 +7,12 @@
 //! may publish, and its room. Waiting participants get no leg until admitted: media never
 //! reaches the waiting room.
 //!
+//! Webinar relay nodes placed on the forwarder appear as meetings of their own, named
+//! `{meeting}/{relay}` (a `/` no meeting id has, so they never collide with a meeting the
+//! forwarder also runs as origin), listening on the node's address and holding a leg for
+//! each viewer assigned to the node; and every relay link with an end on the forwarder
+//! comes with its direction, peer and keys.
+//!
 //! The stream is level-triggered: a snapshot at revision `R`, then watches from `R + 1` on
 //! the placements and on each placed meeting's document, transports and audience. Any
 //! change to a meeting marks it dirty; dirty meetings are recomputed (after a short
@@ -25,6 +31,7 @@ use tokio_stream::StreamMap;
 use super::keys;
 use super::meetings::{read_attendee, read_meeting, read_transport, TrackAssignment};
 use super::placement::PlacementRecord;
+use super::relays::{LinkDirection, RelayPlanner};
 use super::ServiceError;
 use crate::domain::{
     BreakoutId, ForwarderId, MeetingId, MeetingKind, Participant, ParticipantId, Presence,
@@ -37,7 +44,8 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 /// One participant's leg on the forwarder.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DesiredLeg {
-    pub meeting: MeetingId,
+    /// The meeting, or the relay node (`{meeting}/{relay}`), the leg belongs to.
+    pub meeting: String,
     pub participant: ParticipantId,
     /// RFC name of the SRTP profile.
     pub profile: String,
@@ -66,7 +74,8 @@ impl std::fmt::Debug for DesiredLeg {
 /// One meeting placed on the forwarder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredMeeting {
-    pub id: MeetingId,
+    /// A meeting id, or `{meeting}/{relay}` for a relay node.
+    pub id: String,
     pub kind: MeetingKind,
     /// `host:port` the meeting's legs send to (its own port: its shard).
     pub listen_address: String,
@@ -76,7 +85,36 @@ pub struct DesiredMeeting {
 /// Everything a forwarder should hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub meetings: BTreeMap<MeetingId, DesiredMeeting>,
+    pub meetings: BTreeMap<String, DesiredMeeting>,
+    /// Relay link ends on this forwarder, by [`DesiredLink::id`].
+    pub links: BTreeMap<String, DesiredLink>,
+}
+
+/// One end of a relay link held by this forwarder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DesiredLink {
+    /// `{meeting}/{relay}/up` or `{meeting}/{relay}/down`: the child node the link feeds.
+    pub id: String,
+    pub meeting: MeetingId,
+    pub peer_forwarder: ForwarderId,
+    pub peer_address: String,
+    /// True: this end receives the webinar's tracks (the child's end).
+    pub upstream: bool,
+    pub profile: String,
+    /// `inline:` keys of this end: what it protects with, and what it unprotects with.
+    pub send_key: String,
+    pub receive_key: String,
+}
+
+impl std::fmt::Debug for DesiredLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredLink")
+            .field("id", &self.id)
+            .field("peer_forwarder", &self.peer_forwarder)
+            .field("peer_address", &self.peer_address)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One change to apply, in order.
@@ -86,9 +124,11 @@ pub enum DesiredChange {
     /// changes).
     MeetingUpserted(DesiredMeeting),
     /// The meeting and all its legs are gone.
-    MeetingRemoved(MeetingId),
+    MeetingRemoved(String),
     LegUpserted(DesiredLeg),
-    LegRemoved(MeetingId, ParticipantId),
+    LegRemoved(String, ParticipantId),
+    LinkUpserted(DesiredLink),
+    LinkRemoved(String),
 }
 
 /// One message of the stream.
@@ -109,11 +149,21 @@ pub enum DesiredUpdate {
 #[derive(Debug, Clone)]
 pub struct DesiredStates {
     store: Arc<dyn Store>,
+    relays: Option<Arc<RelayPlanner>>,
 }
 
 impl DesiredStates {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        DesiredStates { store }
+        DesiredStates {
+            store,
+            relays: None,
+        }
+    }
+
+    /// Also stream the relay nodes and links of webinars.
+    pub fn with_relays(mut self, relays: Arc<RelayPlanner>) -> Self {
+        self.relays = Some(relays);
+        self
     }
 
     /// The placements on `forwarder`, and the revision they were read at.
@@ -143,29 +193,49 @@ impl DesiredStates {
         placement: &PlacementRecord,
     ) -> Result<Option<DesiredMeeting>, ServiceError> {
         let id = &placement.meeting;
-        let Some(doc) = self.store.get(&keys::meeting(id)).await? else {
+        let Some((kind, legs)) = self.legs(id, id.as_str(), None).await? else {
             return Ok(None);
         };
-        let meeting = read_meeting(&doc.key, &doc.value)?;
-        if !meeting.is_open() {
+        Ok(Some(DesiredMeeting {
+            id: id.to_string(),
+            kind,
+            listen_address: placement.address.clone(),
+            legs,
+        }))
+    }
+
+    /// The legs of `meeting`'s participants who are present and admitted (of those in
+    /// `only`, if given), under the plan id `plan`; `None` if the meeting is gone or over.
+    async fn legs(
+        &self,
+        meeting: &MeetingId,
+        plan: &str,
+        only: Option<&BTreeSet<ParticipantId>>,
+    ) -> Result<Option<(MeetingKind, BTreeMap<ParticipantId, DesiredLeg>)>, ServiceError> {
+        let Some(doc) = self.store.get(&keys::meeting(meeting)).await? else {
+            return Ok(None);
+        };
+        let document = read_meeting(&doc.key, &doc.value)?;
+        if !document.is_open() {
             return Ok(None);
         }
-        let mut present: BTreeMap<ParticipantId, Participant> = meeting
+        let wanted = |id: &ParticipantId| only.is_none_or(|set| set.contains(id));
+        let mut present: BTreeMap<ParticipantId, Participant> = document
             .participants()
             .iter()
-            .filter(|(_, p)| p.presence == Presence::Admitted)
+            .filter(|(id, p)| p.presence == Presence::Admitted && wanted(id))
             .map(|(id, p)| (id.clone(), p.clone()))
             .collect();
-        if meeting.kind() == MeetingKind::Webinar {
-            let (audience, _) = self.store.range(&keys::audience(id)).await?;
+        if document.kind() == MeetingKind::Webinar {
+            let (audience, _) = self.store.range(&keys::audience(meeting)).await?;
             for kv in audience {
                 let p = read_attendee(&kv.key, &kv.value)?;
-                if p.presence == Presence::Admitted {
+                if p.presence == Presence::Admitted && wanted(&p.id) {
                     present.insert(p.id.clone(), p);
                 }
             }
         }
-        let (transports, _) = self.store.range(&keys::transports(id)).await?;
+        let (transports, _) = self.store.range(&keys::transports(meeting)).await?;
         let mut legs = BTreeMap::new();
         for kv in transports {
             let transport = read_transport(&kv.key, &kv.value)?;
@@ -175,7 +245,7 @@ impl DesiredStates {
             legs.insert(
                 p.id.clone(),
                 DesiredLeg {
-                    meeting: id.clone(),
+                    meeting: plan.to_owned(),
                     participant: p.id.clone(),
                     profile: transport.srtp.profile.clone(),
                     inbound_key: transport.srtp.send_key.clone(),
@@ -186,12 +256,105 @@ impl DesiredStates {
                 },
             );
         }
-        Ok(Some(DesiredMeeting {
-            id: id.clone(),
-            kind: meeting.kind(),
-            listen_address: placement.address.clone(),
-            legs,
-        }))
+        Ok(Some((document.kind(), legs)))
+    }
+
+    /// The webinars with a relay node on `forwarder` or placed on it with relays.
+    async fn relay_meetings(
+        &self,
+        forwarder: &ForwarderId,
+        placed: &BTreeMap<MeetingId, PlacementRecord>,
+    ) -> Result<BTreeSet<MeetingId>, ServiceError> {
+        if self.relays.is_none() {
+            return Ok(BTreeSet::new());
+        }
+        let (kvs, _) = self.store.range(&keys::all_relays()).await?;
+        let mut out = BTreeSet::new();
+        for kv in kvs {
+            let Some(meeting) = kv
+                .key
+                .strip_prefix(&keys::all_relays())
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|id| MeetingId::new(id).ok())
+            else {
+                continue;
+            };
+            let holds = String::from_utf8_lossy(&kv.value)
+                .contains(&format!("\"forwarder\":\"{forwarder}\""));
+            if holds || placed.contains_key(&meeting) {
+                out.insert(meeting);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Relay nodes on `forwarder` (as plans `{meeting}/{relay}` with their viewers' legs)
+    /// and the link ends it holds, for the webinars in `meetings`.
+    async fn relay_part(
+        &self,
+        forwarder: &ForwarderId,
+        meetings: &BTreeSet<MeetingId>,
+    ) -> Result<
+        (
+            BTreeMap<String, DesiredMeeting>,
+            BTreeMap<String, DesiredLink>,
+        ),
+        ServiceError,
+    > {
+        let mut plans = BTreeMap::new();
+        let mut links = BTreeMap::new();
+        let Some(relays) = &self.relays else {
+            return Ok((plans, links));
+        };
+        for meeting in meetings {
+            let tree = relays.tree(meeting).await?;
+            for node in tree.nodes.iter().filter(|n| &n.forwarder == forwarder) {
+                let plan = format!("{meeting}/{}", node.relay.as_str());
+                let viewers: BTreeSet<ParticipantId> = relays
+                    .viewers_of(meeting, &node.relay)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let Some((kind, legs)) = self.legs(meeting, &plan, Some(&viewers)).await? else {
+                    continue;
+                };
+                plans.insert(
+                    plan.clone(),
+                    DesiredMeeting {
+                        id: plan,
+                        kind,
+                        listen_address: node.address.clone(),
+                        legs,
+                    },
+                );
+            }
+            for end in tree
+                .links()
+                .into_iter()
+                .filter(|e| &e.forwarder == forwarder)
+            {
+                let upstream = end.direction == LinkDirection::Upstream;
+                let id = format!(
+                    "{meeting}/{}/{}",
+                    end.relay.as_str(),
+                    if upstream { "up" } else { "down" }
+                );
+                links.insert(
+                    id.clone(),
+                    DesiredLink {
+                        id,
+                        meeting: meeting.clone(),
+                        peer_forwarder: end.peer_forwarder.clone(),
+                        peer_address: end.peer_address.clone(),
+                        upstream,
+                        profile: end.srtp.profile.clone(),
+                        send_key: end.srtp.send_key.clone(),
+                        receive_key: end.srtp.receive_key.clone(),
+                    },
+                );
+            }
+        }
+        Ok((plans, links))
     }
 
     /// The whole desired state of `forwarder`, complete up to the returned revision.
@@ -200,12 +363,20 @@ impl DesiredStates {
         forwarder: &ForwarderId,
     ) -> Result<(DesiredState, Revision), ServiceError> {
         let (placements, revision) = self.placements(forwarder).await?;
+        let placed: BTreeMap<MeetingId, PlacementRecord> = placements
+            .into_iter()
+            .map(|p| (p.meeting.clone(), p))
+            .collect();
         let mut state = DesiredState::default();
-        for placement in &placements {
+        for placement in placed.values() {
             if let Some(meeting) = self.meeting(placement).await? {
                 state.meetings.insert(meeting.id.clone(), meeting);
             }
         }
+        let relay_meetings = self.relay_meetings(forwarder, &placed).await?;
+        let (plans, links) = self.relay_part(forwarder, &relay_meetings).await?;
+        state.meetings.extend(plans);
+        state.links = links;
         Ok((state, revision))
     }
 
@@ -225,6 +396,28 @@ impl DesiredStates {
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 
+    /// The prefixes to watch: placements, every placed meeting's document, transports and
+    /// audience, and with relays, every relay record and the viewers, transports and
+    /// audience of the webinars with relays here.
+    fn prefixes(
+        &self,
+        placed: &BTreeMap<MeetingId, PlacementRecord>,
+        relay_meetings: &BTreeSet<MeetingId>,
+    ) -> BTreeSet<String> {
+        let mut set = BTreeSet::from([keys::placements()]);
+        for id in placed.keys() {
+            set.extend(meeting_prefixes(id));
+        }
+        if self.relays.is_some() {
+            set.insert(keys::all_relays());
+            for id in relay_meetings {
+                set.extend(meeting_prefixes(id));
+                set.insert(keys::relay_viewers(id));
+            }
+        }
+        set
+    }
+
     async fn run(
         &self,
         forwarder: &ForwarderId,
@@ -241,16 +434,14 @@ impl DesiredStates {
                 sent.meetings.insert(meeting.id.clone(), meeting);
             }
         }
+        let mut relay_meetings = self.relay_meetings(forwarder, &placed).await?;
+        let (plans, links) = self.relay_part(forwarder, &relay_meetings).await?;
+        sent.meetings.extend(plans);
+        sent.links = links;
+
         let mut watches: StreamMap<String, WatchStream> = StreamMap::new();
-        watches.insert(
-            keys::placements(),
-            self.store
-                .watch(&keys::placements(), Some(revision + 1))
-                .await?,
-        );
-        for id in placed.keys() {
-            self.watch_meeting(&mut watches, id, revision + 1).await?;
-        }
+        self.rewatch(&mut watches, &placed, &relay_meetings, revision + 1)
+            .await?;
         if tx
             .send(Ok(DesiredUpdate::Snapshot {
                 revision,
@@ -275,44 +466,65 @@ impl DesiredStates {
                 events.push(event);
             }
             let mut dirty: BTreeSet<MeetingId> = BTreeSet::new();
+            let mut relays_dirty = false;
             for event in events {
                 let event: WatchEvent = event?;
                 last = last.max(event.revision);
-                if let Some(meeting) = placement_meeting(&event.kv.key) {
+                let key = &event.kv.key;
+                if let Some(meeting) = placement_meeting(key) {
                     // A placement appeared, moved or went: re-read it.
                     dirty.insert(meeting);
-                } else if let Some(meeting) = meeting_of(&event.kv.key, &placed) {
-                    dirty.insert(meeting);
+                } else if key.starts_with(&keys::all_relays()) {
+                    relays_dirty = true;
+                } else {
+                    if let Some(meeting) = meeting_of(key, placed.keys()) {
+                        dirty.insert(meeting);
+                    }
+                    if meeting_of(key, relay_meetings.iter()).is_some()
+                        || relay_meetings
+                            .iter()
+                            .any(|m| key.starts_with(&keys::relay_viewers(m)))
+                    {
+                        relays_dirty = true;
+                    }
                 }
             }
             let mut changes = Vec::new();
-            for id in dirty {
-                let placement = self.placement_of(forwarder, &id).await?;
-                match placement {
+            let mut now = DesiredState {
+                meetings: sent.meetings.clone(),
+                links: sent.links.clone(),
+            };
+            for id in &dirty {
+                match self.placement_of(forwarder, id).await? {
                     Some(p) => {
-                        if !placed.contains_key(&id) {
-                            self.watch_meeting(&mut watches, &id, last + 1).await?;
-                        }
                         placed.insert(id.clone(), p);
                     }
                     None => {
-                        if placed.remove(&id).is_some() {
-                            for prefix in meeting_prefixes(&id) {
-                                watches.remove(&prefix);
-                            }
-                        }
+                        placed.remove(id);
                     }
                 }
-                let now = match placed.get(&id) {
-                    Some(p) => self.meeting(p).await?,
-                    None => None,
-                };
-                diff(sent.meetings.get(&id), now.as_ref(), &mut changes);
-                match now {
-                    Some(m) => sent.meetings.insert(id, m),
-                    None => sent.meetings.remove(&id),
+                match placed.get(id) {
+                    Some(p) => match self.meeting(p).await? {
+                        Some(m) => now.meetings.insert(m.id.clone(), m),
+                        None => now.meetings.remove(id.as_str()),
+                    },
+                    None => now.meetings.remove(id.as_str()),
                 };
             }
+            if relays_dirty || !dirty.is_empty() {
+                let again = self.relay_meetings(forwarder, &placed).await?;
+                if relays_dirty || again != relay_meetings {
+                    relay_meetings = again;
+                    let (plans, links) = self.relay_part(forwarder, &relay_meetings).await?;
+                    now.meetings.retain(|id, _| !id.contains('/'));
+                    now.meetings.extend(plans);
+                    now.links = links;
+                }
+            }
+            self.rewatch(&mut watches, &placed, &relay_meetings, last + 1)
+                .await?;
+            diff_state(&sent, &now, &mut changes);
+            sent = now;
             if !changes.is_empty()
                 && tx
                     .send(Ok(DesiredUpdate::Changes {
@@ -343,15 +555,29 @@ impl DesiredStates {
         Ok((&record.forwarder == forwarder).then_some(record))
     }
 
-    async fn watch_meeting(
+    /// Watch exactly the prefixes now needed: start the missing ones from `from`, drop
+    /// the others.
+    async fn rewatch(
         &self,
         watches: &mut StreamMap<String, WatchStream>,
-        meeting: &MeetingId,
+        placed: &BTreeMap<MeetingId, PlacementRecord>,
+        relay_meetings: &BTreeSet<MeetingId>,
         from: Revision,
     ) -> Result<(), ServiceError> {
-        for prefix in meeting_prefixes(meeting) {
-            let stream = self.store.watch(&prefix, Some(from)).await?;
-            watches.insert(prefix, stream);
+        let wanted = self.prefixes(placed, relay_meetings);
+        let stale: Vec<String> = watches
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for prefix in stale {
+            watches.remove(&prefix);
+        }
+        for prefix in wanted {
+            if !watches.contains_key(&prefix) {
+                let stream = self.store.watch(&prefix, Some(from)).await?;
+                watches.insert(prefix, stream);
+            }
         }
         Ok(())
     }
@@ -372,14 +598,42 @@ fn placement_meeting(key: &str) -> Option<MeetingId> {
         .and_then(|id| MeetingId::new(id).ok())
 }
 
-/// Which placed meeting an event of the per-meeting watches is about.
-fn meeting_of(key: &str, placed: &BTreeMap<MeetingId, PlacementRecord>) -> Option<MeetingId> {
-    placed.keys().find_map(|id| {
-        let exact = key == keys::meeting(id)
-            || key.starts_with(&keys::transports(id))
-            || key.starts_with(&keys::audience(id));
-        exact.then(|| id.clone())
-    })
+/// Which of `meetings` an event of the per-meeting watches is about.
+fn meeting_of<'a>(
+    key: &str,
+    mut meetings: impl Iterator<Item = &'a MeetingId>,
+) -> Option<MeetingId> {
+    meetings
+        .find(|id| {
+            key == keys::meeting(id)
+                || key.starts_with(&keys::transports(id))
+                || key.starts_with(&keys::audience(id))
+        })
+        .cloned()
+}
+
+/// The changes that turn the state `before` into `after`.
+fn diff_state(before: &DesiredState, after: &DesiredState, out: &mut Vec<DesiredChange>) {
+    let ids: BTreeSet<&String> = before
+        .meetings
+        .keys()
+        .chain(after.meetings.keys())
+        .collect();
+    for id in ids {
+        diff(before.meetings.get(id), after.meetings.get(id), out);
+    }
+    for (id, link) in &after.links {
+        if before.links.get(id) != Some(link) {
+            out.push(DesiredChange::LinkUpserted(link.clone()));
+        }
+    }
+    for id in before
+        .links
+        .keys()
+        .filter(|id| !after.links.contains_key(*id))
+    {
+        out.push(DesiredChange::LinkRemoved(id.clone()));
+    }
 }
 
 /// The changes that turn `before` into `after` (either may be absent).

@@ -1231,6 +1231,12 @@ impl MeetingService {
         .await
     }
 
+    /// Where the meeting runs, if it is placed (the forwarder that may report its active
+    /// speaker).
+    pub async fn placement(&self, id: &MeetingId) -> Result<Option<Placement>, ServiceError> {
+        self.placer.placement(id).await
+    }
+
     /// Records the loudest publisher of `who`'s room: reported by the forwarder (as the
     /// operator) or by a participant about themself.
     pub async fn set_active_speaker(

@@ -19,7 +19,13 @@
 //! 3. follows `WatchDesiredState`: the first message is a snapshot that replaces
 //!    everything, then batches of changes. [`reconcile::Reconciler`] turns each into
 //!    per-meeting batches of configuration calls, which are run on the shard that owns
-//!    the meeting's port with [`DriverHandle::send`].
+//!    the meeting's port with [`DriverHandle::send`];
+//! 4. reports each meeting's dominant speaker with `ReportActiveSpeaker`. The shards hand
+//!    their `DominantSpeaker` events to an [`EventSink`](crate::driver::EventSink) (a
+//!    bounded queue they never wait on); the client drains it every
+//!    [`SpeakerReports::POLL`], keeps only the latest speaker of each meeting, and calls at
+//!    most once per [`SpeakerReports::MIN_INTERVAL`] per meeting, one call per meeting at
+//!    a time (so reports of a meeting cannot overtake each other).
 //!
 //! On any error of the stream or the connection, or a heartbeat the control plane
 //! rejects (FAILED_PRECONDITION or UNAUTHENTICATED: the session is gone), the client
@@ -39,11 +45,13 @@ mod pb {
     tonic::include_proto!("fanout.control.v1");
 }
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -56,7 +64,7 @@ use zeroize::Zeroizing;
 
 use crate::driver::{DriverHandle, TrafficCounters};
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
-use crate::sfu::MAX_ENCODINGS;
+use crate::sfu::{Event, MAX_ENCODINGS};
 use crate::srtp::{MasterKey, SrtpProfile};
 use pb::forwarders_client::ForwardersClient;
 use reconcile::{
@@ -188,12 +196,18 @@ pub struct ControlStats {
     pub heartbeats: AtomicU64,
     pub heartbeats_failed: AtomicU64,
     pub commands_refused: AtomicU64,
+    /// `ReportActiveSpeaker` calls answered OK, and those that failed or were refused.
+    pub speaker_reports: AtomicU64,
+    pub speaker_reports_failed: AtomicU64,
 }
 
-/// Start the client on its own thread. It runs until the process exits.
+/// Start the client on its own thread. It runs until the process exits. `events` is the
+/// receiving end of the [`EventSink`](crate::driver::EventSink) the shards' drivers hand
+/// their dominant-speaker events to.
 pub fn spawn(
     settings: ControlSettings,
     shards: Vec<ShardLink>,
+    events: Receiver<Event>,
 ) -> std::io::Result<(std::thread::JoinHandle<()>, Arc<ControlStats>)> {
     let stats = Arc::new(ControlStats::default());
     let thread_stats = stats.clone();
@@ -203,7 +217,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
-            runtime.block_on(run(settings, shards, thread_stats));
+            runtime.block_on(run(settings, shards, events, thread_stats));
         })?;
     Ok((thread, stats))
 }
@@ -233,10 +247,19 @@ impl Backoff {
 }
 
 /// Register, heartbeat and watch, again and again.
-async fn run(settings: ControlSettings, shards: Vec<ShardLink>, stats: Arc<ControlStats>) {
+async fn run(
+    settings: ControlSettings,
+    shards: Vec<ShardLink>,
+    events: Receiver<Event>,
+    stats: Arc<ControlStats>,
+) {
     let mut reconciler = Reconciler::new();
     let mut backoff = Backoff::new();
     let applied = Arc::new(AtomicU64::new(0));
+    // Collected across sessions, so that the shards' queue never fills while the client
+    // reconnects and the latest speaker of each meeting is reported once it is back.
+    let speakers = Arc::new(Mutex::new(SpeakerReports::default()));
+    tokio::spawn(collect_speakers(events, speakers.clone()));
     info!(url = %settings.url, forwarder = %settings.forwarder_id, "control plane: connecting");
     loop {
         let result = session(
@@ -246,6 +269,7 @@ async fn run(settings: ControlSettings, shards: Vec<ShardLink>, stats: Arc<Contr
             &mut reconciler,
             &mut backoff,
             &applied,
+            &speakers,
         )
         .await;
         stats.sessions_lost.fetch_add(1, Ordering::Relaxed);
@@ -330,6 +354,7 @@ async fn session(
     reconciler: &mut Reconciler,
     backoff: &mut Backoff,
     applied: &Arc<AtomicU64>,
+    speakers: &Arc<Mutex<SpeakerReports>>,
 ) -> Result<(), SessionError> {
     let channel = connect(settings).await?;
     let mut client = ForwardersClient::new(channel);
@@ -385,6 +410,13 @@ async fn session(
         }
     }
     let _heartbeats = AbortOnDrop(heartbeats);
+    let _speakers = AbortOnDrop(tokio::spawn(report_speakers(
+        client.clone(),
+        settings.forwarder_id.clone(),
+        session_token.clone(),
+        speakers.clone(),
+        stats.clone(),
+    )));
 
     let watch = pb::WatchDesiredStateRequest {
         forwarder_id: settings.forwarder_id.clone(),
@@ -570,6 +602,227 @@ async fn heartbeat_loop(
     }
 }
 
+// ----- active speaker reports -------------------------------------------------------
+
+/// Move the shards' dominant-speaker events into `speakers`, every [`SpeakerReports::POLL`]
+/// (the shards never wake this thread: a speaker change may wait that long).
+async fn collect_speakers(events: Receiver<Event>, speakers: Arc<Mutex<SpeakerReports>>) {
+    let mut ticker = tokio::time::interval(SpeakerReports::POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut reports = speakers.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            match events.try_recv() {
+                Ok(Event::DominantSpeaker {
+                    meeting,
+                    participant,
+                }) => reports.push(meeting, participant),
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => break,
+                // Every shard is gone: the process is stopping.
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+/// Send the due reports of `speakers`, for as long as the session lasts. The calls of one
+/// round run together (one per meeting); the next round starts when they are answered, so
+/// the reports of a meeting cannot overtake each other.
+async fn report_speakers(
+    client: ForwardersClient<Channel>,
+    forwarder_id: String,
+    token: Token,
+    speakers: Arc<Mutex<SpeakerReports>>,
+    stats: Arc<ControlStats>,
+) {
+    let mut ticker = tokio::time::interval(SpeakerReports::POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let due = speakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take_due(Instant::now());
+        if due.is_empty() {
+            continue;
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        for (meeting, speaker) in due {
+            let mut client = client.clone();
+            let request = pb::ReportActiveSpeakerRequest {
+                forwarder_id: forwarder_id.clone(),
+                meeting_id: meeting.0.clone(),
+                participant_id: speaker.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+            };
+            let request = with_token(request, &token);
+            calls.spawn(async move {
+                let result = match request {
+                    Ok(request) => match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.report_active_speaker(request),
+                    )
+                    .await
+                    {
+                        Ok(result) => result.map(|_| ()),
+                        Err(_) => Err(Status::deadline_exceeded("no answer within 2 s")),
+                    },
+                    Err(status) => Err(status),
+                };
+                (meeting, speaker, result)
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            // A call task does not panic, and none is cancelled while the set is alive; were
+            // one lost, its report would stay pending and go out in a later round.
+            let Ok((meeting, speaker, result)) = joined else {
+                continue;
+            };
+            let outcome = match result {
+                Ok(()) => {
+                    stats.speaker_reports.fetch_add(1, Ordering::Relaxed);
+                    Delivery::Delivered
+                }
+                Err(status) => {
+                    stats.speaker_reports_failed.fetch_add(1, Ordering::Relaxed);
+                    let outcome = Delivery::after(status.code());
+                    debug!(
+                        %meeting,
+                        speaker = ?speaker.as_ref().map(|p| &p.0),
+                        code = ?status.code(),
+                        message = status.message(),
+                        ?outcome,
+                        "control plane: active speaker not reported"
+                    );
+                    outcome
+                }
+            };
+            speakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .finished(&meeting, &speaker, outcome);
+        }
+    }
+}
+
+/// How a `ReportActiveSpeaker` call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Delivered,
+    /// The control plane will not take it (the meeting moved away, the speaker is muted or
+    /// left, ...): trying again would get the same answer.
+    Refused,
+    /// It may take it later (unreachable, overloaded, timed out): tried again.
+    Failed,
+}
+
+impl Delivery {
+    fn after(code: Code) -> Delivery {
+        match code {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::Unknown
+            | Code::Cancelled
+            // The session is gone: the next one sends it.
+            | Code::Unauthenticated => Delivery::Failed,
+            _ => Delivery::Refused,
+        }
+    }
+}
+
+/// The latest dominant speaker of each meeting not yet told to the control plane, and
+/// when each meeting was last reported: a meeting whose speaker flips many times a second
+/// costs at most one call per [`Self::MIN_INTERVAL`], and only its last speaker is sent.
+/// Pure (the clock is an argument), so it is tested without a network.
+#[derive(Debug, Default)]
+struct SpeakerReports {
+    meetings: HashMap<MeetingId, SpeakerSlot>,
+}
+
+#[derive(Debug, Default)]
+struct SpeakerSlot {
+    /// The latest speaker not known to be delivered (`Some(None)`: nobody speaks).
+    pending: Option<Option<ParticipantId>>,
+    /// What the control plane last accepted, so that a return to it is not sent again.
+    told: Option<Option<ParticipantId>>,
+    /// When the last call for this meeting started.
+    last_call: Option<Instant>,
+}
+
+impl SpeakerReports {
+    /// At most one call per meeting this often (about 4 a second).
+    const MIN_INTERVAL: Duration = Duration::from_millis(250);
+    /// How often the queue is drained and due reports are sent.
+    const POLL: Duration = Duration::from_millis(50);
+    /// A meeting with nothing pending is forgotten this long after its last call.
+    const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+    /// The core says `speaker` is now the dominant speaker of `meeting`.
+    fn push(&mut self, meeting: MeetingId, speaker: Option<ParticipantId>) {
+        self.meetings.entry(meeting).or_default().pending = Some(speaker);
+    }
+
+    /// The reports to send now, one per meeting; each stays pending until
+    /// [`Self::finished`] says it was delivered or refused. The caller finishes every call
+    /// of a round before taking the next, so a meeting has one call in flight at most.
+    fn take_due(&mut self, now: Instant) -> Vec<(MeetingId, Option<ParticipantId>)> {
+        let mut due = Vec::new();
+        self.meetings.retain(|meeting, slot| {
+            if slot.pending.is_some() && slot.pending == slot.told {
+                // Flipped back to what the control plane already has.
+                slot.pending = None;
+            }
+            let rested = slot
+                .last_call
+                .is_none_or(|at| now.saturating_duration_since(at) >= Self::MIN_INTERVAL);
+            match &slot.pending {
+                Some(speaker) if rested => {
+                    due.push((meeting.clone(), speaker.clone()));
+                    slot.last_call = Some(now);
+                    true
+                }
+                Some(_) => true,
+                None => slot
+                    .last_call
+                    .is_some_and(|at| now.saturating_duration_since(at) < Self::FORGET_AFTER),
+            }
+        });
+        due
+    }
+
+    /// The call reporting `speaker` for `meeting` ended with `outcome`.
+    fn finished(
+        &mut self,
+        meeting: &MeetingId,
+        speaker: &Option<ParticipantId>,
+        outcome: Delivery,
+    ) {
+        let Some(slot) = self.meetings.get_mut(meeting) else {
+            return;
+        };
+        let sent = Some(speaker.clone());
+        match outcome {
+            Delivery::Delivered => {
+                if slot.pending == sent {
+                    slot.pending = None;
+                }
+                slot.told = sent;
+            }
+            Delivery::Refused => {
+                if slot.pending == sent {
+                    slot.pending = None;
+                }
+            }
+            // Still pending (or superseded): sent again once rested.
+            Delivery::Failed => {}
+        }
+    }
+}
+
 /// Turns cumulative counters into rates over the last heartbeat interval.
 #[derive(Debug)]
 struct LoadSampler {
@@ -750,6 +1003,10 @@ fn track_from_pb(track: &pb::TrackAssignment) -> Result<DesiredTrack, String> {
         ssrcs: track.ssrcs.iter().map(|&s| Ssrc(s)).collect(),
         codec: track.codec.clone(),
         clock_rate: track.clock_rate,
+        // RFC 8285 one-byte ids are 1-14 (two-byte: up to 255); 0 is "none".
+        audio_level_extension: u8::try_from(track.audio_level_extension_id)
+            .ok()
+            .filter(|&id| id != 0),
     })
 }
 
@@ -927,6 +1184,119 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         b.reset();
         assert_eq!(b.next(), Duration::from_millis(100));
+    }
+
+    /// The due reports as `meeting=speaker` (`-`: nobody), sorted.
+    fn due_at(reports: &mut SpeakerReports, now: Instant) -> Vec<String> {
+        let mut due: Vec<_> = reports
+            .take_due(now)
+            .into_iter()
+            .map(|(m, p)| format!("{}={}", m.0, p.map_or("-".to_owned(), |p| p.0)))
+            .collect();
+        due.sort();
+        due
+    }
+
+    fn deliver(reports: &mut SpeakerReports, meeting: &str, who: Option<&str>, outcome: Delivery) {
+        reports.finished(
+            &MeetingId(meeting.into()),
+            &who.map(|p| ParticipantId(p.into())),
+            outcome,
+        );
+    }
+
+    fn push(reports: &mut SpeakerReports, meeting: &str, who: Option<&str>) {
+        reports.push(
+            MeetingId(meeting.into()),
+            who.map(|p| ParticipantId(p.into())),
+        );
+    }
+
+    #[test]
+    fn speaker_reports_keep_the_latest_per_meeting_at_most_four_a_second() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut r = SpeakerReports::default();
+
+        // Only the last of a burst is sent, one call per meeting.
+        for who in ["a", "b", "c"] {
+            push(&mut r, "m1", Some(who));
+        }
+        push(&mut r, "m2", Some("x"));
+        assert_eq!(due_at(&mut r, ms(0)), ["m1=c", "m2=x"]);
+        // Pending until answered, but not sent twice in a round's interval.
+        assert!(due_at(&mut r, ms(10)).is_empty());
+        deliver(&mut r, "m1", Some("c"), Delivery::Delivered);
+        deliver(&mut r, "m2", Some("x"), Delivery::Delivered);
+
+        // A change within 250 ms of the last call waits for it.
+        push(&mut r, "m1", Some("d"));
+        push(&mut r, "m1", Some("e"));
+        assert!(due_at(&mut r, ms(100)).is_empty());
+        assert!(due_at(&mut r, ms(249)).is_empty());
+        assert_eq!(due_at(&mut r, ms(250)), ["m1=e"]);
+        deliver(&mut r, "m1", Some("e"), Delivery::Delivered);
+
+        // Flipping away and back to what the control plane has costs nothing.
+        push(&mut r, "m1", Some("f"));
+        push(&mut r, "m1", Some("e"));
+        assert!(due_at(&mut r, ms(600)).is_empty());
+
+        // A failed call is tried again once rested; a refused one is not.
+        push(&mut r, "m1", Some("g"));
+        assert_eq!(due_at(&mut r, ms(700)), ["m1=g"]);
+        deliver(&mut r, "m1", Some("g"), Delivery::Failed);
+        assert!(due_at(&mut r, ms(800)).is_empty());
+        assert_eq!(due_at(&mut r, ms(950)), ["m1=g"]);
+        deliver(&mut r, "m1", Some("g"), Delivery::Refused);
+        assert!(due_at(&mut r, ms(1300)).is_empty());
+
+        // A newer speaker that arrived during the call is not cleared by its answer.
+        push(&mut r, "m1", Some("h"));
+        assert_eq!(due_at(&mut r, ms(1300)), ["m1=h"]);
+        push(&mut r, "m1", None);
+        deliver(&mut r, "m1", Some("h"), Delivery::Delivered);
+        assert_eq!(due_at(&mut r, ms(1550)), ["m1=-"]);
+        deliver(&mut r, "m1", None, Delivery::Delivered);
+
+        // Meetings with nothing to say are forgotten after a minute.
+        assert!(due_at(&mut r, ms(1550 + 60_000)).is_empty());
+        assert!(r.meetings.is_empty(), "{:?}", r.meetings);
+    }
+
+    #[test]
+    fn a_chattering_meeting_costs_at_most_four_calls_a_second() {
+        let t0 = Instant::now();
+        let mut r = SpeakerReports::default();
+        let mut calls = 0;
+        let mut last = None;
+        for tick in 0..1000u64 {
+            let now = t0 + Duration::from_millis(tick);
+            let who = format!("p{}", tick % 7);
+            r.push(MeetingId("m".into()), Some(ParticipantId(who.clone())));
+            last = Some(who);
+            if tick % 50 == 0 {
+                for (meeting, speaker) in r.take_due(now) {
+                    calls += 1;
+                    r.finished(&meeting, &speaker, Delivery::Delivered);
+                }
+            }
+        }
+        assert_eq!(calls, 4, "at 0, 250, 500 and 750 ms");
+        // The last speaker goes out once the meeting has rested.
+        let due = r.take_due(t0 + Duration::from_millis(1000));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.as_ref().map(|p| &p.0), last.as_ref());
+    }
+
+    #[test]
+    fn transient_failures_are_retried_and_refusals_are_not() {
+        assert_eq!(Delivery::after(Code::Unavailable), Delivery::Failed);
+        assert_eq!(Delivery::after(Code::DeadlineExceeded), Delivery::Failed);
+        assert_eq!(Delivery::after(Code::Unauthenticated), Delivery::Failed);
+        assert_eq!(Delivery::after(Code::PermissionDenied), Delivery::Refused);
+        assert_eq!(Delivery::after(Code::FailedPrecondition), Delivery::Refused);
+        assert_eq!(Delivery::after(Code::NotFound), Delivery::Refused);
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct DesiredTrack {
     pub codec: String,
     /// 0: the kind's default.
     pub clock_rate: u32,
+    /// Audio: the RFC 8285 id of the audio-level extension (RFC 6464), for dominant
+    /// speaker detection.
+    pub audio_level_extension: Option<u8>,
 }
 
 /// One participant's leg as the control plane wants it. Debug shows no key material
@@ -640,7 +643,7 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
                     leg,
                     clock_rate: (track.clock_rate != 0).then_some(track.clock_rate),
                     codec: Codec::from_encoding_name(&track.codec),
-                    audio_level_extension: None,
+                    audio_level_extension: track.audio_level_extension,
                 },
             )
             .map(|_| ())
@@ -763,12 +766,14 @@ mod tests {
                         ssrcs: vec![peer.audio],
                         codec: "opus".into(),
                         clock_rate: 48_000,
+                        audio_level_extension: Some(1),
                     },
                     DesiredTrack {
                         kind: PublishedKind::Camera,
                         ssrcs: vec![peer.camera],
                         codec: "VP8".into(),
                         clock_rate: 90_000,
+                        audio_level_extension: None,
                     },
                 ],
             }
@@ -1064,6 +1069,7 @@ mod tests {
             ssrcs: vec![Ssrc(1)],
             codec: String::new(),
             clock_rate: 0,
+            audio_level_extension: None,
         };
         let tracks = [
             t(PublishedKind::Camera),

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -139,6 +140,8 @@ pub struct DriverStats {
     /// io_uring only: multishot receives armed again after the kernel ended them (no
     /// provided buffer left, or an error).
     pub recv_rearms: u64,
+    /// Events the [`EventSink`] had no room for.
+    pub events_dropped: u64,
 }
 
 /// The driver's datagram counters as other threads see them (the control-plane client
@@ -227,10 +230,56 @@ fn log_progress(stats: &DriverStats, core: &Forwarder) {
     );
 }
 
-/// Log every pending event of the core.
-pub(crate) fn drain_events(core: &mut Forwarder) {
+/// Where a driver hands the core events another thread acts on (the control-plane
+/// client): a bounded queue the driver never waits on. Only [`Event::DominantSpeaker`] is
+/// handed over; when the queue is full the event is dropped and counted
+/// ([`DriverStats::events_dropped`]), since a stuck reader must not slow the packet path
+/// or grow memory. Clones share the queue (one sink for every shard).
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    queue: SyncSender<Event>,
+}
+
+impl EventSink {
+    /// A sink holding at most `capacity` events, and the receiving end.
+    pub fn bounded(capacity: usize) -> (EventSink, Receiver<Event>) {
+        let (queue, events) = mpsc::sync_channel(capacity);
+        (EventSink { queue }, events)
+    }
+
+    /// Whether the sink wants `event` at all.
+    fn wants(event: &Event) -> bool {
+        matches!(event, Event::DominantSpeaker { .. })
+    }
+
+    /// Hand `event` over without waiting. `false` if it was dropped: the queue is full, or
+    /// the reader is gone.
+    fn offer(&self, event: Event) -> bool {
+        match self.queue.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// Log every pending event of the core, and hand those the sink wants to it.
+pub(crate) fn drain_events(
+    core: &mut Forwarder,
+    sink: Option<&EventSink>,
+    stats: &mut DriverStats,
+) {
     while let Some(event) = core.poll_event() {
         log_event(&event);
+        if let Some(sink) = sink {
+            hand_over(sink, event, stats);
+        }
+    }
+}
+
+/// Give `event` to `sink` if it wants it, counting what it has no room for.
+fn hand_over(sink: &EventSink, event: Event, stats: &mut DriverStats) {
+    if EventSink::wants(&event) && !sink.offer(event) {
+        stats.events_dropped += 1;
     }
 }
 
@@ -315,6 +364,11 @@ pub(crate) fn write_driver_metrics(stats: &DriverStats, out: &mut String) {
             "Multishot receives armed again after the kernel ended them (io_uring)",
             stats.recv_rearms,
         ),
+        (
+            "fanout_driver_events_dropped_total",
+            "Core events (dominant speaker) dropped because the control client's queue was full",
+            stats.events_dropped,
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -356,5 +410,46 @@ pub(crate) mod conformance {
         let mut core = driver_thread.join().unwrap();
         assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2]);
         assert!(core.add_meeting("m2".into()).is_err(), "m2 was added");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{MeetingId, ParticipantId};
+
+    fn speaker(meeting: &str, who: Option<&str>) -> Event {
+        Event::DominantSpeaker {
+            meeting: MeetingId(meeting.into()),
+            participant: who.map(|p| ParticipantId(p.into())),
+        }
+    }
+
+    #[test]
+    fn the_sink_takes_speakers_only_and_drops_what_does_not_fit() {
+        let (sink, events) = EventSink::bounded(2);
+        let mut stats = DriverStats::default();
+        let inactive = Event::LegInactive {
+            meeting: MeetingId("m".into()),
+            participant: ParticipantId("p".into()),
+            leg: "srtp".into(),
+        };
+        hand_over(&sink, inactive, &mut stats);
+        for who in ["a", "b", "c"] {
+            hand_over(&sink, speaker("m", Some(who)), &mut stats);
+        }
+        assert_eq!(
+            stats.events_dropped, 1,
+            "the third speaker found the queue full"
+        );
+        assert_eq!(events.try_recv().unwrap(), speaker("m", Some("a")));
+        assert_eq!(events.try_recv().unwrap(), speaker("m", Some("b")));
+        assert!(
+            events.try_recv().is_err(),
+            "the leg event was not handed over"
+        );
+        drop(events);
+        hand_over(&sink, speaker("m", None), &mut stats);
+        assert_eq!(stats.events_dropped, 2, "nobody reads any more");
     }
 }

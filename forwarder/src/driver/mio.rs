@@ -35,7 +35,7 @@ const SEND_STALL: Duration = Duration::from_millis(20);
 
 const WAKER: Token = Token(usize::MAX);
 
-use super::common::{drain_events, CommandQueue, Progress};
+use super::common::{drain_events, CommandQueue, EventSink, Progress};
 pub use super::common::{
     Command, CommandError, DriverHandle, DriverStats, StopHandle, COMMAND_QUEUE_CAPACITY,
 };
@@ -68,6 +68,8 @@ pub struct MioDriver {
     sockets: Vec<DriverSocket>,
     metrics: Option<Arc<MetricsExchange>>,
     progress: Progress,
+    /// Where events other threads act on go (control mode).
+    events: Option<EventSink>,
     stats: DriverStats,
 }
 
@@ -112,6 +114,7 @@ impl MioDriver {
             sockets: driver_sockets,
             metrics: None,
             progress: Progress::new(Some(Duration::from_secs(10))),
+            events: None,
             stats: DriverStats::default(),
         })
     }
@@ -125,6 +128,11 @@ impl MioDriver {
     /// Log a progress line (datagrams in and out, drops) this often; `None` turns it off.
     pub fn set_progress_interval(&mut self, interval: Option<Duration>) {
         self.progress.set_interval(interval);
+    }
+
+    /// Hand the core's dominant-speaker events to `sink` (set before `run`).
+    pub fn set_event_sink(&mut self, sink: EventSink) {
+        self.events = Some(sink);
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -270,7 +278,7 @@ impl MioDriver {
                 to.send.commit(transmit.destination, transmit.len);
             }
         }
-        drain_events(core);
+        drain_events(core, self.events.as_ref(), &mut self.stats);
     }
 
     fn flush_all(&mut self, core: &mut Forwarder) {
@@ -301,6 +309,9 @@ impl super::Driver for MioDriver {
     }
     fn set_progress_interval(&mut self, interval: Option<Duration>) {
         MioDriver::set_progress_interval(self, interval)
+    }
+    fn set_event_sink(&mut self, sink: EventSink) {
+        MioDriver::set_event_sink(self, sink)
     }
     fn stop_handle(&self) -> StopHandle {
         MioDriver::stop_handle(self)

@@ -19,7 +19,7 @@ mod sockaddr;
 pub mod uring;
 
 pub use common::{
-    Command, CommandError, DriverHandle, DriverStats, StopHandle, TrafficCounters,
+    Command, CommandError, DriverHandle, DriverStats, EventSink, StopHandle, TrafficCounters,
     COMMAND_QUEUE_CAPACITY,
 };
 
@@ -41,6 +41,9 @@ pub trait Driver: Send + std::fmt::Debug {
     fn serve_metrics(&mut self, exchange: Arc<MetricsExchange>) -> Arc<dyn Wake>;
     /// Log a progress line (datagrams in and out, drops) this often; `None` turns it off.
     fn set_progress_interval(&mut self, interval: Option<Duration>);
+    /// Hand the core's dominant-speaker events to `sink` as well as logging them (set
+    /// before `run`). The driver never waits on it: a full sink drops and counts.
+    fn set_event_sink(&mut self, sink: EventSink);
     fn stop_handle(&self) -> StopHandle;
     /// A handle to send commands to the core from other threads.
     fn handle(&self) -> DriverHandle;
@@ -48,7 +51,7 @@ pub trait Driver: Send + std::fmt::Debug {
     fn stats(&self) -> DriverStats;
     /// The datagram counters, readable from other threads while the driver runs.
     fn traffic(&self) -> Arc<TrafficCounters>;
-    /// Run until stopped. Events of the core are logged.
+    /// Run until stopped. Events of the core are logged (and some handed to the sink).
     fn run(&mut self, core: &mut Forwarder) -> io::Result<()>;
 }
 

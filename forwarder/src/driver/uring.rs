@@ -48,7 +48,8 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use tracing::{debug, info, warn};
 
 use super::common::{
-    drain_events, serve_metrics, CommandQueue, DriverHandle, DriverStats, Progress, StopHandle,
+    drain_events, serve_metrics, CommandQueue, DriverHandle, DriverStats, EventSink, Progress,
+    StopHandle,
 };
 use super::sockaddr;
 use crate::exporter::{MetricsExchange, Wake};
@@ -515,6 +516,8 @@ pub struct UringDriver {
     commands: Arc<CommandQueue>,
     metrics: Option<Arc<MetricsExchange>>,
     progress: Progress,
+    /// Where events other threads act on go (control mode).
+    events: Option<EventSink>,
     stats: DriverStats,
     /// Completions reaped but not handled yet, oldest first.
     pending: VecDeque<Completion>,
@@ -586,6 +589,7 @@ impl UringDriver {
             commands: Arc::new(CommandQueue::default()),
             metrics: None,
             progress: Progress::new(Some(Duration::from_secs(10))),
+            events: None,
             stats: DriverStats::default(),
             pending: VecDeque::with_capacity(CQ_ENTRIES as usize),
             sends_queued: 0,
@@ -606,6 +610,11 @@ impl UringDriver {
     /// Log a progress line (datagrams in and out, drops) this often; `None` turns it off.
     pub fn set_progress_interval(&mut self, interval: Option<Duration>) {
         self.progress.set_interval(interval);
+    }
+
+    /// Hand the core's dominant-speaker events to `sink` (set before `run`).
+    pub fn set_event_sink(&mut self, sink: EventSink) {
+        self.events = Some(sink);
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -923,7 +932,7 @@ impl UringDriver {
             unsafe { push(&mut self.ring, &entry) }?;
             self.sends_queued += 1;
         }
-        drain_events(core);
+        drain_events(core, self.events.as_ref(), &mut self.stats);
         Ok(())
     }
 
@@ -1044,6 +1053,9 @@ impl super::Driver for UringDriver {
     }
     fn set_progress_interval(&mut self, interval: Option<Duration>) {
         UringDriver::set_progress_interval(self, interval)
+    }
+    fn set_event_sink(&mut self, sink: EventSink) {
+        UringDriver::set_event_sink(self, sink)
     }
     fn stop_handle(&self) -> StopHandle {
         UringDriver::stop_handle(self)

@@ -28,7 +28,13 @@ pub struct TrackAssignment {
     /// Encoding name of the payload format (`opus`, `VP8`).
     pub codec: String,
     pub clock_rate: u32,
+    /// Audio: the RFC 8285 id of the RFC 6464 audio-level extension to send.
+    #[serde(default)]
+    pub audio_level_extension: Option<u8>,
 }
+
+/// The RFC 8285 id assigned to the audio-level extension (RFC 6464) on every audio track.
+pub const AUDIO_LEVEL_EXTENSION_ID: u8 = 1;
 
 /// Simulcast encodings of a camera track.
 pub const CAMERA_ENCODINGS: usize = 3;
@@ -56,18 +62,21 @@ pub fn assign() -> Result<Vec<TrackAssignment>, DomainError> {
             ssrcs: draw(1)?,
             codec: "opus".into(),
             clock_rate: 48_000,
+            audio_level_extension: Some(AUDIO_LEVEL_EXTENSION_ID),
         },
         TrackAssignment {
             kind: TrackKind::Camera,
             ssrcs: draw(CAMERA_ENCODINGS)?,
             codec: "VP8".into(),
             clock_rate: 90_000,
+            audio_level_extension: None,
         },
         TrackAssignment {
             kind: TrackKind::Screen,
             ssrcs: draw(1)?,
             codec: "VP8".into(),
             clock_rate: 90_000,
+            audio_level_extension: None,
         },
     ])
 }
