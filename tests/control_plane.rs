@@ -1,4 +1,5 @@
-//! End to end with every part a real process: etcd-server, `fanout-control`, and three
+//! End to end with every part a real process: etcd-server, two `fanout-control`
+//! instances (forwarders on one, participants on the other), and three
 //! `fanout-forwarder --control` processes in two regions. A meeting is placed in the
 //! region of its first joiner. Two participants join over gRPC
 //! and get the same forwarder address, their own SRTP keys and SSRCs; media from one
@@ -245,23 +246,30 @@ async fn media_through_a_programmed_forwarder_survives_its_death() {
         &format!("[registry]\nlease_ttl_ms = {}\n", LEASE_TTL.as_millis()),
     );
 
-    let mut command = Command::new(control_binary().unwrap());
-    command
-        .args(["--store", "etcd", "--etcd", etcd.endpoint()])
-        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-        .arg("--secret-file")
-        .arg(&secret)
-        .arg("--operator-token-file")
-        .arg(&operator)
-        .arg("--enrolment-token-file")
-        .arg(&enrolment)
-        .arg("--config")
-        .arg(&config);
-    let control = Proc::spawn("control", command);
-    let metrics = control.wait_for("metrics at http://");
-    let metrics = metrics.trim_end_matches("/metrics").to_owned();
-    let address = control.wait_for("listening on ");
-    let channel = Channel::from_shared(format!("http://{address}"))
+    // Two control instances on one etcd: forwarders talk to the first, participants to
+    // the second, so every step crosses instances through the store.
+    let mut controls = Vec::new();
+    for name in ["control-a", "control-b"] {
+        let mut command = Command::new(control_binary().unwrap());
+        command
+            .args(["--store", "etcd", "--etcd", etcd.endpoint()])
+            .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .arg("--secret-file")
+            .arg(&secret)
+            .arg("--operator-token-file")
+            .arg(&operator)
+            .arg("--enrolment-token-file")
+            .arg(&enrolment)
+            .arg("--config")
+            .arg(&config);
+        let control = Proc::spawn(name, command);
+        let metrics = control.wait_for("metrics at http://");
+        let metrics = metrics.trim_end_matches("/metrics").to_owned();
+        let address = control.wait_for("listening on ");
+        controls.push((control, address, metrics));
+    }
+    let (address, metrics) = (controls[0].1.clone(), controls[0].2.clone());
+    let channel = Channel::from_shared(format!("http://{}", controls[1].1))
         .unwrap()
         .connect()
         .await
@@ -434,5 +442,5 @@ async fn media_through_a_programmed_forwarder_survives_its_death() {
         alice.speak(&to, tag);
     });
     let _: SocketAddr = second.parse().unwrap();
-    drop((forwarders, control, etcd));
+    drop((forwarders, controls, etcd));
 }
