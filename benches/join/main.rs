@@ -186,14 +186,15 @@ async fn run(args: Args) -> Result<()> {
         Some(etcd) => command.args(["--store", "etcd", "--etcd", etcd.endpoint()]),
         None => command.args(["--store", "memory"]),
     };
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", args.control.display()))?;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let control = ControlProcess(child);
+    // Owned (and killed on drop) before anything below can fail.
+    let mut control = ControlProcess(child);
+    let stderr = control.0.stderr.take().context("no stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;

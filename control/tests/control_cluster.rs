@@ -67,6 +67,13 @@ impl Control {
                 }
             }
         });
+        // Owned (and killed on drop) before anything below can panic.
+        let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut control = Control {
+            child,
+            address: unset,
+            metrics: unset,
+        };
         let next = || -> SocketAddr {
             rx.recv_timeout(Duration::from_secs(30))
                 .expect("fanout-control logs its addresses")
@@ -74,13 +81,9 @@ impl Control {
                 .unwrap()
         };
         // The metrics line comes first (the server binds its port last).
-        let metrics = next();
-        let address = next();
-        Control {
-            child,
-            address,
-            metrics,
-        }
+        control.metrics = next();
+        control.address = next();
+        control
     }
 
     async fn channel(&self) -> Channel {

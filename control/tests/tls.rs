@@ -64,7 +64,7 @@ async fn serves_grpc_over_tls_only() {
         .unwrap();
     assert!(signed.success(), "openssl signed the server certificate");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fanout-control"))
+    let child = Command::new(env!("CARGO_BIN_EXE_fanout-control"))
         .args(["--store", "memory", "--listen", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(&cert)
@@ -75,7 +75,9 @@ async fn serves_grpc_over_tls_only() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    // Killed on drop, also when an assertion below fails.
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -127,6 +129,13 @@ async fn serves_grpc_over_tls_only() {
             "plaintext must not be served: {refused:?}"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
