@@ -400,28 +400,33 @@ fn run_control(args: Args) -> Result<()> {
     }
 
     let mut kind = driver::select(args.io.into())?;
-    // The io_uring driver registers at most 64 sockets, each with its own buffer ring.
-    if kind == driver::DriverKind::Uring && per_shard > 64 {
+    // One io_uring driver registers at most MAX_SOCKETS sockets (one buffer ring shared by
+    // all of them, so memory does not grow with the ports).
+    let max_sockets = driver::uring::MAX_SOCKETS;
+    if kind == driver::DriverKind::Uring && per_shard > max_sockets {
         if matches!(args.io, Io::Uring) {
             anyhow::bail!(
-                "--io uring takes at most 64 ports per shard; {per_shard} asked \
+                "--io uring takes at most {max_sockets} ports per shard; {per_shard} asked \
                  ({ports} over {shard_count} shards): narrow --port-range or add shards"
             );
         }
         warn!(
             ports_per_shard = per_shard,
-            "more than 64 ports per shard: using the mio driver"
+            "more than {max_sockets} ports per shard: using the mio driver"
         );
         kind = driver::DriverKind::Mio;
     }
     info!(driver = %kind, requested = ?args.io, "I/O driver selected");
     if kind == driver::DriverKind::Uring {
-        let ring_bytes =
-            ports.len() * usize::from(driver::uring::RECV_BUFFERS) * driver::uring::RECV_BUF_LEN;
+        let per_shard_bytes =
+            usize::from(driver::uring::RECV_BUFFERS) * driver::uring::RECV_BUF_LEN;
         info!(
             ports = ports.len(),
-            mib = ring_bytes >> 20,
-            "io_uring receive buffer rings: one per port ({} buffers of {} bytes)",
+            shards = shard_count,
+            kib_per_shard = per_shard_bytes >> 10,
+            mib = (shard_count * per_shard_bytes) >> 20,
+            "io_uring receive buffers: one ring per shard shared by its ports ({} buffers of \
+             {} bytes), whatever the number of ports",
             driver::uring::RECV_BUFFERS,
             driver::uring::RECV_BUF_LEN
         );

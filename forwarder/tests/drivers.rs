@@ -2,8 +2,9 @@
 //! loopback: a publisher socket sends SRTP in bursts, every subscriber socket receives its
 //! own re-encrypted copy of every packet exactly once and in order, a scrape of the
 //! metrics endpoint shows the counters, and the stop handle ends the driver thread. Also:
-//! a fan-out to 200 subscribers (one packet's copies exceed any send batch) and the
-//! command queue.
+//! a fan-out to 200 subscribers (one packet's copies exceed any send batch), the command
+//! queue, and one io_uring driver over 200 ports sharing a receive ring small enough to run
+//! dry.
 //!
 //! The io_uring runs skip loudly when the kernel (or sandbox) has no usable io_uring.
 
@@ -13,6 +14,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fanout_forwarder::driver::uring::UringDriver;
 use fanout_forwarder::driver::{bind_udp, new_driver, uring, Driver, DriverKind, DriverStats};
 use fanout_forwarder::exporter::{self, MetricsExchange};
 use fanout_forwarder::ids::{MeetingId, ParticipantId, Ssrc};
@@ -146,31 +148,17 @@ fn publish_and_check(setup: &mut Setup, forwarder: SocketAddr, packets: u16) {
     for burst in 0..packets / BURST {
         for i in 0..BURST {
             let seq = first + burst * BURST + i;
-            let mut p = vec![0u8; 12 + 1000 + 16];
-            p[0] = 0x80;
-            p[1] = 96;
-            p[2..4].copy_from_slice(&seq.to_be_bytes());
-            p[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
-            p[8..12].copy_from_slice(&setup.ssrc.0.to_be_bytes());
-            p[12..1012].fill(seq as u8);
-            let len = setup.sender.protect_rtp(&mut p, 1012).unwrap();
-            setup.publisher.send_to(&p[..len], forwarder).unwrap();
+            let p = srtp_packet(&mut setup.sender, setup.ssrc, seq);
+            setup.publisher.send_to(&p, forwarder).unwrap();
         }
         for (i, (socket, receiver)) in setup.subscribers.iter_mut().enumerate() {
             for _ in 0..BURST {
-                let n = recv_retrying(socket, &mut buf)
-                    .unwrap_or_else(|e| panic!("subscriber {i}: a packet within 5 s: {e}"));
-                let len = receiver.unprotect_rtp(&mut buf[..n]).unwrap();
-                let header = RtpHeader::parse(&buf[..len]).unwrap();
-                assert_eq!(header.ssrc, setup.ssrc);
+                let seq = receive_checked(socket, receiver, setup.ssrc, &mut buf, i);
                 assert_eq!(
-                    header.sequence.0,
+                    seq,
                     first + received[i] as u16,
                     "subscriber {i}: in order, exactly once"
                 );
-                assert!(buf[header.header_len..len]
-                    .iter()
-                    .all(|&b| b == header.sequence.0 as u8));
                 received[i] += 1;
             }
         }
@@ -186,6 +174,41 @@ fn publish_and_check(setup: &mut Setup, forwarder: SocketAddr, packets: u16) {
         assert!(socket.recv(&mut buf).is_err(), "a duplicate arrived");
         socket.set_nonblocking(false).unwrap();
     }
+}
+
+/// An SRTP packet of `ssrc` with sequence number `seq` and 1,000 bytes of payload, every
+/// byte `seq as u8`.
+fn srtp_packet(sender: &mut SrtpContext, ssrc: Ssrc, seq: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 12 + 1000 + 16];
+    p[0] = 0x80;
+    p[1] = 96;
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.0.to_be_bytes());
+    p[12..1012].fill(seq as u8);
+    let len = sender.protect_rtp(&mut p, 1012).unwrap();
+    p.truncate(len);
+    p
+}
+
+/// Receive one packet on a subscriber socket, check it is an authenticated copy of a
+/// packet of `ssrc` made by [`srtp_packet`], and return its sequence number.
+fn receive_checked(
+    socket: &UdpSocket,
+    receiver: &mut SrtpContext,
+    ssrc: Ssrc,
+    buf: &mut [u8],
+    who: usize,
+) -> u16 {
+    let n = recv_retrying(socket, buf)
+        .unwrap_or_else(|e| panic!("subscriber {who}: a packet within 5 s: {e}"));
+    let len = receiver.unprotect_rtp(&mut buf[..n]).unwrap();
+    let header = RtpHeader::parse(&buf[..len]).unwrap();
+    assert_eq!(header.ssrc, ssrc, "subscriber {who}");
+    assert!(buf[header.header_len..len]
+        .iter()
+        .all(|&b| b == header.sequence.0 as u8));
+    header.sequence.0
 }
 
 fn start(kind: DriverKind) -> (SocketAddr, Box<dyn Driver>) {
@@ -342,5 +365,142 @@ fn recv_retrying(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             other => return other,
         }
+    }
+}
+
+/// A control-mode shard: one io_uring driver over 200 ports (one meeting each, a publisher
+/// and a subscriber), all sharing one receive ring of 32 buffers. A burst of 8 packets per
+/// port (1,600) is queued in the sockets before the driver arms its receives, so the ring
+/// runs dry in the first submission and the receives that found it empty end with
+/// `ENOBUFS`; they are armed again, and every packet still reaches its subscriber once,
+/// in order. A second burst while running shows the re-armed receives keep working.
+#[test]
+fn uring_shares_one_small_ring_over_200_ports() {
+    if let Err(reason) = uring::probe() {
+        eprintln!("SKIPPED: io_uring unavailable: {reason}");
+        return;
+    }
+    const PORTS: usize = 200;
+    const PER_PORT: u16 = 8;
+    const RING_BUFFERS: u16 = 32;
+    struct Port {
+        address: SocketAddr,
+        publisher: UdpSocket,
+        sender: SrtpContext,
+        ssrc: Ssrc,
+        subscriber: UdpSocket,
+        receiver: SrtpContext,
+    }
+    let mut core = Forwarder::new(ForwarderConfig::default(), Instant::now());
+    let mut sockets = Vec::with_capacity(PORTS);
+    let mut ports = Vec::with_capacity(PORTS);
+    for i in 0..PORTS {
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let address = socket.local_addr().unwrap();
+        sockets.push(socket);
+        let meeting = MeetingId(format!("m{i}"));
+        core.add_meeting(meeting.clone()).unwrap();
+
+        let publisher = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let alice = ParticipantId::from("alice");
+        core.add_participant(&meeting, alice.clone()).unwrap();
+        let (mut config, alice_key, _) = leg("main", Some(publisher.local_addr().unwrap()));
+        config.local = Some(address);
+        let alice_leg = core.add_leg(&meeting, &alice, config).unwrap();
+        let ssrc = Ssrc(0x1000 + i as u32);
+        let track = core
+            .add_track(
+                &meeting,
+                &alice,
+                TrackConfig {
+                    name: "camera".into(),
+                    kind: TrackKind::Video,
+                    encodings: vec![ssrc],
+                    leg: alice_leg,
+                    clock_rate: None,
+                    codec: Default::default(),
+                    audio_level_extension: None,
+                },
+            )
+            .unwrap();
+
+        let subscriber = UdpSocket::bind("127.0.0.1:0").unwrap();
+        subscriber
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let bob = ParticipantId::from("bob");
+        core.add_participant(&meeting, bob.clone()).unwrap();
+        let (mut config, _, send_key) = leg("main", Some(subscriber.local_addr().unwrap()));
+        config.local = Some(address);
+        let bob_leg = core.add_leg(&meeting, &bob, config).unwrap();
+        core.add_subscription(SubscriptionConfig {
+            track,
+            leg: bob_leg,
+            ssrc: None,
+            payload_type: None,
+            max_layers: Default::default(),
+        })
+        .unwrap();
+        ports.push(Port {
+            address,
+            publisher,
+            sender: SrtpContext::new(&alice_key),
+            ssrc,
+            subscriber,
+            receiver: SrtpContext::new(&send_key),
+        });
+    }
+    let mut driver = UringDriver::with_recv_buffers(sockets, RING_BUFFERS).unwrap();
+    let stop = driver.stop_handle();
+
+    let send_burst = |ports: &mut [Port], first: u16| {
+        for port in ports.iter_mut() {
+            for seq in first..first + PER_PORT {
+                let p = srtp_packet(&mut port.sender, port.ssrc, seq);
+                port.publisher.send_to(&p, port.address).unwrap();
+            }
+        }
+    };
+    let read_back = |ports: &mut [Port], first: u16| {
+        let mut buf = [0u8; 2048];
+        for (i, port) in ports.iter_mut().enumerate() {
+            for seq in first..first + PER_PORT {
+                let got =
+                    receive_checked(&port.subscriber, &mut port.receiver, port.ssrc, &mut buf, i);
+                assert_eq!(got, seq, "port {i}: in order, exactly once");
+            }
+        }
+    };
+
+    // Queued before the receives are armed: more datagrams than the ring has buffers.
+    send_burst(&mut ports, 0);
+    let runner = thread::spawn(move || {
+        driver.run(&mut core).unwrap();
+        driver.stats()
+    });
+    read_back(&mut ports, 0);
+    send_burst(&mut ports, PER_PORT);
+    read_back(&mut ports, PER_PORT);
+    stop.stop();
+    let stats = runner.join().unwrap();
+    eprintln!("io_uring, {PORTS} ports, {RING_BUFFERS} shared buffers: {stats:?}");
+
+    let total = 2 * PORTS as u64 * u64::from(PER_PORT);
+    assert_eq!(stats.datagrams_received, total, "{stats:?}");
+    // Each copy to a subscriber, and the RTCP the cores send their publishers.
+    assert!(stats.datagrams_sent >= total, "{stats:?}");
+    assert_eq!(stats.send_failures, 0, "{stats:?}");
+    assert!(
+        stats.recv_rearms > 0,
+        "the dry ring ended receives, which were armed again: {stats:?}"
+    );
+    // Nothing more than that: no duplicates waiting.
+    let mut buf = [0u8; 2048];
+    for (i, port) in ports.iter().enumerate() {
+        port.subscriber.set_nonblocking(true).unwrap();
+        assert!(
+            port.subscriber.recv(&mut buf).is_err(),
+            "port {i}: a duplicate"
+        );
     }
 }

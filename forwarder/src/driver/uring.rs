@@ -1,15 +1,20 @@
 //! The io_uring driver: multishot receive into provided buffer rings, and one submission
 //! for the whole fan-out of a receive batch.
 //!
-//! One thread owns the core, the ring and every socket (registered as fixed files).
+//! One thread owns the core, the ring and every socket (registered as fixed files, up to
+//! [`MAX_SOCKETS`]: a control-mode shard binds one socket per meeting port).
 //!
-//! * **Receive.** Each socket has one multishot `RecvMsg` armed over its own provided
-//!   buffer ring ([`RECV_BUFFERS`] buffers of [`RECV_BUF_LEN`] bytes, buffer group = the
-//!   socket's index). The kernel picks a buffer per datagram and posts a completion naming
-//!   it; the driver parses the `io_uring_recvmsg_out` header (source address, payload),
-//!   hands the payload to the core, and puts the buffer back at the ring's tail. When the
-//!   kernel ends the multishot (no `IORING_CQE_F_MORE`: the ring ran dry, `ENOBUFS`, or an
-//!   error) the receive is armed again after the batch.
+//! * **Receive.** Each socket has one multishot `RecvMsg` armed, and all of them draw from
+//!   one provided buffer ring per driver ([`RECV_BUFFERS`] buffers of [`RECV_BUF_LEN`]
+//!   bytes, buffer group [`RECV_BGID`]), so receive memory is the same for 1 socket or
+//!   4,096. The kernel picks a buffer per datagram and posts a completion naming it and
+//!   the socket; the driver parses the `io_uring_recvmsg_out` header (source address,
+//!   payload), hands the payload to the core, and puts the buffer back at the ring's tail
+//!   at once. When the kernel ends a socket's multishot (no `IORING_CQE_F_MORE`: the shared
+//!   ring ran dry, `ENOBUFS`, or an error) that socket joins a FIFO of receives to arm
+//!   again after the batch; its datagrams wait in its socket buffer meanwhile. The FIFO
+//!   keeps re-arming fair: under overload the sockets that lost their receive first get
+//!   the buffers first, instead of the lowest-numbered sockets starving the others.
 //! * **Send.** The core's transmits are drained into a fixed pool of [`SEND_SLOTS`] send
 //!   slots (buffer, socket address, `iovec`, `msghdr`), one `SendMsg` per datagram
 //!   (`MSG_DONTWAIT`: a full send buffer completes with `EAGAIN`, which is counted, never
@@ -34,7 +39,7 @@
 //! notification completion it adds per packet (not measured in this project).
 
 use std::alloc::{self, Layout};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -55,15 +60,36 @@ use super::sockaddr;
 use crate::exporter::{MetricsExchange, Wake};
 use crate::sfu::{Forwarder, MAX_DATAGRAM_LEN, MIN_TRANSMIT_BUFFER_LEN};
 
-/// Provided receive buffers per socket (a power of two, as the buffer ring requires).
-pub const RECV_BUFFERS: u16 = 256;
+/// Provided receive buffers of a driver, shared by all its sockets (a power of two, as the
+/// buffer ring requires): 1,024 × [`RECV_BUF_LEN`] ≈ 2 MiB per shard whatever the number
+/// of ports.
+///
+/// Why 1,024: a turn hands at most [`CQES_PER_TURN`] datagrams to the core and returns
+/// each buffer before the next `io_uring_enter`, so the ring only has to cover what
+/// arrives between two turns (16 full turns here; four times the 256 a single socket had
+/// before the ring was shared). Bursts beyond that wait in the sockets' receive buffers
+/// (`SO_RCVBUF`, `forwarder.socket_buffer_bytes`) and the re-armed receives pick them up: the
+/// socket buffer, not the ring, is what absorbs a burst, so a bigger ring buys little.
+pub const RECV_BUFFERS: u16 = 1024;
+/// The buffer group id of the driver's one provided buffer ring.
+pub const RECV_BGID: u16 = 0;
+/// Sockets one driver takes. Every socket may have a final receive completion waiting at
+/// the same time as a completion per receive buffer and per send slot: 4,096 + 1,024 +
+/// 1,024 stays under [`CQ_ENTRIES`], so a burst of `ENOBUFS` on every socket does not
+/// overflow the completion queue. The registered file table is sized to the sockets given.
+pub const MAX_SOCKETS: usize = 4096;
 /// Send slots: datagrams that may be queued or in flight at once, across sockets.
 pub const SEND_SLOTS: usize = 1024;
 /// Completions handled per turn before timers, commands and the submission get a turn;
 /// the io_uring counterpart of the mio driver's receive batch.
 pub const CQES_PER_TURN: usize = 64;
 const SQ_ENTRIES: u32 = 2048;
-const CQ_ENTRIES: u32 = 8192;
+/// Completion queue entries (see [`MAX_SOCKETS`]).
+pub const CQ_ENTRIES: u32 = 8192;
+const _: () = assert!(
+    MAX_SOCKETS + RECV_BUFFERS as usize + SEND_SLOTS <= CQ_ENTRIES as usize,
+    "a final receive completion per socket fits in the completion queue"
+);
 /// Room for the source address in a multishot receive buffer (a `sockaddr_in6` is 28
 /// bytes; 32 keeps the payload 16-byte aligned).
 const NAME_LEN: usize = 32;
@@ -470,9 +496,8 @@ struct RingSocket {
     /// Owns the descriptor registered as fixed file `i`; closed after the ring.
     _socket: UdpSocket,
     local: SocketAddr,
-    msghdr: RecvMsgHdr,
-    bufs: BufRing,
-    /// A multishot receive is in the kernel (its last completion not yet reaped).
+    /// A multishot receive is in the kernel (its last completion not yet handled), or the
+    /// socket waits in `UringDriver::to_arm`: either way not to be queued again.
     armed: bool,
     /// Armed at least once, so arming again counts as a re-arm.
     started: bool,
@@ -507,6 +532,15 @@ pub struct UringDriver {
     /// Operations cancelled, buffers and files unregistered: it cannot run again.
     released: bool,
     sockets: Vec<RingSocket>,
+    /// Socket index by local address: the source of a transmit.
+    by_local: HashMap<SocketAddr, u32>,
+    /// The one provided buffer ring every socket's multishot receive draws from.
+    bufs: BufRing,
+    /// The `msghdr` every multishot receive is armed with (the kernel only reads its
+    /// name and control lengths, the same for all sockets).
+    msghdr: RecvMsgHdr,
+    /// Sockets whose multishot receive is to be armed, oldest first.
+    to_arm: VecDeque<u32>,
     pool: SendPool,
     wake_fd: Arc<OwnedFd>,
     /// Where the armed eventfd `Read` writes.
@@ -540,32 +574,51 @@ impl std::fmt::Debug for UringDriver {
 }
 
 impl UringDriver {
-    /// Take ownership of bound sockets. The first is the default for transmits that name
-    /// no source. Fails if the kernel lacks what [`probe`] checks.
+    /// Take ownership of bound sockets (1 to [`MAX_SOCKETS`]). The first is the default for
+    /// transmits that name no source. Fails if the kernel lacks what [`probe`] checks.
     pub fn new(sockets: Vec<UdpSocket>) -> io::Result<Self> {
-        if sockets.is_empty() || sockets.len() > 64 {
+        Self::with_recv_buffers(sockets, RECV_BUFFERS)
+    }
+
+    /// [`UringDriver::new`] with a shared receive ring of `buffers` buffers (a power of
+    /// two) instead of [`RECV_BUFFERS`]: tests use a tiny ring to run it dry.
+    pub fn with_recv_buffers(sockets: Vec<UdpSocket>, buffers: u16) -> io::Result<Self> {
+        if sockets.is_empty() || sockets.len() > MAX_SOCKETS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the io_uring driver takes 1 to 64 sockets",
+                format!(
+                    "the io_uring driver takes 1 to {MAX_SOCKETS} sockets, not {}: \
+                     spread the ports over more shards",
+                    sockets.len()
+                ),
+            ));
+        }
+        if !buffers.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("receive buffers must be a power of two, not {buffers}"),
             ));
         }
         let (ring, disabled) = build_ring(SQ_ENTRIES, CQ_ENTRIES)?;
+        // A table exactly the size of the socket list: fixed file i is socket i.
         let fds: Vec<_> = sockets.iter().map(|s| s.as_raw_fd()).collect();
         ring.submitter().register_files(&fds)?;
+        let bufs = BufRing::new(&ring, RECV_BGID, buffers)?;
         let mut ring_sockets = Vec::with_capacity(sockets.len());
+        let mut by_local = HashMap::with_capacity(sockets.len());
         for (i, socket) in sockets.into_iter().enumerate() {
             socket.set_nonblocking(true)?;
             let local = socket.local_addr()?;
-            let bufs = BufRing::new(&ring, i as u16, RECV_BUFFERS)?;
+            // i < MAX_SOCKETS, checked above.
+            by_local.entry(local).or_insert(i as u32);
             ring_sockets.push(RingSocket {
                 _socket: socket,
                 local,
-                msghdr: RecvMsgHdr::new(),
-                bufs,
-                armed: false,
+                armed: true,
                 started: false,
             });
         }
+        let to_arm = (0..ring_sockets.len() as u32).collect();
         // A blocking eventfd: io_uring waits on it with its internal poll (a non-blocking
         // one would complete the read at once with EAGAIN).
         // SAFETY: eventfd has no memory arguments; the result is checked.
@@ -580,6 +633,10 @@ impl UringDriver {
             disabled,
             released: false,
             sockets: ring_sockets,
+            by_local,
+            bufs,
+            msghdr: RecvMsgHdr::new(),
+            to_arm,
             pool: SendPool::new(SEND_SLOTS),
             wake_fd,
             // SAFETY: zero is a valid u64.
@@ -727,29 +784,24 @@ impl UringDriver {
         }
     }
 
-    /// Arm the multishot receives that are not, and the eventfd read.
+    /// Arm the multishot receives that are not (oldest first), and the eventfd read.
     fn arm(&mut self) -> io::Result<()> {
-        for i in 0..self.sockets.len() {
-            if self.sockets[i].armed {
-                continue;
-            }
-            let socket = &mut self.sockets[i];
-            let entry = opcode::RecvMsgMulti::new(
-                Fixed(i as u32),
-                socket.msghdr.as_ptr(),
-                socket.bufs.bgid,
-            )
-            .build()
-            .user_data(OP_RECV | i as u64);
+        while let Some(i) = self.to_arm.pop_front() {
+            let socket = &mut self.sockets[i as usize];
+            let entry = opcode::RecvMsgMulti::new(Fixed(i), self.msghdr.as_ptr(), self.bufs.bgid)
+                .build()
+                .user_data(OP_RECV | u64::from(i));
             if socket.started {
                 self.stats.recv_rearms += 1;
             }
-            socket.armed = true;
             socket.started = true;
-            // SAFETY: the msghdr and the buffer ring of socket i live in allocations that
-            // stay put until the driver is dropped, which first waits for this receive's
-            // last completion (see the module docs).
-            unsafe { push(&mut self.ring, &entry) }?;
+            // SAFETY: the msghdr and the shared buffer ring live in allocations that stay
+            // put until the driver is dropped, which first waits for this receive's last
+            // completion (see the module docs).
+            if let Err(e) = unsafe { push(&mut self.ring, &entry) } {
+                self.to_arm.push_front(i);
+                return Err(e);
+            }
         }
         if !self.wake_armed {
             let entry = opcode::Read::new(
@@ -796,15 +848,24 @@ impl UringDriver {
         now: Instant,
         core: Option<&mut Forwarder>,
     ) -> io::Result<()> {
-        let Some(socket) = self.sockets.get_mut(i) else {
+        let Some(socket) = self.sockets.get(i) else {
             return Ok(());
         };
+        let local = socket.local;
         if !cqueue::more(c.flags) {
-            socket.armed = false;
+            // Queued for arming after the batch (not while shutting down: nothing is
+            // armed again then).
+            if core.is_some() {
+                self.to_arm.push_back(i as u32);
+            } else {
+                self.sockets[i].armed = false;
+            }
         }
         if c.result < 0 {
             match -c.result {
-                // The ring ran dry before we returned buffers; armed again after the batch.
+                // The shared ring ran dry before we returned buffers; this socket's
+                // receive is armed again after the batch, its datagrams wait in its
+                // socket buffer meanwhile.
                 libc::ENOBUFS | libc::ECANCELED => {}
                 errno => debug!(error = %io::Error::from_raw_os_error(errno), "multishot recvmsg"),
             }
@@ -813,35 +874,35 @@ impl UringDriver {
         let Some(bid) = cqueue::buffer_select(c.flags) else {
             return Ok(());
         };
+        if bid >= self.bufs.count {
+            return Ok(());
+        }
         let len = (c.result as usize).min(RECV_BUF_LEN);
-        let base = socket.bufs.buffer(bid);
+        let base = self.bufs.buffer(bid);
         // SAFETY: this completion hands buffer `bid` (RECV_BUF_LEN bytes inside `bufs`) back
         // to us; the kernel will not touch it until we `put` it back below, so this is the
         // only reference to those bytes.
         let buf = unsafe { std::slice::from_raw_parts_mut(base, len) };
-        let parsed = RecvMsgOut::parse(buf, &socket.msghdr.get())
-            .ok()
-            .map(|out| {
-                let mut storage = zeroed_storage();
-                let name = out.name_data();
-                let n = name
-                    .len()
-                    .min(std::mem::size_of::<libc::sockaddr_storage>());
-                // SAFETY: copying n bytes into a sockaddr_storage of at least n bytes.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        name.as_ptr(),
-                        (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-                        n,
-                    );
-                }
-                (
-                    sockaddr::from_storage(&storage),
-                    out.payload_data().len(),
-                    out.is_payload_truncated(),
-                )
-            });
-        let local = socket.local;
+        let parsed = RecvMsgOut::parse(buf, &self.msghdr.get()).ok().map(|out| {
+            let mut storage = zeroed_storage();
+            let name = out.name_data();
+            let n = name
+                .len()
+                .min(std::mem::size_of::<libc::sockaddr_storage>());
+            // SAFETY: copying n bytes into a sockaddr_storage of at least n bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    name.as_ptr(),
+                    (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                    n,
+                );
+            }
+            (
+                sockaddr::from_storage(&storage),
+                out.payload_data().len(),
+                out.is_payload_truncated(),
+            )
+        });
         self.stats.datagrams_received += 1;
         let mut handled = false;
         if let (Some((Some(source), payload_len, truncated)), Some(core)) = (parsed, core) {
@@ -852,16 +913,15 @@ impl UringDriver {
                 core.handle_datagram(now, local, source, payload);
                 handled = true;
             }
-            let socket = &mut self.sockets[i];
-            socket.bufs.put(bid);
-            socket.bufs.publish();
+            // The core is done with the bytes: back to the shared ring at once.
+            self.bufs.put(bid);
+            self.bufs.publish();
             if handled {
                 self.drain(core)?;
             }
         } else {
-            let socket = &mut self.sockets[i];
-            socket.bufs.put(bid);
-            socket.bufs.publish();
+            self.bufs.put(bid);
+            self.bufs.publish();
         }
         Ok(())
     }
@@ -904,7 +964,7 @@ impl UringDriver {
             };
             let socket = transmit
                 .source
-                .and_then(|src| self.sockets.iter().position(|s| s.local == src))
+                .and_then(|src| self.by_local.get(&src).copied())
                 .unwrap_or(0);
             self.pool.destinations[slot as usize] = transmit.destination;
             // SAFETY: as above, the slot is ours until the SQE below is submitted, and from
@@ -924,7 +984,7 @@ impl UringDriver {
                 s.msg.msg_iovlen = 1;
                 &s.msg as *const libc::msghdr
             };
-            let entry = opcode::SendMsg::new(Fixed(socket as u32), msg)
+            let entry = opcode::SendMsg::new(Fixed(socket), msg)
                 .flags(libc::MSG_DONTWAIT as u32)
                 .build()
                 .user_data(OP_SEND | u64::from(slot));
@@ -966,6 +1026,10 @@ impl UringDriver {
     /// false if that did not happen within `limit`.
     fn quiesce(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
+        // Sockets still waiting to be armed have nothing in the kernel.
+        for i in self.to_arm.drain(..) {
+            self.sockets[i as usize].armed = false;
+        }
         let cancel_targets: Vec<u64> = self
             .sockets
             .iter()
@@ -1019,19 +1083,15 @@ impl UringDriver {
         }
         self.released = true;
         if self.quiesce(Duration::from_secs(1)) {
-            for socket in &self.sockets {
-                let _ = self.ring.submitter().unregister_buf_ring(socket.bufs.bgid);
-            }
+            let _ = self.ring.submitter().unregister_buf_ring(self.bufs.bgid);
             // The registered file table holds a reference to every socket; the ring's own
             // teardown is asynchronous, so without this the ports stay bound for a moment
             // after the driver (or the process) is gone, and a restart fails to bind.
             let _ = self.ring.submitter().unregister_files();
         } else {
             warn!("io_uring operations still in flight at shutdown; leaking their buffers");
-            for socket in &mut self.sockets {
-                socket.bufs.leak();
-                socket.msghdr.0.leak();
-            }
+            self.bufs.leak();
+            self.msghdr.0.leak();
             self.pool.slots.leak();
             self.wake_buf.leak();
         }
@@ -1113,6 +1173,22 @@ mod tests {
             driver.run(&mut core).is_err(),
             "a released driver does not run again"
         );
+    }
+
+    #[test]
+    fn socket_count_and_ring_size_are_checked() {
+        if let Err(reason) = probe() {
+            eprintln!("SKIPPED: io_uring unavailable: {reason}");
+            return;
+        }
+        let bind = || UdpSocket::bind("127.0.0.1:0").unwrap();
+        let too_many: Vec<_> = (0..=MAX_SOCKETS).map(|_| bind()).collect();
+        let error = UringDriver::new(too_many).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("4096"), "{error}");
+        assert!(UringDriver::new(Vec::new()).is_err());
+        let error = UringDriver::with_recv_buffers(vec![bind()], 3).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
