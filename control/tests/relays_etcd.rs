@@ -139,8 +139,8 @@ async fn check(c: &Control, m: &MeetingId, max: u32) -> RelayTree {
     tree
 }
 
-/// 200 joins at once through two control instances: the counter design (the one
-/// implemented) against the keys-only alternative, simulated at the store level.
+/// 200 joins at once through two control instances: the seat design (the one
+/// implemented: exact) against the keys-only alternative, simulated at the store level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_joins_keep_counts_exact() {
     let server = EtcdServer::start().await.expect("etcd must be installed");
@@ -154,7 +154,7 @@ async fn concurrent_joins_keep_counts_exact() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // Worst case for the counter: every join lands on one node (limit 1,000 > 200).
+    // Every join lands on one node (limit 1,000 > 200), then on 4 nodes of 50 seats.
     for (label, m, max) in [("one node", "w1", 1000u32), ("4 nodes of 50", "w2", 50)] {
         let m = MeetingId::new(m).unwrap();
         place(&a, &m).await;
@@ -199,7 +199,7 @@ async fn concurrent_joins_keep_counts_exact() {
         let txns = after.0.txns + after.1.txns - before.0.txns - before.1.txns;
         let lost = after.0.conflicts + after.1.conflicts - before.0.conflicts - before.1.conflicts;
         eprintln!(
-            "counter, {label}: 200 joins in {elapsed:?}, p50 {:?}, p99 {:?}, {txns} txns ({lost} lost)",
+            "seats, {label}: 200 joins in {elapsed:?}, p50 {:?}, p99 {:?}, {txns} txns ({lost} lost)",
             latencies[100], latencies[197]
         );
     }

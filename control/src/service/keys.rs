@@ -138,10 +138,33 @@ pub fn relay_viewers_of(meeting: &MeetingId, relay: &str) -> String {
     format!("{V}/relay_viewers/{meeting}/{relay}/")
 }
 
-/// One viewer's assignment to a relay node: created in the transaction that counts the
-/// viewer into the relay record, deleted in the one that counts it out.
+/// One viewer's assignment to a relay node: created in the transaction that claims its
+/// seat ([`relay_seat`]), deleted with the seat.
 pub fn relay_viewer(meeting: &MeetingId, relay: &str, participant: &ParticipantId) -> String {
     format!("{V}/relay_viewers/{meeting}/{relay}/{participant}")
+}
+
+/// Every seat of every webinar's relays (each control instance follows them to pick free
+/// seats without asking).
+pub fn all_relay_seats() -> String {
+    format!("{V}/relay_seats/")
+}
+
+/// Every seat of a webinar's relays.
+pub fn relay_seats(meeting: &MeetingId) -> String {
+    format!("{V}/relay_seats/{meeting}/")
+}
+
+/// The seats of one relay node.
+pub fn relay_seats_of(meeting: &MeetingId, relay: &str) -> String {
+    format!("{V}/relay_seats/{meeting}/{relay}/")
+}
+
+/// Seat `seat` (below `max_viewers_per_relay`) of a relay node: created compare-absent in
+/// the transaction that creates the viewer's assignment, deleted with it. The seat numbers
+/// bound a node's viewers exactly, with no counter shared by the joins.
+pub fn relay_seat(meeting: &MeetingId, relay: &str, seat: u32) -> String {
+    format!("{V}/relay_seats/{meeting}/{relay}/{seat}")
 }
 
 #[cfg(test)]
@@ -174,6 +197,10 @@ mod tests {
         assert!(relay_viewers_of(&m, "eu-0").starts_with(&relay_viewers(&m)));
         // Node eu-0's viewers are not node eu-00's.
         assert!(!relay_viewer(&m, "eu-00", &p).starts_with(&relay_viewers_of(&m, "eu-0")));
+        assert!(relay_seat(&m, "eu-0", 7).starts_with(&relay_seats_of(&m, "eu-0")));
+        assert!(relay_seats_of(&m, "eu-0").starts_with(&relay_seats(&m)));
+        assert!(relay_seats(&m).starts_with(&all_relay_seats()));
+        assert!(!relay_seat(&m, "eu-00", 7).starts_with(&relay_seats_of(&m, "eu-0")));
         assert!(port(&f, 5).starts_with(&ports(&f)));
         let f1 = ForwarderId::new("f1").unwrap();
         assert!(!port(&f1, 5).starts_with(&ports(&f)));

@@ -26,9 +26,9 @@
 //! Regions are tried nearest first (the latency matrix of [`PlacementConfig`], the
 //! viewer's own region at 0 ms); in each:
 //!
-//! 1. a node of this webinar in the region with room (`viewers < max_viewers_per_relay`,
-//!    default 1,000) takes the viewer (one at random, so concurrent joins spread over the
-//!    nodes with room instead of all racing for the first);
+//! 1. a node of this webinar in the region with a free seat (of `max_viewers_per_relay`,
+//!    default 1,000) takes the viewer: nodes on live forwarders first, the newest first
+//!    (during a burst the one filling up), a free seat at random (see below);
 //! 2. else a new node is created on a live forwarder of the region: the one with the most
 //!    headroom, where a forwarder's headroom is `max_legs − reported legs − the empty seats
 //!    of the relays it runs` (a relay reserves `max_viewers_per_relay + 1` legs: it is
@@ -39,25 +39,36 @@
 //!    and claimed in the creating transaction;
 //! 3. else (no live forwarder in the region, or none with room) the next region.
 //!
-//! # Exact counts
+//! # Exact counts: seats
 //!
-//! Each relay record carries its `viewers` and `children` counts, and every change to them
-//! is a compare-and-swap on the record's `mod_revision`, in the same transaction as the
-//! viewer's assignment key `v1/relay_viewers/{meeting}/{relay}/{participant}` (created on
-//! join, deleted on release) or the child's creation or removal. So the counts always equal
-//! the keys, `max_viewers_per_relay` is never exceeded, and an empty node can be removed
-//! without a join slipping into it (the join's compare fails and it retries). The cost is
-//! that joins to one node serialise. Within a process they queue on a per-webinar lock
-//! instead of racing (without it, 200 concurrent joins cost 9,000 transactions), so they
-//! retry only against other control instances. docs/control-plane.md has the measurement
-//! against the alternative (no counter: count the assignment keys, compare the record
-//! unchanged), which contends less but overshoots the limit by the joins in flight.
+//! A node has `max_viewers_per_relay` numbered seats, `v1/relay_seats/{meeting}/{relay}/{n}`.
+//! A join creates one seat key (compare-absent) and the viewer's assignment
+//! `v1/relay_viewers/{meeting}/{relay}/{participant}` in one transaction that also compares
+//! the node's record unchanged; the record itself is not written. Joins to one node do
+//! not share a counter: each creates distinct keys, and two collide only when they pick the
+//! same seat (the loser tries another at once). Seats are picked at random among those free
+//! in this process's view: a watch-fed cache of every seat, minus the seats this process's
+//! joins are claiming now and those a join found taken. The seat numbers bound a node's
+//! viewers exactly, the viewers are the assignment keys (one seat each), and the record's
+//! `children` count still changes by compare-and-swap.
+//!
+//! A node is created only when every seat of the region is taken or being claimed in this
+//! view, by other viewers than the joiner, so N viewers of a region never make more than
+//! ceil(N / max) nodes.
+//!
+//! Removing an empty node without a join slipping in: the release that left it without
+//! seats marks the record `closing` (a write, so a join that read the node before fails its
+//! compare; joins skip closing nodes), then counts the seats again. A join that committed
+//! before the mark is counted; none can commit after it. Seats left: the mark is lifted.
+//! None: the node goes, comparing the marked record unchanged. A process dying between
+//! mark and removal leaves a closing node that keeps its viewers but takes no new ones
+//! until a release there or the meeting's end removes it.
 //!
 //! # Releasing ([`RelayPlanner::release_viewer`])
 //!
-//! The assignment goes and the node's count drops; a node left with no viewers and no
-//! children is removed with its port claim, and its parent's `children` drops in the same
-//! transaction (an ingress left empty by that goes too). Children never change parent: a
+//! The assignment and its seat go (comparing only the assignment); a node left with no
+//! seats and no children is removed with its port claim as above, and its parent's
+//! `children` drops in the same transaction (an ingress left empty by that goes too). Children never change parent: a
 //! node with children stays, even without viewers of its own.
 //!
 //! # Links and keys
@@ -107,7 +118,6 @@ use crate::store::{Compare, CompareOp, KeyValue, LeaseId, Op, Revision, Store, T
 /// Viewers one relay serves by default.
 pub const DEFAULT_MAX_VIEWERS_PER_RELAY: u32 = 1000;
 /// Transactions one assignment or release may try before [`ServiceError::Contention`].
-/// Joins to one relay serialise on its record: a burst of N joins costs up to N rounds.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 400;
 /// The SRTP profile of relay links (RFC 7714).
 pub const RELAY_SRTP_PROFILE: &str = "AEAD_AES_128_GCM";
@@ -200,10 +210,14 @@ pub struct RelayRecord {
     pub port: u16,
     /// 1 when created, +1 per failover.
     pub epoch: u64,
-    /// Viewers assigned (= its `v1/relay_viewers/{meeting}/{relay}/` keys).
-    pub viewers: u32,
-    /// Relays fed by this one.
+    /// Relays fed by this one. (Viewers are not counted here: they are the node's seat
+    /// keys, `v1/relay_seats/{meeting}/{relay}/`.)
     pub children: u32,
+    /// Being removed: set by a release that found the node empty, before it counts the
+    /// seats a last time. Joins skip a closing node, and the write makes any join that read
+    /// the node before it fail its compare.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closing: bool,
     /// Keys of the link to the parent: `send_key` protects what this node sends up
     /// (feedback), `receive_key` what the parent sends down (the tracks).
     pub link: SrtpTransport,
@@ -229,7 +243,16 @@ impl RelayRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ViewerRecord {
     participant: ParticipantId,
+    /// The seat the viewer holds (`v1/relay_seats/{meeting}/{relay}/{seat}`).
+    #[serde(default)]
+    seat: Option<u32>,
     assigned_at: UnixMillis,
+}
+
+/// What `v1/relay_seats/{meeting}/{relay}/{seat}` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SeatRecord {
+    participant: ParticipantId,
 }
 
 /// What a relay's `v1/ports/{forwarder}/{port}` holds.
@@ -358,11 +381,32 @@ pub struct RelaySweep {
 struct Node {
     record: RelayRecord,
     mod_revision: Revision,
+    create_revision: Revision,
+}
+
+/// What one join's earlier attempts found out.
+#[derive(Debug, Default)]
+struct Tried {
+    /// Forwarders gone or re-registered.
+    exclude: BTreeSet<ForwarderId>,
+    /// Ports found claimed, per forwarder.
+    taken: HashMap<ForwarderId, BTreeSet<u16>>,
+    /// Seats found taken by others that this process's cache did not show yet.
+    collided: BTreeSet<String>,
+}
+
+/// What to do for a join, decided on a read of the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seat {
+    /// Claim seat `seat` of node `node`.
+    Take { node: usize, seat: u32 },
 }
 
 /// What to do for a join, decided on a read of the tree.
 enum Step {
-    Join(usize),
+    Join(Seat),
+    /// The region's ingress is being removed: wait for that to settle.
+    Wait,
     Create {
         /// Boxed: a record is large next to an index.
         record: Box<RelayRecord>,
@@ -380,14 +424,16 @@ pub struct RelayPlanner {
     /// Every relay of every webinar: headroom and failover read it.
     relays: PrefixCache<RelayRecord>,
     config: RelayConfig,
+    /// Every seat of every webinar's relays: joins pick free seats from it.
+    seats: PrefixCache<()>,
+    /// Seat keys this process's joins are claiming now: not offered to another join.
+    claiming: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// One join per webinar in this process creates a node at a time: when a node fills
+    /// up, every join in flight wants to create the next one, and all but one would lose.
+    creators: std::sync::Mutex<HashMap<MeetingId, Arc<tokio::sync::Mutex<()>>>>,
     clock: Clock,
     txns: AtomicU64,
     conflicts: AtomicU64,
-    /// One writer per webinar in this process: joins to one node would otherwise lose
-    /// their compare-and-swap to each other in rounds (measured: 200 concurrent joins,
-    /// 9,000 transactions). Queued here they cost one transaction each, and only other
-    /// processes' writes can make them retry.
-    writers: std::sync::Mutex<HashMap<MeetingId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl fmt::Debug for RelayPlanner {
@@ -419,17 +465,22 @@ impl RelayPlanner {
             decode::<RelayRecord>,
         )
         .await?;
+        // Only the keys matter: a seat's value is not read back.
+        let seats =
+            PrefixCache::start(Arc::clone(&store), keys::all_relay_seats(), |_| Ok(())).await?;
         Ok(Self {
             store,
             live: placer.live().clone(),
             placer,
             latency: LatencyMatrix::new(&placement.region_latency, placement.default_latency_ms),
             relays,
+            seats,
+            claiming: std::sync::Mutex::new(std::collections::HashSet::new()),
+            creators: std::sync::Mutex::new(HashMap::new()),
             config,
             clock: system_clock(),
             txns: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
-            writers: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -451,18 +502,94 @@ impl RelayPlanner {
         }
     }
 
-    /// Take this process's writer slot for `meeting` (see [`RelayPlanner::writers`]).
-    async fn writer(&self, meeting: &MeetingId) -> tokio::sync::OwnedMutexGuard<()> {
+    /// Take this process's creator slot for `meeting` (see [`RelayPlanner::creators`]).
+    async fn creator(&self, meeting: &MeetingId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
-            let mut writers = self
-                .writers
+            let mut creators = self
+                .creators
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Forget webinars nobody is writing to, so the map stays small.
-            writers.retain(|_, l| Arc::strong_count(l) > 1);
-            Arc::clone(writers.entry(meeting.clone()).or_default())
+            // Forget webinars nobody is growing, so the map stays small.
+            creators.retain(|_, l| Arc::strong_count(l) > 1);
+            Arc::clone(creators.entry(meeting.clone()).or_default())
         };
         lock.lock_owned().await
+    }
+
+    fn claiming(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.claiming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The seats of one node as cached (claimed, maybe not yet seen by the watch, aside).
+    fn cached_seats(&self, meeting: &MeetingId, relay: &RelayId) -> Vec<u32> {
+        let prefix = keys::relay_seats_of(meeting, relay.as_str());
+        self.seats.read(|entries| {
+            entries
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                .filter_map(|(k, _)| k[prefix.len()..].parse().ok())
+                .collect()
+        })
+    }
+
+    /// A free seat of `node` by this process's view: not cached as taken, not being claimed
+    /// here, not in `collided`; one at random, so joins from several processes seldom pick
+    /// the same. Marked as being claimed.
+    fn pick_seat(
+        &self,
+        meeting: &MeetingId,
+        relay: &RelayId,
+        collided: &BTreeSet<String>,
+    ) -> Option<u32> {
+        let max = self.config.max_viewers_per_relay as usize;
+        let mut taken = vec![false; max];
+        for s in self.cached_seats(meeting, relay) {
+            if let Some(t) = taken.get_mut(s as usize) {
+                *t = true;
+            }
+        }
+        let prefix = keys::relay_seats_of(meeting, relay.as_str());
+        let mut claiming = self.claiming();
+        // Both sets are small (joins in flight, seats lost): no key made per free seat.
+        for key in claiming.iter().chain(collided) {
+            if let Some(s) = key
+                .strip_prefix(prefix.as_str())
+                .and_then(|s| s.parse::<usize>().ok())
+            {
+                if let Some(t) = taken.get_mut(s) {
+                    *t = true;
+                }
+            }
+        }
+        let free: Vec<u32> = (0..self.config.max_viewers_per_relay)
+            .filter(|&s| !taken[s as usize])
+            .collect();
+        let seat = *free.choose(&mut rand::thread_rng())?;
+        claiming.insert(keys::relay_seat(meeting, relay.as_str(), seat));
+        Some(seat)
+    }
+
+    /// Seats per node of every webinar, as cached.
+    fn seat_counts(&self) -> HashMap<String, u32> {
+        let root = keys::all_relay_seats();
+        self.seats.read(|entries| {
+            let mut out: HashMap<String, u32> = HashMap::new();
+            for k in entries.keys() {
+                // `{meeting}/{relay}/{seat}`: count under `{meeting}/{relay}`.
+                let Some(rest) = k.strip_prefix(root.as_str()) else {
+                    continue;
+                };
+                if let Some((node, _)) = rest.rsplit_once('/') {
+                    *out.entry(node.to_owned()).or_default() += 1;
+                }
+            }
+            out
+        })
     }
 
     async fn txn(&self, txn: Txn) -> Result<crate::store::TxnResponse, ServiceError> {
@@ -489,9 +616,29 @@ impl RelayPlanner {
                 Ok(Node {
                     record: decode(kv)?,
                     mod_revision: kv.mod_revision,
+                    create_revision: kv.create_revision,
                 })
             })
             .collect()
+    }
+
+    /// The webinar's nodes as cached (maybe behind the store by the watch's delay).
+    fn cached_nodes(&self, meeting: &MeetingId) -> Vec<Node> {
+        let prefix = keys::relays(meeting);
+        self.relays.read(|entries| {
+            entries
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                .map(|(_, c)| Node {
+                    record: c.value.clone(),
+                    mod_revision: c.mod_revision,
+                    create_revision: c.create_revision,
+                })
+                .collect()
+        })
     }
 
     /// The node `participant` is assigned to, if any: one transaction of gets.
@@ -500,7 +647,7 @@ impl RelayPlanner {
         meeting: &MeetingId,
         nodes: &[Node],
         participant: &ParticipantId,
-    ) -> Result<Option<usize>, ServiceError> {
+    ) -> Result<Option<(usize, KeyValue)>, ServiceError> {
         for (chunk_no, chunk) in nodes.chunks(OPS_PER_TXN).enumerate() {
             let gets: Vec<Op> = chunk
                 .iter()
@@ -513,8 +660,10 @@ impl RelayPlanner {
                 })
                 .collect();
             let resp = self.store.txn(Txn::new().and_then(gets)).await?;
-            if let Some(i) = resp.gets.iter().position(Option::is_some) {
-                return Ok(Some(chunk_no * OPS_PER_TXN + i));
+            if let Some((i, Some(kv))) =
+                resp.gets.into_iter().enumerate().find(|(_, g)| g.is_some())
+            {
+                return Ok(Some((chunk_no * OPS_PER_TXN + i, kv)));
             }
         }
         Ok(None)
@@ -552,45 +701,94 @@ impl RelayPlanner {
     ) -> Result<Placement, ServiceError> {
         let origin = self.origin(meeting, region).await?;
         let region = region.unwrap_or(&origin.region).to_owned();
-        let mut exclude: BTreeSet<ForwarderId> = BTreeSet::new();
-        let mut taken: HashMap<ForwarderId, BTreeSet<u16>> = HashMap::new();
-        let viewer_value = |key: &str| {
+        let mut tried = Tried::default();
+        let viewer_value = |key: &str, seat: u32| {
             encode(
                 key,
                 &ViewerRecord {
                     participant: participant.clone(),
+                    seat: Some(seat),
                     assigned_at: (self.clock)(),
                 },
             )
         };
-        let _writer = self.writer(meeting).await;
+        let seat_value = |key: &str| {
+            encode(
+                key,
+                &SeatRecord {
+                    participant: participant.clone(),
+                },
+            )
+        };
+        // The cache first (no read per join); the store after a compare failed on a node.
+        let mut fresh = false;
+        let mut creator = None;
+        let nodes = self.cached_nodes(meeting);
+        if let Some((i, _)) = self.find_viewer(meeting, &nodes, participant).await? {
+            return Ok(nodes[i].record.placement());
+        }
         for attempt in 0..self.config.max_attempts.max(1) {
-            let nodes = self.nodes(meeting).await?;
-            if let Some(i) = self.find_viewer(meeting, &nodes, participant).await? {
-                return Ok(nodes[i].record.placement());
-            }
+            let nodes = if fresh {
+                self.nodes(meeting).await?
+            } else {
+                self.cached_nodes(meeting)
+            };
+            fresh = false;
             let step = self
-                .plan_join(meeting, &region, &origin, &nodes, &exclude, &taken)
+                .plan_join(meeting, &region, &origin, &nodes, &tried)
                 .await?;
             match step {
-                Step::Join(i) => {
+                Step::Join(Seat::Take { node: i, seat }) => {
+                    creator = None;
                     let node = &nodes[i];
-                    let mut record = node.record.clone();
-                    record.viewers += 1;
-                    let key = keys::relay(meeting, record.relay.as_str());
-                    let vkey = keys::relay_viewer(meeting, record.relay.as_str(), participant);
+                    let relay = node.record.relay.as_str();
+                    let key = keys::relay(meeting, relay);
+                    let skey = keys::relay_seat(meeting, relay, seat);
+                    let vkey = keys::relay_viewer(meeting, relay, participant);
+                    // The node unchanged: not closing, removed or moved since it was read.
+                    // Unmarked however this ends, a cancelled join included.
+                    let _claim = Claim {
+                        planner: self,
+                        key: skey.clone(),
+                    };
                     let txn = Txn::new()
                         .when([
                             Compare::mod_revision(key.clone(), CompareOp::Equal, node.mod_revision),
+                            Compare::absent(skey.clone()),
                             Compare::absent(vkey.clone()),
                         ])
                         .and_then([
-                            Op::put(key.clone(), encode(&key, &record)?),
-                            Op::put(vkey.clone(), viewer_value(&vkey)?),
-                        ]);
-                    if self.txn(txn).await?.succeeded {
-                        return Ok(record.placement());
+                            Op::put(skey.clone(), seat_value(&skey)?),
+                            Op::put(vkey.clone(), viewer_value(&vkey, seat)?),
+                        ])
+                        .or_else([Op::get(key), Op::get(skey.clone()), Op::get(vkey)]);
+                    let resp = self.txn(txn).await?;
+                    if resp.succeeded {
+                        // Noted before the claim goes, so no join here offers it again.
+                        self.seats
+                            .note_put(skey.clone(), (), resp.revision, resp.revision);
+                        return Ok(node.record.placement());
                     }
+                    if got(&resp, 2).is_some() {
+                        // Assigned here by a concurrent call for the same viewer.
+                        return Ok(node.record.placement());
+                    }
+                    if got(&resp, 0).is_some_and(|kv| kv.mod_revision == node.mod_revision) {
+                        // Only the seat was taken, by a join this cache has not seen yet:
+                        // try another at once.
+                        tried.collided.insert(skey);
+                        continue;
+                    }
+                    fresh = true;
+                }
+                Step::Wait => fresh = true,
+                Step::Create { .. } if creator.is_none() => {
+                    // One creation at a time per webinar in this process: the others wait,
+                    // then most find the new node on their re-read and join it.
+                    // The cache has what a creator in this process wrote (noted at once); a
+                    // node created elsewhere shows when creating it fails.
+                    creator = Some(self.creator(meeting).await);
+                    continue;
                 }
                 Step::Create {
                     record,
@@ -600,6 +798,7 @@ impl RelayPlanner {
                     let key = keys::relay(meeting, record.relay.as_str());
                     let fwd_key = keys::forwarder(&record.forwarder);
                     let port_key = keys::port(&record.forwarder, record.port);
+                    let skey = keys::relay_seat(meeting, record.relay.as_str(), 0);
                     let vkey = keys::relay_viewer(meeting, record.relay.as_str(), participant);
                     let claim = RelayPortClaim {
                         meeting: meeting.clone(),
@@ -613,7 +812,8 @@ impl RelayPlanner {
                     let mut ops = vec![
                         Op::put(key.clone(), encode(&key, &record)?),
                         Op::put(port_key.clone(), encode(&port_key, &claim)?),
-                        Op::put(vkey.clone(), viewer_value(&vkey)?),
+                        Op::put(skey.clone(), seat_value(&skey)?),
+                        Op::put(vkey.clone(), viewer_value(&vkey, 0)?),
                     ];
                     if let Some(p) = parent {
                         let parent = &nodes[p];
@@ -628,7 +828,7 @@ impl RelayPlanner {
                         ops.push(Op::put(pkey.clone(), encode(&pkey, &up)?));
                     }
                     let txn = Txn::new().when(compares).and_then(ops).or_else([
-                        Op::get(key),
+                        Op::get(key.clone()),
                         Op::get(fwd_key),
                         Op::get(port_key),
                     ]);
@@ -636,22 +836,33 @@ impl RelayPlanner {
                     if resp.succeeded {
                         tracing::info!(%meeting, relay = %record.relay, forwarder = %record.forwarder,
                             address = %record.address, "relay created");
-                        return Ok(record.placement());
+                        // The next joins here see the node and its first seat at once.
+                        self.seats.note_put(skey, (), resp.revision, resp.revision);
+                        let placement = record.placement();
+                        self.relays
+                            .note_put(key, *record, resp.revision, resp.revision);
+                        return Ok(placement);
                     }
+                    fresh = true;
                     if got(&resp, 0).is_none() {
                         if got(&resp, 1).is_none_or(|kv| kv.create_revision != registered) {
-                            exclude.insert(record.forwarder.clone());
+                            tried.exclude.insert(record.forwarder.clone());
                             continue;
                         }
                         if got(&resp, 2).is_some() {
-                            taken
+                            tried
+                                .taken
                                 .entry(record.forwarder.clone())
                                 .or_default()
                                 .insert(record.port);
                             continue;
                         }
                     }
-                    // Someone created this node first, or the parent changed: re-read.
+                    if got(&resp, 0).is_some() {
+                        // Someone created this node first: join it, no need to wait.
+                        continue;
+                    }
+                    // The parent changed: re-read.
                 }
             }
             self.backoff(attempt).await;
@@ -666,9 +877,13 @@ impl RelayPlanner {
         region: &str,
         origin: &PlacementRecord,
         nodes: &[Node],
-        exclude: &BTreeSet<ForwarderId>,
-        taken: &HashMap<ForwarderId, BTreeSet<u16>>,
+        tried: &Tried,
     ) -> Result<Step, ServiceError> {
+        let Tried {
+            exclude,
+            taken,
+            collided,
+        } = tried;
         let live = self.live.snapshot();
         let max = self.config.max_viewers_per_relay;
         let mut regions: BTreeSet<&str> = live.values().map(|f| f.info.region.as_str()).collect();
@@ -679,23 +894,28 @@ impl RelayPlanner {
             .collect();
         order.sort();
         for (_, r) in order {
-            let open: Vec<usize> = (0..nodes.len())
-                .filter(|&i| nodes[i].record.region == r && nodes[i].record.viewers < max)
+            // Nodes on a live forwarder first (a viewer sent to a dead one would be moved
+            // again at once), then the newest first: during a burst it is the one with
+            // room, so a join looks at one node's seats, not every full one's.
+            let mut open: Vec<usize> = (0..nodes.len())
+                .filter(|&i| nodes[i].record.region == r && !nodes[i].record.closing)
                 .collect();
-            // Nodes on a live forwarder first: a viewer sent to a dead one would be moved
-            // again at once.
-            let live_open: Vec<usize> = open
+            open.sort_by_key(|&i| {
+                (
+                    !live.contains_key(&nodes[i].record.forwarder),
+                    Reverse(nodes[i].create_revision),
+                )
+            });
+            for i in open {
+                if let Some(seat) = self.pick_seat(meeting, &nodes[i].record.relay, collided) {
+                    return Ok(Step::Join(Seat::Take { node: i, seat }));
+                }
+            }
+            let ingress = nodes
                 .iter()
-                .copied()
-                .filter(|&i| live.contains_key(&nodes[i].record.forwarder))
-                .collect();
-            let pick = if live_open.is_empty() {
-                &open
-            } else {
-                &live_open
-            };
-            if let Some(&i) = pick.choose(&mut rand::thread_rng()) {
-                return Ok(Step::Join(i));
+                .position(|n| n.record.region == r && n.record.parent == RelayParent::Origin);
+            if ingress.is_some_and(|i| nodes[i].record.closing) {
+                return Ok(Step::Wait);
             }
             let need = max.saturating_add(1);
             let candidates =
@@ -708,9 +928,6 @@ impl RelayPlanner {
                 else {
                     continue;
                 };
-                let ingress = nodes
-                    .iter()
-                    .position(|n| n.record.region == r && n.record.parent == RelayParent::Origin);
                 let (parent, parent_epoch) = match ingress {
                     Some(i) => (
                         RelayParent::Relay {
@@ -735,8 +952,8 @@ impl RelayPlanner {
                     address: f.info.address(port),
                     port,
                     epoch: 1,
-                    viewers: 1,
                     children: 0,
+                    closing: false,
                     link: SrtpTransport::generate(RELAY_SRTP_PROFILE)?,
                     parent_epoch,
                     created_at: now,
@@ -769,10 +986,13 @@ impl RelayPlanner {
         avoid: Option<&ForwarderId>,
     ) -> Vec<LiveForwarder> {
         let reserve = i64::from(self.config.max_viewers_per_relay) + 1;
+        let seats = self.seat_counts();
         let reserved: HashMap<ForwarderId, i64> = self.relays.read(|entries| {
             let mut out: HashMap<ForwarderId, i64> = HashMap::new();
             for c in entries.values() {
-                let empty = reserve - i64::from(c.value.viewers) - i64::from(c.value.children);
+                let node = format!("{}/{}", c.value.meeting, c.value.relay);
+                let viewers = seats.get(&node).copied().unwrap_or(0);
+                let empty = reserve - i64::from(viewers) - i64::from(c.value.children);
                 *out.entry(c.value.forwarder.clone()).or_default() += empty.max(0);
             }
             out
@@ -821,40 +1041,133 @@ impl RelayPlanner {
         meeting: &MeetingId,
         participant: &ParticipantId,
     ) -> Result<bool, ServiceError> {
-        let _writer = self.writer(meeting).await;
         for attempt in 0..self.config.max_attempts.max(1) {
             let nodes = self.nodes(meeting).await?;
             if nodes.is_empty() {
                 return Ok(false);
             }
-            let Some(i) = self.find_viewer(meeting, &nodes, participant).await? else {
+            let Some((i, kv)) = self.find_viewer(meeting, &nodes, participant).await? else {
                 return Ok(false);
             };
-            let vkey = keys::relay_viewer(meeting, nodes[i].record.relay.as_str(), participant);
-            let mut compares = Vec::new();
-            let mut ops = vec![Op::delete(vkey)];
-            let mut removed = Vec::new();
-            shrink(
-                meeting,
-                &nodes,
-                i,
-                1,
-                0,
-                &mut compares,
-                &mut ops,
-                &mut removed,
-            )?;
-            if self
+            let relay = &nodes[i].record.relay;
+            let viewer: ViewerRecord = decode(&kv)?;
+            let mut ops = vec![Op::delete(kv.key.clone())];
+            if let Some(seat) = viewer.seat {
+                ops.push(Op::delete(keys::relay_seat(meeting, relay.as_str(), seat)));
+            }
+            // Only the assignment is compared: a release never waits for joins.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    kv.key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision,
+                )])
+                .and_then(ops);
+            if self.txn(txn).await?.succeeded {
+                self.remove_if_empty(meeting, relay).await?;
+                return Ok(true);
+            }
+            self.backoff(attempt).await;
+        }
+        Err(ServiceError::Contention(keys::relays(meeting)))
+    }
+
+    /// Remove `relay` if it has no seats and no children, then its parent if that left it
+    /// empty in turn. A removal first marks the node `closing` (so joins skip it, and any
+    /// join that read it before fails its compare), then counts its seats: a join that
+    /// committed before the mark is counted, none can commit after it. Seats found: the
+    /// mark is lifted. No seats: the node goes with its port claim, counted out of its
+    /// parent, comparing the marked record unchanged.
+    async fn remove_if_empty(
+        &self,
+        meeting: &MeetingId,
+        relay: &RelayId,
+    ) -> Result<(), ServiceError> {
+        let mut relay = relay.clone();
+        let mut attempt = 0;
+        while attempt < self.config.max_attempts.max(1) {
+            attempt += 1;
+            let key = keys::relay(meeting, relay.as_str());
+            let Some(kv) = self.store.get(&key).await? else {
+                return Ok(());
+            };
+            let mut record: RelayRecord = decode(&kv)?;
+            if record.children > 0 {
+                return Ok(());
+            }
+            let seats = keys::relay_seats_of(meeting, relay.as_str());
+            let mut revision = kv.mod_revision;
+            if !record.closing {
+                // Cheap check first: most releases leave viewers behind.
+                if self.store.count(&seats).await?.0 > 0 {
+                    return Ok(());
+                }
+                record.closing = true;
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        revision,
+                    )])
+                    .and_then([Op::put(key.clone(), encode(&key, &record)?)]);
+                let resp = self.txn(txn).await?;
+                if !resp.succeeded {
+                    self.backoff(attempt).await;
+                    continue;
+                }
+                revision = resp.revision;
+            }
+            if self.store.count(&seats).await?.0 > 0 {
+                record.closing = false;
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        revision,
+                    )])
+                    .and_then([Op::put(key.clone(), encode(&key, &record)?)]);
+                // Lost: someone else changed the node, and decides in turn.
+                self.txn(txn).await?;
+                return Ok(());
+            }
+            let mut compares = vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )];
+            let mut ops = vec![
+                Op::delete(key.clone()),
+                Op::delete(keys::port(&record.forwarder, record.port)),
+            ];
+            let mut parent = None;
+            if let RelayParent::Relay { relay: p } = &record.parent {
+                let pkey = keys::relay(meeting, p.as_str());
+                // A missing parent (a corrupt tree) has nothing to count out.
+                if let Some(pkv) = self.store.get(&pkey).await? {
+                    let mut up: RelayRecord = decode(&pkv)?;
+                    up.children = up.children.saturating_sub(1);
+                    compares.push(Compare::mod_revision(
+                        pkey.clone(),
+                        CompareOp::Equal,
+                        pkv.mod_revision,
+                    ));
+                    ops.push(Op::put(pkey.clone(), encode(&pkey, &up)?));
+                    parent = (up.children == 0).then(|| p.clone());
+                }
+            }
+            if !self
                 .txn(Txn::new().when(compares).and_then(ops))
                 .await?
                 .succeeded
             {
-                for r in removed {
-                    tracing::info!(%meeting, relay = %r, "relay removed: no viewers, no children");
-                }
-                return Ok(true);
+                self.backoff(attempt).await;
+                continue;
             }
-            self.backoff(attempt).await;
+            tracing::info!(%meeting, %relay, "relay removed: no viewers, no children");
+            match parent {
+                Some(p) => relay = p,
+                None => return Ok(()),
+            }
         }
         Err(ServiceError::Contention(keys::relays(meeting)))
     }
@@ -886,7 +1199,10 @@ impl RelayPlanner {
             }
             if clean {
                 self.store
-                    .txn(Txn::new().and_then([Op::delete_prefix(keys::relay_viewers(meeting))]))
+                    .txn(Txn::new().and_then([
+                        Op::delete_prefix(keys::relay_viewers(meeting)),
+                        Op::delete_prefix(keys::relay_seats(meeting)),
+                    ]))
                     .await?;
                 return Ok(());
             }
@@ -899,12 +1215,18 @@ impl RelayPlanner {
     pub async fn tree(&self, meeting: &MeetingId) -> Result<RelayTree, ServiceError> {
         let nodes = self.nodes(meeting).await?;
         let origin = self.placer.record(meeting).await?.map(|r| r.placement());
+        let counts = futures::future::try_join_all(nodes.iter().map(|n| async move {
+            let prefix = keys::relay_viewers_of(meeting, n.record.relay.as_str());
+            self.store.count(&prefix).await
+        }))
+        .await?;
         Ok(RelayTree {
             meeting: meeting.clone(),
             origin,
             nodes: nodes
                 .into_iter()
-                .map(|n| {
+                .zip(counts)
+                .map(|(n, (viewers, _))| {
                     let r = n.record;
                     RelayNode {
                         relay: r.relay,
@@ -913,7 +1235,7 @@ impl RelayPlanner {
                         parent: r.parent,
                         address: r.address,
                         epoch: r.epoch,
-                        viewers: r.viewers,
+                        viewers: u32::try_from(viewers).unwrap_or(u32::MAX),
                         children: r.children,
                         link: r.link,
                     }
@@ -1042,7 +1364,14 @@ impl RelayPlanner {
         let old = &current.value;
         let meeting = &old.meeting;
         let key = keys::relay(meeting, old.relay.as_str());
-        let need = old.viewers.saturating_add(old.children).saturating_add(1);
+        let (viewers, _) = self
+            .store
+            .count(&keys::relay_seats_of(meeting, old.relay.as_str()))
+            .await?;
+        let need = u32::try_from(viewers)
+            .unwrap_or(u32::MAX)
+            .saturating_add(old.children)
+            .saturating_add(1);
         let mut exclude = BTreeSet::from([old.forwarder.clone()]);
         let mut taken: HashMap<ForwarderId, BTreeSet<u16>> = HashMap::new();
         let origin = self.placer.record(meeting).await?;
@@ -1160,6 +1489,19 @@ impl RelayPlanner {
     }
 }
 
+/// A seat marked as being claimed by a join of this process ([`RelayPlanner::pick_seat`]),
+/// unmarked when the join's attempt ends.
+struct Claim<'a> {
+    planner: &'a RelayPlanner,
+    key: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.planner.claiming().remove(&self.key);
+    }
+}
+
 /// A viewer's assignment made for a join still in progress: released (in a spawned task)
 /// when dropped, unless [`ViewerSeat::keep`] says the join went through. So a join that
 /// fails after the assignment, by an error or a panic, does not leave a seat taken.
@@ -1222,48 +1564,6 @@ impl Drop for ViewerSeat {
             }
         });
     }
-}
-
-/// Count `viewers` viewers and `children` children out of node `i`, adding the writes to
-/// `ops` and their compares: a node left empty is removed with its port claim, and counted
-/// out of its parent in turn.
-#[allow(clippy::too_many_arguments)] // One recursive step's state; a struct would only rename it.
-fn shrink(
-    meeting: &MeetingId,
-    nodes: &[Node],
-    i: usize,
-    viewers: u32,
-    children: u32,
-    compares: &mut Vec<Compare>,
-    ops: &mut Vec<Op>,
-    removed: &mut Vec<RelayId>,
-) -> Result<(), ServiceError> {
-    let node = &nodes[i];
-    let key = keys::relay(meeting, node.record.relay.as_str());
-    compares.push(Compare::mod_revision(
-        key.clone(),
-        CompareOp::Equal,
-        node.mod_revision,
-    ));
-    let mut record = node.record.clone();
-    record.viewers = record.viewers.saturating_sub(viewers);
-    record.children = record.children.saturating_sub(children);
-    if record.viewers > 0 || record.children > 0 {
-        ops.push(Op::put(key.clone(), encode(&key, &record)?));
-        return Ok(());
-    }
-    ops.push(Op::delete(key));
-    ops.push(Op::delete(keys::port(&record.forwarder, record.port)));
-    removed.push(record.relay.clone());
-    if let RelayParent::Relay { relay } = &record.parent {
-        // A missing parent (a corrupt tree) has nothing to count out.
-        if let Some(p) = nodes.iter().position(|n| &n.record.relay == relay) {
-            if p != i {
-                shrink(meeting, nodes, p, 0, 1, compares, ops, removed)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The `i`th `Get` of the branch that ran.
@@ -1395,6 +1695,12 @@ mod tests {
                     .await
                     .unwrap();
                 assert_eq!(u64::from(n.viewers), count, "{}", n.relay);
+                let (seats, _) = self
+                    .store
+                    .count(&keys::relay_seats_of(m, n.relay.as_str()))
+                    .await
+                    .unwrap();
+                assert_eq!(seats, count, "{}: one seat per viewer", n.relay);
                 assert!(n.viewers <= max, "{} has {}", n.relay, n.viewers);
                 let children = tree
                     .nodes
@@ -1576,6 +1882,8 @@ mod tests {
         assert_eq!(ports.len(), 1);
         let (viewers, _) = fx.store.range(&keys::relay_viewers(&m)).await.unwrap();
         assert!(viewers.is_empty());
+        let (seats, _) = fx.store.range(&keys::relay_seats(&m)).await.unwrap();
+        assert!(seats.is_empty());
     }
 
     /// 200 joins at once (two worker threads, two planners as two control instances):
