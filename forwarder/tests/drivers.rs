@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use fanout_forwarder::driver::uring::UringDriver;
 use fanout_forwarder::driver::{bind_udp, new_driver, uring, Driver, DriverKind, DriverStats};
 use fanout_forwarder::exporter::{self, MetricsExchange};
-use fanout_forwarder::ids::{MeetingId, ParticipantId, Ssrc};
+use fanout_forwarder::ids::{LegId, MeetingId, ParticipantId, Ssrc, TrackId};
 use fanout_forwarder::rtp::RtpHeader;
 use fanout_forwarder::sfu::{
     Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
@@ -50,6 +50,30 @@ fn leg(name: &str, remote: Option<SocketAddr>) -> (LegConfig, MasterKey, MasterK
         local_rtcp: None,
     };
     (config, receive_key, send_key)
+}
+
+/// A one-encoding video track `camera` of `participant`, published on `leg`.
+fn camera(
+    core: &mut Forwarder,
+    meeting: &MeetingId,
+    participant: &ParticipantId,
+    leg: LegId,
+    ssrc: Ssrc,
+) -> TrackId {
+    core.add_track(
+        meeting,
+        participant,
+        TrackConfig {
+            name: "camera".into(),
+            kind: TrackKind::Video,
+            encodings: vec![ssrc],
+            leg,
+            clock_rate: None,
+            codec: Default::default(),
+            audio_level_extension: None,
+        },
+    )
+    .unwrap()
 }
 
 fn scrape(address: SocketAddr) -> String {
@@ -92,21 +116,7 @@ fn setup(subscribers: usize) -> Setup {
     let (config, alice_key, _) = leg("main", None);
     let alice_leg = core.add_leg(&meeting, &alice, config).unwrap();
     let ssrc = Ssrc(0xA11CE);
-    let track = core
-        .add_track(
-            &meeting,
-            &alice,
-            TrackConfig {
-                name: "camera".into(),
-                kind: TrackKind::Video,
-                encodings: vec![ssrc],
-                leg: alice_leg,
-                clock_rate: None,
-                codec: Default::default(),
-                audio_level_extension: None,
-            },
-        )
-        .unwrap();
+    let track = camera(&mut core, &meeting, &alice, alice_leg, ssrc);
 
     let mut subs = Vec::new();
     for i in 0..subscribers {
@@ -408,21 +418,7 @@ fn uring_shares_one_small_ring_over_200_ports() {
         config.local = Some(address);
         let alice_leg = core.add_leg(&meeting, &alice, config).unwrap();
         let ssrc = Ssrc(0x1000 + i as u32);
-        let track = core
-            .add_track(
-                &meeting,
-                &alice,
-                TrackConfig {
-                    name: "camera".into(),
-                    kind: TrackKind::Video,
-                    encodings: vec![ssrc],
-                    leg: alice_leg,
-                    clock_rate: None,
-                    codec: Default::default(),
-                    audio_level_extension: None,
-                },
-            )
-            .unwrap();
+        let track = camera(&mut core, &meeting, &alice, alice_leg, ssrc);
 
         let subscriber = UdpSocket::bind("127.0.0.1:0").unwrap();
         subscriber
