@@ -6,163 +6,19 @@
 //! forwarder receives, failover with FORWARDER_CHANGED after a lease expires, and that
 //! killing an instance loses none of the requests it acknowledged.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout_control::api::pb;
 use fanout_control::testing::EtcdServer;
+use support::{credentials, register, with_bearer, Control, OPERATOR};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
-
-const OPERATOR: &str = "operator-token-for-tests-0123456789";
-const ENROLMENT: &str = "enrolment-token-for-tests-0123456789";
-
-/// A `fanout-control` process, killed on drop.
-struct Control {
-    child: Child,
-    address: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Control {
-    fn start(dir: &Path, etcd: &str, name: &str) -> Control {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fanout-control"))
-            .args(["--store", "etcd", "--etcd", etcd, "--listen", "127.0.0.1:0"])
-            .args(["--metrics", "127.0.0.1:0"])
-            .arg("--secret-file")
-            .arg(dir.join("secret"))
-            .arg("--operator-token-file")
-            .arg(dir.join("operator"))
-            .arg("--enrolment-token-file")
-            .arg(dir.join("enrolment"))
-            .arg("--config")
-            .arg(dir.join("control.toml"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("fanout-control starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let name = name.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for marker in ["metrics at http://", "listening on "] {
-                    if let Some(at) = line.find(marker) {
-                        let rest = &line[at + marker.len()..];
-                        let word = rest.split_whitespace().next().unwrap_or("");
-                        let _ = tx.send(word.trim_end_matches("/metrics").to_owned());
-                    }
-                }
-                if std::env::var_os("CONTROL_LOG").is_some() {
-                    eprintln!("[{name}] {line}");
-                }
-            }
-        });
-        // Owned (and killed on drop) before anything below can panic.
-        let unset = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut control = Control {
-            child,
-            address: unset,
-            metrics: unset,
-        };
-        let next = || -> SocketAddr {
-            rx.recv_timeout(Duration::from_secs(30))
-                .expect("fanout-control logs its addresses")
-                .parse()
-                .unwrap()
-        };
-        // The metrics line comes first (the server binds its port last).
-        control.metrics = next();
-        control.address = next();
-        control
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.address))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn with_bearer<T>(message: T, credential: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {credential}")).unwrap(),
-    );
-    request
-}
-
-/// A registered forwarder whose heartbeats run until `stop`.
-struct FakeForwarder {
-    session: String,
-    alive: Arc<AtomicBool>,
-}
-
-async fn register(
-    channel: Channel,
-    id: &str,
-    region: &str,
-    ports: (u32, u32),
-    max_legs: u32,
-) -> FakeForwarder {
-    let mut client = pb::forwarders_client::ForwardersClient::new(channel);
-    let response = client
-        .register(with_bearer(
-            pb::RegisterRequest {
-                forwarder_id: id.into(),
-                media_ip: "127.0.0.1".into(),
-                port_range_start: ports.0,
-                port_range_end: ports.1,
-                region: region.into(),
-                max_legs,
-                ..Default::default()
-            },
-            ENROLMENT,
-        ))
-        .await
-        .expect("register")
-        .into_inner();
-    let alive = Arc::new(AtomicBool::new(true));
-    let (session, flag, id) = (response.session_token.clone(), alive.clone(), id.to_owned());
-    let interval = Duration::from_millis(response.heartbeat_interval_ms);
-    tokio::spawn(async move {
-        while flag.load(Ordering::SeqCst) {
-            let _ = client
-                .heartbeat(with_bearer(
-                    pb::HeartbeatRequest {
-                        forwarder_id: id.clone(),
-                        ..Default::default()
-                    },
-                    &session,
-                ))
-                .await;
-            tokio::time::sleep(interval).await;
-        }
-    });
-    FakeForwarder {
-        session: response.session_token,
-        alive,
-    }
-}
 
 async fn create(channel: Channel, id: &str, passcode: Option<&str>) -> Result<(), tonic::Status> {
     pb::meetings_client::MeetingsClient::new(channel)
@@ -209,18 +65,7 @@ fn port_of(address: &str) -> u32 {
 async fn two_instances_three_forwarders_two_regions() {
     let etcd = EtcdServer::start().await.expect("etcd starts");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("secret"),
-        "deployment-secret-for-tests-0123456789",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("operator"), OPERATOR).unwrap();
-    std::fs::write(dir.path().join("enrolment"), ENROLMENT).unwrap();
-    std::fs::write(
-        dir.path().join("control.toml"),
-        "[registry]\nlease_ttl_ms = 1500\n\n[placement]\nregion_latency = [{ from = \"eu\", to = \"us\", ms = 90 }]\n",
-    )
-    .unwrap();
+    credentials(dir.path(), "[registry]\nlease_ttl_ms = 1500\n\n[placement]\nregion_latency = [{ from = \"eu\", to = \"us\", ms = 90 }]\n");
     let a = Control::start(dir.path(), etcd.endpoint(), "a");
     let b = Control::start(dir.path(), etcd.endpoint(), "b");
     let (ca, cb) = (a.channel().await, b.channel().await);
@@ -519,14 +364,7 @@ async fn two_instances_three_forwarders_two_regions() {
 async fn webinar_of_5000_viewers_uses_ceil_n_over_1000_relays_per_region() {
     let etcd = EtcdServer::start().await.expect("etcd starts");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("secret"),
-        "deployment-secret-for-tests-0123456789",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("operator"), OPERATOR).unwrap();
-    std::fs::write(dir.path().join("enrolment"), ENROLMENT).unwrap();
-    std::fs::write(dir.path().join("control.toml"), "").unwrap();
+    credentials(dir.path(), "");
     let a = Control::start(dir.path(), etcd.endpoint(), "a");
     let b = Control::start(dir.path(), etcd.endpoint(), "b");
     let (ca, cb) = (a.channel().await, b.channel().await);
