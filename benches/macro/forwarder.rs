@@ -159,7 +159,7 @@ impl ForwarderProcess {
         // Its own process group: a Ctrl-C reaches only the harness, which stops the
         // forwarder itself (and waits for it) on the way out.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        net::terminate_child_with_parent(&mut command);
+        fanout_forwarder::driver::os::terminate_child_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
@@ -230,7 +230,7 @@ impl Drop for ForwarderProcess {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        net::kill(self.child.id(), libc::SIGTERM);
+        fanout_forwarder::driver::os::kill(self.child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

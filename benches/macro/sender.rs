@@ -127,7 +127,7 @@ impl Sender {
 
     /// Sends `plan` paced at its rate; stops early when `stop` is set.
     pub fn run(&mut self, plan: &StepPlan, tid: &AtomicI32, stop: &AtomicBool) -> SendReport {
-        net::precise_sleeps();
+        fanout_forwarder::driver::os::precise_sleeps();
         tid.store(net::gettid(), Relaxed);
         let mut report = SendReport::default();
         let rate = plan.ids_per_second.max(1e-3);

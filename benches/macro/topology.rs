@@ -8,7 +8,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::net;
 
 /// The network of one run.
 #[derive(Debug)]
@@ -94,7 +93,7 @@ impl Topology {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    net::enter_network_namespace(file)
+                    fanout_forwarder::driver::os::enter_network_namespace(file)
                         .context("cannot enter the peers' network namespace")?;
                     f()
                 })

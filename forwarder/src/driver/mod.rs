@@ -14,6 +14,7 @@
 //! `poll_timeout`, `handle_timeout`).
 
 mod common;
+pub mod os;
 pub mod mio;
 mod sockaddr;
 pub mod uring;

@@ -1,0 +1,91 @@
+//! What one simulated participant measured: the contract between the sans-IO
+//! [`media`](crate::media) participant that fills it, the engine that collects it, and the
+//! [`report`](crate::report) that aggregates it.
+//!
+//! Kept small and fixed-size on purpose: a 50,000-viewer run holds one per participant
+//! (the per-packet latency distribution goes to per-thread histograms instead, see
+//! [`Delivery`]).
+
+use crate::Micros;
+
+/// One media packet a receiver accepted, handed back so the caller can record the latency
+/// into its histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Arrival time minus the probe's send time.
+    pub latency_us: Micros,
+    /// The packet arrived after the receiver had NACKed it (a repaired loss).
+    pub repaired: bool,
+    /// What kind of track it belongs to.
+    pub kind: MediaKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MediaKind {
+    Audio,
+    Camera,
+    Screen,
+}
+
+/// Counters of what one participant received (all streams together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// Distinct media packets received (first copies, repaired ones included).
+    pub packets: u64,
+    /// RTP payload bytes of those packets.
+    pub bytes: u64,
+    /// Video and screen-share packets the streams' sequence numbers say were sent to this
+    /// receiver, from the first packet of each stream to the highest received. The loss
+    /// counters below are over these: the streams a client repairs with NACK.
+    pub expected: u64,
+    /// Packets missing when first expected (a gap in the sequence): loss before
+    /// retransmission.
+    pub lost_before_rtx: u64,
+    /// Packets that never arrived (given up on, or still missing at the end): loss after
+    /// retransmission.
+    pub lost_after_rtx: u64,
+    /// Audio packets expected and never received (audio is not retransmitted: a late audio
+    /// packet is useless to a jitter buffer, and the forwarder keeps no audio cache).
+    pub audio_expected: u64,
+    pub audio_lost: u64,
+    /// Packets that arrived after a NACK for them.
+    pub repaired: u64,
+    /// Copies of packets already received.
+    pub duplicates: u64,
+    /// Datagrams dropped: failed SRTP authentication, replay, malformed RTP or probe.
+    pub invalid: u64,
+    /// RTCP NACK packets sent, and the sequence numbers they asked for.
+    pub nacks_sent: u64,
+    pub nacked_packets: u64,
+    /// PLI packets sent.
+    pub plis_sent: u64,
+    /// Largest RFC 3550 interarrival jitter of any stream, in microseconds.
+    pub jitter_max_us: u64,
+    /// Video frames the jitter-buffer model rendered, and the freezes among them (a frame
+    /// rendered more than max(3 × the mean frame interval, mean + 150 ms) after the
+    /// previous one, the WebRTC stats definition), and the time spent frozen.
+    pub frames_rendered: u64,
+    pub freezes: u64,
+    pub frozen_us: Micros,
+    /// The jitter buffer's playout delay (target) at the end, largest over streams.
+    pub playout_delay_us: Micros,
+    /// First and last media arrival; `None` while nothing arrived.
+    pub first_media_at: Option<Micros>,
+    pub last_media_at: Option<Micros>,
+    /// The longest silence between two media packets after the first, and when it began:
+    /// the media gap a failure caused.
+    pub longest_gap_us: Micros,
+    pub longest_gap_from: Micros,
+}
+
+/// Counters of what one participant sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublisherStats {
+    /// RTP packets and payload bytes sent (retransmissions not included).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Retransmissions sent in answer to the forwarder's NACKs.
+    pub retransmissions: u64,
+    /// Keyframes sent in answer to PLI/FIR (the periodic ones not included).
+    pub keyframes_requested: u64,
+}
