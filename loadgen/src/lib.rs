@@ -19,12 +19,17 @@
 //! * [`control`] joins through the control plane's gRPC API; [`local`] starts a whole
 //!   deployment on this machine (control plane on the memory store, forwarder processes).
 
+pub mod calibrate;
 pub mod control;
+pub mod engine;
 pub mod impair;
+pub mod local;
 pub mod media;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod scenario;
+pub mod selftest;
 pub mod stats;
 
 /// Microseconds since the run's epoch: every time input and every probe timestamp.

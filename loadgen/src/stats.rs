@@ -89,3 +89,90 @@ pub struct PublisherStats {
     /// Keyframes sent in answer to PLI/FIR (the periodic ones not included).
     pub keyframes_requested: u64,
 }
+
+impl ReceiverStats {
+    /// Fold in what the same participant measured in a later session (it left and
+    /// rejoined): counters add up, extremes are kept. The time away is not a media gap:
+    /// gaps measure what a connected participant missed.
+    pub fn merge(&mut self, later: &ReceiverStats) {
+        self.packets += later.packets;
+        self.bytes += later.bytes;
+        self.expected += later.expected;
+        self.lost_before_rtx += later.lost_before_rtx;
+        self.lost_after_rtx += later.lost_after_rtx;
+        self.audio_expected += later.audio_expected;
+        self.audio_lost += later.audio_lost;
+        self.repaired += later.repaired;
+        self.duplicates += later.duplicates;
+        self.invalid += later.invalid;
+        self.nacks_sent += later.nacks_sent;
+        self.nacked_packets += later.nacked_packets;
+        self.plis_sent += later.plis_sent;
+        self.jitter_max_us = self.jitter_max_us.max(later.jitter_max_us);
+        self.frames_rendered += later.frames_rendered;
+        self.freezes += later.freezes;
+        self.frozen_us += later.frozen_us;
+        self.playout_delay_us = self.playout_delay_us.max(later.playout_delay_us);
+        self.first_media_at = match (self.first_media_at, later.first_media_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_media_at = self.last_media_at.max(later.last_media_at);
+        if later.longest_gap_us > self.longest_gap_us {
+            self.longest_gap_us = later.longest_gap_us;
+            self.longest_gap_from = later.longest_gap_from;
+        }
+    }
+}
+
+impl PublisherStats {
+    pub fn merge(&mut self, later: &PublisherStats) {
+        self.packets += later.packets;
+        self.bytes += later.bytes;
+        self.retransmissions += later.retransmissions;
+        self.keyframes_requested += later.keyframes_requested;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_sessions_adds_counters_and_keeps_extremes() {
+        let first = ReceiverStats {
+            packets: 10,
+            expected: 12,
+            lost_before_rtx: 2,
+            jitter_max_us: 300,
+            first_media_at: Some(1_000),
+            last_media_at: Some(2_000),
+            longest_gap_us: 100,
+            longest_gap_from: 1_500,
+            ..ReceiverStats::default()
+        };
+        let second = ReceiverStats {
+            packets: 5,
+            expected: 5,
+            jitter_max_us: 200,
+            first_media_at: Some(9_000),
+            last_media_at: Some(9_500),
+            longest_gap_us: 50,
+            longest_gap_from: 9_100,
+            ..ReceiverStats::default()
+        };
+        let mut merged = first;
+        merged.merge(&second);
+        assert_eq!(merged.packets, 15);
+        assert_eq!(merged.expected, 17);
+        assert_eq!(merged.lost_before_rtx, 2);
+        assert_eq!(merged.jitter_max_us, 300);
+        assert_eq!(merged.first_media_at, Some(1_000));
+        assert_eq!(merged.last_media_at, Some(9_500));
+        // The time away between the sessions is not a media gap.
+        assert_eq!(
+            (merged.longest_gap_us, merged.longest_gap_from),
+            (100, 1_500)
+        );
+    }
+}

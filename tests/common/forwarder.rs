@@ -193,6 +193,12 @@ pub fn control_binary() -> Result<PathBuf> {
     workspace_binary("fanout-control", "control", "FANOUT_CONTROL_BIN")
 }
 
+/// The `fanout-loadgen` binary, found and built like [`forwarder_binary`];
+/// `FANOUT_LOADGEN_BIN` overrides the search.
+pub fn loadgen_binary() -> Result<PathBuf> {
+    workspace_binary("fanout-loadgen", "loadgen", "FANOUT_LOADGEN_BIN")
+}
+
 /// The binary `name` of the workspace package in folder `folder`, next to the running
 /// executable (target/<profile>/), built with cargo first if it is missing or older than
 /// its package's sources; `env` names a variable that overrides the search.

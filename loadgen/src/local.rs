@@ -1,0 +1,437 @@
+//! A whole deployment on this machine, for `fanout-loadgen run --local`: the control plane
+//! (one instance on the memory store, or several on a private etcd) and N forwarder
+//! processes on loopback, in the scenario's regions. Every process is owned here and
+//! killed when the deployment is dropped, however the run ends.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+/// How a local deployment is shaped.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Forwarder processes, spread round-robin over `regions`.
+    pub forwarders: u32,
+    pub regions: Vec<String>,
+    pub shards: u32,
+    pub max_legs: Option<u32>,
+    pub max_viewers_per_relay: u32,
+    /// Control instances: one runs on the memory store; two or more share an etcd this
+    /// deployment starts (so one can be killed without losing state).
+    pub controls: u32,
+    pub srtp_profile: String,
+    /// Where `fanout-control` and `fanout-forwarder` are; default: next to this program.
+    pub bin_dir: Option<PathBuf>,
+    /// How long a silent forwarder stays alive to the control plane (failover speed).
+    pub lease_ttl_ms: u32,
+}
+
+/// A process of the deployment and the tail of what it logged.
+struct Process {
+    name: String,
+    child: Child,
+    log: Arc<Mutex<Log>>,
+    /// Bumped at every line, for waiting on a marker.
+    lines: watch::Receiver<u64>,
+}
+
+/// What a process logged: the last lines, and the rest of the first line that held each
+/// marker the deployment waits for (kept even after the line scrolls out of the tail).
+#[derive(Default)]
+struct Log {
+    tail: VecDeque<String>,
+    found: Vec<(&'static str, String)>,
+}
+
+const LOG_TAIL_LINES: usize = 40;
+/// Log lines kept for diagnostics are cut to this many characters (a forwarder lists
+/// every port it binds on one line).
+const LOG_LINE_CHARS: usize = 400;
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Process {
+    /// Start `command`, watching its log for `markers`.
+    fn spawn(name: &str, mut command: Command, markers: &[&'static str]) -> Result<Process> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        let log = Arc::new(Mutex::new(Log::default()));
+        let (tx, lines) = watch::channel(0);
+        let shared = Arc::clone(&log);
+        let label = name.to_owned();
+        let markers = markers.to_vec();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let line = strip_ansi(&line);
+                debug!(process = %label, "{line}");
+                {
+                    let mut log = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    for marker in &markers {
+                        if let Some((_, rest)) = line.split_once(marker) {
+                            if !log.found.iter().any(|(m, _)| m == marker) {
+                                log.found.push((marker, rest.to_owned()));
+                            }
+                        }
+                    }
+                    if log.tail.len() == LOG_TAIL_LINES {
+                        log.tail.pop_front();
+                    }
+                    log.tail
+                        .push_back(line.chars().take(LOG_LINE_CHARS).collect());
+                }
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        Ok(Process {
+            name: name.to_owned(),
+            child,
+            log,
+            lines,
+        })
+    }
+
+    /// Wait for the first log line containing `marker` (one given to [`Process::spawn`]);
+    /// returns the rest of the line after it.
+    async fn wait_for(&mut self, marker: &str) -> Result<String> {
+        let wait = async {
+            loop {
+                self.lines.borrow_and_update();
+                {
+                    let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some((_, rest)) = log.found.iter().find(|(m, _)| *m == marker) {
+                        return Ok(rest.clone());
+                    }
+                }
+                if self.lines.changed().await.is_err() {
+                    bail!("{} exited", self.name);
+                }
+            }
+        };
+        match tokio::time::timeout(START_TIMEOUT, wait).await {
+            Ok(Ok(rest)) => Ok(rest),
+            Ok(Err(e)) => Err(e.context(self.tail())),
+            Err(_) => Err(anyhow!(
+                "{} did not log {marker:?} within {START_TIMEOUT:?}\n{}",
+                self.name,
+                self.tail()
+            )),
+        }
+    }
+
+    fn tail(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = format!("--- {} log (tail) ---", self.name);
+        for line in log.tail.iter() {
+            text.push('\n');
+            text.push_str(line);
+        }
+        text
+    }
+
+    async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            fanout_forwarder::driver::os::kill(pid, libc::SIGTERM);
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.kill().await;
+    }
+}
+
+/// Log lines without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One forwarder of the deployment.
+pub struct LocalForwarder {
+    pub id: String,
+    pub region: String,
+    process: Process,
+    alive: bool,
+}
+
+impl std::fmt::Debug for LocalForwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalForwarder")
+            .field("id", &self.id)
+            .field("region", &self.region)
+            .field("alive", &self.alive)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running local deployment.
+pub struct LocalDeployment {
+    /// Credentials and configuration files; removed on drop.
+    _dir: tempfile::TempDir,
+    controls: Vec<Process>,
+    pub forwarders: Vec<LocalForwarder>,
+    _etcd: Option<fanout_control::testing::EtcdServer>,
+    /// `http://` URLs of the control instances.
+    pub control_urls: Vec<String>,
+    pub operator_token: String,
+}
+
+/// First media port of the local forwarders; each gets its own range above it (a meeting,
+/// or a webinar's relay node, takes one port).
+const PORT_BASE: u32 = 30_000;
+const PORTS_PER_FORWARDER: u32 = 500;
+
+/// What `fanout-control` logs when it serves (followed by its address), and what a
+/// forwarder logs once registered and taking meetings.
+const CONTROL_LISTENING: &str = "listening on ";
+const FORWARDER_READY: &str = "control plane: watching the desired state";
+
+impl std::fmt::Debug for LocalDeployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalDeployment")
+            .field("control_urls", &self.control_urls)
+            .field("forwarders", &self.forwarders)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalDeployment {
+    pub async fn start(options: &LocalOptions) -> Result<LocalDeployment> {
+        if options.forwarders == 0 {
+            bail!("a local deployment needs at least one forwarder");
+        }
+        let bin_dir = binary_dir(options.bin_dir.as_deref())?;
+        let dir = tempfile::Builder::new()
+            .prefix("fanout-loadgen-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let operator_token = random_token();
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(path)
+        };
+        let secret = write("secret", &random_token())?;
+        let operator = write("operator", &operator_token)?;
+        let enrolment = write("enrolment", &random_token())?;
+        let config = write(
+            "control.toml",
+            &format!(
+                "[registry]\nlease_ttl_ms = {}\n\n[meetings]\nsrtp_profile = \"{}\"\n\n[relays]\nmax_viewers_per_relay = {}\n",
+                options.lease_ttl_ms, options.srtp_profile, options.max_viewers_per_relay
+            ),
+        )?;
+
+        let etcd = if options.controls > 1 {
+            Some(fanout_control::testing::EtcdServer::start().await.context(
+                "cannot start etcd for several control instances (is etcd-server installed?)",
+            )?)
+        } else {
+            None
+        };
+        let mut controls = Vec::new();
+        let mut control_urls = Vec::new();
+        for index in 0..options.controls.max(1) {
+            let name = format!("control-{index}");
+            let mut command = Command::new(bin_dir.join("fanout-control"));
+            match &etcd {
+                Some(etcd) => command.args(["--store", "etcd", "--etcd", etcd.endpoint()]),
+                None => command.args(["--store", "memory"]),
+            };
+            command
+                .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+                .arg("--secret-file")
+                .arg(&secret)
+                .arg("--operator-token-file")
+                .arg(&operator)
+                .arg("--enrolment-token-file")
+                .arg(&enrolment)
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "info");
+            let mut process = Process::spawn(&name, command, &[CONTROL_LISTENING])?;
+            let rest = process.wait_for(CONTROL_LISTENING).await?;
+            let address = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            info!(%name, %address, "control plane started");
+            control_urls.push(format!("http://{address}"));
+            controls.push(process);
+        }
+
+        let mut forwarders = Vec::new();
+        let regions = if options.regions.is_empty() {
+            vec!["local".to_owned()]
+        } else {
+            options.regions.clone()
+        };
+        for index in 0..options.forwarders {
+            let region = regions[index as usize % regions.len()].clone();
+            let id = format!("fwd-{region}-{index}");
+            let first = PORT_BASE + index * PORTS_PER_FORWARDER;
+            let mut command = Command::new(bin_dir.join("fanout-forwarder"));
+            command
+                .args(["--control", &control_urls[0]])
+                .args(["--forwarder-id", &id, "--region", &region])
+                .args(["--media-ip", "127.0.0.1", "--listen", "127.0.0.1:0"])
+                .args([
+                    "--port-range",
+                    &format!("{first}-{}", first + PORTS_PER_FORWARDER - 1),
+                ])
+                .args(["--shards", &options.shards.max(1).to_string()])
+                .args(["--progress-interval", "0", "--metrics", "127.0.0.1:0"])
+                .arg("--enrolment-token-file")
+                .arg(&enrolment)
+                .env("RUST_LOG", "info");
+            if let Some(max_legs) = options.max_legs {
+                command.args(["--max-legs", &max_legs.to_string()]);
+            }
+            let process = Process::spawn(&id, command, &[FORWARDER_READY])?;
+            forwarders.push(LocalForwarder {
+                id,
+                region,
+                process,
+                alive: true,
+            });
+        }
+        for forwarder in &mut forwarders {
+            forwarder.process.wait_for(FORWARDER_READY).await?;
+        }
+        info!(
+            forwarders = forwarders.len(),
+            controls = controls.len(),
+            "local deployment up"
+        );
+        Ok(LocalDeployment {
+            _dir: dir,
+            controls,
+            forwarders,
+            _etcd: etcd,
+            control_urls,
+            operator_token,
+        })
+    }
+
+    /// Kill a forwarder as a crash would (SIGKILL: no goodbye to the control plane).
+    pub async fn kill_forwarder(&mut self, id: &str) -> Result<()> {
+        let forwarder = self
+            .forwarders
+            .iter_mut()
+            .find(|f| f.id == id && f.alive)
+            .ok_or_else(|| anyhow!("no live local forwarder {id}"))?;
+        forwarder.process.kill().await;
+        forwarder.alive = false;
+        Ok(())
+    }
+
+    /// Kill a control instance (SIGKILL).
+    pub async fn kill_control(&mut self, index: usize) -> Result<()> {
+        let control = self
+            .controls
+            .get_mut(index)
+            .ok_or_else(|| anyhow!("no control instance {index}"))?;
+        control.kill().await;
+        Ok(())
+    }
+
+    /// Stop everything cleanly (SIGTERM, then SIGKILL after 5 s).
+    pub async fn stop(mut self) {
+        for forwarder in self.forwarders.iter_mut().filter(|f| f.alive) {
+            forwarder.process.stop().await;
+        }
+        for control in &mut self.controls {
+            control.stop().await;
+        }
+    }
+
+    /// The log tails of every process, for a failed run's diagnostics.
+    pub fn tails(&self) -> String {
+        self.controls
+            .iter()
+            .chain(self.forwarders.iter().map(|f| &f.process))
+            .map(Process::tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Where the deployment's binaries are: `explicit`, `$FANOUT_BIN_DIR`, or the directory of
+/// this program (cargo puts every binary of the workspace there; a test's executable is
+/// one level below, in `deps/`).
+fn binary_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    let candidates: Vec<PathBuf> = match explicit {
+        Some(dir) => vec![dir.to_owned()],
+        None => {
+            let mut dirs = Vec::new();
+            if let Some(dir) = std::env::var_os("FANOUT_BIN_DIR") {
+                dirs.push(PathBuf::from(dir));
+            }
+            let exe = std::env::current_exe().context("cannot locate this program")?;
+            if let Some(dir) = exe.parent() {
+                dirs.push(dir.to_owned());
+                if dir.file_name().is_some_and(|n| n == "deps") {
+                    dirs.extend(dir.parent().map(Path::to_owned));
+                }
+            }
+            dirs
+        }
+    };
+    candidates
+        .iter()
+        .find(|dir| dir.join("fanout-control").is_file() && dir.join("fanout-forwarder").is_file())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow!(
+                "fanout-control and fanout-forwarder not found in {}; build them with `cargo build --release --bins` or pass --bin-dir",
+                candidates
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// A random credential (hex of 32 random bytes).
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

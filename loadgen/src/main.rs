@@ -1,0 +1,397 @@
+//! `fanout-loadgen`: play thousands of participants against a Fanout deployment and report
+//! what they experienced; plan an event's forwarders from a calibration.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info};
+
+use fanout_loadgen::local::{LocalDeployment, LocalOptions};
+use fanout_loadgen::report::{Report, Threshold};
+use fanout_loadgen::run::{self, RunOptions, Target};
+use fanout_loadgen::scenario::Scenario;
+use fanout_loadgen::{calibrate, plan, selftest};
+
+/// Fanout's load generator.
+///
+/// Plays a scenario (meetings, webinars, churn, impairments, failures) with simulated
+/// participants that join through the control plane's gRPC API and send and receive
+/// real SRTP media, then reports join time, one-way latency, loss before and after
+/// retransmission, jitter, freezes and the recovery from injected failures.
+///
+/// `run SCENARIO --local` starts a whole deployment on this machine (control plane on the
+/// memory store, forwarder processes on loopback), runs the scenario against it and tears
+/// it down. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
+/// examples.
+#[derive(Debug, Parser)]
+#[command(name = "fanout-loadgen", version, about, long_about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log filter, in tracing's EnvFilter syntax (`RUST_LOG` works too).
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log: String,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a scenario and report.
+    Run(RunArgs),
+    /// Print the forwarders and relays an event needs, from a calibration.
+    Plan(PlanArgs),
+    /// Measure one forwarder's capacity (for `plan`): one publisher, growing numbers of
+    /// subscribers, until latency or loss says the forwarder is full.
+    Calibrate(CalibrateArgs),
+    /// Measure the load generator's own overhead: a publisher sending straight to a
+    /// subscriber over loopback, no forwarder between.
+    Selftest(SelftestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The scenario file (TOML). Without one, the scenario is built from --set alone.
+    scenario: Option<PathBuf>,
+
+    /// Override a scenario field, in TOML: `--set duration_s=30`,
+    /// `--set 'meetings=[{count=2, participants=5}]'`, `--set join.rate_per_s=500`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+
+    /// Start a whole deployment on this machine (see [local] in the scenario) and run
+    /// against it.
+    #[arg(long, conflicts_with = "control")]
+    local: bool,
+
+    /// Run against an existing deployment: its control plane URL(s), `http://host:port`
+    /// (repeat for several instances; joins are spread over them).
+    #[arg(long, value_name = "URL")]
+    control: Vec<String>,
+
+    /// File holding the operator token (to create, watch and end meetings).
+    #[arg(long, value_name = "FILE", env = "FANOUT_OPERATOR_TOKEN_FILE")]
+    operator_token_file: Option<PathBuf>,
+
+    /// Where `fanout-control` and `fanout-forwarder` are (--local); default: next to this
+    /// program.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+
+    /// Write the report as JSON to FILE (`-` for standard output).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Fail (exit code 2) if a condition on the report holds, e.g.
+    /// `--fail-if "p99_latency_ms > 150"`. Repeatable.
+    #[arg(long = "fail-if", value_name = "CONDITION")]
+    fail_if: Vec<String>,
+
+    /// Engine worker threads (default: one per CPU, leaving one to the forwarders with
+    /// --local).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+
+    /// Seconds between progress lines (0: none).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    progress_interval: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct PlanArgs {
+    /// The event description (TOML; see loadgen/events/).
+    event: PathBuf,
+    /// The calibration of one forwarder (JSON written by `fanout-loadgen calibrate`).
+    #[arg(long, value_name = "FILE")]
+    calibration: PathBuf,
+    /// Print the plan as JSON instead.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct CalibrateArgs {
+    /// Where to write the calibration (JSON).
+    #[arg(long, value_name = "FILE", default_value = "calibration.json")]
+    out: PathBuf,
+    /// Seconds per step.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    step_duration: f64,
+    /// Subscribers of the first step; each next step doubles them.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    start: u32,
+    /// Stop at this many subscribers.
+    #[arg(long, value_name = "N", default_value_t = 3200)]
+    max: u32,
+    /// The forwarder is full when the p99 latency passes this (ms) ...
+    #[arg(long, value_name = "MS", default_value_t = 50.0)]
+    latency_bound_ms: f64,
+    /// ... or the loss after retransmission passes this fraction.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.001)]
+    loss_bound: f64,
+    /// Forwarder shards.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    shards: u32,
+    /// SRTP profile.
+    #[arg(long, default_value = "AEAD_AES_128_GCM")]
+    srtp_profile: String,
+    /// Where `fanout-control` and `fanout-forwarder` are.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SelftestArgs {
+    /// Seconds to run.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    duration: f64,
+    /// Publisher/subscriber pairs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pairs: u32,
+    /// Fail if the p99 latency is above this many microseconds.
+    #[arg(long, value_name = "US", default_value_t = 100)]
+    max_p99_us: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match args.command {
+            Command::Run(run) => run_command(run).await,
+            Command::Plan(plan) => plan_command(&plan).map(|()| ExitCode::SUCCESS),
+            Command::Calibrate(calibrate) => calibrate_command(calibrate).await,
+            Command::Selftest(selftest) => selftest_command(&selftest).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit code of a run whose `--fail-if` condition held (1 is for errors).
+const THRESHOLD_FAILED: u8 = 2;
+
+async fn run_command(args: RunArgs) -> Result<ExitCode> {
+    let thresholds = args
+        .fail_if
+        .iter()
+        .map(|t| Threshold::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let scenario = load_scenario(args.scenario.as_deref(), &args.set)?;
+    let raised = fanout_forwarder::driver::os::raise_nofile(
+        scenario.expand().total_participants as u64 + 1024,
+    )
+    .context("cannot raise the descriptor limit")?;
+    info!(descriptor_limit = raised, "one UDP socket per participant");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (target, threads) = if args.local {
+        let options = local_options(&scenario, args.bin_dir.clone());
+        info!(
+            forwarders = options.forwarders,
+            regions = ?options.regions,
+            "starting a local deployment"
+        );
+        let deployment = LocalDeployment::start(&options).await?;
+        (
+            Target::Local(deployment),
+            args.threads.unwrap_or((cores / 2).max(1)),
+        )
+    } else {
+        if args.control.is_empty() {
+            bail!("say where to run: --local, or --control URL with --operator-token-file");
+        }
+        let file = args
+            .operator_token_file
+            .as_deref()
+            .context("--control needs --operator-token-file")?;
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .trim()
+            .to_owned();
+        (
+            Target::Remote {
+                control_urls: args.control.clone(),
+                operator_token: token,
+            },
+            args.threads.unwrap_or(cores),
+        )
+    };
+    let options = RunOptions {
+        threads,
+        progress_every: (args.progress_interval > 0.0)
+            .then(|| Duration::from_secs_f64(args.progress_interval)),
+    };
+    let outcome = run::run(&scenario, target, &options).await;
+    let results = match outcome {
+        Ok((results, Target::Local(deployment))) => {
+            deployment.stop().await;
+            results
+        }
+        Ok((results, Target::Remote { .. })) => results,
+        Err(e) => return Err(e),
+    };
+    let report = Report::from_results(&results);
+    println!("{}", report.human());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        if path == Path::new("-") {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            info!(path = %path.display(), "report written");
+        }
+    }
+    let violations: Vec<String> = thresholds.iter().filter_map(|t| t.check(&report)).collect();
+    for violation in &violations {
+        error!("--fail-if: {violation}");
+    }
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(THRESHOLD_FAILED)
+    })
+}
+
+/// The scenario from a file and `--set` overrides (each a TOML `key = value`, dotted keys
+/// reaching into tables).
+fn load_scenario(path: Option<&Path>, sets: &[String]) -> Result<Scenario> {
+    let (text, origin) = match path {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the scenario {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (String::new(), "--set".to_owned()),
+    };
+    if sets.is_empty() {
+        return Ok(Scenario::from_toml_str(&text, &origin)?);
+    }
+    let mut table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    for set in sets {
+        let (key, value) = set
+            .split_once('=')
+            .with_context(|| format!("--set {set:?}: expected KEY=VALUE"))?;
+        let value: toml::Table = format!("v = {value}")
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--set {set:?}: the value is not TOML: {e}"))?;
+        let value = value
+            .get("v")
+            .cloned()
+            .unwrap_or(toml::Value::Boolean(true));
+        let mut at = &mut table;
+        let mut parts: Vec<&str> = key.trim().split('.').collect();
+        let last = parts.pop().context("--set: empty key")?;
+        for part in parts {
+            at = at
+                .entry(part.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .with_context(|| format!("--set {key}: {part} is not a table"))?;
+        }
+        at.insert(last.to_owned(), value);
+    }
+    let text = toml::to_string(&table)?;
+    Ok(Scenario::from_toml_str(
+        &text,
+        &format!("{origin} with --set"),
+    )?)
+}
+
+fn local_options(scenario: &Scenario, bin_dir: Option<PathBuf>) -> LocalOptions {
+    let local = &scenario.local;
+    LocalOptions {
+        forwarders: local.forwarders,
+        regions: scenario.local_regions(),
+        shards: local.shards,
+        max_legs: local.max_legs,
+        max_viewers_per_relay: local.max_viewers_per_relay,
+        controls: local.controls,
+        srtp_profile: scenario.srtp_profile.name().to_owned(),
+        bin_dir,
+        lease_ttl_ms: local.lease_ttl_ms,
+    }
+}
+
+fn plan_command(args: &PlanArgs) -> Result<()> {
+    let event = plan::Event::load(&args.event)?;
+    let calibration = plan::Calibration::load(&args.calibration)?;
+    let plan = plan::plan(&event, &calibration)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        println!("{}", plan.human());
+    }
+    Ok(())
+}
+
+async fn calibrate_command(args: CalibrateArgs) -> Result<ExitCode> {
+    let options = calibrate::CalibrateOptions {
+        step_duration: Duration::from_secs_f64(args.step_duration),
+        start: args.start,
+        max: args.max,
+        latency_bound_ms: args.latency_bound_ms,
+        loss_bound: args.loss_bound,
+        shards: args.shards,
+        srtp_profile: args.srtp_profile,
+        bin_dir: args.bin_dir,
+    };
+    let calibration = calibrate::calibrate(&options).await?;
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&calibration)? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", args.out.display()))?;
+    info!(path = %args.out.display(), "calibration written");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn selftest_command(args: &SelftestArgs) -> Result<ExitCode> {
+    let measured = selftest::run(Duration::from_secs_f64(args.duration), args.pairs).await?;
+    println!("{}", measured.human());
+    Ok(if measured.p99_us <= args.max_p99_us {
+        ExitCode::SUCCESS
+    } else {
+        error!(
+            "the loopback p99 latency, {} µs, is above {} µs",
+            measured.p99_us, args.max_p99_us
+        );
+        ExitCode::from(THRESHOLD_FAILED)
+    })
+}

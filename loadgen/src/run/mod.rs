@@ -1,0 +1,731 @@
+//! A run: meetings created and participants joined through the control plane, media
+//! played by the [`engine`](crate::engine), forwarder moves followed, churn and failures
+//! injected, and everything measured gathered into [`RunResults`].
+//!
+//! Time line: participants join at the scenario's rate (hosts and presenters first, then
+//! everyone else round-robin over the meetings, as an event's audience arrives); the
+//! *steady state* begins when the last join returned, and lasts `duration_s`. Failure
+//! times (`at_s`) count from the start of the steady state. At the end, publishers fall
+//! silent first and receivers get a moment to repair what is still in flight, so the
+//! end of the run is not counted as loss.
+
+mod roster;
+pub(crate) mod setup;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, Mutex as AsyncMutex, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::control::{ControlClient, JoinRequest, MeetingNews, NewMeeting};
+use crate::engine::{Clock, Engine, ParticipantKey};
+use crate::local::LocalDeployment;
+use crate::report::{FailureResult, ParticipantResult, Progress, RunResults};
+use crate::scenario::{Expanded, FailureSpec, FailureTarget, Kill, Role, Scenario};
+use crate::Micros;
+
+use roster::Roster;
+
+/// Where the run goes.
+#[derive(Debug)]
+pub enum Target {
+    /// A deployment this run started (`--local`); failures can be injected into it.
+    Local(LocalDeployment),
+    /// An existing deployment's control plane(s).
+    Remote {
+        control_urls: Vec<String>,
+        operator_token: String,
+    },
+}
+
+/// How the run behaves, beyond the scenario.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Engine worker threads.
+    pub threads: usize,
+    /// Print a progress line this often (none: quiet).
+    pub progress_every: Option<Duration>,
+}
+
+/// How long publishers stay silent before the receivers are read at the end: long enough
+/// for the last retransmissions (NACK retries span about a second).
+const DRAIN: Duration = Duration::from_millis(1500);
+
+/// Run `scenario` against `target`. The target is handed back (a local deployment is torn
+/// down by its owner).
+pub async fn run(
+    scenario: &Scenario,
+    target: Target,
+    options: &RunOptions,
+) -> Result<(RunResults, Target)> {
+    let expanded = scenario.expand();
+    let (control_urls, operator_token) = match &target {
+        Target::Local(deployment) => (
+            deployment.control_urls.clone(),
+            deployment.operator_token.clone(),
+        ),
+        Target::Remote {
+            control_urls,
+            operator_token,
+        } => (control_urls.clone(), operator_token.clone()),
+    };
+    if !scenario.failures.is_empty() && !matches!(target, Target::Local(_)) {
+        bail!(
+            "failure injection needs --local (this run cannot kill another deployment's processes)"
+        );
+    }
+    let mut clients = Vec::new();
+    for url in &control_urls {
+        clients.push(ControlClient::connect(url, &operator_token).await?);
+    }
+    let clients = Arc::new(Clients {
+        all: clients,
+        next: AtomicUsize::new(0),
+    });
+    let profile = scenario.srtp_profile;
+    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let meeting_ids: Vec<String> = expanded
+        .meetings
+        .iter()
+        .map(|m| format!("{}-{run_id}-{}", scenario.name, m.id))
+        .collect();
+    let host_keys: Vec<String> = expanded
+        .meetings
+        .iter()
+        .map(|_| format!("{:032x}", rand::random::<u128>()))
+        .collect();
+
+    // Meetings first, concurrently.
+    let started = Instant::now();
+    let mut creations = tokio::task::JoinSet::new();
+    for (index, meeting) in expanded.meetings.iter().enumerate() {
+        let client = clients.pick();
+        let new = NewMeeting {
+            id: meeting_ids[index].clone(),
+            webinar: meeting.webinar,
+            title: format!("{} {}", scenario.name, meeting.id),
+            passcode: meeting.passcode.clone(),
+            host_key: Some(host_keys[index].clone()),
+            max_participants: meeting.participants.len() as u32 + 16,
+        };
+        creations.spawn(async move { client.create_meeting(&new).await });
+        while creations.len() >= 32 {
+            if let Some(created) = creations.join_next().await {
+                created.context("meeting creation task")??;
+            }
+        }
+    }
+    while let Some(created) = creations.join_next().await {
+        created.context("meeting creation task")??;
+    }
+    info!(
+        meetings = expanded.meetings.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "meetings created"
+    );
+
+    let clock = Clock::start();
+    let engine = Arc::new(Engine::start(options.threads, clock)?);
+    let participants = flatten(&expanded);
+    let roster = Arc::new(Roster::new(participants.len()));
+    let context = Arc::new(RunContext {
+        scenario: scenario.clone(),
+        expanded,
+        participants,
+        meeting_ids,
+        host_keys,
+        profile,
+        engine: Arc::clone(&engine),
+        roster: Arc::clone(&roster),
+        clients: Arc::clone(&clients),
+        clock,
+        forwarders: match &target {
+            Target::Local(deployment) => deployment.forwarders.len(),
+            Target::Remote { .. } => 0,
+        },
+        joined: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+    });
+
+    // Watch every meeting, to follow forwarder moves.
+    let (news_tx, news_rx) = mpsc::unbounded_channel();
+    let mut background = tokio::task::JoinSet::new();
+    for id in &context.meeting_ids {
+        let client = clients.pick();
+        let news = news_tx.clone();
+        let id = id.clone();
+        background.spawn(async move { client.watch(id, news).await });
+    }
+    drop(news_tx);
+    background.spawn(follow_moves(Arc::clone(&context), news_rx));
+    if let Some(every) = options.progress_every {
+        background.spawn(show_progress(Arc::clone(&context), every));
+    }
+
+    // Joins, at the scenario's rate and concurrency.
+    join_everyone(&context).await;
+    let steady_from = clock.now();
+    let joined = context.joined.load(Ordering::Relaxed);
+    info!(
+        joined,
+        planned = context.participants.len(),
+        elapsed_s = started.elapsed().as_secs_f64(),
+        "joins done; steady state"
+    );
+
+    // Steady state: churn and failures run beside it.
+    let target = Arc::new(AsyncMutex::new(target));
+    let mut injected = tokio::task::JoinSet::new();
+    for failure in &scenario.failures {
+        injected.spawn(inject_failure(
+            Arc::clone(&context),
+            Arc::clone(&target),
+            failure.clone(),
+            steady_from,
+        ));
+    }
+    if scenario
+        .churn
+        .leave_rejoin_per_min
+        .per_minute(context.participants.len())
+        > 0.0
+    {
+        background.spawn(churn(Arc::clone(&context)));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(scenario.duration_s)).await;
+
+    // The end: stop churn and failures, let retransmissions settle, collect.
+    context.stopping.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    while let Some(done) = injected.join_next().await {
+        match done {
+            Ok(Ok(failure)) => failures.push(failure),
+            Ok(Err(e)) => warn!("failure injection failed: {e:#}"),
+            Err(e) => warn!("failure injection task: {e}"),
+        }
+    }
+    let ended_at = clock.now();
+    engine.stop_publishing()?;
+    tokio::time::sleep(DRAIN).await;
+    background.shutdown().await;
+    let measured = engine.finish().await?;
+    {
+        let mut roster = roster.lock();
+        for outcome in &measured.participants {
+            roster.row(outcome.key).settle(outcome);
+        }
+    }
+    end_meetings(&context).await;
+
+    let failures = failures.into_iter().map(|f| f.result(&context)).collect();
+    let results = collect(&context, measured.latency, failures, steady_from, ended_at);
+    let target = Arc::try_unwrap(target)
+        .map_err(|_| anyhow::anyhow!("the deployment is still shared at the end of the run"))?
+        .into_inner();
+    Ok((results, target))
+}
+
+/// The control instances, used round-robin (a killed one is skipped by retrying the next).
+struct Clients {
+    all: Vec<ControlClient>,
+    next: AtomicUsize,
+}
+
+impl Clients {
+    fn pick(&self) -> ControlClient {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.all.len();
+        self.all[index].clone()
+    }
+}
+
+/// One planned participant, flattened: its meeting and its plan.
+#[derive(Debug, Clone)]
+struct Seat {
+    meeting: usize,
+    /// Its index in the meeting's plan.
+    index: usize,
+    participant: crate::scenario::PlannedParticipant,
+}
+
+impl Seat {
+    /// Hosts join with the meeting's host key: a webinar's presenters.
+    fn is_host(&self) -> bool {
+        self.participant.role == Role::Presenter
+    }
+}
+
+/// Everything the run's tasks share.
+struct RunContext {
+    scenario: Scenario,
+    expanded: Expanded,
+    participants: Vec<Seat>,
+    meeting_ids: Vec<String>,
+    host_keys: Vec<String>,
+    profile: fanout_forwarder::srtp::SrtpProfile,
+    engine: Arc<Engine>,
+    roster: Arc<Roster>,
+    clients: Arc<Clients>,
+    clock: Clock,
+    /// Forwarders of a local deployment (0: unknown, a remote one).
+    forwarders: usize,
+    joined: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+/// Participants in join order: hosts and presenters first (a webinar's stage is set
+/// before its audience arrives), then everyone else round-robin over the meetings.
+fn flatten(expanded: &Expanded) -> Vec<Seat> {
+    let mut stage = Vec::new();
+    let mut queues: Vec<std::collections::VecDeque<Seat>> = Vec::new();
+    for (meeting, planned) in expanded.meetings.iter().enumerate() {
+        let mut queue = std::collections::VecDeque::new();
+        for (index, participant) in planned.participants.iter().enumerate() {
+            let seat = Seat {
+                meeting,
+                index,
+                participant: participant.clone(),
+            };
+            if seat.is_host() {
+                stage.push(seat);
+            } else {
+                queue.push_back(seat);
+            }
+        }
+        queues.push(queue);
+    }
+    let mut order = stage;
+    loop {
+        let before = order.len();
+        for queue in &mut queues {
+            if let Some(seat) = queue.pop_front() {
+                order.push(seat);
+            }
+        }
+        if order.len() == before {
+            return order;
+        }
+    }
+}
+
+async fn join_everyone(context: &Arc<RunContext>) {
+    let join = &context.scenario.join;
+    let interval = Duration::from_secs_f64(1.0 / join.rate_per_s.max(0.001));
+    let permits = Arc::new(Semaphore::new(join.concurrency.max(1) as usize));
+    let mut next = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..context.participants.len() {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let context = Arc::clone(context);
+        tasks.spawn(async move {
+            let key = ParticipantKey(index as u64);
+            if let Err(e) = join_one(&context, key).await {
+                debug!(participant = index, "join failed: {e:#}");
+                context.roster.lock().row(key).join_error = Some(format!("{e:#}"));
+            }
+            drop(permit);
+        });
+        // Reap finished tasks as we go so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Join one participant through the control plane and start its media. A control
+/// instance that is down is skipped for the next one.
+async fn join_one(context: &RunContext, key: ParticipantKey) -> Result<()> {
+    let seat = &context.participants[key.0 as usize];
+    let meeting = &context.expanded.meetings[seat.meeting];
+    let request = JoinRequest {
+        meeting: context.meeting_ids[seat.meeting].clone(),
+        display_name: seat.participant.name.clone(),
+        region: seat.participant.region.clone(),
+        passcode: meeting.passcode.clone(),
+        host_key: seat
+            .is_host()
+            .then(|| context.host_keys[seat.meeting].clone()),
+        profile: context.profile,
+    };
+    let mut last_error = None;
+    for _ in 0..context.clients.all.len() {
+        match context.clients.pick().join(&request).await {
+            Ok(joined) => {
+                let setup = setup::participant(&context.scenario, &seat.participant, key, &joined)?;
+                context.engine.add(setup)?;
+                context.roster.lock().joined(key, joined);
+                context.joined.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no control plane to join through")))
+}
+
+/// Follow FORWARDER_CHANGED: point the named participants (or, for an event naming
+/// nobody, everyone on the meeting's stage) at their new forwarder.
+async fn follow_moves(
+    context: Arc<RunContext>,
+    mut news: mpsc::UnboundedReceiver<(String, MeetingNews)>,
+) {
+    let meeting_index: HashMap<String, usize> = context
+        .meeting_ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| (id.clone(), index))
+        .collect();
+    while let Some((meeting, item)) = news.recv().await {
+        let MeetingNews::ForwarderChanged {
+            participant,
+            forwarder_id,
+            address,
+        } = item
+        else {
+            if let MeetingNews::Ended(why) = item {
+                debug!(%meeting, "watch ended: {why}");
+            }
+            continue;
+        };
+        let Some(&index) = meeting_index.get(&meeting) else {
+            continue;
+        };
+        let now = context.clock.now();
+        let keys: Vec<ParticipantKey> = {
+            let roster = context.roster.lock();
+            match &participant {
+                Some(id) => roster
+                    .by_participant_id
+                    .get(id)
+                    .copied()
+                    .into_iter()
+                    .collect(),
+                None => (0..context.participants.len())
+                    .map(|i| ParticipantKey(i as u64))
+                    .filter(|key| {
+                        let seat = &context.participants[key.0 as usize];
+                        // A webinar's audience is on relays: a meeting-wide move concerns
+                        // the stage only.
+                        seat.meeting == index
+                            && (!context.expanded.meetings[index].webinar || seat.is_host())
+                    })
+                    .collect(),
+            }
+        };
+        let mut roster = context.roster.lock();
+        for key in keys {
+            let row = roster.row(key);
+            let Some(joined) = row.joined.as_mut() else {
+                continue;
+            };
+            joined.forwarder_id = forwarder_id.clone();
+            joined.forwarder = address;
+            row.moved_at = Some(now);
+            if let Err(e) = context.engine.move_to(key, address) {
+                warn!("cannot move a participant: {e:#}");
+            }
+        }
+        info!(%meeting, forwarder = %forwarder_id, %address, "forwarder changed");
+    }
+}
+
+/// Live progress on the terminal (stderr), one line at a time.
+async fn show_progress(context: Arc<RunContext>, every: Duration) {
+    let progress = Arc::clone(context.engine.progress());
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let line = Progress {
+            elapsed_s: context.clock.now() as f64 / 1e6,
+            joined: context.joined.load(Ordering::Relaxed),
+            target: context.participants.len(),
+            packets_out: progress.packets_out.load(Ordering::Relaxed),
+            packets_in: progress.packets_in.load(Ordering::Relaxed),
+            latency_p99_ms: progress.window_p99_us() as f64 / 1e3,
+            loss: progress.loss(),
+            rejected: progress.rejected.load(Ordering::Relaxed),
+        }
+        .line();
+        eprintln!("{line}");
+    }
+}
+
+/// Leave and rejoin: every `60 / leave_rejoin_per_min` seconds a random participant (not
+/// a host: the stage stays) leaves, and rejoins `rejoin_after_s` later.
+async fn churn(context: Arc<RunContext>) {
+    let churn = &context.scenario.churn;
+    let every = Duration::from_secs_f64(
+        60.0 / churn
+            .leave_rejoin_per_min
+            .per_minute(context.participants.len()),
+    );
+    let away = Duration::from_secs_f64(churn.rejoin_after_s);
+    let mut rng = StdRng::seed_from_u64(context.scenario.seed ^ 0xc4);
+    let mut ticker = tokio::time::interval(every);
+    // Owned here, so that the end of the run (which aborts this task) stops them too.
+    let mut leaving = tokio::task::JoinSet::new();
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        while leaving.try_join_next().is_some() {}
+        if context.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let candidates: Vec<ParticipantKey> = {
+            let roster = context.roster.lock();
+            roster
+                .rows
+                .iter()
+                .enumerate()
+                .filter(|(i, row)| row.joined.is_some() && !context.participants[*i].is_host())
+                .map(|(i, _)| ParticipantKey(i as u64))
+                .collect()
+        };
+        if candidates.is_empty() {
+            continue;
+        }
+        let key = candidates[rng.gen_range(0..candidates.len())];
+        let context = Arc::clone(&context);
+        leaving.spawn(async move {
+            if let Err(e) = leave_and_rejoin(&context, key, away).await {
+                warn!(participant = key.0, "churn: {e:#}");
+            }
+        });
+    }
+}
+
+async fn leave_and_rejoin(context: &RunContext, key: ParticipantKey, away: Duration) -> Result<()> {
+    let Some(joined) = context.roster.lock().left(key) else {
+        return Ok(());
+    };
+    if let Some(outcome) = context.engine.remove(key).await? {
+        context.roster.lock().row(key).settle(&outcome);
+    }
+    context.joined.fetch_sub(1, Ordering::Relaxed);
+    let meeting = &context.meeting_ids[context.participants[key.0 as usize].meeting];
+    context
+        .clients
+        .pick()
+        .leave(meeting, &joined.join_token)
+        .await?;
+    tokio::time::sleep(away).await;
+    if context.stopping.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    join_one(context, key).await
+}
+
+/// A failure that was injected, and whom it hit.
+struct Injected {
+    at: Micros,
+    at_s: f64,
+    what: String,
+    affected: Vec<ParticipantKey>,
+}
+
+impl Injected {
+    /// What the affected participants saw: the media gap around the failure and when
+    /// media came back.
+    fn result(&self, context: &RunContext) -> FailureResult {
+        let roster = context.roster.lock();
+        let mut gap_ms = Vec::new();
+        let mut recovery_ms = Vec::new();
+        let mut affected = 0;
+        for key in &self.affected {
+            if !expects_media(context, *key) {
+                continue;
+            }
+            let row = &roster.rows[key.0 as usize];
+            let Some(receiver) = &row.receiver else {
+                continue;
+            };
+            if receiver.first_media_at.is_none_or(|first| first > self.at) {
+                // It had no media before the failure: nothing to lose.
+                continue;
+            }
+            affected += 1;
+            // The gap this failure caused is the longest one that spans the failure time
+            // (media may stop up to a packet interval before the kill is observed).
+            let gap_end = receiver.longest_gap_from + receiver.longest_gap_us;
+            let spans = receiver.longest_gap_from <= self.at + 1_000_000 && gap_end >= self.at;
+            let recovered_at = if spans {
+                gap_ms.push(receiver.longest_gap_us as f64 / 1e3);
+                receiver
+                    .last_media_at
+                    .filter(|&last| last >= gap_end)
+                    .map(|_| gap_end)
+            } else {
+                // Media never stopped for long around the failure.
+                gap_ms.push(0.0);
+                receiver
+                    .last_media_at
+                    .filter(|&last| last > self.at)
+                    .map(|_| self.at)
+            };
+            if let Some(at) = recovered_at {
+                recovery_ms.push(at.saturating_sub(self.at) as f64 / 1e3);
+            }
+        }
+        FailureResult {
+            at_s: self.at_s,
+            what: self.what.clone(),
+            affected,
+            recovered: recovery_ms.len(),
+            recovery_ms,
+            gap_ms,
+        }
+    }
+}
+
+async fn inject_failure(
+    context: Arc<RunContext>,
+    target: Arc<AsyncMutex<Target>>,
+    failure: FailureSpec,
+    steady_from: Micros,
+) -> Result<Injected> {
+    let at = steady_from + (failure.at_s * 1e6) as Micros;
+    let wait = at.saturating_sub(context.clock.now());
+    tokio::time::sleep(Duration::from_micros(wait)).await;
+    let mut target = target.lock().await;
+    let Target::Local(deployment) = &mut *target else {
+        bail!("failure injection needs a local deployment");
+    };
+    match failure.kill {
+        Kill::Forwarder => {
+            let id = match &failure.target {
+                Some(target) => resolve_forwarder(deployment, target)?,
+                None => context
+                    .roster
+                    .lock()
+                    .busiest_forwarder()
+                    .context("no forwarder serves anyone to kill")?,
+            };
+            let affected = context.roster.lock().on_forwarder(&id);
+            let at = context.clock.now();
+            deployment.kill_forwarder(&id).await?;
+            info!(forwarder = %id, affected = affected.len(), "killed a forwarder");
+            Ok(Injected {
+                at,
+                at_s: failure.at_s,
+                what: format!("kill forwarder {id}"),
+                affected,
+            })
+        }
+        Kill::Control => {
+            // Default: the last instance, which the forwarders do not use (they talk to
+            // the first): joins fail over to the others, media must not notice.
+            let index = match &failure.target {
+                Some(FailureTarget::Index(index)) => *index,
+                Some(FailureTarget::Id(id)) => {
+                    bail!("a control instance is named by its index, not {id:?}")
+                }
+                None => deployment.control_urls.len().saturating_sub(1),
+            };
+            let at = context.clock.now();
+            deployment.kill_control(index).await?;
+            info!(control = index, "killed a control instance");
+            // Media does not go through the control plane: everyone joined is watched for
+            // a gap anyway.
+            let affected = (0..context.participants.len())
+                .map(|i| ParticipantKey(i as u64))
+                .collect();
+            Ok(Injected {
+                at,
+                at_s: failure.at_s,
+                what: format!("kill control instance {index}"),
+                affected,
+            })
+        }
+    }
+}
+
+/// A forwarder named by id, or by its index in the deployment.
+fn resolve_forwarder(deployment: &LocalDeployment, target: &FailureTarget) -> Result<String> {
+    let found = match target {
+        FailureTarget::Id(id) => deployment.forwarders.iter().find(|f| &f.id == id),
+        FailureTarget::Index(index) => deployment.forwarders.get(*index),
+    };
+    found
+        .map(|f| f.id.clone())
+        .with_context(|| format!("no local forwarder {target:?}"))
+}
+
+/// Whether someone else in the participant's meeting publishes (a lone publisher
+/// expects nothing).
+fn expects_media(context: &RunContext, key: ParticipantKey) -> bool {
+    let seat = &context.participants[key.0 as usize];
+    context.expanded.meetings[seat.meeting].expects_media(seat.index)
+}
+
+/// End every meeting the run created (best effort: the report does not depend on it).
+async fn end_meetings(context: &Arc<RunContext>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in &context.meeting_ids {
+        let client = context.clients.pick();
+        let id = id.clone();
+        tasks.spawn(async move {
+            if let Err(e) = client.end_meeting(&id).await {
+                debug!("{e:#}");
+            }
+        });
+        while tasks.len() >= 32 {
+            tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn collect(
+    context: &RunContext,
+    latency: hdrhistogram::Histogram<u64>,
+    failures: Vec<FailureResult>,
+    steady_from: Micros,
+    ended_at: Micros,
+) -> RunResults {
+    let mut roster = context.roster.lock();
+    let participants = context
+        .participants
+        .iter()
+        .enumerate()
+        .map(|(index, seat)| {
+            let key = ParticipantKey(index as u64);
+            let expects_media = expects_media(context, key);
+            let row = roster.row(key);
+            ParticipantResult {
+                name: seat.participant.name.clone(),
+                meeting: context.meeting_ids[seat.meeting].clone(),
+                region: seat.participant.region.clone(),
+                role: seat.participant.role,
+                join_ms: row.join_ms,
+                join_error: row.join_error.take(),
+                expects_media,
+                receiver: row.receiver.unwrap_or_default(),
+                publisher: row.publisher,
+                rejoins: row.rejoins,
+                media_time_us: row.connected_us,
+            }
+        })
+        .collect();
+    RunResults {
+        scenario: context.scenario.name.clone(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub((ended_at / 1_000_000) as u64),
+        duration_us: ended_at.saturating_sub(steady_from),
+        participants,
+        failures,
+        latency,
+        forwarders: context.forwarders,
+        controls: context.clients.all.len(),
+    }
+}

@@ -1,0 +1,149 @@
+//! `fanout-loadgen run --local` end to end: the real binary starts a control plane on the
+//! memory store and forwarder processes, joins simulated participants through gRPC, plays
+//! SRTP media through user-space impairments, and writes its JSON report. The tests check
+//! the report's numbers against what the scenario injected.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fanout_tests::forwarder::{control_binary, forwarder_binary, loadgen_binary};
+use fanout_tests::process::Proc;
+use serde_json::Value;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Run `fanout-loadgen run` on `scenario` (TOML text) with extra arguments; returns the
+/// exit code and the parsed JSON report.
+fn loadgen(scenario: &str, extra: &[&str]) -> Result<(i32, Value, String)> {
+    // Built before the run, so the run finds them next to itself.
+    let bin_dir = binary_dir()?;
+    let dir = tempfile::tempdir()?;
+    let scenario_path = dir.path().join("scenario.toml");
+    std::fs::write(&scenario_path, scenario)?;
+    let report_path = dir.path().join("report.json");
+    let mut command = Command::new(loadgen_binary()?);
+    command
+        .arg("run")
+        .arg(&scenario_path)
+        .arg("--local")
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--json")
+        .arg(&report_path)
+        .args(["--progress-interval", "1"])
+        .args(extra);
+    let mut proc = Proc::spawn("fanout-loadgen", command)?;
+    let status = proc.wait_timeout(RUN_TIMEOUT)?;
+    let code = status.code().unwrap_or(-1);
+    let stderr = proc.stderr();
+    let text = std::fs::read_to_string(&report_path).with_context(|| {
+        format!(
+            "no JSON report (exit {code}); stderr:\n{}",
+            fanout_tests::process::tail(&stderr)
+        )
+    })?;
+    let report: Value = serde_json::from_str(&text)?;
+    Ok((code, report, proc.stdout()))
+}
+
+fn binary_dir() -> Result<PathBuf> {
+    let control = control_binary()?;
+    let forwarder = forwarder_binary()?;
+    let dir = control.parent().context("control binary has no directory")?;
+    anyhow::ensure!(
+        forwarder.parent() == Some(dir),
+        "fanout-control and fanout-forwarder are in different directories"
+    );
+    Ok(dir.to_owned())
+}
+
+fn number(report: &Value, path: &str) -> f64 {
+    let mut at = report;
+    for key in path.split('.') {
+        at = &at[key];
+    }
+    at.as_f64()
+        .unwrap_or_else(|| panic!("report has no number at {path}: {report:#}"))
+}
+
+/// Two meetings of four (two publish audio and video) through 2 % loss each way, NACK
+/// on: the receivers see the loss before retransmission and repair nearly all of it.
+#[test]
+fn injected_loss_is_repaired_by_retransmission() {
+    let scenario = r#"
+name = "lossy-test"
+duration_s = 10
+seed = 7
+
+[[meetings]]
+count = 2
+participants = 4
+publishers = 2
+
+[media.video]
+simulcast = [{ bitrate_kbps = 400, fps = 15 }]
+
+[receivers]
+nack = true
+
+[[impairments]]
+region = "*"
+direction = "both"
+loss = 0.02
+delay_ms = 10
+"#;
+    let (code, report, stdout) = loadgen(scenario, &[]).unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(number(&report, "participants"), 8.0);
+    assert_eq!(number(&report, "join_failures"), 0.0);
+    assert_eq!(number(&report, "participants_without_media"), 0.0, "{report:#}");
+    // 2 % up and 2 % down compound to about 4 % before retransmission...
+    let before = number(&report, "loss_before_rtx");
+    assert!((0.015..0.08).contains(&before), "loss before rtx {before}: {report:#}");
+    // ... and retransmission repairs all but a trace.
+    let after = number(&report, "loss_after_rtx");
+    assert!(after < 0.001, "loss after rtx {after}: {report:#}");
+    // Audio is not retransmitted: its loss is what the path lost.
+    let audio = number(&report, "audio_loss");
+    assert!((0.015..0.08).contains(&audio), "audio loss {audio}: {report:#}");
+    assert!(number(&report, "nacks_sent") > 0.0);
+    assert_eq!(number(&report, "invalid"), 0.0, "{report:#}");
+    // 10 ms each way through the forwarder: latency at least the delay, well under 100 ms.
+    let p50 = number(&report, "latency_ms.p50");
+    assert!((10.0..100.0).contains(&p50), "p50 latency {p50}: {report:#}");
+    // The human report went to standard output.
+    assert!(stdout.contains("loss"), "{stdout}");
+}
+
+/// The shipped smoke scenario runs clean, and a `--fail-if` condition that holds makes
+/// the exit code 2 (for pipelines) while still writing the report.
+#[test]
+fn smoke_scenario_runs_clean_and_fail_if_sets_the_exit_code() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadgen/scenarios/smoke.toml");
+    let scenario = std::fs::read_to_string(&path).unwrap();
+    let (code, report, _) = loadgen(
+        &scenario,
+        &["--set", "duration_s=5", "--fail-if", "p99_latency_ms >= 0"],
+    )
+    .unwrap();
+    assert_eq!(code, 2, "a --fail-if that holds exits 2: {report:#}");
+    assert_eq!(number(&report, "participants_without_media"), 0.0, "{report:#}");
+    assert_eq!(number(&report, "loss_after_rtx"), 0.0, "{report:#}");
+    assert!(number(&report, "packets_received") > 0.0);
+    for key in [
+        "scenario",
+        "participants",
+        "duration_s",
+        "join_ms",
+        "latency_ms",
+        "loss_before_rtx",
+        "loss_after_rtx",
+        "jitter_ms_p99",
+        "freezes_per_min",
+        "participants_without_media",
+    ] {
+        assert!(report.get(key).is_some(), "report lacks {key}: {report:#}");
+    }
+}
