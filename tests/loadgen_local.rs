@@ -51,7 +51,9 @@ fn loadgen(scenario: &str, extra: &[&str]) -> Result<(i32, Value, String)> {
 fn binary_dir() -> Result<PathBuf> {
     let control = control_binary()?;
     let forwarder = forwarder_binary()?;
-    let dir = control.parent().context("control binary has no directory")?;
+    let dir = control
+        .parent()
+        .context("control binary has no directory")?;
     anyhow::ensure!(
         forwarder.parent() == Some(dir),
         "fanout-control and fanout-forwarder are in different directories"
@@ -98,21 +100,34 @@ delay_ms = 10
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(number(&report, "participants"), 8.0);
     assert_eq!(number(&report, "join_failures"), 0.0);
-    assert_eq!(number(&report, "participants_without_media"), 0.0, "{report:#}");
+    assert_eq!(
+        number(&report, "participants_without_media"),
+        0.0,
+        "{report:#}"
+    );
     // 2 % up and 2 % down compound to about 4 % before retransmission...
     let before = number(&report, "loss_before_rtx");
-    assert!((0.015..0.08).contains(&before), "loss before rtx {before}: {report:#}");
+    assert!(
+        (0.015..0.08).contains(&before),
+        "loss before rtx {before}: {report:#}"
+    );
     // ... and retransmission repairs all but a trace.
     let after = number(&report, "loss_after_rtx");
     assert!(after < 0.001, "loss after rtx {after}: {report:#}");
     // Audio is not retransmitted: its loss is what the path lost.
     let audio = number(&report, "audio_loss");
-    assert!((0.015..0.08).contains(&audio), "audio loss {audio}: {report:#}");
+    assert!(
+        (0.015..0.08).contains(&audio),
+        "audio loss {audio}: {report:#}"
+    );
     assert!(number(&report, "nacks_sent") > 0.0);
     assert_eq!(number(&report, "invalid"), 0.0, "{report:#}");
     // 10 ms each way through the forwarder: latency at least the delay, well under 100 ms.
     let p50 = number(&report, "latency_ms.p50");
-    assert!((10.0..100.0).contains(&p50), "p50 latency {p50}: {report:#}");
+    assert!(
+        (10.0..100.0).contains(&p50),
+        "p50 latency {p50}: {report:#}"
+    );
     // The human report went to standard output.
     assert!(stdout.contains("loss"), "{stdout}");
 }
@@ -129,7 +144,11 @@ fn smoke_scenario_runs_clean_and_fail_if_sets_the_exit_code() {
     )
     .unwrap();
     assert_eq!(code, 2, "a --fail-if that holds exits 2: {report:#}");
-    assert_eq!(number(&report, "participants_without_media"), 0.0, "{report:#}");
+    assert_eq!(
+        number(&report, "participants_without_media"),
+        0.0,
+        "{report:#}"
+    );
     assert_eq!(number(&report, "loss_after_rtx"), 0.0, "{report:#}");
     assert!(number(&report, "packets_received") > 0.0);
     for key in [

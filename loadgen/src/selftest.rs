@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
 use serde::Serialize;
 
-use crate::engine::{Clock, Engine, ParticipantKey, ParticipantSetup};
+use crate::engine::{bind_socket, Clock, Engine, ParticipantKey, ParticipantSetup};
 use crate::impair::ImpairmentSpec;
 use crate::run::setup;
 use crate::scenario::Scenario;
@@ -54,45 +54,56 @@ pub async fn run(duration: Duration, pairs: u32) -> Result<SelftestResult> {
     let scenario = Scenario::default();
     let profile = SrtpProfile::AeadAes128Gcm;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    // Until the publisher exists, the subscriber's hellos go to the discard port.
-    let nowhere = SocketAddr::new(loopback, 9);
     let engine = Engine::start(1, Clock::start())?;
     for pair in 0..pairs {
         let publisher_key = ParticipantKey(u64::from(pair) * 2);
         let subscriber_key = ParticipantKey(u64::from(pair) * 2 + 1);
         let (downstream, upstream) = (MasterKey::generate(profile), MasterKey::generate(profile));
-        let subscriber = engine.add(ParticipantSetup {
-            key: subscriber_key,
-            forwarder: nowhere,
-            bind: loopback,
-            send_key: upstream.clone(),
-            receive_key: downstream.clone(),
-            publisher: None,
-            receiver: setup::receiver_config(&scenario, 1),
-            up: ImpairmentSpec::default(),
-            down: ImpairmentSpec::default(),
-            seed: subscriber_key.0,
-        })?;
-        let publisher = engine.add(ParticipantSetup {
-            key: publisher_key,
-            forwarder: subscriber,
-            bind: loopback,
-            send_key: downstream,
-            receive_key: upstream,
-            publisher: Some(setup::publisher_config(
-                &scenario,
-                publisher_key,
-                &setup::Ssrcs::numbered(1000 * (pair + 1)),
-                true,
-                true,
-                false,
-            )),
-            receiver: setup::receiver_config(&scenario, 1000 * (pair + 1)),
-            up: ImpairmentSpec::default(),
-            down: ImpairmentSpec::default(),
-            seed: publisher_key.0,
-        })?;
-        engine.move_to(subscriber_key, publisher)?;
+        // Both bound first: each is the other's "forwarder".
+        let publisher_socket = bind_socket(SocketAddr::new(loopback, 0))?;
+        let subscriber_socket = bind_socket(SocketAddr::new(loopback, 0))?;
+        let (publisher_at, subscriber_at) = (
+            publisher_socket.local_addr()?,
+            subscriber_socket.local_addr()?,
+        );
+        let ssrc_base = 1000 * (pair + 1);
+        engine.add_on(
+            ParticipantSetup {
+                key: subscriber_key,
+                forwarder: publisher_at,
+                bind: loopback,
+                send_key: upstream.clone(),
+                receive_key: downstream.clone(),
+                publisher: None,
+                receiver: setup::receiver_config(&scenario, ssrc_base + 100),
+                up: ImpairmentSpec::default(),
+                down: ImpairmentSpec::default(),
+                seed: subscriber_key.0,
+            },
+            subscriber_socket,
+        )?;
+        engine.add_on(
+            ParticipantSetup {
+                key: publisher_key,
+                forwarder: subscriber_at,
+                bind: loopback,
+                send_key: downstream,
+                receive_key: upstream,
+                publisher: Some(setup::publisher_config(
+                    &scenario,
+                    publisher_key,
+                    &setup::Ssrcs::numbered(ssrc_base),
+                    true,
+                    true,
+                    false,
+                )),
+                receiver: setup::receiver_config(&scenario, ssrc_base),
+                up: ImpairmentSpec::default(),
+                down: ImpairmentSpec::default(),
+                seed: publisher_key.0,
+            },
+            publisher_socket,
+        )?;
     }
     tokio::time::sleep(duration).await;
     engine.stop_publishing()?;

@@ -227,9 +227,19 @@ impl Engine {
         &self.workers[(key.0 as usize) % self.workers.len()]
     }
 
-    /// Add a participant; returns its socket's local address.
+    /// Add a participant on a socket of its own; returns the socket's local address.
     pub fn add(&self, setup: ParticipantSetup) -> Result<SocketAddr> {
         let socket = bind_socket(SocketAddr::new(setup.bind, 0))?;
+        self.add_on(setup, socket)
+    }
+
+    /// Add a participant on a socket bound by [`bind_socket`] (for peers that must know
+    /// each other's address before either starts).
+    pub fn add_on(
+        &self,
+        setup: ParticipantSetup,
+        socket: mio::net::UdpSocket,
+    ) -> Result<SocketAddr> {
         let local = socket.local_addr()?;
         self.worker(setup.key)
             .send(Command::Add(Box::new(setup), socket))?;
@@ -307,7 +317,7 @@ impl Drop for Engine {
 }
 
 /// A non-blocking UDP socket with buffers sized for bursts (a keyframe, a NACK storm).
-fn bind_socket(addr: SocketAddr) -> Result<mio::net::UdpSocket> {
+pub fn bind_socket(addr: SocketAddr) -> Result<mio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket =
         Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(|e| {

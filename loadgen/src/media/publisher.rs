@@ -307,8 +307,10 @@ struct AudioStream {
     packets_per_s: u64,
     talking_bytes: RangeInclusive<usize>,
     level_extension_id: Option<u8>,
+    /// 20 ms (or 1/packets_per_s) slots skipped because the caller polled too late.
+    skipped: u64,
     talking: bool,
-    /// Index of the first packet after the current spurt.
+    /// Slot of the first packet after the current spurt.
     spurt_end: u64,
     spurts: u64,
 }
@@ -620,6 +622,7 @@ impl Publisher {
                 .audio_level_extension_id
                 .filter(|id| (1..=14).contains(id)),
             talking: hash(seed, 0xa0d1, 0).is_multiple_of(2),
+            skipped: 0,
             spurt_end: 0,
             spurts: 0,
         });
@@ -774,7 +777,7 @@ impl Publisher {
     }
 
     fn audio_due(audio: &AudioStream, start: Micros) -> Micros {
-        start + audio.rtp.sent * 1_000_000 / audio.packets_per_s
+        start + (audio.rtp.sent + audio.skipped) * 1_000_000 / audio.packets_per_s
     }
 
     fn start(&mut self, now: Micros) {
@@ -879,12 +882,15 @@ impl Publisher {
         let audio = self.audio.as_mut()?;
         let behind = now.saturating_sub(Self::audio_due(audio, start));
         if behind > MAX_LAG_US {
-            // Skip the packets we are too late for; a codec would not have produced them.
-            audio.rtp.sent = (now - start) * audio.packets_per_s / 1_000_000;
+            // Skip the 20 ms frames we are too late for, as a capture that stalled would:
+            // the timestamps jump, the sequence numbers stay continuous (no loss).
+            let slot = (now - start) * audio.packets_per_s / 1_000_000;
+            audio.skipped = slot.saturating_sub(audio.rtp.sent);
         }
         let index = audio.rtp.sent;
+        let slot = index + audio.skipped;
         let mut marker = false;
-        if index >= audio.spurt_end {
+        if slot >= audio.spurt_end {
             audio.talking = !audio.talking;
             audio.spurts += 1;
             let h = hash(seed, 0x5b0e7, audio.spurts);
@@ -894,7 +900,7 @@ impl Publisher {
             } else {
                 500 + h % 2500
             };
-            audio.spurt_end = index + (duration_ms * audio.packets_per_s / 1000).max(1);
+            audio.spurt_end = slot + (duration_ms * audio.packets_per_s / 1000).max(1);
             // RFC 3551 §4.1: the marker opens a talk spurt.
             marker = audio.talking;
         }
@@ -925,7 +931,7 @@ impl Publisher {
         let timestamp = audio
             .rtp
             .ts_base
-            .wrapping_add((index * AUDIO_CLOCK_HZ / audio.packets_per_s) as u32);
+            .wrapping_add((slot * AUDIO_CLOCK_HZ / audio.packets_per_s) as u32);
         write_rtp_header(
             buf,
             marker,
@@ -943,7 +949,7 @@ impl Publisher {
             publisher_id,
             encoding: 0,
             probe_seq: index as u32,
-            frame_number: index as u32,
+            frame_number: slot as u32,
             send_us: now,
         };
         probe::write(&probe, &mut buf[header_len..len]).ok()?;
@@ -1304,6 +1310,29 @@ mod tests {
             .filter(|(_, b, _)| b.len() == RTP_HEADER_LEN + DEFAULT_MAX_PAYLOAD)
             .count();
         assert!(full >= 120, "{full}");
+    }
+
+    #[test]
+    fn late_polling_skips_time_not_sequence_numbers() {
+        let mut config = PublisherConfig::new(3, 9);
+        config.audio = Some(AudioConfig::opus(5));
+        config.camera = Some(CameraConfig::simulcast([10, 11, 12]));
+        let mut p = Publisher::new(config);
+        let mut buf = [0u8; 1600];
+        let mut last_seq = std::collections::HashMap::new();
+        for now in [0, 100_000, 3_000_000, 3_100_000] {
+            while let Some(t) = p.poll_transmit(now, &mut buf) {
+                if t.is_rtcp {
+                    continue;
+                }
+                let h = RtpHeader::parse(&buf[..t.len]).unwrap();
+                if let Some(prev) = last_seq.insert(h.ssrc.0, h.sequence.0) {
+                    assert_eq!(h.sequence.0, u16::wrapping_add(prev, 1));
+                }
+            }
+        }
+        // Not three seconds of catch-up burst: a skip to the present.
+        assert!(p.stats().packets < 300, "{}", p.stats().packets);
     }
 
     #[test]

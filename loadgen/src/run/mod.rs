@@ -111,7 +111,8 @@ pub async fn run(
             webinar: meeting.webinar,
             title: format!("{} {}", scenario.name, meeting.id),
             passcode: meeting.passcode.clone(),
-            host_key: Some(host_keys[index].clone()),
+            // Only a webinar's stage needs one (it is hashed like a password: costly).
+            host_key: meeting.webinar.then(|| host_keys[index].clone()),
             max_participants: meeting.participants.len() as u32 + 16,
         };
         creations.spawn(async move { client.create_meeting(&new).await });
@@ -168,8 +169,16 @@ pub async fn run(
         background.spawn(show_progress(Arc::clone(&context), every));
     }
 
-    // Joins, at the scenario's rate and concurrency.
-    join_everyone(&context).await;
+    // Joins, at the scenario's rate and concurrency. SIGINT or SIGTERM cut the run short
+    // at any point; what was measured is still reported.
+    let mut interrupted = false;
+    tokio::select! {
+        () = join_everyone(&context) => {}
+        () = shutdown_signal() => {
+            warn!("interrupted while joining: ending the run");
+            interrupted = true;
+        }
+    }
     let steady_from = clock.now();
     let joined = context.joined.load(Ordering::Relaxed);
     info!(
@@ -198,15 +207,22 @@ pub async fn run(
     {
         background.spawn(churn(Arc::clone(&context)));
     }
-    tokio::time::sleep(Duration::from_secs_f64(scenario.duration_s)).await;
+    if !interrupted {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs_f64(scenario.duration_s)) => {}
+            () = shutdown_signal() => warn!("interrupted: ending the run early"),
+        }
+    }
 
     // The end: stop churn and failures, let retransmissions settle, collect.
     context.stopping.store(true, Ordering::Relaxed);
+    injected.abort_all();
     let mut failures = Vec::new();
     while let Some(done) = injected.join_next().await {
         match done {
             Ok(Ok(failure)) => failures.push(failure),
             Ok(Err(e)) => warn!("failure injection failed: {e:#}"),
+            Err(e) if e.is_cancelled() => {}
             Err(e) => warn!("failure injection task: {e}"),
         }
     }
@@ -229,6 +245,24 @@ pub async fn run(
         .map_err(|_| anyhow::anyhow!("the deployment is still shared at the end of the run"))?
         .into_inner();
     Ok((results, target))
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match &mut terminate {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 /// The control instances, used round-robin (a killed one is skipped by retrying the next).
@@ -720,7 +754,7 @@ fn collect(
         started_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
-            .saturating_sub((ended_at / 1_000_000) as u64),
+            .saturating_sub(ended_at / 1_000_000),
         duration_us: ended_at.saturating_sub(steady_from),
         participants,
         failures,

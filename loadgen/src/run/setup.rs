@@ -126,7 +126,7 @@ pub fn publisher_config(
                 .collect(),
             temporal_layers: media.video.temporal_layers,
             keyframe_interval_us: (media.video.keyframe_interval_s > 0.0)
-                .then(|| (media.video.keyframe_interval_s * 1e6) as u64),
+                .then_some((media.video.keyframe_interval_s * 1e6) as u64),
         });
     }
     if screen && media.screen.enabled {
@@ -163,18 +163,14 @@ pub fn receiver_config(scenario: &Scenario, rtcp_ssrc: u32) -> ReceiverConfig {
 /// over a `"*"` one; the last of equals wins.
 pub fn impairment(scenario: &Scenario, region: &str, direction: Direction) -> ImpairmentSpec {
     let matching = |exact: bool| {
-        scenario
-            .impairments
-            .iter()
-            .filter(|i| i.direction == direction || i.direction == Direction::Both)
-            .filter(|i| {
-                if exact {
+        scenario.impairments.iter().rfind(|i| {
+            (i.direction == direction || i.direction == Direction::Both)
+                && if exact {
                     i.region == region
                 } else {
                     i.applies_to(region)
                 }
-            })
-            .next_back()
+        })
     };
     match matching(true).or_else(|| matching(false)) {
         Some(i) => ImpairmentSpec {
