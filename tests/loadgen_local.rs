@@ -166,3 +166,52 @@ fn smoke_scenario_runs_clean_and_fail_if_sets_the_exit_code() {
         assert!(report.get(key).is_some(), "report lacks {key}: {report:#}");
     }
 }
+
+/// Killing the busiest forwarder mid-run: the control plane moves its meetings (the
+/// participants follow FORWARDER_CHANGED), every affected participant gets media back, and
+/// the report says how long the gap was.
+#[test]
+fn a_killed_forwarder_is_reported_with_its_recovery() {
+    let scenario = r#"
+name = "failover-test"
+duration_s = 12
+seed = 3
+
+[[meetings]]
+count = 4
+participants = 3
+
+[[failures]]
+at_s = 3
+kill = "forwarder"
+
+[local]
+forwarders = 2
+lease_ttl_ms = 1500
+"#;
+    let (code, report, _) = loadgen(scenario, &[]).unwrap();
+    assert_eq!(code, 0);
+    let failure = &report["failures"][0];
+    assert!(
+        failure["what"]
+            .as_str()
+            .unwrap()
+            .starts_with("kill forwarder"),
+        "{report:#}"
+    );
+    let affected = number(failure, "affected");
+    assert!(affected > 0.0, "{report:#}");
+    assert_eq!(number(failure, "recovered"), affected, "{report:#}");
+    // Detection takes the lease (1.5 s); the move and the first packets a little more.
+    let recovery = number(failure, "recovery_ms.max");
+    assert!(
+        (500.0..8_000.0).contains(&recovery),
+        "recovery {recovery} ms: {report:#}"
+    );
+    assert!(number(failure, "gap_ms.max") >= 500.0, "{report:#}");
+    assert_eq!(
+        number(&report, "participants_without_media"),
+        0.0,
+        "{report:#}"
+    );
+}

@@ -209,10 +209,13 @@ pub struct LocalDeployment {
     pub operator_token: String,
 }
 
-/// First media port of the local forwarders; each gets its own range above it (a meeting,
-/// or a webinar's relay node, takes one port).
-const PORT_BASE: u32 = 30_000;
+/// Local forwarders take blocks of media ports (a meeting, or a webinar's relay node,
+/// takes one port) from below Linux's ephemeral range, where the participants' sockets
+/// are, at random: deployments of concurrent runs (tests) rarely collide, and a collision
+/// is retried on another block.
+const PORT_BLOCKS: std::ops::Range<u32> = 20..64;
 const PORTS_PER_FORWARDER: u32 = 500;
+const PORT_ATTEMPTS: u32 = 8;
 
 /// What `fanout-control` logs when it serves (followed by its address), and what a
 /// forwarder logs once registered and taking meetings.
@@ -304,34 +307,21 @@ impl LocalDeployment {
         for index in 0..options.forwarders {
             let region = regions[index as usize % regions.len()].clone();
             let id = format!("fwd-{region}-{index}");
-            let first = PORT_BASE + index * PORTS_PER_FORWARDER;
-            let mut command = Command::new(bin_dir.join("fanout-forwarder"));
-            command
-                .args(["--control", &control_urls[0]])
-                .args(["--forwarder-id", &id, "--region", &region])
-                .args(["--media-ip", "127.0.0.1", "--listen", "127.0.0.1:0"])
-                .args([
-                    "--port-range",
-                    &format!("{first}-{}", first + PORTS_PER_FORWARDER - 1),
-                ])
-                .args(["--shards", &options.shards.max(1).to_string()])
-                .args(["--progress-interval", "0", "--metrics", "127.0.0.1:0"])
-                .arg("--enrolment-token-file")
-                .arg(&enrolment)
-                .env("RUST_LOG", "info");
-            if let Some(max_legs) = options.max_legs {
-                command.args(["--max-legs", &max_legs.to_string()]);
-            }
-            let process = Process::spawn(&id, command, &[FORWARDER_READY])?;
+            let process = start_forwarder(
+                &bin_dir,
+                &id,
+                &region,
+                &control_urls[0],
+                &enrolment,
+                options,
+            )
+            .await?;
             forwarders.push(LocalForwarder {
                 id,
                 region,
                 process,
                 alive: true,
             });
-        }
-        for forwarder in &mut forwarders {
-            forwarder.process.wait_for(FORWARDER_READY).await?;
         }
         info!(
             forwarders = forwarders.len(),
@@ -388,6 +378,50 @@ impl LocalDeployment {
             .map(Process::tail)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// Start one forwarder and wait until it takes meetings.
+async fn start_forwarder(
+    bin_dir: &Path,
+    id: &str,
+    region: &str,
+    control_url: &str,
+    enrolment: &Path,
+    options: &LocalOptions,
+) -> Result<Process> {
+    use rand::Rng;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let first = rand::thread_rng().gen_range(PORT_BLOCKS) * PORTS_PER_FORWARDER;
+        let mut command = Command::new(bin_dir.join("fanout-forwarder"));
+        command
+            .args(["--control", control_url])
+            .args(["--forwarder-id", id, "--region", region])
+            .args(["--media-ip", "127.0.0.1", "--listen", "127.0.0.1:0"])
+            .args([
+                "--port-range",
+                &format!("{first}-{}", first + PORTS_PER_FORWARDER - 1),
+            ])
+            .args(["--shards", &options.shards.max(1).to_string()])
+            .args(["--progress-interval", "0", "--metrics", "127.0.0.1:0"])
+            .arg("--enrolment-token-file")
+            .arg(enrolment)
+            .env("RUST_LOG", "info");
+        if let Some(max_legs) = options.max_legs {
+            command.args(["--max-legs", &max_legs.to_string()]);
+        }
+        let mut process = Process::spawn(id, command, &[FORWARDER_READY])?;
+        match process.wait_for(FORWARDER_READY).await {
+            Ok(_) => return Ok(process),
+            Err(e)
+                if attempt < PORT_ATTEMPTS && process.tail().contains("Address already in use") =>
+            {
+                debug!(forwarder = %id, first, "port block taken, trying another: {e:#}");
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use fanout_forwarder::ids::Ssrc;
 use fanout_forwarder::rtcp;
-use fanout_forwarder::srtp::SrtpContext;
+use fanout_forwarder::srtp::{SrtpContext, SrtpError};
 use hdrhistogram::Histogram;
 
 use super::{ParticipantOutcome, ParticipantSetup};
@@ -49,6 +49,8 @@ pub struct Participant {
     next_hello: Option<Micros>,
     started_at: Micros,
     rejected: u64,
+    /// Copies SRTP's replay protection refused: retransmissions that crossed the original.
+    replayed: u64,
     /// The time of the earliest timer entry this participant has in the heap.
     pub scheduled: Micros,
 }
@@ -59,6 +61,7 @@ pub struct Work {
     pub sent: u64,
     pub received: u64,
     pub rejected: u64,
+    pub replayed: u64,
 }
 
 /// Buffers and sinks the worker lends a participant for one call.
@@ -90,6 +93,7 @@ impl Participant {
             next_hello: Some(now),
             started_at: now,
             rejected: 0,
+            replayed: 0,
             scheduled: now,
         }
     }
@@ -155,6 +159,7 @@ impl Participant {
             }
         }
         self.rejected += work.rejected;
+        self.replayed += work.replayed;
         work
     }
 
@@ -224,6 +229,7 @@ impl Participant {
             }
         }
         self.rejected += work.rejected;
+        self.replayed += work.replayed;
         work
     }
 
@@ -334,6 +340,9 @@ impl Participant {
                     let _ = window.record(delivery.latency_us.max(1));
                 }
             }
+            // A second copy (the original and a retransmission both arrived): SRTP's
+            // replay window stops it before the receiver sees it, so count it here.
+            Err(SrtpError::Replayed) => work.replayed += 1,
             Err(_) => work.rejected += 1,
         }
     }
@@ -346,6 +355,7 @@ impl Participant {
     pub fn finish(mut self, now: Micros) -> ParticipantOutcome {
         let mut receiver = self.receiver.finish(now);
         receiver.invalid += self.rejected;
+        receiver.duplicates += self.replayed;
         ParticipantOutcome {
             key: self.key,
             receiver,

@@ -292,5 +292,6 @@ impl Work {
         self.sent += other.sent;
         self.received += other.received;
         self.rejected += other.rejected;
+        self.replayed += other.replayed;
     }
 }
