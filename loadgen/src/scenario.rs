@@ -580,15 +580,6 @@ impl Default for ScreenSpec {
     }
 }
 
-/// A simulcast layer a receiver asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PreferredLayer {
-    Low,
-    Mid,
-    High,
-}
-
 /// `[receivers]`: how every subscriber behaves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -599,15 +590,13 @@ pub struct ReceiverSpec {
     pub pli: bool,
     /// Milliseconds between receiver reports. Default 1000.
     pub rtcp_interval_ms: u32,
-    /// Bandwidth estimate to announce (REMB), in kbit/s. Default: none sent.
+    /// Bandwidth estimate to announce (REMB), in kbit/s: the forwarder picks simulcast
+    /// layers that fit it. Default: none sent.
     pub remb_kbps: Option<u32>,
     /// Jitter buffer bounds in milliseconds: the playout delay adapts between them.
     /// Defaults 20 and 400.
     pub jitter_buffer_min_ms: u32,
     pub jitter_buffer_max_ms: u32,
-    /// Simulcast layer to ask for: `"low"`, `"mid"` or `"high"`. Default: the
-    /// forwarder's choice.
-    pub preferred_layer: Option<PreferredLayer>,
 }
 
 impl Default for ReceiverSpec {
@@ -619,7 +608,6 @@ impl Default for ReceiverSpec {
             remb_kbps: None,
             jitter_buffer_min_ms: 20,
             jitter_buffer_max_ms: 400,
-            preferred_layer: None,
         }
     }
 }
@@ -1964,7 +1952,6 @@ regions = { us = 3, eu = 1 }
             ..WebinarSpec::default()
         });
         s.receivers.remb_kbps = Some(1000);
-        s.receivers.preferred_layer = Some(PreferredLayer::Mid);
         s.impairments.push(Impairment::default());
         s.failures.push(FailureSpec {
             at_s: 1.0,

@@ -393,7 +393,22 @@ async fn join_one(context: &RunContext, key: ParticipantKey) -> Result<()> {
     for _ in 0..context.clients.all.len() {
         match context.clients.pick().join(&request).await {
             Ok(joined) => {
-                let setup = setup::participant(&context.scenario, &seat.participant, key, &joined)?;
+                let streams = meeting
+                    .participants
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| *index != seat.index)
+                    .map(|(_, p)| {
+                        usize::from(p.audio) + usize::from(p.camera) + usize::from(p.screen)
+                    })
+                    .sum();
+                let setup = setup::participant(
+                    &context.scenario,
+                    &seat.participant,
+                    streams,
+                    key,
+                    &joined,
+                )?;
                 context.engine.add(setup)?;
                 context.roster.lock().joined(key, joined);
                 context.joined.fetch_add(1, Ordering::Relaxed);

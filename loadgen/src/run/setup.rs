@@ -47,10 +47,12 @@ impl Ssrcs {
     }
 }
 
-/// Everything the engine needs for one joined participant.
+/// Everything the engine needs for one joined participant, who may receive up to
+/// `streams` tracks (what the others in its meeting publish).
 pub fn participant(
     scenario: &Scenario,
     planned: &PlannedParticipant,
+    streams: usize,
     key: ParticipantKey,
     joined: &Joined,
 ) -> Result<ParticipantSetup> {
@@ -77,7 +79,12 @@ pub fn participant(
         send_key: joined.send_key.clone(),
         receive_key: joined.receive_key.clone(),
         publisher,
-        receiver: receiver_config(scenario, joined.rtcp_ssrc()),
+        receiver: ReceiverConfig {
+            // Room for every track it may get (and a little for a republished one); a
+            // stream beyond the limit is counted invalid, so it must not be too small.
+            max_streams: streams.clamp(4, 255) + 2,
+            ..receiver_config(scenario, joined.rtcp_ssrc())
+        },
         up: impairment(scenario, &planned.region, Direction::Up),
         down: impairment(scenario, &planned.region, Direction::Down),
         seed: scenario.seed ^ key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15),
