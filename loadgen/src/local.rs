@@ -304,9 +304,11 @@ impl LocalDeployment {
         } else {
             options.regions.clone()
         };
+        let allowed = fanout_forwarder::driver::allowed_cpus();
         for index in 0..options.forwarders {
             let region = regions[index as usize % regions.len()].clone();
             let id = format!("fwd-{region}-{index}");
+            let cpus = forwarder_cpus(&allowed, index, options.shards.max(1));
             let process = start_forwarder(
                 &bin_dir,
                 &id,
@@ -314,6 +316,7 @@ impl LocalDeployment {
                 &control_urls[0],
                 &enrolment,
                 options,
+                &cpus,
             )
             .await?;
             forwarders.push(LocalForwarder {
@@ -381,6 +384,17 @@ impl LocalDeployment {
     }
 }
 
+/// The CPUs forwarder `index` runs on: consecutive blocks of `shards` CPUs, wrapping
+/// around when there are more shards than CPUs.
+fn forwarder_cpus(allowed: &[usize], index: u32, shards: u32) -> Vec<usize> {
+    if allowed.is_empty() {
+        return Vec::new();
+    }
+    (0..shards)
+        .map(|shard| allowed[((index * shards + shard) as usize) % allowed.len()])
+        .collect()
+}
+
 /// Start one forwarder and wait until it takes meetings.
 async fn start_forwarder(
     bin_dir: &Path,
@@ -389,6 +403,7 @@ async fn start_forwarder(
     control_url: &str,
     enrolment: &Path,
     options: &LocalOptions,
+    cpus: &[usize],
 ) -> Result<Process> {
     use rand::Rng;
     let mut attempt = 0;
@@ -411,6 +426,18 @@ async fn start_forwarder(
             .env("RUST_LOG", "info");
         if let Some(max_legs) = options.max_legs {
             command.args(["--max-legs", &max_legs.to_string()]);
+        }
+        // Forwarders pin their shards to the CPUs they may use, the first ones first:
+        // left alone, every forwarder would pin its shard 0 to the same CPU.
+        let cpus = fanout_forwarder::driver::os::cpu_set(cpus);
+        // SAFETY: the hook runs in the forked child before exec and makes one system
+        // call (sched_setaffinity), which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                // Best effort: a forwarder on every CPU still works.
+                let _ = fanout_forwarder::driver::os::set_process_affinity(&cpus);
+                Ok(())
+            });
         }
         let mut process = Process::spawn(id, command, &[FORWARDER_READY])?;
         match process.wait_for(FORWARDER_READY).await {

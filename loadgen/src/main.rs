@@ -298,7 +298,7 @@ fn load_scenario(path: Option<&Path>, sets: &[String]) -> Result<Scenario> {
                 .with_context(|| format!("cannot read the scenario {}", path.display()))?,
             path.display().to_string(),
         ),
-        None => (String::new(), "--set".to_owned()),
+        None => (String::new(), "flags".to_owned()),
     };
     if sets.is_empty() {
         return Ok(Scenario::from_toml_str(&text, &origin)?);

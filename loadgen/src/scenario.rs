@@ -129,6 +129,10 @@ pub struct Scenario {
     pub name: String,
     /// How long media flows after the last join, in seconds. Required, above 0.
     pub duration_s: f64,
+    /// Seconds at the start of `duration_s` whose latency is not measured: the last
+    /// joiners' keyframe requests settle. Below `duration_s`; default
+    /// [`Scenario::warmup_s`].
+    pub warmup_s: Option<f64>,
     /// Seed of every random choice (payload sizes, loss, jitter, churn): the same seed
     /// replays the same run. Default 1.
     pub seed: u64,
@@ -161,6 +165,7 @@ impl Default for Scenario {
         Scenario {
             name: String::new(),
             duration_s: 0.0,
+            warmup_s: None,
             seed: 1,
             srtp_profile: SrtpProfile::AeadAes128Gcm,
             join: JoinSpec::default(),
@@ -840,6 +845,11 @@ pub struct Expanded {
 }
 
 impl Scenario {
+    /// The warm-up in force: `warmup_s`, or 2 s (a quarter of a shorter run).
+    pub fn warmup_s(&self) -> f64 {
+        self.warmup_s.unwrap_or((self.duration_s / 4.0).min(2.0))
+    }
+
     /// Read and validate a scenario file.
     pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
         let path = path.as_ref();
@@ -1098,6 +1108,18 @@ impl Scenario {
                 "duration_s",
                 format!("the run must last more than 0 s (got {})", self.duration_s),
             );
+        }
+        if let Some(warmup) = self.warmup_s {
+            non_negative("warmup_s".into(), warmup)?;
+            if warmup >= self.duration_s {
+                return fail(
+                    "warmup_s",
+                    format!(
+                        "{warmup} s of warm-up leave nothing of the run to measure (duration_s = {})",
+                        self.duration_s
+                    ),
+                );
+            }
         }
         positive("join.rate_per_s".into(), self.join.rate_per_s)?;
         if self.join.concurrency == 0 {

@@ -70,3 +70,24 @@ pub fn enter_network_namespace(file: &std::fs::File) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A CPU set of `cpus` (those at or beyond CPU_SETSIZE are left out).
+pub fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: all-zero is an empty cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: `cpu` < CPU_SETSIZE, the number of CPUs a cpu_set_t holds.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+/// Restricts the calling process (or, in a `pre_exec` hook, the child about to exec) to
+/// `set`: a forwarder then pins its shards within it. One system call, async-signal-safe.
+pub fn set_process_affinity(set: &libc::cpu_set_t) -> io::Result<()> {
+    // SAFETY: `set` is a valid cpu_set_t for the duration of the call.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -141,6 +141,7 @@ enum Command {
     ),
     Move(ParticipantKey, SocketAddr),
     StopPublishing,
+    ResetLatency,
     Finish(tokio::sync::oneshot::Sender<EngineResults>),
 }
 
@@ -258,6 +259,15 @@ impl Engine {
     /// Point a participant's media at another forwarder (the control plane moved it).
     pub fn move_to(&self, key: ParticipantKey, forwarder: SocketAddr) -> Result<()> {
         self.worker(key).send(Command::Move(key, forwarder))
+    }
+
+    /// Forget the latency measured so far: the run's steady state begins (the joins'
+    /// keyframe storms are measured by their own figures, not the latency's).
+    pub fn reset_latency(&self) -> Result<()> {
+        for worker in &self.workers {
+            worker.send(Command::ResetLatency)?;
+        }
+        Ok(())
     }
 
     /// Silence every publisher (they still answer NACKs): the end of a run, so that what

@@ -224,6 +224,7 @@ impl Worker {
                     }
                 }
             }
+            Command::ResetLatency => self.latency.reset(),
             Command::Finish(_) => unreachable!("handled by the loop"),
         }
         Ok(())

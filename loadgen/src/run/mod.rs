@@ -4,7 +4,8 @@
 //!
 //! Time line: participants join at the scenario's rate (hosts and presenters first, then
 //! everyone else round-robin over the meetings, as an event's audience arrives); the
-//! *steady state* begins when the last join returned, and lasts `duration_s`. Failure
+//! *steady state* begins when the last join returned, and lasts `duration_s`; one-way
+//! latency is measured over it, after `warmup_s` (joins have their own figures). Failure
 //! times (`at_s`) count from the start of the steady state. At the end, publishers fall
 //! silent first and receivers get a moment to repair what is still in flight, so the
 //! end of the run is not counted as loss.
@@ -93,7 +94,7 @@ pub async fn run(
     let meeting_ids: Vec<String> = expanded
         .meetings
         .iter()
-        .map(|m| format!("{}-{run_id}-{}", scenario.name, m.id))
+        .map(|m| format!("{}-{run_id}-{}", id_safe(&scenario.name), m.id))
         .collect();
     let host_keys: Vec<String> = expanded
         .meetings
@@ -208,8 +209,17 @@ pub async fn run(
         background.spawn(churn(Arc::clone(&context)));
     }
     if !interrupted {
+        let warmup = Duration::from_secs_f64(scenario.warmup_s());
+        let measured = Duration::from_secs_f64(scenario.duration_s - scenario.warmup_s());
+        let steady = async {
+            tokio::time::sleep(warmup).await;
+            if let Err(e) = engine.reset_latency() {
+                warn!("{e:#}");
+            }
+            tokio::time::sleep(measured).await;
+        };
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs_f64(scenario.duration_s)) => {}
+            () = steady => {}
             () = shutdown_signal() => warn!("interrupted: ending the run early"),
         }
     }
@@ -245,6 +255,16 @@ pub async fn run(
         .map_err(|_| anyhow::anyhow!("the deployment is still shared at the end of the run"))?
         .into_inner();
     Ok((results, target))
+}
+
+/// `name` reduced to what a meeting id may hold.
+fn id_safe(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(40)
+        .collect();
+    if safe.is_empty() { "run".into() } else { safe }
 }
 
 /// SIGINT or SIGTERM.
