@@ -305,6 +305,10 @@ pub struct RelayLinkEnd {
     pub peer_forwarder: ForwarderId,
     pub peer_address: String,
     pub direction: LinkDirection,
+    /// The plan on this end's forwarder the link belongs to: upstream, the child node
+    /// (`{meeting}/{relay}`); downstream, what feeds it (the meeting itself at the origin,
+    /// `{meeting}/{parent}` at a relay).
+    pub local_plan: String,
     /// This end's keys: `send_key` protects what it sends, `receive_key` what it gets.
     pub srtp: SrtpTransport,
 }
@@ -328,12 +332,17 @@ impl RelayTree {
         let mut out = Vec::new();
         for n in &self.nodes {
             let parent = match &n.parent {
-                RelayParent::Origin => self.origin.as_ref().map(|o| (&o.forwarder, &o.address)),
-                RelayParent::Relay { relay } => {
-                    by_id.get(relay).map(|p| (&p.forwarder, &p.address))
-                }
+                RelayParent::Origin => self
+                    .origin
+                    .as_ref()
+                    .map(|o| (&o.forwarder, &o.address, self.meeting.to_string())),
+                RelayParent::Relay { relay } => by_id
+                    .get(relay)
+                    .map(|p| (&p.forwarder, &p.address, format!("{}/{}", self.meeting, relay))),
             };
-            let Some((pf, pa)) = parent else { continue };
+            let Some((pf, pa, parent_plan)) = parent else {
+                continue;
+            };
             out.push(RelayLinkEnd {
                 relay: n.relay.clone(),
                 meeting: self.meeting.clone(),
@@ -341,6 +350,7 @@ impl RelayTree {
                 peer_forwarder: pf.clone(),
                 peer_address: pa.clone(),
                 direction: LinkDirection::Upstream,
+                local_plan: format!("{}/{}", self.meeting, n.relay),
                 srtp: n.link.clone(),
             });
             out.push(RelayLinkEnd {
@@ -350,6 +360,7 @@ impl RelayTree {
                 peer_forwarder: n.forwarder.clone(),
                 peer_address: n.address.clone(),
                 direction: LinkDirection::Downstream,
+                local_plan: parent_plan,
                 srtp: SrtpTransport {
                     profile: n.link.profile.clone(),
                     send_key: n.link.receive_key.clone(),

@@ -67,9 +67,10 @@ use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::{Event, MAX_ENCODINGS};
 use crate::srtp::{MasterKey, SrtpProfile};
 use pb::forwarders_client::ForwardersClient;
+use crate::sfu::RelayDirection;
 use reconcile::{
-    Batch, Change, DesiredLeg, DesiredMeeting, DesiredState, DesiredTrack, PublishedKind,
-    Reconciler,
+    Batch, Change, DesiredLeg, DesiredLink, DesiredMeeting, DesiredState, DesiredTrack,
+    PublishedKind, Reconciler,
 };
 
 /// A range of UDP ports, both ends included.
@@ -1070,15 +1071,69 @@ fn convert_snapshot(settings: &ControlSettings, snapshot: pb::DesiredState) -> D
             ),
         }
     }
-    if !snapshot.subscriptions.is_empty() || !snapshot.relay_links.is_empty() {
+    for link in &snapshot.relay_links {
+        match link_from_pb(link) {
+            Ok((meeting, id, desired)) => {
+                state
+                    .meetings
+                    .entry(meeting)
+                    .or_default()
+                    .links
+                    .insert(id, desired);
+            }
+            Err(e) => error!(link = %link.relay_id, "control plane: relay link not served: {e}"),
+        }
+    }
+    if !snapshot.subscriptions.is_empty() {
         warn!(
             subscriptions = snapshot.subscriptions.len(),
-            relay_links = snapshot.relay_links.len(),
-            "control plane: explicit subscriptions and relay links are not supported yet; \
-             the default rule applies"
+            "control plane: explicit subscriptions are not supported yet; the default rule \
+             applies"
         );
     }
     state
+}
+
+/// A relay link end: the meeting it belongs to here, its id, and what it should be.
+fn link_from_pb(link: &pb::RelayLink) -> Result<(MeetingId, String, DesiredLink), String> {
+    let direction = match pb::relay_link::Direction::try_from(link.direction) {
+        Ok(pb::relay_link::Direction::Upstream) => RelayDirection::Upstream,
+        Ok(pb::relay_link::Direction::Downstream) => RelayDirection::Downstream,
+        _ => return Err(format!("unknown direction {}", link.direction)),
+    };
+    // A control plane that does not name the local meeting yet: the node is the link's
+    // id without its `/up`; a downstream end is taken to be the origin's.
+    let local = if !link.local_meeting_id.is_empty() {
+        link.local_meeting_id.clone()
+    } else {
+        match direction {
+            RelayDirection::Upstream => link
+                .relay_id
+                .strip_suffix("/up")
+                .ok_or("no local meeting")?
+                .to_owned(),
+            RelayDirection::Downstream => link.meeting_id.clone(),
+        }
+    };
+    let peer: SocketAddr = link
+        .peer_address
+        .parse()
+        .map_err(|_| format!("peer address `{}` is not ip:port", link.peer_address))?;
+    let profile = profile_from_pb(link.srtp_profile)?;
+    let send_key =
+        key_from_pb(profile, link.send_key.as_ref()).map_err(|e| format!("send key: {e}"))?;
+    let receive_key = key_from_pb(profile, link.receive_key.as_ref())
+        .map_err(|e| format!("receive key: {e}"))?;
+    Ok((
+        MeetingId(local),
+        link.relay_id.clone(),
+        DesiredLink {
+            direction,
+            peer,
+            send_key,
+            receive_key,
+        },
+    ))
 }
 
 /// A batch of changes as the reconciler's changes. An upsert that cannot be served
@@ -1121,8 +1176,16 @@ fn convert_changes(settings: &ControlSettings, changes: pb::DesiredStateChanges)
                 meeting: MeetingId(r.meeting_id),
                 participant: ParticipantId(r.participant_id),
             }),
+            Some(C::RelayLinkUpserted(link)) => match link_from_pb(&link) {
+                Ok((meeting, id, link)) => out.push(Change::LinkUpserted { meeting, id, link }),
+                Err(e) => {
+                    error!(link = %link.relay_id, "control plane: relay link not served: {e}");
+                    out.push(Change::LinkRemoved(link.relay_id));
+                }
+            },
+            Some(C::RelayLinkRemoved(id)) => out.push(Change::LinkRemoved(id)),
             Some(other) => {
-                debug!(change = ?std::mem::discriminant(&other), "control plane: explicit subscriptions and relay links are not supported yet; ignored");
+                debug!(change = ?std::mem::discriminant(&other), "control plane: explicit subscriptions are not supported yet; ignored");
             }
             None => {}
         }
