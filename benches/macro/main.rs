@@ -216,7 +216,8 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
         bail!("--subscribers must be at least 1");
     }
     let most = args.subscribers.iter().copied().max().unwrap_or(1) as u64;
-    let limit = fanout_forwarder::driver::os::raise_nofile(most + 256).context("cannot raise RLIMIT_NOFILE")?;
+    let limit = fanout_forwarder::driver::os::raise_nofile(most + 256)
+        .context("cannot raise RLIMIT_NOFILE")?;
     if limit < most + 64 {
         bail!("RLIMIT_NOFILE is {limit}: too few descriptors for {most} subscriber sockets");
     }

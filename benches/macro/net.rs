@@ -255,4 +255,3 @@ pub fn clock_ticks_per_second() -> u64 {
         100
     }
 }
-

@@ -8,7 +8,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-
 /// The network of one run.
 #[derive(Debug)]
 pub struct Topology {

@@ -168,7 +168,11 @@ impl ControlClient {
             Err(status) if matches!(status.code(), Code::NotFound | Code::FailedPrecondition) => {
                 Ok(())
             }
-            Err(status) => bail!("EndMeeting {meeting}: {}: {}", status.code(), status.message()),
+            Err(status) => bail!(
+                "EndMeeting {meeting}: {}: {}",
+                status.code(),
+                status.message()
+            ),
         }
     }
 
@@ -218,13 +222,21 @@ impl ControlClient {
             Err(status) if matches!(status.code(), Code::NotFound | Code::FailedPrecondition) => {
                 Ok(())
             }
-            Err(status) => bail!("LeaveMeeting {meeting}: {}: {}", status.code(), status.message()),
+            Err(status) => bail!(
+                "LeaveMeeting {meeting}: {}: {}",
+                status.code(),
+                status.message()
+            ),
         }
     }
 
     /// Watch a meeting as an operator and pass on what the media side must act on. Runs
     /// until the stream ends or `news` is dropped.
-    pub async fn watch(&self, meeting: String, news: tokio::sync::mpsc::UnboundedSender<(String, MeetingNews)>) {
+    pub async fn watch(
+        &self,
+        meeting: String,
+        news: tokio::sync::mpsc::UnboundedSender<(String, MeetingNews)>,
+    ) {
         let request = self.as_operator(pb::WatchMeetingRequest {
             meeting_id: meeting.clone(),
             after_sequence: None,
@@ -252,8 +264,7 @@ impl ControlClient {
                 Some(pb::meeting_update::Update::ForwarderChanged(changed)) => {
                     match changed.forwarder_address.parse() {
                         Ok(address) => MeetingNews::ForwarderChanged {
-                            participant: Some(changed.participant_id)
-                                .filter(|id| !id.is_empty()),
+                            participant: Some(changed.participant_id).filter(|id| !id.is_empty()),
                             forwarder_id: changed.forwarder_id,
                             address,
                         },
@@ -313,12 +324,7 @@ fn joined_from_pb(response: pb::JoinMeetingResponse, latency: Duration) -> Resul
             response.forwarder_address
         )
     })?;
-    let track = |kind: pb::TrackKind| {
-        response
-            .tracks
-            .iter()
-            .find(|t| t.kind == kind as i32)
-    };
+    let track = |kind: pb::TrackKind| response.tracks.iter().find(|t| t.kind == kind as i32);
     let audio = track(pb::TrackKind::Audio);
     let can_publish = response
         .meeting

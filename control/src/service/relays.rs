@@ -336,9 +336,13 @@ impl RelayTree {
                     .origin
                     .as_ref()
                     .map(|o| (&o.forwarder, &o.address, self.meeting.to_string())),
-                RelayParent::Relay { relay } => by_id
-                    .get(relay)
-                    .map(|p| (&p.forwarder, &p.address, format!("{}/{}", self.meeting, relay))),
+                RelayParent::Relay { relay } => by_id.get(relay).map(|p| {
+                    (
+                        &p.forwarder,
+                        &p.address,
+                        format!("{}/{}", self.meeting, relay),
+                    )
+                }),
             };
             let Some((pf, pa, parent_plan)) = parent else {
                 continue;

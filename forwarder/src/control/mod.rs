@@ -64,10 +64,10 @@ use zeroize::Zeroizing;
 
 use crate::driver::{DriverHandle, TrafficCounters};
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
+use crate::sfu::RelayDirection;
 use crate::sfu::{Event, MAX_ENCODINGS};
 use crate::srtp::{MasterKey, SrtpProfile};
 use pb::forwarders_client::ForwardersClient;
-use crate::sfu::RelayDirection;
 use reconcile::{
     Batch, Change, DesiredLeg, DesiredLink, DesiredMeeting, DesiredState, DesiredTrack,
     PublishedKind, Reconciler,
@@ -1122,8 +1122,8 @@ fn link_from_pb(link: &pb::RelayLink) -> Result<(MeetingId, String, DesiredLink)
     let profile = profile_from_pb(link.srtp_profile)?;
     let send_key =
         key_from_pb(profile, link.send_key.as_ref()).map_err(|e| format!("send key: {e}"))?;
-    let receive_key = key_from_pb(profile, link.receive_key.as_ref())
-        .map_err(|e| format!("receive key: {e}"))?;
+    let receive_key =
+        key_from_pb(profile, link.receive_key.as_ref()).map_err(|e| format!("receive key: {e}"))?;
     Ok((
         MeetingId(local),
         link.relay_id.clone(),

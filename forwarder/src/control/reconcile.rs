@@ -423,9 +423,9 @@ impl Reconciler {
         let mut before: BTreeMap<MeetingId, Option<DesiredMeeting>> = BTreeMap::new();
         for change in changes {
             for id in change.meetings(&self.state) {
-                if !before.contains_key(&id) {
-                    let old = self.state.meetings.get(&id).cloned();
-                    before.insert(id, old);
+                if let std::collections::btree_map::Entry::Vacant(slot) = before.entry(id) {
+                    let old = self.state.meetings.get(slot.key()).cloned();
+                    slot.insert(old);
                 }
             }
             self.state.change(change);
@@ -1208,5 +1208,61 @@ mod tests {
         ];
         let names: Vec<String> = track_names(&tracks).into_keys().collect();
         assert_eq!(names, ["audio", "camera", "camera-1"]);
+    }
+
+    #[test]
+    fn relay_links_follow_their_meeting_and_change_only_when_they_differ() {
+        let node = MeetingId::from("w/eu-0");
+        let link = |peer: &str, key: &MasterKey| DesiredLink {
+            direction: RelayDirection::Upstream,
+            peer: peer.parse().unwrap(),
+            send_key: key.clone(),
+            receive_key: key.clone(),
+        };
+        let key = MasterKey::generate(PROFILE);
+        let mut net = Net::new();
+        // The link arrives before its node's plan: it waits.
+        let batches = net.reconciler.changes(vec![Change::LinkUpserted {
+            meeting: node.clone(),
+            id: "w/eu-0/up".into(),
+            link: link("192.0.2.9:40100", &key),
+        }]);
+        assert!(batches.is_empty());
+        let batches = net.reconciler.changes(vec![Change::MeetingUpserted {
+            meeting: node.clone(),
+            listen: listen(),
+        }]);
+        assert!(matches!(
+            &batches[0].ops[..],
+            [Op::AddMeeting, Op::AddLink { config }] if config.local == listen()
+        ));
+        net.run(batches);
+        assert_eq!(net.core.relay_links().len(), 1);
+        // The same again: nothing to do. New keys: re-created.
+        let same = net.reconciler.changes(vec![Change::LinkUpserted {
+            meeting: node.clone(),
+            id: "w/eu-0/up".into(),
+            link: link("192.0.2.9:40100", &key),
+        }]);
+        assert!(same.is_empty());
+        let rekeyed = net.reconciler.changes(vec![Change::LinkUpserted {
+            meeting: node.clone(),
+            id: "w/eu-0/up".into(),
+            link: link("192.0.2.9:40100", &MasterKey::generate(PROFILE)),
+        }]);
+        assert!(matches!(
+            &rekeyed[0].ops[..],
+            [Op::RemoveLink { .. }, Op::AddLink { .. }]
+        ));
+        net.run(rekeyed);
+        assert_eq!(net.core.relay_links().len(), 1);
+        // Removed by id alone.
+        let gone = net
+            .reconciler
+            .changes(vec![Change::LinkRemoved("w/eu-0/up".into())]);
+        assert_eq!(gone.len(), 1);
+        net.run(gone);
+        assert!(net.core.relay_links().is_empty());
+        assert!(net.core.meeting_exists(&node));
     }
 }

@@ -14,8 +14,8 @@
 //! `poll_timeout`, `handle_timeout`).
 
 mod common;
-pub mod os;
 pub mod mio;
+pub mod os;
 mod sockaddr;
 pub mod uring;
 

@@ -57,6 +57,11 @@ impl Forwarder {
         let Some(t) = self.tracks.get_mut(track.index()) else {
             return;
         };
+        // Audio has no keyframes: a request would wait for one in vain and be repeated
+        // (and, through relay links, travel up the tree).
+        if t.kind == super::TrackKind::Audio {
+            return;
+        }
         // A publisher not heard from yet cannot be asked; its first packets are usually a
         // keyframe, and waiting subscriptions ask again every second.
         if self.legs[t.leg.index()].rtcp_route().is_none() {
@@ -208,7 +213,12 @@ impl Forwarder {
             let Some(encoding) = track.encodings.iter().position(|e| e.ssrc == source) else {
                 continue;
             };
-            if relayed && track.encodings[encoding].cache.get(source_seq, now).is_none() {
+            if relayed
+                && track.encodings[encoding]
+                    .cache
+                    .get(source_seq, now)
+                    .is_none()
+            {
                 if n < misses.len() {
                     misses[n] = (encoding as u8, source_seq);
                     n += 1;

@@ -49,9 +49,9 @@ use crate::rtp::{self, RtpHeader};
 use crate::srtp::{SrtpContext, SrtpError};
 
 use feedback::{RetransmissionQueue, RETRANSMISSION_QUEUE_LEN};
-use relay::{RelayRetransmission, RELAY_RETRANSMISSION_QUEUE_LEN};
 use leg::{rtcp_port_convention, Leg};
 use queue::FanoutQueue;
+use relay::{RelayRetransmission, RELAY_RETRANSMISSION_QUEUE_LEN};
 use reports::{OutgoingRtcp, SrRelay, RTCP_QUEUE_LEN, SR_RELAYS};
 use subscription::{Subscription, Verdict, RETRANSMIT_MEMORY};
 use track::{Encoding, Track};

@@ -334,7 +334,11 @@ impl Forwarder {
 
     /// Remove one end of a relay link: a downstream end stops sending at once; an
     /// upstream end's tracks go, with every subscription to them.
-    pub fn remove_relay_link(&mut self, meeting: &MeetingId, id: &str) -> Result<(), ConfigureError> {
+    pub fn remove_relay_link(
+        &mut self,
+        meeting: &MeetingId,
+        id: &str,
+    ) -> Result<(), ConfigureError> {
         let participant = ParticipantId(id.to_owned());
         let leg = self
             .leg_id(meeting, &participant, RELAY_LEG_NAME)
@@ -368,7 +372,9 @@ impl Forwarder {
                 meeting: m.id.clone(),
                 id: leg.participant.0.clone(),
                 direction: relay.direction,
-                remote: leg.remote_rtp.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                remote: leg
+                    .remote_rtp
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
                 stats: leg.stats,
                 tracks,
             });
@@ -496,9 +502,7 @@ impl Forwarder {
         let mut expired = Vec::new();
         for (i, leg) in &self.legs {
             match &leg.relay {
-                Some(r) if r.direction == RelayDirection::Downstream => {
-                    sinks.push(LegId(i as u32))
-                }
+                Some(r) if r.direction == RelayDirection::Downstream => sinks.push(LegId(i as u32)),
                 Some(r) => expired.extend(
                     r.announced
                         .iter()
@@ -518,7 +522,11 @@ impl Forwarder {
     }
 
     fn remove_relayed_track(&mut self, leg: LegId, track: TrackId) {
-        if let Some(r) = self.legs.get_mut(leg.index()).and_then(|l| l.relay.as_mut()) {
+        if let Some(r) = self
+            .legs
+            .get_mut(leg.index())
+            .and_then(|l| l.relay.as_mut())
+        {
             r.announced.retain(|&(t, _)| t != track);
         }
         let _ = self.remove_track(track);
@@ -720,7 +728,12 @@ impl Forwarder {
 
     /// NACK towards the track's publisher the packets a downstream peer asked for that
     /// the cache does not hold, unless loss detection already requests them.
-    pub(crate) fn forward_nack_misses(&mut self, track: TrackId, encoding: usize, misses: &[SeqNo]) {
+    pub(crate) fn forward_nack_misses(
+        &mut self,
+        track: TrackId,
+        encoding: usize,
+        misses: &[SeqNo],
+    ) {
         let Some(t) = self.tracks.get(track.index()) else {
             return;
         };
