@@ -1842,6 +1842,22 @@ mod tests {
         assert_eq!(down.forwarder, origin.forwarder);
         assert_eq!(up.srtp.send_key, down.srtp.receive_key);
         assert_eq!(up.srtp.receive_key, down.srtp.send_key);
+        // Each end names the plan it belongs to on its forwarder: the node it feeds, the
+        // meeting (or parent node) it sends.
+        assert_eq!(up.local_plan, format!("{}/{}", tree.meeting, up.relay));
+        assert_eq!(down.local_plan, tree.meeting.to_string());
+        for l in links
+            .iter()
+            .filter(|l| l.direction == LinkDirection::Downstream)
+        {
+            let node = tree.nodes.iter().find(|n| n.relay == l.relay).unwrap();
+            match &node.parent {
+                RelayParent::Origin => assert_eq!(l.local_plan, tree.meeting.to_string()),
+                RelayParent::Relay { relay } => {
+                    assert_eq!(l.local_plan, format!("{}/{relay}", tree.meeting))
+                }
+            }
+        }
         // Ports of relays never clash with placements or each other.
         let (ports, _) = fx.store.range("v1/ports/").await.unwrap();
         assert_eq!(ports.len(), 6);

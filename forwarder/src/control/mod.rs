@@ -860,9 +860,10 @@ impl LoadSampler {
             .max()
             .unwrap_or(0);
         let cpu = |ticks: u64| (ticks as f64 / self.ticks_per_second / seconds) as f32;
+        let (legs, relay_links) = leg_count(shards).await;
         let load = pb::ForwarderLoad {
-            legs: leg_count(shards).await,
-            relay_links: 0,
+            legs,
+            relay_links,
             packets_in_per_sec: (packets.0.saturating_sub(self.packets.0) as f64 / seconds) as u64,
             packets_out_per_sec: (packets.1.saturating_sub(self.packets.1) as f64 / seconds) as u64,
             // The drivers count datagrams, not bytes.
@@ -916,20 +917,24 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Legs held by the cores, asked of each shard (a shard that does not answer within a
 /// second counts as none).
-async fn leg_count(shards: &[ShardLink]) -> u32 {
-    let mut total = 0;
+/// Legs (relay link ends included: each is a leg of the core) and relay link ends held by
+/// the cores.
+async fn leg_count(shards: &[ShardLink]) -> (u32, u32) {
+    let (mut legs, mut links) = (0, 0);
     for shard in shards {
         let (tx, rx) = oneshot::channel();
         let sent = shard.handle.send(Box::new(move |core| {
-            let _ = tx.send(core.leg_count());
+            let _ = tx.send((core.leg_count(), core.relay_link_count()));
         }));
         if sent.is_ok() {
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
-                total += n;
+            if let Ok(Ok((n, l))) = tokio::time::timeout(Duration::from_secs(1), rx).await {
+                legs += n;
+                links += l;
             }
         }
     }
-    u32::try_from(total).unwrap_or(u32::MAX)
+    let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (clamp(legs), clamp(links))
 }
 
 // ----- conversion from the wire -----------------------------------------------------

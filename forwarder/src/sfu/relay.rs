@@ -358,6 +358,11 @@ impl Forwarder {
         Ok(())
     }
 
+    /// How many link ends the core holds.
+    pub fn relay_link_count(&self) -> usize {
+        self.link_paths.len()
+    }
+
     /// Every link end the core holds.
     pub fn relay_links(&self) -> Vec<RelayLinkInfo> {
         let mut out = Vec::new();

@@ -424,6 +424,22 @@ impl Tree {
         self.pump();
     }
 
+    /// The first sequence number missing from what `viewer` got of the camera.
+    fn hole(&self, viewer: usize) -> SeqNo {
+        let mut video: Vec<u16> = self.viewers[viewer]
+            .got
+            .iter()
+            .filter(|(s, _, _)| *s == CAMERA[0])
+            .map(|&(_, q, _)| q.0)
+            .collect();
+        video.sort_unstable();
+        video
+            .windows(2)
+            .find(|w| w[1] != w[0] + 1)
+            .map(|w| SeqNo(w[0] + 1))
+            .expect("a hole in the viewer's stream")
+    }
+
     fn camera_subscription(&self, viewer: usize) -> crate::ids::SubscriptionId {
         let v = &self.viewers[viewer];
         let node = &self.nodes[v.node];
@@ -665,17 +681,7 @@ fn a_miss_at_the_relay_goes_upstream_and_the_answer_comes_back_down() {
     );
     // The viewer NACKs the hole in its stream: the relay misses it, and its loss
     // detection already requests it, so the viewer's NACK adds no request of its own.
-    let video: Vec<SeqNo> = tree.viewers[v]
-        .got
-        .iter()
-        .filter(|(s, _, _)| *s == CAMERA[0])
-        .map(|&(_, q, _)| q)
-        .collect();
-    let hole = video
-        .windows(2)
-        .find(|w| w[1].0 != w[0].0.wrapping_add(1))
-        .map(|w| SeqNo(w[0].0.wrapping_add(1)))
-        .expect("a hole in the viewer's stream");
+    let hole = tree.hole(v);
     let ssrc = CAMERA[0];
     tree.cut_upstream = false;
     tree.viewer_rtcp(v, |b| {
@@ -835,4 +841,70 @@ fn links_have_their_own_metrics() {
     assert!(text.contains(
         "fanout_relay_link_tracks{meeting=\"w/r1\",link=\"w/r1/up\",direction=\"upstream\"} 2"
     ));
+}
+
+#[test]
+fn a_miss_the_relay_stopped_requesting_is_passed_up_when_a_viewer_asks() {
+    let mut tree = Tree::new(1);
+    let v = tree.add_viewer(1);
+    tree.pump();
+    tree.frame(true);
+    // A first loss on the link, repaired after 30 ms: that is the link's round trip
+    // from now on, and the relay's retries come that often.
+    tree.drop_on_link = Some((1, CAMERA[2], tree.next_seq(CAMERA[2])));
+    tree.cut_upstream = true;
+    tree.frame(false);
+    tree.frame(false);
+    tree.cut_upstream = false;
+    tree.advance(Duration::from_millis(30));
+    let origin_addr = tree.nodes[0].addr;
+    for mut d in std::mem::take(&mut tree.held) {
+        tree.deliver(1, origin_addr, &mut d);
+    }
+    tree.pump();
+    assert_eq!(
+        tree.link(0, RelayDirection::Downstream).stats.retransmitted,
+        1
+    );
+    // A second loss while the relay cannot reach the origin: its requests are lost until
+    // it gives up (ten tries), well before the origin's cache forgets the packet.
+    tree.drop_on_link = Some((1, CAMERA[2], tree.next_seq(CAMERA[2])));
+    tree.cut_upstream = true;
+    tree.frame(false);
+    tree.frame(false);
+    for _ in 0..40 {
+        tree.advance(Duration::from_millis(10));
+    }
+    tree.cut_upstream = false;
+    tree.held.clear();
+    let retransmitted = tree.link(0, RelayDirection::Downstream).stats.retransmitted;
+    // The viewer asks for the hole in its stream: the relay misses it and no longer
+    // requests it itself, so it passes the NACK up; the origin answers from its cache
+    // and the packet comes down to the viewer.
+    let hole = tree.hole(v);
+    tree.viewer_rtcp(v, |b| {
+        rtcp::write_nack(b, Ssrc(0x5555), CAMERA[0], &[hole]).unwrap()
+    });
+    let up = tree.link(1, RelayDirection::Upstream);
+    assert_eq!(
+        up.stats.nacks_forwarded, 1,
+        "the viewer's miss went up the link"
+    );
+    let down = tree.link(0, RelayDirection::Downstream);
+    assert_eq!(
+        down.stats.retransmitted,
+        retransmitted + 1,
+        "answered by the origin"
+    );
+    assert!(
+        tree.presenter.nacks.is_empty(),
+        "the presenter was not asked"
+    );
+    assert!(
+        tree.viewers[v]
+            .got
+            .iter()
+            .any(|&(s, q, t)| s == CAMERA[0] && q == hole && t == 2),
+        "the packet reached the viewer"
+    );
 }
