@@ -19,7 +19,7 @@ use fanout_forwarder::ids::Ssrc;
 use fanout_forwarder::rtcp;
 use fanout_forwarder::rtp::RtpHeader;
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
-use fanout_tests::forwarder::{control_binary, forwarder_binary};
+use fanout_tests::forwarder::{control_binary, forwarder_binary, http_get, Metrics};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::Request;
@@ -269,11 +269,15 @@ async fn viewers_on_relay_nodes_receive_the_presenter() {
             .args(["--control", &format!("http://{address}")])
             .args(["--forwarder-id", id, "--region", "eu"])
             .args(["--media-ip", "127.0.0.1", "--listen", "127.0.0.1:0"])
+            .args(["--metrics", "127.0.0.1:0"])
             .args(["--port-range", ports, "--shards", "1"])
             .args(["--progress-interval", "0"])
             .arg("--enrolment-token-file")
             .arg(&enrolment);
-        forwarders.push((id, Proc::spawn(id, command)));
+        let proc = Proc::spawn(id, command);
+        let metrics = proc.wait_for("metrics at http://");
+        let metrics: std::net::SocketAddr = metrics.trim_end_matches("/metrics").parse().unwrap();
+        forwarders.push((id, proc, metrics));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !scrape(&metrics).contains("fanout_control_live_forwarders 3") {
@@ -326,6 +330,7 @@ async fn viewers_on_relay_nodes_receive_the_presenter() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seq: u16 = 1;
     let mut picture_id: u16 = 1;
+    let mut host_sent = 0u64;
     while heard.iter().any(|h| !h) || seen.iter().any(|s| s.is_empty()) {
         assert!(
             Instant::now() < deadline,
@@ -343,6 +348,7 @@ async fn viewers_on_relay_nodes_receive_the_presenter() {
             let payload = vp8(picture_id, keyframe, i as u8);
             host.send(ssrc, 96, seq, u32::from(picture_id) * 3000, &payload);
         }
+        host_sent += 1 + camera.len() as u64;
         seq = seq.wrapping_add(1);
         picture_id = picture_id.wrapping_add(1);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -361,11 +367,31 @@ async fn viewers_on_relay_nodes_receive_the_presenter() {
     for (i, s) in seen.iter().enumerate() {
         assert_eq!(s, &BTreeSet::from([2]), "viewer {i} sees the top encoding");
     }
-    // Links came up on the forwarders: one per node at the node, one at each parent.
+    // Links came up on the forwarders: one end at each node, one at its parent.
     let up: usize = forwarders
         .iter()
-        .map(|(_, p)| p.count("relay link up"))
+        .map(|(_, p, _)| p.count("relay link up"))
         .sum();
     assert!(up >= 2 * nodes.len(), "{up} link ends logged");
+    let mut link_ends = 0.0;
+    for (id, _, address) in &forwarders {
+        let metrics = Metrics::parse(&http_get(*address, "/metrics").unwrap()).unwrap();
+        link_ends += metrics.sum("fanout_relay_links", &[]);
+        // The origin encrypts each packet once for the tree (its one link, to the
+        // region's ingress), not once per viewer.
+        if *id == host.joined.forwarder_id.as_str() {
+            let down = [("direction", "downstream"), ("kind", "rtp")];
+            let links = metrics
+                .select("fanout_relay_link_packets_sent_total", &down)
+                .count();
+            assert_eq!(links, 1, "the origin feeds one relay");
+            let sent = metrics.sum("fanout_relay_link_packets_sent_total", &down);
+            assert!(
+                sent > 0.0 && sent <= host_sent as f64,
+                "the origin sent {sent} packets down its link for {host_sent} published"
+            );
+        }
+    }
+    assert_eq!(link_ends as usize, 2 * nodes.len(), "two ends per link");
     drop((forwarders, control));
 }

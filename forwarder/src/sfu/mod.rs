@@ -1133,9 +1133,13 @@ impl Forwarder {
             AddressKind::Rtp => stats.rtp_in.add(wire_len),
             AddressKind::Rtcp => stats.rtcp_in.add(wire_len),
         }
+        let first = self.legs[leg_id.index()].last_received.is_none();
         self.note_activity(leg_id, now);
         if self.legs[leg_id.index()].relay.is_some() {
             // A link's addresses are configured: never learned or moved.
+            if first {
+                self.on_link_first_heard(leg_id);
+            }
             return Some((leg_id, plain_len));
         }
         if kind == AddressKind::Rtp && self.note_source(leg_id, ssrc, source) {

@@ -25,7 +25,9 @@
 //! The downstream end tells the upstream end what it sends in band, with an SRTCP APP
 //! packet (RFC 3550 §6.7, name [`APP_NAME`]) protected by the link's keys: per track its
 //! name, kind, codec, clock rate and SSRCs (lowest encoding first). It announces when the
-//! link is added, whenever a track of the meeting comes or goes, and every second. A
+//! link is added, when it first hears from the peer (the upstream end says hello with an
+//! empty receiver report as it comes up, in case it missed the first announcement),
+//! whenever a track of the meeting comes or goes, and every second. A
 //! track removed at the parent is announced gone with an RTCP BYE of its SSRCs; one not
 //! announced for [`TRACK_TTL`] is removed as well (a lost BYE). A node that feeds further
 //! nodes announces the tracks its own link brought, so links chain to any depth.
@@ -278,6 +280,11 @@ impl Forwarder {
         config: RelayLinkConfig,
     ) -> Result<LegId, ConfigureError> {
         let index = self.meeting(meeting)?;
+        // Announcements repeat every second even before any datagram arrived.
+        if self.next_housekeeping.is_none() {
+            self.next_housekeeping = Some(self.now + super::HOUSEKEEPING_INTERVAL);
+            self.next_feedback_tick = Some(self.now + super::FEEDBACK_INTERVAL);
+        }
         let path = (config.local, config.remote);
         if self.link_paths.contains_key(&path) {
             return Err(ConfigureError::AddressInUse(config.remote));
@@ -326,10 +333,27 @@ impl Forwarder {
             peer = %config.remote,
             "relay link up"
         );
-        if config.direction == RelayDirection::Downstream {
-            self.announce_tracks(id);
+        match config.direction {
+            RelayDirection::Downstream => self.announce_tracks(id),
+            // Say hello: the parent announces its tracks again when it first hears from
+            // us, in case its first announcement came before this end existed.
+            RelayDirection::Upstream => {
+                let sender = self.legs[id.index()].rtcp_ssrc;
+                self.queue_rtcp(id, |b| rtcp::write_receiver_report(b, sender, &[]));
+            }
         }
         Ok(id)
+    }
+
+    /// The first authenticated packet over a link: a downstream end announces again.
+    pub(crate) fn on_link_first_heard(&mut self, leg: LegId) {
+        let downstream = self.legs[leg.index()]
+            .relay
+            .as_ref()
+            .is_some_and(|r| r.direction == RelayDirection::Downstream);
+        if downstream {
+            self.announce_tracks(leg);
+        }
     }
 
     /// Remove one end of a relay link: a downstream end stops sending at once; an
@@ -742,6 +766,10 @@ impl Forwarder {
         let Some(t) = self.tracks.get(track.index()) else {
             return;
         };
+        // A late audio packet is of no use to a jitter buffer: audio is not repaired.
+        if t.kind == TrackKind::Audio {
+            return;
+        }
         let Some(e) = t.encodings.get(encoding) else {
             return;
         };

@@ -173,6 +173,13 @@ impl Tree {
 
     /// A relay node fed by the last node.
     fn add_relay(&mut self) {
+        self.add_relay_with(false);
+    }
+
+    /// A relay node fed by the last node; with `parent_first`, the parent's end is added
+    /// (and announces) before the node exists, as when the control plane reaches the
+    /// parent's forwarder first.
+    fn add_relay_with(&mut self, parent_first: bool) {
         let parent = self.nodes.len() - 1;
         let index = self.nodes.len();
         let meeting = MeetingId(format!("w/r{index}"));
@@ -182,6 +189,22 @@ impl Tree {
         let down = MasterKey::generate(PROFILE);
         let up = MasterKey::generate(PROFILE);
         let id = format!("{meeting}");
+        let p = &mut self.nodes[parent];
+        let parent_end = RelayLinkConfig {
+            id: format!("{id}/down"),
+            direction: RelayDirection::Downstream,
+            local: p.addr,
+            remote: node_addr,
+            send_key: down.clone(),
+            receive_key: up.clone(),
+        };
+        if parent_first {
+            let meeting = p.meeting.clone();
+            p.core.add_relay_link(&meeting, parent_end.clone()).unwrap();
+            // What it sends now is lost: nobody listens there yet.
+            let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
+            while p.core.poll_transmit(&mut buf).is_some() {}
+        }
         core.add_relay_link(
             &meeting,
             RelayLinkConfig {
@@ -194,20 +217,11 @@ impl Tree {
             },
         )
         .unwrap();
-        let p = &mut self.nodes[parent];
-        p.core
-            .add_relay_link(
-                &p.meeting.clone(),
-                RelayLinkConfig {
-                    id: format!("{id}/down"),
-                    direction: RelayDirection::Downstream,
-                    local: p.addr,
-                    remote: node_addr,
-                    send_key: down,
-                    receive_key: up,
-                },
-            )
-            .unwrap();
+        if !parent_first {
+            let p = &mut self.nodes[parent];
+            let meeting = p.meeting.clone();
+            p.core.add_relay_link(&meeting, parent_end).unwrap();
+        }
         self.nodes.push(Node {
             core,
             meeting,
@@ -907,4 +921,13 @@ fn a_miss_the_relay_stopped_requesting_is_passed_up_when_a_viewer_asks() {
             .any(|&(s, q, t)| s == CAMERA[0] && q == hole && t == 2),
         "the packet reached the viewer"
     );
+}
+
+#[test]
+fn a_node_that_comes_up_after_its_parent_gets_the_tracks_at_once() {
+    let mut tree = Tree::new(0);
+    tree.add_relay_with(true);
+    tree.pump();
+    // The node's hello made the parent announce again: no waiting for the next round.
+    assert_eq!(tree.link(1, RelayDirection::Upstream).tracks, 2);
 }
