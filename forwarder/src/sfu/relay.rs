@@ -51,7 +51,7 @@ use tracing::{info, trace};
 use crate::codec::Codec;
 use crate::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, TrackId};
 use crate::rtcp::{self, Feedback, RtcpError, SenderReport};
-use crate::srtp::{MasterKey, SrtpContext};
+use crate::srtp::{ContextOptions, MasterKey, SrtpContext};
 
 use super::feedback::MAX_NACK_BATCH;
 use super::leg::Leg;
@@ -70,6 +70,9 @@ const ANNOUNCEMENT_VERSION: u8 = 1;
 pub const TRACK_TTL: Duration = Duration::from_secs(5);
 /// Largest announcement packet: one RTCP queue slot, less room for nothing else.
 const ANNOUNCEMENT_MAX_LEN: usize = super::reports::RTCP_SLOT_LEN;
+/// SSRCs one link's SRTP context tracks per direction: every encoding of every track of
+/// the meeting crosses one link (a participant's leg needs a handful).
+const LINK_MAX_SSRCS: usize = 1024;
 /// The name of the one leg of a link's participant.
 pub const RELAY_LEG_NAME: &str = "relay";
 /// Relayed retransmissions waiting to be sent; beyond this NACKs over links are not
@@ -292,12 +295,16 @@ impl Forwarder {
         let participant = ParticipantId(config.id.clone());
         self.add_participant(meeting, participant.clone())?;
         let id = LegId(self.legs.vacant_key() as u32);
+        let options = ContextOptions {
+            max_ssrcs: LINK_MAX_SSRCS,
+            ..ContextOptions::default()
+        };
         let leg = Leg {
             meeting: index,
             participant: participant.clone(),
             name: RELAY_LEG_NAME.to_owned(),
-            srtp_in: SrtpContext::new(&config.receive_key),
-            srtp_out: SrtpContext::new(&config.send_key),
+            srtp_in: SrtpContext::with_options(&config.receive_key, options),
+            srtp_out: SrtpContext::with_options(&config.send_key, options),
             remote_rtp: Some(config.remote),
             remote_rtcp: None,
             rtcp_mux: true,
@@ -316,6 +323,7 @@ impl Forwarder {
                 announced: Vec::new(),
             }),
         };
+        // `vacant_key` is the key `insert` uses.
         let inserted = LegId(self.legs.insert(leg) as u32);
         debug_assert_eq!(inserted, id);
         self.link_paths.insert(path, id);

@@ -87,6 +87,8 @@ struct Tree {
     held: Vec<Vec<u8>>,
     /// Copies of the datagrams delivered to node 1 from its parent.
     captured: Vec<Vec<u8>>,
+    /// Other publishers: what the origin sends them is discarded.
+    others: Vec<SocketAddr>,
 }
 
 impl Tree {
@@ -163,6 +165,7 @@ impl Tree {
             cut_upstream: false,
             held: Vec::new(),
             captured: Vec::new(),
+            others: Vec::new(),
         };
         for _ in 0..relays {
             tree.add_relay();
@@ -343,6 +346,9 @@ impl Tree {
                     _ => {}
                 }
             }
+            return;
+        }
+        if self.others.contains(&to) {
             return;
         }
         let v = self
@@ -930,4 +936,102 @@ fn a_node_that_comes_up_after_its_parent_gets_the_tracks_at_once() {
     tree.pump();
     // The node's hello made the parent announce again: no waiting for the next round.
     assert_eq!(tree.link(1, RelayDirection::Upstream).tracks, 2);
+}
+
+#[test]
+fn a_stage_of_many_publishers_crosses_one_link() {
+    let mut tree = Tree::new(1);
+    let v = tree.add_viewer(1);
+    // Twenty more publishers with a camera of three encodings and audio each: more
+    // tracks than one announcement packet holds, more SSRCs than a participant's leg
+    // may use.
+    let mut publishers = Vec::new();
+    for n in 0..20u32 {
+        let key = MasterKey::generate(PROFILE);
+        let name = ParticipantId(format!("panelist-{n}"));
+        let address = SocketAddr::from(([198, 51, 100, 3], 7000 + n as u16));
+        let origin = &mut tree.nodes[0];
+        let meeting = origin.meeting.clone();
+        origin.core.add_participant(&meeting, name.clone()).unwrap();
+        let leg = origin
+            .core
+            .add_leg(
+                &meeting,
+                &name,
+                LegConfig {
+                    name: "srtp".into(),
+                    receive_key: key.clone(),
+                    send_key: MasterKey::generate(PROFILE),
+                    remote: Some(address),
+                    remote_rtcp: None,
+                    rtcp_mux: true,
+                    local: Some(origin.addr),
+                    local_rtcp: None,
+                },
+            )
+            .unwrap();
+        let base = 0x1000 + 16 * n;
+        for (track, kind, codec, ssrcs) in [
+            ("audio", TrackKind::Audio, Codec::Opaque, vec![Ssrc(base)]),
+            (
+                "camera",
+                TrackKind::Video,
+                Codec::Vp8,
+                vec![Ssrc(base + 1), Ssrc(base + 2), Ssrc(base + 3)],
+            ),
+        ] {
+            origin
+                .core
+                .add_track(
+                    &meeting,
+                    &name,
+                    TrackConfig {
+                        name: track.into(),
+                        kind,
+                        encodings: ssrcs,
+                        leg,
+                        clock_rate: None,
+                        codec,
+                        audio_level_extension: None,
+                    },
+                )
+                .unwrap();
+        }
+        tree.others.push(address);
+        publishers.push((address, SrtpContext::new(&key), base));
+    }
+    tree.pump();
+    assert_eq!(tree.link(1, RelayDirection::Upstream).tracks, 2 + 40);
+    // Every panelist sends a keyframe on every encoding and a packet of audio: all of it
+    // crosses the link, 80 SSRCs under one context.
+    for (address, sender, base) in &mut publishers {
+        for ssrc in *base..*base + 4 {
+            let payload = if ssrc == *base {
+                vec![0xAA; 80]
+            } else {
+                vp8(1, true, 2)
+            };
+            let mut packet = vec![0u8; 12 + payload.len() + 32];
+            packet[0] = 0x80;
+            packet[1] = 0x80 | 96;
+            packet[2..4].copy_from_slice(&1u16.to_be_bytes());
+            packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            packet[12..12 + payload.len()].copy_from_slice(&payload);
+            let len = sender.protect_rtp(&mut packet, 12 + payload.len()).unwrap();
+            packet.truncate(len);
+            let origin = &mut tree.nodes[0];
+            origin
+                .core
+                .handle_datagram(tree.now, origin.addr, *address, &mut packet);
+        }
+        tree.pump();
+    }
+    let down = tree.link(0, RelayDirection::Downstream);
+    assert_eq!(down.stats.rtp_out.packets, 80);
+    assert_eq!(down.stats.drops.total(), 0);
+    let up = tree.link(1, RelayDirection::Upstream);
+    assert_eq!(up.stats.rtp_in.packets, 80);
+    assert_eq!(up.stats.drops.total(), 0);
+    // The viewer gets every panelist's top encoding and audio.
+    assert_eq!(tree.viewers[v].got.len(), 40);
 }
