@@ -41,8 +41,9 @@
 //! * Relay links (webinar relay trees, see `crate::sfu` `relay`) belong to the meeting
 //!   on this forwarder they serve (`RelayLink.local_meeting_id`): the relay node an
 //!   upstream end feeds, the meeting or node a downstream end sends. Like legs, they
-//!   wait for their meeting's plan, go with it, and are re-created when their peer
-//!   address, direction or keys change; an unchanged upsert changes nothing.
+//!   wait for their meeting's plan and go with it; new keys or a new peer address update
+//!   a link in place (a node keeps its tracks and its viewers their subscriptions), a
+//!   new direction re-creates it; an unchanged upsert changes nothing.
 //!
 //! Only the pairs of legs where at least one side changed are compared, so a join into a
 //! meeting of N legs costs O(N x tracks), not O(N^2).
@@ -338,6 +339,10 @@ pub enum Op {
     RemoveLink {
         id: String,
     },
+    /// New keys or peer address for a link end, which keeps its tracks.
+    UpdateLink {
+        config: RelayLinkConfig,
+    },
     /// A participant with its one leg.
     AddLeg {
         participant: ParticipantId,
@@ -491,31 +496,37 @@ fn diff_meeting(
 
 type Legs = BTreeMap<ParticipantId, DesiredLeg>;
 
-/// The operations that take a meeting's relay links from `old` to `new`: those gone or
-/// changed are removed, then those new or changed are added.
+/// The operations that take a meeting's relay links from `old` to `new`: those gone (or
+/// turned around) are removed, those with new keys or a new peer updated in place (a
+/// node's tracks and its viewers' subscriptions carry on), then those new are added.
 fn diff_links(
     listen: SocketAddr,
     old: &BTreeMap<String, DesiredLink>,
     new: &BTreeMap<String, DesiredLink>,
     ops: &mut Vec<Op>,
 ) {
+    let config = |id: &String, link: &DesiredLink| RelayLinkConfig {
+        id: id.clone(),
+        direction: link.direction,
+        local: listen,
+        remote: link.peer,
+        send_key: link.send_key.clone(),
+        receive_key: link.receive_key.clone(),
+    };
     for (id, link) in old {
-        if !new.get(id).is_some_and(|n| n.same(link)) {
+        if !new.get(id).is_some_and(|n| n.direction == link.direction) {
             ops.push(Op::RemoveLink { id: id.clone() });
         }
     }
     for (id, link) in new {
-        if !old.get(id).is_some_and(|o| o.same(link)) {
-            ops.push(Op::AddLink {
-                config: RelayLinkConfig {
-                    id: id.clone(),
-                    direction: link.direction,
-                    local: listen,
-                    remote: link.peer,
-                    send_key: link.send_key.clone(),
-                    receive_key: link.receive_key.clone(),
-                },
-            });
+        match old.get(id) {
+            Some(o) if o.same(link) => {}
+            Some(o) if o.direction == link.direction => ops.push(Op::UpdateLink {
+                config: config(id, link),
+            }),
+            _ => ops.push(Op::AddLink {
+                config: config(id, link),
+            }),
         }
     }
 }
@@ -712,6 +723,7 @@ fn describe(op: &Op) -> String {
             config.remote
         ),
         Op::RemoveLink { id } => format!("remove relay link `{id}`"),
+        Op::UpdateLink { config } => format!("re-key relay link `{}`", config.id),
         Op::AddLeg { participant, .. } => format!("add leg of `{participant}`"),
         Op::RemoveLeg { participant } => format!("remove leg of `{participant}`"),
         Op::AddTrack {
@@ -737,6 +749,7 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
         Op::RemoveMeeting => core.remove_meeting(meeting),
         Op::AddLink { config } => core.add_relay_link(meeting, config).map(|_| ()),
         Op::RemoveLink { id } => core.remove_relay_link(meeting, &id),
+        Op::UpdateLink { config } => core.update_relay_link(meeting, config),
         Op::AddLeg {
             participant,
             config,
@@ -1250,10 +1263,7 @@ mod tests {
             id: "w/eu-0/up".into(),
             link: link("192.0.2.9:40100", &MasterKey::generate(PROFILE)),
         }]);
-        assert!(matches!(
-            &rekeyed[0].ops[..],
-            [Op::RemoveLink { .. }, Op::AddLink { .. }]
-        ));
+        assert!(matches!(&rekeyed[0].ops[..], [Op::UpdateLink { .. }]));
         net.run(rekeyed);
         assert_eq!(net.core.relay_links().len(), 1);
         // Removed by id alone.

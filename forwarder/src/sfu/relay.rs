@@ -341,16 +341,73 @@ impl Forwarder {
             peer = %config.remote,
             "relay link up"
         );
-        match config.direction {
-            RelayDirection::Downstream => self.announce_tracks(id),
-            // Say hello: the parent announces its tracks again when it first hears from
-            // us, in case its first announcement came before this end existed.
-            RelayDirection::Upstream => {
-                let sender = self.legs[id.index()].rtcp_ssrc;
-                self.queue_rtcp(id, |b| rtcp::write_receiver_report(b, sender, &[]));
-            }
-        }
+        self.greet(id);
         Ok(id)
+    }
+
+    /// New keys or a new peer address for a link end (the control plane re-keys a link
+    /// when either end moves to another forwarder): the SRTP contexts restart, everything
+    /// else stays, so a node's relayed tracks and its viewers' subscriptions carry on (the
+    /// presenter's SSRCs and numbering pass through the new parent unchanged).
+    pub fn update_relay_link(
+        &mut self,
+        meeting: &MeetingId,
+        config: RelayLinkConfig,
+    ) -> Result<(), ConfigureError> {
+        let participant = ParticipantId(config.id.clone());
+        let leg_id = self
+            .leg_id(meeting, &participant, RELAY_LEG_NAME)
+            .ok_or(ConfigureError::NoSuchLeg)?;
+        let leg = &self.legs[leg_id.index()];
+        if leg.relay.as_ref().map(|r| r.direction) != Some(config.direction) {
+            return Err(ConfigureError::NoSuchLeg);
+        }
+        let old_path = (
+            leg.local.unwrap_or(config.local),
+            leg.remote_rtp.unwrap_or(config.remote),
+        );
+        let path = (config.local, config.remote);
+        if path != old_path {
+            if self.link_paths.contains_key(&path) {
+                return Err(ConfigureError::AddressInUse(config.remote));
+            }
+            self.link_paths.remove(&old_path);
+            self.link_paths.insert(path, leg_id);
+        }
+        let options = ContextOptions {
+            max_ssrcs: LINK_MAX_SSRCS,
+            ..ContextOptions::default()
+        };
+        let leg = &mut self.legs[leg_id.index()];
+        leg.srtp_in = SrtpContext::with_options(&config.receive_key, options);
+        leg.srtp_out = SrtpContext::with_options(&config.send_key, options);
+        leg.local = Some(config.local);
+        leg.remote_rtp = Some(config.remote);
+        leg.last_received = None;
+        info!(
+            %meeting,
+            link = %config.id,
+            direction = config.direction.as_str(),
+            peer = %config.remote,
+            "relay link re-keyed"
+        );
+        self.greet(leg_id);
+        Ok(())
+    }
+
+    /// What an end says as it comes up: a downstream end announces its tracks, an
+    /// upstream end says hello (an empty receiver report), to which the parent answers
+    /// with an announcement, in case its own came before this end existed.
+    fn greet(&mut self, leg: LegId) {
+        let l = &self.legs[leg.index()];
+        let sender = l.rtcp_ssrc;
+        match l.relay.as_ref().map(|r| r.direction) {
+            Some(RelayDirection::Downstream) => self.announce_tracks(leg),
+            Some(RelayDirection::Upstream) => {
+                self.queue_rtcp(leg, |b| rtcp::write_receiver_report(b, sender, &[]))
+            }
+            None => {}
+        }
     }
 
     /// The first authenticated packet over a link: a downstream end announces again.

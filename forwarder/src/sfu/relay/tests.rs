@@ -1035,3 +1035,68 @@ fn a_stage_of_many_publishers_crosses_one_link() {
     // The viewer gets every panelist's top encoding and audio.
     assert_eq!(tree.viewers[v].got.len(), 40);
 }
+
+#[test]
+fn a_rekeyed_link_keeps_the_nodes_tracks_and_viewers_playing() {
+    let mut tree = Tree::new(1);
+    let v = tree.add_viewer(1);
+    tree.pump();
+    tree.frame(true);
+    tree.frame(false);
+    let subs = {
+        let n = &tree.nodes[1];
+        n.core.subscriptions_of(&n.meeting, &tree.viewers[v].name)
+    };
+    let before = tree.viewers[v].got.len();
+    // Fresh keys for both ends, as when the control plane re-keys after a failover.
+    let (down, up) = (MasterKey::generate(PROFILE), MasterKey::generate(PROFILE));
+    let (origin_addr, node_addr) = (tree.nodes[0].addr, tree.nodes[1].addr);
+    let meeting = tree.nodes[0].meeting.clone();
+    tree.nodes[0]
+        .core
+        .update_relay_link(
+            &meeting,
+            RelayLinkConfig {
+                id: "w/r1/down".into(),
+                direction: RelayDirection::Downstream,
+                local: origin_addr,
+                remote: node_addr,
+                send_key: down.clone(),
+                receive_key: up.clone(),
+            },
+        )
+        .unwrap();
+    let meeting = tree.nodes[1].meeting.clone();
+    tree.nodes[1]
+        .core
+        .update_relay_link(
+            &meeting,
+            RelayLinkConfig {
+                id: "w/r1/up".into(),
+                direction: RelayDirection::Upstream,
+                local: node_addr,
+                remote: origin_addr,
+                send_key: up,
+                receive_key: down,
+            },
+        )
+        .unwrap();
+    tree.frame(false);
+    tree.frame(false);
+    // Same subscriptions, no new keyframe needed: the next frames simply arrive.
+    let n = &tree.nodes[1];
+    assert_eq!(
+        n.core.subscriptions_of(&n.meeting, &tree.viewers[v].name),
+        subs
+    );
+    assert_eq!(tree.link(1, RelayDirection::Upstream).tracks, 2);
+    assert_eq!(
+        tree.viewers[v].got.len(),
+        before + 4,
+        "two frames of video and audio"
+    );
+    assert_eq!(
+        tree.link(1, RelayDirection::Upstream).stats.drops.total(),
+        0
+    );
+}
