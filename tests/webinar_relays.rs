@@ -29,6 +29,8 @@ const ENROLMENT: &str = "enrolment-token-for-webinar-0123456789";
 const HOST_KEY: &str = "host-key-for-the-webinar";
 const WEBINAR: &str = "webinar-e2e";
 const VIEWERS: usize = 6;
+/// Frames the host sends at least (20 ms apart).
+const FRAMES: u16 = 100;
 
 /// A child process, killed on drop, whose stderr lines are scanned for markers.
 struct Proc {
@@ -185,8 +187,9 @@ impl Peer {
             .unwrap();
     }
 
-    /// Every authenticated RTP packet waiting: (SSRC, last payload byte).
-    fn receive(&mut self) -> Vec<(u32, u8)> {
+    /// Every authenticated RTP packet waiting: (SSRC, sequence number, last payload
+    /// byte).
+    fn receive(&mut self) -> Vec<(u32, u16, u8)> {
         let mut out = Vec::new();
         let mut buf = [0u8; 2048];
         while let Ok((n, source)) = self.socket.recv_from(&mut buf) {
@@ -199,7 +202,7 @@ impl Peer {
                 .unprotect_rtp(&mut buf[..n])
                 .expect("the viewer authenticates what its relay sends");
             let header = RtpHeader::parse(&buf[..len]).unwrap();
-            out.push((header.ssrc.0, buf[len - 1]));
+            out.push((header.ssrc.0, header.sequence.0, buf[len - 1]));
         }
         out
     }
@@ -325,13 +328,25 @@ async fn viewers_on_relay_nodes_receive_the_presenter() {
     // index) until every viewer has heard and seen it. Viewers report to their nodes so
     // the nodes learn where they are; the forwarders get their legs and links from the
     // desired-state stream a moment after the joins.
-    let mut heard = vec![false; VIEWERS];
+    let mut heard: Vec<BTreeSet<u16>> = vec![BTreeSet::new(); VIEWERS];
     let mut seen: Vec<BTreeSet<u8>> = vec![BTreeSet::new(); VIEWERS];
+    let receive =
+        |viewers: &mut Vec<Peer>, heard: &mut Vec<BTreeSet<u16>>, seen: &mut Vec<BTreeSet<u8>>| {
+            for (i, v) in viewers.iter_mut().enumerate() {
+                for (ssrc, seq, tag) in v.receive() {
+                    if ssrc == audio && tag == 0xAA {
+                        assert!(heard[i].insert(seq), "viewer {i} got audio {seq} twice");
+                    } else if ssrc == camera[0] {
+                        seen[i].insert(tag);
+                    }
+                }
+            }
+        };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seq: u16 = 1;
     let mut picture_id: u16 = 1;
     let mut host_sent = 0u64;
-    while heard.iter().any(|h| !h) || seen.iter().any(|s| s.is_empty()) {
+    while seq <= FRAMES || heard.iter().any(|h| h.is_empty()) || seen.iter().any(|s| s.is_empty()) {
         assert!(
             Instant::now() < deadline,
             "every viewer hears and sees the host within 30 s: heard {heard:?}, seen {seen:?}"
@@ -351,16 +366,28 @@ async fn viewers_on_relay_nodes_receive_the_presenter() {
         host_sent += 1 + camera.len() as u64;
         seq = seq.wrapping_add(1);
         picture_id = picture_id.wrapping_add(1);
+        // Pacing, not synchronisation: a frame every 20 ms, as a camera would.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        for (i, v) in viewers.iter_mut().enumerate() {
-            for (ssrc, tag) in v.receive() {
-                if ssrc == audio && tag == 0xAA {
-                    heard[i] = true;
-                } else if ssrc == camera[0] {
-                    seen[i].insert(tag);
-                }
-            }
-        }
+        receive(&mut viewers, &mut heard, &mut seen);
+    }
+    // From the first audio packet a viewer got, it gets every one, up to the last sent.
+    let last = seq.wrapping_sub(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while heard.iter().any(|h| h.last() != Some(&last)) {
+        assert!(
+            Instant::now() < deadline,
+            "the last audio packet reaches every viewer"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        receive(&mut viewers, &mut heard, &mut seen);
+    }
+    for (i, h) in heard.iter().enumerate() {
+        let first = *h.first().unwrap();
+        assert_eq!(
+            h.len(),
+            usize::from(last - first) + 1,
+            "viewer {i} got every audio packet from {first} to {last}"
+        );
     }
     // Each viewer gets one encoding, the best: every layer crossed every link, and each
     // node chose per viewer.
@@ -377,6 +404,18 @@ async fn viewers_on_relay_nodes_receive_the_presenter() {
     for (id, _, address) in &forwarders {
         let metrics = Metrics::parse(&http_get(*address, "/metrics").unwrap()).unwrap();
         link_ends += metrics.sum("fanout_relay_links", &[]);
+        for sample in metrics.select("fanout_relay_link_packets_sent_total", &[("kind", "rtp")]) {
+            let link = sample.label("link").unwrap_or("");
+            let received = metrics.sum(
+                "fanout_relay_link_packets_received_total",
+                &[("link", link), ("kind", "rtp")],
+            );
+            eprintln!(
+                "{id}: link {link} ({}): {} RTP packets sent, {received} received; host sent {host_sent}",
+                sample.label("direction").unwrap_or(""),
+                sample.value
+            );
+        }
         // The origin encrypts each packet once for the tree (its one link, to the
         // region's ingress), not once per viewer.
         if *id == host.joined.forwarder_id.as_str() {
@@ -393,5 +432,29 @@ async fn viewers_on_relay_nodes_receive_the_presenter() {
         }
     }
     assert_eq!(link_ends as usize, 2 * nodes.len(), "two ends per link");
+    // Every RTP packet a parent sent down a link was received and authenticated once at
+    // the other end (counters settle once the last packets are through).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (mut sent, mut received) = (0.0, 0.0);
+        for (_, _, address) in &forwarders {
+            let metrics = Metrics::parse(&http_get(*address, "/metrics").unwrap()).unwrap();
+            let rtp = |direction| [("direction", direction), ("kind", "rtp")];
+            sent += metrics.sum("fanout_relay_link_packets_sent_total", &rtp("downstream"));
+            received += metrics.sum("fanout_relay_link_packets_received_total", &rtp("upstream"));
+        }
+        if sent == received {
+            eprintln!(
+                "{sent} RTP packets down {} links, all received",
+                nodes.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "links: {sent} packets sent, {received} received"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop((forwarders, control));
 }
