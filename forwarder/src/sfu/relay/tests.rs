@@ -183,7 +183,11 @@ impl Tree {
     /// (and announces) before the node exists, as when the control plane reaches the
     /// parent's forwarder first.
     fn add_relay_with(&mut self, parent_first: bool) {
-        let parent = self.nodes.len() - 1;
+        self.add_relay_under(self.nodes.len() - 1, parent_first);
+    }
+
+    /// A relay node fed by node `parent`.
+    fn add_relay_under(&mut self, parent: usize, parent_first: bool) {
         let index = self.nodes.len();
         let meeting = MeetingId(format!("w/r{index}"));
         let mut core = Forwarder::new(ForwarderConfig::default(), self.now);
@@ -1099,4 +1103,103 @@ fn a_rekeyed_link_keeps_the_nodes_tracks_and_viewers_playing() {
         tree.link(1, RelayDirection::Upstream).stats.drops.total(),
         0
     );
+}
+
+#[test]
+fn a_three_level_tree_serves_every_viewer_its_layer_and_keeps_feedback_local() {
+    // origin -> 2 ingress nodes -> 3 edge nodes each; 10 viewers on each ingress and 25
+    // on each edge: 170 viewers, each limited to one of the three encodings.
+    let mut tree = Tree::new(0);
+    for _ in 0..2 {
+        tree.add_relay_under(0, false);
+        let at = tree.nodes.len() - 1;
+        for _ in 0..3 {
+            tree.add_relay_under(at, false);
+        }
+    }
+    let mut viewers = Vec::new();
+    for node in 1..tree.nodes.len() {
+        let n = if node == 1 || node == 5 { 10 } else { 25 };
+        for _ in 0..n {
+            viewers.push(tree.add_viewer(node));
+        }
+    }
+    tree.pump();
+    assert_eq!(viewers.len(), 170);
+    for &v in &viewers {
+        let sub = tree.camera_subscription(v);
+        let node = tree.viewers[v].node;
+        tree.nodes[node]
+            .core
+            .set_max_layers(
+                sub,
+                Layers {
+                    encoding: (v % 3) as u8,
+                    ..Layers::ALL
+                },
+            )
+            .unwrap();
+    }
+    tree.frame(true);
+    for _ in 0..9 {
+        tree.frame(false);
+    }
+    // Delivery with each viewer's own layer.
+    for &v in &viewers {
+        let video: Vec<u8> = tree.viewers[v]
+            .got
+            .iter()
+            .filter(|(s, _, _)| *s == CAMERA[0])
+            .map(|&(_, _, t)| t)
+            .collect();
+        assert_eq!(video.len(), 10, "viewer {v}");
+        assert!(
+            video.iter().all(|&t| t == (v % 3) as u8),
+            "viewer {v}: {video:?}"
+        );
+    }
+    // The origin encrypted each packet once per link, for two links.
+    let down = tree.nodes[0].core.relay_links();
+    assert_eq!(down.len(), 2);
+    assert!(down.iter().all(|l| l.stats.rtp_out.packets == 40));
+
+    // A packet lost between the origin and the first ingress: one request reaches the
+    // origin for the whole subtree (4 nodes, 85 viewers), and it is repaired below.
+    let lost = tree.next_seq(CAMERA[1]);
+    tree.drop_on_link = Some((1, CAMERA[1], lost));
+    tree.frame(false);
+    tree.frame(false);
+    tree.advance(Duration::from_millis(200));
+    let links = tree.nodes[0].core.relay_links();
+    let nacked: u64 = links.iter().map(|l| l.stats.nacks_received).sum();
+    assert_eq!(nacked, 1, "the origin saw one request for one loss");
+    assert!(
+        tree.presenter.nacks.is_empty(),
+        "nothing reached the presenter"
+    );
+    for &v in viewers.iter().filter(|&&v| v % 3 == 1) {
+        let video = tree.viewers[v]
+            .got
+            .iter()
+            .filter(|(s, _, _)| *s == CAMERA[0])
+            .count();
+        assert_eq!(video, 12, "viewer {v} got the lost frame too");
+    }
+
+    // Every viewer asks for a keyframe at once: the presenter gets at most one request
+    // per encoding.
+    tree.advance(Duration::from_secs(2));
+    let before = tree.presenter.plis.len();
+    for &v in &viewers {
+        tree.viewer_rtcp(v, |b| rtcp::write_pli(b, Ssrc(0x5555), CAMERA[0]).unwrap());
+    }
+    tree.frame(true);
+    tree.advance(Duration::from_millis(400));
+    let plis = &tree.presenter.plis[before..];
+    for ssrc in CAMERA {
+        assert!(
+            plis.iter().filter(|&&s| s == ssrc).count() <= 1,
+            "170 viewers' requests for {ssrc:?} became at most one: {plis:?}"
+        );
+    }
 }
