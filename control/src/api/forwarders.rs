@@ -348,6 +348,7 @@ fn link_to(link: &DesiredLink) -> Result<pb::RelayLink, Status> {
         srtp_profile: convert::profile_to(&link.profile).into(),
         send_key: Some(srtp_key(&link.profile, &link.send_key)?),
         receive_key: Some(srtp_key(&link.profile, &link.receive_key)?),
+        local_meeting_id: link.local_meeting.clone(),
     })
 }
 

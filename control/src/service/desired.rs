@@ -96,6 +96,9 @@ pub struct DesiredLink {
     /// `{meeting}/{relay}/up` or `{meeting}/{relay}/down`: the child node the link feeds.
     pub id: String,
     pub meeting: MeetingId,
+    /// The plan on this forwarder the link end belongs to (see
+    /// [`super::relays::RelayLinkEnd::local_plan`]).
+    pub local_meeting: String,
     pub peer_forwarder: ForwarderId,
     pub peer_address: String,
     /// True: this end receives the webinar's tracks (the child's end).
@@ -110,6 +113,7 @@ impl std::fmt::Debug for DesiredLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DesiredLink")
             .field("id", &self.id)
+            .field("local_meeting", &self.local_meeting)
             .field("peer_forwarder", &self.peer_forwarder)
             .field("peer_address", &self.peer_address)
             .field("upstream", &self.upstream)
@@ -344,6 +348,7 @@ impl DesiredStates {
                     DesiredLink {
                         id,
                         meeting: meeting.clone(),
+                        local_meeting: end.local_plan.clone(),
                         peer_forwarder: end.peer_forwarder.clone(),
                         peer_address: end.peer_address.clone(),
                         upstream,

@@ -305,6 +305,10 @@ pub struct RelayLinkEnd {
     pub peer_forwarder: ForwarderId,
     pub peer_address: String,
     pub direction: LinkDirection,
+    /// The plan on this end's forwarder the link belongs to: upstream, the child node
+    /// (`{meeting}/{relay}`); downstream, what feeds it (the meeting itself at the origin,
+    /// `{meeting}/{parent}` at a relay).
+    pub local_plan: String,
     /// This end's keys: `send_key` protects what it sends, `receive_key` what it gets.
     pub srtp: SrtpTransport,
 }
@@ -328,12 +332,21 @@ impl RelayTree {
         let mut out = Vec::new();
         for n in &self.nodes {
             let parent = match &n.parent {
-                RelayParent::Origin => self.origin.as_ref().map(|o| (&o.forwarder, &o.address)),
-                RelayParent::Relay { relay } => {
-                    by_id.get(relay).map(|p| (&p.forwarder, &p.address))
-                }
+                RelayParent::Origin => self
+                    .origin
+                    .as_ref()
+                    .map(|o| (&o.forwarder, &o.address, self.meeting.to_string())),
+                RelayParent::Relay { relay } => by_id.get(relay).map(|p| {
+                    (
+                        &p.forwarder,
+                        &p.address,
+                        format!("{}/{}", self.meeting, relay),
+                    )
+                }),
             };
-            let Some((pf, pa)) = parent else { continue };
+            let Some((pf, pa, parent_plan)) = parent else {
+                continue;
+            };
             out.push(RelayLinkEnd {
                 relay: n.relay.clone(),
                 meeting: self.meeting.clone(),
@@ -341,6 +354,7 @@ impl RelayTree {
                 peer_forwarder: pf.clone(),
                 peer_address: pa.clone(),
                 direction: LinkDirection::Upstream,
+                local_plan: format!("{}/{}", self.meeting, n.relay),
                 srtp: n.link.clone(),
             });
             out.push(RelayLinkEnd {
@@ -350,6 +364,7 @@ impl RelayTree {
                 peer_forwarder: n.forwarder.clone(),
                 peer_address: n.address.clone(),
                 direction: LinkDirection::Downstream,
+                local_plan: parent_plan,
                 srtp: SrtpTransport {
                     profile: n.link.profile.clone(),
                     send_key: n.link.receive_key.clone(),
@@ -1827,6 +1842,22 @@ mod tests {
         assert_eq!(down.forwarder, origin.forwarder);
         assert_eq!(up.srtp.send_key, down.srtp.receive_key);
         assert_eq!(up.srtp.receive_key, down.srtp.send_key);
+        // Each end names the plan it belongs to on its forwarder: the node it feeds, the
+        // meeting (or parent node) it sends.
+        assert_eq!(up.local_plan, format!("{}/{}", tree.meeting, up.relay));
+        assert_eq!(down.local_plan, tree.meeting.to_string());
+        for l in links
+            .iter()
+            .filter(|l| l.direction == LinkDirection::Downstream)
+        {
+            let node = tree.nodes.iter().find(|n| n.relay == l.relay).unwrap();
+            match &node.parent {
+                RelayParent::Origin => assert_eq!(l.local_plan, tree.meeting.to_string()),
+                RelayParent::Relay { relay } => {
+                    assert_eq!(l.local_plan, format!("{}/{relay}", tree.meeting))
+                }
+            }
+        }
         // Ports of relays never clash with placements or each other.
         let (ports, _) = fx.store.range("v1/ports/").await.unwrap();
         assert_eq!(ports.len(), 6);

@@ -64,12 +64,13 @@ use zeroize::Zeroizing;
 
 use crate::driver::{DriverHandle, TrafficCounters};
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
+use crate::sfu::RelayDirection;
 use crate::sfu::{Event, MAX_ENCODINGS};
 use crate::srtp::{MasterKey, SrtpProfile};
 use pb::forwarders_client::ForwardersClient;
 use reconcile::{
-    Batch, Change, DesiredLeg, DesiredMeeting, DesiredState, DesiredTrack, PublishedKind,
-    Reconciler,
+    Batch, Change, DesiredLeg, DesiredLink, DesiredMeeting, DesiredState, DesiredTrack,
+    PublishedKind, Reconciler,
 };
 
 /// A range of UDP ports, both ends included.
@@ -859,9 +860,10 @@ impl LoadSampler {
             .max()
             .unwrap_or(0);
         let cpu = |ticks: u64| (ticks as f64 / self.ticks_per_second / seconds) as f32;
+        let (legs, relay_links) = leg_count(shards).await;
         let load = pb::ForwarderLoad {
-            legs: leg_count(shards).await,
-            relay_links: 0,
+            legs,
+            relay_links,
             packets_in_per_sec: (packets.0.saturating_sub(self.packets.0) as f64 / seconds) as u64,
             packets_out_per_sec: (packets.1.saturating_sub(self.packets.1) as f64 / seconds) as u64,
             // The drivers count datagrams, not bytes.
@@ -915,20 +917,24 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Legs held by the cores, asked of each shard (a shard that does not answer within a
 /// second counts as none).
-async fn leg_count(shards: &[ShardLink]) -> u32 {
-    let mut total = 0;
+/// Legs (relay link ends included: each is a leg of the core) and relay link ends held by
+/// the cores.
+async fn leg_count(shards: &[ShardLink]) -> (u32, u32) {
+    let (mut legs, mut links) = (0, 0);
     for shard in shards {
         let (tx, rx) = oneshot::channel();
         let sent = shard.handle.send(Box::new(move |core| {
-            let _ = tx.send(core.leg_count());
+            let _ = tx.send((core.leg_count(), core.relay_link_count()));
         }));
         if sent.is_ok() {
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
-                total += n;
+            if let Ok(Ok((n, l))) = tokio::time::timeout(Duration::from_secs(1), rx).await {
+                legs += n;
+                links += l;
             }
         }
     }
-    u32::try_from(total).unwrap_or(u32::MAX)
+    let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (clamp(legs), clamp(links))
 }
 
 // ----- conversion from the wire -----------------------------------------------------
@@ -1070,15 +1076,69 @@ fn convert_snapshot(settings: &ControlSettings, snapshot: pb::DesiredState) -> D
             ),
         }
     }
-    if !snapshot.subscriptions.is_empty() || !snapshot.relay_links.is_empty() {
+    for link in &snapshot.relay_links {
+        match link_from_pb(link) {
+            Ok((meeting, id, desired)) => {
+                state
+                    .meetings
+                    .entry(meeting)
+                    .or_default()
+                    .links
+                    .insert(id, desired);
+            }
+            Err(e) => error!(link = %link.relay_id, "control plane: relay link not served: {e}"),
+        }
+    }
+    if !snapshot.subscriptions.is_empty() {
         warn!(
             subscriptions = snapshot.subscriptions.len(),
-            relay_links = snapshot.relay_links.len(),
-            "control plane: explicit subscriptions and relay links are not supported yet; \
-             the default rule applies"
+            "control plane: explicit subscriptions are not supported yet; the default rule \
+             applies"
         );
     }
     state
+}
+
+/// A relay link end: the meeting it belongs to here, its id, and what it should be.
+fn link_from_pb(link: &pb::RelayLink) -> Result<(MeetingId, String, DesiredLink), String> {
+    let direction = match pb::relay_link::Direction::try_from(link.direction) {
+        Ok(pb::relay_link::Direction::Upstream) => RelayDirection::Upstream,
+        Ok(pb::relay_link::Direction::Downstream) => RelayDirection::Downstream,
+        _ => return Err(format!("unknown direction {}", link.direction)),
+    };
+    // A control plane that does not name the local meeting yet: the node is the link's
+    // id without its `/up`; a downstream end is taken to be the origin's.
+    let local = if !link.local_meeting_id.is_empty() {
+        link.local_meeting_id.clone()
+    } else {
+        match direction {
+            RelayDirection::Upstream => link
+                .relay_id
+                .strip_suffix("/up")
+                .ok_or("no local meeting")?
+                .to_owned(),
+            RelayDirection::Downstream => link.meeting_id.clone(),
+        }
+    };
+    let peer: SocketAddr = link
+        .peer_address
+        .parse()
+        .map_err(|_| format!("peer address `{}` is not ip:port", link.peer_address))?;
+    let profile = profile_from_pb(link.srtp_profile)?;
+    let send_key =
+        key_from_pb(profile, link.send_key.as_ref()).map_err(|e| format!("send key: {e}"))?;
+    let receive_key =
+        key_from_pb(profile, link.receive_key.as_ref()).map_err(|e| format!("receive key: {e}"))?;
+    Ok((
+        MeetingId(local),
+        link.relay_id.clone(),
+        DesiredLink {
+            direction,
+            peer,
+            send_key,
+            receive_key,
+        },
+    ))
 }
 
 /// A batch of changes as the reconciler's changes. An upsert that cannot be served
@@ -1121,8 +1181,16 @@ fn convert_changes(settings: &ControlSettings, changes: pb::DesiredStateChanges)
                 meeting: MeetingId(r.meeting_id),
                 participant: ParticipantId(r.participant_id),
             }),
+            Some(C::RelayLinkUpserted(link)) => match link_from_pb(&link) {
+                Ok((meeting, id, link)) => out.push(Change::LinkUpserted { meeting, id, link }),
+                Err(e) => {
+                    error!(link = %link.relay_id, "control plane: relay link not served: {e}");
+                    out.push(Change::LinkRemoved(link.relay_id));
+                }
+            },
+            Some(C::RelayLinkRemoved(id)) => out.push(Change::LinkRemoved(id)),
             Some(other) => {
-                debug!(change = ?std::mem::discriminant(&other), "control plane: explicit subscriptions and relay links are not supported yet; ignored");
+                debug!(change = ?std::mem::discriminant(&other), "control plane: explicit subscriptions are not supported yet; ignored");
             }
             None => {}
         }

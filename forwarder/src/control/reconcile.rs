@@ -38,6 +38,13 @@
 //!   kept (their SSRC, sequence and timestamp rewriting continue). A leg whose profile or
 //!   either key changes is re-created: removed with everything attached, then added.
 //!
+//! * Relay links (webinar relay trees, see `crate::sfu` `relay`) belong to the meeting
+//!   on this forwarder they serve (`RelayLink.local_meeting_id`): the relay node an
+//!   upstream end feeds, the meeting or node a downstream end sends. Like legs, they
+//!   wait for their meeting's plan and go with it; new keys or a new peer address update
+//!   a link in place (a node keeps its tracks and its viewers their subscriptions), a
+//!   new direction re-creates it; an unchanged upsert changes nothing.
+//!
 //! Only the pairs of legs where at least one side changed are compared, so a join into a
 //! meeting of N legs costs O(N x tracks), not O(N^2).
 
@@ -49,7 +56,8 @@ use tracing::warn;
 use crate::codec::Codec;
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::{
-    ConfigureError, Forwarder, Layers, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
+    ConfigureError, Forwarder, Layers, LegConfig, RelayDirection, RelayLinkConfig,
+    SubscriptionConfig, TrackConfig, TrackKind,
 };
 use crate::srtp::MasterKey;
 
@@ -159,6 +167,25 @@ fn track_names(tracks: &[DesiredTrack]) -> BTreeMap<String, &DesiredTrack> {
         .collect()
 }
 
+/// One end of a relay link as the control plane wants it. Debug shows no key material.
+#[derive(Debug, Clone)]
+pub struct DesiredLink {
+    pub direction: RelayDirection,
+    /// The peer's address (its meeting's or node's).
+    pub peer: SocketAddr,
+    pub send_key: MasterKey,
+    pub receive_key: MasterKey,
+}
+
+impl DesiredLink {
+    fn same(&self, other: &DesiredLink) -> bool {
+        self.direction == other.direction
+            && self.peer == other.peer
+            && self.send_key.same_material(&other.send_key)
+            && self.receive_key.same_material(&other.receive_key)
+    }
+}
+
 /// A meeting in the desired state.
 #[derive(Debug, Clone, Default)]
 pub struct DesiredMeeting {
@@ -166,6 +193,8 @@ pub struct DesiredMeeting {
     /// as bound here. `None` until the meeting's plan arrives.
     pub listen: Option<SocketAddr>,
     pub legs: BTreeMap<ParticipantId, DesiredLeg>,
+    /// Relay link ends that belong to this meeting, by link id.
+    pub links: BTreeMap<String, DesiredLink>,
 }
 
 /// Everything the control plane wants this forwarder to hold.
@@ -201,12 +230,46 @@ impl DesiredState {
             } => {
                 if let Some(m) = self.meetings.get_mut(&meeting) {
                     m.legs.remove(&participant);
-                    if m.listen.is_none() && m.legs.is_empty() {
+                    if m.listen.is_none() && m.legs.is_empty() && m.links.is_empty() {
                         self.meetings.remove(&meeting);
                     }
                 }
             }
+            Change::LinkUpserted { meeting, id, link } => {
+                self.remove_link(&id);
+                self.meetings
+                    .entry(meeting)
+                    .or_default()
+                    .links
+                    .insert(id, link);
+            }
+            Change::LinkRemoved(id) => self.remove_link(&id),
         }
+    }
+
+    /// Take the link `id` out of whichever meeting holds it.
+    fn remove_link(&mut self, id: &str) {
+        let mut empty = None;
+        for (meeting_id, m) in &mut self.meetings {
+            if m.links.remove(id).is_some()
+                && m.listen.is_none()
+                && m.legs.is_empty()
+                && m.links.is_empty()
+            {
+                empty = Some(meeting_id.clone());
+            }
+        }
+        if let Some(meeting) = empty {
+            self.meetings.remove(&meeting);
+        }
+    }
+
+    /// The meeting that holds the link `id`.
+    fn meeting_of_link(&self, id: &str) -> Option<&MeetingId> {
+        self.meetings
+            .iter()
+            .find(|(_, m)| m.links.contains_key(id))
+            .map(|(id, _)| id)
     }
 
     /// Legs in meetings that have a plan, per meeting.
@@ -235,15 +298,30 @@ pub enum Change {
         meeting: MeetingId,
         participant: ParticipantId,
     },
+    /// A relay link end, in the meeting (or relay node) it belongs to here.
+    LinkUpserted {
+        meeting: MeetingId,
+        id: String,
+        link: DesiredLink,
+    },
+    /// A relay link end, by id, from whichever meeting holds it.
+    LinkRemoved(String),
 }
 
 impl Change {
-    fn meeting(&self) -> &MeetingId {
+    /// The meetings the change may touch, as held in `state` before it.
+    fn meetings(&self, state: &DesiredState) -> Vec<MeetingId> {
         match self {
             Change::MeetingUpserted { meeting, .. }
             | Change::MeetingRemoved(meeting)
             | Change::LegUpserted { meeting, .. }
-            | Change::LegRemoved { meeting, .. } => meeting,
+            | Change::LegRemoved { meeting, .. } => vec![meeting.clone()],
+            Change::LinkUpserted { meeting, id, .. } => {
+                let mut out = vec![meeting.clone()];
+                out.extend(state.meeting_of_link(id).cloned());
+                out
+            }
+            Change::LinkRemoved(id) => state.meeting_of_link(id).cloned().into_iter().collect(),
         }
     }
 }
@@ -254,6 +332,17 @@ pub enum Op {
     AddMeeting,
     /// Removes everything in it.
     RemoveMeeting,
+    /// One end of a relay link.
+    AddLink {
+        config: RelayLinkConfig,
+    },
+    RemoveLink {
+        id: String,
+    },
+    /// New keys or peer address for a link end, which keeps its tracks.
+    UpdateLink {
+        config: RelayLinkConfig,
+    },
     /// A participant with its one leg.
     AddLeg {
         participant: ParticipantId,
@@ -338,9 +427,11 @@ impl Reconciler {
     pub fn changes(&mut self, changes: Vec<Change>) -> Vec<Batch> {
         let mut before: BTreeMap<MeetingId, Option<DesiredMeeting>> = BTreeMap::new();
         for change in changes {
-            let id = change.meeting();
-            if !before.contains_key(id) {
-                before.insert(id.clone(), self.state.meetings.get(id).cloned());
+            for id in change.meetings(&self.state) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = before.entry(id) {
+                    let old = self.state.meetings.get(slot.key()).cloned();
+                    slot.insert(old);
+                }
             }
             self.state.change(change);
         }
@@ -364,11 +455,15 @@ fn diff_meeting(
     let new_listen = new.and_then(|m| m.listen);
     let old_legs = old.map_or(&empty, |m| &m.legs);
     let new_legs = new.map_or(&empty, |m| &m.legs);
+    let no_links = BTreeMap::new();
+    let old_links = old.map_or(&no_links, |m| &m.links);
+    let new_links = new.map_or(&no_links, |m| &m.links);
     match (old_listen, new_listen) {
         (None, None) => {}
         (Some(a), Some(b)) if a == b => {
             let mut ops = Vec::new();
             diff_legs(a, old_legs, new_legs, &mut ops);
+            diff_links(a, old_links, new_links, &mut ops);
             if !ops.is_empty() {
                 batches.push(Batch {
                     meeting: id.clone(),
@@ -388,6 +483,7 @@ fn diff_meeting(
             if let Some(b) = new_listen {
                 let mut ops = vec![Op::AddMeeting];
                 diff_legs(b, &empty, new_legs, &mut ops);
+                diff_links(b, &no_links, new_links, &mut ops);
                 batches.push(Batch {
                     meeting: id.clone(),
                     listen: b,
@@ -399,6 +495,41 @@ fn diff_meeting(
 }
 
 type Legs = BTreeMap<ParticipantId, DesiredLeg>;
+
+/// The operations that take a meeting's relay links from `old` to `new`: those gone (or
+/// turned around) are removed, those with new keys or a new peer updated in place (a
+/// node's tracks and its viewers' subscriptions carry on), then those new are added.
+fn diff_links(
+    listen: SocketAddr,
+    old: &BTreeMap<String, DesiredLink>,
+    new: &BTreeMap<String, DesiredLink>,
+    ops: &mut Vec<Op>,
+) {
+    let config = |id: &String, link: &DesiredLink| RelayLinkConfig {
+        id: id.clone(),
+        direction: link.direction,
+        local: listen,
+        remote: link.peer,
+        send_key: link.send_key.clone(),
+        receive_key: link.receive_key.clone(),
+    };
+    for (id, link) in old {
+        if !new.get(id).is_some_and(|n| n.direction == link.direction) {
+            ops.push(Op::RemoveLink { id: id.clone() });
+        }
+    }
+    for (id, link) in new {
+        match old.get(id) {
+            Some(o) if o.same(link) => {}
+            Some(o) if o.direction == link.direction => ops.push(Op::UpdateLink {
+                config: config(id, link),
+            }),
+            _ => ops.push(Op::AddLink {
+                config: config(id, link),
+            }),
+        }
+    }
+}
 
 /// The operations that take a meeting's legs from `old` to `new` in a core, appended to
 /// `ops` in an order the core accepts: subscriptions that go, legs and tracks that go,
@@ -585,6 +716,14 @@ fn describe(op: &Op) -> String {
     match op {
         Op::AddMeeting => "add meeting".into(),
         Op::RemoveMeeting => "remove meeting".into(),
+        Op::AddLink { config } => format!(
+            "add {} relay link `{}` to {}",
+            config.direction.as_str(),
+            config.id,
+            config.remote
+        ),
+        Op::RemoveLink { id } => format!("remove relay link `{id}`"),
+        Op::UpdateLink { config } => format!("re-key relay link `{}`", config.id),
         Op::AddLeg { participant, .. } => format!("add leg of `{participant}`"),
         Op::RemoveLeg { participant } => format!("remove leg of `{participant}`"),
         Op::AddTrack {
@@ -608,6 +747,9 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
     match op {
         Op::AddMeeting => core.add_meeting(meeting.clone()),
         Op::RemoveMeeting => core.remove_meeting(meeting),
+        Op::AddLink { config } => core.add_relay_link(meeting, config).map(|_| ()),
+        Op::RemoveLink { id } => core.remove_relay_link(meeting, &id),
+        Op::UpdateLink { config } => core.update_relay_link(meeting, config),
         Op::AddLeg {
             participant,
             config,
@@ -870,6 +1012,7 @@ mod tests {
         let mut meeting = DesiredMeeting {
             listen: Some(listen()),
             legs: BTreeMap::new(),
+            links: BTreeMap::new(),
         };
         for name in legs {
             meeting
@@ -1078,5 +1221,58 @@ mod tests {
         ];
         let names: Vec<String> = track_names(&tracks).into_keys().collect();
         assert_eq!(names, ["audio", "camera", "camera-1"]);
+    }
+
+    #[test]
+    fn relay_links_follow_their_meeting_and_change_only_when_they_differ() {
+        let node = MeetingId::from("w/eu-0");
+        let link = |peer: &str, key: &MasterKey| DesiredLink {
+            direction: RelayDirection::Upstream,
+            peer: peer.parse().unwrap(),
+            send_key: key.clone(),
+            receive_key: key.clone(),
+        };
+        let key = MasterKey::generate(PROFILE);
+        let mut net = Net::new();
+        // The link arrives before its node's plan: it waits.
+        let batches = net.reconciler.changes(vec![Change::LinkUpserted {
+            meeting: node.clone(),
+            id: "w/eu-0/up".into(),
+            link: link("192.0.2.9:40100", &key),
+        }]);
+        assert!(batches.is_empty());
+        let batches = net.reconciler.changes(vec![Change::MeetingUpserted {
+            meeting: node.clone(),
+            listen: listen(),
+        }]);
+        assert!(matches!(
+            &batches[0].ops[..],
+            [Op::AddMeeting, Op::AddLink { config }] if config.local == listen()
+        ));
+        net.run(batches);
+        assert_eq!(net.core.relay_links().len(), 1);
+        // The same again: nothing to do. New keys: re-created.
+        let same = net.reconciler.changes(vec![Change::LinkUpserted {
+            meeting: node.clone(),
+            id: "w/eu-0/up".into(),
+            link: link("192.0.2.9:40100", &key),
+        }]);
+        assert!(same.is_empty());
+        let rekeyed = net.reconciler.changes(vec![Change::LinkUpserted {
+            meeting: node.clone(),
+            id: "w/eu-0/up".into(),
+            link: link("192.0.2.9:40100", &MasterKey::generate(PROFILE)),
+        }]);
+        assert!(matches!(&rekeyed[0].ops[..], [Op::UpdateLink { .. }]));
+        net.run(rekeyed);
+        assert_eq!(net.core.relay_links().len(), 1);
+        // Removed by id alone.
+        let gone = net
+            .reconciler
+            .changes(vec![Change::LinkRemoved("w/eu-0/up".into())]);
+        assert_eq!(gone.len(), 1);
+        net.run(gone);
+        assert!(net.core.relay_links().is_empty());
+        assert!(net.core.meeting_exists(&node));
     }
 }

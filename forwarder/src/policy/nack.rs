@@ -276,6 +276,16 @@ impl NackGenerator {
         std::mem::take(&mut self.keyframe_needed)
     }
 
+    /// Whether `seq` is on the missing list: the generator requests it (and repeats the
+    /// request) by itself, so a downstream NACK for it need not be passed on.
+    pub fn is_missing(&self, seq: SeqNo) -> bool {
+        let Some((highest, highest_ext)) = self.highest else {
+            return false;
+        };
+        let ext = highest_ext + i64::from(highest.delta_to(seq));
+        self.missing.binary_search_by_key(&ext, |m| m.ext).is_ok()
+    }
+
     /// Number of sequence numbers currently missing.
     pub fn missing_count(&self) -> usize {
         self.missing.len()

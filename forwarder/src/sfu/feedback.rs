@@ -30,12 +30,12 @@ use super::{rewrite_header, DropReason, Forwarder, Transmit};
 /// Retransmissions waiting to be sent; beyond this, NACKed packets are not resent.
 pub(crate) const RETRANSMISSION_QUEUE_LEN: usize = 1024;
 /// Most sequence numbers in one NACK the forwarder sends upstream.
-const MAX_NACK_BATCH: usize = 64;
+pub(crate) const MAX_NACK_BATCH: usize = 64;
 /// RTCP feedback formats (RFC 4585 §6.2.1, §6.3.1; RFC 5104 §4.3.1; draft-alvestrand
 /// REMB in AFB).
-const FMT_GENERIC_NACK: u8 = 1;
-const FMT_PLI: u8 = 1;
-const FMT_FIR: u8 = 4;
+pub(crate) const FMT_GENERIC_NACK: u8 = 1;
+pub(crate) const FMT_PLI: u8 = 1;
+pub(crate) const FMT_FIR: u8 = 4;
 const FMT_AFB: u8 = 15;
 
 /// One packet to send a subscriber again.
@@ -57,6 +57,11 @@ impl Forwarder {
         let Some(t) = self.tracks.get_mut(track.index()) else {
             return;
         };
+        // Audio has no keyframes: a request would wait for one in vain and be repeated
+        // (and, through relay links, travel up the tree).
+        if t.kind == super::TrackKind::Audio {
+            return;
+        }
         // A publisher not heard from yet cannot be asked; its first packets are usually a
         // keyframe, and waiting subscriptions ask again every second.
         if self.legs[t.leg.index()].rtcp_route().is_none() {
@@ -67,6 +72,9 @@ impl Forwarder {
         };
         if e.keyframes.request(now) {
             self.send_pli(track, encoding);
+        } else {
+            let leg = t.leg;
+            self.legs[leg.index()].stats.keyframe_requests_coalesced += 1;
         }
     }
 
@@ -190,7 +198,12 @@ impl Forwarder {
         // includes its reporting delays), and a retry refused costs it a whole round trip.
         let interval = round_trip(self.legs[leg.index()].stats.round_trip_seconds).mul_f64(0.75);
         let sub = &mut self.subscriptions[sub_id.index()];
-        let track = &self.tracks[sub.track.index()];
+        let track_id = sub.track;
+        let track = &self.tracks[track_id.index()];
+        // A relayed track's misses go up the link (see `relay`): the parent may hold them.
+        let relayed = self.legs[track.leg.index()].relay.is_some();
+        let mut misses = [(0u8, SeqNo(0)); MAX_NACK_BATCH];
+        let mut n = 0;
         let mut asked = 0;
         for sequence in fb.lost_sequence_numbers() {
             asked += 1;
@@ -200,6 +213,18 @@ impl Forwarder {
             let Some(encoding) = track.encodings.iter().position(|e| e.ssrc == source) else {
                 continue;
             };
+            if relayed
+                && track.encodings[encoding]
+                    .cache
+                    .get(source_seq, now)
+                    .is_none()
+            {
+                if n < misses.len() {
+                    misses[n] = (encoding as u8, source_seq);
+                    n += 1;
+                }
+                continue;
+            }
             if self.retransmissions.len() >= RETRANSMISSION_QUEUE_LEN
                 || !sub.retransmits.allow(sequence, now, interval)
             {
@@ -213,6 +238,19 @@ impl Forwarder {
             });
         }
         self.legs[leg.index()].stats.nacks_received += asked;
+        for encoding in 0..super::MAX_ENCODINGS as u8 {
+            let mut lost = [SeqNo(0); MAX_NACK_BATCH];
+            let mut k = 0;
+            for &(e, s) in &misses[..n] {
+                if e == encoding {
+                    lost[k] = s;
+                    k += 1;
+                }
+            }
+            if k > 0 {
+                self.forward_nack_misses(track_id, usize::from(encoding), &lost[..k]);
+            }
+        }
     }
 
     /// The next retransmission, rewritten and protected for its subscriber.

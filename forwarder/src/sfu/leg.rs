@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::ids::{ParticipantId, Ssrc, SubscriptionId, TrackId};
 use crate::srtp::{MasterKey, SrtpContext, SrtpError};
 
+use super::relay::RelayState;
 use super::stats::LegStats;
 use super::{AddressKind, DropReason, MeetingIndex, Transmit};
 
@@ -78,6 +79,8 @@ pub(crate) struct Leg {
     /// Set once an inactivity event was emitted; cleared by the next packet.
     pub(crate) inactive: bool,
     pub(crate) stats: LegStats,
+    /// Set when the leg is one end of a relay link (see `super::relay`).
+    pub(crate) relay: Option<RelayState>,
 }
 
 impl Leg {

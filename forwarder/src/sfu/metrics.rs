@@ -308,9 +308,101 @@ impl Forwarder {
             x.family(name, "gauge", help);
             x.sample(name, "", value);
         }
+        self.write_relay_metrics(&mut x);
+
         let name = "fanout_events_dropped_total";
         x.family(name, "counter", "Events dropped because nobody polled them");
         x.sample(name, "", self.events_dropped);
+    }
+}
+
+/// Counters of a relay link end: name suffix, help, value.
+const RELAY: [(&str, &str, Pick); 7] = [
+    (
+        "nack_requests_sent_total",
+        "Sequence numbers NACKed towards the parent over an upstream link",
+        |s| s.nacks_sent,
+    ),
+    (
+        "nack_requests_forwarded_total",
+        "Of those, misses a viewer or child link asked for that were passed up",
+        |s| s.nacks_forwarded,
+    ),
+    (
+        "nack_requests_received_total",
+        "Sequence numbers a child relay NACKed over a downstream link",
+        |s| s.nacks_received,
+    ),
+    (
+        "retransmitted_packets_total",
+        "Packets resent to a child relay from the cache",
+        |s| s.retransmitted,
+    ),
+    (
+        "keyframe_requests_sent_total",
+        "PLI sent to the parent over an upstream link",
+        |s| s.keyframe_requests_sent,
+    ),
+    (
+        "keyframe_requests_coalesced_total",
+        "Keyframe requests for relayed streams absorbed into one already sent or pending",
+        |s| s.keyframe_requests_coalesced,
+    ),
+    (
+        "keyframe_requests_received_total",
+        "PLI and FIR a child relay sent over a downstream link",
+        |s| s.keyframe_requests_received,
+    ),
+];
+
+impl Forwarder {
+    /// The `fanout_relay_link_*` families: one series per link end.
+    fn write_relay_metrics(&self, x: &mut Exposition<'_>) {
+        let links = self.relay_links();
+        let rows: Vec<(String, &super::RelayLinkInfo)> = links
+            .iter()
+            .map(|l| {
+                (
+                    format!(
+                        "meeting=\"{}\",link=\"{}\",direction=\"{}\"",
+                        escape(&l.meeting.0),
+                        escape(&l.id),
+                        l.direction.as_str()
+                    ),
+                    l,
+                )
+            })
+            .collect();
+        for (suffix, help, rtp, rtcp) in TRAFFIC {
+            let name = format!("fanout_relay_link_{suffix}");
+            x.family(&name, "counter", help);
+            for (labels, l) in &rows {
+                x.sample(&name, &format!("{labels},kind=\"rtp\""), rtp(&l.stats));
+                x.sample(&name, &format!("{labels},kind=\"rtcp\""), rtcp(&l.stats));
+            }
+        }
+        let name = "fanout_relay_link_dropped_packets_total";
+        x.family(name, "counter", "Packets of a link dropped, by reason");
+        for (labels, l) in &rows {
+            for (reason, n) in l.stats.drops.iter() {
+                x.sample(name, &format!("{labels},reason=\"{}\"", reason.as_str()), n);
+            }
+        }
+        let name = "fanout_relay_link_tracks";
+        x.family(name, "gauge", "Tracks relayed over the link");
+        for (labels, l) in &rows {
+            x.sample(name, labels, l.tracks);
+        }
+        for (suffix, help, value) in RELAY {
+            let name = format!("fanout_relay_link_{suffix}");
+            x.family(&name, "counter", help);
+            for (labels, l) in &rows {
+                x.sample(&name, labels, value(&l.stats));
+            }
+        }
+        let name = "fanout_relay_links";
+        x.family(name, "gauge", "Relay link ends held");
+        x.sample(name, "", links.len());
     }
 }
 

@@ -17,12 +17,14 @@ mod feedback;
 mod leg;
 mod metrics;
 mod queue;
+mod relay;
 mod reports;
 mod stats;
 mod subscription;
 mod track;
 
 pub use leg::LegConfig;
+pub use relay::{RelayDirection, RelayLinkConfig, RelayLinkInfo, RELAY_LEG_NAME};
 pub use stats::{DropCounters, DropReason, LegStats, Traffic};
 pub use subscription::{Layers, Rewrite, Rewriter, SubscriptionConfig};
 pub use track::{TrackConfig, TrackKind, MAX_ENCODINGS};
@@ -49,6 +51,7 @@ use crate::srtp::{SrtpContext, SrtpError};
 use feedback::{RetransmissionQueue, RETRANSMISSION_QUEUE_LEN};
 use leg::{rtcp_port_convention, Leg};
 use queue::FanoutQueue;
+use relay::{RelayRetransmission, RELAY_RETRANSMISSION_QUEUE_LEN};
 use reports::{OutgoingRtcp, SrRelay, RTCP_QUEUE_LEN, SR_RELAYS};
 use subscription::{Subscription, Verdict, RETRANSMIT_MEMORY};
 use track::{Encoding, Track};
@@ -204,6 +207,11 @@ struct Meeting {
     speakers: SpeakerDetector,
     speakers_by_slot: Vec<Option<ParticipantId>>,
     dominant_speaker: Option<ParticipantId>,
+    /// Downstream relay link legs: every packet of every track goes to each (after the
+    /// subscriptions).
+    sinks: Vec<LegId>,
+    /// Upstream relay link legs: the meeting is a relay node fed by them.
+    feeds: Vec<LegId>,
 }
 
 #[derive(Debug, Default)]
@@ -225,6 +233,10 @@ pub struct Forwarder {
     subscriptions: Slab<Subscription>,
     /// Remote RTP and RTCP addresses to legs.
     by_remote: HashMap<SocketAddr, LegId>,
+    /// Relay link legs by (local, remote) address: never learned, never moved.
+    link_paths: HashMap<(SocketAddr, SocketAddr), LegId>,
+    /// Packets NACKed by child relay links, waiting to be sent again.
+    relay_retransmissions: VecDeque<RelayRetransmission>,
     /// Published SSRCs to the legs that publish them, for learning unknown sources.
     by_published_ssrc: HashMap<Ssrc, Vec<LegId>>,
     queue: FanoutQueue,
@@ -275,6 +287,8 @@ impl Forwarder {
             tracks: Slab::new(),
             subscriptions: Slab::new(),
             by_remote: HashMap::new(),
+            link_paths: HashMap::new(),
+            relay_retransmissions: VecDeque::with_capacity(RELAY_RETRANSMISSION_QUEUE_LEN),
             by_published_ssrc: HashMap::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
@@ -300,6 +314,8 @@ impl Forwarder {
             speakers: SpeakerDetector::new(MAX_SPEAKERS),
             speakers_by_slot: vec![None; MAX_SPEAKERS],
             dominant_speaker: None,
+            sinks: Vec::new(),
+            feeds: Vec::new(),
         });
         self.meeting_index.insert(id, MeetingIndex(index as u32));
         Ok(())
@@ -356,6 +372,7 @@ impl Forwarder {
         for l in legs {
             self.purge_rtcp(l);
             let leg = self.legs.remove(l.index());
+            self.forget_link(l, &leg);
             self.forget_learning_ssrcs(l, &leg.learning_ssrcs);
             for addr in [leg.remote_rtp, leg.remote_rtcp].into_iter().flatten() {
                 if self.by_remote.get(&addr) == Some(&l) {
@@ -416,11 +433,13 @@ impl Forwarder {
             last_received: None,
             inactive: false,
             stats: LegStats::default(),
+            relay: None,
         }) as u32);
         for addr in [config.remote, remote_rtcp].into_iter().flatten() {
             self.by_remote.insert(addr, id);
         }
         self.participant_mut(meeting, participant)?.legs.push(id);
+        self.subscribe_new_leg_to_feeds(id);
         Ok(id)
     }
 
@@ -481,6 +500,9 @@ impl Forwarder {
             self.legs[config.leg.index()]
                 .inbound_ssrcs
                 .push((ssrc, id, i as u8));
+            if self.legs[config.leg.index()].relay.is_some() {
+                continue; // link legs are found by their path, never learned
+            }
             let legs = self.by_published_ssrc.entry(ssrc).or_default();
             // Already there if the leg declared the SSRC for learning.
             if !legs.contains(&config.leg) {
@@ -488,6 +510,7 @@ impl Forwarder {
             }
         }
         self.participant_mut(meeting, participant)?.tracks.push(id);
+        self.announce_to_sinks(index);
         if let (TrackKind::Audio, Some(ext)) = (config.kind, config.audio_level_extension) {
             let m = &mut self.meetings[index.0 as usize];
             match m.speakers_by_slot.iter().position(Option::is_none) {
@@ -513,6 +536,8 @@ impl Forwarder {
             self.remove_subscription(s)?;
         }
         let track = self.tracks.remove(id.index());
+        let ssrcs: Vec<Ssrc> = track.encodings.iter().map(|e| e.ssrc).collect();
+        self.announce_gone(track.meeting, &ssrcs);
         if let Some((_, slot)) = track.speaker {
             let m = &mut self.meetings[track.meeting.0 as usize];
             m.speakers.remove(slot);
@@ -884,7 +909,7 @@ impl Forwarder {
             self.next_housekeeping = Some(now + HOUSEKEEPING_INTERVAL);
             self.next_feedback_tick = Some(now + FEEDBACK_INTERVAL);
         }
-        let known = self.by_remote.get(&source).copied();
+        let known = self.leg_for(local, source);
         if contents.len() > MAX_DATAGRAM_LEN {
             return self.drop_at(known, DropReason::TooLarge);
         }
@@ -897,6 +922,17 @@ impl Forwarder {
             | PacketClass::Zrtp => self.drop_at(known, DropReason::UnsupportedProtocol),
             PacketClass::Unknown => self.drop_at(known, DropReason::Malformed),
         }
+    }
+
+    /// The leg a datagram from `source` to `local` belongs to: a relay link's by its
+    /// path, any other by its remote address.
+    fn leg_for(&self, local: SocketAddr, source: SocketAddr) -> Option<LegId> {
+        if !self.link_paths.is_empty() {
+            if let Some(&leg) = self.link_paths.get(&(local, source)) {
+                return Some(leg);
+            }
+        }
+        self.by_remote.get(&source).copied()
     }
 
     fn handle_rtp(
@@ -966,7 +1002,8 @@ impl Forwarder {
             _ => {}
         }
         let screen = track.kind == TrackKind::Screen;
-        let has_subscribers = !track.subscribers.is_empty();
+        let has_subscribers = !track.subscribers.is_empty()
+            || !self.meetings[track.meeting.0 as usize].sinks.is_empty();
         if let Some(sample) = rtt_sample {
             // A NACK answered: the publisher leg's round trip, smoothed as TCP does
             // (RFC 6298 §2, alpha 1/8), paces the next NACK retries.
@@ -1047,7 +1084,9 @@ impl Forwarder {
                 }
                 RtcpPacket::ReceiverReport(rr) => rr.report_blocks(),
                 other => {
-                    self.on_feedback(leg_id, other, now);
+                    if !self.on_relay_rtcp(leg_id, other, now) {
+                        self.on_feedback(leg_id, other, now);
+                    }
                     continue;
                 }
             };
@@ -1094,7 +1133,15 @@ impl Forwarder {
             AddressKind::Rtp => stats.rtp_in.add(wire_len),
             AddressKind::Rtcp => stats.rtcp_in.add(wire_len),
         }
+        let first = self.legs[leg_id.index()].last_received.is_none();
         self.note_activity(leg_id, now);
+        if self.legs[leg_id.index()].relay.is_some() {
+            // A link's addresses are configured: never learned or moved.
+            if first {
+                self.on_link_first_heard(leg_id);
+            }
+            return Some((leg_id, plain_len));
+        }
         if kind == AddressKind::Rtp && self.note_source(leg_id, ssrc, source) {
             return Some((leg_id, plain_len));
         }
@@ -1270,6 +1317,9 @@ impl Forwarder {
         if let Some(transmit) = self.poll_retransmission(buf) {
             return Some(transmit);
         }
+        if let Some(transmit) = self.poll_relay_retransmission(buf) {
+            return Some(transmit);
+        }
         if let Some(transmit) = self.fan_out(true, buf) {
             return Some(transmit);
         }
@@ -1284,6 +1334,7 @@ impl Forwarder {
             tracks,
             subscriptions,
             legs,
+            meetings,
             ..
         } = self;
         let queue = if priority { priority_queue } else { queue };
@@ -1357,6 +1408,39 @@ impl Forwarder {
                     Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
                 }
             }
+            // Then every relay link the meeting feeds: the packet as received, every
+            // layer, protected once per link.
+            let sinks = meetings
+                .get(track.meeting.0 as usize)
+                .map_or(&[][..], |m| &m.sinks[..]);
+            while let Some(&leg_id) = pending
+                .next
+                .checked_sub(track.subscribers.len())
+                .and_then(|i| sinks.get(i))
+            {
+                pending.next += 1;
+                let leg = &mut legs[leg_id.index()];
+                let Some(destination) = leg.remote_rtp else {
+                    continue;
+                };
+                let len = pending.len;
+                let Some(out) = buf.get_mut(..len) else {
+                    leg.stats.drops.add(DropReason::ProtectFailed);
+                    continue;
+                };
+                out.copy_from_slice(&pending.data[..len]);
+                match leg.srtp_out.protect_rtp(buf, len) {
+                    Ok(wire_len) => {
+                        leg.stats.rtp_out.add(wire_len);
+                        return Some(Transmit {
+                            source: leg.local,
+                            destination,
+                            len: wire_len,
+                        });
+                    }
+                    Err(_) => leg.stats.drops.add(DropReason::ProtectFailed),
+                }
+            }
             queue.pop();
         }
     }
@@ -1410,6 +1494,7 @@ impl Forwarder {
         self.start_receiver_reports();
         self.adapt_all(now);
         self.rerequest_keyframes(now);
+        self.relay_housekeeping(now);
     }
 }
 

@@ -157,6 +157,10 @@ impl Forwarder {
         if let Some(e) = track.encodings.get_mut(encoding) {
             e.last_sr = Some((sr.compact_ntp(), now));
         }
+        self.relay_sender_report(track_id, sr);
+        let Some(track) = self.tracks.get_mut(track_id.index()) else {
+            return;
+        };
         if self.sr_relays.len() >= SR_RELAYS {
             let leg = track.leg;
             self.drop_at(Some(leg), DropReason::QueueFull);

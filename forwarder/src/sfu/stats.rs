@@ -151,6 +151,12 @@ pub struct LegStats {
     /// PLI/FIR received from this peer, and PLI sent to it.
     pub keyframe_requests_received: u64,
     pub keyframe_requests_sent: u64,
+    /// Keyframe requests for this (publishing) peer's streams that went into a request
+    /// already sent or pending instead of a PLI of their own.
+    pub keyframe_requests_coalesced: u64,
+    /// Of `nacks_sent`: sequence numbers a downstream peer (a subscriber, a child relay)
+    /// asked for that the cache did not hold, passed on towards this (publishing) peer.
+    pub nacks_forwarded: u64,
 }
 
 impl LegStats {
@@ -165,6 +171,8 @@ impl LegStats {
         self.nacks_sent += other.nacks_sent;
         self.keyframe_requests_received += other.keyframe_requests_received;
         self.keyframe_requests_sent += other.keyframe_requests_sent;
+        self.keyframe_requests_coalesced += other.keyframe_requests_coalesced;
+        self.nacks_forwarded += other.nacks_forwarded;
     }
 }
 
