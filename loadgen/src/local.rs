@@ -341,6 +341,15 @@ impl LocalDeployment {
         })
     }
 
+    /// Process ids of the live forwarders.
+    pub fn forwarder_pids(&self) -> Vec<u32> {
+        self.forwarders
+            .iter()
+            .filter(|f| f.alive)
+            .filter_map(|f| f.process.child.id())
+            .collect()
+    }
+
     /// Kill a forwarder as a crash would (SIGKILL: no goodbye to the control plane).
     pub async fn kill_forwarder(&mut self, id: &str) -> Result<()> {
         let forwarder = self

@@ -135,6 +135,14 @@ pub struct MeasuredWith {
     pub packet_bytes: u32,
     pub subscribers: u32,
     pub duration_s: f64,
+    /// What the forwarder sent in the step that set the capacity, and the share of its
+    /// shards' cores it used doing so (CPU time over wall time): the capacity is the
+    /// measured egress scaled to full cores, because on a machine that also runs the load
+    /// generator the forwarder is rarely the first to run out. 0 when not measured.
+    #[serde(default)]
+    pub egress_packets_per_s: f64,
+    #[serde(default)]
+    pub forwarder_cpu: f64,
 }
 
 /// The machine the calibration ran on.
@@ -1108,6 +1116,8 @@ mod tests {
                 packet_bytes: 1100,
                 subscribers: 1000,
                 duration_s: 30.0,
+                egress_packets_per_s: 200_000.0,
+                forwarder_cpu: 1.0,
             },
             machine: Machine {
                 cpu_model: "test".into(),

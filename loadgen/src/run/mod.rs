@@ -261,10 +261,20 @@ pub async fn run(
 fn id_safe(name: &str) -> String {
     let safe: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
-    if safe.is_empty() { "run".into() } else { safe }
+    if safe.is_empty() {
+        "run".into()
+    } else {
+        safe
+    }
 }
 
 /// SIGINT or SIGTERM.
