@@ -40,6 +40,7 @@ impl Forwarder {
         if desired == sub.desired_encoding {
             return;
         }
+        {use std::io::Write; let mut f=std::fs::OpenOptions::new().create(true).append(true).open("/tmp/dbg.log").unwrap(); let _=writeln!(f, "DBG adapt sub={} est={} rates={:?} from={} to={} cur={:?}", id.0, estimate, (0..count).map(|e| bitrates.get(Layer::new(e as u8,0))).collect::<Vec<_>>(), sub.desired_encoding, desired, sub.current_encoding);}
         sub.desired_encoding = desired;
         if sub.current_encoding != Some(desired) {
             let track = sub.track;
