@@ -220,6 +220,12 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
     .context("cannot raise the descriptor limit")?;
     info!(descriptor_limit = raised, "one UDP socket per participant");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if args.local && scenario.local.netns {
+        bail!(
+            "[local] netns = true: a network namespace per region is not implemented yet; \
+             regions share loopback (their paths differ by the [[impairments]] only)"
+        );
+    }
     let (target, threads) = if args.local {
         let options = local_options(&scenario, args.bin_dir.clone());
         info!(

@@ -29,7 +29,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::report::count;
-use crate::scenario::{line_col, locate, located, SimulcastLayer};
+use crate::scenario::{deserialize_toml, locate, located, name_from_origin, SimulcastLayer};
 
 /// Version of the calibration file format.
 pub const CALIBRATION_VERSION: u32 = 1;
@@ -352,37 +352,15 @@ impl Event {
 
     /// Parse and check an event; `origin` prefixes errors and names an unnamed event.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Event, PlanError> {
-        let mut event: Event = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-            .map_err(|e| {
-                let field = e.path().to_string();
-                let field = if field == "." { String::new() } else { field };
-                let inner = e.into_inner();
-                let (line, column) = match inner.span() {
-                    Some(span) => {
-                        let (l, c) = line_col(text, span.start);
-                        (Some(l), Some(c))
-                    }
-                    None => locate(text, &field).unzip(),
-                };
-                PlanError::Parse {
-                    origin: origin.to_owned(),
-                    line,
-                    column,
-                    field,
-                    reason: inner
-                        .message()
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                }
-            })?;
+        let mut event: Event = deserialize_toml(text).map_err(|e| PlanError::Parse {
+            origin: origin.to_owned(),
+            line: e.line,
+            column: e.column,
+            field: e.field,
+            reason: e.reason,
+        })?;
         if event.name.is_empty() {
-            event.name = Path::new(origin)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| origin.to_owned());
+            event.name = name_from_origin(origin);
         }
         event
             .check()

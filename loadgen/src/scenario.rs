@@ -746,7 +746,8 @@ pub struct LocalSpec {
     pub shards: u32,
     /// Participant legs one forwarder accepts. Default: the forwarder's own default.
     pub max_legs: Option<u32>,
-    /// Put each forwarder in its own network namespace behind a veth pair. Default false.
+    /// Put each region in its own network namespace behind a veth pair. Default false;
+    /// not implemented yet (refused by `run --local`).
     pub netns: bool,
     /// Viewers per webinar relay node. Default 1000.
     pub max_viewers_per_relay: u32,
@@ -844,6 +845,53 @@ pub struct Expanded {
     pub total_participants: usize,
 }
 
+/// Where and why a TOML file did not deserialize.
+#[derive(Debug)]
+pub(crate) struct TomlError {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// The field's path (`meetings[1].participants`); empty for the whole file.
+    pub field: String,
+    pub reason: String,
+}
+
+/// Deserialize a TOML file, locating an error by toml's span or, when it has none (a
+/// missing field), by the field's path.
+pub(crate) fn deserialize_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        let inner = e.into_inner();
+        let (line, column) = match inner.span() {
+            Some(span) => {
+                let (l, c) = line_col(text, span.start);
+                (Some(l), Some(c))
+            }
+            None => locate(text, &field).unzip(),
+        };
+        TomlError {
+            line,
+            column,
+            field,
+            reason: inner
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    })
+}
+
+/// The name of something read from `origin`: the file name without its extension.
+pub(crate) fn name_from_origin(origin: &str) -> String {
+    Path::new(origin)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| origin.to_owned())
+}
+
 impl Scenario {
     /// The warm-up in force: `warmup_s`, or 2 s (a quarter of a shorter run).
     pub fn warmup_s(&self) -> f64 {
@@ -864,38 +912,15 @@ impl Scenario {
     /// Parse and validate a scenario; `origin` (a file name) prefixes error messages and
     /// names the scenario when it has no `name`.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-        let deserializer = toml::Deserializer::new(text);
-        let mut scenario: Scenario =
-            serde_path_to_error::deserialize(deserializer).map_err(|e| {
-                let field = e.path().to_string();
-                let field = if field == "." { String::new() } else { field };
-                let inner = e.into_inner();
-                let (line, column) = match inner.span() {
-                    Some(span) => {
-                        let (l, c) = line_col(text, span.start);
-                        (Some(l), Some(c))
-                    }
-                    None => locate(text, &field).unzip(),
-                };
-                ScenarioError::Parse {
-                    origin: origin.to_owned(),
-                    line,
-                    column,
-                    field,
-                    reason: inner
-                        .message()
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                }
-            })?;
+        let mut scenario: Scenario = deserialize_toml(text).map_err(|e| ScenarioError::Parse {
+            origin: origin.to_owned(),
+            line: e.line,
+            column: e.column,
+            field: e.field,
+            reason: e.reason,
+        })?;
         if scenario.name.is_empty() {
-            scenario.name = Path::new(origin)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| origin.to_owned());
+            scenario.name = name_from_origin(origin);
         }
         if let Err((field, mut reason)) = scenario.check() {
             let (line, column) = locate(text, &field).unzip();

@@ -235,7 +235,7 @@ impl Worker {
         let entry = &mut self.slots[slot];
         let mut participant = entry.participant.take()?;
         entry.generation = entry.generation.wrapping_add(1);
-        let _ = self.poll.registry().deregister(&mut participant.socket);
+        let _ = self.poll.registry().deregister(participant.socket_mut());
         self.free.push(slot);
         self.progress.participants.fetch_sub(1, Ordering::Relaxed);
         Some(participant.finish(now))
