@@ -14,15 +14,24 @@ use serde_json::Value;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Run `fanout-loadgen run` on `scenario` (TOML text) with extra arguments; returns the
-/// exit code and the parsed JSON report.
-fn loadgen(scenario: &str, extra: &[&str]) -> Result<(i32, Value, String)> {
+/// What a run left: its exit code, JSON report, standard output (the human report) and
+/// per-participant lines.
+struct Run {
+    code: i32,
+    report: Value,
+    stdout: String,
+    participants: Vec<Value>,
+}
+
+/// Run `fanout-loadgen run` on `scenario` (TOML text) with extra arguments.
+fn loadgen(scenario: &str, extra: &[&str]) -> Result<Run> {
     // Built before the run, so the run finds them next to itself.
     let bin_dir = binary_dir()?;
     let dir = tempfile::tempdir()?;
     let scenario_path = dir.path().join("scenario.toml");
     std::fs::write(&scenario_path, scenario)?;
     let report_path = dir.path().join("report.json");
+    let participants_path = dir.path().join("participants.jsonl");
     let mut command = Command::new(loadgen_binary()?);
     command
         .arg("run")
@@ -32,6 +41,8 @@ fn loadgen(scenario: &str, extra: &[&str]) -> Result<(i32, Value, String)> {
         .arg(&bin_dir)
         .arg("--json")
         .arg(&report_path)
+        .arg("--participants")
+        .arg(&participants_path)
         .args(["--progress-interval", "1"])
         .args(extra);
     let mut proc = Proc::spawn("fanout-loadgen", command)?;
@@ -45,7 +56,16 @@ fn loadgen(scenario: &str, extra: &[&str]) -> Result<(i32, Value, String)> {
         )
     })?;
     let report: Value = serde_json::from_str(&text)?;
-    Ok((code, report, proc.stdout()))
+    let participants = std::fs::read_to_string(&participants_path)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    Ok(Run {
+        code,
+        report,
+        stdout: proc.stdout(),
+        participants,
+    })
 }
 
 fn binary_dir() -> Result<PathBuf> {
@@ -96,9 +116,21 @@ direction = "both"
 loss = 0.02
 delay_ms = 10
 "#;
-    let (code, report, stdout) = loadgen(scenario, &[]).unwrap();
+    let Run {
+        code,
+        report,
+        stdout,
+        participants,
+    } = loadgen(scenario, &[]).unwrap();
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(number(&report, "participants"), 8.0);
+    // Every participant's own figures agree with the totals.
+    assert_eq!(participants.len(), 8);
+    let packets: f64 = participants
+        .iter()
+        .map(|p| number(p, "receiver.packets"))
+        .sum();
+    assert_eq!(packets, number(&report, "packets_received"));
     assert_eq!(number(&report, "join_failures"), 0.0);
     assert_eq!(
         number(&report, "participants_without_media"),
@@ -138,7 +170,7 @@ delay_ms = 10
 fn smoke_scenario_runs_clean_and_fail_if_sets_the_exit_code() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadgen/scenarios/smoke.toml");
     let scenario = std::fs::read_to_string(&path).unwrap();
-    let (code, report, _) = loadgen(
+    let Run { code, report, .. } = loadgen(
         &scenario,
         &["--set", "duration_s=5", "--fail-if", "p99_latency_ms >= 0"],
     )
@@ -189,7 +221,7 @@ kill = "forwarder"
 forwarders = 2
 lease_ttl_ms = 1500
 "#;
-    let (code, report, _) = loadgen(scenario, &[]).unwrap();
+    let Run { code, report, .. } = loadgen(scenario, &[]).unwrap();
     assert_eq!(code, 0);
     let failure = &report["failures"][0];
     assert!(

@@ -94,6 +94,11 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
+    /// Write every participant's own figures to FILE, one JSON object per line (join time,
+    /// everything its receiver and publisher counted).
+    #[arg(long, value_name = "FILE")]
+    participants: Option<PathBuf>,
+
     /// Fail (exit code 2) if a condition on the report holds, e.g.
     /// `--fail-if "p99_latency_ms > 150"`. Repeatable.
     #[arg(long = "fail-if", value_name = "CONDITION")]
@@ -284,6 +289,9 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
             info!(path = %path.display(), "report written");
         }
     }
+    if let Some(path) = &args.participants {
+        write_participants(path, &results)?;
+    }
     let violations: Vec<String> = thresholds.iter().filter_map(|t| t.check(&report)).collect();
     for violation in &violations {
         error!("--fail-if: {violation}");
@@ -293,6 +301,21 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(THRESHOLD_FAILED)
     })
+}
+
+fn write_participants(path: &Path, results: &fanout_loadgen::report::RunResults) -> Result<()> {
+    use std::io::Write as _;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for participant in &results.participants {
+        serde_json::to_writer(&mut out, participant)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    info!(path = %path.display(), "per-participant figures written");
+    Ok(())
 }
 
 /// The scenario from a file and `--set` overrides (each a TOML `key = value`, dotted keys

@@ -58,8 +58,9 @@ pub struct RunResults {
     pub controls: usize,
 }
 
-/// One participant's outcome.
-#[derive(Debug, Clone)]
+/// One participant's outcome (also written, one JSON object per line, by
+/// `run --participants FILE`).
+#[derive(Debug, Clone, Serialize)]
 pub struct ParticipantResult {
     pub name: String,
     /// Meeting id.

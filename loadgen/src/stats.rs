@@ -28,7 +28,7 @@ pub enum MediaKind {
 }
 
 /// Counters of what one participant received (all streams together).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReceiverStats {
     /// Distinct media packets received (first copies, repaired ones included).
     pub packets: u64,
@@ -79,7 +79,7 @@ pub struct ReceiverStats {
 }
 
 /// Counters of what one participant sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PublisherStats {
     /// RTP packets and payload bytes sent (retransmissions not included).
     pub packets: u64,
