@@ -25,6 +25,15 @@ struct Run {
 
 /// Run `fanout-loadgen run` on `scenario` (TOML text) with extra arguments.
 fn loadgen(scenario: &str, extra: &[&str]) -> Result<Run> {
+    loadgen_watching(scenario, extra, |_| Ok(()))
+}
+
+/// [`loadgen`], calling `during` on the running process.
+fn loadgen_watching(
+    scenario: &str,
+    extra: &[&str],
+    during: impl FnOnce(&mut Proc) -> Result<()>,
+) -> Result<Run> {
     // Built before the run, so the run finds them next to itself.
     let bin_dir = binary_dir()?;
     let dir = tempfile::tempdir()?;
@@ -46,6 +55,7 @@ fn loadgen(scenario: &str, extra: &[&str]) -> Result<Run> {
         .args(["--progress-interval", "1"])
         .args(extra);
     let mut proc = Proc::spawn("fanout-loadgen", command)?;
+    during(&mut proc)?;
     let status = proc.wait_timeout(RUN_TIMEOUT)?;
     let code = status.code().unwrap_or(-1);
     let stderr = proc.stderr();
@@ -79,6 +89,15 @@ fn binary_dir() -> Result<PathBuf> {
         "fanout-control and fanout-forwarder are in different directories"
     );
     Ok(dir.to_owned())
+}
+
+fn scrape(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }
 
 fn number(report: &Value, path: &str) -> f64 {
@@ -164,15 +183,43 @@ delay_ms = 10
     assert!(stdout.contains("loss"), "{stdout}");
 }
 
-/// The shipped smoke scenario runs clean, and a `--fail-if` condition that holds makes
-/// the exit code 2 (for pipelines) while still writing the report.
+/// The shipped smoke scenario runs clean, its live metrics can be scraped, and a
+/// `--fail-if` condition that holds makes the exit code 2 (for pipelines) while still
+/// writing the report.
 #[test]
-fn smoke_scenario_runs_clean_and_fail_if_sets_the_exit_code() {
+fn smoke_scenario_runs_clean_with_metrics_and_fail_if_sets_the_exit_code() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadgen/scenarios/smoke.toml");
     let scenario = std::fs::read_to_string(&path).unwrap();
-    let Run { code, report, .. } = loadgen(
+    let Run { code, report, .. } = loadgen_watching(
         &scenario,
-        &["--set", "duration_s=5", "--fail-if", "p99_latency_ms >= 0"],
+        &[
+            "--set",
+            "duration_s=5",
+            "--fail-if",
+            "p99_latency_ms >= 0",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        |proc| {
+            let address =
+                proc.wait_stderr(Duration::from_secs(60), "the metrics address", |text| {
+                    let rest = text.split_once("metrics at http://")?.1;
+                    Some(rest.split_once("/metrics")?.0.to_owned())
+                })?;
+            proc.wait_stderr(Duration::from_secs(60), "the end of the joins", |text| {
+                text.contains("joins done").then_some(())
+            })?;
+            let metrics = scrape(&address);
+            assert!(
+                metrics.contains("fanout_loadgen_participants_joined 14"),
+                "{metrics}"
+            );
+            assert!(
+                metrics.contains("fanout_loadgen_packets_sent_total "),
+                "{metrics}"
+            );
+            Ok(())
+        },
     )
     .unwrap();
     assert_eq!(code, 2, "a --fail-if that holds exits 2: {report:#}");

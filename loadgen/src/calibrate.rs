@@ -99,6 +99,7 @@ pub async fn calibrate(options: &CalibrateOptions) -> Result<Calibration> {
     let run_options = RunOptions {
         threads: 1,
         progress_every: None,
+        metrics: None,
     };
     let mut best: Option<(u32, Report, Egress)> = None;
     let mut subscribers = options.start;

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod impair;
 pub mod local;
 pub mod media;
+pub mod metrics;
 pub mod plan;
 pub mod report;
 pub mod run;

@@ -112,6 +112,10 @@ struct RunArgs {
     /// Seconds between progress lines (0: none).
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     progress_interval: f64,
+
+    /// Serve Prometheus metrics of the run at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -267,6 +271,7 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         threads,
         progress_every: (args.progress_interval > 0.0)
             .then(|| Duration::from_secs_f64(args.progress_interval)),
+        metrics: args.metrics,
     };
     let outcome = run::run(&scenario, target, &options).await;
     let results = match outcome {

@@ -52,6 +52,8 @@ pub struct RunOptions {
     pub threads: usize,
     /// Print a progress line this often (none: quiet).
     pub progress_every: Option<Duration>,
+    /// Serve Prometheus metrics of the run here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How long publishers stay silent before the receivers are read at the end: long enough
@@ -169,6 +171,13 @@ pub async fn run(
     if let Some(every) = options.progress_every {
         background.spawn(show_progress(Arc::clone(&context), every));
     }
+    let _metrics = match options.metrics {
+        Some(addr) => {
+            let (_, task) = crate::metrics::serve(addr, metrics_renderer(&context)).await?;
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
 
     // Joins, at the scenario's rate and concurrency. SIGINT or SIGTERM cut the run short
     // at any point; what was measured is still reported.
@@ -535,6 +544,76 @@ async fn show_progress(context: Arc<RunContext>, every: Duration) {
         }
         .line();
         eprintln!("{line}");
+    }
+}
+
+/// The run's live figures in the Prometheus exposition format.
+fn metrics_renderer(context: &Arc<RunContext>) -> crate::metrics::Render {
+    use crate::metrics::sample;
+    let context = Arc::clone(context);
+    Arc::new(move || {
+        let progress = context.engine.progress();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let mut out = String::new();
+        sample(
+            &mut out,
+            "fanout_loadgen_participants_planned",
+            "gauge",
+            "Participants the scenario plans",
+            context.participants.len() as f64,
+        );
+        sample(
+            &mut out,
+            "fanout_loadgen_participants_joined",
+            "gauge",
+            "Participants joined now",
+            context.joined.load(Ordering::Relaxed) as f64,
+        );
+        sample(
+            &mut out,
+            "fanout_loadgen_packets_sent_total",
+            "counter",
+            "Datagrams the participants sent",
+            load(&progress.packets_out),
+        );
+        sample(
+            &mut out,
+            "fanout_loadgen_packets_received_total",
+            "counter",
+            "Media packets the participants received and authenticated",
+            load(&progress.packets_in),
+        );
+        sample(
+            &mut out,
+            "fanout_loadgen_datagrams_rejected_total",
+            "counter",
+            "Datagrams that failed SRTP or came from a stranger",
+            load(&progress.rejected),
+        );
+        sample(
+            &mut out,
+            "fanout_loadgen_latency_p99_seconds",
+            "gauge",
+            "One-way media latency p99 over the last second (worst worker)",
+            progress.window_p99_us() as f64 / 1e6,
+        );
+        sample(
+            &mut out,
+            "fanout_loadgen_video_loss_before_rtx_ratio",
+            "gauge",
+            "Video loss before retransmission so far",
+            progress.loss(),
+        );
+        out
+    })
+}
+
+/// Aborts a task when dropped: the metrics server ends with the run.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
