@@ -9,10 +9,12 @@
 //!
 //! - The subscription's **preferred maximum** ([`Layer`]): what the subscriber's layout
 //!   asked for (a thumbnail does not need 720p). Never exceeded.
-//! - The **bitrate of each layer**, measured by one [`BitrateMeter`] per layer over the
-//!   last second and gathered in a [`LayerBitrates`] table: the rate a subscriber receives
-//!   when that layer is its target. A layer measuring 0 is not being sent (the publisher
-//!   paused it) and is never selected.
+//! - The **bitrate of each layer**, measured by one [`BitrateMeter`] per layer and
+//!   gathered in a [`LayerBitrates`] table: the rate a subscriber receives when that
+//!   layer is its target, as the median of its last 5 one-second rates
+//!   ([`BitrateMeter::sustained_bps`]), so that a key frame (4-8 times an ordinary frame)
+//!   does not make a layer look too expensive. A layer that sent nothing in
+//!   the last second is not being sent (the publisher paused it) and is never selected.
 //! - The subscriber's **available bandwidth**: its REMB estimate
 //!   (draft-alvestrand-rmcat-remb-03 §2.2, [`crate::rtcp::Remb`]) or a configured cap,
 //!   for the track's share of the downlink. `None`: unconstrained.
@@ -24,11 +26,20 @@
 //! The *ladder* is every available layer within the preferred maximum, in (spatial,
 //! temporal) order. The target is the lower of two rungs:
 //!
-//! 1. **Bandwidth**: the highest rung whose bitrate fits in [`BANDWIDTH_USE_PERCENT`]
-//!    (90%) of the estimate; the lowest rung if none fits (a frozen tile is worse than a
-//!    small one; audio is not on this ladder). Follows the estimate both ways at once:
-//!    the estimator (REMB, or the sender-side estimate the cap comes from) already
-//!    smooths and probes.
+//! 1. **Bandwidth**, with hysteresis: every switch of simulcast encoding costs a key
+//!    frame, and a key frame raises the new encoding's rate for a while, so a choice that
+//!    follows every wobble of the estimate or of the rates feeds on itself (a storm of
+//!    switches and key frame requests when the estimate sits between two rungs).
+//!    - *First choice*, and *down*: the highest rung whose bitrate fits in
+//!      [`BANDWIDTH_USE_PERCENT`] (90%) of the estimate; the lowest rung if none fits (a
+//!      frozen tile is worse than a small one; audio is not on this ladder). The rung in
+//!      use is left as soon as it no longer fits in the whole estimate: going down is
+//!      prompt.
+//!    - *Stay*: the rung in use is kept while it fits in the whole estimate, even above
+//!      90% of it: the band between 90% and 100% is the hysteresis.
+//!    - *Up*: only once a higher rung has fitted in 90% of the estimate for
+//!      [`SWITCH_UP_AFTER`] (2 s) without a break, then to the highest rung that fits.
+//!    - *No estimate*: the top rung, at once.
 //! 2. **Loss ceiling**: [`HIGH_LOSS_REPORTS`] (2) consecutive reports with loss above
 //!    10% ([`HIGH_LOSS_FRACTION`]) put a ceiling one rung below the current target: the
 //!    estimate has not caught up with a congested downlink, and each rung down roughly
@@ -59,6 +70,12 @@ pub const MAX_TEMPORAL_LAYERS: usize = 4;
 /// into loss.
 pub const BANDWIDTH_USE_PERCENT: u64 = 90;
 
+/// How long a higher rung must fit in [`BANDWIDTH_USE_PERCENT`] of the estimate before
+/// the target moves up to it: two of WebRTC's roughly one-second RTCP intervals, so that
+/// more than one estimate confirmed the room and a switch (with its key frame) is not
+/// undone a second later.
+pub const SWITCH_UP_AFTER: Duration = Duration::from_secs(2);
+
 /// A receiver report whose fraction lost is above this (in 1/256) counts as high loss:
 /// 26/256 is the first value above 10%. At more than 10% loss, NACK-based repair cannot
 /// keep up and the picture freezes; GCC (draft-ietf-rmcat-gcc §6) also backs off there.
@@ -88,6 +105,18 @@ pub const METER_BUCKETS: usize = 10;
 
 const BUCKET: Duration = Duration::from_millis(100);
 
+/// Whole seconds [`BitrateMeter::sustained_bps`] takes the median of. A key frame of 4-8
+/// frames' size adds 3-7 frames' worth to the second (or two) it falls in: +10% to +90% on
+/// a 1-second rate at 30 to 7.5 fps, and as much again at lower frame rates, too much for
+/// any margin; an average over a few seconds still moves by a fifth of that. The median of
+/// 5 seconds ignores a key frame (even two), and follows a real change of rate within 3 s.
+pub const METER_SUSTAINED_SECONDS: usize = 5;
+
+/// Ring of [`METER_SUSTAINED_SECONDS`] complete seconds and the current one.
+const METER_SUSTAINED_BUCKETS: usize = METER_SUSTAINED_SECONDS + 1;
+
+const SUSTAINED_BUCKET: Duration = Duration::from_secs(1);
+
 /// A layer: spatial (simulcast encoding or SVC spatial layer) and temporal index.
 /// Ordered by spatial, then temporal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -109,13 +138,19 @@ impl Layer {
     }
 }
 
-/// Bitrate of a stream over the last second (see [`METER_WINDOW`]), in a fixed ring of
-/// buckets.
+/// Bitrate of a stream over the last second (see [`METER_WINDOW`]) and per second over
+/// the last few (see [`METER_SUSTAINED_SECONDS`]), in fixed rings of buckets.
 #[derive(Debug, Clone, Default)]
 pub struct BitrateMeter {
     epoch: Option<Instant>,
     /// (bucket number since `epoch`, bytes in it).
     buckets: [(u64, u64); METER_BUCKETS],
+    /// The same with 1 s buckets, since `active_since`.
+    sustained: [(u64, u64); METER_SUSTAINED_BUCKETS],
+    /// Start of the current run of traffic (after a silence of a whole [`METER_WINDOW`]).
+    active_since: Option<Instant>,
+    /// Latest packet time seen.
+    last_packet: Option<Instant>,
 }
 
 impl BitrateMeter {
@@ -130,6 +165,28 @@ impl BitrateMeter {
     /// Counts a packet of `bytes` bytes at `now`.
     pub fn add(&mut self, bytes: usize, now: Instant) {
         let epoch = *self.epoch.get_or_insert(now);
+        let restarted = self
+            .last_packet
+            .is_none_or(|last| now.saturating_duration_since(last) >= METER_WINDOW);
+        if restarted {
+            // A paused stream resumed: its sustained rate starts over, so that the silence
+            // does not make it look cheap.
+            self.sustained = Default::default();
+            self.active_since = Some(now);
+        }
+        self.last_packet = Some(self.last_packet.map_or(now, |last| last.max(now)));
+        let second =
+            (now.saturating_duration_since(epoch).as_nanos() / SUSTAINED_BUCKET.as_nanos()) as u64;
+        if let Some(bucket) = self
+            .sustained
+            .get_mut((second % METER_SUSTAINED_BUCKETS as u64) as usize)
+        {
+            if bucket.0 == second {
+                bucket.1 = bucket.1.saturating_add(bytes as u64);
+            } else if bucket.0 < second {
+                *bucket = (second, bytes as u64);
+            }
+        }
         let n = Self::bucket_of(epoch, now);
         let Some(bucket) = self.buckets.get_mut((n % METER_BUCKETS as u64) as usize) else {
             return;
@@ -164,6 +221,56 @@ impl BitrateMeter {
             .max(BUCKET);
         let bits = u128::from(bytes) * 8 * 1_000_000;
         (bits / span.as_micros().max(1)).min(u128::from(u64::MAX)) as u64
+    }
+
+    /// What the stream costs a subscriber at `now`, in bits per second: 0 if it sent
+    /// nothing in the last second (paused), else the median of its rates over the last
+    /// [`METER_SUSTAINED_SECONDS`] whole seconds of continuous traffic, which a key frame
+    /// does not move (the average so far until there is a whole second).
+    pub fn sustained_bps(&self, now: Instant) -> u64 {
+        let (Some(epoch), Some(since)) = (self.epoch, self.active_since) else {
+            return 0;
+        };
+        if self.bitrate_bps(now) == 0 {
+            return 0;
+        }
+        let second = |t: Instant| {
+            (t.saturating_duration_since(epoch).as_nanos() / SUSTAINED_BUCKET.as_nanos()) as u64
+        };
+        let current = second(now);
+        // The second the traffic (re)started in is partial, and holds the key frame a
+        // stream starts with.
+        let first_whole = second(since) + 1;
+        let from = first_whole.max(current.saturating_sub(METER_SUSTAINED_SECONDS as u64));
+        let mut rates = [0u64; METER_SUSTAINED_SECONDS];
+        let mut count = 0;
+        for s in from..current {
+            let bytes = self
+                .sustained
+                .get((s % METER_SUSTAINED_BUCKETS as u64) as usize)
+                .filter(|(b, _)| *b == s)
+                .map_or(0, |(_, bytes)| *bytes);
+            if let Some(r) = rates.get_mut(count) {
+                *r = bytes.saturating_mul(8);
+                count += 1;
+            }
+        }
+        if count == 0 {
+            // Less than a whole second since the traffic (re)started: its average so far.
+            let bytes = (second(since)..=current)
+                .filter_map(|s| {
+                    self.sustained
+                        .get((s % METER_SUSTAINED_BUCKETS as u64) as usize)
+                        .filter(|(b, _)| *b == s)
+                })
+                .fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes));
+            let span = now.saturating_duration_since(since).max(BUCKET);
+            let bits = u128::from(bytes) * 8 * 1_000_000;
+            return (bits / span.as_micros().max(1)).min(u128::from(u64::MAX)) as u64;
+        }
+        let rates = &mut rates[..count];
+        rates.sort_unstable();
+        rates[count / 2]
     }
 }
 
@@ -245,6 +352,10 @@ pub struct LayerSelector {
     step_down: bool,
     /// Since when reports have shown low loss (`None`: the last one did not).
     low_loss_since: Option<Instant>,
+    /// The rung the bandwidth alone allows, with hysteresis (before the loss ceiling).
+    by_bandwidth: Option<Layer>,
+    /// Since when a rung above `by_bandwidth` has fitted with margin.
+    room_above_since: Option<Instant>,
 }
 
 impl LayerSelector {
@@ -258,6 +369,8 @@ impl LayerSelector {
             high_loss_reports: 0,
             step_down: false,
             low_loss_since: None,
+            by_bandwidth: None,
+            room_above_since: None,
         }
     }
 
@@ -347,17 +460,43 @@ impl LayerSelector {
                 };
             }
         }
-        let fits = |l: &Layer| {
+        let fits = |l: Layer, percent: u64| {
             available_bps.is_none_or(|bps| {
-                u128::from(bitrates.get(*l)) * 100
-                    <= u128::from(bps) * u128::from(BANDWIDTH_USE_PERCENT)
+                u128::from(bitrates.get(l)) * 100 <= u128::from(bps) * u128::from(percent)
             })
         };
-        let by_bandwidth = bitrates
+        let with_margin = bitrates
             .ladder(preferred)
-            .filter(fits)
+            .filter(|&l| fits(l, BANDWIDTH_USE_PERCENT))
             .last()
             .unwrap_or(lowest);
+        let by_bandwidth = match self.by_bandwidth {
+            // Still available, within the preferred maximum, and an estimate to judge by:
+            // hysteresis.
+            Some(held)
+                if available_bps.is_some()
+                    && held.within(preferred)
+                    && bitrates.get(held) > 0
+                    && fits(held, 100) =>
+            {
+                if with_margin > held {
+                    let since = *self.room_above_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= SWITCH_UP_AFTER {
+                        with_margin
+                    } else {
+                        held
+                    }
+                } else {
+                    held
+                }
+            }
+            // First choice, no estimate, or the rung in use no longer fits: at once.
+            _ => with_margin,
+        };
+        if by_bandwidth >= with_margin {
+            self.room_above_since = None;
+        }
+        self.by_bandwidth = Some(by_bandwidth);
         let target = match self.loss_ceiling {
             Some(ceiling) => by_bandwidth.min(at_or_below(ceiling)),
             None => by_bandwidth,
@@ -402,25 +541,110 @@ mod tests {
     #[test]
     fn highest_layer_that_fits_ninety_percent() {
         let t0 = Instant::now();
-        let mut s = LayerSelector::new(false);
         let t = simulcast();
         let max = Layer::MAX;
+        // A first choice, each by a new selector.
+        let first = |preferred, rates: &LayerBitrates, bw| {
+            LayerSelector::new(false).select(t0, preferred, rates, bw)
+        };
         // (1,2) is 450 kbit/s: fits 500k × 0.9 = 450k exactly.
-        assert_eq!(s.select(t0, max, &t, Some(500_000)), Some(Layer::new(1, 2)));
-        assert_eq!(s.select(t0, max, &t, Some(499_999)), Some(Layer::new(1, 1)));
-        assert_eq!(
-            s.select(t0, max, &t, Some(10_000_000)),
-            Some(Layer::new(2, 2))
-        );
-        assert_eq!(s.select(t0, max, &t, None), Some(Layer::new(2, 2)));
+        assert_eq!(first(max, &t, Some(500_000)), Some(Layer::new(1, 2)));
+        assert_eq!(first(max, &t, Some(499_999)), Some(Layer::new(1, 1)));
+        assert_eq!(first(max, &t, Some(10_000_000)), Some(Layer::new(2, 2)));
+        assert_eq!(first(max, &t, None), Some(Layer::new(2, 2)));
         // Nothing fits: the lowest layer still goes out.
-        assert_eq!(s.select(t0, max, &t, Some(1_000)), Some(Layer::new(0, 0)));
+        assert_eq!(first(max, &t, Some(1_000)), Some(Layer::new(0, 0)));
         // The preferred maximum caps it in both dimensions.
         assert_eq!(
-            s.select(t0, Layer::new(1, 0), &t, Some(10_000_000)),
+            first(Layer::new(1, 0), &t, Some(10_000_000)),
             Some(Layer::new(1, 0))
         );
-        assert_eq!(s.select(t0, max, &LayerBitrates::new(), None), None);
+        assert_eq!(first(max, &LayerBitrates::new(), None), None);
+        // Without an estimate, straight to the top; a preferred maximum lowered applies
+        // at once.
+        let mut s = LayerSelector::new(false);
+        assert_eq!(s.select(t0, max, &t, None), Some(Layer::new(2, 2)));
+        assert_eq!(
+            s.select(t0, Layer::new(1, 0), &t, None),
+            Some(Layer::new(1, 0))
+        );
+        assert_eq!(s.select(t0, max, &t, None), Some(Layer::new(2, 2)));
+    }
+
+    /// Three simulcast encodings without temporal layers, as the core's adaptation sees
+    /// them: 100, 250 and 800 kbit/s, the middle one at `mid` kbit/s.
+    fn three_encodings(mid: u64) -> LayerBitrates {
+        let mut t = LayerBitrates::new();
+        t.set(Layer::new(0, 0), 100_000);
+        t.set(Layer::new(1, 0), mid * 1000);
+        t.set(Layer::new(2, 0), 800_000);
+        t
+    }
+
+    #[test]
+    fn estimate_between_two_rungs_holds_one_rung() {
+        // REMB 300 kbit/s: the middle encoding (250) fits 90% (270), but reads up to 290
+        // while it carries a key frame. Once chosen it stays: no switch, no key frame.
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(false);
+        let max = Layer::new(2, 0);
+        let mid = Some(Layer::new(1, 0));
+        for (i, rate) in [250, 290, 250, 285, 260, 290, 250, 275]
+            .into_iter()
+            .enumerate()
+        {
+            let now = t0 + secs(i as u64);
+            assert_eq!(
+                s.select(now, max, &three_encodings(rate), Some(300_000)),
+                mid,
+                "{i}"
+            );
+        }
+        // Above the whole estimate it is left at once.
+        assert_eq!(
+            s.select(t0 + secs(9), max, &three_encodings(301), Some(300_000)),
+            Some(Layer::new(0, 0))
+        );
+        // And not taken again until it fits 90% for 2 s.
+        for i in 10..12 {
+            assert_eq!(
+                s.select(t0 + secs(i), max, &three_encodings(250), Some(300_000)),
+                Some(Layer::new(0, 0)),
+                "{i}"
+            );
+        }
+        assert_eq!(
+            s.select(t0 + secs(12), max, &three_encodings(250), Some(300_000)),
+            mid
+        );
+    }
+
+    #[test]
+    fn switches_up_after_lasting_room_and_down_at_once() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(false);
+        let max = Layer::new(2, 0);
+        let t = three_encodings(250);
+        let low = Some(Layer::new(0, 0));
+        assert_eq!(s.select(t0, max, &t, Some(200_000)), low);
+        // Room for the middle rung, but for less than 2 s at a time.
+        let ms = Duration::from_millis;
+        assert_eq!(s.select(t0 + ms(1000), max, &t, Some(400_000)), low);
+        assert_eq!(s.select(t0 + ms(2500), max, &t, Some(400_000)), low);
+        assert_eq!(s.select(t0 + ms(2800), max, &t, Some(250_000)), low);
+        assert_eq!(s.select(t0 + ms(3000), max, &t, Some(1_000_000)), low);
+        assert_eq!(s.select(t0 + ms(4900), max, &t, Some(1_000_000)), low);
+        // 2 s of room: up, straight to the highest rung that fits.
+        assert_eq!(
+            s.select(t0 + ms(5000), max, &t, Some(1_000_000)),
+            Some(Layer::new(2, 0))
+        );
+        // The estimate falls: down at once, to the highest rung that fits 90%.
+        assert_eq!(
+            s.select(t0 + ms(5100), max, &t, Some(799_000)),
+            Some(Layer::new(1, 0))
+        );
+        assert_eq!(s.select(t0 + ms(5200), max, &t, Some(120_000)), low);
     }
 
     #[test]
@@ -540,6 +764,56 @@ mod tests {
         assert!((760_000..=840_000).contains(&rate), "{rate}");
     }
 
+    #[test]
+    fn sustained_rate_shrugs_off_a_key_frame_and_a_pause() {
+        let t0 = Instant::now();
+        let mut m = BitrateMeter::new();
+        let ms = Duration::from_millis;
+        // 250 kbit/s at 15 fps (2083 bytes a frame) for 6 s, a 6-frame key frame at 5.4 s.
+        for k in 0..90u32 {
+            let bytes = if k == 82 { 6 * 2083 } else { 2083 };
+            m.add(bytes, t0 + ms(66) * k + ms(1));
+        }
+        let now = t0 + ms(5950);
+        let short = m.bitrate_bps(now);
+        let sustained = m.sustained_bps(now);
+        assert!(short > 320_000, "{short}");
+        assert!((240_000..=275_000).contains(&sustained), "{sustained}");
+        // Paused for a second: not available.
+        assert_eq!(m.sustained_bps(now + secs(1)), 0);
+        // Resumed at 100 kbit/s: the pause does not dilute the new rate.
+        let restart = now + secs(3);
+        for k in 0..8u32 {
+            m.add(1250, restart + ms(100) * k);
+        }
+        let rate = m.sustained_bps(restart + ms(800));
+        assert!((90_000..=115_000).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn sustained_rate_ignores_key_frames_at_low_frame_rates_and_follows_changes() {
+        // 60 kbit/s at 4 fps (1875 bytes a frame), a key frame of 8 frames every 5 s and
+        // one more at 7.3 s (a PLI): the rate a subscriber pays stays 60 kbit/s.
+        let t0 = Instant::now();
+        let mut m = BitrateMeter::new();
+        let ms = Duration::from_millis;
+        for k in 0..80u32 {
+            let keyframe = k % 20 == 0 || k == 29;
+            m.add(if keyframe { 8 * 1875 } else { 1875 }, t0 + ms(250) * k);
+            let now = t0 + ms(250) * k + ms(1);
+            if k >= 24 {
+                assert_eq!(m.sustained_bps(now), 60_000, "frame {k}");
+            }
+        }
+        // Doubled to 120 kbit/s: followed once it has lasted 3 whole seconds.
+        let t1 = t0 + secs(20);
+        for k in 0..12u32 {
+            m.add(3750, t1 + ms(250) * k);
+        }
+        assert_eq!(m.sustained_bps(t1 + ms(2760)), 60_000);
+        assert_eq!(m.sustained_bps(t1 + ms(3010)), 120_000);
+    }
+
     /// A layer's own rate, 0 (paused) a third of the time.
     fn rate() -> impl Strategy<Value = u64> {
         (0u64..3_000_000).prop_map(|r| if r % 3 == 0 { 0 } else { r })
@@ -598,8 +872,10 @@ mod tests {
                 now = now.max(at);
                 m.add(bytes as usize, at);
                 let _ = m.bitrate_bps(at);
+                let _ = m.sustained_bps(at);
             }
             prop_assert_eq!(m.bitrate_bps(now + METER_WINDOW + BUCKET), 0);
+            prop_assert_eq!(m.sustained_bps(now + METER_WINDOW + BUCKET), 0);
         }
     }
 }

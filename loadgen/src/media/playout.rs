@@ -18,9 +18,17 @@
 //!   dropped as they complete, and [`Playout::awaiting_keyframe`] tells the receiver to
 //!   send PLI. Upper temporal layer frames are not referenced by the base layer, so a lost
 //!   one does not break decoding (a simplification: TL1 is referenced by TL2).
+//! * A complete key frame is not held back by older frames that are not ready: they are
+//!   dropped, as libwebrtc's frame buffer jumps to the next decodable frame, without
+//!   breaking decoding. A simulcast switch looks like that: the forwarder continues the
+//!   sequence numbers, cuts the old encoding's frame in progress short and starts the new
+//!   encoding with a key frame. Decoding broken while a key frame is already arriving
+//!   does not ask for another one.
 //! * A **freeze** is a render interval longer than max(3 × mean, mean + 150 ms), the
 //!   WebRTC stats definition; the mean is a moving average of the intervals that were not
-//!   freezes.
+//!   freezes. It starts over after a change of simulcast encoding (the probe's encoding
+//!   index), whose frame rate may differ: the interval across the switch is judged by the
+//!   old rate, the ones after it by the new.
 
 use crate::Micros;
 
@@ -31,6 +39,9 @@ pub const MAX_PENDING_FRAMES: usize = 32;
 pub const LATENCY_WINDOW: usize = 64;
 /// WebRTC freeze definition: interval > max(3 × mean, mean + 150 ms).
 const FREEZE_MIN_EXCESS_US: Micros = 150_000;
+/// The mean render interval moves by 1/8 of each new interval (after a plain average of
+/// the first 8, so that it settles fast at the start and after a change of encoding).
+const MEAN_INTERVAL_WEIGHT: u64 = 8;
 
 /// One frame waiting to be rendered. Sequence numbers are the low 32 bits of the stream's
 /// extended sequence numbers (compared with wrapping arithmetic).
@@ -46,6 +57,8 @@ struct PendingFrame {
     has_last: bool,
     keyframe: bool,
     temporal_layer: u8,
+    /// Simulcast encoding (from the probe).
+    encoding: u8,
     completed_at: Option<Micros>,
 }
 
@@ -75,6 +88,8 @@ pub struct FramePacket {
     pub frame_end: bool,
     pub keyframe: bool,
     pub temporal_layer: u8,
+    /// The simulcast encoding it belongs to (the probe's, not rewritten by the forwarder).
+    pub encoding: u8,
 }
 
 /// Counters the receiver sums into its stats.
@@ -106,6 +121,10 @@ pub struct Playout {
     target_delay_us: Micros,
     last_render_at: Option<Micros>,
     mean_interval_us: Option<Micros>,
+    /// Intervals in the mean since it (re)started, up to [`MEAN_INTERVAL_WEIGHT`].
+    mean_samples: u64,
+    /// Encoding of the last frame rendered.
+    rendered_encoding: Option<u8>,
     counters: PlayoutCounters,
     /// Sum of the target delay at each render, for the mean.
     target_sum_us: u128,
@@ -133,6 +152,8 @@ impl Playout {
             target_delay_us: min_delay_us,
             last_render_at: None,
             mean_interval_us: None,
+            mean_samples: 0,
+            rendered_encoding: None,
             counters: PlayoutCounters::default(),
             target_sum_us: 0,
         }
@@ -170,7 +191,9 @@ impl Playout {
     /// frames until a key frame.
     pub fn break_decoding(&mut self) {
         self.decodable = false;
-        self.awaiting_keyframe = true;
+        // A key frame already arriving repairs it: asking for another would only add one
+        // more key frame (and, when it is late, more waiting).
+        self.awaiting_keyframe = !self.frames.iter().any(|f| f.keyframe && f.has_first);
     }
 
     /// The stream restarted (new sequence numbers and timestamps, e.g. after a failover):
@@ -236,6 +259,7 @@ impl Playout {
             frame.last_seq = packet.seq;
         }
         frame.temporal_layer = packet.temporal_layer;
+        frame.encoding = packet.encoding;
         let was_complete = frame.is_complete();
         frame.check_complete(now);
         if !was_complete && frame.is_complete() {
@@ -308,6 +332,15 @@ impl Playout {
         }
     }
 
+    /// Whether a frame after the head is a complete key frame: nothing before it needs to
+    /// be waited for.
+    fn keyframe_ready_behind_head(&self) -> bool {
+        self.frames
+            .iter()
+            .skip(1)
+            .any(|f| f.keyframe && f.is_complete())
+    }
+
     /// Renders and drops what is due at `now`.
     pub fn advance(&mut self, now: Micros) {
         while let Some(head) = self.frames.first().copied() {
@@ -327,7 +360,17 @@ impl Playout {
                 let at = due.max(completed).max(self.last_render_at.unwrap_or(0));
                 self.finish_head();
                 self.decodable = true;
-                self.render(at);
+                self.render(at, head.encoding);
+                continue;
+            }
+            if self.keyframe_ready_behind_head() {
+                // A complete key frame further on decodes without anything before it, as
+                // libwebrtc's frame buffer jumps to it: the frames before it are not
+                // waited for. That is what a simulcast switch looks like (the forwarder
+                // cuts the old encoding's last frame short where the new one's key frame
+                // starts), and it breaks nothing.
+                self.finish_head();
+                self.counters.frames_dropped += 1;
                 continue;
             }
             if now >= self.deadline(&head) {
@@ -344,7 +387,7 @@ impl Playout {
         }
     }
 
-    fn render(&mut self, at: Micros) {
+    fn render(&mut self, at: Micros, encoding: u8) {
         self.counters.frames_rendered += 1;
         self.target_sum_us += u128::from(self.target_delay_us);
         if let Some(previous) = self.last_render_at {
@@ -354,10 +397,26 @@ impl Playout {
                     self.counters.freezes += 1;
                     self.counters.frozen_us += interval;
                 }
-                Some(mean) => self.mean_interval_us = Some((mean * 7 + interval) / 8),
-                None => self.mean_interval_us = Some(interval),
+                Some(mean) => {
+                    self.mean_samples = (self.mean_samples + 1).min(MEAN_INTERVAL_WEIGHT);
+                    let n = self.mean_samples;
+                    self.mean_interval_us = Some((mean * (n - 1) + interval) / n);
+                }
+                None => {
+                    self.mean_interval_us = Some(interval);
+                    self.mean_samples = 1;
+                }
             }
         }
+        if self.rendered_encoding.is_some_and(|e| e != encoding) {
+            // A simulcast switch: the new encoding may have another frame rate (7.5 fps
+            // against 30), which the old mean would misjudge, in either direction, for
+            // several frames. The switch itself was judged against the old rate; the
+            // new rate is learnt from the next intervals.
+            self.mean_interval_us = None;
+            self.mean_samples = 0;
+        }
+        self.rendered_encoding = Some(encoding);
         self.last_render_at = Some(at);
     }
 
@@ -404,6 +463,7 @@ mod tests {
                         frame_end: p + 1 == packets,
                         keyframe: f == 0,
                         temporal_layer: 0,
+                        encoding: 0,
                     };
                     arrivals.push((capture + latency(seq), packet));
                 }
@@ -511,5 +571,108 @@ mod tests {
         assert_eq!(c.frames_rendered, 100);
         assert_eq!(c.freezes, 1);
         assert!(c.frozen_us >= 400_000, "{c:?}");
+    }
+
+    /// One frame as a forwarder delivers it: captured at `capture` µs, `packets` packets
+    /// of which the first `sent` reach the receiver, 20 ms later, 1 ms apart.
+    #[derive(Clone, Copy)]
+    struct Delivered {
+        capture: Micros,
+        encoding: u8,
+        keyframe: bool,
+        packets: u32,
+        sent: u32,
+    }
+
+    /// Frames at `fps` of `encoding` from `from` µs for `count` frames; the first one a
+    /// key frame if `keyframe`.
+    fn frames(encoding: u8, fps: u64, from: Micros, count: u64, keyframe: bool) -> Vec<Delivered> {
+        (0..count)
+            .map(|k| Delivered {
+                capture: from + k * 1_000_000 / fps,
+                encoding,
+                keyframe: keyframe && k == 0,
+                packets: if keyframe && k == 0 { 6 } else { 2 },
+                sent: if keyframe && k == 0 { 6 } else { 2 },
+            })
+            .collect()
+    }
+
+    /// Feeds `frames` in order with continuous sequence numbers (what the forwarder's
+    /// rewriting produces) and returns the counters once everything is played out.
+    fn deliver(playout: &mut Playout, frames: &[Delivered]) -> PlayoutCounters {
+        let mut seq = 0u32;
+        let mut arrivals = Vec::new();
+        for f in frames {
+            for p in 0..f.sent {
+                let packet = FramePacket {
+                    seq,
+                    rtp_timestamp: (f.capture * 9 / 100) as u32,
+                    send_us: f.capture,
+                    frame_start: p == 0,
+                    frame_end: p + 1 == f.packets,
+                    keyframe: f.keyframe,
+                    temporal_layer: 0,
+                    encoding: f.encoding,
+                };
+                arrivals.push((f.capture + 20_000 + u64::from(p) * 1000, packet));
+                seq += 1;
+            }
+        }
+        for (t, packet) in arrivals {
+            while let Some(due) = playout.poll_timeout().filter(|&d| d <= t) {
+                playout.advance(due);
+            }
+            playout.on_packet(t, &packet);
+            playout.advance(t);
+        }
+        while let Some(due) = playout.poll_timeout() {
+            playout.advance(due);
+        }
+        playout.counters()
+    }
+
+    #[test]
+    fn simulcast_switch_neither_freezes_nor_asks_for_a_key_frame() {
+        // 30 fps of encoding 2; the forwarder switches to encoding 0 where a key frame of
+        // it starts, cutting encoding 2's frame in progress after its first packet; then
+        // 7.5 fps of encoding 0.
+        let mut stream = frames(2, 30, 0, 30, true);
+        stream.push(Delivered {
+            capture: 1_000_000,
+            encoding: 2,
+            keyframe: false,
+            packets: 2,
+            sent: 1,
+        });
+        stream.extend(frames(0, 7, 1_010_000, 20, true));
+        let mut p = Playout::new(10_000, 500_000);
+        let c = deliver(&mut p, &stream);
+        assert_eq!(c.frames_rendered, 50, "{c:?}");
+        assert_eq!(c.frames_dropped, 1, "only the cut frame: {c:?}");
+        assert_eq!((c.freezes, c.frozen_us), (0, 0), "{c:?}");
+        assert!(
+            !p.awaiting_keyframe(),
+            "a PLI would ask for a key frame just received"
+        );
+    }
+
+    #[test]
+    fn lower_frame_rate_after_a_switch_is_not_a_freeze_but_a_stall_still_is() {
+        // 30 fps, then a switch to an encoding at 2 fps (a low layer whose upper temporal
+        // layers are not forwarded): its 500 ms intervals are its frame rate, not freezes.
+        let mut stream = frames(2, 30, 0, 30, true);
+        stream.extend(frames(0, 2, 1_000_000, 10, true));
+        let mut p = Playout::new(10_000, 500_000);
+        let c = deliver(&mut p, &stream);
+        assert_eq!(c.frames_rendered, 40, "{c:?}");
+        assert_eq!(c.freezes, 0, "{c:?}");
+        // A switch back up to 30 fps, then a 2 s stall within that encoding.
+        let mut p = Playout::new(10_000, 500_000);
+        stream.extend(frames(2, 30, 6_000_000, 30, true));
+        stream.extend(frames(2, 30, 9_000_000, 30, false));
+        let c = deliver(&mut p, &stream);
+        assert_eq!(c.freezes, 1, "{c:?}");
+        assert!(c.frozen_us >= 1_900_000, "{c:?}");
     }
 }

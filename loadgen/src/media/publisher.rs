@@ -23,7 +23,8 @@
 //!   for two), a real key frame header on key frames so the forwarder's VP8 reader sees
 //!   them, the marker on the last packet of each frame. Frames are sized from bitrate and
 //!   frame rate (key frames 4-8× larger), cut into packets of at most `max_payload` bytes
-//!   and paced out at 2.5× the encoding's bitrate, as libwebrtc's pacer does.
+//!   and paced out at 2.5× the camera's total bitrate (all encodings), as libwebrtc's
+//!   pacer paces the whole connection.
 //! * **Screen share**: the same VP8 framing on one SSRC, small frames while idle and a
 //!   burst of `burst_packets` full packets every `burst_every_us` (a slide change).
 //! * **RTCP**: a sender report with an SDES CNAME for every SSRC that has sent, about once
@@ -628,6 +629,14 @@ impl Publisher {
         });
         let mut video = Vec::new();
         if let Some(camera) = config.camera {
+            // libwebrtc paces the whole connection, not each encoding: a low layer's key
+            // frame leaves at the camera's total rate (tens of ms), not its own (hundreds).
+            let camera_bps: u64 = camera
+                .ssrcs
+                .iter()
+                .zip(&camera.encodings)
+                .map(|(_, e)| e.bitrate_bps)
+                .sum();
             for (i, (&ssrc, encoding)) in camera.ssrcs.iter().zip(&camera.encodings).enumerate() {
                 let fps = u64::from(encoding.fps.clamp(1, 240));
                 let packets_per_s = encoding.bitrate_bps / 8 / max_payload as u64 + fps;
@@ -638,7 +647,7 @@ impl Publisher {
                     encoding: i as u8,
                     fps,
                     bitrate_bps: encoding.bitrate_bps,
-                    pacing_bps: encoding.bitrate_bps * PACING_FACTOR_NUM / PACING_FACTOR_DEN,
+                    pacing_bps: camera_bps * PACING_FACTOR_NUM / PACING_FACTOR_DEN,
                     temporal_pattern: temporal_pattern(camera.temporal_layers),
                     keyframe_interval_us: camera.keyframe_interval_us,
                     width,

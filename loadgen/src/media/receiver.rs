@@ -633,6 +633,7 @@ impl Receiver {
                     frame_end: media.probe.frame_end,
                     keyframe: media.probe.keyframe,
                     temporal_layer: media.probe.temporal_layer,
+                    encoding: media.probe.encoding,
                 },
             );
             playout.advance(now);
