@@ -187,10 +187,17 @@ impl Worker {
                     });
                     self.slots.len() - 1
                 });
-                self.poll
-                    .registry()
-                    .register(&mut socket, Token(slot), Interest::READABLE)
-                    .context("cannot register a participant's socket")?;
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut socket, Token(slot), Interest::READABLE)
+                {
+                    // The participant goes without media (the report counts it); the
+                    // worker and everyone else on it go on.
+                    tracing::warn!(participant = setup.key.0, "cannot register its socket: {e}");
+                    self.free.push(slot);
+                    return Ok(());
+                }
                 let key = setup.key;
                 let mut participant = Participant::new(*setup, socket, now);
                 participant.scheduled = Micros::MAX;
