@@ -33,18 +33,13 @@ const GCM_SALT_LEN: usize = 12;
 const AUTH_KEY_LEN: usize = 20;
 
 /// The keys of one sub-session (SRTP or SRTCP) of one direction.
-// The CM variant carries two key schedules (AES + HMAC state, ~1 KiB) and GCM less; a
-// context holds exactly two of these, built once, so boxing would only add a pointer
-// chase to every packet.
-#[allow(clippy::large_enum_variant)]
+// The CM keys are boxed: inline they are 1.7 KiB (AES and HMAC-SHA1 state), and every
+// context holds two sub-sessions, so an AES-GCM context (the default profile, whose key
+// lives behind aws-lc's own pointer) would carry 3.5 KiB it never uses, per leg in the
+// forwarder and per participant in the load generator. The CM path pays one pointer
+// chase to the key schedule it reads anyway.
 pub(crate) enum SessionCipher {
-    /// AES-CM + HMAC-SHA1, with the RTP tag length (10 or 4; SRTCP always 10).
-    Cm {
-        ctr: EncryptingKey,
-        auth: hmac::Key,
-        salt: Zeroizing<[u8; CM_SALT_LEN]>,
-        tag_len: usize,
-    },
+    Cm(Box<CmKeys>),
     /// AES-GCM, 16-byte tag.
     Gcm {
         aead: LessSafeKey,
@@ -52,12 +47,20 @@ pub(crate) enum SessionCipher {
     },
 }
 
+/// AES-CM + HMAC-SHA1, with the RTP tag length (10 or 4; SRTCP always 10).
+pub(crate) struct CmKeys {
+    ctr: EncryptingKey,
+    auth: hmac::Key,
+    salt: Zeroizing<[u8; CM_SALT_LEN]>,
+    tag_len: usize,
+}
+
 impl fmt::Debug for SessionCipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionCipher::Cm { tag_len, .. } => f
+            SessionCipher::Cm(cm) => f
                 .debug_struct("Cm")
-                .field("tag_len", tag_len)
+                .field("tag_len", &cm.tag_len)
                 .finish_non_exhaustive(),
             SessionCipher::Gcm { .. } => f.debug_struct("Gcm").finish_non_exhaustive(),
         }
@@ -101,12 +104,12 @@ impl SessionCipher {
                 } else {
                     profile.rtp_trailer_len()
                 };
-                Ok(SessionCipher::Cm {
+                Ok(SessionCipher::Cm(Box::new(CmKeys {
                     ctr,
                     auth,
                     salt,
                     tag_len,
-                })
+                })))
             }
             SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm => {
                 let mut salt = Zeroizing::new([0u8; GCM_SALT_LEN]);
@@ -153,12 +156,13 @@ impl SessionCipher {
         seq: u16,
     ) -> Result<usize, SrtpError> {
         match self {
-            SessionCipher::Cm {
-                ctr,
-                auth,
-                salt,
-                tag_len,
-            } => {
+            SessionCipher::Cm(cm) => {
+                let CmKeys {
+                    ctr,
+                    auth,
+                    salt,
+                    tag_len,
+                } = &**cm;
                 let index = super::replay::packet_index(roc, seq);
                 let payload = buf.get_mut(header_len..len).ok_or(SrtpError::Malformed)?;
                 cm_xor(ctr, salt, ssrc, index, payload)?;
@@ -208,12 +212,13 @@ impl SessionCipher {
         seq: u16,
     ) -> Result<(), SrtpError> {
         match self {
-            SessionCipher::Cm {
-                ctr,
-                auth,
-                salt,
-                tag_len,
-            } => {
+            SessionCipher::Cm(cm) => {
+                let CmKeys {
+                    ctr,
+                    auth,
+                    salt,
+                    tag_len,
+                } = &**cm;
                 let (authenticated, tag) = packet.split_at_mut(auth_len.min(packet.len()));
                 let tag = tag.get(..*tag_len).ok_or(SrtpError::Malformed)?;
                 // RFC 3711 §4.2: the tag covers the authenticated portion || ROC.
@@ -261,12 +266,13 @@ impl SessionCipher {
     ) -> Result<usize, SrtpError> {
         let e_index = (index | 0x8000_0000).to_be_bytes();
         match self {
-            SessionCipher::Cm {
-                ctr,
-                auth,
-                salt,
-                tag_len,
-            } => {
+            SessionCipher::Cm(cm) => {
+                let CmKeys {
+                    ctr,
+                    auth,
+                    salt,
+                    tag_len,
+                } = &**cm;
                 let body = buf
                     .get_mut(RTCP_CLEAR_LEN..len)
                     .ok_or(SrtpError::Malformed)?;
@@ -309,7 +315,7 @@ impl SessionCipher {
     /// `None` if the packet is too short for the trailer.
     pub(crate) fn rtcp_e_index(&self, packet: &[u8]) -> Option<(bool, u32)> {
         let trailer = match self {
-            SessionCipher::Cm { tag_len, .. } => SRTCP_INDEX_LEN + tag_len,
+            SessionCipher::Cm(cm) => SRTCP_INDEX_LEN + cm.tag_len,
             SessionCipher::Gcm { .. } => SRTCP_INDEX_LEN + GCM_TAG_LEN,
         };
         let body_len = packet.len().checked_sub(trailer)?;
@@ -317,7 +323,7 @@ impl SessionCipher {
             return None;
         }
         let at = match self {
-            SessionCipher::Cm { .. } => body_len,
+            SessionCipher::Cm(_) => body_len,
             SessionCipher::Gcm { .. } => packet.len() - SRTCP_INDEX_LEN,
         };
         let word = u32::from_be_bytes(packet.get(at..at + 4)?.try_into().ok()?);
@@ -334,12 +340,13 @@ impl SessionCipher {
         index: u32,
     ) -> Result<usize, SrtpError> {
         match self {
-            SessionCipher::Cm {
-                ctr,
-                auth,
-                salt,
-                tag_len,
-            } => {
+            SessionCipher::Cm(cm) => {
+                let CmKeys {
+                    ctr,
+                    auth,
+                    salt,
+                    tag_len,
+                } = &**cm;
                 let authenticated_len = packet
                     .len()
                     .checked_sub(*tag_len)
