@@ -17,11 +17,13 @@
 //!   writes the JSON, and checks `--fail-if` thresholds; [`plan`] turns a calibration into
 //!   forwarders and relays for an event.
 //! * [`control`] joins through the control plane's gRPC API; [`local`] starts a whole
-//!   deployment on this machine (control plane on the memory store, forwarder processes).
+//!   deployment on this machine (control plane on the memory store, forwarder processes);
+//!   [`forwarder_metrics`] reads what its forwarders counted.
 
 pub mod calibrate;
 pub mod control;
 pub mod engine;
+pub mod forwarder_metrics;
 pub mod impair;
 pub mod local;
 pub mod media;

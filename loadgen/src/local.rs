@@ -13,7 +13,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+use crate::forwarder_metrics::{self, ForwarderSnapshot};
 
 /// How a local deployment is shaped.
 #[derive(Debug, Clone)]
@@ -183,6 +185,8 @@ fn strip_ansi(line: &str) -> String {
 pub struct LocalForwarder {
     pub id: String,
     pub region: String,
+    /// Where its Prometheus metrics are served.
+    pub metrics_url: String,
     process: Process,
     alive: bool,
 }
@@ -221,6 +225,8 @@ const PORT_ATTEMPTS: u32 = 8;
 /// forwarder logs once registered and taking meetings.
 const CONTROL_LISTENING: &str = "listening on ";
 const FORWARDER_READY: &str = "control plane: watching the desired state";
+/// What a forwarder logs when it serves its metrics (followed by the URL).
+const FORWARDER_METRICS: &str = "metrics at ";
 
 impl std::fmt::Debug for LocalDeployment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -309,7 +315,7 @@ impl LocalDeployment {
             let region = regions[index as usize % regions.len()].clone();
             let id = format!("fwd-{region}-{index}");
             let cpus = forwarder_cpus(&allowed, index, options.shards.max(1));
-            let process = start_forwarder(
+            let mut process = start_forwarder(
                 &bin_dir,
                 &id,
                 &region,
@@ -319,9 +325,18 @@ impl LocalDeployment {
                 &cpus,
             )
             .await?;
+            // Logged before it registers: already found.
+            let metrics_url = process
+                .wait_for(FORWARDER_METRICS)
+                .await?
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             forwarders.push(LocalForwarder {
                 id,
                 region,
+                metrics_url,
                 process,
                 alive: true,
             });
@@ -360,6 +375,28 @@ impl LocalDeployment {
         forwarder.process.kill().await;
         forwarder.alive = false;
         Ok(())
+    }
+
+    /// What every forwarder's metrics say now (killed ones: nothing). A forwarder that
+    /// cannot be read is reported without metrics and logged.
+    pub async fn snapshots(&self) -> Vec<ForwarderSnapshot> {
+        let mut snapshots = Vec::with_capacity(self.forwarders.len());
+        for f in &self.forwarders {
+            let mut snapshot = ForwarderSnapshot {
+                id: f.id.clone(),
+                region: f.region.clone(),
+                killed: !f.alive,
+                metrics: Default::default(),
+            };
+            if f.alive {
+                match forwarder_metrics::scrape(&f.metrics_url).await {
+                    Ok(text) => snapshot.metrics = forwarder_metrics::summarize(&text),
+                    Err(e) => warn!(forwarder = %f.id, "cannot read its metrics: {e:#}"),
+                }
+            }
+            snapshots.push(snapshot);
+        }
+        snapshots
     }
 
     /// Kill a control instance (SIGKILL).
@@ -448,7 +485,7 @@ async fn start_forwarder(
                 Ok(())
             });
         }
-        let mut process = Process::spawn(id, command, &[FORWARDER_READY])?;
+        let mut process = Process::spawn(id, command, &[FORWARDER_READY, FORWARDER_METRICS])?;
         match process.wait_for(FORWARDER_READY).await {
             Ok(_) => return Ok(process),
             Err(e)

@@ -18,8 +18,9 @@ use std::str::FromStr;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::forwarder_metrics::ForwarderSnapshot;
 use crate::scenario::Role;
-use crate::stats::{PublisherStats, ReceiverStats};
+use crate::stats::{PublisherStats, ReceiverStats, CAMERA_ENCODING_SLOTS};
 use crate::Micros;
 
 /// Version of the JSON report's schema.
@@ -56,6 +57,8 @@ pub struct RunResults {
     /// Forwarders and control-plane instances of the deployment (0 if unknown).
     pub forwarders: usize,
     pub controls: usize,
+    /// What each forwarder of a local deployment counted, read at the end of the run.
+    pub deployment: Vec<ForwarderSnapshot>,
 }
 
 /// One participant's outcome (also written, one JSON object per line, by
@@ -71,6 +74,10 @@ pub struct ParticipantResult {
     pub join_ms: Option<f64>,
     /// Why the join failed (the last error, if it never joined).
     pub join_error: Option<String>,
+    /// The forwarder that served it last (a webinar viewer: the one running its relay).
+    pub forwarder: Option<String>,
+    /// The bandwidth estimate it announced (REMB), if any.
+    pub remb_kbps: Option<u32>,
     /// Somebody else in the meeting publishes: the participant should receive media.
     /// (A lone publisher, or a meeting where nobody else publishes, expects none.)
     pub expects_media: bool,
@@ -243,8 +250,13 @@ pub struct Report {
     /// Datagrams receivers dropped: failed authentication, replays, malformed packets.
     pub invalid: u64,
     pub publishers: PublisherTotals,
+    /// Receivers of camera video by the simulcast encoding they got most of, lowest
+    /// first: the layer mix the forwarders chose.
+    pub camera_layers: Vec<usize>,
     pub regions: Vec<RegionReport>,
     pub failures: Vec<FailureReport>,
+    /// What each forwarder of a local deployment counted at the end (empty otherwise).
+    pub deployment: Vec<ForwarderSnapshot>,
 }
 
 /// The JSON report's top-level keys, for consumers that check the schema.
@@ -282,8 +294,10 @@ pub const REPORT_KEYS: &[&str] = &[
     "duplicates",
     "invalid",
     "publishers",
+    "camera_layers",
     "regions",
     "failures",
+    "deployment",
 ];
 
 /// Counters summed over a set of participants (the whole run, or one region).
@@ -346,6 +360,7 @@ impl Report {
         let mut playout_ms = Vec::new();
         let mut rx = ReceiverStats::default();
         let mut publishers = PublisherTotals::default();
+        let mut camera_layers = vec![0; CAMERA_ENCODING_SLOTS];
         for p in &results.participants {
             all.add(p);
             by_region.entry(&p.region).or_default().add(p);
@@ -368,6 +383,9 @@ impl Report {
             rx.nacks_sent += r.nacks_sent;
             rx.nacked_packets += r.nacked_packets;
             rx.plis_sent += r.plis_sent;
+            if let Some(encoding) = r.main_camera_encoding() {
+                camera_layers[encoding] += 1;
+            }
             if p.expects_media && p.join_ms.is_some() && p.media_time_us > 0 {
                 bitrates.push(r.bytes as f64 * 8.0 / (p.media_time_us as f64 / 1e6) / 1000.0);
             }
@@ -492,8 +510,10 @@ impl Report {
             duplicates: rx.duplicates,
             invalid: rx.invalid,
             publishers,
+            camera_layers,
             regions,
             failures,
+            deployment: results.deployment.clone(),
         }
     }
 
@@ -661,6 +681,15 @@ impl Report {
             "keyframes on request",
             count(self.publishers.keyframes_requested),
         );
+        if self.camera_layers.iter().any(|&n| n > 0) {
+            let layers: Vec<String> = self
+                .camera_layers
+                .iter()
+                .enumerate()
+                .map(|(encoding, n)| format!("{encoding}: {}", count(*n as u64)))
+                .collect();
+            line(&mut out, "receivers by camera layer", layers.join("  "));
+        }
 
         if self.regions.len() > 1 {
             out.push_str("\nRegions\n");
@@ -692,6 +721,10 @@ impl Report {
             }
         }
 
+        if !self.deployment.is_empty() {
+            self.write_deployment(&mut out);
+        }
+
         if !self.failures.is_empty() {
             out.push_str("\nFailures\n");
             for f in &self.failures {
@@ -718,6 +751,71 @@ impl Report {
             }
         }
         out
+    }
+}
+
+impl Report {
+    /// The forwarders' own counters: where NACKs were answered and keyframe requests
+    /// coalesced (relay trees), how many legs and links each held.
+    fn write_deployment(&self, out: &mut String) {
+        out.push_str("\nForwarders (their own counters)\n");
+        let _ = writeln!(
+            out,
+            "  {:<18}{:<10}{:>7}{:>9}{:>11}{:>11}{:>11}{:>11}{:>11}",
+            "forwarder",
+            "region",
+            "legs",
+            "links",
+            "nack in",
+            "rtx out",
+            "kf req in",
+            "kf req out",
+            "nack up"
+        );
+        for f in &self.deployment {
+            if f.killed {
+                let _ = writeln!(out, "  {:<18}{:<10}killed during the run", f.id, f.region);
+                continue;
+            }
+            let links = format!(
+                "{}/{}",
+                f.relay_links("upstream"),
+                f.relay_links("downstream")
+            );
+            let n = |keys: &[&str]| count(keys.iter().map(|k| f.get(k)).sum::<f64>() as u64);
+            let _ = writeln!(
+                out,
+                "  {:<18}{:<10}{:>7}{:>9}{:>11}{:>11}{:>11}{:>11}{:>11}",
+                f.id,
+                f.region,
+                n(&["fanout_legs"]),
+                links,
+                n(&[
+                    "fanout_leg_nack_requests_received_total",
+                    "fanout_relay_link_nack_requests_received_total{direction=\"downstream\"}",
+                ]),
+                n(&[
+                    "fanout_leg_retransmitted_packets_total",
+                    "fanout_relay_link_retransmitted_packets_total{direction=\"downstream\"}",
+                ]),
+                n(&[
+                    "fanout_leg_keyframe_requests_received_total",
+                    "fanout_relay_link_keyframe_requests_received_total{direction=\"downstream\"}",
+                ]),
+                n(&[
+                    "fanout_leg_keyframe_requests_sent_total",
+                    "fanout_relay_link_keyframe_requests_sent_total{direction=\"upstream\"}",
+                ]),
+                n(&["fanout_relay_link_nack_requests_sent_total{direction=\"upstream\"}"]),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  links: fed by a parent / feeding children; nack in: sequence numbers NACKed by \
+             viewers and child relays; rtx out: retransmissions they got; kf req: PLI/FIR \
+             received, and sent to publishers or the parent after coalescing; nack up: \
+             misses asked of the parent"
+        );
     }
 }
 
@@ -1070,6 +1168,8 @@ mod tests {
             role: Role::Attendee,
             join_ms: Some(10.0),
             join_error: None,
+            forwarder: Some("fwd-0".to_owned()),
+            remb_kbps: None,
             expects_media: true,
             receiver: ReceiverStats::default(),
             publisher: None,
@@ -1142,6 +1242,7 @@ mod tests {
             latency,
             forwarders: 2,
             controls: 1,
+            deployment: Vec::new(),
         }
     }
 
@@ -1224,6 +1325,7 @@ mod tests {
             latency: latency_histogram(),
             forwarders: 0,
             controls: 0,
+            deployment: Vec::new(),
         });
         assert_eq!(r.latency_ms, LatencyMs::default());
         assert_eq!(r.loss_after_rtx, 0.0);

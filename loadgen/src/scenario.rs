@@ -598,6 +598,9 @@ pub struct ReceiverSpec {
     /// Bandwidth estimate to announce (REMB), in kbit/s: the forwarder picks simulcast
     /// layers that fit it. Default: none sent.
     pub remb_kbps: Option<u32>,
+    /// Estimates handed out in turn to the participants (in kbit/s, instead of
+    /// `remb_kbps`): receivers on different downlinks, each to get its own layers.
+    pub remb_kbps_mix: Vec<u32>,
     /// Jitter buffer bounds in milliseconds: the playout delay adapts between them.
     /// Defaults 20 and 400.
     pub jitter_buffer_min_ms: u32,
@@ -611,6 +614,7 @@ impl Default for ReceiverSpec {
             pli: true,
             rtcp_interval_ms: 1000,
             remb_kbps: None,
+            remb_kbps_mix: Vec::new(),
             jitter_buffer_min_ms: 20,
             jitter_buffer_max_ms: 400,
         }
@@ -672,6 +676,10 @@ impl Impairment {
 pub enum Kill {
     Forwarder,
     Control,
+    /// A forwarder that runs webinar relay nodes and feeds no other relay: a leaf of a
+    /// relay tree, so that only its own viewers lose media. The one serving the most
+    /// participants, found from the forwarders' relay-link metrics.
+    Relay,
 }
 
 /// Which process a failure kills.
@@ -724,7 +732,7 @@ impl<'de> Deserialize<'de> for FailureTarget {
 pub struct FailureSpec {
     /// Seconds after media starts. Required, below `duration_s`.
     pub at_s: f64,
-    /// `"forwarder"` or `"control"`. Required.
+    /// `"forwarder"`, `"control"` or `"relay"` (a leaf relay forwarder). Required.
     pub kill: Kill,
     /// Which one: an id (`"fwd-2"`) or an index into the `[local]` processes. Default:
     /// the forwarder serving the most participants (for `control`, the last instance: the
@@ -1340,6 +1348,18 @@ impl Scenario {
                 "an estimate of 0 kbit/s stops all video",
             );
         }
+        if let Some(i) = rx.remb_kbps_mix.iter().position(|&kbps| kbps == 0) {
+            return fail(
+                format!("receivers.remb_kbps_mix[{i}]"),
+                "an estimate of 0 kbit/s stops all video",
+            );
+        }
+        if rx.remb_kbps.is_some() && !rx.remb_kbps_mix.is_empty() {
+            return fail(
+                "receivers.remb_kbps_mix",
+                "give remb_kbps (every receiver) or remb_kbps_mix (in turn), not both",
+            );
+        }
         if rx.jitter_buffer_min_ms > rx.jitter_buffer_max_ms {
             return fail(
                 "receivers.jitter_buffer_min_ms",
@@ -1386,6 +1406,13 @@ impl Scenario {
             let processes = match failure.kill {
                 Kill::Forwarder => self.local.forwarders,
                 Kill::Control => self.local.controls,
+                Kill::Relay if failure.target.is_some() => {
+                    return fail(
+                        f("target"),
+                        "the run picks the relay to kill; name a forwarder with kill = \"forwarder\"",
+                    );
+                }
+                Kill::Relay => self.local.forwarders,
             };
             match &failure.target {
                 Some(FailureTarget::Index(n)) if *n >= processes as usize => {
@@ -1394,7 +1421,7 @@ impl Scenario {
                         format!(
                             "index {n} is out of range: [local] starts {processes} {}",
                             match failure.kill {
-                                Kill::Forwarder => "forwarder(s)",
+                                Kill::Forwarder | Kill::Relay => "forwarder(s)",
                                 Kill::Control => "control instance(s)",
                             }
                         ),

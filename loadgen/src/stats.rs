@@ -27,6 +27,9 @@ pub enum MediaKind {
     Screen,
 }
 
+/// Simulcast encodings told apart in [`ReceiverStats::camera_packets_by_encoding`].
+pub const CAMERA_ENCODING_SLOTS: usize = 3;
+
 /// Counters of what one participant received (all streams together).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReceiverStats {
@@ -59,6 +62,9 @@ pub struct ReceiverStats {
     pub nacked_packets: u64,
     /// PLI packets sent.
     pub plis_sent: u64,
+    /// Camera packets received per simulcast encoding, lowest first (encodings above the
+    /// last slot are counted in it): which layer the forwarder chose for this receiver.
+    pub camera_packets_by_encoding: [u64; CAMERA_ENCODING_SLOTS],
     /// Largest RFC 3550 interarrival jitter of any stream, in microseconds.
     pub jitter_max_us: u64,
     /// Video frames the jitter-buffer model rendered, and the freezes among them (a frame
@@ -108,6 +114,13 @@ impl ReceiverStats {
         self.nacks_sent += later.nacks_sent;
         self.nacked_packets += later.nacked_packets;
         self.plis_sent += later.plis_sent;
+        for (total, n) in self
+            .camera_packets_by_encoding
+            .iter_mut()
+            .zip(later.camera_packets_by_encoding)
+        {
+            *total += n;
+        }
         self.jitter_max_us = self.jitter_max_us.max(later.jitter_max_us);
         self.frames_rendered += later.frames_rendered;
         self.freezes += later.freezes;
@@ -122,6 +135,19 @@ impl ReceiverStats {
             self.longest_gap_us = later.longest_gap_us;
             self.longest_gap_from = later.longest_gap_from;
         }
+    }
+}
+
+impl ReceiverStats {
+    /// The camera encoding this receiver got the most packets of; `None` without camera
+    /// packets.
+    pub fn main_camera_encoding(&self) -> Option<usize> {
+        let (encoding, &packets) = self
+            .camera_packets_by_encoding
+            .iter()
+            .enumerate()
+            .max_by_key(|&(encoding, packets)| (packets, std::cmp::Reverse(encoding)))?;
+        (packets > 0).then_some(encoding)
     }
 }
 

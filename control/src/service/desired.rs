@@ -36,10 +36,24 @@ use super::ServiceError;
 use crate::domain::{
     BreakoutId, ForwarderId, MeetingId, MeetingKind, Participant, ParticipantId, Presence,
 };
-use crate::store::{Revision, Store, StoreError, WatchEvent, WatchStream};
+use crate::store::{KeyValue, Op, Revision, Store, StoreError, Txn, WatchEvent, WatchStream};
 
 /// How long to gather changes before recomputing: joins come in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Point reads per transaction (etcd refuses more than 128 operations in one).
+const GETS_PER_TXN: usize = 100;
+
+/// Whose legs a plan holds.
+#[derive(Debug, Clone, Copy)]
+enum Members<'a> {
+    /// Everyone in the meeting, a webinar's audience included (no relays).
+    Everyone,
+    /// Those on the stage: a webinar's origin when its audience is on relay nodes (in a
+    /// meeting, that is everyone).
+    Stage,
+    /// These viewers of a webinar: a relay node's.
+    Viewers(&'a BTreeSet<ParticipantId>),
+}
 
 /// One participant's leg on the forwarder.
 #[derive(Clone, PartialEq, Eq)]
@@ -197,7 +211,12 @@ impl DesiredStates {
         placement: &PlacementRecord,
     ) -> Result<Option<DesiredMeeting>, ServiceError> {
         let id = &placement.meeting;
-        let Some((kind, legs)) = self.legs(id, id.as_str(), None).await? else {
+        // With relays, a webinar's audience is seated on relay nodes, not the origin.
+        let members = match self.relays {
+            Some(_) => Members::Stage,
+            None => Members::Everyone,
+        };
+        let Some((kind, legs)) = self.legs(id, id.as_str(), members).await? else {
             return Ok(None);
         };
         Ok(Some(DesiredMeeting {
@@ -208,13 +227,19 @@ impl DesiredStates {
         }))
     }
 
-    /// The legs of `meeting`'s participants who are present and admitted (of those in
-    /// `only`, if given), under the plan id `plan`; `None` if the meeting is gone or over.
+    /// The legs of `meeting`'s `members` who are present and admitted, under the plan id
+    /// `plan`; `None` if the meeting is gone or over.
+    ///
+    /// A webinar's audience can be 50,000 strong and every join re-reads the plans it
+    /// touches, so the origin and relay nodes of a webinar with relays read only their own
+    /// members' records, by key: a node's viewers (at most `max_viewers_per_relay`), the
+    /// origin's stage. Ranges over the whole audience and its transports are for meetings
+    /// and for webinars without relays, whose audience connects to the origin.
     async fn legs(
         &self,
         meeting: &MeetingId,
         plan: &str,
-        only: Option<&BTreeSet<ParticipantId>>,
+        members: Members<'_>,
     ) -> Result<Option<(MeetingKind, BTreeMap<ParticipantId, DesiredLeg>)>, ServiceError> {
         let Some(doc) = self.store.get(&keys::meeting(meeting)).await? else {
             return Ok(None);
@@ -223,23 +248,45 @@ impl DesiredStates {
         if !document.is_open() {
             return Ok(None);
         }
-        let wanted = |id: &ParticipantId| only.is_none_or(|set| set.contains(id));
-        let mut present: BTreeMap<ParticipantId, Participant> = document
-            .participants()
-            .iter()
-            .filter(|(id, p)| p.presence == Presence::Admitted && wanted(id))
-            .map(|(id, p)| (id.clone(), p.clone()))
-            .collect();
-        if document.kind() == MeetingKind::Webinar {
-            let (audience, _) = self.store.range(&keys::audience(meeting)).await?;
-            for kv in audience {
-                let p = read_attendee(&kv.key, &kv.value)?;
-                if p.presence == Presence::Admitted && wanted(&p.id) {
-                    present.insert(p.id.clone(), p);
+        let webinar = document.kind() == MeetingKind::Webinar;
+        let mut present: BTreeMap<ParticipantId, Participant> = match members {
+            Members::Viewers(_) => BTreeMap::new(),
+            Members::Everyone | Members::Stage => document
+                .participants()
+                .iter()
+                .filter(|(_, p)| p.presence == Presence::Admitted)
+                .map(|(id, p)| (id.clone(), p.clone()))
+                .collect(),
+        };
+        let transports = match members {
+            Members::Everyone => {
+                if webinar {
+                    let (audience, _) = self.store.range(&keys::audience(meeting)).await?;
+                    for kv in audience {
+                        let p = read_attendee(&kv.key, &kv.value)?;
+                        if p.presence == Presence::Admitted {
+                            present.insert(p.id.clone(), p);
+                        }
+                    }
                 }
+                self.store.range(&keys::transports(meeting)).await?.0
             }
-        }
-        let (transports, _) = self.store.range(&keys::transports(meeting)).await?;
+            Members::Stage => {
+                let keys = present.keys().map(|id| keys::transport(meeting, id));
+                self.get_many(keys.collect()).await?
+            }
+            Members::Viewers(viewers) => {
+                let keys = viewers.iter().map(|id| keys::attendee(meeting, id));
+                for kv in self.get_many(keys.collect()).await? {
+                    let p = read_attendee(&kv.key, &kv.value)?;
+                    if p.presence == Presence::Admitted {
+                        present.insert(p.id.clone(), p);
+                    }
+                }
+                let keys = present.keys().map(|id| keys::transport(meeting, id));
+                self.get_many(keys.collect()).await?
+            }
+        };
         let mut legs = BTreeMap::new();
         for kv in transports {
             let transport = read_transport(&kv.key, &kv.value)?;
@@ -261,6 +308,16 @@ impl DesiredStates {
             );
         }
         Ok(Some((document.kind(), legs)))
+    }
+
+    /// The records at `keys` that exist, read in transactions of [`GETS_PER_TXN`].
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<KeyValue>, ServiceError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(GETS_PER_TXN) {
+            let txn = Txn::new().and_then(chunk.iter().map(Op::get).collect::<Vec<_>>());
+            found.extend(self.store.txn(txn).await?.gets.into_iter().flatten());
+        }
+        Ok(found)
     }
 
     /// The webinars with a relay node on `forwarder` or placed on it with relays.
@@ -319,7 +376,10 @@ impl DesiredStates {
                     .await?
                     .into_iter()
                     .collect();
-                let Some((kind, legs)) = self.legs(meeting, &plan, Some(&viewers)).await? else {
+                let Some((kind, legs)) = self
+                    .legs(meeting, &plan, Members::Viewers(&viewers))
+                    .await?
+                else {
                     continue;
                 };
                 plans.insert(

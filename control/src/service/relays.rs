@@ -1595,6 +1595,7 @@ fn event_id() -> String {
 mod tests {
     use super::*;
     use crate::domain::{MeetingKind, MeetingSpec, PasscodeCost, TokenKey};
+    use crate::service::desired::{DesiredState, DesiredStates};
     use crate::service::failover::{Failover, FailoverConfig};
     use crate::service::forwarders::{
         Capacity, ForwarderInfo, ForwarderRegistry, Load, RegistryConfig, Session,
@@ -2183,6 +2184,23 @@ mod tests {
         assert_eq!(a.placement, b.placement);
         let tree = fx.checked_tree(&m).await;
         assert_eq!(tree.nodes[0].viewers, 2);
+        // The forwarders hold the viewers' legs on the relay node, not on the origin.
+        let desired =
+            DesiredStates::new(Arc::new(fx.store.clone())).with_relays(Arc::clone(&fx.relays));
+        let legs_of = |state: &DesiredState, plan: &str| -> BTreeSet<ParticipantId> {
+            state.meetings[plan].legs.keys().cloned().collect()
+        };
+        let (at_origin, _) = desired.read(&origin.forwarder).await.unwrap();
+        assert_eq!(
+            legs_of(&at_origin, m.as_str()),
+            BTreeSet::from([host.participant.clone()])
+        );
+        let (at_relay, _) = desired.read(&a.placement.forwarder).await.unwrap();
+        let plan = format!("{m}/{}", tree.nodes[0].relay.as_str());
+        assert_eq!(
+            legs_of(&at_relay, &plan),
+            BTreeSet::from([a.participant.clone(), b.participant.clone()])
+        );
 
         let caller = |token: &str| svc.authenticate(token, now).unwrap();
         svc.leave(&caller(&a.token), now).await.unwrap();

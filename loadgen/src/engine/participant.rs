@@ -190,6 +190,7 @@ impl Participant {
     pub fn move_to(&mut self, forwarder: SocketAddr, now: Micros) {
         self.path.forwarder = forwarder;
         self.inbound.srtp = SrtpContext::new(&self.inbound.key);
+        self.inbound.receiver.transport_changed(now);
         self.inbound.next_hello = Some(now);
     }
 

@@ -50,7 +50,7 @@ use super::playout::{FramePacket, Playout};
 use super::probe::{self, Probe, MAGIC};
 use super::publisher::SRTP_TRAILER_ROOM;
 use super::vp8::{is_keyframe_header, picture_size, KEYFRAME_HEADER_LEN};
-use crate::stats::{Delivery, MediaKind, ReceiverStats};
+use crate::stats::{Delivery, MediaKind, ReceiverStats, CAMERA_ENCODING_SLOTS};
 use crate::Micros;
 
 /// Sequence numbers tracked behind the highest one (duplicates, late arrivals, NACK).
@@ -196,6 +196,9 @@ struct Stream {
     last_sr: Option<(u32, Micros)>,
     last_pli_at: Option<Micros>,
     playout: Option<Playout>,
+    /// The transport was replaced (another forwarder): the next packet starts a new
+    /// sequence, whatever its number.
+    restart_next: bool,
 }
 
 impl Stream {
@@ -228,6 +231,7 @@ impl Stream {
             last_pli_at: None,
             playout: (kind != MediaKind::Audio)
                 .then(|| Playout::new(config.jitter_buffer_min_us, config.jitter_buffer_max_us)),
+            restart_next: false,
         }
     }
 
@@ -299,6 +303,13 @@ impl Stream {
         nack: bool,
         totals: &mut ReceiverStats,
     ) -> Arrival {
+        if std::mem::take(&mut self.restart_next) {
+            self.restart(now, seq, totals);
+            return Arrival::Fresh {
+                seq: self.highest,
+                repaired: false,
+            };
+        }
         let delta = i64::from(seq.wrapping_sub(self.highest as u16) as i16);
         if delta > 0 && delta <= MAX_DROPOUT {
             self.restart_seq = None;
@@ -641,6 +652,10 @@ impl Receiver {
         let totals = &mut self.totals;
         totals.packets += 1;
         totals.bytes += media.payload_len as u64;
+        if media.probe.kind == MediaKind::Camera {
+            let slot = usize::from(media.probe.encoding).min(CAMERA_ENCODING_SLOTS - 1);
+            totals.camera_packets_by_encoding[slot] += 1;
+        }
         if repaired {
             totals.repaired += 1;
         }
@@ -826,6 +841,20 @@ impl Receiver {
     }
 
     /// What was measured so far.
+    /// The participant moved to another forwarder (FORWARDER_CHANGED), as a client sets up
+    /// a new transport: what is missing will not be resent (counted lost now), and each
+    /// stream's next packet starts a new sequence whatever its number, instead of looking
+    /// like a gap to NACK or a jump to confirm. The render history stays: the move's gap
+    /// is a freeze.
+    pub fn transport_changed(&mut self, now: Micros) {
+        let totals = &mut self.totals;
+        for stream in &mut self.streams {
+            stream.expire_missing(now, true, totals);
+            stream.restart_next = true;
+            stream.last_sr = None;
+        }
+    }
+
     pub fn stats(&self) -> ReceiverStats {
         let mut stats = self.totals;
         for s in &self.streams {
@@ -967,6 +996,35 @@ mod tests {
             .report_blocks()
             .all(|b| b.cumulative_lost == 0 && b.fraction_lost == 0));
         assert!(matches!(it.next(), Some(Ok(RtcpPacket::Sdes(_)))));
+    }
+
+    #[test]
+    fn a_new_transport_starts_new_sequences_without_nacks() {
+        let mut packets = capture(2_000_000);
+        let moved_at = 1_000_000;
+        // The new forwarder numbers each stream from elsewhere, within MAX_DROPOUT of the
+        // old numbers: without the restart it would look like a gap of 700 packets.
+        for (sent, bytes) in packets.iter_mut().filter(|(sent, _)| *sent >= moved_at) {
+            let seq = u16::from_be_bytes([bytes[2], bytes[3]]).wrapping_add(700);
+            bytes[2..4].copy_from_slice(&seq.to_be_bytes());
+            *sent += 300_000; // and media stopped for a while
+        }
+        let (before, after): (Vec<_>, Vec<_>) =
+            packets.into_iter().partition(|(sent, _)| *sent < moved_at);
+        let mut r = Receiver::new(ReceiverConfig::new(77));
+        drive(&mut r, &before, 20_000);
+        r.transport_changed(moved_at + 250_000);
+        let rtcp_out = drive(&mut r, &after, 20_000);
+        let s = r.finish(2_400_000);
+        assert_eq!(s.packets as usize, before.len() + after.len());
+        assert_eq!(
+            (s.lost_before_rtx, s.lost_after_rtx, s.audio_lost),
+            (0, 0, 0)
+        );
+        assert_eq!(s.expected + s.audio_expected, s.packets);
+        assert_eq!(s.nacks_sent, 0);
+        assert!(!rtcp_out.iter().any(|p| p[1] == packet_type::RTPFB));
+        assert!(s.longest_gap_us >= 300_000, "{}", s.longest_gap_us);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::{ControlClient, JoinRequest, MeetingNews, NewMeeting};
 use crate::engine::{Clock, Engine, ParticipantKey};
+use crate::forwarder_metrics::ForwarderSnapshot;
 use crate::local::LocalDeployment;
 use crate::report::{FailureResult, ParticipantResult, Progress, RunResults};
 use crate::scenario::{Expanded, FailureSpec, FailureTarget, Kill, Role, Scenario};
@@ -246,6 +247,11 @@ pub async fn run(
         }
     }
     let ended_at = clock.now();
+    // Before the meetings end: a relay link's counters go with the link.
+    let deployment = match &*target.lock().await {
+        Target::Local(deployment) => deployment.snapshots().await,
+        Target::Remote { .. } => Vec::new(),
+    };
     engine.stop_publishing()?;
     tokio::time::sleep(DRAIN).await;
     background.shutdown().await;
@@ -259,7 +265,8 @@ pub async fn run(
     end_meetings(&context).await;
 
     let failures = failures.into_iter().map(|f| f.result(&context)).collect();
-    let results = collect(&context, measured.latency, failures, steady_from, ended_at);
+    let mut results = collect(&context, measured.latency, failures, steady_from, ended_at);
+    results.deployment = deployment;
     let target = Arc::try_unwrap(target)
         .map_err(|_| anyhow::anyhow!("the deployment is still shared at the end of the run"))?
         .into_inner();
@@ -517,6 +524,7 @@ async fn follow_moves(
             joined.forwarder_id = forwarder_id.clone();
             joined.forwarder = address;
             row.moved_at = Some(now);
+            row.forwarder = Some(forwarder_id.clone());
             if let Err(e) = context.engine.move_to(key, address) {
                 warn!("cannot move a participant: {e:#}");
             }
@@ -758,13 +766,27 @@ async fn inject_failure(
         bail!("failure injection needs a local deployment");
     };
     match failure.kill {
-        Kill::Forwarder => {
-            let id = match &failure.target {
-                Some(target) => resolve_forwarder(deployment, target)?,
-                None => context
+        Kill::Forwarder | Kill::Relay => {
+            let id = match (&failure.target, failure.kill) {
+                (Some(target), _) => resolve_forwarder(deployment, target)?,
+                (None, Kill::Relay) => {
+                    let leaves: Vec<String> = deployment
+                        .snapshots()
+                        .await
+                        .into_iter()
+                        .filter(ForwarderSnapshot::is_leaf_relay)
+                        .map(|s| s.id)
+                        .collect();
+                    context
+                        .roster
+                        .lock()
+                        .busiest_forwarder_of(|id| leaves.iter().any(|leaf| leaf == id))
+                        .context("no forwarder is a leaf relay serving anyone")?
+                }
+                (None, _) => context
                     .roster
                     .lock()
-                    .busiest_forwarder()
+                    .busiest_forwarder_of(|_| true)
                     .context("no forwarder serves anyone to kill")?,
             };
             let affected = context.roster.lock().on_forwarder(&id);
@@ -865,6 +887,8 @@ fn collect(
                 role: seat.participant.role,
                 join_ms: row.join_ms,
                 join_error: row.join_error.take(),
+                forwarder: row.forwarder.take(),
+                remb_kbps: setup::remb_kbps(&context.scenario, key),
                 expects_media,
                 receiver: row.receiver.unwrap_or_default(),
                 publisher: row.publisher,
@@ -885,5 +909,6 @@ fn collect(
         latency,
         forwarders: context.forwarders,
         controls: context.clients.all.len(),
+        deployment: Vec::new(),
     }
 }

@@ -24,6 +24,8 @@ pub struct Row {
     pub connected_us: Micros,
     /// When the control plane last moved it to another forwarder (FORWARDER_CHANGED).
     pub moved_at: Option<Micros>,
+    /// The forwarder that served it last (it stays after the participant left).
+    pub forwarder: Option<String>,
 }
 
 impl Row {
@@ -87,6 +89,7 @@ impl RosterInner {
             row.rejoin_ms.push(ms);
             row.rejoins += 1;
         }
+        row.forwarder = Some(joined.forwarder_id.clone());
         row.joined = Some(joined);
     }
 
@@ -111,11 +114,13 @@ impl RosterInner {
             .collect()
     }
 
-    /// The forwarder serving the most joined participants.
-    pub fn busiest_forwarder(&self) -> Option<String> {
+    /// Of the forwarders `eligible` accepts, the one serving the most joined participants.
+    pub fn busiest_forwarder_of(&self, eligible: impl Fn(&str) -> bool) -> Option<String> {
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for joined in self.rows.iter().filter_map(|r| r.joined.as_ref()) {
-            *counts.entry(joined.forwarder_id.as_str()).or_default() += 1;
+            if eligible(&joined.forwarder_id) {
+                *counts.entry(joined.forwarder_id.as_str()).or_default() += 1;
+            }
         }
         counts
             .into_iter()

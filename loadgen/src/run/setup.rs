@@ -83,7 +83,7 @@ pub fn participant(
             // Room for every track it may get (and a little for a republished one); a
             // stream beyond the limit is counted invalid, so it must not be too small.
             max_streams: streams.clamp(4, 255) + 2,
-            ..receiver_config(scenario, joined.rtcp_ssrc())
+            ..receiver_config(scenario, key, joined.rtcp_ssrc())
         },
         up: impairment(scenario, &planned.region, Direction::Up),
         down: impairment(scenario, &planned.region, Direction::Down),
@@ -152,18 +152,28 @@ pub fn publisher_config(
 }
 
 /// How the participant's client behaves as a receiver.
-pub fn receiver_config(scenario: &Scenario, rtcp_ssrc: u32) -> ReceiverConfig {
+pub fn receiver_config(scenario: &Scenario, key: ParticipantKey, rtcp_ssrc: u32) -> ReceiverConfig {
     let receivers = &scenario.receivers;
     ReceiverConfig {
         rtcp_ssrc,
         nack: receivers.nack,
         pli: receivers.pli,
         rtcp_interval_us: u64::from(receivers.rtcp_interval_ms) * 1000,
-        remb_bps: receivers.remb_kbps.map(|kbps| u64::from(kbps) * 1000),
+        remb_bps: remb_kbps(scenario, key).map(|kbps| u64::from(kbps) * 1000),
         jitter_buffer_min_us: u64::from(receivers.jitter_buffer_min_ms) * 1000,
         jitter_buffer_max_us: u64::from(receivers.jitter_buffer_max_ms) * 1000,
         ..ReceiverConfig::new(rtcp_ssrc)
     }
+}
+
+/// The bandwidth estimate participant `key` announces: `remb_kbps`, or its turn in
+/// `remb_kbps_mix`.
+pub fn remb_kbps(scenario: &Scenario, key: ParticipantKey) -> Option<u32> {
+    let mix = &scenario.receivers.remb_kbps_mix;
+    if mix.is_empty() {
+        return scenario.receivers.remb_kbps;
+    }
+    Some(mix[(key.0 % mix.len() as u64) as usize])
 }
 
 /// The impairment of `region`'s path in `direction`: an entry naming the region wins
