@@ -271,6 +271,17 @@ impl<M: Copy + Default> PacketCache<M> {
         })
     }
 
+    /// Whether `seq` is behind what the cache can answer: it held that packet (now too
+    /// old) or has since stored a newer one in its slot. A relay's parent keeps packets
+    /// no longer than the relay does, so asking it for such a packet is futile; a packet
+    /// that is not behind was never here (lost on the way in).
+    pub fn is_behind(&self, seq: SeqNo) -> bool {
+        let Some(slot) = self.slots.get(self.index(seq)) else {
+            return false;
+        };
+        slot.arrival.is_some() && (slot.seq == seq || seq.delta_to(slot.seq) > 0)
+    }
+
     /// Forgets every packet (for example when the publisher's stream restarts with a new
     /// SSRC and its sequence numbers start over).
     pub fn clear(&mut self) {
@@ -340,6 +351,30 @@ mod tests {
             c.insert(SeqNo(1), &pkt(1, 100), later, PacketMeta::default()),
             Insert::Stored
         );
+    }
+
+    #[test]
+    fn behind_means_held_once_or_overwritten_by_newer() {
+        let mut cache: PacketCache = PacketCache::new(PacketCacheConfig {
+            capacity: 4,
+            max_packet_len: 100,
+            max_age: Duration::from_millis(100),
+        });
+        let t0 = Instant::now();
+        assert!(!cache.is_behind(SeqNo(10)), "empty: never held");
+        cache.insert(SeqNo(10), &pkt(10, 20), t0, PacketMeta::default());
+        assert!(cache.is_behind(SeqNo(10)));
+        let later = t0 + Duration::from_secs(1);
+        assert!(cache.get(SeqNo(10), later).is_none(), "expired");
+        assert!(cache.is_behind(SeqNo(10)), "expired, still known");
+        // 14 shares 10's slot: 10 and 6 (older) are behind, 18 (newer) was never here.
+        cache.insert(SeqNo(14), &pkt(14, 20), later, PacketMeta::default());
+        assert!(cache.is_behind(SeqNo(10)));
+        assert!(cache.is_behind(SeqNo(6)));
+        assert!(!cache.is_behind(SeqNo(18)));
+        assert!(!cache.is_behind(SeqNo(11)), "a slot never filled");
+        cache.clear();
+        assert!(!cache.is_behind(SeqNo(14)));
     }
 
     #[test]

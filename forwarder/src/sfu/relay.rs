@@ -821,7 +821,9 @@ impl Forwarder {
     }
 
     /// NACK towards the track's publisher the packets a downstream peer asked for that
-    /// the cache does not hold, unless loss detection already requests them.
+    /// the cache does not hold, unless loss detection already requests them or the cache
+    /// is past them (it had them and let them go: so did everyone upstream, and they
+    /// would come too late): only packets this forwarder never received travel up.
     pub(crate) fn forward_nack_misses(
         &mut self,
         track: TrackId,
@@ -841,7 +843,9 @@ impl Forwarder {
         let mut lost = [SeqNo(0); MAX_NACK_BATCH];
         let mut n = 0;
         for &s in misses {
-            if !e.nack.is_missing(s) && n < lost.len() && !lost[..n].contains(&s) {
+            // Already being requested, or too old for the parent to hold either.
+            let futile = e.nack.is_missing(s) || e.cache.is_behind(s);
+            if !futile && n < lost.len() && !lost[..n].contains(&s) {
                 lost[n] = s;
                 n += 1;
             }

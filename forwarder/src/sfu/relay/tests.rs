@@ -1203,3 +1203,41 @@ fn a_three_level_tree_serves_every_viewer_its_layer_and_keeps_feedback_local() {
         );
     }
 }
+
+#[test]
+fn a_viewer_nack_for_a_packet_the_relay_let_go_stays_at_the_relay() {
+    let mut tree = Tree::new(1);
+    let v = tree.add_viewer(1);
+    tree.pump();
+    tree.frame(true);
+    tree.frame(false);
+    tree.pump();
+    // The viewer got the frames; two seconds later (past every cache's age) it asks
+    // for one of them again, as a receiver whose retries lag far behind would.
+    let old = tree.viewers[v]
+        .got
+        .iter()
+        .find(|(s, _, _)| *s == CAMERA[0])
+        .map(|&(_, q, _)| q)
+        .expect("the viewer got camera packets");
+    tree.advance(Duration::from_secs(2));
+    tree.viewer_rtcp(v, |b| {
+        rtcp::write_nack(b, Ssrc(0x5555), CAMERA[0], &[old]).unwrap()
+    });
+    tree.pump();
+    let up = tree.link(1, RelayDirection::Upstream);
+    assert_eq!(
+        up.stats.nacks_forwarded, 0,
+        "the relay had the packet: the origin cannot have it any longer either"
+    );
+    assert_eq!(
+        tree.link(0, RelayDirection::Downstream)
+            .stats
+            .nacks_received,
+        0
+    );
+    assert!(
+        tree.presenter.nacks.is_empty(),
+        "the presenter was not asked"
+    );
+}
