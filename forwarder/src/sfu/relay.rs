@@ -797,7 +797,7 @@ impl Forwarder {
                         publisher = %t.participant,
                         track = %t.name,
                         receivers = a.receivers(),
-                        above_2_percent_loss = a.receivers() - a.receivers_at_most(2),
+                        above_2_percent_loss = a.receivers().saturating_sub(a.receivers_at_most(2)),
                         mean_fraction_lost = a.mean_fraction_lost(),
                         worst_fraction_lost = f64::from(a.worst_fraction_lost) / 256.0,
                         max_jitter_ms = f64::from(a.max_jitter_us) / 1000.0,

@@ -71,6 +71,8 @@ struct Presenter {
     picture_id: u16,
     plis: Vec<Ssrc>,
     nacks: Vec<(Ssrc, SeqNo)>,
+    /// Report blocks of the origin's receiver reports.
+    reports: Vec<rtcp::ReportBlock>,
 }
 
 /// Origin (node 0, meeting `w`) and a chain of relay nodes `w/r1`, `w/r2`, ..., each fed
@@ -112,6 +114,7 @@ impl Tree {
             picture_id: 1,
             plis: Vec::new(),
             nacks: Vec::new(),
+            reports: Vec::new(),
         };
         let origin = &mut nodes[0];
         let host = ParticipantId::from("host");
@@ -348,6 +351,7 @@ impl Tree {
                     RtcpPacket::TransportFeedback(fb) if fb.fmt == 1 => p
                         .nacks
                         .extend(fb.lost_sequence_numbers().map(|s| (fb.media_ssrc, s))),
+                    RtcpPacket::ReceiverReport(rr) => p.reports.extend(rr.report_blocks()),
                     _ => {}
                 }
             }
@@ -1286,6 +1290,18 @@ fn the_origin_sees_the_reception_of_viewers_two_levels_down() {
     assert_eq!(origin.cumulative_lost_sum, 122);
     assert_eq!(origin.max_jitter_us, 50_000);
     assert!((origin.mean_fraction_lost() - 80.0 / 256.0 / 4.0).abs() < 1e-9);
+    // The presenter still hears what the origin receives (nothing lost), not the
+    // audience's losses.
+    let camera_blocks: Vec<_> = tree
+        .presenter
+        .reports
+        .iter()
+        .filter(|b| b.ssrc == CAMERA[0])
+        .collect();
+    assert!(!camera_blocks.is_empty());
+    assert!(camera_blocks
+        .iter()
+        .all(|b| b.fraction_lost == 0 && b.cumulative_lost == 0));
 
     // Nobody reported on the audio: no receivers, yet the entry crossed (empty).
     let audio = {
