@@ -60,6 +60,8 @@ struct Viewer {
     /// (SSRC, sequence number, first payload byte after the VP8 descriptor) of each RTP
     /// packet received.
     got: Vec<(Ssrc, SeqNo, u8)>,
+    /// Compact NTP timestamp of the last sender report received about the camera.
+    camera_sr: Option<u32>,
 }
 
 struct Presenter {
@@ -275,6 +277,7 @@ impl Tree {
             receiver: SrtpContext::new(&send),
             lose_next: None,
             got: Vec::new(),
+            camera_sr: None,
         });
         n
     }
@@ -366,7 +369,14 @@ impl Tree {
             .find(|v| v.addr == to)
             .unwrap_or_else(|| panic!("a datagram to unknown {to}"));
         if rtcp {
-            v.receiver.unprotect_rtcp(data).expect("the viewer's keys");
+            let len = v.receiver.unprotect_rtcp(data).expect("the viewer's keys");
+            for packet in rtcp::iter_compound(&data[..len]).flatten() {
+                if let RtcpPacket::SenderReport(sr) = packet {
+                    if sr.sender_ssrc == CAMERA[0] {
+                        v.camera_sr = Some(sr.compact_ntp());
+                    }
+                }
+            }
             return;
         }
         if v.lose_next == Some(None) {
@@ -1445,4 +1455,50 @@ fn a_silent_child_ages_out_and_malformed_summaries_are_dropped_and_counted() {
     origin.on_relay_rtcp(down, &RtcpPacket::App(&buf[4..len]), now);
     assert_eq!(origin.track_audience(track).unwrap().receivers(), 1);
     assert_eq!(malformed(origin), before + 2);
+}
+
+#[test]
+fn the_round_trip_to_an_edge_viewer_reaches_the_origin() {
+    let mut tree = Tree::new(2);
+    let v = tree.add_viewer(2);
+    tree.pump();
+    tree.frame(true);
+    // The presenter's SR of the encoding the viewer takes (the top one) crosses both
+    // links and reaches the viewer, rewritten to its subscription's SSRC.
+    let info = rtcp::SenderInfo {
+        ntp_timestamp: 0x0000_1234_5678_0000,
+        rtp_timestamp: 2 * 3000,
+        packet_count: 1,
+        octet_count: 100,
+    };
+    let mut sr = vec![0u8; 128];
+    let len = rtcp::write_sender_report(&mut sr, CAMERA[2], &info, &[]).unwrap();
+    let len = tree.presenter.sender.protect_rtcp(&mut sr, len).unwrap();
+    let origin_addr = tree.nodes[0].addr;
+    let presenter = tree.presenter.addr;
+    tree.nodes[0]
+        .core
+        .handle_datagram(tree.now, origin_addr, presenter, &mut sr[..len]);
+    tree.pump();
+    let lsr = tree.viewers[v]
+        .camera_sr
+        .expect("the SR reached the edge viewer");
+    assert_eq!(lsr, 0x1234_5678);
+    // The viewer answers 30 ms later, having held the SR for 10 ms: 20 ms round trip.
+    tree.now += Duration::from_millis(30);
+    let block = rtcp::ReportBlock {
+        last_sr: lsr,
+        delay_since_last_sr: 655, // 10 ms in 1/65536 s
+        ..camera_report(0, 0, 0)
+    };
+    tree.report(v, block);
+    tree.advance(Duration::from_secs(1));
+    tree.advance(Duration::from_secs(1));
+    let rtt = tree.camera_audience(0).max_round_trip_us;
+    assert!((19_900..=20_100).contains(&rtt), "{rtt} µs");
+    // A later report that echoes no SR keeps the round trip known.
+    tree.report(v, camera_report(0, 0, 0));
+    tree.advance(Duration::from_secs(1));
+    tree.advance(Duration::from_secs(1));
+    assert_eq!(tree.camera_audience(0).max_round_trip_us, rtt);
 }
