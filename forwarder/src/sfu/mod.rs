@@ -702,6 +702,8 @@ impl Forwarder {
             .encoding
             .min(encodings.saturating_sub(1) as u8);
         sub.selector = LayerSelector::new(screen);
+        // What the subscriber reported was about the old track.
+        sub.reception = None;
         let desired = usize::from(sub.desired_encoding);
         self.request_keyframe(track, desired, self.now);
         Ok(())
