@@ -1,6 +1,7 @@
 //! Relaying must not allocate per packet: a presenter's packet arriving at the origin,
 //! its copies down the relay links, their arrival at a relay node and the viewers' copies
-//! there (`fanout_forwarder::sfu` relay links).
+//! there (`fanout_forwarder::sfu` relay links); nor per RTCP packet of the audience
+//! summaries: a viewer's receiver report at the node, a child's summary at the origin.
 //!
 //! Its own test binary so that it can install a counting global allocator. Only
 //! allocations made by this thread while `COUNTING` is set are counted.
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use fanout_forwarder::codec::Codec;
 use fanout_forwarder::ids::{MeetingId, ParticipantId, Ssrc};
+use fanout_forwarder::rtcp::{self, ReportBlock};
+use fanout_forwarder::sfu::audience::{self, AudienceSummary};
 use fanout_forwarder::sfu::{
     Forwarder, ForwarderConfig, LegConfig, RelayDirection, RelayLinkConfig, TrackConfig, TrackKind,
     MIN_TRANSMIT_BUFFER_LEN,
@@ -111,25 +114,34 @@ fn relaying_does_not_allocate() {
             )
             .unwrap();
     }
+    // Each viewer's address and what it protects its RTCP with.
+    let mut viewers = Vec::new();
     for v in 0..3u8 {
         let name = ParticipantId(format!("v{v}"));
         relay.add_participant(&node, name.clone()).unwrap();
+        let key = MasterKey::generate(PROFILE);
         relay
-            .add_leg(
-                &node,
-                &name,
-                leg(&MasterKey::generate(PROFILE), addr(20 + v, 6000), node_addr),
-            )
+            .add_leg(&node, &name, leg(&key, addr(20 + v, 6000), node_addr))
             .unwrap();
+        viewers.push((addr(20 + v, 6000), SrtpContext::new(&key)));
     }
+    // The node's end as the origin hears it: protects the summaries sent up. (The node's
+    // own transmissions to the origin are discarded below, so their SRTCP indices do not
+    // collide with these.)
+    let mut child = SrtpContext::new(&up);
+    let mut summary = AudienceSummary::default();
+    summary.loss_buckets[1] = 3;
+    summary.fraction_lost_sum = 4;
 
     let mut sender = SrtpContext::new(&host_key);
     let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
     let mut datagram = vec![0u8; 12 + 1200 + 64];
     let mut relayed = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
+    let mut rtcp_buf = [0u8; 256];
     let mut copies = 0usize;
     let mut clock = now;
-    // One packet on every encoding: origin, links, node, viewers.
+    // One packet on every encoding: origin, links, node, viewers; then a receiver report
+    // from one viewer to the node, and a summary from the node's end to the origin.
     let mut step = |seq: u16, copies: &mut usize| {
         clock += Duration::from_millis(1);
         for ssrc in CAMERA {
@@ -152,6 +164,30 @@ fn relaying_does_not_allocate() {
                 }
             }
         }
+        let (viewer, context) = &mut viewers[usize::from(seq) % 3];
+        let block = ReportBlock {
+            ssrc: Ssrc(CAMERA[0]),
+            fraction_lost: (seq % 7) as u8,
+            cumulative_lost: i32::from(seq),
+            jitter: 90,
+            ..ReportBlock::default()
+        };
+        let len = rtcp::write_receiver_report(&mut rtcp_buf, Ssrc(0x5000), &[block]).unwrap();
+        let len = context.protect_rtcp(&mut rtcp_buf, len).unwrap();
+        relay.handle_datagram(clock, node_addr, *viewer, &mut rtcp_buf[..len]);
+        while relay.poll_transmit(&mut buf).is_some() {}
+        let entries = [(Ssrc(CAMERA[0]), summary)];
+        let len = audience::write_summaries(&mut rtcp_buf, Ssrc(0x77), &entries).unwrap();
+        let len = child.protect_rtcp(&mut rtcp_buf, len).unwrap();
+        origin.handle_datagram(clock, origin_addr, node_addr, &mut rtcp_buf[..len]);
+        // The first packet heard over the link makes the origin announce again.
+        while let Some(t) = origin.poll_transmit(&mut buf) {
+            if t.destination == node_addr {
+                relayed[..t.len].copy_from_slice(&buf[..t.len]);
+                relay.handle_datagram(clock, node_addr, origin_addr, &mut relayed[..t.len]);
+                while relay.poll_transmit(&mut buf).is_some() {}
+            }
+        }
     };
     // Warm up: the announcement crosses, the node creates its tracks and the viewers'
     // subscriptions, each SRTP context meets its SSRCs.
@@ -172,4 +208,13 @@ fn relaying_does_not_allocate() {
         usize::from(PACKETS) * 3 * 4 + usize::from(PACKETS) * 3
     );
     assert_eq!(n, 0, "{n} allocations for {copies} copies");
+    // The reports and summaries were taken, not dropped.
+    let camera = origin.track_id(&w, &host, "camera").unwrap();
+    assert_eq!(origin.track_audience(camera).unwrap().receivers(), 3);
+    let relayed = relay
+        .track_id(&node, &ParticipantId::from("w/r1/up"), "host/camera")
+        .unwrap();
+    assert_eq!(relay.track_audience(relayed).unwrap().receivers(), 3);
+    assert_eq!(origin.total_drops().total(), 0);
+    assert_eq!(relay.total_drops().total(), 0);
 }

@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write};
 
+use super::audience::{AudienceSummary, LOSS_BUCKET_LE};
 use super::stats::{DropReason, LegStats};
 use super::track::Track;
 use super::Forwarder;
+use crate::ids::TrackId;
 
 /// Escape a label value (backslash, double quote, newline).
 fn escape(value: &str) -> String {
@@ -230,7 +232,7 @@ impl Forwarder {
         let mut tracks: Vec<_> = self
             .tracks
             .iter()
-            .map(|(_, t)| {
+            .map(|(i, t)| {
                 let labels = format!(
                     "meeting=\"{}\",participant=\"{}\",track=\"{}\",kind=\"{}\"",
                     escape(&self.meetings[t.meeting.0 as usize].id.0),
@@ -238,7 +240,7 @@ impl Forwarder {
                     escape(&t.name),
                     t.kind.as_str()
                 );
-                (labels, t)
+                (labels, t, TrackId(i as u32))
             })
             .collect();
         tracks.sort_by(|a, b| a.0.cmp(&b.0));
@@ -286,10 +288,11 @@ impl Forwarder {
         ];
         for (name, kind, help, value) in families {
             x.family(name, kind, help);
-            for (labels, t) in &tracks {
+            for (labels, t, _) in &tracks {
                 x.sample(name, labels, value(t));
             }
         }
+        self.write_audience_metrics(&mut x, &tracks);
 
         for (name, help, value) in [
             (
@@ -313,6 +316,79 @@ impl Forwarder {
         let name = "fanout_events_dropped_total";
         x.family(name, "counter", "Events dropped because nobody polled them");
         x.sample(name, "", self.events_dropped);
+    }
+}
+
+type AudienceValue = fn(&AudienceSummary) -> f64;
+
+/// Audience gauges of a track: name, help, value.
+const AUDIENCE: [(&str, &str, AudienceValue); 5] = [
+    (
+        "fanout_audience_mean_fraction_lost",
+        "Mean fraction lost the track's receivers in this subtree last reported",
+        |a| a.mean_fraction_lost(),
+    ),
+    (
+        "fanout_audience_worst_fraction_lost",
+        "Largest fraction lost a receiver of the track in this subtree last reported",
+        |a| f64::from(a.worst_fraction_lost) / 256.0,
+    ),
+    (
+        "fanout_audience_packets_lost",
+        "Sum of the cumulative packet losses the track's receivers in this subtree reported",
+        |a| f64::from(a.cumulative_lost_sum),
+    ),
+    (
+        "fanout_audience_max_jitter_seconds",
+        "Largest interarrival jitter a receiver of the track in this subtree reported",
+        |a| f64::from(a.max_jitter_us) / 1e6,
+    ),
+    (
+        "fanout_audience_max_round_trip_seconds",
+        "Largest round trip between a node of this subtree and one of its own receivers",
+        |a| f64::from(a.max_round_trip_us) / 1e6,
+    ),
+];
+
+impl Forwarder {
+    /// The `fanout_audience_*` families: per track, the reception of every receiver in
+    /// this forwarder's subtree (its subscribers and, through relay links, every node
+    /// below; see [`super::audience`]).
+    fn write_audience_metrics(&self, x: &mut Exposition<'_>, tracks: &[(String, &Track, TrackId)]) {
+        let rows: Vec<(&String, AudienceSummary)> = tracks
+            .iter()
+            .map(|(labels, _, id)| (labels, self.audience_of(*id, self.now)))
+            .collect();
+        let name = "fanout_audience_receivers";
+        x.family(
+            name,
+            "gauge",
+            "Receivers of the track in this subtree with a report in the last 10 s",
+        );
+        for (labels, a) in &rows {
+            x.sample(name, labels, a.receivers());
+        }
+        let name = "fanout_audience_receivers_by_loss";
+        x.family(
+            name,
+            "gauge",
+            "Of those, receivers whose last reported fraction lost is at most le",
+        );
+        for (labels, a) in &rows {
+            for (bucket, le) in LOSS_BUCKET_LE.iter().enumerate() {
+                x.sample(
+                    name,
+                    &format!("{labels},le=\"{le}\""),
+                    a.receivers_at_most(bucket),
+                );
+            }
+        }
+        for (name, help, value) in AUDIENCE {
+            x.family(name, "gauge", help);
+            for (labels, a) in &rows {
+                x.sample(name, labels, value(a));
+            }
+        }
     }
 }
 

@@ -24,7 +24,7 @@ mod subscription;
 mod track;
 
 pub use leg::LegConfig;
-pub use relay::{RelayDirection, RelayLinkConfig, RelayLinkInfo, RELAY_LEG_NAME};
+pub use relay::{audience, RelayDirection, RelayLinkConfig, RelayLinkInfo, RELAY_LEG_NAME};
 pub use stats::{DropCounters, DropReason, LegStats, Traffic};
 pub use subscription::{Layers, Rewrite, Rewriter, SubscriptionConfig};
 pub use track::{TrackConfig, TrackKind, MAX_ENCODINGS};
@@ -536,6 +536,7 @@ impl Forwarder {
             self.remove_subscription(s)?;
         }
         let track = self.tracks.remove(id.index());
+        self.forget_track_audience(track.meeting, id);
         let ssrcs: Vec<Ssrc> = track.encodings.iter().map(|e| e.ssrc).collect();
         self.announce_gone(track.meeting, &ssrcs);
         if let Some((_, slot)) = track.speaker {
@@ -645,6 +646,7 @@ impl Forwarder {
                 packets_sent: 0,
                 octets_sent: 0,
                 reports: Default::default(),
+                reception: None,
             }) as u32,
         );
         self.tracks[config.track.index()].subscribers.push(id);
@@ -700,6 +702,8 @@ impl Forwarder {
             .encoding
             .min(encodings.saturating_sub(1) as u8);
         sub.selector = LayerSelector::new(screen);
+        // What the subscriber reported was about the old track.
+        sub.reception = None;
         let desired = usize::from(sub.desired_encoding);
         self.request_keyframe(track, desired, self.now);
         Ok(())

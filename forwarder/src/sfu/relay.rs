@@ -42,16 +42,31 @@
 //! Keyframe requests from viewers and child links go through the encoding's
 //! [`KeyframeRequester`](crate::policy::keyframe::KeyframeRequester) like any other, so
 //! each level sends at most one PLI per SSRC per interval towards its parent.
+//!
+//! # Reception up the tree
+//!
+//! Each node sends its parent, every second, a summary per relayed track of what the
+//! receivers below it report (its own subscribers' RTCP report blocks merged with its
+//! children's summaries): see [`audience`]. The origin thus knows its whole audience's
+//! reception, exposed as the `fanout_audience_*` metrics; its receiver reports to the
+//! presenter stay about what the origin itself receives (RFC 3550 §6.4: a report block
+//! describes its sender's reception, and the presenter's congestion control must not
+//! react to a viewer's access link three levels down, whose losses the tree repairs or
+//! absorbs by layer selection).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tracing::{info, trace};
+use tracing::{debug, info, trace};
 
 use crate::codec::Codec;
 use crate::ids::{LegId, MeetingId, ParticipantId, SeqNo, Ssrc, TrackId};
 use crate::rtcp::{self, Feedback, RtcpError, SenderReport};
 use crate::srtp::{ContextOptions, MasterKey, SrtpContext};
+
+pub mod audience;
+
+use audience::{AudienceSummary, ENTRIES_PER_PACKET, RECEPTION_TTL, SUMMARY_TTL};
 
 use super::feedback::MAX_NACK_BATCH;
 use super::leg::Leg;
@@ -133,6 +148,17 @@ pub(crate) struct RelayState {
     /// Upstream: the tracks created from the peer's announcements, and when each was
     /// last announced.
     pub(crate) announced: Vec<(TrackId, Instant)>,
+    /// Downstream: the child's latest audience summary of each track of the meeting, and
+    /// when it arrived.
+    pub(crate) audience: Vec<ChildAudience>,
+}
+
+/// What a child link last reported about the receivers of one track below it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChildAudience {
+    pub(crate) track: TrackId,
+    pub(crate) summary: AudienceSummary,
+    pub(crate) at: Instant,
 }
 
 /// A packet a child link NACKed, to send it again verbatim.
@@ -321,6 +347,7 @@ impl Forwarder {
             relay: Some(RelayState {
                 direction: config.direction,
                 announced: Vec::new(),
+                audience: Vec::new(),
             }),
         };
         // `vacant_key` is the key `insert` uses.
@@ -590,19 +617,28 @@ impl Forwarder {
     }
 
     /// Every second: announce to every downstream link; remove relayed tracks whose
-    /// announcements stopped.
+    /// announcements stopped; send every upstream link the audience summary of the
+    /// tracks it brings; forget children's summaries that aged out.
     pub(crate) fn relay_housekeeping(&mut self, now: Instant) {
         let mut sinks = Vec::new();
+        let mut feeds = Vec::new();
         let mut expired = Vec::new();
-        for (i, leg) in &self.legs {
-            match &leg.relay {
-                Some(r) if r.direction == RelayDirection::Downstream => sinks.push(LegId(i as u32)),
-                Some(r) => expired.extend(
-                    r.announced
-                        .iter()
-                        .filter(|(_, at)| now.saturating_duration_since(*at) >= TRACK_TTL)
-                        .map(|&(t, _)| (LegId(i as u32), t)),
-                ),
+        for (i, leg) in &mut self.legs {
+            match &mut leg.relay {
+                Some(r) if r.direction == RelayDirection::Downstream => {
+                    r.audience
+                        .retain(|a| now.saturating_duration_since(a.at) < SUMMARY_TTL);
+                    sinks.push(LegId(i as u32));
+                }
+                Some(r) => {
+                    feeds.push(LegId(i as u32));
+                    expired.extend(
+                        r.announced
+                            .iter()
+                            .filter(|(_, at)| now.saturating_duration_since(*at) >= TRACK_TTL)
+                            .map(|&(t, _)| (LegId(i as u32), t)),
+                    )
+                }
                 None => {}
             }
         }
@@ -612,6 +648,163 @@ impl Forwarder {
         }
         for sink in sinks {
             self.announce_tracks(sink);
+        }
+        for feed in feeds {
+            self.send_audience(feed, now);
+        }
+        self.log_root_audience(now);
+    }
+
+    /// The reception of `track` in this forwarder's subtree at `now`: its subscribers'
+    /// fresh reports merged with the fresh summaries of the child links its meeting feeds.
+    pub(crate) fn audience_of(&self, track: TrackId, now: Instant) -> AudienceSummary {
+        let mut out = AudienceSummary::default();
+        let Some(t) = self.tracks.get(track.index()) else {
+            return out;
+        };
+        for sub in &t.subscribers {
+            if let Some((summary, at)) = &self.subscriptions[sub.index()].reception {
+                if now.saturating_duration_since(*at) < RECEPTION_TTL {
+                    out.merge(summary);
+                }
+            }
+        }
+        let Some(m) = self.meetings.get(t.meeting.0 as usize) else {
+            return out;
+        };
+        for sink in &m.sinks {
+            let Some(r) = self.legs.get(sink.index()).and_then(|l| l.relay.as_ref()) else {
+                continue;
+            };
+            for a in r.audience.iter().filter(|a| a.track == track) {
+                if now.saturating_duration_since(a.at) < SUMMARY_TTL {
+                    out.merge(&a.summary);
+                }
+            }
+        }
+        out
+    }
+
+    /// The reception of a track in this forwarder's subtree (see
+    /// [`audience`](self::audience)): its own subscribers and every relay node below.
+    pub fn track_audience(&self, track: TrackId) -> Option<AudienceSummary> {
+        self.tracks.get(track.index())?;
+        Some(self.audience_of(track, self.now))
+    }
+
+    /// Send the parent, over upstream link `feed`, the summary of every track the link
+    /// brings, an empty one for a track nobody receives (so the parent forgets departed
+    /// receivers at once). Fixed-size batches: no allocation.
+    fn send_audience(&mut self, feed: LegId, now: Instant) {
+        let mut next = 0;
+        loop {
+            let Some(leg) = self.legs.get(feed.index()) else {
+                return;
+            };
+            let Some(r) = leg.relay.as_ref() else {
+                return;
+            };
+            if next >= r.announced.len() {
+                return;
+            }
+            let sender = leg.rtcp_ssrc;
+            let mut batch = [(Ssrc(0), AudienceSummary::default()); ENTRIES_PER_PACKET];
+            let mut n = 0;
+            while n < batch.len() {
+                let Some(&(track, _)) = r.announced.get(next) else {
+                    break;
+                };
+                next += 1;
+                let Some(t) = self.tracks.get(track.index()) else {
+                    continue;
+                };
+                batch[n] = (t.primary_ssrc(), self.audience_of(track, now));
+                n += 1;
+            }
+            if n > 0 {
+                self.queue_rtcp(feed, |buf| {
+                    audience::write_summaries(buf, sender, &batch[..n])
+                });
+            }
+        }
+    }
+
+    /// An audience summary arrived over a downstream link: keep each entry, by track, as
+    /// the child's latest word on it. Malformed summaries are dropped whole and counted.
+    fn on_audience_summary(&mut self, sink: LegId, body: &[u8], now: Instant) {
+        let Some(entries) = audience::parse_summaries(body) else {
+            self.drop_at(Some(sink), DropReason::Malformed);
+            return;
+        };
+        for (ssrc, summary) in entries {
+            // A track the child still reports although it is gone here: ignored.
+            let Some((track, _)) = self.meeting_encoding(sink, ssrc) else {
+                continue;
+            };
+            let Some(r) = self.legs[sink.index()].relay.as_mut() else {
+                return;
+            };
+            match r.audience.iter_mut().find(|a| a.track == track) {
+                Some(a) => {
+                    a.summary = summary;
+                    a.at = now;
+                }
+                None => r.audience.push(ChildAudience {
+                    track,
+                    summary,
+                    at: now,
+                }),
+            }
+        }
+    }
+
+    /// A track is going: children's summaries of it must not outlive it (its slab slot,
+    /// and so its id, may be reused at once).
+    pub(crate) fn forget_track_audience(&mut self, meeting: super::MeetingIndex, track: TrackId) {
+        let Some(m) = self.meetings.get(meeting.0 as usize) else {
+            return;
+        };
+        for sink in &m.sinks {
+            if let Some(r) = self
+                .legs
+                .get_mut(sink.index())
+                .and_then(|l| l.relay.as_mut())
+            {
+                r.audience.retain(|a| a.track != track);
+            }
+        }
+    }
+
+    /// At the root of a tree (a meeting that feeds links and is fed by none): log each
+    /// track's audience, for operators without a metrics scraper at hand.
+    fn log_root_audience(&self, now: Instant) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        for (_, m) in &self.meetings {
+            if m.sinks.is_empty() || !m.feeds.is_empty() {
+                continue;
+            }
+            for p in m.participants.values() {
+                for &track in &p.tracks {
+                    let a = self.audience_of(track, now);
+                    if a.receivers() == 0 {
+                        continue;
+                    }
+                    let t = &self.tracks[track.index()];
+                    debug!(
+                        meeting = %m.id,
+                        publisher = %t.participant,
+                        track = %t.name,
+                        receivers = a.receivers(),
+                        above_2_percent_loss = a.receivers().saturating_sub(a.receivers_at_most(2)),
+                        mean_fraction_lost = a.mean_fraction_lost(),
+                        worst_fraction_lost = f64::from(a.worst_fraction_lost) / 256.0,
+                        max_jitter_ms = f64::from(a.max_jitter_us) / 1000.0,
+                        "audience"
+                    );
+                }
+            }
         }
     }
 
@@ -745,6 +938,9 @@ impl Forwarder {
         match (direction, packet) {
             (RelayDirection::Upstream, P::App(body)) => self.on_announcement(leg_id, body, now),
             (RelayDirection::Upstream, P::Bye(bye)) => self.on_relay_bye(leg_id, bye.ssrcs()),
+            (RelayDirection::Downstream, P::App(body)) if audience::is_summary(body) => {
+                self.on_audience_summary(leg_id, body, now)
+            }
             (RelayDirection::Downstream, P::TransportFeedback(fb))
                 if fb.fmt == super::feedback::FMT_GENERIC_NACK =>
             {

@@ -313,6 +313,16 @@ impl Forwarder {
             stats.round_trip_seconds = rtt.as_secs_f64();
         }
         if let Some(id) = sub_id {
+            let sub = &mut self.subscriptions[id.index()];
+            let mut reception =
+                super::relay::audience::AudienceSummary::of_receiver(&block, clock_rate, rtt);
+            if rtt.is_none() {
+                // A report that echoes no SR we remember: the last round trip still holds.
+                if let Some((last, _)) = &sub.reception {
+                    reception.max_round_trip_us = last.max_round_trip_us;
+                }
+            }
+            sub.reception = Some((reception, now));
             self.subscriptions[id.index()]
                 .selector
                 .on_loss_report(block.fraction_lost, now);

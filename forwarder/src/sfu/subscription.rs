@@ -363,6 +363,9 @@ pub(crate) struct Subscription {
     pub(crate) octets_sent: u32,
     /// SRs sent to the subscriber, to compute its round-trip time.
     pub(crate) reports: super::reports::SentReports,
+    /// What the subscriber last reported about this stream, and when (for the audience
+    /// summaries of relay trees).
+    pub(crate) reception: Option<(super::relay::audience::AudienceSummary, Instant)>,
 }
 
 /// Sequence numbers a subscription's retransmission limiter remembers: enough for the

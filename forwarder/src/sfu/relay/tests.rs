@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::audience::AudienceSummary;
 use super::*;
 use crate::rtcp::RtcpPacket;
 use crate::rtp::RtpHeader;
@@ -59,6 +60,8 @@ struct Viewer {
     /// (SSRC, sequence number, first payload byte after the VP8 descriptor) of each RTP
     /// packet received.
     got: Vec<(Ssrc, SeqNo, u8)>,
+    /// Compact NTP timestamp of the last sender report received about the camera.
+    camera_sr: Option<u32>,
 }
 
 struct Presenter {
@@ -70,6 +73,8 @@ struct Presenter {
     picture_id: u16,
     plis: Vec<Ssrc>,
     nacks: Vec<(Ssrc, SeqNo)>,
+    /// Report blocks of the origin's receiver reports.
+    reports: Vec<rtcp::ReportBlock>,
 }
 
 /// Origin (node 0, meeting `w`) and a chain of relay nodes `w/r1`, `w/r2`, ..., each fed
@@ -111,6 +116,7 @@ impl Tree {
             picture_id: 1,
             plis: Vec::new(),
             nacks: Vec::new(),
+            reports: Vec::new(),
         };
         let origin = &mut nodes[0];
         let host = ParticipantId::from("host");
@@ -271,6 +277,7 @@ impl Tree {
             receiver: SrtpContext::new(&send),
             lose_next: None,
             got: Vec::new(),
+            camera_sr: None,
         });
         n
     }
@@ -347,6 +354,7 @@ impl Tree {
                     RtcpPacket::TransportFeedback(fb) if fb.fmt == 1 => p
                         .nacks
                         .extend(fb.lost_sequence_numbers().map(|s| (fb.media_ssrc, s))),
+                    RtcpPacket::ReceiverReport(rr) => p.reports.extend(rr.report_blocks()),
                     _ => {}
                 }
             }
@@ -361,7 +369,14 @@ impl Tree {
             .find(|v| v.addr == to)
             .unwrap_or_else(|| panic!("a datagram to unknown {to}"));
         if rtcp {
-            v.receiver.unprotect_rtcp(data).expect("the viewer's keys");
+            let len = v.receiver.unprotect_rtcp(data).expect("the viewer's keys");
+            for packet in rtcp::iter_compound(&data[..len]).flatten() {
+                if let RtcpPacket::SenderReport(sr) = packet {
+                    if sr.sender_ssrc == CAMERA[0] {
+                        v.camera_sr = Some(sr.compact_ntp());
+                    }
+                }
+            }
             return;
         }
         if v.lose_next == Some(None) {
@@ -1202,6 +1217,290 @@ fn a_three_level_tree_serves_every_viewer_its_layer_and_keeps_feedback_local() {
             "170 viewers' requests for {ssrc:?} became at most one: {plis:?}"
         );
     }
+}
+
+/// A viewer's receiver report about the camera (the subscription keeps the track's SSRC).
+fn camera_report(fraction_lost: u8, cumulative_lost: i32, jitter: u32) -> rtcp::ReportBlock {
+    rtcp::ReportBlock {
+        ssrc: CAMERA[0],
+        fraction_lost,
+        cumulative_lost,
+        jitter,
+        ..rtcp::ReportBlock::default()
+    }
+}
+
+impl Tree {
+    fn report(&mut self, viewer: usize, block: rtcp::ReportBlock) {
+        let sender = Ssrc(0x5000 + viewer as u32);
+        self.viewer_rtcp(viewer, |b| {
+            rtcp::write_receiver_report(b, sender, &[block]).unwrap()
+        });
+    }
+
+    /// The audience node `node` sees for the camera (relayed there as `host/camera`).
+    fn camera_audience(&self, node: usize) -> AudienceSummary {
+        let n = &self.nodes[node];
+        let (publisher, name) = if node == 0 {
+            (ParticipantId::from("host"), "camera".to_owned())
+        } else {
+            (
+                ParticipantId(format!("{}/up", n.meeting)),
+                "host/camera".to_owned(),
+            )
+        };
+        let track = n.core.track_id(&n.meeting, &publisher, &name).unwrap();
+        n.core.track_audience(track).unwrap()
+    }
+}
+
+#[test]
+fn the_origin_sees_the_reception_of_viewers_two_levels_down() {
+    // origin -> ingress (node 1) -> edge (node 2); one viewer on the ingress, three on
+    // the edge.
+    let mut tree = Tree::new(2);
+    let ingress_viewer = tree.add_viewer(1);
+    let edge: Vec<usize> = (0..3).map(|_| tree.add_viewer(2)).collect();
+    tree.pump();
+    tree.frame(true);
+    tree.frame(false);
+    // What each reports: (fraction lost /256, cumulative lost, jitter at 90 kHz).
+    let reports = [
+        (edge[0], camera_report(0, 0, 900)),     // lossless, 10 ms
+        (edge[1], camera_report(13, 20, 4500)),  // 5.1 %, 50 ms
+        (edge[2], camera_report(64, 100, 1800)), // 25 %, 20 ms
+        (ingress_viewer, camera_report(3, 2, 90)),
+    ];
+    let report_all = |tree: &mut Tree, which: &[usize]| {
+        for &(v, block) in reports.iter().filter(|(v, _)| which.contains(v)) {
+            tree.report(v, block);
+        }
+    };
+    let everyone: Vec<usize> = reports.iter().map(|&(v, _)| v).collect();
+    report_all(&mut tree, &everyone);
+    // One second for the edge's summary to reach the ingress, one more for the origin.
+    tree.advance(Duration::from_secs(1));
+    tree.advance(Duration::from_secs(1));
+
+    let edge_view = tree.camera_audience(2);
+    assert_eq!(edge_view.receivers(), 3);
+    let ingress_view = tree.camera_audience(1);
+    assert_eq!(
+        ingress_view.receivers(),
+        4,
+        "its own viewer and the edge's three"
+    );
+    let origin = tree.camera_audience(0);
+    assert_eq!(origin, ingress_view, "the origin has no viewer of its own");
+    assert_eq!(origin.receivers(), 4);
+    // Buckets: no loss; ≤ 2 % (3/256); ≤ 10 % (13/256); > 20 % (64/256).
+    assert_eq!(origin.loss_buckets, [1, 0, 1, 0, 1, 0, 1]);
+    assert_eq!(origin.fraction_lost_sum, 13 + 64 + 3);
+    assert_eq!(origin.worst_fraction_lost, 64);
+    assert_eq!(origin.cumulative_lost_sum, 122);
+    assert_eq!(origin.max_jitter_us, 50_000);
+    assert!((origin.mean_fraction_lost() - 80.0 / 256.0 / 4.0).abs() < 1e-9);
+    // The presenter still hears what the origin receives (nothing lost), not the
+    // audience's losses.
+    let camera_blocks: Vec<_> = tree
+        .presenter
+        .reports
+        .iter()
+        .filter(|b| b.ssrc == CAMERA[0])
+        .collect();
+    assert!(!camera_blocks.is_empty());
+    assert!(camera_blocks
+        .iter()
+        .all(|b| b.fraction_lost == 0 && b.cumulative_lost == 0));
+
+    // Nobody reported on the audio: no receivers, yet the entry crossed (empty).
+    let audio = {
+        let n = &tree.nodes[0];
+        let t = n
+            .core
+            .track_id(&n.meeting, &ParticipantId::from("host"), "audio")
+            .unwrap();
+        n.core.track_audience(t).unwrap()
+    };
+    assert_eq!(audio, AudienceSummary::default());
+
+    // The metrics of the origin.
+    let mut text = String::new();
+    tree.nodes[0].core.write_metrics(&mut text);
+    let labels = r#"meeting="w",participant="host",track="camera",kind="video""#;
+    for expected in [
+        format!("fanout_audience_receivers{{{labels}}} 4"),
+        format!("fanout_audience_receivers_by_loss{{{labels},le=\"0\"}} 1"),
+        format!("fanout_audience_receivers_by_loss{{{labels},le=\"0.02\"}} 2"),
+        format!("fanout_audience_receivers_by_loss{{{labels},le=\"0.1\"}} 3"),
+        format!("fanout_audience_receivers_by_loss{{{labels},le=\"0.2\"}} 3"),
+        format!("fanout_audience_receivers_by_loss{{{labels},le=\"+Inf\"}} 4"),
+        format!("fanout_audience_worst_fraction_lost{{{labels}}} 0.25"),
+        format!("fanout_audience_packets_lost{{{labels}}} 122"),
+        format!("fanout_audience_max_jitter_seconds{{{labels}}} 0.05"),
+    ] {
+        assert!(text.contains(&expected), "{expected} in\n{text}");
+    }
+
+    // The worst viewer stops reporting; the others go on every second. Its report ages
+    // out at the edge after 10 s, and the origin follows within two seconds.
+    let still = [edge[0], edge[1], ingress_viewer];
+    for _ in 0..8 {
+        report_all(&mut tree, &still);
+        tree.advance(Duration::from_secs(1));
+    }
+    assert_eq!(tree.camera_audience(0).receivers(), 4, "not stale yet");
+    for _ in 0..4 {
+        report_all(&mut tree, &still);
+        tree.advance(Duration::from_secs(1));
+    }
+    let origin = tree.camera_audience(0);
+    assert_eq!(origin.receivers(), 3);
+    assert_eq!(origin.worst_fraction_lost, 13);
+    assert_eq!(origin.max_jitter_us, 50_000);
+
+    // A viewer that leaves is gone from its node at once, from the origin within two
+    // summaries.
+    let gone = tree.viewers[edge[1]].name.clone();
+    let edge_meeting = tree.nodes[2].meeting.clone();
+    tree.nodes[2]
+        .core
+        .remove_participant(&edge_meeting, &gone)
+        .unwrap();
+    assert_eq!(tree.camera_audience(2).receivers(), 1);
+    report_all(&mut tree, &[edge[0], ingress_viewer]);
+    tree.advance(Duration::from_secs(1));
+    tree.advance(Duration::from_secs(1));
+    let origin = tree.camera_audience(0);
+    assert_eq!(origin.receivers(), 2);
+    assert_eq!(origin.worst_fraction_lost, 3);
+    assert_eq!(origin.max_jitter_us, 10_000);
+
+    // The edge's link goes away at the ingress: its subtree leaves the ingress's
+    // summary at once, and the origin's with the next one.
+    let ingress_meeting = tree.nodes[1].meeting.clone();
+    tree.nodes[1]
+        .core
+        .remove_relay_link(&ingress_meeting, "w/r2/down")
+        .unwrap();
+    assert_eq!(tree.camera_audience(1).receivers(), 1);
+    report_all(&mut tree, &[ingress_viewer]);
+    tree.advance(Duration::from_secs(1));
+    assert_eq!(tree.camera_audience(0).receivers(), 1);
+}
+
+#[test]
+fn a_silent_child_ages_out_and_malformed_summaries_are_dropped_and_counted() {
+    let mut tree = Tree::new(1);
+    let v = tree.add_viewer(1);
+    tree.pump();
+    tree.frame(true);
+    tree.report(v, camera_report(26, 5, 0));
+    tree.advance(Duration::from_secs(1));
+    assert_eq!(tree.camera_audience(0).receivers(), 1);
+
+    // Node 1 keeps running, but what it sends the origin no longer arrives.
+    tree.cut_upstream = true;
+    for _ in 0..4 {
+        tree.report(v, camera_report(26, 5, 0));
+        tree.advance(Duration::from_secs(1));
+    }
+    assert_eq!(tree.camera_audience(0).receivers(), 1, "4 s: not stale yet");
+    tree.advance(Duration::from_secs(1));
+    assert_eq!(
+        tree.camera_audience(0).receivers(),
+        0,
+        "5 s without a summary"
+    );
+    assert_eq!(
+        tree.camera_audience(1).receivers(),
+        1,
+        "the node still knows"
+    );
+
+    // Summaries that are not well-formed change nothing and count as malformed.
+    let origin = &mut tree.nodes[0].core;
+    let meeting = MeetingId::from("w");
+    let down = origin
+        .leg_id(&meeting, &ParticipantId::from("w/r1/down"), RELAY_LEG_NAME)
+        .unwrap();
+    let mut one = AudienceSummary::default();
+    one.loss_buckets[0] = 1;
+    let mut buf = [0u8; 128];
+    let len = audience::write_summaries(&mut buf, Ssrc(9), &[(CAMERA[0], one)]).unwrap();
+    let malformed = |origin: &Forwarder| {
+        origin
+            .relay_links()
+            .into_iter()
+            .find(|l| l.id == "w/r1/down")
+            .unwrap()
+            .stats
+            .drops
+            .get(DropReason::Malformed)
+    };
+    let before = malformed(origin);
+    let now = tree.now;
+    let mut bad = buf[4..len].to_vec();
+    bad[9] = 2; // two entries announced, one present
+    origin.on_relay_rtcp(down, &RtcpPacket::App(&bad), now);
+    let mut bad = buf[4..len].to_vec();
+    bad[12 + 36..12 + 40].copy_from_slice(&1000u32.to_be_bytes()); // 1000/256 lost by one
+    origin.on_relay_rtcp(down, &RtcpPacket::App(&bad), now);
+    assert_eq!(malformed(origin), before + 2);
+    let track = origin
+        .track_id(&meeting, &ParticipantId::from("host"), "camera")
+        .unwrap();
+    assert_eq!(origin.track_audience(track).unwrap().receivers(), 0);
+    // The well-formed one is taken.
+    origin.on_relay_rtcp(down, &RtcpPacket::App(&buf[4..len]), now);
+    assert_eq!(origin.track_audience(track).unwrap().receivers(), 1);
+    assert_eq!(malformed(origin), before + 2);
+}
+
+#[test]
+fn the_round_trip_to_an_edge_viewer_reaches_the_origin() {
+    let mut tree = Tree::new(2);
+    let v = tree.add_viewer(2);
+    tree.pump();
+    tree.frame(true);
+    // The presenter's SR of the encoding the viewer takes (the top one) crosses both
+    // links and reaches the viewer, rewritten to its subscription's SSRC.
+    let info = rtcp::SenderInfo {
+        ntp_timestamp: 0x0000_1234_5678_0000,
+        rtp_timestamp: 2 * 3000,
+        packet_count: 1,
+        octet_count: 100,
+    };
+    let mut sr = vec![0u8; 128];
+    let len = rtcp::write_sender_report(&mut sr, CAMERA[2], &info, &[]).unwrap();
+    let len = tree.presenter.sender.protect_rtcp(&mut sr, len).unwrap();
+    let origin_addr = tree.nodes[0].addr;
+    let presenter = tree.presenter.addr;
+    tree.nodes[0]
+        .core
+        .handle_datagram(tree.now, origin_addr, presenter, &mut sr[..len]);
+    tree.pump();
+    let lsr = tree.viewers[v]
+        .camera_sr
+        .expect("the SR reached the edge viewer");
+    assert_eq!(lsr, 0x1234_5678);
+    // The viewer answers 30 ms later, having held the SR for 10 ms: 20 ms round trip.
+    tree.now += Duration::from_millis(30);
+    let block = rtcp::ReportBlock {
+        last_sr: lsr,
+        delay_since_last_sr: 655, // 10 ms in 1/65536 s
+        ..camera_report(0, 0, 0)
+    };
+    tree.report(v, block);
+    tree.advance(Duration::from_secs(1));
+    tree.advance(Duration::from_secs(1));
+    let rtt = tree.camera_audience(0).max_round_trip_us;
+    assert!((19_900..=20_100).contains(&rtt), "{rtt} µs");
+    // A later report that echoes no SR keeps the round trip known.
+    tree.report(v, camera_report(0, 0, 0));
+    tree.advance(Duration::from_secs(1));
+    tree.advance(Duration::from_secs(1));
+    assert_eq!(tree.camera_audience(0).max_round_trip_us, rtt);
 }
 
 #[test]
