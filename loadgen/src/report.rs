@@ -86,6 +86,8 @@ pub struct ParticipantResult {
     pub publisher: Option<PublisherStats>,
     /// Times it left and joined again (churn, failover).
     pub rejoins: u32,
+    /// Times the control plane moved it to another forwarder (FORWARDER_CHANGED).
+    pub moves: u32,
     /// How long it was connected: the denominator of bitrates and freezes per minute.
     pub media_time_us: Micros,
 }
@@ -1174,6 +1176,7 @@ mod tests {
             receiver: ReceiverStats::default(),
             publisher: None,
             rejoins: 0,
+            moves: 0,
             media_time_us: 60_000_000,
         }
     }

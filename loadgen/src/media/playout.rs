@@ -13,7 +13,9 @@
 //!   [`LATENCY_WINDOW`] frames; the **target delay** is the 95th percentile of the excess
 //!   over that base, clamped to `[min, max]`, like the adaptive jitter delay of WebRTC's
 //!   jitter buffer (it grows with jitter and with retransmission delay, and shrinks back).
-//! * A frame not complete and continuous by `capture + base + max` is dropped. The decoder
+//! * A frame not complete and continuous by `capture + base + max` is dropped (a key
+//!   frame by `capture + base + 3 s`: nothing decodes without it, and at a low bitrate
+//!   the pacer takes longer than the jitter buffer's bound to send one). The decoder
 //!   is then broken (it missed a reference) until a key frame: frames after it are
 //!   dropped as they complete, and [`Playout::awaiting_keyframe`] tells the receiver to
 //!   send PLI. Upper temporal layer frames are not referenced by the base layer, so a lost
@@ -37,6 +39,8 @@ use crate::Micros;
 pub const MAX_PENDING_FRAMES: usize = 32;
 /// Frame latencies the target delay is computed over.
 pub const LATENCY_WINDOW: usize = 64;
+/// How long an incomplete key frame is waited for (libwebrtc's `max_wait_for_frame`).
+const KEYFRAME_WAIT_US: Micros = 3_000_000;
 /// WebRTC freeze definition: interval > max(3 × mean, mean + 150 ms).
 const FREEZE_MIN_EXCESS_US: Micros = 150_000;
 /// The mean render interval moves by 1/8 of each new interval (after a plain average of
@@ -295,10 +299,20 @@ impl Playout {
     }
 
     fn deadline(&self, frame: &PendingFrame) -> Micros {
+        // Nothing after a key frame decodes without it, so giving up on one only means
+        // waiting for the next: it is waited for longer, as libwebrtc waits up to 3 s
+        // for a frame. A key frame is 4-8 frames' worth of packets and the pacer sends it
+        // at the connection's rate: at a low bitrate it takes longer to arrive than the
+        // jitter buffer's bound.
+        let wait = if frame.keyframe {
+            self.max_delay_us.max(KEYFRAME_WAIT_US)
+        } else {
+            self.max_delay_us
+        };
         frame
             .capture_us
             .saturating_add(self.base_latency_us)
-            .saturating_add(self.max_delay_us)
+            .saturating_add(wait)
     }
 
     fn is_continuous(&self, frame: &PendingFrame) -> bool {

@@ -959,6 +959,49 @@ mod tests {
     }
 
     #[test]
+    fn low_rate_cameras_render_every_frame() {
+        // At a few frames per second the paced key frame takes longer than the jitter
+        // buffer's bound to arrive: it must be waited for, not dropped (which asked for
+        // another key frame, as slow, forever).
+        for (kbps, fps) in [(8u64, 1u32), (24, 2), (64, 2), (64, 4), (200, 8), (150, 30)] {
+            let mut config = PublisherConfig::new(42, 42);
+            let mut camera = CameraConfig::simulcast([2, 3, 4]);
+            camera.encodings = vec![crate::media::publisher::Encoding {
+                bitrate_bps: kbps * 1000,
+                fps,
+            }];
+            camera.ssrcs = vec![2];
+            config.camera = Some(camera);
+            let mut p = Publisher::new(config);
+            let mut packets = Vec::new();
+            let mut buf = [0u8; 1600];
+            let mut now = 0;
+            while now <= 10_000_000 {
+                while let Some(t) = p.poll_transmit(now, &mut buf) {
+                    if !t.is_rtcp {
+                        packets.push((now, buf[..t.len].to_vec()));
+                    }
+                }
+                now = p.poll_timeout().unwrap_or(now + 1000).max(now + 1);
+            }
+            let mut r = Receiver::new(ReceiverConfig::new(77));
+            drive(&mut r, &packets, 5000);
+            let s = r.finish(now + 1_000_000);
+            let frames = u64::from(fps) * 10;
+            assert!(
+                s.frames_rendered + 1 >= frames,
+                "{kbps} kbit/s at {fps} fps: {} of {frames} frames",
+                s.frames_rendered
+            );
+            assert_eq!(
+                (s.plis_sent, s.freezes),
+                (0, 0),
+                "{kbps} kbit/s at {fps} fps"
+            );
+        }
+    }
+
+    #[test]
     fn clean_path_measures_everything_once() {
         let packets = capture(2_000_000);
         let mut r = Receiver::new(ReceiverConfig::new(77));

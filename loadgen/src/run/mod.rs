@@ -525,6 +525,7 @@ async fn follow_moves(
             joined.forwarder = address;
             row.moved_at = Some(now);
             row.forwarder = Some(forwarder_id.clone());
+            row.moves += 1;
             if let Err(e) = context.engine.move_to(key, address) {
                 warn!("cannot move a participant: {e:#}");
             }
@@ -893,6 +894,7 @@ fn collect(
                 receiver: row.receiver.unwrap_or_default(),
                 publisher: row.publisher,
                 rejoins: row.rejoins,
+                moves: row.moves,
                 media_time_us: row.connected_us,
             }
         })

@@ -26,6 +26,8 @@ pub struct Row {
     pub moved_at: Option<Micros>,
     /// The forwarder that served it last (it stays after the participant left).
     pub forwarder: Option<String>,
+    /// Times the control plane moved it to another forwarder.
+    pub moves: u32,
 }
 
 impl Row {
