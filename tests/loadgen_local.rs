@@ -294,3 +294,161 @@ lease_ttl_ms = 1500
         "{report:#}"
     );
 }
+
+/// A forwarder's summed counter from the report's `deployment` section (0 if absent).
+fn counter(forwarder: &Value, key: &str) -> f64 {
+    forwarder["metrics"][key].as_f64().unwrap_or(0.0)
+}
+
+/// The camera encoding a viewer got the most packets of.
+fn main_layer(participant: &Value) -> usize {
+    let by_encoding = participant["receiver"]["camera_packets_by_encoding"]
+        .as_array()
+        .expect("camera packets by encoding");
+    (0..by_encoding.len())
+        .max_by_key(|&i| (by_encoding[i].as_u64().unwrap_or(0), std::cmp::Reverse(i)))
+        .unwrap_or(0)
+}
+
+/// The repository's webinar-relays scenario: 2,000 viewers on a three-level relay tree
+/// (origin, a regional ingress, edge relays) with 1 % loss on their downlinks, three
+/// downlink estimates, and a leaf relay killed mid-run. Media reaches every viewer, each
+/// relay picks layers per viewer, the relays answer the NACKs (the origin is asked for
+/// nothing: nothing is lost between forwarders), keyframe requests are coalesced on the
+/// way up, and only the killed relay's viewers see a gap, which ends within 5 s of its
+/// lease expiring.
+#[test]
+fn webinar_through_a_three_level_relay_tree() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadgen/scenarios/webinar-relays.toml");
+    let scenario = std::fs::read_to_string(&path).unwrap();
+    let Run {
+        code,
+        report,
+        stdout,
+        participants,
+    } = loadgen(&scenario, &[]).unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    let n = |path: &str| number(&report, path);
+
+    // Delivery.
+    assert_eq!(n("joined"), 2001.0, "{stdout}");
+    assert_eq!(n("participants_without_media"), 0.0, "{stdout}");
+    assert_eq!(n("invalid"), 0.0, "{stdout}");
+    assert!(n("loss_before_rtx") > 0.005, "1 % is injected: {stdout}");
+    assert!(n("loss_after_rtx") < 0.005, "repaired: {stdout}");
+
+    // The tree: the origin feeds two ingress relays, which feed edge relays.
+    let deployment = report["deployment"].as_array().expect("deployment");
+    let links = |f: &Value, direction: &str| {
+        counter(
+            f,
+            &format!("fanout_relay_links{{direction=\"{direction}\"}}"),
+        )
+    };
+    let origin = deployment
+        .iter()
+        .find(|f| links(f, "upstream") == 0.0 && links(f, "downstream") > 0.0)
+        .unwrap_or_else(|| panic!("no origin: {stdout}"));
+    let relays: Vec<&Value> = deployment
+        .iter()
+        .filter(|f| f["killed"] == false && links(f, "upstream") > 0.0)
+        .collect();
+    assert!(
+        relays.iter().any(|f| links(f, "downstream") > 0.0),
+        "an ingress (fed and feeding): {stdout}"
+    );
+    assert!(
+        relays.iter().any(|f| links(f, "downstream") == 0.0),
+        "an edge relay: {stdout}"
+    );
+
+    // NACKs are answered below the origin.
+    let nacked: f64 = participants
+        .iter()
+        .map(|p| p["receiver"]["nacked_packets"].as_f64().unwrap())
+        .sum();
+    let origin_asked = counter(
+        origin,
+        "fanout_relay_link_nack_requests_received_total{direction=\"downstream\"}",
+    );
+    let relays_resent: f64 = relays
+        .iter()
+        .map(|f| counter(f, "fanout_leg_retransmitted_packets_total"))
+        .sum();
+    assert!(nacked > 1000.0, "{stdout}");
+    assert!(
+        origin_asked <= nacked * 0.01,
+        "the origin was asked for {origin_asked} of {nacked} NACKed packets: {stdout}"
+    );
+    assert!(
+        relays_resent >= nacked * 0.5,
+        "the relays resent {relays_resent} of {nacked}: {stdout}"
+    );
+    assert_eq!(n("publishers.retransmissions"), 0.0, "{stdout}");
+
+    // Keyframe requests are coalesced on the way up: at most one per stream per 300 ms
+    // reaches the presenter, however many viewers and relays ask.
+    // (Leg counters cover relay links too: a link end is a leg.)
+    let requests_at_relays: f64 = relays
+        .iter()
+        .map(|f| counter(f, "fanout_leg_keyframe_requests_received_total"))
+        .sum();
+    let origin_sent = counter(origin, "fanout_leg_keyframe_requests_sent_total");
+    let streams = 4.0; // three camera encodings and the screen share
+    let seconds = 60.0; // the run, joins and drain included, generously
+    assert!(
+        origin_sent <= streams * seconds / 0.3,
+        "{origin_sent} keyframe requests to the presenter: {stdout}"
+    );
+    assert!(
+        n("publishers.keyframes_requested") <= origin_sent,
+        "{stdout}"
+    );
+    assert!(
+        requests_at_relays > 2.0 * origin_sent,
+        "{requests_at_relays} requests at the relays, {origin_sent} to the presenter: {stdout}"
+    );
+
+    // Layers per viewer: on every relay, the viewers announcing 20 kbit/s get the lowest
+    // encoding and those announcing 1 Mbit/s the highest (those moved by the relay kill
+    // started over on their new relay, at the top before their first estimate: mixed).
+    let viewers: Vec<&Value> = participants
+        .iter()
+        .filter(|p| p["role"] == "viewer")
+        .collect();
+    assert_eq!(viewers.len(), 2000);
+    for v in viewers.iter().filter(|v| v["moves"] == 0) {
+        let expected = match v["remb_kbps"].as_u64() {
+            Some(20) => Some(0),
+            Some(1000) => Some(2),
+            _ => None,
+        };
+        if let Some(layer) = expected {
+            assert_eq!(main_layer(v), layer, "{v:#}");
+        }
+    }
+    assert!(
+        viewers
+            .iter()
+            .any(|v| v["remb_kbps"] == 150 && main_layer(v) == 1),
+        "some 150 kbit/s viewers get the middle layer"
+    );
+
+    // The leaf relay killed at 12 s: its viewers were moved and resumed within 5 s of
+    // its lease expiring (3 s); nobody else saw a gap.
+    let failure = &report["failures"][0];
+    let affected = failure["affected"].as_f64().unwrap();
+    assert!(affected >= 100.0, "{stdout}");
+    assert_eq!(failure["recovered"].as_f64(), Some(affected), "{stdout}");
+    assert!(
+        failure["recovery_ms"]["max"].as_f64().unwrap() <= 3000.0 + 5000.0,
+        "{stdout}"
+    );
+    let moved = viewers.iter().filter(|v| v["moves"] == 1).count();
+    assert_eq!(moved as f64, affected, "{stdout}");
+    for v in viewers.iter().filter(|v| v["moves"] == 0) {
+        let gap_ms = v["receiver"]["longest_gap_us"].as_f64().unwrap() / 1e3;
+        assert!(gap_ms < 1500.0, "a viewer of another relay: {v:#}");
+    }
+}

@@ -784,39 +784,27 @@ impl Report {
                 f.relay_links("upstream"),
                 f.relay_links("downstream")
             );
-            let n = |keys: &[&str]| count(keys.iter().map(|k| f.get(k)).sum::<f64>() as u64);
+            let n = |key: &str| count(f.get(key) as u64);
             let _ = writeln!(
                 out,
                 "  {:<18}{:<10}{:>7}{:>9}{:>11}{:>11}{:>11}{:>11}{:>11}",
                 f.id,
                 f.region,
-                n(&["fanout_legs"]),
+                n("fanout_legs"),
                 links,
-                n(&[
-                    "fanout_leg_nack_requests_received_total",
-                    "fanout_relay_link_nack_requests_received_total{direction=\"downstream\"}",
-                ]),
-                n(&[
-                    "fanout_leg_retransmitted_packets_total",
-                    "fanout_relay_link_retransmitted_packets_total{direction=\"downstream\"}",
-                ]),
-                n(&[
-                    "fanout_leg_keyframe_requests_received_total",
-                    "fanout_relay_link_keyframe_requests_received_total{direction=\"downstream\"}",
-                ]),
-                n(&[
-                    "fanout_leg_keyframe_requests_sent_total",
-                    "fanout_relay_link_keyframe_requests_sent_total{direction=\"upstream\"}",
-                ]),
-                n(&["fanout_relay_link_nack_requests_sent_total{direction=\"upstream\"}"]),
+                n("fanout_leg_nack_requests_received_total"),
+                n("fanout_leg_retransmitted_packets_total"),
+                n("fanout_leg_keyframe_requests_received_total"),
+                n("fanout_leg_keyframe_requests_sent_total"),
+                n("fanout_relay_link_nack_requests_sent_total{direction=\"upstream\"}"),
             );
         }
         let _ = writeln!(
             out,
-            "  links: fed by a parent / feeding children; nack in: sequence numbers NACKed by \
-             viewers and child relays; rtx out: retransmissions they got; kf req: PLI/FIR \
-             received, and sent to publishers or the parent after coalescing; nack up: \
-             misses asked of the parent"
+            "  links: fed by a parent / feeding children; over every leg (viewers, publishers \
+             and relay links): nack in: sequence numbers NACKed; rtx out: retransmissions \
+             sent; kf req: PLI/FIR received, and sent to publishers or parents after \
+             coalescing; nack up: sequence numbers asked of the parent"
         );
     }
 }
