@@ -229,20 +229,19 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
     .context("cannot raise the descriptor limit")?;
     info!(descriptor_limit = raised, "one UDP socket per participant");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if args.local && scenario.local.netns {
-        bail!(
-            "[local] netns = true: a network namespace per region is not implemented yet; \
-             regions share loopback (their paths differ by the [[impairments]] only)"
-        );
-    }
     let (target, threads) = if args.local {
         let options = local_options(&scenario, args.bin_dir.clone());
         info!(
             forwarders = options.forwarders,
             regions = ?options.regions,
+            netns = options.netns,
             "starting a local deployment"
         );
-        let deployment = LocalDeployment::start(&options).await?;
+        // A signal while starting drops what was started (processes, region networks).
+        let deployment = tokio::select! {
+            deployment = LocalDeployment::start(&options) => deployment?,
+            () = run::shutdown_signal() => bail!("interrupted while starting the local deployment"),
+        };
         (
             Target::Local(deployment),
             args.threads.unwrap_or((cores / 2).max(1)),
@@ -380,6 +379,8 @@ fn local_options(scenario: &Scenario, bin_dir: Option<PathBuf>) -> LocalOptions 
         srtp_profile: scenario.srtp_profile.name().to_owned(),
         bin_dir,
         lease_ttl_ms: local.lease_ttl_ms,
+        netns: local.netns,
+        participant_regions: scenario.regions(),
     }
 }
 

@@ -153,6 +153,10 @@ pub async fn run(
             Target::Local(deployment) => deployment.forwarders.len(),
             Target::Remote { .. } => 0,
         },
+        region_sockets: match &target {
+            Target::Local(deployment) => deployment.region_sockets(),
+            Target::Remote { .. } => None,
+        },
         joined: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
     });
@@ -287,7 +291,7 @@ fn id_safe(name: &str) -> String {
 }
 
 /// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).ok();
     let term = async {
@@ -347,6 +351,9 @@ struct RunContext {
     clock: Clock,
     /// Forwarders of a local deployment (0: unknown, a remote one).
     forwarders: usize,
+    /// Where participants' sockets are made when each region has its own network
+    /// namespace (`[local] netns`); otherwise the engine binds them here.
+    region_sockets: Option<Arc<crate::netns::RegionSockets>>,
     joined: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -441,14 +448,24 @@ async fn join_one(context: &RunContext, key: ParticipantKey) -> Result<()> {
                         usize::from(p.audio) + usize::from(p.camera) + usize::from(p.screen)
                     })
                     .sum();
-                let setup = setup::participant(
+                let mut setup = setup::participant(
                     &context.scenario,
                     &seat.participant,
                     streams,
                     key,
                     &joined,
                 )?;
-                context.engine.add(setup)?;
+                match &context.region_sockets {
+                    Some(sockets) => {
+                        // In its own region's namespace, whichever region serves it.
+                        let socket = sockets.bind(&seat.participant.region).await?;
+                        setup.bind = socket.local_addr()?.ip();
+                        context.engine.add_on(setup, socket)?;
+                    }
+                    None => {
+                        context.engine.add(setup)?;
+                    }
+                }
                 context.roster.lock().joined(key, joined);
                 context.joined.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
