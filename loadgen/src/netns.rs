@@ -221,9 +221,19 @@ fn ip(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Whether process `pid` exists.
+/// Whether process `pid` runs (a zombie does not: a killed load generator whose parent
+/// has not reaped it yet).
 fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    !matches!(process_state(&stat), Some('Z' | 'X'))
+}
+
+/// The state letter of a /proc/PID/stat line ("PID (COMM) S ..."; COMM may hold spaces
+/// and parentheses, so the state follows the last ')').
+fn process_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// Remove the namespaces and root-side links of load generators that are gone.
@@ -234,6 +244,13 @@ fn sweep_stale() {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(NAMESPACE_PREFIX) && stale(&name) {
+                // What still runs in it is a killed run's forwarder (they outlive a
+                // SIGKILLed load generator) and would keep the namespace alive unnamed.
+                if let Ok(pids) = ip(&["netns", "pids", &name]) {
+                    for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                        fanout_forwarder::driver::os::kill(pid, libc::SIGKILL);
+                    }
+                }
                 match ip(&["netns", "del", &name]) {
                     Ok(_) => info!(namespace = %name, "removed a stale namespace"),
                     Err(e) => warn!("cannot remove a stale namespace: {e:#}"),
@@ -256,6 +273,8 @@ fn sweep_stale() {
         if name.starts_with(LINK_PREFIX) && stale(name) {
             match ip(&["link", "del", name]) {
                 Ok(_) => info!(link = %name, "removed a stale veth"),
+                // Gone meanwhile with its namespace (that happens asynchronously).
+                Err(_) if !Path::new("/sys/class/net").join(name).exists() => {}
                 Err(e) => warn!("cannot remove a stale veth: {e:#}"),
             }
         }
@@ -668,6 +687,14 @@ mod tests {
         ] {
             assert_eq!(owner_pid(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        assert_eq!(process_state("77 (fanout-loadgen) Z 1 77"), Some('Z'));
+        assert_eq!(process_state("78 (a) b) c) S 1 78"), Some('S'));
+        assert_eq!(process_state("garbage"), None);
+        assert!(alive(std::process::id()));
     }
 
     #[test]
