@@ -23,8 +23,8 @@ use fanout_loadgen::{calibrate, plan, selftest};
 /// retransmission, jitter, freezes and the recovery from injected failures.
 ///
 /// `run SCENARIO --local` starts a whole deployment on this machine (control plane on the
-/// memory store, forwarder processes on loopback), runs the scenario against it and tears
-/// it down. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
+/// memory store, forwarder processes on loopback, or each region in a network namespace of
+/// its own with `[local] netns = true`), runs the scenario against it and tears it down. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
 /// examples.
 #[derive(Debug, Parser)]
 #[command(name = "fanout-loadgen", version, about, long_about)]
