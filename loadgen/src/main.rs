@@ -223,6 +223,7 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         .map(|t| Threshold::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
     let scenario = load_scenario(args.scenario.as_deref(), &args.set)?;
+    run::listen_for_shutdown()?;
     let raised = fanout_forwarder::driver::os::raise_nofile(
         scenario.expand().total_participants as u64 + 1024,
     )
@@ -239,8 +240,9 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         );
         // A signal while starting drops what was started (processes, region networks).
         let deployment = tokio::select! {
-            deployment = LocalDeployment::start(&options) => deployment?,
+            biased;
             () = run::shutdown_signal() => bail!("interrupted while starting the local deployment"),
+            deployment = LocalDeployment::start(&options) => deployment?,
         };
         (
             Target::Local(deployment),

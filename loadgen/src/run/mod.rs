@@ -290,8 +290,42 @@ fn id_safe(name: &str) -> String {
     }
 }
 
-/// SIGINT or SIGTERM.
+/// Whether SIGINT or SIGTERM came, once [`listen_for_shutdown`] listens.
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// Listen for SIGINT and SIGTERM from now on, for the rest of the process, so that
+/// [`shutdown_signal`] sees a signal that came before it was awaited: between the start of
+/// a local deployment and the run, between the joins and the steady state, or while the
+/// region networks were being made (blocking). Without a listener, SIGINT and SIGTERM kill
+/// the process and nothing it started is removed. Call inside the runtime.
+pub fn listen_for_shutdown() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let (signalled, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            signalled.send_replace(true);
+        }
+    });
+    let _ = SHUTDOWN.set(shutdown);
+    Ok(())
+}
+
+/// SIGINT or SIGTERM (once one came, at once).
 pub async fn shutdown_signal() {
+    if let Some(shutdown) = SHUTDOWN.get() {
+        let mut shutdown = shutdown.clone();
+        if shutdown.wait_for(|signalled| *signalled).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        return;
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).ok();
     let term = async {
