@@ -53,7 +53,13 @@ fn unsupported() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    let probe = format!("fanout-netns-probe-{}", std::process::id());
+    // Unique per call: the tests of this file run at the same time.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let probe = format!(
+        "fanout-netns-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     match Command::new("ip").args(["netns", "add", &probe]).output() {
         Ok(output) if output.status.success() => {
             let _ = Command::new("ip").args(["netns", "del", &probe]).output();
