@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use fanout_loadgen::local::{LocalDeployment, LocalOptions};
 use fanout_loadgen::report::{Report, Threshold};
@@ -224,11 +224,22 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()?;
     let scenario = load_scenario(args.scenario.as_deref(), &args.set)?;
     run::listen_for_shutdown()?;
-    let raised = fanout_forwarder::driver::os::raise_nofile(
-        scenario.expand().total_participants as u64 + 1024,
-    )
-    .context("cannot raise the descriptor limit")?;
+    let needed = scenario.expand().total_participants as u64 + 1024;
+    let raised = fanout_forwarder::driver::os::raise_nofile(needed)
+        .context("cannot raise the descriptor limit")?;
     info!(descriptor_limit = raised, "one UDP socket per participant");
+    if raised < needed {
+        // raise_nofile stops at the hard limit when it may not raise it (no
+        // CAP_SYS_RESOURCE, as in some containers even for root): say so now rather than
+        // through participants failing to join with EMFILE.
+        warn!(
+            descriptor_limit = raised,
+            needed,
+            "the descriptor limit is below one socket per participant and cannot be raised \
+             (the hard limit needs CAP_SYS_RESOURCE, or `ulimit -Hn` by whoever starts this \
+             program); participants beyond it will fail to join"
+        );
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (target, threads) = if args.local {
         let options = local_options(&scenario, args.bin_dir.clone());
