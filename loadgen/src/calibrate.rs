@@ -93,6 +93,8 @@ pub async fn calibrate(options: &CalibrateOptions) -> Result<Calibration> {
         srtp_profile: options.srtp_profile.clone(),
         bin_dir: options.bin_dir.clone(),
         lease_ttl_ms: 3000,
+        netns: false,
+        participant_regions: Vec::new(),
     })
     .await?;
     let mut target = Target::Local(deployment);

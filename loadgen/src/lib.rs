@@ -17,7 +17,8 @@
 //!   writes the JSON, and checks `--fail-if` thresholds; [`plan`] turns a calibration into
 //!   forwarders and relays for an event.
 //! * [`control`] joins through the control plane's gRPC API; [`local`] starts a whole
-//!   deployment on this machine (control plane on the memory store, forwarder processes);
+//!   deployment on this machine (control plane on the memory store, forwarder processes),
+//!   with each region in its own network namespace if asked ([`netns`]);
 //!   [`forwarder_metrics`] reads what its forwarders counted.
 
 pub mod calibrate;
@@ -28,6 +29,7 @@ pub mod impair;
 pub mod local;
 pub mod media;
 pub mod metrics;
+pub mod netns;
 pub mod plan;
 pub mod report;
 pub mod run;

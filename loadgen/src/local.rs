@@ -2,6 +2,11 @@
 //! (one instance on the memory store, or several on a private etcd) and N forwarder
 //! processes on loopback, in the scenario's regions. Every process is owned here and
 //! killed when the deployment is dropped, however the run ends.
+//!
+//! With `netns`, each region gets its own network namespace ([`crate::netns`]): its
+//! forwarders run inside it on its address, the control plane stays in the root namespace
+//! on an address every region reaches, and the run makes each participant's socket in its
+//! own region's namespace ([`LocalDeployment::region_sockets`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -16,6 +21,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::forwarder_metrics::{self, ForwarderSnapshot};
+
+use crate::netns::{RegionNetworks, RegionSockets};
 
 /// How a local deployment is shaped.
 #[derive(Debug, Clone)]
@@ -34,6 +41,10 @@ pub struct LocalOptions {
     pub bin_dir: Option<PathBuf>,
     /// How long a silent forwarder stays alive to the control plane (failover speed).
     pub lease_ttl_ms: u32,
+    /// Each region in its own network namespace: `regions` and `participant_regions`
+    /// (where participants are, a region without forwarders included).
+    pub netns: bool,
+    pub participant_regions: Vec<String>,
 }
 
 /// A process of the deployment and the tail of what it logged.
@@ -211,12 +222,16 @@ pub struct LocalDeployment {
     /// `http://` URLs of the control instances.
     pub control_urls: Vec<String>,
     pub operator_token: String,
+    /// The region namespaces (`netns`). Last, so that they are removed after the
+    /// processes in them are killed.
+    networks: Option<RegionNetworks>,
 }
 
 /// Local forwarders take blocks of media ports (a meeting, or a webinar's relay node,
 /// takes one port) from below Linux's ephemeral range, where the participants' sockets
 /// are, at random: deployments of concurrent runs (tests) rarely collide, and a collision
-/// is retried on another block.
+/// is retried on another block. (In a region namespace the ephemeral range is wider and
+/// covers the blocks; the forwarders bind theirs before any participant binds there.)
 const PORT_BLOCKS: std::ops::Range<u32> = 20..64;
 const PORTS_PER_FORWARDER: u32 = 500;
 const PORT_ATTEMPTS: u32 = 8;
@@ -243,6 +258,29 @@ impl LocalDeployment {
             bail!("a local deployment needs at least one forwarder");
         }
         let bin_dir = binary_dir(options.bin_dir.as_deref())?;
+        let regions = if options.regions.is_empty() {
+            vec!["local".to_owned()]
+        } else {
+            options.regions.clone()
+        };
+        // Created first, so that the control plane can listen where the regions reach it.
+        // Blocking (it runs `ip`), for well under a second, and with no await inside: a
+        // start cancelled by a signal never leaves half a network unowned.
+        let networks = if options.netns {
+            let mut named = regions.clone();
+            for region in &options.participant_regions {
+                if !named.contains(region) {
+                    named.push(region.clone());
+                }
+            }
+            Some(RegionNetworks::create(&named)?)
+        } else {
+            None
+        };
+        let control_ip = networks
+            .as_ref()
+            .and_then(RegionNetworks::control_ip)
+            .map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string());
         let dir = tempfile::Builder::new()
             .prefix("fanout-loadgen-")
             .tempdir()
@@ -282,7 +320,8 @@ impl LocalDeployment {
                 None => command.args(["--store", "memory"]),
             };
             command
-                .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+                .args(["--listen", &format!("{control_ip}:0")])
+                .args(["--metrics", "127.0.0.1:0"])
                 .arg("--secret-file")
                 .arg(&secret)
                 .arg("--operator-token-file")
@@ -305,16 +344,23 @@ impl LocalDeployment {
         }
 
         let mut forwarders = Vec::new();
-        let regions = if options.regions.is_empty() {
-            vec!["local".to_owned()]
-        } else {
-            options.regions.clone()
-        };
         let allowed = fanout_forwarder::driver::allowed_cpus();
         for index in 0..options.forwarders {
             let region = regions[index as usize % regions.len()].clone();
             let id = format!("fwd-{region}-{index}");
             let cpus = forwarder_cpus(&allowed, index, options.shards.max(1));
+            let network = match &networks {
+                Some(networks) => {
+                    let (namespace, ip) = networks
+                        .region(&region)
+                        .with_context(|| format!("region {region} has no namespace"))?;
+                    let namespace = namespace
+                        .try_clone()
+                        .context("cannot duplicate a namespace descriptor")?;
+                    Some((namespace, ip))
+                }
+                None => None,
+            };
             let mut process = start_forwarder(
                 &bin_dir,
                 &id,
@@ -323,6 +369,7 @@ impl LocalDeployment {
                 &enrolment,
                 options,
                 &cpus,
+                network,
             )
             .await?;
             // Logged before it registers: already found.
@@ -353,7 +400,13 @@ impl LocalDeployment {
             _etcd: etcd,
             control_urls,
             operator_token,
+            networks,
         })
+    }
+
+    /// Where participants' sockets are made when each region has its own namespace.
+    pub fn region_sockets(&self) -> Option<Arc<RegionSockets>> {
+        self.networks.as_ref().map(RegionNetworks::sockets)
     }
 
     /// Process ids of the live forwarders.
@@ -441,7 +494,9 @@ fn forwarder_cpus(allowed: &[usize], index: u32, shards: u32) -> Vec<usize> {
         .collect()
 }
 
-/// Start one forwarder and wait until it takes meetings.
+/// Start one forwarder and wait until it takes meetings; in `network`'s namespace (with
+/// its address) if given.
+#[allow(clippy::too_many_arguments)]
 async fn start_forwarder(
     bin_dir: &Path,
     id: &str,
@@ -450,8 +505,13 @@ async fn start_forwarder(
     enrolment: &Path,
     options: &LocalOptions,
     cpus: &[usize],
+    network: Option<(std::fs::File, std::net::Ipv4Addr)>,
 ) -> Result<Process> {
     use rand::Rng;
+    let ip = network
+        .as_ref()
+        .map_or_else(|| "127.0.0.1".to_owned(), |(_, ip)| ip.to_string());
+    let namespace = network.map(|(namespace, _)| Arc::new(namespace));
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -460,13 +520,13 @@ async fn start_forwarder(
         command
             .args(["--control", control_url])
             .args(["--forwarder-id", id, "--region", region])
-            .args(["--media-ip", "127.0.0.1", "--listen", "127.0.0.1:0"])
+            .args(["--media-ip", &ip, "--listen", &format!("{ip}:0")])
             .args([
                 "--port-range",
                 &format!("{first}-{}", first + PORTS_PER_FORWARDER - 1),
             ])
             .args(["--shards", &options.shards.max(1).to_string()])
-            .args(["--progress-interval", "0", "--metrics", "127.0.0.1:0"])
+            .args(["--progress-interval", "0", "--metrics", &format!("{ip}:0")])
             .arg("--enrolment-token-file")
             .arg(enrolment)
             .env("RUST_LOG", "info");
@@ -476,10 +536,16 @@ async fn start_forwarder(
         // Forwarders pin their shards to the CPUs they may use, the first ones first:
         // left alone, every forwarder would pin its shard 0 to the same CPU.
         let cpus = fanout_forwarder::driver::os::cpu_set(cpus);
-        // SAFETY: the hook runs in the forked child before exec and makes one system
-        // call (sched_setaffinity), which is async-signal-safe.
+        let namespace = namespace.clone();
+        // SAFETY: the hook runs in the forked child before exec and makes at most two
+        // system calls (setns, sched_setaffinity), both async-signal-safe; the namespace
+        // descriptor is open in the child until exec (close-on-exec).
         unsafe {
             command.pre_exec(move || {
+                if let Some(namespace) = &namespace {
+                    // The whole process, and everything it binds, in the region.
+                    fanout_forwarder::driver::os::enter_network_namespace(namespace)?;
+                }
                 // Best effort: a forwarder on every CPU still works.
                 let _ = fanout_forwarder::driver::os::set_process_affinity(&cpus);
                 Ok(())

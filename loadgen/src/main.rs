@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use fanout_loadgen::local::{LocalDeployment, LocalOptions};
 use fanout_loadgen::report::{Report, Threshold};
@@ -23,8 +23,8 @@ use fanout_loadgen::{calibrate, plan, selftest};
 /// retransmission, jitter, freezes and the recovery from injected failures.
 ///
 /// `run SCENARIO --local` starts a whole deployment on this machine (control plane on the
-/// memory store, forwarder processes on loopback), runs the scenario against it and tears
-/// it down. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
+/// memory store, forwarder processes on loopback, or each region in a network namespace of
+/// its own with `[local] netns = true`), runs the scenario against it and tears it down. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
 /// examples.
 #[derive(Debug, Parser)]
 #[command(name = "fanout-loadgen", version, about, long_about)]
@@ -223,26 +223,38 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         .map(|t| Threshold::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
     let scenario = load_scenario(args.scenario.as_deref(), &args.set)?;
-    let raised = fanout_forwarder::driver::os::raise_nofile(
-        scenario.expand().total_participants as u64 + 1024,
-    )
-    .context("cannot raise the descriptor limit")?;
+    run::listen_for_shutdown()?;
+    let needed = scenario.expand().total_participants as u64 + 1024;
+    let raised = fanout_forwarder::driver::os::raise_nofile(needed)
+        .context("cannot raise the descriptor limit")?;
     info!(descriptor_limit = raised, "one UDP socket per participant");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if args.local && scenario.local.netns {
-        bail!(
-            "[local] netns = true: a network namespace per region is not implemented yet; \
-             regions share loopback (their paths differ by the [[impairments]] only)"
+    if raised < needed {
+        // raise_nofile stops at the hard limit when it may not raise it (no
+        // CAP_SYS_RESOURCE, as in some containers even for root): say so now rather than
+        // through participants failing to join with EMFILE.
+        warn!(
+            descriptor_limit = raised,
+            needed,
+            "the descriptor limit is below one socket per participant and cannot be raised \
+             (the hard limit needs CAP_SYS_RESOURCE, or `ulimit -Hn` by whoever starts this \
+             program); participants beyond it will fail to join"
         );
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (target, threads) = if args.local {
         let options = local_options(&scenario, args.bin_dir.clone());
         info!(
             forwarders = options.forwarders,
             regions = ?options.regions,
+            netns = options.netns,
             "starting a local deployment"
         );
-        let deployment = LocalDeployment::start(&options).await?;
+        // A signal while starting drops what was started (processes, region networks).
+        let deployment = tokio::select! {
+            biased;
+            () = run::shutdown_signal() => bail!("interrupted while starting the local deployment"),
+            deployment = LocalDeployment::start(&options) => deployment?,
+        };
         (
             Target::Local(deployment),
             args.threads.unwrap_or((cores / 2).max(1)),
@@ -380,6 +392,8 @@ fn local_options(scenario: &Scenario, bin_dir: Option<PathBuf>) -> LocalOptions 
         srtp_profile: scenario.srtp_profile.name().to_owned(),
         bin_dir,
         lease_ttl_ms: local.lease_ttl_ms,
+        netns: local.netns,
+        participant_regions: scenario.regions(),
     }
 }
 

@@ -754,8 +754,10 @@ pub struct LocalSpec {
     pub shards: u32,
     /// Participant legs one forwarder accepts. Default: the forwarder's own default.
     pub max_legs: Option<u32>,
-    /// Put each region in its own network namespace behind a veth pair. Default false;
-    /// not implemented yet (refused by `run --local`).
+    /// Put each region (of `regions` and of the participants) in its own network
+    /// namespace, with veth pairs to the root namespace and between regions; the region's
+    /// forwarders and participants' sockets live there (see [`crate::netns`]). Needs root.
+    /// Default false: every region shares loopback.
     pub netns: bool,
     /// Viewers per webinar relay node. Default 1000.
     pub max_viewers_per_relay: u32,

@@ -154,6 +154,10 @@ pub async fn run(
             Target::Local(deployment) => deployment.forwarders.len(),
             Target::Remote { .. } => 0,
         },
+        region_sockets: match &target {
+            Target::Local(deployment) => deployment.region_sockets(),
+            Target::Remote { .. } => None,
+        },
         joined: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
     });
@@ -293,8 +297,42 @@ fn id_safe(name: &str) -> String {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Whether SIGINT or SIGTERM came, once [`listen_for_shutdown`] listens.
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// Listen for SIGINT and SIGTERM from now on, for the rest of the process, so that
+/// [`shutdown_signal`] sees a signal that came before it was awaited: between the start of
+/// a local deployment and the run, between the joins and the steady state, or while the
+/// region networks were being made (blocking). Without a listener, SIGINT and SIGTERM kill
+/// the process and nothing it started is removed. Call inside the runtime.
+pub fn listen_for_shutdown() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let (signalled, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            signalled.send_replace(true);
+        }
+    });
+    let _ = SHUTDOWN.set(shutdown);
+    Ok(())
+}
+
+/// SIGINT or SIGTERM (once one came, at once).
+pub async fn shutdown_signal() {
+    if let Some(shutdown) = SHUTDOWN.get() {
+        let mut shutdown = shutdown.clone();
+        if shutdown.wait_for(|signalled| *signalled).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        return;
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).ok();
     let term = async {
@@ -354,6 +392,9 @@ struct RunContext {
     clock: Clock,
     /// Forwarders of a local deployment (0: unknown, a remote one).
     forwarders: usize,
+    /// Where participants' sockets are made when each region has its own network
+    /// namespace (`[local] netns`); otherwise the engine binds them here.
+    region_sockets: Option<Arc<crate::netns::RegionSockets>>,
     joined: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -448,14 +489,24 @@ async fn join_one(context: &RunContext, key: ParticipantKey) -> Result<()> {
                         usize::from(p.audio) + usize::from(p.camera) + usize::from(p.screen)
                     })
                     .sum();
-                let setup = setup::participant(
+                let mut setup = setup::participant(
                     &context.scenario,
                     &seat.participant,
                     streams,
                     key,
                     &joined,
                 )?;
-                context.engine.add(setup)?;
+                match &context.region_sockets {
+                    Some(sockets) => {
+                        // In its own region's namespace, whichever region serves it.
+                        let socket = sockets.bind(&seat.participant.region).await?;
+                        setup.bind = socket.local_addr()?.ip();
+                        context.engine.add_on(setup, socket)?;
+                    }
+                    None => {
+                        context.engine.add(setup)?;
+                    }
+                }
                 context.roster.lock().joined(key, joined);
                 context.joined.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
