@@ -72,6 +72,10 @@ const MAX_FRAME_PACKETS: usize = 1024;
 /// About once a second per SSRC (RFC 3550 §6.2 scales the interval with session size;
 /// a publisher's few SSRCs and libwebrtc's 1 s video interval make this the usual figure).
 const SENDER_REPORT_INTERVAL_US: Micros = 1_000_000;
+/// A camera is never paced slower than this: at the few kbit/s of a reduced-rate load
+/// test, 2.5× its bitrate would spread a key frame over seconds (libwebrtc's pacer does
+/// not go that low either: its rate follows the bandwidth estimate, hundreds of kbit/s).
+const MIN_PACING_BPS: u64 = 100_000;
 /// libwebrtc's pacer sends at 2.5× the target bitrate (`kDefaultPaceMultiplier`).
 const PACING_FACTOR_NUM: u64 = 5;
 const PACING_FACTOR_DEN: u64 = 2;
@@ -121,14 +125,27 @@ impl AudioConfig {
 }
 
 /// One simulcast encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Encoding {
     pub bitrate_bps: u64,
-    pub fps: u32,
+    /// Frames per second; below 1 for reduced-rate load tests (at least [`MIN_FPS`]).
+    pub fps: f64,
+}
+
+/// Lowest frame rate a video stream is paced at: a frame every 10 s.
+pub const MIN_FPS: f64 = 0.1;
+/// Highest frame rate.
+pub const MAX_FPS: f64 = 240.0;
+
+/// A frame rate in thousandths of a frame per second, clamped to what a stream is paced
+/// at: integer arithmetic for capture times and RTP timestamps.
+fn millifps(fps: f64) -> u64 {
+    let fps = if fps.is_finite() { fps } else { MIN_FPS };
+    (fps.clamp(MIN_FPS, MAX_FPS) * 1000.0).round() as u64
 }
 
 /// One camera track, simulcast if it has several encodings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CameraConfig {
     /// One SSRC per encoding, lowest layer first.
     pub ssrcs: Vec<u32>,
@@ -151,15 +168,15 @@ impl CameraConfig {
             encodings: vec![
                 Encoding {
                     bitrate_bps: 150_000,
-                    fps: 30,
+                    fps: 30.0,
                 },
                 Encoding {
                     bitrate_bps: 500_000,
-                    fps: 30,
+                    fps: 30.0,
                 },
                 Encoding {
                     bitrate_bps: 1_500_000,
-                    fps: 30,
+                    fps: 30.0,
                 },
             ],
             temporal_layers: 3,
@@ -169,11 +186,12 @@ impl CameraConfig {
 }
 
 /// One screen share track.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScreenConfig {
     pub ssrc: u32,
     pub payload_type: u8,
-    pub fps: u32,
+    /// Frames per second (at least [`MIN_FPS`]).
+    pub fps: f64,
     /// Bitrate of the idle frames between bursts.
     pub bitrate_bps: u64,
     /// A burst (slide change) this often; 0 for none.
@@ -188,7 +206,7 @@ impl ScreenConfig {
         ScreenConfig {
             ssrc,
             payload_type: 96,
-            fps: 5,
+            fps: 5.0,
             bitrate_bps: 100_000,
             burst_every_us: 10_000_000,
             burst_packets: 60,
@@ -197,7 +215,7 @@ impl ScreenConfig {
 }
 
 /// What one participant publishes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PublisherConfig {
     /// Stamped in every probe.
     pub publisher_id: u32,
@@ -342,7 +360,8 @@ struct VideoStream {
     rtp: RtpState,
     kind: MediaKind,
     encoding: u8,
-    fps: u64,
+    /// Frames per thousand seconds.
+    millifps: u64,
     bitrate_bps: u64,
     /// Rate the pacer spreads packets at.
     pacing_bps: u64,
@@ -456,11 +475,11 @@ fn history_len(packets_per_s: u64) -> usize {
 impl VideoStream {
     /// When frame `k` is captured, relative to the start.
     fn capture_offset(&self, k: u32) -> Micros {
-        u64::from(k) * 1_000_000 / self.fps
+        u64::from(k) * 1_000_000_000 / self.millifps
     }
 
     fn frame_timestamp(&self, frame_number: u32) -> u32 {
-        let offset = u64::from(frame_number) * VIDEO_CLOCK_HZ / self.fps;
+        let offset = u64::from(frame_number) * VIDEO_CLOCK_HZ * 1000 / self.millifps;
         self.rtp.ts_base.wrapping_add(offset as u32)
     }
 
@@ -517,7 +536,7 @@ impl VideoStream {
             self.tl0_pic_idx = self.tl0_pic_idx.wrapping_add(1);
         }
         let h = hash(seed, u64::from(self.rtp.ssrc), u64::from(k) | 1 << 40);
-        let average = (self.bitrate_bps / 8 / self.fps).max(1);
+        let average = (self.bitrate_bps * 1000 / 8 / self.millifps).max(1);
         let bytes = if self.is_burst_frame(k) && !keyframe {
             let packets = self.burst.map_or(1, |(_, p)| p.max(1)) as usize;
             packets.saturating_mul(max_payload)
@@ -638,16 +657,18 @@ impl Publisher {
                 .map(|(_, e)| e.bitrate_bps)
                 .sum();
             for (i, (&ssrc, encoding)) in camera.ssrcs.iter().zip(&camera.encodings).enumerate() {
-                let fps = u64::from(encoding.fps.clamp(1, 240));
-                let packets_per_s = encoding.bitrate_bps / 8 / max_payload as u64 + fps;
+                let millifps = millifps(encoding.fps);
+                let packets_per_s =
+                    encoding.bitrate_bps / 8 / max_payload as u64 + millifps.div_ceil(1000);
                 let (width, height) = vp8::picture_size(MediaKind::Camera, i as u8);
                 video.push(VideoStream {
                     rtp: RtpState::new(ssrc, camera.payload_type, VIDEO_CLOCK_HZ, seed),
                     kind: MediaKind::Camera,
                     encoding: i as u8,
-                    fps,
+                    millifps,
                     bitrate_bps: encoding.bitrate_bps,
-                    pacing_bps: camera_bps * PACING_FACTOR_NUM / PACING_FACTOR_DEN,
+                    pacing_bps: (camera_bps * PACING_FACTOR_NUM / PACING_FACTOR_DEN)
+                        .max(MIN_PACING_BPS),
                     temporal_pattern: temporal_pattern(camera.temporal_layers),
                     keyframe_interval_us: camera.keyframe_interval_us,
                     width,
@@ -666,15 +687,15 @@ impl Publisher {
             }
         }
         if let Some(screen) = config.screen {
-            let fps = u64::from(screen.fps.clamp(1, 240));
+            let millifps = millifps(screen.fps);
             let packets_per_s = screen.bitrate_bps / 8 / max_payload as u64
-                + fps
+                + millifps.div_ceil(1000)
                 + 2 * u64::from(screen.burst_packets);
             video.push(VideoStream {
                 rtp: RtpState::new(screen.ssrc, screen.payload_type, VIDEO_CLOCK_HZ, seed),
                 kind: MediaKind::Screen,
                 encoding: 0,
-                fps,
+                millifps,
                 bitrate_bps: screen.bitrate_bps,
                 // A slide change goes out within about 200 ms, as a screen share encoder's
                 // bitrate (far above its idle rate) allows.
@@ -984,7 +1005,7 @@ impl Publisher {
                 let mut k = stream.next_frame;
                 if now > start + stream.capture_offset(k) + MAX_LAG_US {
                     // Far behind (the caller polled late): drop the frames we missed.
-                    k = ((now - start) * stream.fps / 1_000_000) as u32;
+                    k = ((now - start) * stream.millifps / 1_000_000_000) as u32;
                 }
                 let (frame, requested) = stream.build_frame(k, start, seed, max_payload);
                 if requested {

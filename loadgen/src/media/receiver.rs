@@ -963,7 +963,17 @@ mod tests {
         // At a few frames per second the paced key frame takes longer than the jitter
         // buffer's bound to arrive: it must be waited for, not dropped (which asked for
         // another key frame, as slow, forever).
-        for (kbps, fps) in [(8u64, 1u32), (24, 2), (64, 2), (64, 4), (200, 8), (150, 30)] {
+        // Below a frame per second too: reduced-rate load tests.
+        let rates = [
+            (6u64, 0.5f64),
+            (8, 1.0),
+            (24, 2.0),
+            (64, 2.0),
+            (64, 4.0),
+            (200, 8.0),
+            (150, 30.0),
+        ];
+        for (kbps, fps) in rates {
             let mut config = PublisherConfig::new(42, 42);
             let mut camera = CameraConfig::simulcast([2, 3, 4]);
             camera.encodings = vec![crate::media::publisher::Encoding {
@@ -987,7 +997,7 @@ mod tests {
             let mut r = Receiver::new(ReceiverConfig::new(77));
             drive(&mut r, &packets, 5000);
             let s = r.finish(now + 1_000_000);
-            let frames = u64::from(fps) * 10;
+            let frames = (fps * 10.0) as u64;
             assert!(
                 s.frames_rendered + 1 >= frames,
                 "{kbps} kbit/s at {fps} fps: {} of {frames} frames",

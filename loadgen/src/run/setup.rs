@@ -128,7 +128,7 @@ pub fn publisher_config(
                 .iter()
                 .map(|layer| Encoding {
                     bitrate_bps: u64::from(layer.bitrate_kbps) * 1000,
-                    fps: (layer.fps.round() as u32).max(1),
+                    fps: layer.fps,
                 })
                 .collect(),
             temporal_layers: media.video.temporal_layers,
@@ -141,7 +141,7 @@ pub fn publisher_config(
             config.screen = Some(ScreenConfig {
                 ssrc,
                 payload_type: 96,
-                fps: (media.screen.fps.round() as u32).max(1),
+                fps: media.screen.fps,
                 bitrate_bps: u64::from(media.screen.bitrate_kbps) * 1000,
                 burst_every_us: (media.screen.burst_every_s * 1e6) as u64,
                 burst_packets: media.screen.burst_packets,
