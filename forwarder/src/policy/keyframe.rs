@@ -17,6 +17,12 @@
 //! - a request that got no keyframe within [`DEFAULT_RETRY_AFTER`] (the PLI or the
 //!   keyframe was lost) is repeated, at most [`MAX_RETRIES`] times.
 //!
+//! The interval is never shorter than two of the stream's frame intervals
+//! ([`KeyframeRequester::on_frame`] measures them from RTP timestamps): an encoder can
+//! only turn its next frame into a keyframe, so at a few frames per second (a screen
+//! share of slides, a low simulcast layer) requests 300 ms apart would make every frame
+//! a keyframe while a large audience joins. The retry wait stretches likewise.
+//!
 //! One requester per encoding (SSRC) of a track: each simulcast encoding has its own
 //! encoder and its own keyframes. The FIR command sequence number (RFC 5104 §4.3.1.1)
 //! also belongs to the (forwarder, media SSRC) pair, so it lives here too.
@@ -58,7 +64,15 @@ pub struct KeyframeRequester {
     retries: u8,
     fir_seq: u8,
     sent: u64,
+    /// The last frame's RTP timestamp, and the smoothed frame interval in microseconds.
+    last_frame_timestamp: Option<u32>,
+    frame_interval_us: u64,
 }
+
+/// Frame intervals between two requests at least (see the module docs).
+const FRAMES_PER_REQUEST: u32 = 2;
+/// Longest frame interval believed (a paused stream is not a slow one).
+const MAX_FRAME_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Default for KeyframeRequester {
     fn default() -> Self {
@@ -79,7 +93,43 @@ impl KeyframeRequester {
             retries: 0,
             fir_seq: 0,
             sent: 0,
+            last_frame_timestamp: None,
+            frame_interval_us: 0,
         }
+    }
+
+    /// A packet of the stream with RTP timestamp `timestamp` (clock `clock_rate` Hz)
+    /// arrived: a new timestamp is a new frame, whose distance from the last one
+    /// refines the frame interval (smoothed over about eight frames).
+    pub fn on_frame(&mut self, timestamp: u32, clock_rate: u32) {
+        let Some(last) = self.last_frame_timestamp.replace(timestamp) else {
+            return;
+        };
+        let ticks = timestamp.wrapping_sub(last);
+        if ticks == 0 || ticks > u32::MAX / 2 || clock_rate == 0 {
+            // The same frame, or a reordered older one.
+            if ticks > u32::MAX / 2 {
+                self.last_frame_timestamp = Some(last);
+            }
+            return;
+        }
+        let us = (u64::from(ticks) * 1_000_000 / u64::from(clock_rate))
+            .min(MAX_FRAME_INTERVAL.as_micros() as u64);
+        self.frame_interval_us = if self.frame_interval_us == 0 {
+            us
+        } else {
+            (self.frame_interval_us * 7 + us) / 8
+        };
+    }
+
+    /// The interval in force: the configured one, or two frame intervals if longer.
+    pub fn min_interval(&self) -> Duration {
+        self.min_interval
+            .max(Duration::from_micros(self.frame_interval_us) * FRAMES_PER_REQUEST)
+    }
+
+    fn retry_after(&self) -> Duration {
+        self.retry_after.max(self.min_interval() * 2)
     }
 
     fn elapsed_since_sent(&self, now: Instant) -> Option<Duration> {
@@ -88,7 +138,7 @@ impl KeyframeRequester {
 
     fn interval_over(&self, now: Instant) -> bool {
         self.elapsed_since_sent(now)
-            .is_none_or(|elapsed| elapsed >= self.min_interval)
+            .is_none_or(|elapsed| elapsed >= self.min_interval())
     }
 
     fn send(&mut self, now: Instant) {
@@ -127,7 +177,7 @@ impl KeyframeRequester {
         if self.awaiting
             && self
                 .elapsed_since_sent(now)
-                .is_some_and(|elapsed| elapsed >= self.retry_after)
+                .is_some_and(|elapsed| elapsed >= self.retry_after())
         {
             if self.retries < MAX_RETRIES {
                 self.retries += 1;
@@ -143,9 +193,9 @@ impl KeyframeRequester {
     pub fn next_timeout(&self) -> Option<Instant> {
         let last = self.last_sent?;
         if self.pending {
-            Some(last + self.min_interval)
+            Some(last + self.min_interval())
         } else if self.awaiting {
-            Some(last + self.retry_after)
+            Some(last + self.retry_after())
         } else {
             None
         }
@@ -188,6 +238,34 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn slow_streams_are_asked_at_most_every_two_frames() {
+        let t0 = Instant::now();
+        let mut k = KeyframeRequester::default();
+        // 30 fps: the configured 300 ms holds.
+        for f in 0..10u32 {
+            k.on_frame(f * 3000, 90_000);
+        }
+        assert_eq!(k.min_interval(), ms(300));
+        // A slide share at a frame every 4 s: 8 s between requests, 16 s before a repeat.
+        let mut slides = KeyframeRequester::default();
+        for f in 0..10u32 {
+            slides.on_frame(f * 360_000, 90_000);
+        }
+        assert_eq!(slides.min_interval(), ms(8000));
+        assert!(slides.request(t0));
+        assert!(!slides.request(t0 + ms(300)));
+        assert!(!slides.poll(t0 + ms(7999)));
+        assert_eq!(slides.next_timeout(), Some(t0 + ms(8000)));
+        assert!(slides.poll(t0 + ms(8000)));
+        // Reordered (older) and repeated timestamps change nothing; a pause is capped.
+        slides.on_frame(9 * 360_000 - 10, 90_000);
+        slides.on_frame(9 * 360_000, 90_000);
+        assert_eq!(slides.min_interval(), ms(8000));
+        slides.on_frame(u32::MAX / 3, 90_000);
+        assert!(slides.min_interval() <= MAX_FRAME_INTERVAL * FRAMES_PER_REQUEST);
     }
 
     #[test]

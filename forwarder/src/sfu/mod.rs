@@ -995,6 +995,7 @@ impl Forwarder {
                 spatial: info.spatial_layer,
             },
         );
+        e.keyframes.on_frame(header.timestamp, track.clock_rate);
         if info.is_keyframe_start() {
             e.keyframes.on_keyframe(now);
         }
