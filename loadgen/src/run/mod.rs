@@ -205,10 +205,16 @@ pub async fn run_spread(
         (_, Target::Local(deployment)) => deployment.region_sockets(),
         _ => None,
     };
+    // One time base for all processes of the run.
+    let clock = match &processes {
+        Processes::Child { shared, .. } => Clock::from_monotonic_epoch_ns(shared.clock_epoch_ns),
+        _ => Clock::start(),
+    };
     // The other parts start now, into the meetings just made.
     let children = match &processes {
         Processes::Parent { count, launcher } => {
             let shared = Shared {
+                clock_epoch_ns: clock.monotonic_epoch_ns(),
                 meeting_ids: meeting_ids.clone(),
                 host_keys: host_keys.clone(),
                 namespaces: region_sockets
@@ -228,7 +234,6 @@ pub async fn run_spread(
     };
     let children_started = Instant::now();
 
-    let clock = Clock::start();
     let engine = Arc::new(Engine::start(options.threads, clock)?);
     let participants = flatten(&expanded);
     let roster = Arc::new(Roster::new(participants.len()));

@@ -89,6 +89,9 @@ pub fn processes_for(total: usize, descriptor_limit: u64, headroom: u64) -> usiz
 /// sockets are made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shared {
+    /// The run's time base: the parent's clock epoch in CLOCK_MONOTONIC nanoseconds
+    /// (probes carry send times that receivers in every process must read alike).
+    pub clock_epoch_ns: u64,
     pub meeting_ids: Vec<String>,
     pub host_keys: Vec<String>,
     /// The region namespaces of a `[local] netns` deployment (empty: none).
@@ -515,6 +518,17 @@ mod tests {
             (0..total).map(|i| i % count).collect::<Vec<_>>(),
             "each row says which process played it"
         );
+    }
+
+    /// A child's clock, made from the parent's epoch, reads what the parent's does.
+    #[test]
+    fn processes_share_the_time_base() {
+        let parent = crate::engine::Clock::start();
+        std::thread::sleep(Duration::from_millis(20));
+        let child = crate::engine::Clock::from_monotonic_epoch_ns(parent.monotonic_epoch_ns());
+        let (a, b) = (parent.now(), child.now());
+        assert!(a >= 20_000, "{a}");
+        assert!(a.abs_diff(b) < 2_000, "parent {a} µs, child {b} µs");
     }
 
     #[test]
