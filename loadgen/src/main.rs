@@ -25,7 +25,10 @@ use fanout_loadgen::{calibrate, plan, selftest};
 ///
 /// `run SCENARIO --local` starts a whole deployment on this machine (control plane on the
 /// memory store, forwarder processes on loopback, or each region in a network namespace of
-/// its own with `[local] netns = true`), runs the scenario against it and tears it down. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
+/// its own with `[local] netns = true`), runs the scenario against it and tears it down.
+/// Every participant has a UDP socket of its own: a run larger than the descriptor limit
+/// allows is spread over several processes of this program (`--processes`), still one run
+/// with one report. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
 /// examples.
 #[derive(Debug, Parser)]
 #[command(name = "fanout-loadgen", version, about, long_about)]

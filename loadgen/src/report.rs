@@ -284,6 +284,7 @@ pub const REPORT_KEYS: &[&str] = &[
     "participants",
     "forwarders",
     "controls",
+    "processes",
     "joined",
     "join_failures",
     "join_errors",

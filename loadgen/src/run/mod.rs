@@ -9,6 +9,9 @@
 //! times (`at_s`) count from the start of the steady state. At the end, publishers fall
 //! silent first and receivers get a moment to repair what is still in flight, so the
 //! end of the run is not counted as loss.
+//!
+//! A run may be spread over several processes ([`parts`]): each plays a share of the
+//! participants, and the one the user started merges what the others measured.
 
 pub mod parts;
 mod roster;
@@ -70,8 +73,10 @@ pub enum Processes {
     Child { part: Part, shared: Shared },
 }
 
-/// How long a parent waits for its children after its own part ended, at least.
-const CHILDREN_GRACE: Duration = Duration::from_secs(30);
+/// How long a parent waits for its children after its own part ended, at least (and
+/// half as long again as they have run: a child whose joins lagged ends later, and one
+/// killed loses its whole part).
+const CHILDREN_GRACE: Duration = Duration::from_secs(60);
 
 /// How long publishers stay silent before the receivers are read at the end: long enough
 /// for the last retransmissions (NACK retries span about a second).
@@ -376,7 +381,7 @@ pub async fn run_spread(
             let timeout = if interrupted {
                 CHILDREN_GRACE
             } else {
-                CHILDREN_GRACE + children_started.elapsed() / 4
+                CHILDREN_GRACE + children_started.elapsed() / 2
             };
             info!(
                 processes = part.count,
