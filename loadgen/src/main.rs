@@ -149,6 +149,15 @@ enum ProcessCount {
     Fixed(usize),
 }
 
+impl std::fmt::Display for ProcessCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProcessCount::Auto => f.write_str("auto"),
+            ProcessCount::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 impl std::str::FromStr for ProcessCount {
     type Err = String;
 
@@ -297,9 +306,9 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         );
         if !scenario.failures.is_empty() {
             bail!(
-                "[[failures]] need a single load-generator process, and {total} participants \
-                 need {processes} here (--processes): leave the failures out, or raise the \
-                 descriptor limit"
+                "[[failures]] need a single load-generator process; this run has {processes} \
+                 (--processes {}, descriptor limit {raised} for {total} participants)",
+                args.processes
             );
         }
     } else {
