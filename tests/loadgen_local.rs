@@ -458,3 +458,58 @@ fn webinar_through_a_three_level_relay_tree() {
         assert!(gap_ms < 1500.0, "a viewer of another relay: {v:#}");
     }
 }
+
+/// One run over three load-generator processes (`--processes 3`, as the descriptor limit
+/// forces for 50,000 viewers): the parent plays a third of the participants and starts
+/// two children for the rest; the report is still one run's.
+#[test]
+fn a_webinar_played_by_three_processes_is_one_run() {
+    let scenario = r#"
+        name = "webinar-three-processes"
+        duration_s = 15
+        seed = 3
+
+        [join]
+        rate_per_s = 100
+        concurrency = 32
+
+        [[webinars]]
+        presenters = 1
+        presenter_region = "us-east"
+        regions = { us-east = 30, eu-west = 30 }
+
+        [local]
+        forwarders = 4
+        max_viewers_per_relay = 100
+    "#;
+    let Run {
+        code,
+        report,
+        stdout,
+        participants,
+    } = loadgen(scenario, &["--processes", "3"]).unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    let n = |path: &str| number(&report, path);
+    assert_eq!(n("participants"), 61.0, "{stdout}");
+    assert_eq!(n("joined"), 61.0, "{stdout}");
+    assert_eq!(n("participants_without_media"), 0.0, "{stdout}");
+    assert_eq!(n("invalid"), 0.0, "{stdout}");
+    assert!(n("latency_samples") > 10_000.0, "{stdout}");
+    assert_eq!(n("processes"), 3.0, "{stdout}");
+    assert!(
+        stdout.contains("played by 3 load-generator processes"),
+        "{stdout}"
+    );
+    assert_eq!(participants.len(), 61);
+    let mut by_part = [0usize; 3];
+    for (index, p) in participants.iter().enumerate() {
+        let part = p["part"].as_u64().unwrap() as usize;
+        assert_eq!(part, index % 3, "{p:#}");
+        by_part[part] += 1;
+        assert!(p["join_ms"].is_number(), "{p:#}");
+        if p["role"] == "viewer" {
+            assert!(p["receiver"]["packets"].as_u64().unwrap() > 100, "{p:#}");
+        }
+    }
+    assert_eq!(by_part, [21, 20, 20]);
+}

@@ -78,6 +78,21 @@ impl Process {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Killed with this program too, which SIGKILL leaves no chance to drop it: SIGKILL
+        // (a forwarder given SIGTERM waits for its control plane, gone too). The signal
+        // comes when the forking thread ends: the runtime's main thread, which lives as
+        // long as the program.
+        {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // prctl, which is async-signal-safe.
+            unsafe {
+                command.as_std_mut().pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;

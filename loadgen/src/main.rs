@@ -11,7 +11,8 @@ use tracing::{error, info, warn};
 
 use fanout_loadgen::local::{LocalDeployment, LocalOptions};
 use fanout_loadgen::report::{Report, Threshold};
-use fanout_loadgen::run::{self, RunOptions, Target};
+use fanout_loadgen::run::parts::{self, Part, PartResults, Shared};
+use fanout_loadgen::run::{self, Processes, RunOptions, Target};
 use fanout_loadgen::scenario::Scenario;
 use fanout_loadgen::{calibrate, plan, selftest};
 
@@ -24,7 +25,10 @@ use fanout_loadgen::{calibrate, plan, selftest};
 ///
 /// `run SCENARIO --local` starts a whole deployment on this machine (control plane on the
 /// memory store, forwarder processes on loopback, or each region in a network namespace of
-/// its own with `[local] netns = true`), runs the scenario against it and tears it down. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
+/// its own with `[local] netns = true`), runs the scenario against it and tears it down.
+/// Every participant has a UDP socket of its own: a run larger than the descriptor limit
+/// allows is spread over several processes of this program (`--processes`), still one run
+/// with one report. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
 /// examples.
 #[derive(Debug, Parser)]
 #[command(name = "fanout-loadgen", version, about, long_about)]
@@ -50,7 +54,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a scenario and report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the forwarders and relays an event needs, from a calibration.
     Plan(PlanArgs),
     /// Measure one forwarder's capacity (for `plan`): one publisher, growing numbers of
@@ -116,6 +120,56 @@ struct RunArgs {
     /// Serve Prometheus metrics of the run at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+
+    /// Load-generator processes to play the participants over: `auto` (one, or as many
+    /// as the descriptor limit needs: every participant has a UDP socket of its own, and
+    /// a process may hold at most its RLIMIT_NOFILE less 1,024 of them) or a number. This
+    /// process plays one share and starts the others as children of its own; the run and
+    /// its report stay one. Engine threads (--threads) are divided among them.
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    processes: ProcessCount,
+
+    /// (Internal: a child of a run over several processes.) The part it plays, `I/N`.
+    #[arg(long, hide = true, requires_all = ["shared", "results"])]
+    part: Option<Part>,
+
+    /// (Internal.) The meetings the parent made, and its region namespaces (JSON).
+    #[arg(long, hide = true, value_name = "FILE")]
+    shared: Option<PathBuf>,
+
+    /// (Internal.) Where the child writes what it measured (JSON).
+    #[arg(long, hide = true, value_name = "FILE")]
+    results: Option<PathBuf>,
+}
+
+/// `--processes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcessCount {
+    Auto,
+    Fixed(usize),
+}
+
+impl std::fmt::Display for ProcessCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProcessCount::Auto => f.write_str("auto"),
+            ProcessCount::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ProcessCount {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ProcessCount, String> {
+        if text == "auto" {
+            return Ok(ProcessCount::Auto);
+        }
+        match text.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!("expected `auto` or a number above 0, not {text:?}")),
+            Ok(n) => Ok(ProcessCount::Fixed(n)),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -198,7 +252,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match args.command {
-            Command::Run(run) => run_command(run).await,
+            Command::Run(run) => run_command(*run).await,
             Command::Plan(plan) => plan_command(&plan).map(|()| ExitCode::SUCCESS),
             Command::Calibrate(calibrate) => calibrate_command(calibrate).await,
             Command::Selftest(selftest) => selftest_command(&selftest).await,
@@ -216,7 +270,14 @@ fn main() -> ExitCode {
 /// Exit code of a run whose `--fail-if` condition held (1 is for errors).
 const THRESHOLD_FAILED: u8 = 2;
 
+/// Descriptors a load-generator process keeps for other things than participants'
+/// sockets (control-plane connections, the local deployment's pipes, the runtime).
+const DESCRIPTOR_HEADROOM: u64 = 1024;
+
 async fn run_command(args: RunArgs) -> Result<ExitCode> {
+    if let Some(part) = args.part {
+        return child_command(args, part).await;
+    }
     let thresholds = args
         .fail_if
         .iter()
@@ -224,10 +285,41 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()?;
     let scenario = load_scenario(args.scenario.as_deref(), &args.set)?;
     run::listen_for_shutdown()?;
-    let needed = scenario.expand().total_participants as u64 + 1024;
-    let raised = fanout_forwarder::driver::os::raise_nofile(needed)
+    let total = scenario.expand().total_participants;
+    let raised = fanout_forwarder::driver::os::raise_nofile(total as u64 + DESCRIPTOR_HEADROOM)
         .context("cannot raise the descriptor limit")?;
-    info!(descriptor_limit = raised, "one UDP socket per participant");
+    let processes = match args.processes {
+        ProcessCount::Auto => parts::processes_for(total, raised, DESCRIPTOR_HEADROOM),
+        ProcessCount::Fixed(n) => n,
+    };
+    if processes > 1 {
+        info!(
+            processes,
+            participants = total,
+            descriptor_limit = raised,
+            per_process = Part {
+                index: 0,
+                count: processes
+            }
+            .size(total),
+            "participants spread over several load-generator processes (one UDP socket each)"
+        );
+        if !scenario.failures.is_empty() {
+            bail!(
+                "[[failures]] need a single load-generator process; this run has {processes} \
+                 (--processes {}, descriptor limit {raised} for {total} participants)",
+                args.processes
+            );
+        }
+    } else {
+        info!(descriptor_limit = raised, "one UDP socket per participant");
+    }
+    let needed = Part {
+        index: 0,
+        count: processes,
+    }
+    .size(total) as u64
+        + DESCRIPTOR_HEADROOM;
     if raised < needed {
         // raise_nofile stops at the hard limit when it may not raise it (no
         // CAP_SYS_RESOURCE, as in some containers even for root): say so now rather than
@@ -279,13 +371,36 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
             args.threads.unwrap_or(cores),
         )
     };
+    let threads = (threads / processes).max(1);
+    let spread = if processes > 1 {
+        let mut child_args = Vec::new();
+        if let Some(path) = &args.scenario {
+            child_args.push(path.clone().into_os_string());
+        }
+        for set in &args.set {
+            child_args.push("--set".into());
+            child_args.push(set.into());
+        }
+        child_args.push("--threads".into());
+        child_args.push(threads.to_string().into());
+        Processes::Parent {
+            count: processes,
+            launcher: parts::Launcher {
+                program: std::env::current_exe()
+                    .context("cannot find this program, to start more of it")?,
+                args: child_args,
+            },
+        }
+    } else {
+        Processes::One
+    };
     let options = RunOptions {
         threads,
         progress_every: (args.progress_interval > 0.0)
             .then(|| Duration::from_secs_f64(args.progress_interval)),
         metrics: args.metrics,
     };
-    let outcome = run::run(&scenario, target, &options).await;
+    let outcome = run::run_spread(&scenario, target, &options, spread).await;
     let results = match outcome {
         Ok((results, Target::Local(deployment))) => {
             deployment.stop().await;
@@ -318,6 +433,55 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(THRESHOLD_FAILED)
     })
+}
+
+/// A child of a run over several processes: play one part in the parent's meetings and
+/// hand back what it measured.
+async fn child_command(args: RunArgs, part: Part) -> Result<ExitCode> {
+    parts::exit_with_parent()?;
+    let scenario = load_scenario(args.scenario.as_deref(), &args.set)?;
+    run::listen_for_shutdown()?;
+    let total = scenario.expand().total_participants;
+    let needed = part.size(total) as u64 + DESCRIPTOR_HEADROOM;
+    let raised = fanout_forwarder::driver::os::raise_nofile(needed)
+        .context("cannot raise the descriptor limit")?;
+    if raised < needed {
+        warn!(
+            descriptor_limit = raised,
+            needed, "the descriptor limit is below one socket per participant of this part"
+        );
+    }
+    // clap guarantees them with --part (requires_all).
+    let (Some(shared), Some(results_path)) = (&args.shared, &args.results) else {
+        bail!("--part needs --shared and --results");
+    };
+    let shared = Shared::read(shared)?;
+    let file = args
+        .operator_token_file
+        .as_deref()
+        .context("--part needs --operator-token-file")?;
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .trim()
+        .to_owned();
+    let target = Target::Remote {
+        control_urls: args.control.clone(),
+        operator_token: token,
+    };
+    let options = RunOptions {
+        threads: args.threads.unwrap_or(1),
+        progress_every: None,
+        metrics: None,
+    };
+    let (results, _) = run::run_spread(
+        &scenario,
+        target,
+        &options,
+        Processes::Child { part, shared },
+    )
+    .await?;
+    PartResults::of(&results, part).write(results_path)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_participants(path: &Path, results: &fanout_loadgen::report::RunResults) -> Result<()> {

@@ -294,14 +294,17 @@ type SocketRequest = (
 struct SocketThread {
     region: String,
     ip: Ipv4Addr,
+    /// The namespace's name (its file is in [`NETNS_DIR`]).
+    namespace: String,
     requests: Mutex<Option<mpsc::Sender<SocketRequest>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl SocketThread {
     /// Enter `namespace` on a new thread, set the namespace's sysctls from there (writes
-    /// to /proc/sys/net go to the writer's namespace), and serve socket requests.
-    fn start(plan: &RegionPlan, namespace: File) -> Result<SocketThread> {
+    /// to /proc/sys/net go to the writer's namespace) if `fresh`, and serve socket
+    /// requests.
+    fn start(plan: &RegionPlan, namespace: File, fresh: bool) -> Result<SocketThread> {
         let (requests, inbox) = mpsc::channel::<SocketRequest>();
         let (ready_tx, ready) = mpsc::channel::<Result<()>>();
         let name = plan.namespace.clone();
@@ -310,7 +313,13 @@ impl SocketThread {
             .spawn(move || {
                 let entered = fanout_forwarder::driver::os::enter_network_namespace(&namespace)
                     .with_context(|| format!("cannot enter the network namespace {name}"))
-                    .and_then(|()| namespace_sysctls(&name));
+                    .and_then(|()| {
+                        if fresh {
+                            namespace_sysctls(&name)
+                        } else {
+                            Ok(())
+                        }
+                    });
                 let failed = entered.is_err();
                 let _ = ready_tx.send(entered);
                 if failed {
@@ -327,6 +336,7 @@ impl SocketThread {
         let started = SocketThread {
             region: plan.region.clone(),
             ip: plan.ip,
+            namespace: plan.namespace.clone(),
             requests: Mutex::new(Some(requests)),
             thread: Mutex::new(Some(thread)),
         };
@@ -384,7 +394,52 @@ pub struct RegionSockets {
     threads: Vec<SocketThread>,
 }
 
+/// A region's namespace as another process of the run finds it: to make its
+/// participants' sockets in the same namespaces (`run --processes`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegionNamespace {
+    pub region: String,
+    /// The namespace's name, in /run/netns.
+    pub namespace: String,
+    /// The region's address in it.
+    pub ip: Ipv4Addr,
+}
+
 impl RegionSockets {
+    /// Socket threads in namespaces another process made (and keeps): `run --processes`'
+    /// children, whose participants live in the parent's region namespaces.
+    pub fn enter(namespaces: &[RegionNamespace]) -> Result<RegionSockets> {
+        let mut threads = Vec::new();
+        for (index, region) in namespaces.iter().enumerate() {
+            let path = Path::new(NETNS_DIR).join(&region.namespace);
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let plan = RegionPlan {
+                index,
+                region: region.region.clone(),
+                namespace: region.namespace.clone(),
+                ip: region.ip,
+                // Links are the parent's business.
+                root_link: String::new(),
+                root_ip: Ipv4Addr::UNSPECIFIED,
+            };
+            threads.push(SocketThread::start(&plan, file, false)?);
+        }
+        Ok(RegionSockets { threads })
+    }
+
+    /// The namespaces the sockets are made in.
+    pub fn namespaces(&self) -> Vec<RegionNamespace> {
+        self.threads
+            .iter()
+            .map(|t| RegionNamespace {
+                region: t.region.clone(),
+                namespace: t.namespace.clone(),
+                ip: t.ip,
+            })
+            .collect()
+    }
+
     /// A UDP socket (as [`crate::engine::bind_socket`] makes them) in `region`'s namespace,
     /// bound to the namespace's address on an ephemeral port.
     pub async fn bind(&self, region: &str) -> Result<mio::net::UdpSocket> {
@@ -502,7 +557,7 @@ impl RegionNetworks {
             namespace,
         });
         // Before any link enters (see namespace_sysctls).
-        let thread = SocketThread::start(plan, handle)?;
+        let thread = SocketThread::start(plan, handle, true)?;
         let ns = plan.namespace.as_str();
         let root_address = format!("{}/24", plan.root_ip);
         let address = format!("{}/24", plan.ip);

@@ -26,6 +26,11 @@ use crate::Micros;
 /// Version of the JSON report's schema.
 pub const REPORT_VERSION: u32 = 1;
 
+/// `processes` of a report written before the key existed.
+fn one() -> usize {
+    1
+}
+
 /// How many distinct join errors the report lists.
 const MAX_JOIN_ERRORS: usize = 10;
 
@@ -59,11 +64,13 @@ pub struct RunResults {
     pub controls: usize,
     /// What each forwarder of a local deployment counted, read at the end of the run.
     pub deployment: Vec<ForwarderSnapshot>,
+    /// Load-generator processes that played the participants (`run --processes`).
+    pub processes: usize,
 }
 
 /// One participant's outcome (also written, one JSON object per line, by
 /// `run --participants FILE`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParticipantResult {
     pub name: String,
     /// Meeting id.
@@ -90,6 +97,10 @@ pub struct ParticipantResult {
     pub moves: u32,
     /// How long it was connected: the denominator of bitrates and freezes per minute.
     pub media_time_us: Micros,
+    /// Which of the run's load-generator processes played it (`run --processes`; 0 in a
+    /// single-process run).
+    #[serde(default)]
+    pub part: usize,
 }
 
 /// What an injected failure did.
@@ -211,6 +222,9 @@ pub struct Report {
     pub participants: usize,
     pub forwarders: usize,
     pub controls: usize,
+    /// Load-generator processes that played the participants.
+    #[serde(default = "one")]
+    pub processes: usize,
     /// Participants that joined, and those that never did.
     pub joined: usize,
     pub join_failures: usize,
@@ -270,6 +284,7 @@ pub const REPORT_KEYS: &[&str] = &[
     "participants",
     "forwarders",
     "controls",
+    "processes",
     "joined",
     "join_failures",
     "join_errors",
@@ -516,6 +531,7 @@ impl Report {
             regions,
             failures,
             deployment: results.deployment.clone(),
+            processes: results.processes.max(1),
         }
     }
 
@@ -542,6 +558,13 @@ impl Report {
             self.forwarders,
             self.controls,
         );
+        if self.processes > 1 {
+            let _ = writeln!(
+                out,
+                "  played by {} load-generator processes",
+                self.processes
+            );
+        }
 
         out.push_str("\nJoins\n");
         line(
@@ -1166,6 +1189,7 @@ mod tests {
             rejoins: 0,
             moves: 0,
             media_time_us: 60_000_000,
+            part: 0,
         }
     }
 
@@ -1234,6 +1258,7 @@ mod tests {
             forwarders: 2,
             controls: 1,
             deployment: Vec::new(),
+            processes: 1,
         }
     }
 
@@ -1317,6 +1342,7 @@ mod tests {
             forwarders: 0,
             controls: 0,
             deployment: Vec::new(),
+            processes: 1,
         });
         assert_eq!(r.latency_ms, LatencyMs::default());
         assert_eq!(r.loss_after_rtx, 0.0);

@@ -31,7 +31,7 @@ pub enum MediaKind {
 pub const CAMERA_ENCODING_SLOTS: usize = 3;
 
 /// Counters of what one participant received (all streams together).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReceiverStats {
     /// Distinct media packets received (first copies, repaired ones included).
     pub packets: u64,
@@ -85,7 +85,7 @@ pub struct ReceiverStats {
 }
 
 /// Counters of what one participant sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PublisherStats {
     /// RTP packets and payload bytes sent (retransmissions not included).
     pub packets: u64,

@@ -54,6 +54,36 @@ impl Clock {
     pub fn now(&self) -> Micros {
         self.epoch.elapsed().as_micros() as Micros
     }
+
+    /// The epoch in CLOCK_MONOTONIC nanoseconds (the clock `Instant` reads on Linux): the
+    /// same in every process of this machine, so that a run spread over processes shares
+    /// one time base (a probe stamped by a publisher in one process is read by receivers
+    /// in the others).
+    pub fn monotonic_epoch_ns(&self) -> u64 {
+        monotonic_ns().saturating_sub(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    /// The clock whose epoch another process of this machine gave as
+    /// [`monotonic_epoch_ns`](Clock::monotonic_epoch_ns).
+    pub fn from_monotonic_epoch_ns(epoch_ns: u64) -> Clock {
+        let now = Instant::now();
+        let ago = std::time::Duration::from_nanos(monotonic_ns().saturating_sub(epoch_ns));
+        Clock {
+            epoch: now.checked_sub(ago).unwrap_or(now),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the kernel to fill; CLOCK_MONOTONIC always
+    // exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Everything a worker needs to run one participant.

@@ -9,7 +9,11 @@
 //! times (`at_s`) count from the start of the steady state. At the end, publishers fall
 //! silent first and receivers get a moment to repair what is still in flight, so the
 //! end of the run is not counted as loss.
+//!
+//! A run may be spread over several processes ([`parts`]): each plays a share of the
+//! participants, and the one the user started merges what the others measured.
 
+pub mod parts;
 mod roster;
 pub(crate) mod setup;
 
@@ -32,6 +36,7 @@ use crate::report::{FailureResult, ParticipantResult, Progress, RunResults};
 use crate::scenario::{Expanded, FailureSpec, FailureTarget, Kill, Role, Scenario};
 use crate::Micros;
 
+use parts::{Children, Launcher, Part, Shared};
 use roster::Roster;
 
 /// Where the run goes.
@@ -57,6 +62,22 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+/// Which processes play the run (`run --processes`; see [`parts`]).
+#[derive(Debug, Clone)]
+pub enum Processes {
+    /// This one alone.
+    One,
+    /// This one plays part 0 and starts children for the other `count - 1` parts.
+    Parent { count: usize, launcher: Launcher },
+    /// A child started by a parent: plays `part` in the parent's meetings.
+    Child { part: Part, shared: Shared },
+}
+
+/// How long a parent waits for its children after its own part ended, at least (and
+/// half as long again as they have run: a child whose joins lagged ends later, and one
+/// killed loses its whole part).
+const CHILDREN_GRACE: Duration = Duration::from_secs(60);
+
 /// How long publishers stay silent before the receivers are read at the end: long enough
 /// for the last retransmissions (NACK retries span about a second).
 const DRAIN: Duration = Duration::from_millis(1500);
@@ -68,7 +89,32 @@ pub async fn run(
     target: Target,
     options: &RunOptions,
 ) -> Result<(RunResults, Target)> {
+    run_spread(scenario, target, options, Processes::One).await
+}
+
+/// [`run`], spread over `processes`. A child's results hold its own part's participants
+/// only; a parent's hold everyone's.
+pub async fn run_spread(
+    scenario: &Scenario,
+    target: Target,
+    options: &RunOptions,
+    processes: Processes,
+) -> Result<(RunResults, Target)> {
     let expanded = scenario.expand();
+    let part = match &processes {
+        Processes::One => Part::WHOLE,
+        Processes::Parent { count, .. } => Part {
+            index: 0,
+            count: *count,
+        },
+        Processes::Child { part, .. } => *part,
+    };
+    if !scenario.failures.is_empty() && part.count > 1 {
+        bail!(
+            "[[failures]] need a single load-generator process (--processes 1): who a \
+             failure hit is known only to the process playing them"
+        );
+    }
     let (control_urls, operator_token) = match &target {
         Target::Local(deployment) => (
             deployment.control_urls.clone(),
@@ -93,22 +139,43 @@ pub async fn run(
         next: AtomicUsize::new(0),
     });
     let profile = scenario.srtp_profile;
-    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let meeting_ids: Vec<String> = expanded
-        .meetings
-        .iter()
-        .map(|m| format!("{}-{run_id}-{}", id_safe(&scenario.name), m.id))
-        .collect();
-    let host_keys: Vec<String> = expanded
-        .meetings
-        .iter()
-        .map(|_| format!("{:032x}", rand::random::<u128>()))
-        .collect();
+    let (meeting_ids, host_keys) = match &processes {
+        Processes::Child { shared, .. } => {
+            if shared.meeting_ids.len() != expanded.meetings.len()
+                || shared.host_keys.len() != expanded.meetings.len()
+            {
+                bail!(
+                    "the parent process created {} meetings; the scenario has {}",
+                    shared.meeting_ids.len(),
+                    expanded.meetings.len()
+                );
+            }
+            (shared.meeting_ids.clone(), shared.host_keys.clone())
+        }
+        _ => {
+            let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+            let meeting_ids: Vec<String> = expanded
+                .meetings
+                .iter()
+                .map(|m| format!("{}-{run_id}-{}", id_safe(&scenario.name), m.id))
+                .collect();
+            let host_keys: Vec<String> = expanded
+                .meetings
+                .iter()
+                .map(|_| format!("{:032x}", rand::random::<u128>()))
+                .collect();
+            (meeting_ids, host_keys)
+        }
+    };
 
-    // Meetings first, concurrently.
+    // Meetings first, concurrently (a child's parent made them).
     let started = Instant::now();
     let mut creations = tokio::task::JoinSet::new();
-    for (index, meeting) in expanded.meetings.iter().enumerate() {
+    let create: &[crate::scenario::PlannedMeeting] = match &processes {
+        Processes::Child { .. } => &[],
+        _ => &expanded.meetings,
+    };
+    for (index, meeting) in create.iter().enumerate() {
         let client = clients.pick();
         let new = NewMeeting {
             id: meeting_ids[index].clone(),
@@ -129,13 +196,49 @@ pub async fn run(
     while let Some(created) = creations.join_next().await {
         created.context("meeting creation task")??;
     }
-    info!(
-        meetings = expanded.meetings.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "meetings created"
-    );
+    if !create.is_empty() {
+        info!(
+            meetings = expanded.meetings.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "meetings created"
+        );
+    }
+    let region_sockets = match (&processes, &target) {
+        (Processes::Child { shared, .. }, _) if !shared.namespaces.is_empty() => Some(Arc::new(
+            crate::netns::RegionSockets::enter(&shared.namespaces)?,
+        )),
+        (_, Target::Local(deployment)) => deployment.region_sockets(),
+        _ => None,
+    };
+    // One time base for all processes of the run.
+    let clock = match &processes {
+        Processes::Child { shared, .. } => Clock::from_monotonic_epoch_ns(shared.clock_epoch_ns),
+        _ => Clock::start(),
+    };
+    // The other parts start now, into the meetings just made.
+    let children = match &processes {
+        Processes::Parent { count, launcher } => {
+            let shared = Shared {
+                clock_epoch_ns: clock.monotonic_epoch_ns(),
+                meeting_ids: meeting_ids.clone(),
+                host_keys: host_keys.clone(),
+                namespaces: region_sockets
+                    .as_ref()
+                    .map(|s| s.namespaces())
+                    .unwrap_or_default(),
+            };
+            Some(Children::spawn(
+                launcher,
+                *count,
+                &shared,
+                &control_urls,
+                &operator_token,
+            )?)
+        }
+        _ => None,
+    };
+    let children_started = Instant::now();
 
-    let clock = Clock::start();
     let engine = Arc::new(Engine::start(options.threads, clock)?);
     let participants = flatten(&expanded);
     let roster = Arc::new(Roster::new(participants.len()));
@@ -154,10 +257,8 @@ pub async fn run(
             Target::Local(deployment) => deployment.forwarders.len(),
             Target::Remote { .. } => 0,
         },
-        region_sockets: match &target {
-            Target::Local(deployment) => deployment.region_sockets(),
-            Target::Remote { .. } => None,
-        },
+        region_sockets,
+        part,
         joined: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
     });
@@ -198,7 +299,7 @@ pub async fn run(
     let joined = context.joined.load(Ordering::Relaxed);
     info!(
         joined,
-        planned = context.participants.len(),
+        planned = context.planned(),
         elapsed_s = started.elapsed().as_secs_f64(),
         "joins done; steady state"
     );
@@ -234,7 +335,15 @@ pub async fn run(
         };
         tokio::select! {
             () = steady => {}
-            () = shutdown_signal() => warn!("interrupted: ending the run early"),
+            () = shutdown_signal() => {
+                warn!("interrupted: ending the run early");
+                interrupted = true;
+            }
+        }
+    }
+    if interrupted {
+        if let Some(children) = &children {
+            children.terminate();
         }
     }
 
@@ -266,11 +375,35 @@ pub async fn run(
             roster.row(outcome.key).settle(outcome);
         }
     }
-    end_meetings(&context).await;
+    // The other parts end about when this one does; the meetings stay until they have.
+    let handed_back = match children {
+        Some(children) => {
+            let timeout = if interrupted {
+                CHILDREN_GRACE
+            } else {
+                CHILDREN_GRACE + children_started.elapsed() / 2
+            };
+            info!(
+                processes = part.count,
+                "waiting for the other load-generator processes"
+            );
+            children.wait(timeout).await
+        }
+        None => Vec::new(),
+    };
+    if !matches!(processes, Processes::Child { .. }) {
+        end_meetings(&context).await;
+    }
 
     let failures = failures.into_iter().map(|f| f.result(&context)).collect();
     let mut results = collect(&context, measured.latency, failures, steady_from, ended_at);
     results.deployment = deployment;
+    for (part, handed) in handed_back {
+        match handed.and_then(|handed| parts::merge(&mut results, handed)) {
+            Ok(()) => {}
+            Err(e) => parts::lost(&mut results, part, &format!("{e:#}")),
+        }
+    }
     let target = Arc::try_unwrap(target)
         .map_err(|_| anyhow::anyhow!("the deployment is still shared at the end of the run"))?
         .into_inner();
@@ -395,8 +528,17 @@ struct RunContext {
     /// Where participants' sockets are made when each region has its own network
     /// namespace (`[local] netns`); otherwise the engine binds them here.
     region_sockets: Option<Arc<crate::netns::RegionSockets>>,
+    /// The participants this process plays.
+    part: Part,
     joined: AtomicUsize,
     stopping: AtomicBool,
+}
+
+impl RunContext {
+    /// Participants this process plays.
+    fn planned(&self) -> usize {
+        self.part.size(self.participants.len())
+    }
 }
 
 /// Participants in join order: hosts and presenters first (a webinar's stage is set
@@ -434,13 +576,17 @@ fn flatten(expanded: &Expanded) -> Vec<Seat> {
     }
 }
 
+/// Join this process's participants; each of a run's processes joins at its share of the
+/// scenario's rate and concurrency, so that together they keep to them.
 async fn join_everyone(context: &Arc<RunContext>) {
     let join = &context.scenario.join;
-    let interval = Duration::from_secs_f64(1.0 / join.rate_per_s.max(0.001));
-    let permits = Arc::new(Semaphore::new(join.concurrency.max(1) as usize));
+    let processes = context.part.count as f64;
+    let interval = Duration::from_secs_f64(processes / join.rate_per_s.max(0.001));
+    let concurrency = (join.concurrency as usize / context.part.count).max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
     let mut next = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..context.participants.len() {
+    for index in (0..context.participants.len()).filter(|&i| context.part.plays(i)) {
         tokio::time::sleep_until(next).await;
         next += interval;
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -595,7 +741,7 @@ async fn show_progress(context: Arc<RunContext>, every: Duration) {
         let line = Progress {
             elapsed_s: context.clock.now() as f64 / 1e6,
             joined: context.joined.load(Ordering::Relaxed),
-            target: context.participants.len(),
+            target: context.planned(),
             packets_out: progress.packets_out.load(Ordering::Relaxed),
             packets_in: progress.packets_in.load(Ordering::Relaxed),
             latency_p99_ms: progress.window_p99_us() as f64 / 1e3,
@@ -619,8 +765,8 @@ fn metrics_renderer(context: &Arc<RunContext>) -> crate::metrics::Render {
             &mut out,
             "fanout_loadgen_participants_planned",
             "gauge",
-            "Participants the scenario plans",
-            context.participants.len() as f64,
+            "Participants this process plays (all the scenario plans, in one process)",
+            context.planned() as f64,
         );
         sample(
             &mut out,
@@ -681,10 +827,12 @@ impl Drop for AbortOnDrop {
 /// a host: the stage stays) leaves, and rejoins `rejoin_after_s` later.
 async fn churn(context: Arc<RunContext>) {
     let churn = &context.scenario.churn;
+    // Each process churns its share.
     let every = Duration::from_secs_f64(
-        60.0 / churn
-            .leave_rejoin_per_min
-            .per_minute(context.participants.len()),
+        60.0 * context.part.count as f64
+            / churn
+                .leave_rejoin_per_min
+                .per_minute(context.participants.len()),
     );
     let away = Duration::from_secs_f64(churn.rejoin_after_s);
     let mut rng = StdRng::seed_from_u64(context.scenario.seed ^ 0xc4);
@@ -947,6 +1095,7 @@ fn collect(
                 rejoins: row.rejoins,
                 moves: row.moves,
                 media_time_us: row.connected_us,
+                part: context.part.index,
             }
         })
         .collect();
@@ -963,5 +1112,6 @@ fn collect(
         forwarders: context.forwarders,
         controls: context.clients.all.len(),
         deployment: Vec::new(),
+        processes: context.part.count,
     }
 }
