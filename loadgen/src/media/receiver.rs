@@ -69,6 +69,9 @@ pub const NACK_RETRY_US: Micros = 50_000;
 pub const MAX_NACK_TRIES: u8 = 7;
 /// Without NACK, a missing packet is given up after this long.
 const GIVE_UP_WITHOUT_NACK_US: Micros = 1_000_000;
+/// A receiver that announces a bandwidth estimate sends its first report this long (or
+/// half as long again, to desynchronise receivers) after the first media packet.
+const FIRST_REMB_AFTER_US: Micros = 250_000;
 /// At most one PLI per stream this often (libwebrtc's rate limit is similar).
 pub const PLI_MIN_INTERVAL_US: Micros = 500_000;
 /// Sequence numbers in one NACK packet at most.
@@ -692,10 +695,16 @@ impl Receiver {
         if self.next_report_at.is_none() {
             // Desynchronise the reports of many receivers started together: the first one
             // comes between half an interval and a whole one (RFC 3550 §6.2 randomises it).
+            // A client with a bandwidth estimate reports it early (libwebrtc sends REMB as
+            // soon as it has an estimate): until then the forwarder has nothing to fit
+            // layers to, and sends the highest.
             let interval = self.config.rtcp_interval_us;
-            let phase =
-                super::probe::mix64(u64::from(self.config.rtcp_ssrc)) % (interval / 2).max(1);
-            self.next_report_at = Some(now + interval / 2 + phase);
+            let mix = super::probe::mix64(u64::from(self.config.rtcp_ssrc));
+            let first = match self.config.remb_bps {
+                Some(_) => FIRST_REMB_AFTER_US.min(interval / 2) * (2 + mix % 2) / 2,
+                None => interval / 2 + mix % (interval / 2).max(1),
+            };
+            self.next_report_at = Some(now + first);
         }
         Some(self.streams.len() - 1)
     }
