@@ -8,12 +8,11 @@
 //! They need root (network namespaces, veth pairs) and `ip` from iproute2; without them
 //! they say so loudly and pass.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fanout_tests::forwarder::{control_binary, forwarder_binary, loadgen_binary};
+use fanout_tests::forwarder::{deployment_binary_dir, loadgen_binary};
 use fanout_tests::process::Proc;
 use serde_json::Value;
 
@@ -82,23 +81,10 @@ macro_rules! require_netns {
     };
 }
 
-fn binary_dir() -> Result<PathBuf> {
-    let control = control_binary()?;
-    let forwarder = forwarder_binary()?;
-    let dir = control
-        .parent()
-        .context("control binary has no directory")?;
-    anyhow::ensure!(
-        forwarder.parent() == Some(dir),
-        "fanout-control and fanout-forwarder are in different directories"
-    );
-    Ok(dir.to_owned())
-}
-
 /// Start `fanout-loadgen run` on `scenario` with `[local] netns = true`; the report goes
 /// to the returned directory's report.json.
 fn start_loadgen(scenario: &str) -> Result<(Proc, tempfile::TempDir)> {
-    let bin_dir = binary_dir()?;
+    let bin_dir = deployment_binary_dir()?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("scenario.toml");
     std::fs::write(&path, scenario)?;

@@ -193,6 +193,21 @@ pub fn control_binary() -> Result<PathBuf> {
     workspace_binary("fanout-control", "control", "FANOUT_CONTROL_BIN")
 }
 
+/// The directory holding `fanout-control` and `fanout-forwarder` (built if needed), for
+/// `fanout-loadgen run --local --bin-dir`.
+pub fn deployment_binary_dir() -> Result<PathBuf> {
+    let control = control_binary()?;
+    let forwarder = forwarder_binary()?;
+    let dir = control
+        .parent()
+        .context("control binary has no directory")?;
+    anyhow::ensure!(
+        forwarder.parent() == Some(dir),
+        "fanout-control and fanout-forwarder are in different directories"
+    );
+    Ok(dir.to_owned())
+}
+
 /// The `fanout-loadgen` binary, found and built like [`forwarder_binary`];
 /// `FANOUT_LOADGEN_BIN` overrides the search.
 pub fn loadgen_binary() -> Result<PathBuf> {

@@ -592,19 +592,32 @@ async fn join_everyone(context: &Arc<RunContext>) {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
+        if context.participants[index].is_host() {
+            // The stage joins first and alone: the first join places a webinar's origin
+            // near the joiner, and a viewer's join racing the presenter's would put it in
+            // the viewer's region.
+            join_recorded(context, index).await;
+            drop(permit);
+            continue;
+        }
         let context = Arc::clone(context);
         tasks.spawn(async move {
-            let key = ParticipantKey(index as u64);
-            if let Err(e) = join_one(&context, key).await {
-                debug!(participant = index, "join failed: {e:#}");
-                context.roster.lock().row(key).join_error = Some(format!("{e:#}"));
-            }
+            join_recorded(&context, index).await;
             drop(permit);
         });
         // Reap finished tasks as we go so the set stays small.
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// [`join_one`], its failure recorded in the participant's row.
+async fn join_recorded(context: &RunContext, index: usize) {
+    let key = ParticipantKey(index as u64);
+    if let Err(e) = join_one(context, key).await {
+        debug!(participant = index, "join failed: {e:#}");
+        context.roster.lock().row(key).join_error = Some(format!("{e:#}"));
+    }
 }
 
 /// Join one participant through the control plane and start its media. A control
