@@ -509,6 +509,17 @@ fn forwarder_cpus(allowed: &[usize], index: u32, shards: u32) -> Vec<usize> {
         .collect()
 }
 
+/// Legs a local forwarder takes when `[local] max_legs` is not given: the forwarder's own
+/// default (1,000), or enough for one full relay node and a small stage if that is more.
+/// The control plane gives a forwarder a relay node only if it can hold
+/// `max_viewers_per_relay + 1` legs, so with 1,000 viewers per relay and the forwarder's
+/// default no forwarder could take one and every viewer's join would fail.
+fn default_max_legs(max_viewers_per_relay: u32) -> u32 {
+    const FORWARDER_DEFAULT: u32 = 1000;
+    const STAGE: u32 = 50;
+    FORWARDER_DEFAULT.max(max_viewers_per_relay.saturating_add(1 + STAGE))
+}
+
 /// Start one forwarder and wait until it takes meetings; in `network`'s namespace (with
 /// its address) if given.
 #[allow(clippy::too_many_arguments)]
@@ -545,9 +556,10 @@ async fn start_forwarder(
             .arg("--enrolment-token-file")
             .arg(enrolment)
             .env("RUST_LOG", "info");
-        if let Some(max_legs) = options.max_legs {
-            command.args(["--max-legs", &max_legs.to_string()]);
-        }
+        let max_legs = options
+            .max_legs
+            .unwrap_or_else(|| default_max_legs(options.max_viewers_per_relay));
+        command.args(["--max-legs", &max_legs.to_string()]);
         // Forwarders pin their shards to the CPUs they may use, the first ones first:
         // left alone, every forwarder would pin its shard 0 to the same CPU.
         let cpus = fanout_forwarder::driver::os::cpu_set(cpus);
@@ -622,4 +634,17 @@ fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarders_take_a_full_relay_node_by_default() {
+        assert_eq!(default_max_legs(250), 1000);
+        assert!(default_max_legs(1000) > 1001);
+        assert!(default_max_legs(5000) > 5001);
+        assert!(default_max_legs(u32::MAX) > 0);
+    }
 }

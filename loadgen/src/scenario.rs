@@ -752,7 +752,8 @@ pub struct LocalSpec {
     pub regions: Vec<String>,
     /// Shards (cores) per forwarder. Default 1.
     pub shards: u32,
-    /// Participant legs one forwarder accepts. Default: the forwarder's own default.
+    /// Participant legs one forwarder accepts. Default: the forwarder's own (1,000), or
+    /// enough for one full relay node and a small stage if that is more.
     pub max_legs: Option<u32>,
     /// Put each region (of `regions` and of the participants) in its own network
     /// namespace, with veth pairs to the root namespace and between regions; the region's
