@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use fanout_tests::forwarder::{deployment_binary_dir, loadgen_binary};
 use fanout_tests::process::Proc;
+use fanout_tests::report::number;
 use serde_json::Value;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -92,15 +93,6 @@ fn scrape(address: &str) -> String {
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     text
-}
-
-fn number(report: &Value, path: &str) -> f64 {
-    let mut at = report;
-    for key in path.split('.') {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("report has no number at {path}: {report:#}"))
 }
 
 /// Two meetings of four (two publish audio and video) through 2 % loss each way, NACK

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use fanout_tests::forwarder::{deployment_binary_dir, loadgen_binary};
 use fanout_tests::process::Proc;
+use fanout_tests::report::number;
 use serde_json::Value;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -162,15 +163,6 @@ fn left_behind(pid: u32) -> Result<Vec<String>> {
         }
     }
     Ok(found)
-}
-
-fn number(report: &Value, path: &str) -> f64 {
-    let mut at = report;
-    for key in path.split('.') {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("report has no number at {path}: {report:#}"))
 }
 
 #[test]

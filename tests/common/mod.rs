@@ -9,6 +9,7 @@
 //!   executable, built if missing or stale), its TOML configuration, fresh SRTP keys,
 //!   readiness through its metrics endpoint, clean SIGTERM stop, metric scraping.
 //! * [`media`]: frames decoded from a file, with `ffprobe -count_frames`.
+//! * [`report`]: numbers from `fanout-loadgen`'s JSON report.
 //! * [`meeting`]: the scenario (one publisher, N receivers, a report and its checks),
 //!   run with the peers of a [`meeting::PeerKit`]: [`ffmpeg::Ffmpeg`] or
 //!   [`gstreamer::Gstreamer`].
@@ -24,3 +25,4 @@ pub mod media;
 pub mod meeting;
 pub mod net;
 pub mod process;
+pub mod report;
