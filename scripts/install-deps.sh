@@ -11,6 +11,8 @@
 #                            etcd-client's build script
 #   iproute2                 `ip`: network namespaces and veth pairs (benchmarks, tests)
 #   openssl                  test certificates for the control plane's TLS
+#   clang, libbpf-dev        the forwarder's XDP port guard (ebpf/), compiled for the BPF
+#                            target by the forwarder's build script (bpf_helpers.h)
 #
 # The Rust toolchain itself (rustup, cargo) is expected to be present.
 set -euo pipefail
@@ -26,6 +28,8 @@ packages=(
   libprotobuf-dev
   iproute2
   openssl
+  clang
+  libbpf-dev
 )
 
 missing=()

@@ -74,6 +74,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::codec::Codec;
+use crate::edge::{AttachMode, GuardOptions, UnknownMedia};
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::{
     ConfigureError, Forwarder, ForwarderConfig, Layers, LegConfig, SubscriptionConfig, TrackConfig,
@@ -192,6 +193,42 @@ pub struct ForwarderSection {
     /// Forwarding threads (shards), each pinned to a core; absent: one per available
     /// core. Meetings reached at the same address share a shard; see [`ShardSetup`].
     pub shards: Option<Spanned<usize>>,
+    /// The XDP port guard in front of the forwarder's ports (`--xdp` and friends
+    /// override it).
+    pub xdp: Option<XdpSection>,
+}
+
+/// `[forwarder.xdp]`: see [`crate::edge`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpSection {
+    /// The interface the forwarder's media arrives on.
+    pub interface: String,
+    #[serde(default)]
+    pub mode: AttachMode,
+    #[serde(default)]
+    pub unknown_media: UnknownMedia,
+    /// Packets per second one unknown source may send (first contact: STUN, DTLS, and
+    /// RTP/RTCP while a leg learns its address).
+    pub source_rate: Option<u32>,
+    pub source_burst: Option<u32>,
+    /// Packets per second all unknown sources together may send, per receiving CPU.
+    pub flood_rate: Option<u32>,
+    pub flood_burst: Option<u32>,
+}
+
+impl XdpSection {
+    /// The guard's options, for the forwarder's `ports`.
+    pub fn options(&self, ports: Vec<u16>) -> GuardOptions {
+        let mut options = GuardOptions::new(self.interface.clone(), ports);
+        options.mode = self.mode;
+        options.unknown_media = self.unknown_media;
+        options.source_rate = self.source_rate.unwrap_or(options.source_rate);
+        options.source_burst = self.source_burst.unwrap_or(options.source_burst);
+        options.flood_rate = self.flood_rate.unwrap_or(options.flood_rate);
+        options.flood_burst = self.flood_burst.unwrap_or(options.flood_burst);
+        options
+    }
 }
 
 impl Default for ForwarderSection {
@@ -202,6 +239,7 @@ impl Default for ForwarderSection {
             metrics: None,
             socket_buffer_bytes: default_socket_buffer(),
             shards: None,
+            xdp: None,
         }
     }
 }
@@ -333,6 +371,8 @@ pub struct NetworkSettings {
     /// How many shards were asked for (the file, or `--shards`); `None`: one per
     /// available core.
     pub shards: Option<usize>,
+    /// `[forwarder.xdp]`, if the file has it.
+    pub xdp: Option<XdpSection>,
 }
 
 /// Command-line settings that take precedence over the file's `[forwarder]` section.
@@ -686,6 +726,7 @@ impl Builder<'_> {
             metrics,
             socket_buffer_bytes: section.socket_buffer_bytes,
             shards,
+            xdp: section.xdp.clone(),
         })
     }
 
@@ -1196,6 +1237,9 @@ impl Settings {
                 "forwarder.socket_buffer_bytes changed from {} to {}",
                 a.socket_buffer_bytes, b.socket_buffer_bytes
             ));
+        }
+        if a.xdp != b.xdp {
+            restart.push("forwarder.xdp changed".to_owned());
         }
         for paired in pair(&self.meetings, &new.meetings, |m| &m.id) {
             match paired {

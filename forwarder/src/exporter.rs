@@ -95,6 +95,12 @@ impl std::fmt::Debug for MetricsSource {
     }
 }
 
+/// Metrics of the whole process rather than of a shard (the XDP guard's kernel counters):
+/// rendered once per scrape, after the shards'.
+pub trait ProcessMetrics: Send + Sync {
+    fn write_metrics(&self, out: &mut String);
+}
+
 /// Start the HTTP server on `address` for one driver. Returns the bound address (useful
 /// with port 0).
 pub fn spawn(
@@ -102,15 +108,21 @@ pub fn spawn(
     exchange: Arc<MetricsExchange>,
     wake: Arc<dyn Wake>,
 ) -> io::Result<SocketAddr> {
-    spawn_with_control(address, vec![MetricsSource { exchange, wake }], None)
+    spawn_with_control(
+        address,
+        vec![MetricsSource { exchange, wake }],
+        None,
+        Vec::new(),
+    )
 }
 
-/// [`spawn`] for the shards of `sources` (shard `i` is `sources[i]`), also answering
-/// `POST` requests with `control`.
+/// [`spawn`] for the shards of `sources` (shard `i` is `sources[i]`) and the `process`
+/// metrics, also answering `POST` requests with `control`.
 pub fn spawn_with_control(
     address: SocketAddr,
     sources: Vec<MetricsSource>,
     control: Option<Arc<dyn Control>>,
+    process: Vec<Arc<dyn ProcessMetrics>>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
@@ -121,7 +133,7 @@ pub fn spawn_with_control(
                 match stream {
                     Ok(stream) => {
                         let control = control.as_deref();
-                        if let Err(e) = answer(stream, &sources, control) {
+                        if let Err(e) = answer(stream, &sources, &process, control) {
                             debug!(error = %e, "metrics request failed");
                         }
                     }
@@ -135,6 +147,7 @@ pub fn spawn_with_control(
 fn answer(
     stream: TcpStream,
     sources: &[MetricsSource],
+    process: &[Arc<dyn ProcessMetrics>],
     control: Option<&dyn Control>,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -151,7 +164,12 @@ fn answer(
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => match scrape(sources) {
-            Ok(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+            Ok(mut text) => {
+                for metrics in process {
+                    metrics.write_metrics(&mut text);
+                }
+                ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
+            }
             Err(shard) => (
                 "503 Service Unavailable",
                 "text/plain",

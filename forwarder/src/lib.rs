@@ -34,6 +34,7 @@ pub mod config;
 pub mod control;
 pub mod demux;
 pub mod driver;
+pub mod edge;
 pub mod exporter;
 pub mod ids;
 pub mod policy;

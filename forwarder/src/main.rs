@@ -14,7 +14,10 @@ use tracing::{error, info, warn};
 
 use fanout_forwarder::config::{self, LayerChange, LayerLimits, Overrides, Settings};
 use fanout_forwarder::driver::{self, DriverHandle, IoSelection, StopHandle};
-use fanout_forwarder::exporter::{self, query_param, Control, MetricsExchange, MetricsSource};
+use fanout_forwarder::edge::{AttachMode, PeerSync, UnknownMedia, XdpGuard};
+use fanout_forwarder::exporter::{
+    self, query_param, Control, MetricsExchange, MetricsSource, ProcessMetrics,
+};
 use fanout_forwarder::ids::{MeetingId, ParticipantId};
 use fanout_forwarder::sfu::{ConfigureError, Layers};
 use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
@@ -128,9 +131,37 @@ struct Args {
     #[arg(long, value_enum, env = "FANOUT_IO", default_value_t = Io::Auto)]
     io: Io,
 
+    #[command(flatten)]
+    xdp: XdpArgs,
+
     /// Log filter, in tracing's EnvFilter syntax (`RUST_LOG` works too).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+}
+
+/// The XDP port guard's flags (they override `[forwarder.xdp]`).
+#[derive(Debug, Clone, clap::Args)]
+struct XdpArgs {
+    /// Guard the forwarder's UDP ports with the XDP program (ebpf/fanout_xdp.c) on
+    /// interface IFACE, the one media arrives on (overrides `[forwarder.xdp] interface`).
+    /// In the kernel, before any socket: drops fragments, packets that are not STUN, DTLS
+    /// or RTP/RTCP (RFC 7983), RTP/RTCP from addresses that are not a leg's, and unknown
+    /// sources beyond their budgets; counts each verdict (fanout_xdp_* metrics). Needs
+    /// root (CAP_BPF, CAP_NET_ADMIN). Detached on exit, however the process ends.
+    #[arg(long = "xdp", value_name = "IFACE")]
+    interface: Option<String>,
+
+    /// How to attach the XDP guard: `native` (driver mode), `generic` (skb mode, any
+    /// interface, slower), or `auto`: native, else generic with a warning.
+    #[arg(long = "xdp-mode", value_enum, value_name = "MODE")]
+    mode: Option<AttachMode>,
+
+    /// Which unknown sources may send RTP/RTCP through the XDP guard: `while-latching`
+    /// (only while some leg waits to learn its address from its first packet) or
+    /// `always` (within the unknown-source budgets: lets plain-SRTP peers behind
+    /// rebinding NATs move). STUN and DTLS may always make first contact.
+    #[arg(long = "xdp-unknown-media", value_enum, value_name = "POLICY")]
+    unknown_media: Option<UnknownMedia>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -271,22 +302,13 @@ fn run(args: Args) -> Result<()> {
             .collect(),
     });
 
+    let guard = guard_ports(&args.xdp, network.xdp.as_ref(), &mut shards)?;
     if let Some(address) = network.metrics {
-        let sources = shards
-            .iter_mut()
-            .map(|s| {
-                let exchange = Arc::new(MetricsExchange::default());
-                let wake = s.driver.serve_metrics(exchange.clone());
-                MetricsSource { exchange, wake }
-            })
-            .collect();
         let control = Arc::new(LayerControl {
             running: running.clone(),
             router: router.clone(),
         });
-        let bound = exporter::spawn_with_control(address, sources, Some(control))
-            .with_context(|| format!("cannot serve metrics on {address}"))?;
-        info!(%bound, "metrics at http://{bound}/metrics");
+        serve_metrics(address, &mut shards, Some(control), guard.as_ref())?;
     }
 
     let stops: Vec<StopHandle> = shards.iter().map(|s| s.driver.stop_handle()).collect();
@@ -313,6 +335,76 @@ fn run(args: Args) -> Result<()> {
     run_shards(shards, &stops)
 }
 
+/// Attach the XDP port guard when asked (`--xdp` or `[forwarder.xdp]`) to the ports the
+/// shards bound, and give each shard the allowlist to keep. The guard stays attached while
+/// the returned handle lives.
+fn guard_ports(
+    args: &XdpArgs,
+    file: Option<&config::XdpSection>,
+    shards: &mut [Shard],
+) -> Result<Option<Arc<XdpGuard>>> {
+    let Some(mut section) = file.cloned().or_else(|| {
+        args.interface.as_ref().map(|interface| config::XdpSection {
+            interface: interface.clone(),
+            mode: AttachMode::default(),
+            unknown_media: UnknownMedia::default(),
+            source_rate: None,
+            source_burst: None,
+            flood_rate: None,
+            flood_burst: None,
+        })
+    }) else {
+        return Ok(None);
+    };
+    if let Some(interface) = &args.interface {
+        section.interface = interface.clone();
+    }
+    section.mode = args.mode.unwrap_or(section.mode);
+    section.unknown_media = args.unknown_media.unwrap_or(section.unknown_media);
+    let mut ports: Vec<u16> = shards
+        .iter()
+        .flat_map(|s| s.driver.local_addrs())
+        .map(|a| a.port())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let guard = Arc::new(
+        XdpGuard::attach(&section.options(ports))
+            .with_context(|| format!("--xdp {}", section.interface))?,
+    );
+    for shard in shards.iter_mut() {
+        shard
+            .driver
+            .set_peer_sync(PeerSync::new(guard.clone(), shard.index));
+    }
+    Ok(Some(guard))
+}
+
+/// Serve the shards' metrics (and the XDP guard's, if any) on `address`.
+fn serve_metrics(
+    address: std::net::SocketAddr,
+    shards: &mut [Shard],
+    control: Option<Arc<dyn Control>>,
+    guard: Option<&Arc<XdpGuard>>,
+) -> Result<()> {
+    let sources = shards
+        .iter_mut()
+        .map(|s| {
+            let exchange = Arc::new(MetricsExchange::default());
+            let wake = s.driver.serve_metrics(exchange.clone());
+            MetricsSource { exchange, wake }
+        })
+        .collect();
+    let process: Vec<Arc<dyn ProcessMetrics>> = guard
+        .map(|g| g.clone() as Arc<dyn ProcessMetrics>)
+        .into_iter()
+        .collect();
+    let bound = exporter::spawn_with_control(address, sources, control, process)
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+    info!(%bound, "metrics at http://{bound}/metrics");
+    Ok(())
+}
+
 /// Control mode: bind the port range, start empty shards, and let the control-plane
 /// client fill them (fanout_forwarder::control).
 fn run_control(args: Args) -> Result<()> {
@@ -336,6 +428,7 @@ fn run_control(args: Args) -> Result<()> {
                 metrics: None,
                 socket_buffer_bytes: 4 << 20,
                 shards: args.shards.map(usize::from),
+                xdp: None,
             },
             config::ControlSection::default(),
         ),
@@ -472,18 +565,9 @@ fn run_control(args: Args) -> Result<()> {
         });
     }
 
+    let guard = guard_ports(&args.xdp, network.xdp.as_ref(), &mut shards)?;
     if let Some(address) = network.metrics {
-        let sources = shards
-            .iter_mut()
-            .map(|s| {
-                let exchange = Arc::new(MetricsExchange::default());
-                let wake = s.driver.serve_metrics(exchange.clone());
-                MetricsSource { exchange, wake }
-            })
-            .collect();
-        let bound = exporter::spawn_with_control(address, sources, None)
-            .with_context(|| format!("cannot serve metrics on {address}"))?;
-        info!(%bound, "metrics at http://{bound}/metrics");
+        serve_metrics(address, &mut shards, None, guard.as_ref())?;
     }
 
     let settings = ControlSettings {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use crate::edge::PeerSync;
 use crate::exporter::Wake;
 use crate::sfu::{Event, Forwarder};
 
@@ -266,6 +267,7 @@ impl EventSink {
 pub(crate) fn drain_events(
     core: &mut Forwarder,
     sink: Option<&EventSink>,
+    peers: Option<&mut PeerSync>,
     stats: &mut DriverStats,
 ) {
     while let Some(event) = core.poll_event() {
@@ -273,6 +275,11 @@ pub(crate) fn drain_events(
         if let Some(sink) = sink {
             hand_over(sink, event, stats);
         }
+    }
+    // After every input: a leg that came, learned its address or left changes the edge's
+    // allowlist now, not at the next timer.
+    if let Some(peers) = peers {
+        peers.sync(core);
     }
 }
 

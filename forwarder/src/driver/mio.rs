@@ -23,6 +23,7 @@ use ::mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 
 use super::sockaddr;
+use crate::edge::PeerSync;
 use crate::exporter::{MetricsExchange, Wake};
 use crate::sfu::{Forwarder, MAX_DATAGRAM_LEN, MIN_TRANSMIT_BUFFER_LEN};
 
@@ -70,6 +71,8 @@ pub struct MioDriver {
     progress: Progress,
     /// Where events other threads act on go (control mode).
     events: Option<EventSink>,
+    /// Keeps the XDP guard's allowlist equal to the core's peers, when there is a guard.
+    peer_sync: Option<PeerSync>,
     stats: DriverStats,
 }
 
@@ -115,6 +118,7 @@ impl MioDriver {
             metrics: None,
             progress: Progress::new(Some(Duration::from_secs(10))),
             events: None,
+            peer_sync: None,
             stats: DriverStats::default(),
         })
     }
@@ -278,7 +282,12 @@ impl MioDriver {
                 to.send.commit(transmit.destination, transmit.len);
             }
         }
-        drain_events(core, self.events.as_ref(), &mut self.stats);
+        drain_events(
+            core,
+            self.events.as_ref(),
+            self.peer_sync.as_mut(),
+            &mut self.stats,
+        );
     }
 
     fn flush_all(&mut self, core: &mut Forwarder) {
@@ -312,6 +321,10 @@ impl super::Driver for MioDriver {
     }
     fn set_event_sink(&mut self, sink: EventSink) {
         MioDriver::set_event_sink(self, sink)
+    }
+
+    fn set_peer_sync(&mut self, sync: PeerSync) {
+        self.peer_sync = Some(sync);
     }
     fn stop_handle(&self) -> StopHandle {
         MioDriver::stop_handle(self)

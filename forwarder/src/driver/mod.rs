@@ -45,6 +45,8 @@ pub trait Driver: Send + std::fmt::Debug {
     /// Hand the core's dominant-speaker events to `sink` as well as logging them (set
     /// before `run`). The driver never waits on it: a full sink drops and counts.
     fn set_event_sink(&mut self, sink: EventSink);
+    /// Keep an XDP guard's allowlist equal to this shard's peers (set before `run`).
+    fn set_peer_sync(&mut self, sync: crate::edge::PeerSync);
     fn stop_handle(&self) -> StopHandle;
     /// A handle to send commands to the core from other threads.
     fn handle(&self) -> DriverHandle;

@@ -57,6 +57,7 @@ use super::common::{
     StopHandle,
 };
 use super::sockaddr;
+use crate::edge::PeerSync;
 use crate::exporter::{MetricsExchange, Wake};
 use crate::sfu::{Forwarder, MAX_DATAGRAM_LEN, MIN_TRANSMIT_BUFFER_LEN};
 
@@ -552,6 +553,8 @@ pub struct UringDriver {
     progress: Progress,
     /// Where events other threads act on go (control mode).
     events: Option<EventSink>,
+    /// Keeps the XDP guard's allowlist equal to the core's peers, when there is a guard.
+    peer_sync: Option<PeerSync>,
     stats: DriverStats,
     /// Completions reaped but not handled yet, oldest first.
     pending: VecDeque<Completion>,
@@ -647,6 +650,7 @@ impl UringDriver {
             metrics: None,
             progress: Progress::new(Some(Duration::from_secs(10))),
             events: None,
+            peer_sync: None,
             stats: DriverStats::default(),
             pending: VecDeque::with_capacity(CQ_ENTRIES as usize),
             sends_queued: 0,
@@ -992,7 +996,12 @@ impl UringDriver {
             unsafe { push(&mut self.ring, &entry) }?;
             self.sends_queued += 1;
         }
-        drain_events(core, self.events.as_ref(), &mut self.stats);
+        drain_events(
+            core,
+            self.events.as_ref(),
+            self.peer_sync.as_mut(),
+            &mut self.stats,
+        );
         Ok(())
     }
 
@@ -1116,6 +1125,10 @@ impl super::Driver for UringDriver {
     }
     fn set_event_sink(&mut self, sink: EventSink) {
         UringDriver::set_event_sink(self, sink)
+    }
+
+    fn set_peer_sync(&mut self, sync: PeerSync) {
+        self.peer_sync = Some(sync);
     }
     fn stop_handle(&self) -> StopHandle {
         UringDriver::stop_handle(self)

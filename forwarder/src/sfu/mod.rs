@@ -235,6 +235,9 @@ pub struct Forwarder {
     by_remote: HashMap<SocketAddr, LegId>,
     /// Relay link legs by (local, remote) address: never learned, never moved.
     link_paths: HashMap<(SocketAddr, SocketAddr), LegId>,
+    /// Changes whenever `by_remote`, `link_paths` or the set of legs does: what
+    /// [`Forwarder::peer_addresses`] says may have changed.
+    peers_generation: u64,
     /// Packets NACKed by child relay links, waiting to be sent again.
     relay_retransmissions: VecDeque<RelayRetransmission>,
     /// Published SSRCs to the legs that publish them, for learning unknown sources.
@@ -288,6 +291,7 @@ impl Forwarder {
             subscriptions: Slab::new(),
             by_remote: HashMap::new(),
             link_paths: HashMap::new(),
+            peers_generation: 0,
             relay_retransmissions: VecDeque::with_capacity(RELAY_RETRANSMISSION_QUEUE_LEN),
             by_published_ssrc: HashMap::new(),
             events: VecDeque::new(),
@@ -380,6 +384,8 @@ impl Forwarder {
                 }
             }
         }
+        // Addresses, links or legs waiting to learn an address may have gone.
+        self.peers_generation += 1;
         let index = self.meeting(meeting)?;
         self.meetings[index.0 as usize]
             .participants
@@ -438,6 +444,8 @@ impl Forwarder {
         for addr in [config.remote, remote_rtcp].into_iter().flatten() {
             self.by_remote.insert(addr, id);
         }
+        // Also for a leg without a remote: it waits to learn one (`legs_awaiting_address`).
+        self.peers_generation += 1;
         self.participant_mut(meeting, participant)?.legs.push(id);
         self.subscribe_new_leg_to_feeds(id);
         Ok(id)
@@ -855,6 +863,35 @@ impl Forwarder {
         self.legs.len()
     }
 
+    /// Every remote address the core exchanges packets with: the legs' RTP and RTCP
+    /// addresses (configured, learned or moved, and each SSRC's source) and the far ends
+    /// of relay links. What an edge allowlist (the XDP guard) lets in.
+    pub fn peer_addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.by_remote
+            .keys()
+            .copied()
+            .chain(self.link_paths.keys().map(|&(_, remote)| remote))
+    }
+
+    /// Changes whenever [`Forwarder::peer_addresses`] or
+    /// [`Forwarder::legs_awaiting_address`] may have: a driver compares it to skip
+    /// recomputing either.
+    pub fn peers_generation(&self) -> u64 {
+        self.peers_generation
+    }
+
+    /// Legs that still wait to learn a remote address from a first authenticated packet:
+    /// no RTP address yet, or (without rtcp-mux) no RTCP address yet.
+    pub fn legs_awaiting_address(&self) -> usize {
+        self.legs
+            .iter()
+            .filter(|(_, leg)| {
+                leg.relay.is_none()
+                    && (leg.remote_rtp.is_none() || !leg.rtcp_mux && leg.remote_rtcp.is_none())
+            })
+            .count()
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }
@@ -1196,6 +1233,7 @@ impl Forwarder {
             }
         }
         self.by_remote.insert(source, leg_id);
+        self.peers_generation += 1;
         !moves_leg
     }
 
@@ -1273,6 +1311,7 @@ impl Forwarder {
             }
         }
         self.by_remote.insert(source, leg_id);
+        self.peers_generation += 1;
         let event = Event::RemoteAddressLearned {
             meeting: self.meetings[leg.meeting.0 as usize].id.clone(),
             participant: leg.participant.clone(),

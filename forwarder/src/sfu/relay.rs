@@ -354,6 +354,7 @@ impl Forwarder {
         let inserted = LegId(self.legs.insert(leg) as u32);
         debug_assert_eq!(inserted, id);
         self.link_paths.insert(path, id);
+        self.peers_generation += 1;
         self.participant_mut(meeting, &participant)?.legs.push(id);
         let m = &mut self.meetings[index.0 as usize];
         match config.direction {
@@ -400,6 +401,7 @@ impl Forwarder {
             }
             self.link_paths.remove(&old_path);
             self.link_paths.insert(path, leg_id);
+            self.peers_generation += 1;
         }
         let options = ContextOptions {
             max_ssrcs: LINK_MAX_SSRCS,
