@@ -369,14 +369,18 @@ fn guard_ports(
     ports.sort_unstable();
     ports.dedup();
     let guard = Arc::new(
-        XdpGuard::attach(&section.options(ports))
+        XdpGuard::load(&section.options(ports))
             .with_context(|| format!("--xdp {}", section.interface))?,
     );
     for shard in shards.iter_mut() {
-        shard
-            .driver
-            .set_peer_sync(PeerSync::new(guard.clone(), shard.index));
+        let mut sync = PeerSync::new(guard.clone(), shard.index);
+        // The configured legs, before the first packet meets the guard.
+        sync.sync(&shard.core);
+        shard.driver.set_peer_sync(sync);
     }
+    guard
+        .start()
+        .with_context(|| format!("--xdp {}", section.interface))?;
     Ok(Some(guard))
 }
 

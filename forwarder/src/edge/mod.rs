@@ -142,14 +142,18 @@ fn object() -> Result<&'static [u8], EdgeError> {
 pub struct XdpGuard {
     interface: String,
     interface_index: u32,
-    /// The mode the program got (`None`: loaded, not attached, as in the classifier tests).
-    attached: Option<AttachMode>,
+    /// The mode asked for.
+    mode: AttachMode,
+    /// How many ports it guards.
+    ports: usize,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
     /// Owns the program and its link: dropping it detaches.
     ebpf: Ebpf,
+    /// The mode the program got (`None`: loaded, not attached, as in the classifier tests).
+    attached: Option<AttachMode>,
     config_map: Array<MapData, Config>,
     config: Config,
     peers: BpfHashMap<MapData, Peer, u32>,
@@ -165,40 +169,51 @@ struct Inner {
 }
 
 impl XdpGuard {
-    /// Load the guard and attach it to `options.interface`.
+    /// Load the guard and attach it to `options.interface` at once (its allowlist empty,
+    /// first contact for media closed: see [`XdpGuard::start`] for attaching after the
+    /// shards have filled it).
     pub fn attach(options: &GuardOptions) -> Result<XdpGuard, EdgeError> {
-        let mut guard = XdpGuard::load(options)?;
-        let mut inner = guard.lock();
+        let guard = XdpGuard::load(options)?;
+        guard.start()?;
+        Ok(guard)
+    }
+
+    /// Attach the loaded guard to its interface, in the mode the options asked for. Call
+    /// it after each shard's first [`PeerSync::sync`], so that no packet of a known peer,
+    /// nor of a leg still latching, meets an empty allowlist.
+    pub fn start(&self) -> Result<AttachMode, EdgeError> {
+        let mut inner = self.lock();
+        let interface = &self.interface;
+        let index = self.interface_index;
         let program = program(&mut inner.ebpf)?;
-        let interface = &options.interface;
-        let attach = |program: &mut Xdp, mode| {
+        let mut attach = |mode| {
             program
-                .attach_to_if_index(guard.interface_index, mode)
+                .attach_to_if_index(index, mode)
                 .map_err(|e| EdgeError::Attach {
                     interface: interface.clone(),
                     reason: error_chain(&e),
                 })
         };
-        let mode = match options.mode {
-            AttachMode::Native => attach(program, XdpMode::Driver).map(|_| AttachMode::Native)?,
-            AttachMode::Generic => attach(program, XdpMode::Skb).map(|_| AttachMode::Generic)?,
-            AttachMode::Auto => match attach(program, XdpMode::Driver) {
+        let mode = match self.mode {
+            AttachMode::Native => attach(XdpMode::Driver).map(|_| AttachMode::Native)?,
+            AttachMode::Generic => attach(XdpMode::Skb).map(|_| AttachMode::Generic)?,
+            AttachMode::Auto => match attach(XdpMode::Driver) {
                 Ok(_) => AttachMode::Native,
                 Err(native) => {
                     warn!(%interface, error = %native, "no native XDP on this interface; attaching in generic (skb) mode");
-                    attach(program, XdpMode::Skb).map(|_| AttachMode::Generic)?
+                    attach(XdpMode::Skb).map(|_| AttachMode::Generic)?
                 }
             },
         };
-        drop(inner);
-        guard.attached = Some(mode);
+        inner.attached = Some(mode);
         info!(
             %interface,
             mode = ?mode,
-            ports = options.ports.len(),
+            ports = self.ports,
+            peers = inner.peer_holders.len(),
             "XDP port guard attached"
         );
-        Ok(guard)
+        Ok(mode)
     }
 
     /// Load the guard and fill its maps without attaching it anywhere (for running it on
@@ -242,6 +257,7 @@ impl XdpGuard {
         };
         let mut inner = Inner {
             ebpf,
+            attached: None,
             config_map,
             config,
             peers,
@@ -256,7 +272,8 @@ impl XdpGuard {
         Ok(XdpGuard {
             interface: options.interface.clone(),
             interface_index,
-            attached: None,
+            mode: options.mode,
+            ports: options.ports.len(),
             inner: Mutex::new(inner),
         })
     }
@@ -271,7 +288,7 @@ impl XdpGuard {
 
     /// The mode the program was attached in, `None` if only loaded.
     pub fn attached(&self) -> Option<AttachMode> {
-        self.attached
+        self.lock().attached
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -404,7 +421,7 @@ impl XdpGuard {
              fanout_xdp_latching_open {}",
             u8::from(inner.config.flags & FLAG_LATCHING_OPEN != 0)
         );
-        let mode = match self.attached {
+        let mode = match inner.attached {
             Some(AttachMode::Native) => "native",
             Some(AttachMode::Generic) => "generic",
             Some(AttachMode::Auto) | None => "none",
@@ -444,7 +461,11 @@ impl crate::exporter::ProcessMetrics for XdpGuard {
 
 impl Drop for XdpGuard {
     fn drop(&mut self) {
-        if self.attached.is_some() {
+        let attached = self
+            .inner
+            .get_mut()
+            .map_or(true, |inner| inner.attached.is_some());
+        if attached {
             // Dropping the Ebpf (in `inner`) closes the link: the kernel detaches.
             info!(interface = %self.interface, "XDP port guard detached");
         }

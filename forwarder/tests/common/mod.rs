@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netem;
+pub mod netns;
 pub mod vp8;
 
 use std::collections::HashMap;
