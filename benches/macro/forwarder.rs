@@ -135,6 +135,7 @@ impl ForwarderProcess {
         metrics: SocketAddrV4,
         driver: &str,
         shards: usize,
+        xdp: Option<&str>,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let config = dir.join(format!("{tag}.toml"));
@@ -152,6 +153,9 @@ impl ForwarderProcess {
             .args(["--progress-interval", "0", "--log", "warn"]);
         // Always explicit: the forwarder's default (`auto`) picks io_uring where it can.
         command.args(["--io", driver, "--shards", &shards.to_string()]);
+        if let Some(interface) = xdp {
+            command.args(["--xdp", interface]);
+        }
         command
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

@@ -80,9 +80,16 @@ struct Args {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_FORWARDER)]
     forwarder: PathBuf,
 
-    /// I/O driver of the forwarder, passed as `--io DRIVER`: mio, uring or auto.
+    /// I/O driver of the forwarder, passed as `--io DRIVER`: mio, uring, afxdp or auto.
+    /// `afxdp` needs `--network veth` (AF_XDP sockets sit on the root-side veth, behind
+    /// the XDP guard, which it implies).
     #[arg(long, default_value = "mio")]
     driver: String,
+
+    /// Put the forwarder's XDP port guard on the root-side veth (`--xdp IFACE`; needs
+    /// `--network veth`): measures what the guard costs next to a run without it.
+    #[arg(long)]
+    xdp: bool,
 
     /// Forwarder shards (`--shards`): the N subscribers are split over this many
     /// meetings, each at its own port (so each runs on its own shard and core), each with
@@ -227,6 +234,9 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
         Network::Loopback => Topology::loopback(),
         Network::Veth => Topology::veth().context("cannot set up the veth pair")?,
     };
+    if (args.xdp || args.driver == "afxdp") && topology.host_interface().is_none() {
+        bail!("--xdp and --driver afxdp need --network veth: XDP sees only packets that cross an interface");
+    }
     eprintln!(
         "network: {} (forwarder {}, peers {})",
         topology.name(),
@@ -277,6 +287,8 @@ struct StepRecord {
 #[derive(Debug, Serialize)]
 struct Record {
     driver: String,
+    /// Whether the forwarder's XDP port guard was attached (always with afxdp).
+    xdp: bool,
     /// `loopback` or `veth`.
     network: String,
     /// Forwarder shards, and meetings (one publisher each).
@@ -358,9 +370,13 @@ fn measure(
     if n < shards {
         bail!("--subscribers {n} is fewer than --shards {shards}: a meeting would be empty");
     }
+    let xdp = (args.xdp || args.driver == "afxdp")
+        .then(|| topology.host_interface())
+        .flatten();
     let tag = format!(
-        "{}-{}-{}-s{shards}-n{n}",
+        "{}{}-{}-{}-s{shards}-n{n}",
         args.driver,
+        if xdp.is_some() { "+xdp" } else { "" },
         topology.name(),
         profile.name()
     );
@@ -383,6 +399,7 @@ fn measure(
         metrics,
         &args.driver,
         shards,
+        xdp,
     )?;
     let trailer = profile.rtp_trailer_len();
     let packet_bytes = packet::HEADER_LEN + args.payload_bytes.max(packet::MIN_PAYLOAD) + trailer;
@@ -436,6 +453,7 @@ fn measure(
     let egress = best.as_ref().map_or(0.0, |s| s.record.egress_pps);
     let record = Record {
         driver: args.driver.clone(),
+        xdp: xdp.is_some(),
         network: topology.name().to_string(),
         shards: args.shards,
         profile: profile.name().to_string(),
@@ -844,7 +862,7 @@ fn write_json(path: &std::path::Path, records: &[Record]) -> Result<()> {
 
 fn print_table(records: &[Record]) {
     println!(
-        "{:<6} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11} {:>6} {:>11} {:>11} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "{:<10} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11} {:>6} {:>11} {:>11} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}",
         "driver",
         "network",
         "shards",
@@ -865,8 +883,8 @@ fn print_table(records: &[Record]) {
     );
     for r in records {
         println!(
-            "{:<6} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11.0} {:>6.2} {:>11.0} {:>11.0} {:>6.2} {:>6.2} {:>7.0} {:>8.0} {:>8.0} {:>8.0} {:>8.4}{}",
-            r.driver,
+            "{:<10} {:<8} {:>6} {:<24} {:>5} {:>6} {:>11.0} {:>6.2} {:>11.0} {:>11.0} {:>6.2} {:>6.2} {:>7.0} {:>8.0} {:>8.0} {:>8.0} {:>8.4}{}",
+            if r.xdp { format!("{}+xdp", r.driver) } else { r.driver.clone() },
             r.network,
             r.shards,
             r.profile,

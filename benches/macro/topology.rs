@@ -75,6 +75,12 @@ impl Topology {
         })
     }
 
+    /// The root-side interface of the veth pair (where the forwarder's XDP guard and
+    /// AF_XDP sockets go), `None` on loopback.
+    pub fn host_interface(&self) -> Option<&str> {
+        self.veth.as_ref().map(|v| v.host_if.as_str())
+    }
+
     pub fn name(&self) -> &'static str {
         if self.veth.is_some() {
             "veth"
