@@ -124,6 +124,15 @@ pub struct ForwarderProcess {
     pub log: PathBuf,
 }
 
+/// How the forwarder moves its packets: `--io`, `--shards`, and `--xdp` when set.
+#[derive(Debug, Clone, Copy)]
+pub struct Io<'a> {
+    pub driver: &'a str,
+    pub shards: usize,
+    /// The interface for the XDP guard (and AF_XDP sockets).
+    pub xdp: Option<&'a str>,
+}
+
 impl ForwarderProcess {
     /// Writes the configuration under `dir`, starts the forwarder and waits until its
     /// metrics endpoint answers.
@@ -133,9 +142,7 @@ impl ForwarderProcess {
         tag: &str,
         toml: &str,
         metrics: SocketAddrV4,
-        driver: &str,
-        shards: usize,
-        xdp: Option<&str>,
+        io: Io<'_>,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let config = dir.join(format!("{tag}.toml"));
@@ -152,8 +159,8 @@ impl ForwarderProcess {
             .arg(metrics.to_string())
             .args(["--progress-interval", "0", "--log", "warn"]);
         // Always explicit: the forwarder's default (`auto`) picks io_uring where it can.
-        command.args(["--io", driver, "--shards", &shards.to_string()]);
-        if let Some(interface) = xdp {
+        command.args(["--io", io.driver, "--shards", &io.shards.to_string()]);
+        if let Some(interface) = io.xdp {
             command.args(["--xdp", interface]);
         }
         command

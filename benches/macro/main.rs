@@ -397,9 +397,11 @@ fn measure(
         &tag,
         &toml,
         metrics,
-        &args.driver,
-        shards,
-        xdp,
+        forwarder::Io {
+            driver: &args.driver,
+            shards,
+            xdp,
+        },
     )?;
     let trailer = profile.rtp_trailer_len();
     let packet_bytes = packet::HEADER_LEN + args.payload_bytes.max(packet::MIN_PAYLOAD) + trailer;
