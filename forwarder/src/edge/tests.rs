@@ -576,3 +576,51 @@ fn the_allowlist_follows_the_core_as_legs_come_learn_and_go() {
     drop(sync);
     assert!(guard.peers().is_empty());
 }
+
+/// Whatever the bytes, the guard decides PASS or DROP and counts exactly one verdict.
+#[test]
+fn arbitrary_frames_get_one_verdict_each() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let Some(guard) = guard(|_| {}) else { return };
+    guard.allow(known_v4());
+    let guarded = frame(known_v4(), PORT, &rtp(), Shape::default());
+    // Mostly mutations of a guarded frame (so the deep paths are reached), some noise.
+    let frames = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 14..300),
+        (
+            proptest::collection::vec((0..guarded.len(), any::<u8>()), 1..6),
+            14..=guarded.len(),
+        )
+            .prop_map(move |(flips, len)| {
+                let mut f = guarded.clone();
+                for (at, byte) in flips {
+                    f[at] = byte;
+                }
+                f.truncate(len);
+                f
+            }),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 512,
+        ..Config::default()
+    });
+    runner
+        .run(&frames, |f| {
+            let before = counts(&guard);
+            let action = guard.run_on(&f).expect("BPF_PROG_TEST_RUN");
+            let after = counts(&guard);
+            prop_assert!(action == XDP_PASS || action == XDP_DROP, "action {action}");
+            let moved: Vec<Verdict> = before
+                .iter()
+                .zip(&after)
+                .filter(|((_, b), (_, a))| a.packets != b.packets)
+                .map(|((v, _), _)| *v)
+                .collect();
+            prop_assert_eq!(moved.len(), 1, "verdicts moved: {:?}", moved);
+            prop_assert_eq!(moved[0].is_drop(), action == XDP_DROP);
+            Ok(())
+        })
+        .unwrap();
+}
