@@ -1543,6 +1543,38 @@ leg = "video"
     }
 
     #[test]
+    fn the_xdp_section_sets_the_guard_and_defaults_the_rest() {
+        let with = |section: &str| {
+            sample().replacen(
+                "metrics = \"127.0.0.1:9464\"\n",
+                &format!("metrics = \"127.0.0.1:9464\"\n\n[forwarder.xdp]\n{section}\n"),
+                1,
+            )
+        };
+        assert_eq!(parse_text(&sample()).unwrap().network.xdp, None);
+        let loaded = parse_text(&with(
+            "interface = \"eth1\"\nmode = \"generic\"\nunknown_media = \"always\"\nflood_rate = 100",
+        ))
+        .unwrap();
+        let options = loaded.network.xdp.unwrap().options(vec![40000]);
+        assert_eq!(options.interface, "eth1");
+        assert_eq!(options.mode, AttachMode::Generic);
+        assert_eq!(options.unknown_media, UnknownMedia::Always);
+        assert_eq!(options.flood_rate, 100);
+        let defaults = GuardOptions::new("eth1", vec![40000]);
+        assert_eq!(options.flood_burst, defaults.flood_burst);
+        assert_eq!(options.source_rate, defaults.source_rate);
+        assert_eq!(options.ports, vec![40000]);
+
+        let error = error_for(&with("interface = \"eth1\"\nmode = \"fast\""));
+        assert!(error.to_string().contains("fast"), "{error}");
+        let error = error_for(&with("interface = \"eth1\"\nports = [1]"));
+        assert!(error.to_string().contains("ports"), "{error}");
+        let error = error_for(&with("mode = \"native\""));
+        assert!(error.to_string().contains("interface"), "{error}");
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let text = sample().replace("ssrc = 0x11111111", "ssrc = \"x\"");
         let e = error_for(&text);
