@@ -624,3 +624,84 @@ fn arbitrary_frames_get_one_verdict_each() {
         })
         .unwrap();
 }
+
+/// A simulcast publisher may send each encoding from a socket of its own: first contact
+/// for media stays open until every SSRC it publishes has been heard from.
+#[test]
+fn latching_stays_open_until_every_published_ssrc_is_heard() {
+    use crate::ids::{MeetingId, ParticipantId, Ssrc};
+    use crate::sfu::{Forwarder, ForwarderConfig, LegConfig, TrackConfig, TrackKind};
+    use crate::srtp::{MasterKey, SrtpContext, SrtpProfile};
+
+    let now = std::time::Instant::now();
+    let mut core = Forwarder::new(ForwarderConfig::default(), now);
+    let meeting = MeetingId::from("m");
+    let alice = ParticipantId::from("alice");
+    core.add_meeting(meeting.clone()).unwrap();
+    core.add_participant(&meeting, alice.clone()).unwrap();
+    let key = MasterKey::generate(SrtpProfile::AeadAes128Gcm);
+    let leg = core
+        .add_leg(
+            &meeting,
+            &alice,
+            LegConfig {
+                name: "srtp".into(),
+                receive_key: key.clone(),
+                send_key: MasterKey::generate(SrtpProfile::AeadAes128Gcm),
+                remote: None,
+                remote_rtcp: None,
+                rtcp_mux: true,
+                local: None,
+                local_rtcp: None,
+            },
+        )
+        .unwrap();
+    let generation = core.peers_generation();
+    core.add_track(
+        &meeting,
+        &alice,
+        TrackConfig {
+            name: "camera".into(),
+            kind: TrackKind::Video,
+            encodings: vec![Ssrc(1), Ssrc(2)],
+            leg,
+            clock_rate: None,
+            codec: Default::default(),
+            audio_level_extension: None,
+        },
+    )
+    .unwrap();
+    assert_ne!(
+        core.peers_generation(),
+        generation,
+        "a new track may open latching"
+    );
+    let local: SocketAddr = "10.0.0.1:40100".parse().unwrap();
+    let mut sender = SrtpContext::new(&key);
+    let mut send = |core: &mut Forwarder, ssrc: u32, from: &str| {
+        let mut p = vec![0u8; 12 + 20 + 16];
+        p[0] = 0x80;
+        p[1] = 96;
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        let len = sender.protect_rtp(&mut p, 32).unwrap();
+        core.handle_datagram(now, local, from.parse().unwrap(), &mut p[..len]);
+    };
+    assert_eq!(core.legs_awaiting_address(), 1);
+    send(&mut core, 1, "10.0.0.2:5000");
+    assert_eq!(
+        core.legs_awaiting_address(),
+        1,
+        "the leg has an address, but encoding 2 has not been heard"
+    );
+    send(&mut core, 2, "10.0.0.2:5002");
+    assert_eq!(core.legs_awaiting_address(), 0);
+    let mut peers: Vec<SocketAddr> = core.peer_addresses().collect();
+    peers.sort();
+    assert_eq!(
+        peers,
+        vec![
+            "10.0.0.2:5000".parse().unwrap(),
+            "10.0.0.2:5002".parse().unwrap()
+        ]
+    );
+}

@@ -518,6 +518,8 @@ impl Forwarder {
             }
         }
         self.participant_mut(meeting, participant)?.tracks.push(id);
+        // New SSRCs to hear from: see `legs_awaiting_address`.
+        self.peers_generation += 1;
         self.announce_to_sinks(index);
         if let (TrackKind::Audio, Some(ext)) = (config.kind, config.audio_level_extension) {
             let m = &mut self.meetings[index.0 as usize];
@@ -554,6 +556,7 @@ impl Forwarder {
         }
         let leg = &mut self.legs[track.leg.index()];
         leg.inbound_ssrcs.retain(|&(_, t, _)| t != id);
+        self.peers_generation += 1;
         for encoding in &track.encodings {
             // The leg may still be learned by this SSRC if it was declared for learning.
             if !self.legs[track.leg.index()]
@@ -583,6 +586,7 @@ impl Forwarder {
         for &ssrc in ssrcs {
             if !l.learning_ssrcs.contains(&ssrc) {
                 l.learning_ssrcs.push(ssrc);
+                self.peers_generation += 1;
                 let legs = self.by_published_ssrc.entry(ssrc).or_default();
                 if !legs.contains(&leg) {
                     legs.push(leg);
@@ -881,13 +885,23 @@ impl Forwarder {
     }
 
     /// Legs that still wait to learn a remote address from a first authenticated packet:
-    /// no RTP address yet, or (without rtcp-mux) no RTCP address yet.
+    /// no RTP address yet, (without rtcp-mux) no RTCP address yet, or an SSRC they publish
+    /// that has not been heard from (a simulcast publisher may send each encoding from a
+    /// socket of its own, and each source is learned from its first packet).
     pub fn legs_awaiting_address(&self) -> usize {
         self.legs
             .iter()
             .filter(|(_, leg)| {
+                let unheard = leg
+                    .inbound_ssrcs
+                    .iter()
+                    .map(|&(ssrc, _, _)| ssrc)
+                    .chain(leg.learning_ssrcs.iter().copied())
+                    .any(|ssrc| !leg.sources.iter().any(|&(s, _)| s == ssrc));
                 leg.relay.is_none()
-                    && (leg.remote_rtp.is_none() || !leg.rtcp_mux && leg.remote_rtcp.is_none())
+                    && (leg.remote_rtp.is_none()
+                        || !leg.rtcp_mux && leg.remote_rtcp.is_none()
+                        || unheard)
             })
             .count()
     }
