@@ -178,7 +178,7 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
     let dir = temp.path();
     let profile = SrtpProfile::AesCm128HmacSha1_80;
     let network = ForwarderNetwork::from_env()?;
-    eprintln!("forwarder network: {network}");
+    let network_name = network.to_string();
     let setup = Setup {
         listen: network.forwarder_address(free_udp_port_pair()?),
         receiver_ip: network.peer_ip(),
@@ -190,6 +190,10 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
     };
 
     let mut forwarder = Forwarder::start(&setup.config(0), dir, network)?;
+    eprintln!(
+        "forwarder: {} driver, network: {network_name}",
+        forwarder.driver().as_deref().unwrap_or("unknown")
+    );
     let sdp = dir.join("bob.sdp");
     std::fs::write(
         &sdp,

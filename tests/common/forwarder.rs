@@ -395,6 +395,17 @@ impl Forwarder {
         self.metrics
     }
 
+    /// The I/O driver the forwarder logged it selected (`driver=` of its "I/O driver
+    /// selected" line), if it did.
+    pub fn driver(&self) -> Option<String> {
+        let stderr = self.proc.stderr();
+        let line = stderr.lines().find(|l| l.contains("I/O driver selected"))?;
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("driver="))?;
+        Some(value.trim_matches('"').to_owned())
+    }
+
     /// The forwarder's process id (in veth mode too: `ip netns exec` execs it).
     pub fn pid(&self) -> u32 {
         self.proc.pid()

@@ -552,10 +552,13 @@ pub fn run(kit: &dyn PeerKit, options: &RunOptions) -> Result<Report> {
         &network,
     )?;
     let network_name = network.to_string();
-    if options.progress {
-        eprintln!("forwarder network: {network_name}");
-    }
     let forwarder = Forwarder::start(&plan.config(), dir.path(), network)?;
+    if options.progress {
+        eprintln!(
+            "forwarder: {} driver, network: {network_name}",
+            forwarder.driver().as_deref().unwrap_or("unknown")
+        );
+    }
 
     let mut receivers = Vec::new();
     for r in &plan.receivers {
