@@ -705,3 +705,34 @@ fn progress_line(forwarder: &Forwarder, plan: &MeetingPlan, elapsed: Duration) {
     let line = line.unwrap_or_else(|e| format!("cannot scrape the forwarder: {e:#}"));
     eprintln!("[{:>3}s/{}s] {line}", elapsed.as_secs(), plan.seconds);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_come_from_the_network() {
+        let dir = Path::new("/nonexistent");
+        let plan = MeetingPlan::new(
+            SrtpProfile::AesCm128HmacSha1_80,
+            1,
+            &[false],
+            dir,
+            "webm",
+            &ForwarderNetwork::loopback(),
+        )
+        .unwrap();
+        let toml = plan.config().to_toml();
+        assert!(toml.starts_with(&format!(
+            "[forwarder]\nlisten = \"127.0.0.1:{}\"\n",
+            plan.listen.port()
+        )));
+        for port in plan.receivers[0].ports {
+            assert!(
+                toml.contains(&format!("remote = \"127.0.0.1:{port}\"\n")),
+                "{toml}"
+            );
+        }
+        assert_eq!(plan.peer_ip, IpAddr::from([127, 0, 0, 1]));
+    }
+}

@@ -602,6 +602,26 @@ mod tests {
     }
 
     #[test]
+    fn loopback_is_what_the_tests_always_ran() {
+        let network = ForwarderNetwork::loopback();
+        assert_eq!(network.topology(), Topology::Loopback);
+        assert_eq!(
+            network.forwarder_address(5004),
+            "127.0.0.1:5004".parse().unwrap()
+        );
+        assert_eq!(
+            network.peer_address(6004),
+            "127.0.0.1:6004".parse().unwrap()
+        );
+        assert_eq!(network.metrics_bind(), "127.0.0.1:0".parse().unwrap());
+        assert_eq!(network.xdp_interface(), None);
+        assert_eq!(network.veth_traffic().unwrap(), None);
+        let command = network.command(Path::new("/bin/fanout-forwarder"));
+        assert_eq!(command.get_program(), "/bin/fanout-forwarder");
+        assert_eq!(command.get_args().count(), 0);
+    }
+
+    #[test]
     fn names_carry_the_owner_pid() {
         assert_eq!(namespace_name(4194304, 12), "fanout-t-4194304-12");
         assert_eq!(root_link_name(4194304, 99999).len(), 15);
