@@ -4,7 +4,10 @@
 //! * `a_forwarder_network_is_a_private_link_and_leaves_nothing_behind`: a namespace and
 //!   veth pair on a /30 of their own; a socket in the namespace and one in the root
 //!   namespace exchange datagrams on the two addresses (each sees the other's address as
-//!   the source), the root side counts them, commands run inside the namespace, two
+//!   the source), the root side counts them, commands run inside the namespace, each end
+//!   has the MAC derived from its address and a permanent neighbour entry for the other,
+//!   a datagram from a root socket arrives with a complete UDP checksum (and with a
+//!   partial one once TX checksum offload is turned back on: the check can fail), two
 //!   networks get distinct subnets, and dropping one removes its namespace and both ends.
 //! * `the_forwarder_forwards_srtp_across_its_veth`: the real `fanout-forwarder` started
 //!   in such a network runs in the namespace (its own process, not a child of `ip`),
@@ -19,7 +22,8 @@
 //! they say so loudly and pass.
 
 use std::fs::File;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::Command;
@@ -34,7 +38,8 @@ use fanout_tests::meeting::temp_dir;
 use fanout_tests::net::free_udp_port_pair;
 use fanout_tests::process;
 use fanout_tests::topology::{
-    namespace_name, root_link_name, sweep_stale, ForwarderNetwork, Prefix, Topology, FORWARDER_LINK,
+    mac_of, namespace_name, root_link_name, set_tx_checksum_offload, sweep_stale,
+    tx_checksum_offload, ForwarderNetwork, Prefix, Topology, FORWARDER_LINK,
 };
 
 /// Bound on every receive.
@@ -136,15 +141,70 @@ fn a_forwarder_network_is_a_private_link_and_leaves_nothing_behind() -> Result<(
         after.to_forwarder > before.to_forwarder && after.from_forwarder > before.from_forwarder,
         "the root side did not count the datagrams: {before:?} then {after:?}"
     );
-    // The namespace holds loopback and the forwarder's side of the pair.
-    let mut command = network.command(Path::new("ip"));
-    command.args(["-o", "-4", "addr", "show"]);
-    let inside_addresses = process::run("ip netns exec ip addr", command, RECEIVE_TIMEOUT)?.stdout;
+    // The namespace holds loopback and the forwarder's side of the pair, with the MAC
+    // derived from its address, and a permanent neighbour entry for the root side.
+    let inside_ip = |args: &[&str]| -> Result<String> {
+        let mut command = network.command(Path::new("ip"));
+        command.args(args);
+        Ok(process::run("ip netns exec ip", command, RECEIVE_TIMEOUT)?.stdout)
+    };
+    let inside_addresses = inside_ip(&["-o", "-4", "addr", "show"])?;
     ensure!(
         inside_addresses.contains(&format!("{FORWARDER_LINK}    inet {forwarder_ip}/30"))
             && inside_addresses.contains("lo    inet 127.0.0.1/8"),
         "in the namespace:\n{inside_addresses}"
     );
+    let (forwarder_v4, peer_v4) = (v4(forwarder_ip)?, v4(peer_ip)?);
+    let inside_link = inside_ip(&["-o", "link", "show", FORWARDER_LINK])?;
+    ensure!(
+        inside_link.contains(&format!("link/ether {} ", mac_of(forwarder_v4))),
+        "{inside_link}"
+    );
+    let root_mac =
+        std::fs::read_to_string(Path::new("/sys/class/net").join(&root_link).join("address"))?;
+    ensure!(
+        root_mac.trim() == mac_of(peer_v4),
+        "{root_link} has MAC {root_mac}"
+    );
+    let inside_neighbours = inside_ip(&["neigh", "show", "dev", FORWARDER_LINK])?;
+    ensure!(
+        inside_neighbours.contains(&format!("{peer_ip} lladdr {} PERMANENT", mac_of(peer_v4))),
+        "neighbours in the namespace: {inside_neighbours}"
+    );
+    let mut command = Command::new("ip");
+    command.args(["neigh", "show", "dev", &root_link]);
+    let root_neighbours = process::run("ip neigh", command, RECEIVE_TIMEOUT)?.stdout;
+    ensure!(
+        root_neighbours.contains(&format!(
+            "{forwarder_ip} lladdr {} PERMANENT",
+            mac_of(forwarder_v4)
+        )),
+        "neighbours of {root_link}: {root_neighbours}"
+    );
+
+    // Datagrams from root sockets reach the namespace with a complete UDP checksum (TX
+    // checksum offload off on the root side), where they would carry a partial one.
+    ensure!(
+        !tx_checksum_offload(&root_link)?,
+        "TX checksum offload is on"
+    );
+    let raw = in_namespace(&namespace, RawUdp::open)?;
+    let checksum_ok = |payload: &[u8]| -> Result<bool> {
+        root.send_to(payload, inside_address)?;
+        let mut buf = [0u8; 64];
+        receive(&inside, &mut buf)?;
+        raw.checksum_of(inside_address.port(), payload)
+    };
+    ensure!(
+        checksum_ok(b"software checksum")?,
+        "a partial UDP checksum arrived"
+    );
+    set_tx_checksum_offload(&root_link, true)?;
+    ensure!(
+        !checksum_ok(b"offloaded checksum")?,
+        "with offload on, the checksum was complete too: the check above proves nothing"
+    );
+    set_tx_checksum_offload(&root_link, false)?;
 
     // A second network: another namespace, another subnet.
     let other = ForwarderNetwork::veth(true)?;
@@ -165,6 +225,87 @@ fn a_forwarder_network_is_a_private_link_and_leaves_nothing_behind() -> Result<(
         "{namespace} or {root_link} is left after drop"
     );
     Ok(())
+}
+
+fn v4(ip: IpAddr) -> Result<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Ok(v4),
+        IpAddr::V6(v6) => anyhow::bail!("{v6} is not IPv4"),
+    }
+}
+
+/// A raw IPv4 socket receiving a copy of every UDP datagram to its namespace, headers and
+/// checksum as they arrived.
+struct RawUdp(OwnedFd);
+
+impl RawUdp {
+    fn open() -> Result<RawUdp> {
+        // SAFETY: socket(2) takes plain integers; the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_UDP,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot open a raw socket");
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let timeout = libc::timeval {
+            tv_sec: RECEIVE_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt reads a timeval of the size given, which lives across the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("SO_RCVTIMEO");
+        }
+        Ok(RawUdp(fd))
+    }
+
+    /// Whether the UDP checksum of the next datagram to `port` carrying `payload` verifies
+    /// (RFC 768: the one's complement sum over pseudo-header, header and data is all ones).
+    fn checksum_of(&self, port: u16, payload: &[u8]) -> Result<bool> {
+        let mut buf = [0u8; 2048];
+        loop {
+            // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error()).context("raw receive");
+            }
+            let packet = &buf[..n as usize];
+            let header = usize::from(packet[0] & 0x0f) * 4;
+            let udp = &packet[header..];
+            if u16::from_be_bytes([udp[2], udp[3]]) != port || &udp[8..] != payload {
+                continue;
+            }
+            let mut sum: u32 = 0;
+            let mut add = |bytes: &[u8]| {
+                for pair in bytes.chunks(2) {
+                    sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+                }
+            };
+            add(&packet[12..20]); // source and destination addresses
+            add(&[0, libc::IPPROTO_UDP as u8]);
+            add(&(udp.len() as u16).to_be_bytes());
+            add(udp);
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            return Ok(sum == 0xffff);
+        }
+    }
 }
 
 /// The inode of a network namespace file (/proc/PID/ns/net or /run/netns/NAME).
@@ -385,7 +526,7 @@ fn what_killed_runs_left_is_swept() -> Result<()> {
         "ft-live-peer",
     ])?;
 
-    let removed = sweep_stale();
+    let removed = sweep_stale()?;
     eprintln!("swept: {removed:?}");
     // Another test process may sweep them first: what counts is that they are gone.
     ensure!(!exists_namespace(&stale_ns), "{stale_ns} is left");

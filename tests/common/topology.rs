@@ -19,6 +19,13 @@
 //!   the forwarder `--xdp` [`FORWARDER_LINK`]. With `FANOUT_TOPOLOGY=loopback` it is an
 //!   error: AF_XDP would see nothing.
 //!
+//! The veth pair is made so that a driver which builds its own frames needs nothing from
+//! the kernel's stack, and the same for every driver: each end's MAC address is derived
+//! from its IPv4 address ([`mac_of`]), each side has a permanent neighbour entry for the
+//! other (no ARP needed, none to answer), and the root side computes UDP checksums in
+//! software (TX checksum offload off: PLATFORM.md's veth trap, a datagram from a local
+//! socket otherwise reaches the namespace with a partial checksum).
+//!
 //! A [`ForwarderNetwork`] is one forwarder's place in the topology: every address a test
 //! configures (the forwarder's `listen`, each leg's `remote`, the addresses in the peers'
 //! SDP and pipelines, the metrics endpoint) comes from it. Dropping it removes the veth
@@ -28,7 +35,7 @@
 use std::fmt;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -297,7 +304,15 @@ impl VethNamespace {
             bail!("interface name {root_link} is longer than 15 characters");
         }
         let _lock = MachineLock::acquire()?;
-        sweep_stale();
+        sweep_stale_locked();
+        // This process never makes the same name twice: one that exists was left by a
+        // killed process that had this pid before (the sweep spares our pid's names).
+        if Path::new("/sys/class/net").join(&root_link).exists() {
+            ip(&["link", "del", &root_link])?;
+        }
+        if Path::new(NETNS_DIR).join(&namespace).exists() {
+            remove_namespace(&namespace);
+        }
         let used = prefixes_in_use()?;
         let subnet = free_subnet(&used).context("no free /30 left in 10.214.0.0/16")?;
         let [a, b, c, d] = subnet.octets();
@@ -313,8 +328,9 @@ impl VethNamespace {
             peer_ip,
         };
         let (ns, root) = (veth.namespace.as_str(), veth.root_link.as_str());
-        let peer_cidr = format!("{peer_ip}/30");
-        let forwarder_cidr = format!("{forwarder_ip}/30");
+        let (peer_cidr, peer_mac) = (format!("{peer_ip}/30"), mac_of(peer_ip));
+        let (forwarder_cidr, forwarder_mac) = (format!("{forwarder_ip}/30"), mac_of(forwarder_ip));
+        let (peer_ip, forwarder_ip) = (peer_ip.to_string(), forwarder_ip.to_string());
         for args in [
             // The namespace side is created in the namespace: its fixed name never
             // exists in the root namespace, where concurrent forwarders would collide.
@@ -322,11 +338,15 @@ impl VethNamespace {
                 "link",
                 "add",
                 root,
+                "address",
+                &peer_mac,
                 "type",
                 "veth",
                 "peer",
                 "name",
                 FORWARDER_LINK,
+                "address",
+                &forwarder_mac,
                 "netns",
                 ns,
             ][..],
@@ -343,9 +363,35 @@ impl VethNamespace {
             ],
             &["-n", ns, "link", "set", FORWARDER_LINK, "up"],
             &["-n", ns, "link", "set", "lo", "up"],
+            &[
+                "neigh",
+                "replace",
+                &forwarder_ip,
+                "lladdr",
+                &forwarder_mac,
+                "dev",
+                root,
+                "nud",
+                "permanent",
+            ],
+            &[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &peer_ip,
+                "lladdr",
+                &peer_mac,
+                "dev",
+                FORWARDER_LINK,
+                "nud",
+                "permanent",
+            ],
         ] {
             ip(args)?;
         }
+        set_tx_checksum_offload(root, false)
+            .with_context(|| format!("cannot turn TX checksum offload off on {root}"))?;
         if afxdp {
             veth.attach_root_side_xdp_pass()?;
         }
@@ -383,8 +429,8 @@ impl Drop for VethNamespace {
 }
 
 /// Kills what still runs in `namespace` (only processes this harness started can be in
-/// a namespace it created) and deletes it.
-fn remove_namespace(namespace: &str) {
+/// a namespace it created) and deletes it. Whether it did.
+fn remove_namespace(namespace: &str) -> bool {
     if let Ok(pids) = ip(&["netns", "pids", namespace]) {
         for pid in pids
             .lines()
@@ -395,11 +441,80 @@ fn remove_namespace(namespace: &str) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-    if let Err(e) = ip(&["netns", "del", namespace]) {
-        if Path::new(NETNS_DIR).join(namespace).exists() {
-            eprintln!("topology: cannot remove namespace {namespace}: {e:#}");
+    match ip(&["netns", "del", namespace]) {
+        Ok(_) => true,
+        Err(e) => {
+            if Path::new(NETNS_DIR).join(namespace).exists() {
+                eprintln!("topology: cannot remove namespace {namespace}: {e:#}");
+            }
+            false
         }
     }
+}
+
+/// The MAC address of the veth end with `ip`: locally administered, unicast, and as
+/// unique as the address (`02:00:` and its four octets).
+pub fn mac_of(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// Turns TX checksum offload of `link` (in the calling thread's namespace) on or off with
+/// the ethtool ioctl (there is no `ethtool` here), and reads the setting back.
+pub fn set_tx_checksum_offload(link: &str, on: bool) -> Result<()> {
+    ethtool_value(link, ETHTOOL_STXCSUM, u32::from(on))?;
+    let now = tx_checksum_offload(link)?;
+    if now != on {
+        bail!("TX checksum offload of {link} is still {now} after setting it to {on}");
+    }
+    Ok(())
+}
+
+/// Whether TX checksum offload of `link` (in the calling thread's namespace) is on.
+pub fn tx_checksum_offload(link: &str) -> Result<bool> {
+    Ok(ethtool_value(link, ETHTOOL_GTXCSUM, 0)? != 0)
+}
+
+/// `ETHTOOL_GTXCSUM` and `ETHTOOL_STXCSUM` of linux/ethtool.h.
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// One `struct ethtool_value` command through SIOCETHTOOL; the value it returns.
+fn ethtool_value(link: &str, cmd: u32, data: u32) -> Result<u32> {
+    /// linux/ethtool.h's `struct ethtool_value`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let name = link.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        bail!("bad interface name {link:?}");
+    }
+    // SAFETY: socket(2) takes plain integers; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot open a socket for ethtool");
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut value = EthtoolValue { cmd, data };
+    // SAFETY: ifreq is plain old data (a name and a union of integers and pointers), for
+    // which all-zero is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, from) in request.ifr_name.iter_mut().zip(name) {
+        *to = *from as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: SIOCETHTOOL reads the NUL-terminated name (the name is shorter than
+    // IFNAMSIZ and the rest is zero) and reads and writes the `struct ethtool_value` that
+    // `ifru_data` points to, which outlives the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("SIOCETHTOOL command {cmd:#x} on {link}"));
+    }
+    Ok(value.data)
 }
 
 /// The name of this process's `n`th namespace.
@@ -439,9 +554,15 @@ fn alive(pid: u32) -> bool {
     !matches!(state, Some('Z' | 'X'))
 }
 
-/// Removes the namespaces and root-side links of test processes that are gone. Returns
-/// what it removed.
-pub fn sweep_stale() -> Vec<String> {
+/// Removes the namespaces and root-side links of test processes that are gone (done by
+/// every [`ForwarderNetwork::veth`] first). Returns what it removed.
+pub fn sweep_stale() -> Result<Vec<String>> {
+    let _lock = MachineLock::acquire()?;
+    Ok(sweep_stale_locked())
+}
+
+/// [`sweep_stale`], with the machine lock held.
+fn sweep_stale_locked() -> Vec<String> {
     let own = std::process::id();
     let stale = |name: &str| owner_pid(name).is_some_and(|pid| pid != own && !alive(pid));
     let mut removed = Vec::new();
@@ -466,8 +587,7 @@ pub fn sweep_stale() -> Vec<String> {
     if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(NAMESPACE_PREFIX) && stale(&name) {
-                remove_namespace(&name);
+            if name.starts_with(NAMESPACE_PREFIX) && stale(&name) && remove_namespace(&name) {
                 removed.push(name);
             }
         }
