@@ -201,6 +201,9 @@ impl ForwarderNetwork {
     /// A command running `program` where the forwarder lives: as is on loopback, under
     /// `ip netns exec NS` in veth mode (which enters the namespace and execs `program`,
     /// so the child is the forwarder itself: signals and its exit status are its own).
+    /// `ip netns exec` also gives the child a mount namespace of its own with the
+    /// namespace's sysfs on /sys: /sys/class/net shows the namespace's links, and what
+    /// is mounted under /sys in the root namespace (a bpffs at /sys/fs/bpf) is not there.
     pub fn command(&self, program: &Path) -> Command {
         match &self.veth {
             None => Command::new(program),
@@ -405,7 +408,9 @@ impl VethNamespace {
     ///
     /// Called under `FANOUT_IO=afxdp` once the pair is up, before the forwarder starts.
     /// It attaches nothing: AF_XDP copy-mode transmission goes through the veth's normal
-    /// transmit path, which the peer receives without a program. If the driver ends up
+    /// transmit path (xsk_generic_xmit, then the veth's ndo_start_xmit), which the peer
+    /// receives without a program; that is the kernel's code, not yet seen run here, as no
+    /// AF_XDP driver exists yet. If the driver ends up
     /// transmitting by XDP_TX or redirect, attach the project's trivial XDP_PASS program
     /// (from `ebpf/`, through its loader) to `self.root_link` here, entering no
     /// namespace (the root side lives in the root namespace); the program goes away with
