@@ -19,6 +19,11 @@
 //!   starting at a switch (a resolution change mid-stream is legal VP8 in WebM);
 //! * the forwarder's metrics show the keyframe requests it sent upstream (if it exports
 //!   them), and no drop other than the expected ones.
+//!
+//! The publisher sends each encoding from a socket of its own, so one leg's packets come
+//! from two source ports. The forwarder's core takes both; its XDP guard (`--xdp`, which
+//! the harness gives it under `FANOUT_IO=afxdp`) allows one source per leg and drops the
+//! other encoding's packets as `drop_unknown_source`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

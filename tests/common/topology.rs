@@ -409,12 +409,13 @@ impl VethNamespace {
     /// Called under `FANOUT_IO=afxdp` once the pair is up, before the forwarder starts.
     /// It attaches nothing: AF_XDP copy-mode transmission goes through the veth's normal
     /// transmit path (xsk_generic_xmit, then the veth's ndo_start_xmit), which the peer
-    /// receives without a program; that is the kernel's code, not yet seen run here, as no
-    /// AF_XDP driver exists yet. If the driver ends up
-    /// transmitting by XDP_TX or redirect, attach the project's trivial XDP_PASS program
-    /// (from `ebpf/`, through its loader) to `self.root_link` here, entering no
-    /// namespace (the root side lives in the root namespace); the program goes away with
-    /// the link at teardown.
+    /// receives without a program. Seen working: the FFmpeg and GStreamer interop tests
+    /// pass with nothing attached here under the AF_XDP driver of the `afxdp` branch
+    /// (commit 588c222, which also puts its XDP guard on [`FORWARDER_LINK`]). If the
+    /// driver ends up transmitting by XDP_TX or redirect, attach the project's trivial
+    /// XDP_PASS program (from `ebpf/`, through its loader) to `self.root_link` here,
+    /// entering no namespace (the root side lives in the root namespace); the program
+    /// goes away with the link at teardown.
     fn attach_root_side_xdp_pass(&self) -> Result<()> {
         Ok(())
     }
