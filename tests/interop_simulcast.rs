@@ -19,8 +19,13 @@
 //!   starting at a switch (a resolution change mid-stream is legal VP8 in WebM);
 //! * the forwarder's metrics show the keyframe requests it sent upstream (if it exports
 //!   them), and no drop other than the expected ones.
+//!
+//! The publisher sends each encoding from a socket of its own, so one leg's packets come
+//! from two source ports. The forwarder's core takes both; its XDP guard (`--xdp`, which
+//! the harness gives it under `FANOUT_IO=afxdp`) allows one source per leg and drops the
+//! other encoding's packets as `drop_unknown_source`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
@@ -33,6 +38,7 @@ use fanout_tests::media::{decode_video, video_frames, VideoFrame};
 use fanout_tests::meeting::{temp_dir, VIDEO_FPS};
 use fanout_tests::net::{free_udp_port_pair, wait_udp_bound};
 use fanout_tests::process::{require_tool, Proc};
+use fanout_tests::topology::ForwarderNetwork;
 
 const LOW: SimulcastEncoding = SimulcastEncoding {
     width: 320,
@@ -61,6 +67,8 @@ const LONGEST_GAP: f64 = 1.5 / VIDEO_FPS as f64;
 
 struct Setup {
     listen: SocketAddr,
+    /// Where the receiver listens.
+    receiver_ip: IpAddr,
     receiver_port: u16,
     publisher_key: SrtpKey,
     publisher_rtcp_key: SrtpKey,
@@ -94,7 +102,7 @@ impl Setup {
                 name: "video".into(),
                 receive_key: self.receiver_upstream_key.clone(),
                 send_key: self.receiver_key.clone(),
-                remote: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, self.receiver_port))),
+                remote: Some(SocketAddr::new(self.receiver_ip, self.receiver_port)),
             }],
             tracks: Vec::new(),
             subscriptions: vec![SubscriptionSpec {
@@ -174,8 +182,11 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
     let temp = temp_dir("fanout-simulcast-")?;
     let dir = temp.path();
     let profile = SrtpProfile::AesCm128HmacSha1_80;
+    let network = ForwarderNetwork::from_env()?;
+    let network_name = network.to_string();
     let setup = Setup {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port_pair()?)),
+        listen: network.forwarder_address(free_udp_port_pair()?),
+        receiver_ip: network.peer_ip(),
         receiver_port: free_udp_port_pair()?,
         publisher_key: SrtpKey::generate(profile),
         publisher_rtcp_key: SrtpKey::generate(profile),
@@ -183,11 +194,20 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
         receiver_key: SrtpKey::generate(profile),
     };
 
-    let mut forwarder = Forwarder::start(&setup.config(0), dir)?;
+    let mut forwarder = Forwarder::start(&setup.config(0), dir, network)?;
+    eprintln!(
+        "forwarder: {} driver, network: {network_name}",
+        forwarder.driver().as_deref().unwrap_or("unknown")
+    );
     let sdp = dir.join("bob.sdp");
     std::fs::write(
         &sdp,
-        ffmpeg::vp8_receiver_sdp(setup.receiver_port, PAYLOAD_TYPE, &setup.receiver_key),
+        ffmpeg::vp8_receiver_sdp(
+            setup.receiver_ip,
+            setup.receiver_port,
+            PAYLOAD_TYPE,
+            &setup.receiver_key,
+        ),
     )?;
     let output = dir.join("bob.webm");
     let mut receiver = ffmpeg::sdp_receiver(&sdp, &output)?;
@@ -227,6 +247,8 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
     );
     ffmpeg::finish_sdp_receiver(&mut receiver)?;
     let metrics = forwarder.scrape()?;
+    // After the scrape: every packet the forwarder counted has crossed the veth by now.
+    let veth = forwarder.network().veth_traffic()?;
     let forwarder_log = forwarder.stop()?;
 
     // (a) No corrupt frame.
@@ -334,6 +356,27 @@ fn switching_encodings_by_sighup_keeps_one_clean_stream() -> Result<()> {
         );
     }
     ensure!(unexpected.is_empty(), "unexpected drops: {unexpected:?}");
+    if let Some(veth) = veth {
+        // The forwarder's only way to its peers is its veth: all it counted must have
+        // crossed it (and more: ARP, the metrics scrapes).
+        let sent = metrics.sum("fanout_leg_packets_sent_total", &[]) as u64;
+        let received = metrics.sum("fanout_leg_packets_received_total", &[]) as u64;
+        eprintln!(
+            "the veth carried {} packets to the forwarder ({received} counted received), {} \
+             from it ({sent} counted sent)",
+            veth.to_forwarder, veth.from_forwarder
+        );
+        ensure!(
+            received > 0 && veth.to_forwarder >= received,
+            "the forwarder counted {received} packets received, its veth carried {} to it",
+            veth.to_forwarder
+        );
+        ensure!(
+            sent > 0 && veth.from_forwarder >= sent,
+            "the forwarder counted {sent} packets sent, its veth carried {} from it",
+            veth.from_forwarder
+        );
+    }
     let applied = forwarder_log
         .lines()
         .filter(|l| l.contains("subscription layer limits changed"))

@@ -12,7 +12,7 @@
 //!   of a complete file, at the cost of 10 s per run.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -31,11 +31,19 @@ const RECEIVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ffmpeg;
 
-/// The receiver's SDP (RFC 4566) with one `a=crypto` line (RFC 4568) per m-line.
-pub fn receiver_sdp(receiver: &ReceiverPlan, profile: SrtpProfile) -> String {
-    let mut sdp = String::from(
-        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=fanout receiver\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n",
-    );
+/// The SDP header of a receiver at `address` (where the forwarder sends its media).
+fn sdp_header(address: IpAddr) -> String {
+    let family = if address.is_ipv4() { "IP4" } else { "IP6" };
+    format!(
+        "v=0\r\no=- 0 0 IN {family} {address}\r\ns=fanout receiver\r\nc=IN {family} {address}\r\n\
+         t=0 0\r\n"
+    )
+}
+
+/// The SDP (RFC 4566) of a receiver at `address`, with one `a=crypto` line (RFC 4568) per
+/// m-line.
+pub fn receiver_sdp(receiver: &ReceiverPlan, profile: SrtpProfile, address: IpAddr) -> String {
+    let mut sdp = sdp_header(address);
     for (i, m) in MEDIA.iter().enumerate() {
         let rtpmap = if *m == VIDEO {
             "VP8/90000"
@@ -91,7 +99,7 @@ impl PeerKit for Ffmpeg {
 
     fn start_receiver(&self, plan: &MeetingPlan, receiver: &ReceiverPlan) -> Result<Proc> {
         let sdp = plan.dir.join(format!("{}.sdp", receiver.id));
-        std::fs::write(&sdp, receiver_sdp(receiver, plan.profile))
+        std::fs::write(&sdp, receiver_sdp(receiver, plan.profile, plan.peer_ip))
             .with_context(|| format!("cannot write {}", sdp.display()))?;
         let mut command = Command::new("ffmpeg");
         command
@@ -232,12 +240,13 @@ pub fn simulcast_publisher(
     Proc::spawn("ffmpeg simulcast publisher", command)
 }
 
-/// An SDP (RFC 4566) with one VP8 m-line on `port` and its `a=crypto` key (RFC 4568).
-pub fn vp8_receiver_sdp(port: u16, payload_type: u8, key: &SrtpKey) -> String {
+/// The SDP (RFC 4566) of a receiver at `address` with one VP8 m-line on `port` and its
+/// `a=crypto` key (RFC 4568).
+pub fn vp8_receiver_sdp(address: IpAddr, port: u16, payload_type: u8, key: &SrtpKey) -> String {
     format!(
-        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=fanout receiver\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=video {port} RTP/AVP {payload_type}\r\na=rtpmap:{payload_type} VP8/90000\r\n\
+        "{header}m=video {port} RTP/AVP {payload_type}\r\na=rtpmap:{payload_type} VP8/90000\r\n\
          a=crypto:1 {suite} {key}\r\n",
+        header = sdp_header(address),
         suite = key.profile().name(),
         key = key.inline(),
     )
@@ -272,5 +281,25 @@ pub fn finish_sdp_receiver(proc: &mut Proc) -> Result<()> {
             proc.name(),
             tail(&stderr)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn sdp_names_the_receivers_address() {
+        let key = SrtpKey::generate(SrtpProfile::AesCm128HmacSha1_80);
+        let loopback = vp8_receiver_sdp(Ipv4Addr::LOCALHOST.into(), 5004, 96, &key);
+        // On loopback, exactly the SDP the tests always gave FFmpeg.
+        assert!(loopback.starts_with(
+            "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=fanout receiver\r\nc=IN IP4 127.0.0.1\r\n\
+             t=0 0\r\nm=video 5004 RTP/AVP 96\r\n"
+        ));
+        let veth = vp8_receiver_sdp(Ipv4Addr::new(10, 214, 0, 1).into(), 5004, 96, &key);
+        assert!(veth.contains("\r\nc=IN IP4 10.214.0.1\r\n"), "{veth}");
     }
 }

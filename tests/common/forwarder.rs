@@ -14,6 +14,7 @@ use base64::Engine as _;
 use fanout_forwarder::srtp::{MasterKey, SrtpProfile};
 
 use crate::process::{self, tail, Proc};
+use crate::topology::ForwarderNetwork;
 
 /// How long the forwarder may take to start serving metrics.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -288,25 +289,33 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
 /// A running forwarder. Killed on drop; [`Forwarder::stop`] stops it cleanly.
 #[derive(Debug)]
 pub struct Forwarder {
+    // Fields drop in order: the process dies before its network namespace is removed.
     proc: Proc,
     metrics: SocketAddr,
     config_path: PathBuf,
+    network: ForwarderNetwork,
 }
 
 impl Forwarder {
-    /// Writes `config` to `dir/forwarder.toml`, starts the forwarder with metrics on a
+    /// Writes `config` to `dir/forwarder.toml`, starts the forwarder in `network` (where
+    /// `config` must listen: [`ForwarderNetwork::forwarder_address`]) with metrics on a
     /// free port, and waits until its metrics endpoint answers (the driver is running).
-    pub fn start(config: &ConfigSpec, dir: &Path) -> Result<Forwarder> {
+    /// The forwarder owns `network` from here on, and removes it after its process.
+    pub fn start(config: &ConfigSpec, dir: &Path, network: ForwarderNetwork) -> Result<Forwarder> {
         let path = dir.join("forwarder.toml");
         std::fs::write(&path, config.to_toml())
             .with_context(|| format!("cannot write {}", path.display()))?;
-        let mut command = Command::new(forwarder_binary()?);
+        let mut command = network.command(&forwarder_binary()?);
         command
             .arg("--config")
             .arg(&path)
-            .args(["--metrics", "127.0.0.1:0"])
+            .arg("--metrics")
+            .arg(network.metrics_bind().to_string())
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
+        if let Some(interface) = network.xdp_interface() {
+            command.args(["--xdp", interface]);
+        }
         // The start-up is recognised by an info line: a filter must keep info level.
         let filter = std::env::var("FANOUT_FORWARDER_LOG").unwrap_or_else(|_| "info".into());
         command.args(["--log", &filter]);
@@ -320,6 +329,7 @@ impl Forwarder {
             proc,
             metrics,
             config_path: path,
+            network,
         };
         forwarder.wait_ready()?;
         Ok(forwarder)
@@ -383,6 +393,27 @@ impl Forwarder {
 
     pub fn metrics_address(&self) -> SocketAddr {
         self.metrics
+    }
+
+    /// The I/O driver the forwarder logged it selected (`driver=` of its "I/O driver
+    /// selected" line), if it did.
+    pub fn driver(&self) -> Option<String> {
+        let stderr = self.proc.stderr();
+        let line = stderr.lines().find(|l| l.contains("I/O driver selected"))?;
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("driver="))?;
+        Some(value.trim_matches('"').to_owned())
+    }
+
+    /// The forwarder's process id (in veth mode too: `ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Where the forwarder runs.
+    pub fn network(&self) -> &ForwarderNetwork {
+        &self.network
     }
 
     /// A fresh scrape of the forwarder's metrics.

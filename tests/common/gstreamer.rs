@@ -77,7 +77,7 @@ impl PeerKit for Gstreamer {
             };
             args.push("udpsrc".into());
             args.push(format!("name={}", SOURCES[i]));
-            args.push("address=127.0.0.1".into());
+            args.push(format!("address={}", plan.peer_ip));
             args.push(format!("port={}", receiver.ports[i]));
             args.push(format!("timeout={UDPSRC_IDLE_NS}"));
             args.push(format!(

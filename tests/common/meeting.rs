@@ -17,7 +17,7 @@
 //!    frames of the sent file and of every received file with ffprobe.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::forwarder::{
 use crate::media::{count_frames, FrameCounts};
 use crate::net::{free_udp_port_pair, wait_udp_bound};
 use crate::process::{require_tool, tail, Proc};
+use crate::topology::{ForwarderNetwork, VethTraffic};
 
 /// Frame rate of the synthetic video.
 pub const VIDEO_FPS: u32 = 30;
@@ -113,6 +114,8 @@ pub struct MeetingPlan {
     pub seconds: u32,
     /// The forwarder's RTP address; RTCP (not muxed) is the next port.
     pub listen: SocketAddr,
+    /// The address the receivers listen on and the publisher sends from.
+    pub peer_ip: IpAddr,
     pub publisher: PublisherPlan,
     pub receivers: Vec<ReceiverPlan>,
     /// Where the publisher writes a copy of exactly what it sends.
@@ -121,16 +124,17 @@ pub struct MeetingPlan {
 }
 
 impl MeetingPlan {
-    /// Allocates ports and fresh keys. `wrong_keys[i]` gives receiver `i` keys that do
-    /// not match the forwarder's.
+    /// Allocates ports and fresh keys, with the addresses of `network`. `wrong_keys[i]`
+    /// gives receiver `i` keys that do not match the forwarder's.
     pub fn new(
         profile: SrtpProfile,
         seconds: u32,
         wrong_keys: &[bool],
         dir: &Path,
         extension: &str,
+        network: &ForwarderNetwork,
     ) -> Result<MeetingPlan> {
-        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port_pair()?));
+        let listen = network.forwarder_address(free_udp_port_pair()?);
         let mut receivers = Vec::new();
         for (i, &wrong_key) in wrong_keys.iter().enumerate() {
             let id = format!("receiver{}", i + 1);
@@ -154,6 +158,7 @@ impl MeetingPlan {
             profile,
             seconds,
             listen,
+            peer_ip: network.peer_ip(),
             publisher: PublisherPlan {
                 id: "alice".into(),
                 keys: keys(profile),
@@ -201,7 +206,7 @@ impl MeetingPlan {
                     name: m.leg.into(),
                     receive_key: r.upstream_keys[i].clone(),
                     send_key: r.forwarder_keys[i].clone(),
-                    remote: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, r.ports[i]))),
+                    remote: Some(SocketAddr::new(self.peer_ip, r.ports[i])),
                 })
                 .collect(),
             tracks: Vec::new(),
@@ -299,6 +304,10 @@ pub struct Report {
     pub nonzero_drops: Vec<String>,
     /// `Err` with the reason if the forwarder did not exit 0 on SIGTERM.
     pub forwarder_exit: Result<(), String>,
+    /// Where the forwarder ran ([`ForwarderNetwork`]'s description).
+    pub network: String,
+    /// In veth mode, what the forwarder's veth pair carried by the end of the media.
+    pub veth: Option<VethTraffic>,
     pub forwarder_log_tail: String,
     pub elapsed: Duration,
 }
@@ -391,6 +400,30 @@ impl Report {
         if let Err(e) = &self.forwarder_exit {
             failures.push(e.clone());
         }
+        if let Some(veth) = self.veth {
+            // The forwarder's only way to its peers is its veth: all it counted must have
+            // crossed it (and more: ARP, the metrics scrapes).
+            let sent: u64 = self.legs.iter().map(|l| l.rtp_sent + l.rtcp_sent).sum();
+            let received: u64 = self
+                .legs
+                .iter()
+                .map(|l| l.rtp_received + l.rtcp_received)
+                .sum();
+            if veth.from_forwarder < sent {
+                failures.push(format!(
+                    "the forwarder counted {sent} packets sent, but its veth carried only {} \
+                     from it",
+                    veth.from_forwarder
+                ));
+            }
+            if veth.to_forwarder < received {
+                failures.push(format!(
+                    "the forwarder counted {received} packets received, but its veth carried \
+                     only {} to it",
+                    veth.to_forwarder
+                ));
+            }
+        }
         failures
     }
 
@@ -472,6 +505,13 @@ impl fmt::Display for Report {
                 format!(" ({})", self.nonzero_drops.join("; "))
             }
         )?;
+        if let Some(veth) = self.veth {
+            writeln!(
+                f,
+                "  network: {}; the veth carried {} packets to the forwarder, {} from it",
+                self.network, veth.to_forwarder, veth.from_forwarder
+            )?;
+        }
         match &self.forwarder_exit {
             Ok(()) => writeln!(f, "  forwarder stopped cleanly on SIGTERM (exit 0)"),
             Err(e) => writeln!(f, "  forwarder stop: {e}"),
@@ -502,14 +542,23 @@ pub fn run(kit: &dyn PeerKit, options: &RunOptions) -> Result<Report> {
         require_tool(tool)?;
     }
     let dir = temp_dir("fanout-interop-")?;
+    let network = ForwarderNetwork::from_env()?;
     let plan = MeetingPlan::new(
         options.profile,
         options.seconds,
         &options.wrong_keys,
         dir.path(),
         kit.extension(),
+        &network,
     )?;
-    let forwarder = Forwarder::start(&plan.config(), dir.path())?;
+    let network_name = network.to_string();
+    let forwarder = Forwarder::start(&plan.config(), dir.path(), network)?;
+    if options.progress {
+        eprintln!(
+            "forwarder: {} driver, network: {network_name}",
+            forwarder.driver().as_deref().unwrap_or("unknown")
+        );
+    }
 
     let mut receivers = Vec::new();
     for r in &plan.receivers {
@@ -554,6 +603,8 @@ pub fn run(kit: &dyn PeerKit, options: &RunOptions) -> Result<Report> {
     note("receivers done; stopping the forwarder and counting frames");
 
     let metrics = forwarder.scrape()?;
+    // After the scrape: every packet the forwarder counted has crossed the veth by now.
+    let veth = forwarder.network().veth_traffic()?;
     let forwarder_log = forwarder.stderr();
     let forwarder_exit = forwarder.stop().map(|_| ()).map_err(|e| format!("{e:#}"));
 
@@ -602,6 +653,8 @@ pub fn run(kit: &dyn PeerKit, options: &RunOptions) -> Result<Report> {
         authentication_failures: metrics.drops_for("authentication_failed"),
         nonzero_drops: metrics.nonzero_drops(),
         forwarder_exit,
+        network: network_name,
+        veth,
         forwarder_log_tail: tail(&forwarder_log).to_owned(),
         elapsed: started.elapsed(),
     })
@@ -651,4 +704,35 @@ fn progress_line(forwarder: &Forwarder, plan: &MeetingPlan, elapsed: Duration) {
     });
     let line = line.unwrap_or_else(|e| format!("cannot scrape the forwarder: {e:#}"));
     eprintln!("[{:>3}s/{}s] {line}", elapsed.as_secs(), plan.seconds);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_come_from_the_network() {
+        let dir = Path::new("/nonexistent");
+        let plan = MeetingPlan::new(
+            SrtpProfile::AesCm128HmacSha1_80,
+            1,
+            &[false],
+            dir,
+            "webm",
+            &ForwarderNetwork::loopback(),
+        )
+        .unwrap();
+        let toml = plan.config().to_toml();
+        assert!(toml.starts_with(&format!(
+            "[forwarder]\nlisten = \"127.0.0.1:{}\"\n",
+            plan.listen.port()
+        )));
+        for port in plan.receivers[0].ports {
+            assert!(
+                toml.contains(&format!("remote = \"127.0.0.1:{port}\"\n")),
+                "{toml}"
+            );
+        }
+        assert_eq!(plan.peer_ip, IpAddr::from([127, 0, 0, 1]));
+    }
 }

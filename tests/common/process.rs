@@ -72,6 +72,13 @@ impl Captured {
             .clone()
     }
 
+    fn is_closed(&self) -> bool {
+        self.text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed
+    }
+
     fn len(&self) -> usize {
         self.text
             .lock()
@@ -250,6 +257,12 @@ impl Proc {
     }
 
     fn describe_state(&mut self) -> String {
+        // A child that closed its output is exiting (a start-up error): its status comes
+        // a moment after its pipes close.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.stderr.is_closed() && self.try_status().is_none() && Instant::now() < deadline {
+            thread::sleep(EXIT_POLL);
+        }
         match self.try_status() {
             Some(status) => format!("exited: {status}"),
             None => "still running".to_owned(),
