@@ -21,9 +21,9 @@
 //!   them), and no drop other than the expected ones.
 //!
 //! The publisher sends each encoding from a socket of its own, so one leg's packets come
-//! from two source ports. The forwarder's core takes both; its XDP guard (`--xdp`, which
-//! the harness gives it under `FANOUT_IO=afxdp`) allows one source per leg and drops the
-//! other encoding's packets as `drop_unknown_source`.
+//! from two source ports. The forwarder's core learns each; its XDP guard (`--xdp`, which
+//! the harness gives it under `FANOUT_IO=afxdp`) keeps first contact open until every
+//! SSRC the leg publishes has been heard, then allows each learned source.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
