@@ -13,6 +13,7 @@
 //! into the same core through the same four calls (`handle_datagram`, `poll_transmit`,
 //! `poll_timeout`, `handle_timeout`).
 
+pub mod afxdp;
 mod common;
 pub mod mio;
 pub mod os;
@@ -63,6 +64,9 @@ pub trait Driver: Send + std::fmt::Debug {
 pub enum DriverKind {
     Mio,
     Uring,
+    /// AF_XDP sockets on the XDP guard's interface ([`afxdp`]); built with
+    /// [`new_afxdp_driver`], since it needs the guard.
+    AfXdp,
 }
 
 impl DriverKind {
@@ -70,6 +74,7 @@ impl DriverKind {
         match self {
             DriverKind::Mio => "mio",
             DriverKind::Uring => "io_uring",
+            DriverKind::AfXdp => "afxdp",
         }
     }
 }
@@ -89,6 +94,9 @@ pub enum IoSelection {
     /// io_uring or fail.
     Uring,
     Mio,
+    /// AF_XDP (`--io afxdp --xdp IFACE`); the kernel's support is checked when the
+    /// driver is built.
+    AfXdp,
 }
 
 /// `--io uring` on a kernel (or in a sandbox) without the io_uring features the driver
@@ -102,6 +110,7 @@ pub struct UringUnavailable(pub String);
 pub fn select(selection: IoSelection) -> Result<DriverKind, UringUnavailable> {
     match selection {
         IoSelection::Mio => Ok(DriverKind::Mio),
+        IoSelection::AfXdp => Ok(DriverKind::AfXdp),
         IoSelection::Uring => uring::probe()
             .map(|()| DriverKind::Uring)
             .map_err(UringUnavailable),
@@ -121,7 +130,22 @@ pub fn new_driver(kind: DriverKind, sockets: Vec<UdpSocket>) -> io::Result<Box<d
     Ok(match kind {
         DriverKind::Mio => Box::new(mio::MioDriver::new(sockets)?),
         DriverKind::Uring => Box::new(uring::UringDriver::new(sockets)?),
+        DriverKind::AfXdp => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the AF_XDP driver needs the XDP guard: build it with new_afxdp_driver",
+            ))
+        }
     })
+}
+
+/// Build the AF_XDP driver over bound sockets, on the interface of `guard`, whose program
+/// it asks to redirect each receive queue to the driver's AF_XDP socket.
+pub fn new_afxdp_driver(
+    sockets: Vec<UdpSocket>,
+    guard: Arc<dyn afxdp::XskRegistry>,
+) -> io::Result<Box<dyn Driver>> {
+    Ok(Box::new(afxdp::AfXdpDriver::new(sockets, guard)?))
 }
 
 /// Bind a non-blocking UDP socket with the given kernel buffer sizes. Buffers larger than
