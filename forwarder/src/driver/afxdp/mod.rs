@@ -48,6 +48,7 @@ use self::neighbour::{Link, NeighbourCache, Netlink, NextHop, SlowReason};
 use self::umem::{Mode, XskQueue};
 use super::common::{drain_events, CommandQueue, EventSink, Progress};
 use super::{DriverHandle, DriverStats, StopHandle, TrafficCounters};
+use crate::edge::{PeerSync, XdpGuard};
 use crate::exporter::{MetricsExchange, Wake};
 use crate::sfu::{Forwarder, MAX_DATAGRAM_LEN, MIN_TRANSMIT_BUFFER_LEN};
 
@@ -72,6 +73,18 @@ pub trait XskRegistry: Send + Sync + std::fmt::Debug {
     fn interface_index(&self) -> u32;
     /// Redirect the allowed packets of RX queue `queue` to `socket` from now on.
     fn register_xsk(&self, queue: u32, socket: BorrowedFd<'_>) -> io::Result<()>;
+}
+
+impl XskRegistry for XdpGuard {
+    fn interface(&self) -> &str {
+        XdpGuard::interface(self)
+    }
+    fn interface_index(&self) -> u32 {
+        XdpGuard::interface_index(self)
+    }
+    fn register_xsk(&self, queue: u32, socket: BorrowedFd<'_>) -> io::Result<()> {
+        XdpGuard::register_xsk(self, queue, socket).map_err(io::Error::other)
+    }
 }
 
 /// Why a datagram went the slow way (the kernel socket). Each is counted.
@@ -176,6 +189,8 @@ pub struct AfXdpDriver {
     metrics: Option<Arc<MetricsExchange>>,
     progress: Progress,
     events: Option<EventSink>,
+    /// Keeps the XDP guard's allowlist equal to the core's peers.
+    peer_sync: Option<PeerSync>,
     stats: DriverStats,
     xdp: AfXdpStats,
     rx_descs: Vec<XdpDesc>,
@@ -300,6 +315,7 @@ impl AfXdpDriver {
             metrics: None,
             progress: Progress::new(Some(Duration::from_secs(10))),
             events: None,
+            peer_sync: None,
             stats: DriverStats::default(),
             xdp: AfXdpStats::default(),
             rx_descs: Vec::with_capacity(BATCH as usize),
@@ -312,6 +328,18 @@ impl AfXdpDriver {
     /// The AF_XDP counters.
     pub fn afxdp_stats(&self) -> AfXdpStats {
         self.xdp
+    }
+
+    /// TX frames the kernel has not given back yet, after reaping what it has completed.
+    /// Zero once all that was sent has left: no frame is ever lost.
+    pub fn frames_in_flight(&mut self) -> usize {
+        self.queues
+            .iter_mut()
+            .map(|q| {
+                q.xsk.reap_completions();
+                q.xsk.tx_in_flight()
+            })
+            .sum()
     }
 
     /// The interface the driver's AF_XDP sockets are bound to.
@@ -558,7 +586,12 @@ impl AfXdpDriver {
                 self.flush_tx(core);
             }
         }
-        drain_events(core, self.events.as_ref(), &mut self.stats);
+        drain_events(
+            core,
+            self.events.as_ref(),
+            self.peer_sync.as_mut(),
+            &mut self.stats,
+        );
     }
 
     /// Write the headers in front of the payload the core put in `frame` and queue it on
@@ -878,6 +911,9 @@ impl super::Driver for AfXdpDriver {
     }
     fn set_event_sink(&mut self, sink: EventSink) {
         self.events = Some(sink);
+    }
+    fn set_peer_sync(&mut self, sync: PeerSync) {
+        self.peer_sync = Some(sync);
     }
     fn stop_handle(&self) -> StopHandle {
         StopHandle::new(self.stop.clone(), self.wake())
