@@ -127,7 +127,9 @@ struct Args {
     /// The I/O driver: `uring` (io_uring: multishot receive, one submission per fan-out
     /// batch), `mio` (portable epoll with recvmmsg/sendmmsg), or `auto`: io_uring when
     /// the kernel has it, else mio with the reason logged. `--io uring` fails if the
-    /// kernel lacks io_uring.
+    /// kernel lacks io_uring. `afxdp`: AF_XDP sockets on the `--xdp` interface's receive
+    /// queues, fed by the XDP guard, with the kernel UDP sockets as the slow path; needs
+    /// `--xdp IFACE` and runs one shard.
     #[arg(long, value_enum, env = "FANOUT_IO", default_value_t = Io::Auto)]
     io: Io,
 
@@ -169,6 +171,7 @@ enum Io {
     Auto,
     Uring,
     Mio,
+    Afxdp,
 }
 
 impl From<Io> for IoSelection {
@@ -177,6 +180,7 @@ impl From<Io> for IoSelection {
             Io::Auto => IoSelection::Auto,
             Io::Uring => IoSelection::Uring,
             Io::Mio => IoSelection::Mio,
+            Io::Afxdp => IoSelection::AfXdp,
         }
     }
 }
@@ -225,7 +229,7 @@ fn run(args: Args) -> Result<()> {
     let path = args.config.context("--config FILE is required")?;
     let overrides = Overrides {
         listen: args.listen,
-        shards: args.shards.map(usize::from),
+        shards: shards_for(args.io, args.shards),
     };
     let loaded = config::load(&path, Instant::now(), overrides)?;
     let mut network = loaded.network;
@@ -257,6 +261,8 @@ fn run(args: Args) -> Result<()> {
 
     let kind = driver::select(args.io.into())?;
     info!(driver = %kind, requested = ?args.io, "I/O driver selected");
+    // The AF_XDP driver needs the guard attached before it is built.
+    let mut afxdp_guard = None;
     let cpus = driver::allowed_cpus();
     let mut shards = Vec::with_capacity(loaded.shards.len());
     for (index, setup) in loaded.shards.into_iter().enumerate() {
@@ -267,8 +273,14 @@ fn run(args: Args) -> Result<()> {
                     .with_context(|| format!("cannot bind {address} (shard {index})"))?,
             );
         }
-        let mut driver = driver::new_driver(kind, sockets)
-            .with_context(|| format!("cannot start the {kind} I/O driver (shard {index})"))?;
+        let mut driver = build_driver(
+            kind,
+            sockets,
+            &args.xdp,
+            network.xdp.as_ref(),
+            &mut afxdp_guard,
+        )
+        .with_context(|| format!("cannot start the {kind} I/O driver (shard {index})"))?;
         driver.set_progress_interval(Some(Duration::from_secs(args.progress_interval)));
         let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
         info!(
@@ -302,7 +314,7 @@ fn run(args: Args) -> Result<()> {
             .collect(),
     });
 
-    let guard = guard_ports(&args.xdp, network.xdp.as_ref(), &mut shards)?;
+    let guard = guard_ports(&args.xdp, network.xdp.as_ref(), &mut shards, afxdp_guard)?;
     if let Some(address) = network.metrics {
         let control = Arc::new(LayerControl {
             running: running.clone(),
@@ -335,15 +347,10 @@ fn run(args: Args) -> Result<()> {
     run_shards(shards, &stops)
 }
 
-/// Attach the XDP port guard when asked (`--xdp` or `[forwarder.xdp]`) to the ports the
-/// shards bound, and give each shard the allowlist to keep. The guard stays attached while
-/// the returned handle lives.
-fn guard_ports(
-    args: &XdpArgs,
-    file: Option<&config::XdpSection>,
-    shards: &mut [Shard],
-) -> Result<Option<Arc<XdpGuard>>> {
-    let Some(mut section) = file.cloned().or_else(|| {
+/// The XDP guard's settings: `[forwarder.xdp]` with the flags over it; `None` when
+/// neither asks for a guard.
+fn xdp_section(args: &XdpArgs, file: Option<&config::XdpSection>) -> Option<config::XdpSection> {
+    let mut section = file.cloned().or_else(|| {
         args.interface.as_ref().map(|interface| config::XdpSection {
             interface: interface.clone(),
             mode: AttachMode::default(),
@@ -353,25 +360,44 @@ fn guard_ports(
             flood_rate: None,
             flood_burst: None,
         })
-    }) else {
-        return Ok(None);
-    };
+    })?;
     if let Some(interface) = &args.interface {
         section.interface = interface.clone();
     }
     section.mode = args.mode.unwrap_or(section.mode);
     section.unknown_media = args.unknown_media.unwrap_or(section.unknown_media);
-    let mut ports: Vec<u16> = shards
-        .iter()
-        .flat_map(|s| s.driver.local_addrs())
-        .map(|a| a.port())
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    let guard = Arc::new(
-        XdpGuard::load(&section.options(ports))
-            .with_context(|| format!("--xdp {}", section.interface))?,
-    );
+    Some(section)
+}
+
+/// Load the XDP port guard when asked (`--xdp` or `[forwarder.xdp]`) for the ports the
+/// shards bound (unless the AF_XDP driver's construction loaded it already), give each
+/// shard the allowlist to keep, filled with its configured legs, then attach it. The guard
+/// stays attached while the returned handle lives.
+fn guard_ports(
+    args: &XdpArgs,
+    file: Option<&config::XdpSection>,
+    shards: &mut [Shard],
+    loaded: Option<Arc<XdpGuard>>,
+) -> Result<Option<Arc<XdpGuard>>> {
+    let Some(section) = xdp_section(args, file) else {
+        return Ok(None);
+    };
+    let guard = match loaded {
+        Some(guard) => guard,
+        None => {
+            let mut ports: Vec<u16> = shards
+                .iter()
+                .flat_map(|s| s.driver.local_addrs())
+                .map(|a| a.port())
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            Arc::new(
+                XdpGuard::load(&section.options(ports))
+                    .with_context(|| format!("--xdp {}", section.interface))?,
+            )
+        }
+    };
     for shard in shards.iter_mut() {
         let mut sync = PeerSync::new(guard.clone(), shard.index);
         // The configured legs, before the first packet meets the guard.
@@ -382,6 +408,57 @@ fn guard_ports(
         .start()
         .with_context(|| format!("--xdp {}", section.interface))?;
     Ok(Some(guard))
+}
+
+/// `--io afxdp` runs one shard: an AF_XDP socket receives what the NIC's RSS hashing puts
+/// on its queue, not what belongs to a shard, so shards could not own their meetings.
+fn shards_for(io: Io, requested: Option<u16>) -> Option<usize> {
+    if !matches!(io, Io::Afxdp) {
+        return requested.map(usize::from);
+    }
+    if requested.is_some_and(|n| n > 1) {
+        warn!(
+            requested,
+            "--io afxdp runs one shard: an AF_XDP socket receives what RSS puts on its \
+             queue, not what belongs to a shard"
+        );
+    } else {
+        info!("--io afxdp runs one shard (AF_XDP sockets follow RSS queues, not shards)");
+    }
+    Some(1)
+}
+
+/// Build the driver of `kind` over `sockets`. The AF_XDP driver needs the XDP guard
+/// loaded first, for the sockets' ports (one shard, so these are all of them), to put its
+/// sockets in the guard's map; the guard is kept in `guard` for [`guard_ports`], which
+/// fills the allowlist and attaches it.
+fn build_driver(
+    kind: driver::DriverKind,
+    sockets: Vec<std::net::UdpSocket>,
+    args: &XdpArgs,
+    file: Option<&config::XdpSection>,
+    guard: &mut Option<Arc<XdpGuard>>,
+) -> Result<Box<dyn driver::Driver>> {
+    if kind != driver::DriverKind::AfXdp {
+        return Ok(driver::new_driver(kind, sockets)?);
+    }
+    let section = xdp_section(args, file).context(
+        "--io afxdp needs --xdp IFACE (or [forwarder.xdp] interface): the interface whose \
+         receive queues the AF_XDP sockets bind to",
+    )?;
+    let mut ports = Vec::with_capacity(sockets.len());
+    for socket in &sockets {
+        ports.push(socket.local_addr()?.port());
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    let loaded = Arc::new(
+        XdpGuard::load(&section.options(ports))
+            .with_context(|| format!("--xdp {}", section.interface))?,
+    );
+    let driver = driver::new_afxdp_driver(sockets, loaded.clone())?;
+    *guard = Some(loaded);
+    Ok(driver)
 }
 
 /// Serve the shards' metrics (and the XDP guard's, if any) on `address`.
@@ -416,7 +493,7 @@ fn run_control(args: Args) -> Result<()> {
 
     let overrides = Overrides {
         listen: args.listen,
-        shards: args.shards.map(usize::from),
+        shards: shards_for(args.io, args.shards),
     };
     let (mut network, section) = match &args.config {
         Some(path) => {
@@ -529,6 +606,7 @@ fn run_control(args: Args) -> Result<()> {
         );
     }
 
+    let mut afxdp_guard = None;
     let cpus = driver::allowed_cpus();
     let mut shards = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -545,8 +623,14 @@ fn run_control(args: Args) -> Result<()> {
             );
             bound.push(port);
         }
-        let mut driver = driver::new_driver(kind, sockets)
-            .with_context(|| format!("cannot start the {kind} I/O driver (shard {index})"))?;
+        let mut driver = build_driver(
+            kind,
+            sockets,
+            &args.xdp,
+            network.xdp.as_ref(),
+            &mut afxdp_guard,
+        )
+        .with_context(|| format!("cannot start the {kind} I/O driver (shard {index})"))?;
         driver.set_progress_interval(Some(Duration::from_secs(args.progress_interval)));
         let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
         info!(
@@ -569,7 +653,7 @@ fn run_control(args: Args) -> Result<()> {
         });
     }
 
-    let guard = guard_ports(&args.xdp, network.xdp.as_ref(), &mut shards)?;
+    let guard = guard_ports(&args.xdp, network.xdp.as_ref(), &mut shards, afxdp_guard)?;
     if let Some(address) = network.metrics {
         serve_metrics(address, &mut shards, None, guard.as_ref())?;
     }
