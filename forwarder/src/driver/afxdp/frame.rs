@@ -273,7 +273,7 @@ pub struct Headers {
 
 impl Headers {
     /// Bytes of Ethernet, IP and UDP header before the payload.
-    pub fn len(&self) -> usize {
+    pub fn header_len(&self) -> usize {
         header_len(self.destination.is_ipv6())
     }
 }
@@ -298,13 +298,13 @@ pub enum BuildError {
     TooLong,
 }
 
-/// Write Ethernet, IP and UDP headers into `frame[..headers.len()]` for the payload
-/// already in `frame[headers.len()..headers.len() + payload_len]`, with the IPv4 header
+/// Write Ethernet, IP and UDP headers into `frame[..headers.header_len()]` for the payload
+/// already in `frame[headers.header_len()..headers.header_len() + payload_len]`, with the IPv4 header
 /// checksum and the full UDP checksum (mandatory over IPv6, RFC 8200 section 8.1; given
 /// over IPv4 too, since nothing on the way will compute it: the frame bypasses the stack).
 /// Returns the frame's length.
 pub fn build(frame: &mut [u8], headers: &Headers, payload_len: usize) -> Result<usize, BuildError> {
-    let header_len = headers.len();
+    let header_len = headers.header_len();
     let frame_len = header_len + payload_len;
     let udp_len = UDP_HEADER_LEN + payload_len;
     if frame_len > frame.len() {
@@ -405,8 +405,8 @@ mod tests {
     }
 
     fn frame_with(headers: &Headers, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![0u8; headers.len() + payload.len()];
-        frame[headers.len()..].copy_from_slice(payload);
+        let mut frame = vec![0u8; headers.header_len() + payload.len()];
+        frame[headers.header_len()..].copy_from_slice(payload);
         let len = build(&mut frame, headers, payload.len()).unwrap();
         assert_eq!(len, frame.len());
         frame

@@ -632,7 +632,7 @@ impl AfXdpDriver {
             source: SocketAddr::new(source_ip, local.port()),
             destination,
         };
-        let header_len = headers.len();
+        let header_len = headers.header_len();
         if header_len - frame::ETHERNET_HEADER_LEN + len > self.link.mtu as usize {
             return Err(SlowPath::TooBig);
         }

@@ -541,7 +541,7 @@ impl<T: Tables> NeighbourCache<T> {
     }
 
     /// Destinations currently remembered.
-    pub fn len(&self) -> usize {
+    pub fn remembered(&self) -> usize {
         self.entries.len()
     }
 }

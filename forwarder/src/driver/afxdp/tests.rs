@@ -1,4 +1,236 @@
-//! Tests of the driver: address bookkeeping here; the whole path over a veth pair in a
-//! network namespace (root only) in `veth`.
+//! Tests of the driver's bookkeeping. The path over a real veth pair, with and without the
+//! XDP guard, is forwarder/tests/afxdp_veth.rs.
 
 use super::*;
+
+fn kernel_socket(local: &str) -> KernelSocket {
+    // Sockets are never used for I/O here: only their local address matters.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    KernelSocket {
+        socket: MioUdpSocket::from_std(socket),
+        local: local.parse().unwrap(),
+        readable: false,
+    }
+}
+
+fn index(sockets: &[KernelSocket]) -> HashMap<u16, Vec<usize>> {
+    let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+    for (i, s) in sockets.iter().enumerate() {
+        by_port.entry(s.local.port()).or_default().push(i);
+    }
+    by_port
+}
+
+#[test]
+fn datagrams_find_their_socket_as_the_kernel_would() {
+    let sockets = vec![
+        kernel_socket("0.0.0.0:5004"),
+        kernel_socket("10.0.0.1:5004"),
+        kernel_socket("[::]:6000"),
+        kernel_socket("[fd00::1]:7000"),
+    ];
+    let by_port = index(&sockets);
+    let at = |destination: &str, source: &str| {
+        local_for(
+            &sockets,
+            &by_port,
+            destination.parse().unwrap(),
+            source.parse().unwrap(),
+        )
+        .map(|(local, source)| (local.to_string(), source.to_string()))
+    };
+    let pair = |local: &str, source: &str| Some((local.to_owned(), source.to_owned()));
+    assert_eq!(
+        at("10.0.0.1:5004", "10.0.0.9:1"),
+        pair("10.0.0.1:5004", "10.0.0.9:1"),
+        "the exact address before the wildcard"
+    );
+    assert_eq!(
+        at("10.0.0.2:5004", "10.0.0.9:1"),
+        pair("0.0.0.0:5004", "10.0.0.9:1"),
+        "the wildcard for any other address"
+    );
+    assert_eq!(
+        at("10.0.0.2:6000", "10.0.0.9:1"),
+        pair("[::]:6000", "[::ffff:10.0.0.9]:1"),
+        "a dual-stack socket sees IPv4 sources mapped"
+    );
+    assert_eq!(
+        at("[fd00::1]:7000", "[fd00::9]:1"),
+        pair("[fd00::1]:7000", "[fd00::9]:1")
+    );
+    assert_eq!(at("[fd00::2]:7000", "[fd00::9]:1"), None, "bound elsewhere");
+    assert_eq!(at("10.0.0.1:9999", "10.0.0.9:1"), None, "no such port");
+}
+
+#[test]
+fn mapped_addresses_are_unmapped_for_the_wire() {
+    let mapped: SocketAddr = "[::ffff:192.0.2.1]:5004".parse().unwrap();
+    assert_eq!(unmapped(mapped), "192.0.2.1:5004".parse().unwrap());
+    for plain in ["[fd00::1]:5", "192.0.2.1:5"] {
+        let plain: SocketAddr = plain.parse().unwrap();
+        assert_eq!(unmapped(plain), plain);
+    }
+}
+
+#[test]
+fn metrics_name_every_counter_once() {
+    let mut xdp = AfXdpStats {
+        tx_fast: 7,
+        ..AfXdpStats::default()
+    };
+    xdp.slow[SlowPath::RingFull.index()] = 3;
+    xdp.malformed[Malformed::Fragment.index()] = 2;
+    let mut out = String::new();
+    write_afxdp_metrics(&xdp, &[], neighbour::CacheStats::default(), &mut out);
+    assert!(out.contains("\nfanout_afxdp_tx_fast_total 7\n"), "{out}");
+    assert!(out.contains("fanout_afxdp_tx_slow_total{reason=\"tx_ring_full\"} 3\n"));
+    assert!(out.contains("fanout_afxdp_rx_malformed_total{reason=\"fragment\"} 2\n"));
+    let mut seen = std::collections::HashSet::new();
+    for line in out.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        assert!(name.starts_with("fanout_afxdp_"), "{line}");
+        assert!(value.parse::<u64>().is_ok(), "{line}");
+        assert!(seen.insert(name.to_owned()), "{name} twice");
+    }
+    let labels: std::collections::HashSet<_> = SlowPath::ALL.iter().map(|p| p.label()).collect();
+    assert_eq!(
+        labels.len(),
+        SlowPath::ALL.len(),
+        "slow-path labels are distinct"
+    );
+    for (i, path) in SlowPath::ALL.iter().enumerate() {
+        assert_eq!(path.index(), i);
+    }
+}
+
+/// Run `f` on a thread in a fresh network namespace of its own, with `lo` up: AF_XDP
+/// sockets bound there conflict with nothing else on the machine, and the namespace goes
+/// away with the last socket in it. `None` (skipped, said loudly) without root or AF_XDP.
+fn in_private_namespace<T: Send>(f: impl FnOnce(u32) -> T + Send) -> Option<T> {
+    if let Err(reason) = probe() {
+        eprintln!("SKIPPED: {reason}");
+        return None;
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare affects only the calling thread, which is ours.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    eprintln!(
+                        "SKIPPED: cannot make a network namespace: {}",
+                        io::Error::last_os_error()
+                    );
+                    return None;
+                }
+                let lo = set_loopback_up().expect("lo up in the new namespace");
+                Some(f(lo))
+            })
+            .join()
+            .expect("the namespace thread panicked")
+    })
+}
+
+/// Bring `lo` up (SIOCSIFFLAGS) and return its index.
+fn set_loopback_up() -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // Any socket of the namespace serves for interface ioctls; binding needs no interface.
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: `request` is a live ifreq naming lo; the socket is open.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above, now with the flags to set.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the name is a NUL-terminated C string.
+    Ok(unsafe { libc::if_nametoindex(c"lo".as_ptr()) })
+}
+
+#[derive(Debug)]
+struct Loopback(u32);
+
+impl XskRegistry for Loopback {
+    fn interface(&self) -> &str {
+        "lo"
+    }
+    fn interface_index(&self) -> u32 {
+        self.0
+    }
+    fn register_xsk(&self, _: u32, _: BorrowedFd<'_>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn commands_run_on_the_driver_thread_in_order() {
+    let driver = in_private_namespace(|lo| {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        AfXdpDriver::new(vec![socket], Arc::new(Loopback(lo))).unwrap()
+    });
+    if let Some(driver) = driver {
+        crate::driver::common::conformance::commands_run_on_the_driver_thread_in_order(driver);
+    }
+}
+
+#[test]
+fn tx_frames_are_all_accounted_for() {
+    in_private_namespace(|lo| {
+        let mut xsk = XskQueue::open(lo, 0).expect("AF_XDP socket on lo");
+        // Every TX frame can be taken once; then none is left, and that is counted.
+        let mut taken = Vec::new();
+        while let Some(frame) = xsk.take_tx_frame() {
+            taken.push(frame);
+        }
+        assert_eq!(taken.len(), umem::TX_FRAMES as usize);
+        assert_eq!(xsk.stats.tx_frames_exhausted, 1);
+        let distinct: std::collections::HashSet<_> = taken.iter().collect();
+        assert_eq!(distinct.len(), taken.len(), "no frame handed out twice");
+        // Send half of them (to a closed port on lo: the kernel drops them after the
+        // transmit completes), give the other half back unused.
+        let headers = Headers {
+            source_mac: frame::MacAddr::default(),
+            destination_mac: frame::MacAddr::default(),
+            source: "127.0.0.1:9".parse().unwrap(),
+            destination: "127.0.0.1:9".parse().unwrap(),
+        };
+        let (send, keep) = taken.split_at(taken.len() / 2);
+        for &frame in send {
+            let len = frame::build(xsk.tx_frame(frame), &headers, 100).unwrap();
+            xsk.push_tx(frame, 0, len);
+        }
+        for &frame in keep {
+            xsk.return_tx_frame(frame);
+        }
+        let mut refused = Vec::new();
+        xsk.flush(&mut refused);
+        assert!(
+            refused.is_empty(),
+            "the TX ring holds {} frames",
+            send.len()
+        );
+        assert_eq!(xsk.stats.tx_frames, send.len() as u64);
+        // Copy mode completes each frame once the kernel is done with its copy: wait for
+        // every completion (kicking again if the kernel stopped short), bounded.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while xsk.tx_in_flight() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} frames never completed: {:?}",
+                xsk.tx_in_flight(),
+                xsk.stats
+            );
+            xsk.flush(&mut refused);
+            std::thread::yield_now();
+        }
+        assert_eq!(xsk.stats.tx_kick_errors, 0, "{:?}", xsk.stats);
+    });
+}

@@ -338,7 +338,8 @@ impl XskQueue {
     pub fn tx_frame(&mut self, frame: u64) -> &mut [u8] {
         let start = frame as usize;
         assert!(
-            start % FRAME_SIZE as usize == 0 && start + FRAME_SIZE as usize <= self.area.len,
+            start.is_multiple_of(FRAME_SIZE as usize)
+                && start + FRAME_SIZE as usize <= self.area.len,
             "TX frames come from the free list, which holds chunk offsets within the UMEM"
         );
         // SAFETY: the chunk lies within the mapping (asserted). It came off the free list:
