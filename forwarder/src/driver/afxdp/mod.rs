@@ -58,6 +58,8 @@ const BATCH: u32 = 64;
 const BATCHES_PER_TURN: usize = 16;
 /// Frames written before they are handed to the kernel in one go.
 const TX_BATCH: usize = 64;
+/// How soon to kick again when the kernel left frames on a TX ring.
+const TX_RETRY: Duration = Duration::from_millis(1);
 
 const WAKER: Token = Token(usize::MAX);
 /// Tokens of the AF_XDP sockets start here (kernel sockets count up from 0).
@@ -384,12 +386,10 @@ impl AfXdpDriver {
                     .min()
                     .map(|t| t.saturating_duration_since(now))
             };
-            // Frames still in the kernel's TX path complete without waking us; bound the
-            // sleep so their frames return to the free list.
-            let timeout = if self.queues.iter().any(|q| q.xsk.tx_in_flight() > 0) {
-                Some(timeout.map_or(Duration::from_millis(10), |t| {
-                    t.min(Duration::from_millis(10))
-                }))
+            // Frames left on a TX ring (the kernel answered every kick with "try again")
+            // are not announced by any event: come back for them soon.
+            let timeout = if self.queues.iter().any(|q| q.xsk.tx_ring_pending() > 0) {
+                Some(timeout.map_or(TX_RETRY, |t| t.min(TX_RETRY)))
             } else {
                 timeout
             };

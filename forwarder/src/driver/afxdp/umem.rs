@@ -291,11 +291,17 @@ impl XskQueue {
         })
     }
 
-    /// Give received frames back to the kernel through the fill ring.
+    /// Give received frames back to the kernel through the fill ring. A descriptor
+    /// outside the UMEM (see `rx_frame`) names no frame of ours and is not passed on.
     pub fn recycle(&mut self, received: &[XdpDesc]) {
         let chunk = !(u64::from(FRAME_SIZE) - 1);
-        self.to_fill
-            .extend(received.iter().map(|desc| desc.addr & chunk));
+        let len = self.area.len as u64;
+        self.to_fill.extend(
+            received
+                .iter()
+                .map(|desc| desc.addr & chunk)
+                .filter(|&frame| frame < len),
+        );
         self.refill();
     }
 
@@ -358,6 +364,11 @@ impl XskQueue {
             len: len as u32,
             options: 0,
         });
+    }
+
+    /// Descriptors on the TX ring the kernel has not taken yet.
+    pub fn tx_ring_pending(&self) -> u32 {
+        self.tx.pending()
     }
 
     /// Descriptors queued by `push_tx` and not yet flushed.
