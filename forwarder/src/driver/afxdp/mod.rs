@@ -842,6 +842,21 @@ fn write_afxdp_metrics(
         sum(|s| s.tx_kick_errors),
     );
     counter(
+        "fanout_afxdp_tx_kick_again_total",
+        "TX kicks answered try-again (per-call budget spent, or back-pressure)",
+        sum(|s| s.tx_kick_again),
+    );
+    counter(
+        "fanout_afxdp_tx_device_drops_total",
+        "Frames the device dropped on transmit (a kick answered EBUSY)",
+        sum(|s| s.tx_device_drops),
+    );
+    counter(
+        "fanout_afxdp_tx_kick_budget_spent_total",
+        "Flushes that stopped kicking with frames still on the TX ring",
+        sum(|s| s.tx_kick_budget_spent),
+    );
+    counter(
         "fanout_afxdp_bad_descriptors_total",
         "RX descriptors pointing outside the UMEM",
         sum(|s| s.bad_descriptors),

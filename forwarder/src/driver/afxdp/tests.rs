@@ -234,3 +234,42 @@ fn tx_frames_are_all_accounted_for() {
         assert_eq!(xsk.stats.tx_kick_errors, 0, "{:?}", xsk.stats);
     });
 }
+
+/// xdpilone serves a reservation from its cached view of the ring while that shows any
+/// room: a batch larger than that view must still go in whole once the kernel has made
+/// room (it once came back as "TX ring full" with the ring empty).
+#[test]
+fn a_batch_larger_than_the_cached_room_goes_in_whole() {
+    in_private_namespace(|lo| {
+        let mut xsk = XskQueue::open(lo, 0).expect("AF_XDP socket on lo");
+        let headers = Headers {
+            source_mac: frame::MacAddr::default(),
+            destination_mac: frame::MacAddr::default(),
+            source: "127.0.0.1:9".parse().unwrap(),
+            destination: "127.0.0.1:9".parse().unwrap(),
+        };
+        let mut refused = Vec::new();
+        for round in 0..3 {
+            for _ in 0..600 {
+                let frame = xsk.take_tx_frame().expect("a free frame");
+                let len = frame::build(xsk.tx_frame(frame), &headers, 100).unwrap();
+                xsk.push_tx(frame, 0, len);
+            }
+            xsk.flush(&mut refused);
+            assert!(
+                refused.is_empty(),
+                "round {round}: {} refused",
+                refused.len()
+            );
+            // Wait for the kernel to take and complete the round, bounded.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while xsk.tx_in_flight() > 0 {
+                assert!(Instant::now() < deadline, "round {round}: {:?}", xsk.stats);
+                xsk.flush(&mut refused);
+                std::thread::yield_now();
+            }
+        }
+        assert_eq!(xsk.stats.tx_ring_full, 0);
+        assert_eq!(xsk.stats.tx_frames, 1800);
+    });
+}

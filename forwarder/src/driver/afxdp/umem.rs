@@ -32,6 +32,40 @@ const FRAMES: u32 = RX_FRAMES + TX_FRAMES;
 /// Descriptors of the RX and TX rings.
 const RING_SIZE: u32 = 1024;
 
+/// Send buffer of each AF_XDP socket. In copy mode every frame in flight is a socket
+/// buffer charged to the socket until the receiver frees it (over a veth, when the
+/// receiving application has read it), and the kernel refuses to build more (EAGAIN)
+/// past the send buffer: the default (about 200 KiB, some 90 frames) would cap the frames
+/// in flight far below the UMEM's, and the TX ring would fill behind it. Room for every
+/// TX frame at its true size (frame, skb overhead) instead.
+const SEND_BUFFER_BYTES: usize = TX_FRAMES as usize * (FRAME_SIZE as usize + 1024);
+
+/// Raise the socket's send buffer to [`SEND_BUFFER_BYTES`] (forced past `wmem_max` when
+/// allowed, CAP_NET_ADMIN); a failure only costs throughput, so it is logged, not fatal.
+fn raise_send_buffer(fd: RawFd) {
+    let value = libc::c_int::try_from(SEND_BUFFER_BYTES).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: `fd` is an open socket owned by the caller; the value points at a live
+        // c_int of the size passed.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set == 0 {
+            return;
+        }
+    }
+    tracing::warn!(
+        error = %io::Error::last_os_error(),
+        "cannot raise the AF_XDP socket's send buffer: fewer frames can be in flight"
+    );
+}
+
 /// How the socket ended up bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -104,6 +138,12 @@ pub struct QueueStats {
     pub tx_kicks: u64,
     /// Kicks the kernel failed with an error other than "try again".
     pub tx_kick_errors: u64,
+    /// Kicks answered "try again" (per-call budget spent, or back-pressure).
+    pub tx_kick_again: u64,
+    /// Kicks that reported a frame dropped by the device.
+    pub tx_device_drops: u64,
+    /// Flushes that gave up kicking with frames still on the TX ring (retried later).
+    pub tx_kick_budget_spent: u64,
     /// Descriptors from the kernel pointing outside the UMEM (never seen; a kernel bug).
     pub bad_descriptors: u64,
 }
@@ -211,6 +251,7 @@ impl XskQueue {
             debug_assert_eq!(filled, RX_FRAMES, "the fill ring holds every RX frame");
         }
         umem.bind(&user).map_err(errno)?;
+        raise_send_buffer(user.as_raw_fd());
         Ok(XskQueue {
             queue,
             mode,
@@ -312,10 +353,19 @@ impl XskQueue {
         if self.device.pending() == 0 {
             self.stats.fill_starved += 1;
         }
-        let mut fill = self.device.fill(self.to_fill.len() as u32);
-        let filled = fill.insert(self.to_fill.iter().copied()) as usize;
-        fill.commit();
-        drop(fill);
+        // xdpilone serves a reservation from its cached view of the kernel's consumer
+        // while that shows any room at all, so one call may offer less than is free: ask
+        // again until everything is in or a fresh look finds the ring full.
+        let mut filled = 0;
+        while filled < self.to_fill.len() {
+            let mut fill = self.device.fill((self.to_fill.len() - filled) as u32);
+            let n = fill.insert(self.to_fill[filled..].iter().copied()) as usize;
+            fill.commit();
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
         self.to_fill.drain(..filled);
         if self.device.needs_wakeup() {
             self.device.wake();
@@ -381,10 +431,17 @@ impl XskQueue {
     /// then give them back with `return_tx_frame`).
     pub fn flush(&mut self, refused: &mut Vec<XdpDesc>) {
         if !self.tx_batch.is_empty() {
-            let mut writer = self.tx.transmit(self.tx_batch.len() as u32);
-            let written = writer.insert(self.tx_batch.iter().copied()) as usize;
-            writer.commit();
-            drop(writer);
+            // As for the fill ring: one reservation may offer less than is free.
+            let mut written = 0;
+            while written < self.tx_batch.len() {
+                let mut writer = self.tx.transmit((self.tx_batch.len() - written) as u32);
+                let n = writer.insert(self.tx_batch[written..].iter().copied()) as usize;
+                writer.commit();
+                if n == 0 {
+                    break;
+                }
+                written += n;
+            }
             self.stats.tx_frames += written as u64;
             if written < self.tx_batch.len() {
                 self.stats.tx_ring_full += 1;
@@ -422,9 +479,22 @@ impl XskQueue {
             if sent >= 0 {
                 continue;
             }
+            if budget == 0 {
+                self.stats.tx_kick_budget_spent += 1;
+            }
             match io::Error::last_os_error().raw_os_error() {
-                // More to send, or the completion ring is full: reap and go on.
-                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::EINTR) => {
+                Some(libc::EINTR) => {}
+                // The per-call budget is spent, or back-pressure: the send buffer is full
+                // of frames in flight, the completion ring has no room, or the device is
+                // busy. Reap what completed and try again.
+                Some(libc::EAGAIN | libc::ENOBUFS) => {
+                    self.stats.tx_kick_again += 1;
+                    self.reap_completions();
+                }
+                // The device dropped the frame it was given (NET_XMIT_DROP); the frame
+                // completes, the datagram is lost, like a full queue of a kernel socket.
+                Some(libc::EBUSY) => {
+                    self.stats.tx_device_drops += 1;
                     self.reap_completions();
                 }
                 other => {
