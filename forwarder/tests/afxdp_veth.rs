@@ -386,17 +386,19 @@ fn start(topology: &Topology, mut core: Forwarder, guard: bool) -> Option<Runnin
             });
             return Some(AfXdpDriver::new(sockets.into(), registry).expect("AF_XDP driver"));
         }
-        let guard = match XdpGuard::attach(&GuardOptions::new(fwd_if, vec![PORT])) {
+        // As main.rs does: load the guard, bind the sockets into its map, fill the
+        // allowlist with the core's peers, then attach it, so no packet of a known peer
+        // meets an empty allowlist.
+        let guard = match XdpGuard::load(&GuardOptions::new(fwd_if, vec![PORT])) {
             Ok(guard) => Arc::new(guard),
             Err(EdgeError::NotBuilt) => return None,
             Err(e) => panic!("XDP guard on the veth: {e}"),
         };
         let mut driver = AfXdpDriver::new(sockets.into(), guard.clone()).expect("AF_XDP driver");
-        // The allowlist holds the core's peers before the first packet is sent (the
-        // driver would sync it on its first turn, racing the test's first burst).
-        let mut sync = PeerSync::new(guard, 0);
+        let mut sync = PeerSync::new(guard.clone(), 0);
         sync.sync(peers);
         Driver::set_peer_sync(&mut driver, sync);
+        guard.start().expect("XDP guard attached to the veth");
         Some(driver)
     })?;
     let exchange = Arc::new(MetricsExchange::default());
