@@ -24,6 +24,24 @@
 //! sockets (readable when their RX ring has frames) and a waker for commands, metrics and
 //! stop. One shard only: an AF_XDP socket receives what the NIC's RSS puts on its queue,
 //! not what belongs to a shard, so main.rs runs a single shard under this driver.
+//!
+//! Start-up order (main.rs, and the veth test): load the guard, build this driver (which
+//! puts its sockets in the guard's map), fill the guard's allowlist, then attach the guard.
+//!
+//! Known limits:
+//! * Zero-copy is tried first and copy mode taken when the driver has none (veth, most
+//!   virtual NICs). In copy mode the kernel transmits only inside our `sendto` kicks, 32
+//!   frames per call, and a frame completes only when its socket buffer is freed: over a
+//!   veth, when the receiving application has read it. Frames in flight are bounded by
+//!   [`umem::TX_FRAMES`]; past that, datagrams go the slow way (counted as
+//!   `no_free_frame`), they are not dropped.
+//! * Everything is transmitted from queue 0's socket.
+//! * Neighbour entries are read, never confirmed (see [`neighbour`]): a peer whose MAC
+//!   changes without the kernel hearing of it gets frames for the old MAC until the entry
+//!   changes or expires from the kernel's table.
+//! * IPv4 options on receive are skipped with the header; IPv6 extension headers other
+//!   than hop-by-hop, routing and destination options are refused (counted), as are
+//!   fragments (the guard drops those before us anyway).
 
 pub mod frame;
 pub mod neighbour;
