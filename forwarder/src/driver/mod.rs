@@ -5,13 +5,15 @@
 //!   `recvmmsg` and batched send with `sendmmsg`.
 //! * [`uring`]: the io_uring driver. Multishot receive into a provided buffer ring, and
 //!   one submission for the whole fan-out of a receive batch.
+//! * [`afxdp`]: AF_XDP sockets on the XDP guard's interface, Ethernet/IP/UDP written by
+//!   the driver, the kernel sockets as the slow path (`--io afxdp --xdp IFACE`).
 //!
-//! Both offer the same surface, the [`Driver`] trait, and share their command queue, stop
+//! All offer the same surface, the [`Driver`] trait, and share their command queue, stop
 //! handle, counters, progress lines and metrics rendering (`common`). [`select`] picks one
-//! at start from an [`IoSelection`] (`--io auto|uring|mio`), probing the kernel for
-//! io_uring; [`new_driver`] builds it. The AF_XDP driver is a separate issue; it plugs
-//! into the same core through the same four calls (`handle_datagram`, `poll_transmit`,
-//! `poll_timeout`, `handle_timeout`).
+//! at start from an [`IoSelection`] (`--io auto|uring|mio|afxdp`), probing the kernel for
+//! io_uring; [`new_driver`] builds it ([`new_afxdp_driver`] for AF_XDP, which needs the
+//! guard). All feed the same core through the same four calls (`handle_datagram`,
+//! `poll_transmit`, `poll_timeout`, `handle_timeout`).
 
 pub mod afxdp;
 mod common;
