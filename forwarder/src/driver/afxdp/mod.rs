@@ -479,12 +479,9 @@ impl AfXdpDriver {
                         tracing::trace!(?reason, "malformed frame dropped");
                     }
                     Ok(datagram) => {
-                        match local_for(
-                            &self.sockets,
-                            &self.by_port,
-                            datagram.destination,
-                            datagram.source,
-                        ) {
+                        let source = with_scope(datagram.source, self.link.index);
+                        match local_for(&self.sockets, &self.by_port, datagram.destination, source)
+                        {
                             Some((local, source)) => {
                                 self.stats.datagrams_received += 1;
                                 self.xdp.xsk_received += 1;
@@ -760,6 +757,18 @@ fn local_for(
         }
     }
     wildcard
+}
+
+/// A link-local IPv6 source as the kernel reports it: scoped to the interface it came in
+/// on, so that replies to it know their way out.
+fn with_scope(source: SocketAddr, interface: u32) -> SocketAddr {
+    match source {
+        SocketAddr::V6(mut v6) if v6.ip().is_unicast_link_local() => {
+            v6.set_scope_id(interface);
+            SocketAddr::V6(v6)
+        }
+        other => other,
+    }
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.

@@ -74,6 +74,19 @@ fn mapped_addresses_are_unmapped_for_the_wire() {
 }
 
 #[test]
+fn link_local_sources_get_the_interface_as_scope() {
+    let link_local: SocketAddr = "[fe80::2]:5004".parse().unwrap();
+    assert_eq!(
+        with_scope(link_local, 7),
+        "[fe80::2%7]:5004".parse().unwrap()
+    );
+    for global in ["[fd00::2]:5004", "10.0.0.2:5004"] {
+        let global: SocketAddr = global.parse().unwrap();
+        assert_eq!(with_scope(global, 7), global);
+    }
+}
+
+#[test]
 fn metrics_name_every_counter_once() {
     let mut xdp = AfXdpStats {
         tx_fast: 7,
