@@ -28,7 +28,7 @@ use fanout_forwarder::edge::layout::Verdict;
 use fanout_forwarder::edge::{GuardOptions, PeerSync, XdpGuard};
 use fanout_forwarder::ids::{MeetingId, ParticipantId, Ssrc};
 use fanout_forwarder::sfu::{
-    Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
+    Forwarder, ForwarderConfig, SubscriptionConfig, TrackConfig, TrackKind,
 };
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
@@ -41,21 +41,6 @@ fn skip_unless_root() -> bool {
         eprintln!("SKIPPED: the XDP guard tests need root (CAP_BPF, CAP_NET_ADMIN)");
     }
     !is_root()
-}
-
-fn leg(name: &str, remote: Option<SocketAddr>) -> (LegConfig, MasterKey, MasterKey) {
-    let (receive_key, send_key) = (MasterKey::generate(PROFILE), MasterKey::generate(PROFILE));
-    let config = LegConfig {
-        name: name.into(),
-        receive_key: receive_key.clone(),
-        send_key: send_key.clone(),
-        remote,
-        remote_rtcp: None,
-        rtcp_mux: true,
-        local: None,
-        local_rtcp: None,
-    };
-    (config, receive_key, send_key)
 }
 
 fn srtp_packet(sender: &mut SrtpContext, seq: u16) -> Vec<u8> {
@@ -191,7 +176,7 @@ fn spoofed_floods_and_departed_legs_are_dropped_in_xdp() {
     core.add_meeting(meeting.clone()).unwrap();
     let alice = ParticipantId::from("alice");
     core.add_participant(&meeting, alice.clone()).unwrap();
-    let (config, alice_key, _) = leg("main", None);
+    let (config, alice_key, _) = common::leg_config("main", PROFILE, None);
     let alice_leg = core.add_leg(&meeting, &alice, config).unwrap();
     let track = core
         .add_track(
@@ -212,7 +197,8 @@ fn spoofed_floods_and_departed_legs_are_dropped_in_xdp() {
     for (i, socket) in subscribers.iter().enumerate() {
         let id = ParticipantId(format!("sub{i}"));
         core.add_participant(&meeting, id.clone()).unwrap();
-        let (config, _, send_key) = leg("main", Some(socket.local_addr().unwrap()));
+        let (config, _, send_key) =
+            common::leg_config("main", PROFILE, Some(socket.local_addr().unwrap()));
         let sub_leg = core.add_leg(&meeting, &id, config).unwrap();
         core.add_subscription(SubscriptionConfig {
             track,
