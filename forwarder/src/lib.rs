@@ -43,3 +43,4 @@ pub mod rtcp;
 pub mod rtp;
 pub mod sfu;
 pub mod srtp;
+pub mod stun;
