@@ -8,9 +8,11 @@
 //!
 //! * The protocol modules parse and protect packets, in place and without allocating:
 //!   [`rtp`] (RFC 3550 headers), [`rtcp`] (RFC 3550, 4585, 5104, 5506), [`demux`]
-//!   (RFC 7983 first-byte classes), [`srtp`] (RFC 3711, 6188, 7714),
+//!   (RFC 7983 first-byte classes), [`srtp`] (RFC 3711, 6188, 7714), [`stun`] (RFC 8489),
 //!   [`receive_stats`] (RFC 3550 loss and jitter) and [`codec`] (VP8, VP9 and H.264
 //!   payload descriptors: keyframes, layers, picture ids).
+//! * [`ice`] is the ICE-lite agent of one leg (RFC 8445, consent per RFC 7675), sans-IO;
+//!   not wired into the core yet.
 //! * [`policy`] holds the sans-IO state machines of SFU behaviour: retransmission cache,
 //!   NACK generation, keyframe request throttling, dominant speaker, layer selection.
 //! * [`sfu`] is the **sans-IO core**, [`sfu::Forwarder`]: meetings, participants, legs,
@@ -21,8 +23,10 @@
 //!   datagram or `poll_timeout`.
 //! * [`driver`] holds the thin I/O drivers that run the core against kernel sockets: the
 //!   io_uring driver (multishot receive over provided buffer rings, one submission per
-//!   fan-out batch) and the portable mio driver (`recvmmsg`/`sendmmsg`), chosen at start
-//!   by a kernel probe; all `unsafe` code lives there.
+//!   fan-out batch), the portable mio driver (`recvmmsg`/`sendmmsg`), chosen at start
+//!   by a kernel probe, and the AF_XDP driver (`--io afxdp`), which builds its own frames.
+//! * [`edge`] loads the XDP port guard (ebpf/) with aya and owns its maps. `unsafe` code
+//!   lives in the drivers and there.
 //! * [`config`] reads the standalone TOML file into a configured core; [`control`] joins a
 //!   control plane instead (register, heartbeat, reconcile the desired state into the
 //!   cores); [`exporter`] serves Prometheus metrics.
@@ -36,6 +40,7 @@ pub mod demux;
 pub mod driver;
 pub mod edge;
 pub mod exporter;
+pub mod ice;
 pub mod ids;
 pub mod policy;
 pub mod receive_stats;
