@@ -169,15 +169,6 @@ struct Inner {
 }
 
 impl XdpGuard {
-    /// Load the guard and attach it to `options.interface` at once (its allowlist empty,
-    /// first contact for media closed: see [`XdpGuard::start`] for attaching after the
-    /// shards have filled it).
-    pub fn attach(options: &GuardOptions) -> Result<XdpGuard, EdgeError> {
-        let guard = XdpGuard::load(options)?;
-        guard.start()?;
-        Ok(guard)
-    }
-
     /// Attach the loaded guard to its interface, in the mode the options asked for. Call
     /// it after each shard's first [`PeerSync::sync`], so that no packet of a known peer,
     /// nor of a leg still latching, meets an empty allowlist.

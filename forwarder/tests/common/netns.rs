@@ -4,9 +4,10 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use fanout_forwarder::driver::os::enter_network_namespace;
 
 /// Whether this process may create namespaces and attach programs (CI runs as root).
 pub fn is_root() -> bool {
@@ -98,10 +99,8 @@ impl VethPair {
             scope
                 .spawn(|| {
                     let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                    // SAFETY: `ns` is an open namespace file; setns changes only the calling
-                    // thread, which ends with this closure.
-                    let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+                    // setns changes only the calling thread, which ends with this closure.
+                    enter_network_namespace(&ns).expect("setns into the peer namespace");
                     f()
                 })
                 .join()
