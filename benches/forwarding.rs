@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use fanout_forwarder::ids::{MeetingId, ParticipantId, Ssrc};
 use fanout_forwarder::sfu::{
-    Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
+    Forwarder, ForwarderConfig, LegConfig, LegSecurity, SubscriptionConfig, TrackConfig, TrackKind,
     MIN_TRANSMIT_BUFFER_LEN,
 };
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
@@ -30,8 +30,10 @@ fn leg(profile: SrtpProfile, name: &str, remote: Option<SocketAddr>) -> (LegConf
     (
         LegConfig {
             name: name.into(),
-            receive_key: receive_key.clone(),
-            send_key: MasterKey::generate(profile),
+            security: LegSecurity::Sdes {
+                receive_key: receive_key.clone(),
+                send_key: MasterKey::generate(profile),
+            },
             remote,
             remote_rtcp: None,
             rtcp_mux: true,
@@ -62,6 +64,7 @@ fn setup(profile: SrtpProfile, subscribers: usize, now: Instant) -> (Forwarder, 
                 clock_rate: None,
                 codec: Default::default(),
                 audio_level_extension: None,
+                stream_ids: None,
             },
         )
         .unwrap();

@@ -77,8 +77,8 @@ use crate::codec::Codec;
 use crate::edge::{AttachMode, GuardOptions, UnknownMedia};
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::{
-    ConfigureError, Forwarder, ForwarderConfig, Layers, LegConfig, SubscriptionConfig, TrackConfig,
-    TrackKind,
+    ConfigureError, Forwarder, ForwarderConfig, Layers, LegConfig, LegSecurity, SubscriptionConfig,
+    TrackConfig, TrackKind,
 };
 use crate::srtp::{MasterKey, SrtpProfile};
 
@@ -763,8 +763,10 @@ impl Builder<'_> {
             };
             let config = LegConfig {
                 name: leg.name.get_ref().clone(),
-                receive_key: key(&leg.receive_key, "receive_key")?,
-                send_key: key(&leg.send_key, "send_key")?,
+                security: LegSecurity::Sdes {
+                    receive_key: key(&leg.receive_key, "receive_key")?,
+                    send_key: key(&leg.send_key, "send_key")?,
+                },
                 remote: leg
                     .remote
                     .as_ref()
@@ -831,6 +833,7 @@ impl Builder<'_> {
                     .as_ref()
                     .map_or(Codec::Opaque, |c| Codec::from_encoding_name(c.get_ref())),
                 audio_level_extension: track.audio_level_extension,
+                stream_ids: None,
                 encodings,
                 leg,
                 clock_rate: track.clock_rate.as_ref().map(|c| *c.get_ref()),

@@ -465,6 +465,41 @@ pub fn write_binding_success(
     w.fingerprint()
 }
 
+/// What a controlling ICE agent puts in a connectivity check.
+#[derive(Debug, Clone, Copy)]
+pub struct BindingRequest<'a> {
+    pub transaction_id: [u8; 12],
+    /// `remote_ufrag:local_ufrag` (RFC 8445 §7.2.2: the receiver's first).
+    pub username: &'a str,
+    pub priority: u32,
+    /// ICE-CONTROLLING's tie-breaker.
+    pub tie_breaker: u64,
+    pub use_candidate: bool,
+}
+
+/// A Binding request as a controlling agent (a browser, the load generator) sends it:
+/// USERNAME, PRIORITY, ICE-CONTROLLING, USE-CANDIDATE if nominating, MESSAGE-INTEGRITY
+/// with the receiver's password, FINGERPRINT. Returns its length in `buf`.
+pub fn write_binding_request(
+    buf: &mut [u8],
+    request: &BindingRequest<'_>,
+    key: &IntegrityKey,
+) -> Result<usize, WriteError> {
+    let mut w = Writer::new(buf, Class::Request, METHOD_BINDING, &request.transaction_id)?;
+    let username = request.username.as_bytes();
+    let value = w.attribute(attribute::USERNAME, username.len())?;
+    w.buf[value..value + username.len()].copy_from_slice(username);
+    let value = w.attribute(attribute::PRIORITY, 4)?;
+    w.buf[value..value + 4].copy_from_slice(&request.priority.to_be_bytes());
+    let value = w.attribute(attribute::ICE_CONTROLLING, 8)?;
+    w.buf[value..value + 8].copy_from_slice(&request.tie_breaker.to_be_bytes());
+    if request.use_candidate {
+        w.attribute(attribute::USE_CANDIDATE, 0)?;
+    }
+    w.integrity(key)?;
+    w.fingerprint()
+}
+
 /// An error response to `request` with ERROR-CODE `code` and `reason` (RFC 8489 §14.8),
 /// UNKNOWN-ATTRIBUTES when `unknown` is not empty (420), MESSAGE-INTEGRITY when `key` is
 /// given (not for 400 and 401, RFC 8489 §6.3.4), and FINGERPRINT.

@@ -29,7 +29,7 @@ use fanout_forwarder::exporter::{MetricsExchange, Wake};
 use fanout_forwarder::ids::{MeetingId, ParticipantId, Ssrc};
 use fanout_forwarder::rtp::RtpHeader;
 use fanout_forwarder::sfu::{
-    Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
+    Forwarder, ForwarderConfig, LegConfig, LegSecurity, SubscriptionConfig, TrackConfig, TrackKind,
 };
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
@@ -214,8 +214,10 @@ fn leg(remote: Option<SocketAddr>, local: SocketAddr) -> (LegConfig, MasterKey, 
     let (receive_key, send_key) = (MasterKey::generate(PROFILE), MasterKey::generate(PROFILE));
     let config = LegConfig {
         name: "main".into(),
-        receive_key: receive_key.clone(),
-        send_key: send_key.clone(),
+        security: LegSecurity::Sdes {
+            receive_key: receive_key.clone(),
+            send_key: send_key.clone(),
+        },
         remote,
         remote_rtcp: None,
         rtcp_mux: true,
@@ -273,6 +275,7 @@ fn meeting(topology: &Topology) -> (Forwarder, Peer) {
                 clock_rate: None,
                 codec: Default::default(),
                 audio_level_extension: None,
+                stream_ids: None,
             },
         )
         .unwrap();

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use fanout_forwarder::ids::{MeetingId, ParticipantId, Ssrc};
-use fanout_forwarder::sfu::{Event, Forwarder, ForwarderConfig, LegConfig, TrackConfig, TrackKind};
+use fanout_forwarder::sfu::{
+    Event, Forwarder, ForwarderConfig, LegConfig, LegSecurity, TrackConfig, TrackKind,
+};
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
 const AUDIO_LEVEL_ID: u8 = 1;
@@ -57,8 +59,10 @@ fn the_dominant_speaker_changes_once_per_change_of_speaker() {
                 &id,
                 LegConfig {
                     name: "audio".into(),
-                    receive_key: key.clone(),
-                    send_key: MasterKey::generate(profile),
+                    security: LegSecurity::Sdes {
+                        receive_key: key.clone(),
+                        send_key: MasterKey::generate(profile),
+                    },
                     remote: None,
                     remote_rtcp: None,
                     rtcp_mux: true,
@@ -79,6 +83,7 @@ fn the_dominant_speaker_changes_once_per_change_of_speaker() {
                 clock_rate: None,
                 codec: Default::default(),
                 audio_level_extension: Some(AUDIO_LEVEL_ID),
+                stream_ids: None,
             },
         )
         .unwrap();

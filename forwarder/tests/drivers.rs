@@ -20,7 +20,7 @@ use fanout_forwarder::exporter::{self, MetricsExchange};
 use fanout_forwarder::ids::{LegId, MeetingId, ParticipantId, Ssrc, TrackId};
 use fanout_forwarder::rtp::RtpHeader;
 use fanout_forwarder::sfu::{
-    Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
+    Forwarder, ForwarderConfig, LegConfig, LegSecurity, SubscriptionConfig, TrackConfig, TrackKind,
 };
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
@@ -41,8 +41,10 @@ fn leg(name: &str, remote: Option<SocketAddr>) -> (LegConfig, MasterKey, MasterK
     let (receive_key, send_key) = (MasterKey::generate(PROFILE), MasterKey::generate(PROFILE));
     let config = LegConfig {
         name: name.into(),
-        receive_key: receive_key.clone(),
-        send_key: send_key.clone(),
+        security: LegSecurity::Sdes {
+            receive_key: receive_key.clone(),
+            send_key: send_key.clone(),
+        },
         remote,
         remote_rtcp: None,
         rtcp_mux: true,
@@ -71,6 +73,7 @@ fn camera(
             clock_rate: None,
             codec: Default::default(),
             audio_level_extension: None,
+            stream_ids: None,
         },
     )
     .unwrap()

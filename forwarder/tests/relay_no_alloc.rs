@@ -14,8 +14,8 @@ use fanout_forwarder::ids::{MeetingId, ParticipantId, Ssrc};
 use fanout_forwarder::rtcp::{self, ReportBlock};
 use fanout_forwarder::sfu::audience::{self, AudienceSummary};
 use fanout_forwarder::sfu::{
-    Forwarder, ForwarderConfig, LegConfig, RelayDirection, RelayLinkConfig, TrackConfig, TrackKind,
-    MIN_TRANSMIT_BUFFER_LEN,
+    Forwarder, ForwarderConfig, LegConfig, LegSecurity, RelayDirection, RelayLinkConfig,
+    TrackConfig, TrackKind, MIN_TRANSMIT_BUFFER_LEN,
 };
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
@@ -35,8 +35,10 @@ fn addr(host: u8, port: u16) -> SocketAddr {
 fn leg(receive: &MasterKey, remote: SocketAddr, local: SocketAddr) -> LegConfig {
     LegConfig {
         name: "srtp".into(),
-        receive_key: receive.clone(),
-        send_key: MasterKey::generate(PROFILE),
+        security: LegSecurity::Sdes {
+            receive_key: receive.clone(),
+            send_key: MasterKey::generate(PROFILE),
+        },
         remote: Some(remote),
         remote_rtcp: None,
         rtcp_mux: true,
@@ -75,6 +77,7 @@ fn relaying_does_not_allocate() {
                 clock_rate: None,
                 codec: Codec::Opaque,
                 audio_level_extension: None,
+                stream_ids: None,
             },
         )
         .unwrap();

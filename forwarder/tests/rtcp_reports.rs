@@ -173,6 +173,7 @@ fn every_publisher_gets_its_receiver_report() {
                     clock_rate: None,
                     codec: Default::default(),
                     audio_level_extension: None,
+                    stream_ids: None,
                 },
             )
             .unwrap();

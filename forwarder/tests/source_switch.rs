@@ -37,6 +37,7 @@ fn switching_tracks_keeps_the_subscriber_stream_continuous() {
                 clock_rate: None,
                 codec: Default::default(),
                 audio_level_extension: None,
+                stream_ids: None,
             },
         )
         .unwrap();

@@ -190,6 +190,7 @@ fn spoofed_floods_and_departed_legs_are_dropped_in_xdp() {
                 clock_rate: None,
                 codec: Default::default(),
                 audio_level_extension: None,
+                stream_ids: None,
             },
         )
         .unwrap();

@@ -56,7 +56,7 @@ use tracing::warn;
 use crate::codec::Codec;
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::{
-    ConfigureError, Forwarder, Layers, LegConfig, RelayDirection, RelayLinkConfig,
+    ConfigureError, Forwarder, Layers, LegConfig, LegSecurity, RelayDirection, RelayLinkConfig,
     SubscriptionConfig, TrackConfig, TrackKind,
 };
 use crate::srtp::MasterKey;
@@ -623,8 +623,10 @@ fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
             participant: p.clone(),
             config: LegConfig {
                 name: LEG_NAME.to_owned(),
-                receive_key: leg.inbound_key.clone(),
-                send_key: leg.outbound_key.clone(),
+                security: LegSecurity::Sdes {
+                    receive_key: leg.inbound_key.clone(),
+                    send_key: leg.outbound_key.clone(),
+                },
                 remote: None,
                 remote_rtcp: None,
                 rtcp_mux: true,
@@ -786,6 +788,7 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
                     clock_rate: (track.clock_rate != 0).then_some(track.clock_rate),
                     codec: Codec::from_encoding_name(&track.codec),
                     audio_level_extension: track.audio_level_extension,
+                    stream_ids: None,
                 },
             )
             .map(|_| ())

@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::edge::PeerSync;
 use crate::exporter::Wake;
@@ -316,6 +316,14 @@ pub(crate) fn log_event(event: &Event) {
             participant,
             leg,
         } => info!(%meeting, %participant, %leg, "leg active again"),
+        Event::ConsentLost {
+            meeting,
+            participant,
+            leg,
+            address,
+        } => {
+            warn!(%meeting, %participant, %leg, %address, "ICE consent lost: media to the leg stopped")
+        }
     }
 }
 

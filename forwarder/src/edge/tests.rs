@@ -505,7 +505,7 @@ fn metrics_name_every_verdict() {
 #[test]
 fn the_allowlist_follows_the_core_as_legs_come_learn_and_go() {
     use crate::ids::{MeetingId, ParticipantId};
-    use crate::sfu::{Forwarder, ForwarderConfig, LegConfig};
+    use crate::sfu::{Forwarder, ForwarderConfig, LegConfig, LegSecurity};
     use crate::srtp::{MasterKey, SrtpProfile};
     use std::sync::Arc;
 
@@ -523,8 +523,10 @@ fn the_allowlist_follows_the_core_as_legs_come_learn_and_go() {
             &participant,
             LegConfig {
                 name: "srtp".into(),
-                receive_key: MasterKey::generate(SrtpProfile::AeadAes128Gcm),
-                send_key: MasterKey::generate(SrtpProfile::AeadAes128Gcm),
+                security: LegSecurity::Sdes {
+                    receive_key: MasterKey::generate(SrtpProfile::AeadAes128Gcm),
+                    send_key: MasterKey::generate(SrtpProfile::AeadAes128Gcm),
+                },
                 remote,
                 remote_rtcp: None,
                 rtcp_mux: mux,
@@ -630,7 +632,7 @@ fn arbitrary_frames_get_one_verdict_each() {
 #[test]
 fn latching_stays_open_until_every_published_ssrc_is_heard() {
     use crate::ids::{MeetingId, ParticipantId, Ssrc};
-    use crate::sfu::{Forwarder, ForwarderConfig, LegConfig, TrackConfig, TrackKind};
+    use crate::sfu::{Forwarder, ForwarderConfig, LegConfig, LegSecurity, TrackConfig, TrackKind};
     use crate::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
     let now = std::time::Instant::now();
@@ -646,8 +648,10 @@ fn latching_stays_open_until_every_published_ssrc_is_heard() {
             &alice,
             LegConfig {
                 name: "srtp".into(),
-                receive_key: key.clone(),
-                send_key: MasterKey::generate(SrtpProfile::AeadAes128Gcm),
+                security: LegSecurity::Sdes {
+                    receive_key: key.clone(),
+                    send_key: MasterKey::generate(SrtpProfile::AeadAes128Gcm),
+                },
                 remote: None,
                 remote_rtcp: None,
                 rtcp_mux: true,
@@ -668,6 +672,7 @@ fn latching_stays_open_until_every_published_ssrc_is_heard() {
             clock_rate: None,
             codec: Default::default(),
             audio_level_extension: None,
+            stream_ids: None,
         },
     )
     .unwrap();

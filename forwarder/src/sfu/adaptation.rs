@@ -126,7 +126,7 @@ mod tests {
     use crate::codec::Codec;
     use crate::ids::{LegId, MeetingId, ParticipantId, Ssrc, TrackId};
     use crate::sfu::{
-        ForwarderConfig, Layers, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
+        ForwarderConfig, Layers, LegConfig, LegSecurity, SubscriptionConfig, TrackConfig, TrackKind,
     };
     use crate::srtp::{MasterKey, SrtpProfile};
 
@@ -151,8 +151,10 @@ mod tests {
             &participant,
             LegConfig {
                 name: "srtp".into(),
-                receive_key: MasterKey::generate(PROFILE),
-                send_key: MasterKey::generate(PROFILE),
+                security: LegSecurity::Sdes {
+                    receive_key: MasterKey::generate(PROFILE),
+                    send_key: MasterKey::generate(PROFILE),
+                },
                 remote: Some(SocketAddr::from(([198, 51, 100, host], 5000))),
                 remote_rtcp: None,
                 rtcp_mux: true,
@@ -186,6 +188,7 @@ mod tests {
                             Codec::Vp8
                         },
                         audio_level_extension: None,
+                        stream_ids: None,
                     },
                 )
                 .unwrap()
@@ -303,6 +306,7 @@ mod tests {
                         clock_rate: None,
                         codec: Codec::Vp8,
                         audio_level_extension: None,
+                        stream_ids: None,
                     },
                 )
                 .unwrap()

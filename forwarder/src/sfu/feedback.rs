@@ -275,7 +275,7 @@ impl Forwarder {
                 continue;
             };
             let leg = &mut self.legs[sub.leg.index()];
-            let Some(destination) = leg.remote_rtp else {
+            let Some(destination) = leg.remote_rtp.filter(|_| leg.can_send()) else {
                 continue;
             };
             let len = cached.packet.len();

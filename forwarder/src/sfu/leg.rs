@@ -1,4 +1,5 @@
-//! A leg: one plain SRTP transport of a participant (RFC 4568 keys, one remote address).
+//! A leg: one SRTP transport of a participant: plain (RFC 4568 keys, one remote address)
+//! or a browser's WebRTC transport (ICE-lite and DTLS-SRTP, see `super::webrtc`).
 //!
 //! A participant may have several legs; FFmpeg, for one, sends each stream on its own port.
 //! The remote address is either configured or learned from the first *authenticated*
@@ -14,6 +15,7 @@ use crate::srtp::{MasterKey, SrtpContext, SrtpError};
 
 use super::relay::RelayState;
 use super::stats::LegStats;
+use super::webrtc::{WebrtcLeg, WebrtcTransport};
 use super::{AddressKind, DropReason, MeetingIndex, Transmit};
 
 /// Static description of a leg.
@@ -21,12 +23,10 @@ use super::{AddressKind, DropReason, MeetingIndex, Transmit};
 pub struct LegConfig {
     /// Name, unique within the participant (used in metrics and logs).
     pub name: String,
-    /// The key the peer protects its packets with: the forwarder unprotects with it.
-    pub receive_key: MasterKey,
-    /// The key the forwarder protects packets towards this peer with.
-    pub send_key: MasterKey,
+    /// How the leg is keyed and its address found.
+    pub security: LegSecurity,
     /// Where to send RTP (and muxed RTCP). `None`: learn it from the first authenticated
-    /// packet the peer sends.
+    /// packet the peer sends (plain legs) or from the peer's ICE nomination (WebRTC).
     pub remote: Option<SocketAddr>,
     /// Where to send RTCP when it is not muxed. `None` with a known `remote`: the RTP port
     /// plus one (RFC 3550 §11), unless `rtcp_mux`.
@@ -39,6 +39,21 @@ pub struct LegConfig {
     pub local: Option<SocketAddr>,
     /// The same for non-muxed RTCP.
     pub local_rtcp: Option<SocketAddr>,
+}
+
+/// How a leg's SRTP is keyed, and how its address is found.
+#[derive(Debug, Clone)]
+pub enum LegSecurity {
+    /// Keys given up front (SDES style: by the control plane or the configuration file);
+    /// the address is learned from the first authenticated packet.
+    Sdes {
+        /// The key the peer protects its packets with: the forwarder unprotects with it.
+        receive_key: MasterKey,
+        /// The key the forwarder protects packets towards this peer with.
+        send_key: MasterKey,
+    },
+    /// A browser: ICE-lite checks on the media port, keys from DTLS-SRTP.
+    Webrtc(Box<WebrtcTransport>),
 }
 
 /// Live state of a leg inside the core.
@@ -81,6 +96,8 @@ pub(crate) struct Leg {
     pub(crate) stats: LegStats,
     /// Set when the leg is one end of a relay link (see `super::relay`).
     pub(crate) relay: Option<RelayState>,
+    /// Set when the leg is a browser's WebRTC transport.
+    pub(crate) webrtc: Option<Box<WebrtcLeg>>,
 }
 
 impl Leg {
@@ -129,8 +146,16 @@ impl Leg {
         }
     }
 
+    /// Whether media and RTCP may be sent to the peer: a WebRTC leg needs its keys first.
+    pub(crate) fn can_send(&self) -> bool {
+        self.webrtc.as_ref().is_none_or(|w| w.keyed)
+    }
+
     /// Where RTCP for this peer goes, and the local address it leaves from.
     pub(crate) fn rtcp_route(&self) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        if !self.can_send() {
+            return None;
+        }
         if self.rtcp_mux {
             return self.remote_rtp.map(|d| (d, self.local));
         }

@@ -76,7 +76,17 @@ const TRAFFIC: [(&str, &str, Pick, Pick); 4] = [
 ];
 
 /// Feedback counters of a leg: name suffix, help, value.
-const FEEDBACK: [(&str, &str, Pick); 5] = [
+const FEEDBACK: [(&str, &str, Pick); 7] = [
+    (
+        "ice_checks_answered_total",
+        "WebRTC: ICE connectivity checks answered (RFC 8445)",
+        |s| s.stun_answered,
+    ),
+    (
+        "ice_consent_lost_total",
+        "WebRTC: times the nominated address's consent lapsed and media to it stopped (RFC 7675)",
+        |s| s.consent_lost,
+    ),
     (
         "nack_requests_received_total",
         "Sequence numbers the peer NACKed (RFC 4585)",
@@ -488,7 +498,7 @@ mod tests {
 
     use super::*;
     use crate::ids::{MeetingId, ParticipantId, Ssrc};
-    use crate::sfu::{ForwarderConfig, LegConfig, TrackConfig, TrackKind};
+    use crate::sfu::{ForwarderConfig, LegConfig, LegSecurity, TrackConfig, TrackKind};
     use crate::srtp::{MasterKey, SrtpProfile};
 
     #[test]
@@ -505,8 +515,10 @@ mod tests {
                 &p,
                 LegConfig {
                     name: "main".into(),
-                    receive_key: MasterKey::generate(profile),
-                    send_key: MasterKey::generate(profile),
+                    security: LegSecurity::Sdes {
+                        receive_key: MasterKey::generate(profile),
+                        send_key: MasterKey::generate(profile),
+                    },
                     remote: None,
                     remote_rtcp: None,
                     rtcp_mux: true,
@@ -526,6 +538,7 @@ mod tests {
                 clock_rate: None,
                 codec: Default::default(),
                 audio_level_extension: None,
+                stream_ids: None,
             },
         )
         .unwrap();

@@ -22,12 +22,14 @@ mod reports;
 mod stats;
 mod subscription;
 mod track;
+mod webrtc;
 
-pub use leg::LegConfig;
+pub use leg::{LegConfig, LegSecurity};
 pub use relay::{audience, RelayDirection, RelayLinkConfig, RelayLinkInfo, RELAY_LEG_NAME};
 pub use stats::{DropCounters, DropReason, LegStats, Traffic};
 pub use subscription::{Layers, Rewrite, Rewriter, SubscriptionConfig};
 pub use track::{TrackConfig, TrackKind, MAX_ENCODINGS};
+pub use webrtc::{StreamExtensions, StreamIds, WebrtcTransport};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -55,6 +57,7 @@ use relay::{RelayRetransmission, RELAY_RETRANSMISSION_QUEUE_LEN};
 use reports::{OutgoingRtcp, SrRelay, RTCP_QUEUE_LEN, SR_RELAYS};
 use subscription::{Subscription, Verdict, RETRANSMIT_MEMORY};
 use track::{Encoding, Track};
+use webrtc::{StunQueue, WebrtcLeg};
 
 /// Largest datagram the forwarder accepts. Drivers receive into buffers of this size and
 /// drop anything the kernel truncated.
@@ -146,6 +149,14 @@ pub enum Event {
         participant: ParticipantId,
         leg: String,
     },
+    /// A WebRTC leg's nominated address stopped answering consent checks (RFC 7675):
+    /// nothing is sent to it any more until the peer nominates an address again.
+    ConsentLost {
+        meeting: MeetingId,
+        participant: ParticipantId,
+        leg: String,
+        address: SocketAddr,
+    },
 }
 
 /// Errors of the configuration API (adding and removing meetings, legs, tracks,
@@ -192,6 +203,12 @@ pub enum ConfigureError {
          SSRC for this subscription"
     )]
     SsrcInUse { ssrc: Ssrc, leg: String },
+    #[error("the leg is not a WebRTC leg")]
+    NotWebrtc,
+    #[error("ICE ufrag `{0}` is already used by another leg")]
+    UfragInUse(String),
+    #[error("MID and RIDs name a track on a WebRTC leg, with one RID per encoding or none")]
+    StreamIds,
 }
 
 /// Index of a meeting in the core's table.
@@ -235,6 +252,13 @@ pub struct Forwarder {
     by_remote: HashMap<SocketAddr, LegId>,
     /// Relay link legs by (local, remote) address: never learned, never moved.
     link_paths: HashMap<(SocketAddr, SocketAddr), LegId>,
+    /// WebRTC legs by their local ICE ufrag, to find the leg of a connectivity check.
+    by_ufrag: HashMap<String, LegId>,
+    /// Addresses that passed a WebRTC leg's connectivity check: where its DTLS may come
+    /// from before the peer nominates.
+    checked_sources: HashMap<SocketAddr, LegId>,
+    /// Answers to connectivity checks, waiting for `poll_transmit`.
+    stun_queue: StunQueue,
     /// Changes whenever `by_remote`, `link_paths` or the set of legs does: what
     /// [`Forwarder::peer_addresses`] says may have changed.
     peers_generation: u64,
@@ -291,6 +315,9 @@ impl Forwarder {
             subscriptions: Slab::new(),
             by_remote: HashMap::new(),
             link_paths: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            checked_sources: HashMap::new(),
+            stun_queue: StunQueue::new(),
             peers_generation: 0,
             relay_retransmissions: VecDeque::with_capacity(RELAY_RETRANSMISSION_QUEUE_LEN),
             by_published_ssrc: HashMap::new(),
@@ -378,6 +405,9 @@ impl Forwarder {
             let leg = self.legs.remove(l.index());
             self.forget_link(l, &leg);
             self.forget_learning_ssrcs(l, &leg.learning_ssrcs);
+            if let Some(web) = &leg.webrtc {
+                self.forget_webrtc(l, web);
+            }
             for addr in [leg.remote_rtp, leg.remote_rtcp].into_iter().flatten() {
                 if self.by_remote.get(&addr) == Some(&l) {
                     self.by_remote.remove(&addr);
@@ -410,25 +440,55 @@ impl Forwarder {
                 name: config.name,
             });
         }
-        let remote_rtcp = match (config.remote_rtcp, config.remote) {
+        let (srtp_in, srtp_out, webrtc) = match &config.security {
+            LegSecurity::Sdes {
+                receive_key,
+                send_key,
+            } => (
+                SrtpContext::new(receive_key),
+                SrtpContext::new(send_key),
+                None,
+            ),
+            LegSecurity::Webrtc(transport) => {
+                if self.by_ufrag.contains_key(&transport.ice.local_ufrag) {
+                    return Err(ConfigureError::UfragInUse(
+                        transport.ice.local_ufrag.clone(),
+                    ));
+                }
+                (
+                    webrtc::unkeyed_context(),
+                    webrtc::unkeyed_context(),
+                    Some(Box::new(WebrtcLeg::new(transport))),
+                )
+            }
+        };
+        // A WebRTC leg's address is the one its peer nominates, muxed (RFC 8843 needs
+        // rtcp-mux): a configured one would bypass ICE.
+        let (remote, rtcp_mux) = match webrtc {
+            Some(_) => (None, true),
+            None => (config.remote, config.rtcp_mux),
+        };
+        let remote_rtcp = match (config.remote_rtcp, remote) {
+            (_, None) if webrtc.is_some() => None,
             (Some(rtcp), _) => Some(rtcp),
-            (None, Some(rtp)) if !config.rtcp_mux => rtcp_port_convention(rtp),
+            (None, Some(rtp)) if !rtcp_mux => rtcp_port_convention(rtp),
             _ => None,
         };
-        for addr in [config.remote, remote_rtcp].into_iter().flatten() {
+        for addr in [remote, remote_rtcp].into_iter().flatten() {
             if self.by_remote.contains_key(&addr) {
                 return Err(ConfigureError::AddressInUse(addr));
             }
         }
+        let ufrag = webrtc.as_ref().map(|w| w.ice.local_ufrag().to_owned());
         let id = LegId(self.legs.insert(Leg {
             meeting: index,
             participant: participant.clone(),
             name: config.name,
-            srtp_in: SrtpContext::new(&config.receive_key),
-            srtp_out: SrtpContext::new(&config.send_key),
-            remote_rtp: config.remote,
+            srtp_in,
+            srtp_out,
+            remote_rtp: remote,
             remote_rtcp,
-            rtcp_mux: config.rtcp_mux,
+            rtcp_mux,
             local: config.local,
             inbound_ssrcs: Vec::new(),
             sources: Vec::new(),
@@ -440,9 +500,13 @@ impl Forwarder {
             inactive: false,
             stats: LegStats::default(),
             relay: None,
+            webrtc,
         }) as u32);
-        for addr in [config.remote, remote_rtcp].into_iter().flatten() {
+        for addr in [remote, remote_rtcp].into_iter().flatten() {
             self.by_remote.insert(addr, id);
+        }
+        if let Some(ufrag) = ufrag {
+            self.by_ufrag.insert(ufrag, id);
         }
         // Also for a leg without a remote: it waits to learn one (`legs_awaiting_address`).
         self.peers_generation += 1;
@@ -475,6 +539,12 @@ impl Forwarder {
             return Err(ConfigureError::Encodings(config.encodings.len()));
         }
         let leg = &self.legs[config.leg.index()];
+        if let Some(ids) = &config.stream_ids {
+            let rids_fit = ids.rids.is_empty() || ids.rids.len() == config.encodings.len();
+            if leg.webrtc.is_none() || !rids_fit {
+                return Err(ConfigureError::StreamIds);
+            }
+        }
         for (i, &ssrc) in config.encodings.iter().enumerate() {
             if leg.track_for(ssrc).is_some() || config.encodings[..i].contains(&ssrc) {
                 return Err(ConfigureError::SsrcPublished {
@@ -502,14 +572,18 @@ impl Forwarder {
             leg: config.leg,
             clock_rate,
             subscribers: Vec::new(),
+            primary_ssrc: config.encodings[0],
+            stream_ids: config.stream_ids,
         }) as u32);
         for (i, &ssrc) in config.encodings.iter().enumerate() {
             // At most MAX_ENCODINGS, checked above.
             self.legs[config.leg.index()]
                 .inbound_ssrcs
                 .push((ssrc, id, i as u8));
-            if self.legs[config.leg.index()].relay.is_some() {
-                continue; // link legs are found by their path, never learned
+            let leg = &self.legs[config.leg.index()];
+            if leg.relay.is_some() || leg.webrtc.is_some() {
+                // Link legs are found by their path, WebRTC legs by ICE: never learned.
+                continue;
             }
             let legs = self.by_published_ssrc.entry(ssrc).or_default();
             // Already there if the leg declared the SSRC for learning.
@@ -642,7 +716,12 @@ impl Forwarder {
                 track: config.track,
                 leg: config.leg,
                 ssrc,
-                payload_type: config.payload_type,
+                // A browser negotiated its own payload types for what it receives.
+                payload_type: config.payload_type.or_else(|| {
+                    leg.webrtc
+                        .as_ref()
+                        .and_then(|w| w.payload_type(track.codec))
+                }),
                 rewriter: Rewriter::new(track.clock_rate),
                 max_layers: config.max_layers,
                 desired_encoding: config
@@ -971,10 +1050,10 @@ impl Forwarder {
         match classify(contents) {
             PacketClass::Rtp => self.handle_rtp(now, local, source, known, contents),
             PacketClass::Rtcp => self.handle_rtcp(now, local, source, known, contents),
-            PacketClass::Stun
-            | PacketClass::Dtls
-            | PacketClass::TurnChannel
-            | PacketClass::Zrtp => self.drop_at(known, DropReason::UnsupportedProtocol),
+            PacketClass::Stun => self.handle_stun(now, local, source, known, contents),
+            PacketClass::Dtls | PacketClass::TurnChannel | PacketClass::Zrtp => {
+                self.drop_at(known, DropReason::UnsupportedProtocol)
+            }
             PacketClass::Unknown => self.drop_at(known, DropReason::Malformed),
         }
     }
@@ -1013,8 +1092,11 @@ impl Forwarder {
             return;
         };
         let leg = &mut self.legs[leg_id.index()];
-        let Some((track_id, encoding)) = leg.track_for(header.ssrc) else {
-            return leg.stats.drops.add(DropReason::UnknownSsrc);
+        let known_track = leg.track_for(header.ssrc);
+        let Some((track_id, encoding)) =
+            known_track.or_else(|| self.bind_stream(leg_id, &contents[..plain_len], &header))
+        else {
+            return self.drop_at(Some(leg_id), DropReason::UnknownSsrc);
         };
         let track = &mut self.tracks[track_id.index()];
         let Ok(payload) = rtp::payload_range(&contents[..plain_len], &header) else {
@@ -1169,6 +1251,11 @@ impl Forwarder {
     ) -> Option<(LegId, usize)> {
         let wire_len = contents.len();
         let (leg_id, plain_len) = match known {
+            Some(l) if !self.legs[l.index()].can_send() => {
+                // A WebRTC leg before its handshake: no keys to authenticate with.
+                self.drop_at(Some(l), DropReason::NotConnected);
+                return None;
+            }
             Some(l) => match self.legs[l.index()].unprotect(kind, contents) {
                 Ok(n) => (l, n),
                 Err(e) => {
@@ -1196,6 +1283,10 @@ impl Forwarder {
             if first {
                 self.on_link_first_heard(leg_id);
             }
+            return Some((leg_id, plain_len));
+        }
+        if self.legs[leg_id.index()].webrtc.is_some() {
+            // Its address is the nominated one: media never moves it (RFC 8445 §12).
             return Some((leg_id, plain_len));
         }
         if kind == AddressKind::Rtp && self.note_source(leg_id, ssrc, source) {
@@ -1369,6 +1460,9 @@ impl Forwarder {
     /// The next datagram to send, written into `buf` (at least
     /// [`MIN_TRANSMIT_BUFFER_LEN`] bytes). `None` when nothing is pending.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(transmit) = self.poll_stun_transmit(buf) {
+            return Some(transmit);
+        }
         if let Some(transmit) = self.poll_rtcp_transmit(buf) {
             return Some(transmit);
         }
@@ -1422,6 +1516,10 @@ impl Forwarder {
                     leg.stats.drops.add(DropReason::NoRemoteAddress);
                     continue;
                 };
+                if !leg.can_send() {
+                    leg.stats.drops.add(DropReason::NotConnected);
+                    continue;
+                }
                 let (sequence, timestamp) = match sub.rewriter.rewrite(
                     pending.ssrc,
                     pending.sequence,
@@ -1549,6 +1647,7 @@ impl Forwarder {
             };
             self.push_event(event);
         }
+        self.expire_consent(now);
         self.start_receiver_reports();
         self.adapt_all(now);
         self.rerequest_keyframes(now);

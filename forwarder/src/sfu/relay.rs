@@ -331,6 +331,7 @@ impl Forwarder {
             name: RELAY_LEG_NAME.to_owned(),
             srtp_in: SrtpContext::with_options(&config.receive_key, options),
             srtp_out: SrtpContext::with_options(&config.send_key, options),
+            webrtc: None,
             remote_rtp: Some(config.remote),
             remote_rtcp: None,
             rtcp_mux: true,
@@ -853,6 +854,7 @@ impl Forwarder {
                 clock_rate: Some(announced.clock_rate).filter(|&c| c != 0),
                 codec: announced.codec,
                 audio_level_extension: None,
+                stream_ids: None,
             };
             let track = match self.add_track(&meeting, &participant, config) {
                 Ok(t) => t,

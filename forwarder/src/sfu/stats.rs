@@ -32,11 +32,16 @@ pub enum DropReason {
     ProtectFailed,
     /// The driver could not hand the datagram to the kernel.
     SendFailed,
+    /// A STUN message that is not a connectivity check for a WebRTC leg, or fails its
+    /// checks (credentials, MESSAGE-INTEGRITY, FINGERPRINT): never answered.
+    StunRejected,
+    /// Media for or from a WebRTC leg whose DTLS-SRTP handshake has not completed.
+    NotConnected,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::AuthenticationFailed,
@@ -49,6 +54,8 @@ impl DropReason {
         DropReason::StaleSource,
         DropReason::ProtectFailed,
         DropReason::SendFailed,
+        DropReason::StunRejected,
+        DropReason::NotConnected,
     ];
 
     /// Label value used in metrics.
@@ -66,6 +73,8 @@ impl DropReason {
             DropReason::StaleSource => "stale_source",
             DropReason::ProtectFailed => "protect_failed",
             DropReason::SendFailed => "send_failed",
+            DropReason::StunRejected => "stun_rejected",
+            DropReason::NotConnected => "not_connected",
         }
     }
 
@@ -157,6 +166,9 @@ pub struct LegStats {
     /// Of `nacks_sent`: sequence numbers a downstream peer (a subscriber, a child relay)
     /// asked for that the cache did not hold, passed on towards this (publishing) peer.
     pub nacks_forwarded: u64,
+    /// WebRTC: connectivity checks answered, and times consent lapsed (RFC 7675).
+    pub stun_answered: u64,
+    pub consent_lost: u64,
 }
 
 impl LegStats {

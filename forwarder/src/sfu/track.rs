@@ -10,6 +10,7 @@ use crate::policy::nack::NackGenerator;
 use crate::policy::packet_cache::{PacketCache, PacketCacheConfig};
 use crate::receive_stats::ReceiveStats;
 
+use super::webrtc::StreamIds;
 use super::MeetingIndex;
 
 /// What a track carries; decides defaults (clock rate) and, later, forwarding policy.
@@ -71,6 +72,10 @@ pub struct TrackConfig {
     /// (`urn:ietf:params:rtp-hdrext:ssrc-audio-level`), which feeds dominant speaker
     /// detection.
     pub audio_level_extension: Option<u8>,
+    /// For a track a browser publishes: the MID and RIDs its packets carry, which bind the
+    /// SSRCs the browser picked to the encodings (the `encodings` SSRCs are then the ones
+    /// subscribers see).
+    pub stream_ids: Option<StreamIds>,
 }
 
 /// Most simulcast encodings of one track (WebRTC browsers send at most three).
@@ -124,11 +129,14 @@ pub(crate) struct Track {
     pub(crate) clock_rate: u32,
     /// The fan-out list.
     pub(crate) subscribers: Vec<SubscriptionId>,
+    pub(crate) stream_ids: Option<StreamIds>,
+    /// The SSRC subscribers see by default: the first encoding's as configured (a browser
+    /// may publish with another, bound later by its MID).
+    pub(crate) primary_ssrc: Ssrc,
 }
 
 impl Track {
-    /// The SSRC subscribers see by default: the first encoding's.
     pub(crate) fn primary_ssrc(&self) -> Ssrc {
-        self.encodings.first().map_or(Ssrc(0), |e| e.ssrc)
+        self.primary_ssrc
     }
 }

@@ -17,7 +17,7 @@ use fanout_forwarder::ids::{
 };
 use fanout_forwarder::rtp::RtpHeader;
 use fanout_forwarder::sfu::{
-    Forwarder, ForwarderConfig, LegConfig, SubscriptionConfig, TrackConfig, TrackKind,
+    Forwarder, ForwarderConfig, LegConfig, LegSecurity, SubscriptionConfig, TrackConfig, TrackKind,
     MIN_TRANSMIT_BUFFER_LEN,
 };
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpProfile};
@@ -102,8 +102,10 @@ pub fn leg_config(
     (
         LegConfig {
             name: name.to_owned(),
-            receive_key: receive_key.clone(),
-            send_key: send_key.clone(),
+            security: LegSecurity::Sdes {
+                receive_key: receive_key.clone(),
+                send_key: send_key.clone(),
+            },
             remote,
             remote_rtcp: None,
             rtcp_mux: true,
@@ -167,6 +169,7 @@ impl Scenario {
                     clock_rate: None,
                     codec: setup.codec,
                     audio_level_extension: setup.audio_level_extension,
+                    stream_ids: None,
                 },
             )
             .unwrap();

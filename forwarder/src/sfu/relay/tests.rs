@@ -8,7 +8,7 @@ use super::audience::AudienceSummary;
 use super::*;
 use crate::rtcp::RtcpPacket;
 use crate::rtp::RtpHeader;
-use crate::sfu::{ForwarderConfig, LegConfig, MIN_TRANSMIT_BUFFER_LEN};
+use crate::sfu::{ForwarderConfig, LegConfig, LegSecurity, MIN_TRANSMIT_BUFFER_LEN};
 use crate::srtp::SrtpProfile;
 
 const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
@@ -131,8 +131,10 @@ impl Tree {
                 &host,
                 LegConfig {
                     name: "srtp".into(),
-                    receive_key: p_in,
-                    send_key: p_out,
+                    security: LegSecurity::Sdes {
+                        receive_key: p_in,
+                        send_key: p_out,
+                    },
                     remote: Some(presenter.addr),
                     remote_rtcp: None,
                     rtcp_mux: true,
@@ -158,6 +160,7 @@ impl Tree {
                         clock_rate: None,
                         codec,
                         audio_level_extension: None,
+                        stream_ids: None,
                     },
                 )
                 .unwrap();
@@ -259,8 +262,10 @@ impl Tree {
             &name,
             LegConfig {
                 name: "srtp".into(),
-                receive_key: receive.clone(),
-                send_key: send.clone(),
+                security: LegSecurity::Sdes {
+                    receive_key: receive.clone(),
+                    send_key: send.clone(),
+                },
                 remote: Some(address),
                 remote_rtcp: None,
                 rtcp_mux: true,
@@ -979,8 +984,10 @@ fn a_stage_of_many_publishers_crosses_one_link() {
                 &name,
                 LegConfig {
                     name: "srtp".into(),
-                    receive_key: key.clone(),
-                    send_key: MasterKey::generate(PROFILE),
+                    security: LegSecurity::Sdes {
+                        receive_key: key.clone(),
+                        send_key: MasterKey::generate(PROFILE),
+                    },
                     remote: Some(address),
                     remote_rtcp: None,
                     rtcp_mux: true,
@@ -1012,6 +1019,7 @@ fn a_stage_of_many_publishers_crosses_one_link() {
                         clock_rate: None,
                         codec,
                         audio_level_extension: None,
+                        stream_ids: None,
                     },
                 )
                 .unwrap();

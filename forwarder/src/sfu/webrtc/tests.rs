@@ -1,0 +1,564 @@
+//! WebRTC legs in the core: checks answered and nominations followed, media gated on
+//! keys, browser SSRCs bound by MID/RID, payload types rewritten, consent expiry, ICE
+//! restart.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::codec::Codec;
+use crate::ice::{Credentials, CONSENT_TIMEOUT};
+use crate::ids::{LegId, MeetingId, ParticipantId, Ssrc, TrackId};
+use crate::sfu::{
+    DropReason, Event, Forwarder, ForwarderConfig, Layers, LegConfig, LegSecurity,
+    StreamExtensions, StreamIds, SubscriptionConfig, TrackConfig, TrackKind, WebrtcTransport,
+    MIN_TRANSMIT_BUFFER_LEN,
+};
+use crate::srtp::{MasterKey, SrtpContext, SrtpProfile};
+use crate::stun::{self, BindingRequest, Class, IntegrityKey};
+
+const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
+const MID_EXT: u8 = 4;
+const RID_EXT: u8 = 10;
+const LOCAL: &str = "192.0.2.1:40100";
+const BROWSER: &str = "198.51.100.7:50000";
+const BROWSER_PT_OPUS: u8 = 109;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn credentials(ufrag: &str) -> Credentials {
+    Credentials {
+        local_ufrag: ufrag.into(),
+        local_pwd: format!("{ufrag}-password-of-24-chars"),
+        remote_ufrag: Some("brws".into()),
+    }
+}
+
+/// A meeting with a browser (WebRTC leg `web`, ufrag `fnt1`, publishing audio with
+/// MID 0 and a simulcast camera with MID 1 and RIDs q/h/f) and a plain SRTP participant
+/// `plain` at 198.51.100.20:5000 that publishes audio too; each subscribes to the
+/// other's audio.
+struct Room {
+    core: Forwarder,
+    now: Instant,
+    web: LegId,
+    web_audio: TrackId,
+    web_camera: TrackId,
+    plain_receive: MasterKey,
+    plain_send: MasterKey,
+    /// Keys a DTLS handshake would have given the browser's leg.
+    web_receive: MasterKey,
+    web_send: MasterKey,
+}
+
+impl Room {
+    fn new() -> Room {
+        let now = Instant::now();
+        let mut core = Forwarder::new(ForwarderConfig::default(), now);
+        let m = MeetingId::from("m");
+        core.add_meeting(m.clone()).unwrap();
+        let (browser, plain) = (ParticipantId::from("browser"), ParticipantId::from("plain"));
+        core.add_participant(&m, browser.clone()).unwrap();
+        core.add_participant(&m, plain.clone()).unwrap();
+        let web = core
+            .add_leg(
+                &m,
+                &browser,
+                LegConfig {
+                    name: "webrtc".into(),
+                    security: LegSecurity::Webrtc(Box::new(WebrtcTransport {
+                        ice: credentials("fnt1"),
+                        extensions: StreamExtensions {
+                            mid: Some(MID_EXT),
+                            rid: Some(RID_EXT),
+                        },
+                        payload_types: vec![(Codec::Opaque, BROWSER_PT_OPUS)],
+                    })),
+                    remote: None,
+                    remote_rtcp: None,
+                    rtcp_mux: true,
+                    local: None,
+                    local_rtcp: None,
+                },
+            )
+            .unwrap();
+        let (plain_receive, plain_send) =
+            (MasterKey::generate(PROFILE), MasterKey::generate(PROFILE));
+        let plain_leg = core
+            .add_leg(
+                &m,
+                &plain,
+                LegConfig {
+                    name: "srtp".into(),
+                    security: LegSecurity::Sdes {
+                        receive_key: plain_receive.clone(),
+                        send_key: plain_send.clone(),
+                    },
+                    remote: Some(addr("198.51.100.20:5000")),
+                    remote_rtcp: None,
+                    rtcp_mux: true,
+                    local: Some(addr(LOCAL)),
+                    local_rtcp: None,
+                },
+            )
+            .unwrap();
+        let track = |core: &mut Forwarder,
+                     who: &ParticipantId,
+                     leg,
+                     name: &str,
+                     kind,
+                     ssrcs: &[u32],
+                     ids| {
+            core.add_track(
+                &m,
+                who,
+                TrackConfig {
+                    name: name.into(),
+                    kind,
+                    encodings: ssrcs.iter().map(|&s| Ssrc(s)).collect(),
+                    leg,
+                    clock_rate: None,
+                    codec: Codec::Opaque,
+                    audio_level_extension: None,
+                    stream_ids: ids,
+                },
+            )
+            .unwrap()
+        };
+        let ids = |mid: &str, rids: &[&str]| {
+            Some(StreamIds {
+                mid: mid.into(),
+                rids: rids.iter().map(|r| r.to_string()).collect(),
+            })
+        };
+        let web_audio = track(
+            &mut core,
+            &browser,
+            web,
+            "audio",
+            TrackKind::Audio,
+            &[0xA1],
+            ids("0", &[]),
+        );
+        let web_camera = track(
+            &mut core,
+            &browser,
+            web,
+            "camera",
+            TrackKind::Video,
+            &[0xC1, 0xC2, 0xC3],
+            ids("1", &["q", "h", "f"]),
+        );
+        let plain_audio = track(
+            &mut core,
+            &plain,
+            plain_leg,
+            "audio",
+            TrackKind::Audio,
+            &[0xB1],
+            None,
+        );
+        for (track, leg) in [(web_audio, plain_leg), (plain_audio, web)] {
+            core.add_subscription(SubscriptionConfig {
+                track,
+                leg,
+                ssrc: None,
+                max_layers: Layers::ALL,
+                payload_type: None,
+            })
+            .unwrap();
+        }
+        Room {
+            core,
+            now,
+            web,
+            web_audio,
+            web_camera,
+            plain_receive,
+            plain_send,
+            web_receive: MasterKey::generate(PROFILE),
+            web_send: MasterKey::generate(PROFILE),
+        }
+    }
+
+    fn datagram(&mut self, source: &str, mut bytes: Vec<u8>) {
+        self.core
+            .handle_datagram(self.now, addr(LOCAL), addr(source), &mut bytes);
+    }
+
+    fn transmits(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
+        while let Some(t) = self.core.poll_transmit(&mut buf) {
+            out.push((t.destination, buf[..t.len].to_vec()));
+        }
+        out
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.core.poll_event()).collect()
+    }
+
+    fn drops(&self, reason: DropReason) -> u64 {
+        self.core.leg_stats(self.web).unwrap().drops.get(reason)
+    }
+
+    /// The browser's check from `source`, as Chrome sends it.
+    fn check(&mut self, source: &str, use_candidate: bool, pwd: &str, transaction: u8) {
+        self.check_as("fnt1:brws", source, use_candidate, pwd, transaction);
+    }
+
+    fn check_as(&mut self, user: &str, source: &str, use_candidate: bool, pwd: &str, tx: u8) {
+        let mut buf = [0u8; 256];
+        let len = stun::write_binding_request(
+            &mut buf,
+            &BindingRequest {
+                transaction_id: [tx; 12],
+                username: user,
+                priority: 0x6e00_01ff,
+                tie_breaker: 7,
+                use_candidate,
+            },
+            &IntegrityKey::new(pwd.as_bytes()),
+        )
+        .unwrap();
+        self.datagram(source, buf[..len].to_vec());
+    }
+
+    fn connect(&mut self) {
+        let pwd = credentials("fnt1").local_pwd;
+        self.check(BROWSER, true, &pwd, 1);
+        self.transmits();
+        self.core
+            .install_keys(self.web, &self.web_receive, &self.web_send);
+    }
+}
+
+/// An RTP packet with RFC 8285 one-byte header extensions `elements`, SRTP-protected
+/// with `key`.
+fn srtp(key: &MasterKey, ssrc: u32, seq: u16, pt: u8, elements: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut p = vec![0x80, pt, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    if !elements.is_empty() {
+        p[0] |= 0x10;
+        let mut ext = Vec::new();
+        for (id, data) in elements {
+            ext.push((id << 4) | (data.len() as u8 - 1));
+            ext.extend_from_slice(data);
+        }
+        while ext.len() % 4 != 0 {
+            ext.push(0);
+        }
+        p.extend_from_slice(&[0xBE, 0xDE]);
+        p.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
+        p.extend_from_slice(&ext);
+    }
+    p.extend_from_slice(&[0xAB; 40]);
+    let len = p.len();
+    p.resize(len + 64, 0);
+    let wire = SrtpContext::new(key).protect_rtp(&mut p, len).unwrap();
+    p.truncate(wire);
+    p
+}
+
+fn unprotect(key: &MasterKey, mut wire: Vec<u8>) -> Vec<u8> {
+    let len = SrtpContext::new(key).unprotect_rtp(&mut wire).unwrap();
+    wire.truncate(len);
+    wire
+}
+
+#[test]
+fn a_check_is_answered_from_the_media_port_and_a_nomination_points_the_leg() {
+    let mut room = Room::new();
+    let pwd = credentials("fnt1").local_pwd;
+    room.check(BROWSER, false, &pwd, 1);
+    let out = room.transmits();
+    assert_eq!(out.len(), 1, "one answer");
+    let (to, answer) = &out[0];
+    assert_eq!(*to, addr(BROWSER));
+    let answer = stun::parse(answer).unwrap();
+    assert_eq!(answer.class, Class::SuccessResponse);
+    assert_eq!(answer.transaction_id, [1; 12]);
+    assert_eq!(answer.xor_mapped_address, Some(addr(BROWSER)));
+    assert!(answer.check_integrity(&IntegrityKey::new(pwd.as_bytes())));
+    assert!(answer.check_fingerprint());
+    assert_eq!(
+        room.core.leg_remote(room.web),
+        None,
+        "checked, not nominated"
+    );
+
+    room.check(BROWSER, true, &pwd, 2);
+    assert_eq!(room.transmits().len(), 1);
+    assert_eq!(room.core.leg_remote(room.web), Some(addr(BROWSER)));
+    assert!(room.events().iter().any(|e| matches!(e,
+        Event::RemoteAddressLearned { address, .. } if *address == addr(BROWSER))));
+    assert!(room.core.peer_addresses().any(|a| a == addr(BROWSER)));
+    assert_eq!(room.core.leg_stats(room.web).unwrap().stun_answered, 2);
+}
+
+#[test]
+fn checks_with_a_wrong_password_or_for_nobody_are_dropped_and_counted() {
+    let mut room = Room::new();
+    room.check(BROWSER, true, "not-the-password-at-all!", 1);
+    assert!(room.transmits().is_empty(), "no answer to a forged check");
+    assert_eq!(room.drops(DropReason::StunRejected), 1);
+    assert_eq!(
+        room.core.leg_remote(room.web),
+        None,
+        "a forged check moves nothing"
+    );
+
+    let pwd = credentials("fnt1").local_pwd;
+    room.check_as("nobody:brws", BROWSER, true, &pwd, 2);
+    assert!(room.transmits().is_empty());
+    assert_eq!(
+        room.core.unattributed_drops().get(DropReason::StunRejected),
+        1
+    );
+
+    room.datagram(BROWSER, vec![0, 1, 0, 4, 0x21, 0x12, 0xa4, 0x42, 1, 2]);
+    assert_eq!(room.core.unattributed_drops().get(DropReason::Malformed), 1);
+}
+
+#[test]
+fn media_waits_for_keys_in_both_directions() {
+    let mut room = Room::new();
+    let pwd = credentials("fnt1").local_pwd;
+    room.check(BROWSER, true, &pwd, 1);
+    room.transmits();
+    let audio = srtp(&room.web_receive, 0x1234, 1, 111, &[(MID_EXT, b"0")]);
+    room.datagram(BROWSER, audio);
+    assert_eq!(
+        room.drops(DropReason::NotConnected),
+        1,
+        "no keys to authenticate with"
+    );
+
+    let plain = srtp(&room.plain_receive, 0xB1, 1, 111, &[]);
+    room.datagram("198.51.100.20:5000", plain);
+    assert!(
+        room.transmits().is_empty(),
+        "nothing is sent to the browser before keys"
+    );
+    assert_eq!(room.drops(DropReason::NotConnected), 2);
+}
+
+#[test]
+fn browser_ssrcs_are_bound_by_mid_and_rid_and_subscribers_see_the_configured_ones() {
+    let mut room = Room::new();
+    room.connect();
+    // Audio: MID only. Forwarded to the plain participant with the configured SSRC.
+    let audio = srtp(
+        &room.web_receive,
+        0x1234_5678,
+        1,
+        BROWSER_PT_OPUS,
+        &[(MID_EXT, b"0")],
+    );
+    room.datagram(BROWSER, audio);
+    let out = room.transmits();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, addr("198.51.100.20:5000"));
+    let plain = unprotect(&room.plain_send, out[0].1.clone());
+    assert_eq!(
+        plain[8..12],
+        0xA1u32.to_be_bytes(),
+        "the SSRC configured for the track"
+    );
+    // Later packets of that SSRC carry no MID (browsers stop sending it): still bound.
+    let audio = srtp(&room.web_receive, 0x1234_5678, 2, BROWSER_PT_OPUS, &[]);
+    room.datagram(BROWSER, audio);
+    assert_eq!(room.transmits().len(), 1);
+    let audio_stats = room.core.track_receive_stats(room.web_audio, 0).unwrap();
+    assert!(
+        audio_stats.received() > 0,
+        "counted on the configured track"
+    );
+
+    // Camera: each RID binds its encoding; the first packets carry MID and RID, later
+    // ones only the SSRC.
+    for seq in 1..=4u16 {
+        for (i, rid) in [b"q", b"h", b"f"].iter().enumerate() {
+            let ssrc = 0x5000 + i as u32;
+            let ids: &[(u8, &[u8])] = if seq == 1 {
+                &[(MID_EXT, b"1"), (RID_EXT, *rid)]
+            } else {
+                &[]
+            };
+            room.datagram(BROWSER, srtp(&room.web_receive, ssrc, seq, 96, ids));
+        }
+    }
+    for encoding in 0..3 {
+        let stats = room
+            .core
+            .track_receive_stats(room.web_camera, encoding)
+            .unwrap();
+        // RFC 3550 A.1 probation holds back the first packet of each.
+        assert_eq!(stats.received(), 3, "encoding {encoding}");
+    }
+    // A MID nobody publishes, or a simulcast MID without RID, binds nothing.
+    let stray = srtp(&room.web_receive, 0x6000, 1, 96, &[(MID_EXT, b"7")]);
+    room.datagram(BROWSER, stray);
+    let no_rid = srtp(&room.web_receive, 0x6001, 1, 96, &[(MID_EXT, b"1")]);
+    room.datagram(BROWSER, no_rid);
+    assert_eq!(room.drops(DropReason::UnknownSsrc), 2);
+}
+
+#[test]
+fn media_to_a_browser_goes_to_the_nominated_address_with_its_payload_type() {
+    let mut room = Room::new();
+    room.connect();
+    let plain = srtp(&room.plain_receive, 0xB1, 1, 111, &[]);
+    room.datagram("198.51.100.20:5000", plain);
+    let out = room.transmits();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr(BROWSER));
+    let packet = unprotect(&room.web_send, out[0].1.clone());
+    assert_eq!(
+        packet[1] & 0x7f,
+        BROWSER_PT_OPUS,
+        "the browser's payload type"
+    );
+    assert_eq!(packet[8..12], 0xB1u32.to_be_bytes());
+
+    // Media from another address of the browser does not move the leg (only ICE does).
+    let audio = srtp(
+        &room.web_receive,
+        0x99,
+        1,
+        BROWSER_PT_OPUS,
+        &[(MID_EXT, b"0")],
+    );
+    room.datagram("198.51.100.7:50002", audio);
+    assert_eq!(room.core.leg_remote(room.web), Some(addr(BROWSER)));
+}
+
+#[test]
+fn consent_lapses_after_30_seconds_of_silence_and_media_stops() {
+    let mut room = Room::new();
+    room.connect();
+    room.events();
+    let pwd = credentials("fnt1").local_pwd;
+    // Consent checks every few seconds keep it.
+    for i in 0..8u8 {
+        room.now += Duration::from_secs(5);
+        room.core.handle_timeout(room.now);
+        room.check(BROWSER, false, &pwd, 10 + i);
+    }
+    room.transmits();
+    assert_eq!(room.core.leg_remote(room.web), Some(addr(BROWSER)));
+    // Then silence.
+    let silent_since = room.now;
+    while room.now < silent_since + CONSENT_TIMEOUT + Duration::from_secs(2) {
+        room.now += Duration::from_secs(1);
+        room.core.handle_timeout(room.now);
+    }
+    assert_eq!(room.core.leg_remote(room.web), None);
+    assert!(room
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::ConsentLost { .. })));
+    assert_eq!(room.core.leg_stats(room.web).unwrap().consent_lost, 1);
+    assert!(!room.core.peer_addresses().any(|a| a == addr(BROWSER)));
+    let plain = srtp(&room.plain_receive, 0xB1, 1, 111, &[]);
+    room.datagram("198.51.100.20:5000", plain);
+    assert!(room.transmits().is_empty(), "no media without consent");
+
+    // A new nomination (after an ICE restart, say) resumes with the same keys.
+    room.check(BROWSER, true, &pwd, 40);
+    room.transmits();
+    let plain = srtp(&room.plain_receive, 0xB1, 2, 111, &[]);
+    room.datagram("198.51.100.20:5000", plain);
+    assert_eq!(room.transmits().len(), 1);
+}
+
+#[test]
+fn an_ice_restart_switches_credentials_and_keeps_subscriptions() {
+    let mut room = Room::new();
+    room.connect();
+    let subscriptions = room.core.subscription_count();
+    let new = Credentials {
+        local_ufrag: "fnt2".into(),
+        local_pwd: "fnt2-new-password-24-chars".into(),
+        remote_ufrag: Some("brw2".into()),
+    };
+    room.core.restart_ice(room.web, new.clone()).unwrap();
+    // The old credentials are dead.
+    let old_pwd = credentials("fnt1").local_pwd;
+    room.check(BROWSER, true, &old_pwd, 1);
+    assert!(room.transmits().is_empty());
+    // The browser moved to a new network and nominates from there.
+    room.check_as("fnt2:brw2", "203.0.113.9:6000", true, &new.local_pwd, 2);
+    assert_eq!(room.transmits().len(), 1);
+    assert_eq!(
+        room.core.leg_remote(room.web),
+        Some(addr("203.0.113.9:6000"))
+    );
+    assert_eq!(room.core.subscription_count(), subscriptions);
+    let plain = srtp(&room.plain_receive, 0xB1, 1, 111, &[]);
+    room.datagram("198.51.100.20:5000", plain);
+    let out = room.transmits();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr("203.0.113.9:6000"));
+    assert!(
+        !room.core.peer_addresses().any(|a| a == addr(BROWSER)),
+        "old address released"
+    );
+}
+
+#[test]
+fn ufrags_are_unique_and_stream_ids_belong_to_webrtc_legs() {
+    let mut room = Room::new();
+    let m = MeetingId::from("m");
+    let p = ParticipantId::from("browser");
+    let again = LegConfig {
+        name: "webrtc-2".into(),
+        security: LegSecurity::Webrtc(Box::new(WebrtcTransport {
+            ice: credentials("fnt1"),
+            extensions: StreamExtensions::default(),
+            payload_types: Vec::new(),
+        })),
+        remote: None,
+        remote_rtcp: None,
+        rtcp_mux: true,
+        local: None,
+        local_rtcp: None,
+    };
+    assert_eq!(
+        room.core.add_leg(&m, &p, again).unwrap_err(),
+        super::super::ConfigureError::UfragInUse("fnt1".into())
+    );
+    let plain_leg = room
+        .core
+        .leg_id(&m, &ParticipantId::from("plain"), "srtp")
+        .unwrap();
+    let err = room.core.add_track(
+        &m,
+        &ParticipantId::from("plain"),
+        TrackConfig {
+            name: "cam".into(),
+            kind: TrackKind::Video,
+            encodings: vec![Ssrc(0xD1)],
+            leg: plain_leg,
+            clock_rate: None,
+            codec: Codec::Opaque,
+            audio_level_extension: None,
+            stream_ids: Some(StreamIds {
+                mid: "2".into(),
+                rids: Vec::new(),
+            }),
+        },
+    );
+    assert_eq!(err.unwrap_err(), super::super::ConfigureError::StreamIds);
+    // Removing the participant frees its ufrag.
+    room.core.remove_participant(&m, &p).unwrap();
+    room.check(BROWSER, true, &credentials("fnt1").local_pwd, 1);
+    assert!(room.transmits().is_empty());
+    assert_eq!(
+        room.core.unattributed_drops().get(DropReason::StunRejected),
+        1
+    );
+}
