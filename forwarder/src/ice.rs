@@ -21,7 +21,7 @@ pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The leg's own ICE credentials (SDP `a=ice-ufrag` and `a=ice-pwd`, assigned by the
 /// control plane), and the peer's ufrag when known.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub local_ufrag: String,
     pub local_pwd: String,

@@ -20,6 +20,7 @@ use fanout_forwarder::stun::{self, BindingRequest, IntegrityKey};
 mod counting_alloc;
 use counting_alloc::allocations_in;
 
+const FINGERPRINT: &str = "sha-256 AB:CD";
 const FLOOD: usize = 10_000;
 const PWD: &str = "fnt1-password-of-24-chars";
 
@@ -62,6 +63,7 @@ fn a_flood_of_checks_is_handled_without_allocating() {
                         local_pwd: PWD.into(),
                         remote_ufrag: Some("brws".into()),
                     },
+                    remote_fingerprint: FINGERPRINT.into(),
                     extensions: StreamExtensions::default(),
                     payload_types: vec![(Codec::Opaque, 111)],
                 })),

@@ -366,6 +366,7 @@ fn leg_to(leg: &DesiredLeg) -> Result<pb::Leg, Status> {
             .map(ToString::to_string)
             .unwrap_or_default(),
         tracks: leg.tracks.iter().map(convert::track_to).collect(),
+        webrtc: None,
     })
 }
 

@@ -62,15 +62,17 @@ use tonic::{Code, Request, Status};
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
+use crate::codec::Codec;
 use crate::driver::{DriverHandle, TrafficCounters};
+use crate::ice::Credentials;
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::RelayDirection;
-use crate::sfu::{Event, MAX_ENCODINGS};
+use crate::sfu::{Event, StreamExtensions, StreamIds, MAX_ENCODINGS};
 use crate::srtp::{MasterKey, SrtpProfile};
 use pb::forwarders_client::ForwardersClient;
 use reconcile::{
-    Batch, Change, DesiredLeg, DesiredLink, DesiredMeeting, DesiredState, DesiredTrack,
-    PublishedKind, Reconciler,
+    Batch, Change, DesiredConnection, DesiredLeg, DesiredLink, DesiredMeeting, DesiredState,
+    DesiredTrack, DesiredTransport, DesiredWebrtc, PublishedKind, Reconciler,
 };
 
 /// A range of UDP ports, both ends included.
@@ -374,6 +376,7 @@ async fn session(
             .map(|&p| profile_to_pb(p) as i32)
             .collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        dtls_fingerprint: String::new(),
     };
     let registered = client
         .register(with_token(register, &settings.enrolment_token)?)
@@ -1013,15 +1016,87 @@ fn track_from_pb(track: &pb::TrackAssignment) -> Result<DesiredTrack, String> {
         audio_level_extension: u8::try_from(track.audio_level_extension_id)
             .ok()
             .filter(|&id| id != 0),
+        stream_ids: stream_ids_from_pb(track)?,
     })
 }
 
-fn leg_from_pb(leg: &pb::Leg) -> Result<DesiredLeg, String> {
+/// A browser's track is named by its MID, and each simulcast encoding by its RID.
+fn stream_ids_from_pb(track: &pb::TrackAssignment) -> Result<Option<StreamIds>, String> {
+    if track.mid.is_empty() {
+        if !track.rids.is_empty() {
+            return Err("RIDs without a MID".into());
+        }
+        return Ok(None);
+    }
+    if !track.rids.is_empty() && track.rids.len() != track.ssrcs.len() {
+        return Err(format!(
+            "{} RIDs for {} SSRCs: one per encoding",
+            track.rids.len(),
+            track.ssrcs.len()
+        ));
+    }
+    Ok(Some(StreamIds {
+        mid: track.mid.clone(),
+        rids: track.rids.clone(),
+    }))
+}
+
+/// One of a browser's connections.
+fn connection_from_pb(
+    connection: Option<&pb::WebrtcConnection>,
+) -> Result<DesiredConnection, String> {
+    let c = connection.ok_or("missing connection")?;
+    if c.ice_ufrag.is_empty() || c.ice_pwd.is_empty() {
+        return Err("missing ICE credentials".into());
+    }
+    let extension = |id: u32| u8::try_from(id).ok().filter(|&id| id != 0);
+    Ok(DesiredConnection {
+        credentials: Credentials {
+            local_ufrag: c.ice_ufrag.clone(),
+            local_pwd: c.ice_pwd.clone(),
+            remote_ufrag: (!c.remote_ice_ufrag.is_empty()).then(|| c.remote_ice_ufrag.clone()),
+        },
+        extensions: StreamExtensions {
+            mid: extension(c.mid_extension_id),
+            rid: extension(c.rid_extension_id),
+        },
+        payload_types: c
+            .payload_types
+            .iter()
+            .filter_map(|p| {
+                let pt = u8::try_from(p.payload_type).ok().filter(|&pt| pt < 128)?;
+                Some((Codec::from_encoding_name(&p.codec), pt))
+            })
+            .collect(),
+    })
+}
+
+fn transport_from_pb(leg: &pb::Leg) -> Result<DesiredTransport, String> {
+    if let Some(w) = &leg.webrtc {
+        if w.remote_fingerprint.is_empty() {
+            return Err("WebRTC leg without the browser's fingerprint".into());
+        }
+        return Ok(DesiredTransport::Webrtc(DesiredWebrtc {
+            remote_fingerprint: w.remote_fingerprint.clone(),
+            publish: connection_from_pb(w.publish.as_ref())
+                .map_err(|e| format!("publish connection: {e}"))?,
+            subscribe: connection_from_pb(w.subscribe.as_ref())
+                .map_err(|e| format!("subscribe connection: {e}"))?,
+        }));
+    }
     let profile = profile_from_pb(leg.srtp_profile)?;
     let inbound_key =
         key_from_pb(profile, leg.inbound_key.as_ref()).map_err(|e| format!("inbound key: {e}"))?;
     let outbound_key = key_from_pb(profile, leg.outbound_key.as_ref())
         .map_err(|e| format!("outbound key: {e}"))?;
+    Ok(DesiredTransport::Sdes {
+        inbound_key,
+        outbound_key,
+    })
+}
+
+fn leg_from_pb(leg: &pb::Leg) -> Result<DesiredLeg, String> {
+    let transport = transport_from_pb(leg)?;
     let mut tracks = Vec::with_capacity(leg.tracks.len());
     for track in &leg.tracks {
         match track_from_pb(track) {
@@ -1035,8 +1110,7 @@ fn leg_from_pb(leg: &pb::Leg) -> Result<DesiredLeg, String> {
         }
     }
     Ok(DesiredLeg {
-        inbound_key,
-        outbound_key,
+        transport,
         can_publish: leg.can_publish,
         breakout: (!leg.breakout_id.is_empty()).then(|| leg.breakout_id.clone()),
         tracks,
@@ -1386,8 +1460,30 @@ mod tests {
             can_publish: true,
             breakout_id: String::new(),
             tracks: vec![],
+            webrtc: None,
         };
         let desired = leg_from_pb(&leg).unwrap();
+        let browser = pb::Leg {
+            webrtc: Some(pb::WebrtcTransport {
+                remote_fingerprint: "sha-256 AB".into(),
+                publish: Some(pb::WebrtcConnection {
+                    ice_ufrag: "ufrg".into(),
+                    ice_pwd: "s3cret-ice-password".into(),
+                    ..Default::default()
+                }),
+                subscribe: Some(pb::WebrtcConnection {
+                    ice_ufrag: "ufr2".into(),
+                    ice_pwd: "s3cret-ice-password".into(),
+                    ..Default::default()
+                }),
+            }),
+            ..leg.clone()
+        };
+        let debug = format!("{:?}", leg_from_pb(&browser).unwrap());
+        assert!(
+            debug.contains("ufrg") && !debug.contains("s3cret"),
+            "{debug}"
+        );
         let debug = format!("{desired:?}").to_lowercase();
         for needle in ["abab", "171", "cdcd", "efef"] {
             assert!(!debug.contains(needle), "{debug}");

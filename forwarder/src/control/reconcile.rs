@@ -14,9 +14,10 @@
 //! one holding the second. The client runs each batch on the shard that owns the
 //! meeting's port ([`apply`] on the shard's thread).
 //!
-//! In a core, a leg is a participant with one leg named [`LEG_NAME`]; its tracks are
-//! named after their kind (`audio`, `camera`, `screen`; a second one of a kind gets
-//! `-1`, ...).
+//! In a core, a leg is a participant with one leg named [`LEG_NAME`], or, for a browser,
+//! two: [`PUBLISH_LEG`] carries its tracks and [`SUBSCRIBE_LEG`] its subscriptions (its
+//! two peer connections, docs/webrtc.md). Tracks are named after their kind (`audio`,
+//! `camera`, `screen`; a second one of a kind gets `-1`, ...).
 //!
 //! # Rules
 //!
@@ -37,6 +38,9 @@
 //! * Upserting a leg equal to the one held changes nothing: no re-keying, subscriptions
 //!   kept (their SSRC, sequence and timestamp rewriting continue). A leg whose profile or
 //!   either key changes is re-created: removed with everything attached, then added.
+//!   A browser's leg whose ICE credentials alone change is restarted in place (an ICE
+//!   restart keeps keys and subscriptions); one whose certificate fingerprint changes is
+//!   re-created (a new DTLS handshake).
 //!
 //! * Relay links (webinar relay trees, see `crate::sfu` `relay`) belong to the meeting
 //!   on this forwarder they serve (`RelayLink.local_meeting_id`): the relay node an
@@ -54,15 +58,20 @@ use std::net::SocketAddr;
 use tracing::warn;
 
 use crate::codec::Codec;
+use crate::ice::Credentials;
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::{
     ConfigureError, Forwarder, Layers, LegConfig, LegSecurity, RelayDirection, RelayLinkConfig,
-    SubscriptionConfig, TrackConfig, TrackKind,
+    StreamExtensions, StreamIds, SubscriptionConfig, TrackConfig, TrackKind, WebrtcTransport,
 };
 use crate::srtp::MasterKey;
 
-/// The name of the one leg of each participant in a core.
+/// The name of the one leg of a plain SRTP participant in a core.
 pub const LEG_NAME: &str = "srtp";
+/// A browser's publish connection: its tracks.
+pub const PUBLISH_LEG: &str = "webrtc-pub";
+/// A browser's subscribe connection: its subscriptions.
+pub const SUBSCRIBE_LEG: &str = "webrtc-sub";
 
 /// What a track carries, as the control plane names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,31 +112,165 @@ pub struct DesiredTrack {
     /// Audio: the RFC 8285 id of the audio-level extension (RFC 6464), for dominant
     /// speaker detection.
     pub audio_level_extension: Option<u8>,
+    /// A browser's track: the MID and RIDs that bind the SSRCs it picked.
+    pub stream_ids: Option<StreamIds>,
 }
 
 /// One participant's leg as the control plane wants it. Debug shows no key material
-/// ([`MasterKey`] redacts it).
+/// ([`MasterKey`] redacts it, [`DesiredConnection`] leaves the ICE password out).
 #[derive(Debug, Clone)]
 pub struct DesiredLeg {
-    /// What the participant protects with: the forwarder unprotects with it.
-    pub inbound_key: MasterKey,
-    /// What the forwarder protects towards the participant with.
-    pub outbound_key: MasterKey,
+    pub transport: DesiredTransport,
     pub can_publish: bool,
     /// `None`: the main room.
     pub breakout: Option<String>,
     pub tracks: Vec<DesiredTrack>,
 }
 
+/// How a participant's media is keyed and reaches the forwarder.
+#[derive(Debug, Clone)]
+pub enum DesiredTransport {
+    /// Plain SRTP with keys from the join.
+    Sdes {
+        /// What the participant protects with: the forwarder unprotects with it.
+        inbound_key: MasterKey,
+        /// What the forwarder protects towards the participant with.
+        outbound_key: MasterKey,
+    },
+    /// A browser: two WebRTC connections, keys from DTLS.
+    Webrtc(DesiredWebrtc),
+}
+
+/// A browser's two connections (docs/webrtc.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredWebrtc {
+    /// The browser's certificate fingerprint (RFC 8122 form), both connections'.
+    pub remote_fingerprint: String,
+    pub publish: DesiredConnection,
+    pub subscribe: DesiredConnection,
+}
+
+/// One WebRTC connection: one leg in the core.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DesiredConnection {
+    pub credentials: Credentials,
+    pub extensions: StreamExtensions,
+    /// What the browser negotiated for what it receives.
+    pub payload_types: Vec<(Codec, u8)>,
+}
+
+impl std::fmt::Debug for DesiredConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredConnection")
+            .field("credentials", &self.credentials)
+            .field("extensions", &self.extensions)
+            .field("payload_types", &self.payload_types)
+            .finish()
+    }
+}
+
+impl DesiredConnection {
+    /// The same but for ICE credentials: an ICE restart, not a new connection.
+    fn same_but_credentials(&self, other: &DesiredConnection) -> bool {
+        self.extensions == other.extensions && self.payload_types == other.payload_types
+    }
+
+    fn same_credentials(&self, other: &DesiredConnection) -> bool {
+        let (a, b) = (&self.credentials, &other.credentials);
+        a.local_ufrag == b.local_ufrag
+            && a.local_pwd == b.local_pwd
+            && a.remote_ufrag == b.remote_ufrag
+    }
+
+    fn leg_config(&self, name: &str, fingerprint: &str, listen: SocketAddr) -> LegConfig {
+        LegConfig {
+            name: name.to_owned(),
+            security: LegSecurity::Webrtc(Box::new(WebrtcTransport {
+                ice: self.credentials.clone(),
+                remote_fingerprint: fingerprint.to_owned(),
+                extensions: self.extensions,
+                payload_types: self.payload_types.clone(),
+            })),
+            remote: None,
+            remote_rtcp: None,
+            rtcp_mux: true,
+            local: Some(listen),
+            local_rtcp: None,
+        }
+    }
+}
+
 impl DesiredLeg {
-    /// Same keys (and so the same profile): the leg's SRTP contexts can stay.
+    /// Same keys (and so the same profile), or for a browser the same certificate and
+    /// connections up to ICE credentials: the legs' SRTP contexts can stay.
     fn same_transport(&self, other: &DesiredLeg) -> bool {
-        self.inbound_key.same_material(&other.inbound_key)
-            && self.outbound_key.same_material(&other.outbound_key)
+        match (&self.transport, &other.transport) {
+            (
+                DesiredTransport::Sdes {
+                    inbound_key: a_in,
+                    outbound_key: a_out,
+                },
+                DesiredTransport::Sdes {
+                    inbound_key: b_in,
+                    outbound_key: b_out,
+                },
+            ) => a_in.same_material(b_in) && a_out.same_material(b_out),
+            (DesiredTransport::Webrtc(a), DesiredTransport::Webrtc(b)) => {
+                a.remote_fingerprint == b.remote_fingerprint
+                    && a.publish.same_but_credentials(&b.publish)
+                    && a.subscribe.same_but_credentials(&b.subscribe)
+            }
+            _ => false,
+        }
+    }
+
+    /// ICE restarts that take the legs of `self` to those of `next` (same transport).
+    fn ice_restarts(&self, next: &DesiredLeg) -> Vec<(&'static str, Credentials)> {
+        let (DesiredTransport::Webrtc(a), DesiredTransport::Webrtc(b)) =
+            (&self.transport, &next.transport)
+        else {
+            return Vec::new();
+        };
+        [
+            (PUBLISH_LEG, &a.publish, &b.publish),
+            (SUBSCRIBE_LEG, &a.subscribe, &b.subscribe),
+        ]
+        .into_iter()
+        .filter(|(_, before, after)| !before.same_credentials(after))
+        .map(|(name, _, after)| (name, after.credentials.clone()))
+        .collect()
+    }
+
+    /// The core legs of this participant.
+    fn leg_configs(&self, listen: SocketAddr) -> Vec<LegConfig> {
+        match &self.transport {
+            DesiredTransport::Sdes {
+                inbound_key,
+                outbound_key,
+            } => vec![LegConfig {
+                name: LEG_NAME.to_owned(),
+                security: LegSecurity::Sdes {
+                    receive_key: inbound_key.clone(),
+                    send_key: outbound_key.clone(),
+                },
+                remote: None,
+                remote_rtcp: None,
+                rtcp_mux: true,
+                local: Some(listen),
+                local_rtcp: None,
+            }],
+            DesiredTransport::Webrtc(w) => vec![
+                w.publish
+                    .leg_config(PUBLISH_LEG, &w.remote_fingerprint, listen),
+                w.subscribe
+                    .leg_config(SUBSCRIBE_LEG, &w.remote_fingerprint, listen),
+            ],
+        }
     }
 
     fn same(&self, other: &DesiredLeg) -> bool {
         self.same_transport(other)
+            && self.ice_restarts(other).is_empty()
             && self.can_publish == other.can_publish
             && self.breakout == other.breakout
             && self.tracks == other.tracks
@@ -141,8 +284,12 @@ impl DesiredLeg {
         track_names(&self.tracks)
     }
 
-    /// Every SSRC the join assigned, whether or not the leg may publish.
+    /// Every SSRC the join assigned, whether or not the leg may publish: a plain leg's
+    /// address is learned from them (a browser's comes from ICE).
     fn ssrcs(&self) -> Vec<Ssrc> {
+        if matches!(self.transport, DesiredTransport::Webrtc(_)) {
+            return Vec::new();
+        }
         self.tracks
             .iter()
             .flat_map(|t| t.ssrcs.iter().copied())
@@ -343,10 +490,10 @@ pub enum Op {
     UpdateLink {
         config: RelayLinkConfig,
     },
-    /// A participant with its one leg.
+    /// A participant with its legs (one, or a browser's two).
     AddLeg {
         participant: ParticipantId,
-        config: LegConfig,
+        configs: Vec<LegConfig>,
         /// Declared for learning the peer's address (see [`Forwarder::add_learning_ssrcs`]).
         learning_ssrcs: Vec<Ssrc>,
     },
@@ -367,6 +514,12 @@ pub enum Op {
     },
     Subscribe(SubscriptionKey),
     Unsubscribe(SubscriptionKey),
+    /// New ICE credentials for one of a browser's legs.
+    RestartIce {
+        participant: ParticipantId,
+        leg: &'static str,
+        credentials: Credentials,
+    },
 }
 
 /// A subscription by names: `subscriber` receives `publisher`'s track `track`.
@@ -540,6 +693,7 @@ fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
     // attached to them.
     let mut dropped: BTreeSet<&ParticipantId> = BTreeSet::new();
     let mut added: BTreeSet<&ParticipantId> = BTreeSet::new();
+    let mut restarts = Vec::new();
     for (p, leg) in old {
         match new.get(p) {
             None => {
@@ -553,6 +707,13 @@ fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
             }
             Some(next) if !leg.same(next) => {
                 changed.insert(p);
+                for (name, credentials) in leg.ice_restarts(next) {
+                    restarts.push(Op::RestartIce {
+                        participant: p.clone(),
+                        leg: name,
+                        credentials,
+                    });
+                }
             }
             Some(_) => {}
         }
@@ -621,18 +782,7 @@ fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
         let Some(leg) = new.get(p) else { continue };
         ops.push(Op::AddLeg {
             participant: p.clone(),
-            config: LegConfig {
-                name: LEG_NAME.to_owned(),
-                security: LegSecurity::Sdes {
-                    receive_key: leg.inbound_key.clone(),
-                    send_key: leg.outbound_key.clone(),
-                },
-                remote: None,
-                remote_rtcp: None,
-                rtcp_mux: true,
-                local: Some(listen),
-                local_rtcp: None,
-            },
+            configs: leg.leg_configs(listen),
             learning_ssrcs: leg.ssrcs(),
         });
         for (name, track) in leg.published() {
@@ -650,6 +800,7 @@ fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
             track: track.clone(),
         });
     }
+    ops.extend(restarts);
     for s in after.difference(&before) {
         ops.push(Op::Subscribe(s.clone()));
     }
@@ -742,6 +893,9 @@ fn describe(op: &Op) -> String {
             "unsubscribe `{}` from `{}/{}`",
             s.subscriber, s.publisher, s.track
         ),
+        Op::RestartIce {
+            participant, leg, ..
+        } => format!("restart ICE of `{participant}/{leg}`"),
     }
 }
 
@@ -754,19 +908,31 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
         Op::UpdateLink { config } => core.update_relay_link(meeting, config),
         Op::AddLeg {
             participant,
-            config,
+            configs,
             learning_ssrcs,
         } => {
             core.add_participant(meeting, participant.clone())?;
-            let leg = match core.add_leg(meeting, &participant, config) {
-                Ok(leg) => leg,
-                Err(e) => {
-                    // Leave no participant without its leg behind.
+            for config in configs {
+                let added = core
+                    .add_leg(meeting, &participant, config)
+                    .and_then(|leg| core.add_learning_ssrcs(leg, &learning_ssrcs));
+                if let Err(e) = added {
+                    // Leave no participant without its legs behind.
                     let _ = core.remove_participant(meeting, &participant);
                     return Err(e);
                 }
-            };
-            core.add_learning_ssrcs(leg, &learning_ssrcs)
+            }
+            Ok(())
+        }
+        Op::RestartIce {
+            participant,
+            leg,
+            credentials,
+        } => {
+            let leg = core
+                .leg_id(meeting, &participant, leg)
+                .ok_or(ConfigureError::NoSuchLeg)?;
+            core.restart_ice(leg, credentials)
         }
         Op::RemoveLeg { participant } => core.remove_participant(meeting, &participant),
         Op::AddTrack {
@@ -774,9 +940,7 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
             name,
             track,
         } => {
-            let leg = core
-                .leg_id(meeting, &participant, LEG_NAME)
-                .ok_or(ConfigureError::NoSuchLeg)?;
+            let leg = leg_of(core, meeting, &participant, PUBLISH_LEG)?;
             core.add_track(
                 meeting,
                 &participant,
@@ -788,7 +952,7 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
                     clock_rate: (track.clock_rate != 0).then_some(track.clock_rate),
                     codec: Codec::from_encoding_name(&track.codec),
                     audio_level_extension: track.audio_level_extension,
-                    stream_ids: None,
+                    stream_ids: track.stream_ids,
                 },
             )
             .map(|_| ())
@@ -800,9 +964,7 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
             core.remove_track(track)
         }
         Op::Subscribe(s) => {
-            let leg = core
-                .leg_id(meeting, &s.subscriber, LEG_NAME)
-                .ok_or(ConfigureError::NoSuchLeg)?;
+            let leg = leg_of(core, meeting, &s.subscriber, SUBSCRIBE_LEG)?;
             let track = core
                 .track_id(meeting, &s.publisher, &s.track)
                 .ok_or(ConfigureError::NoSuchTrack)?;
@@ -827,6 +989,19 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
             core.remove_subscription(subscription)
         }
     }
+}
+
+/// A participant's plain leg, or its browser leg `webrtc` (which carries tracks, or
+/// subscriptions).
+fn leg_of(
+    core: &Forwarder,
+    meeting: &MeetingId,
+    participant: &ParticipantId,
+    webrtc: &str,
+) -> Result<crate::ids::LegId, ConfigureError> {
+    core.leg_id(meeting, participant, LEG_NAME)
+        .or_else(|| core.leg_id(meeting, participant, webrtc))
+        .ok_or(ConfigureError::NoSuchLeg)
 }
 
 #[cfg(test)]
@@ -901,8 +1076,10 @@ mod tests {
         fn leg(&mut self, name: &str, can_publish: bool, room: Option<&str>) -> DesiredLeg {
             let peer = self.peer(name);
             DesiredLeg {
-                inbound_key: peer.inbound.clone(),
-                outbound_key: peer.outbound.clone(),
+                transport: DesiredTransport::Sdes {
+                    inbound_key: peer.inbound.clone(),
+                    outbound_key: peer.outbound.clone(),
+                },
                 can_publish,
                 breakout: room.map(str::to_owned),
                 tracks: vec![
@@ -912,6 +1089,7 @@ mod tests {
                         codec: "opus".into(),
                         clock_rate: 48_000,
                         audio_level_extension: Some(1),
+                        stream_ids: None,
                     },
                     DesiredTrack {
                         kind: PublishedKind::Camera,
@@ -919,6 +1097,7 @@ mod tests {
                         codec: "VP8".into(),
                         clock_rate: 90_000,
                         audio_level_extension: None,
+                        stream_ids: None,
                     },
                 ],
             }
@@ -1200,9 +1379,10 @@ mod tests {
         assert_eq!(batches[1].listen, other);
         assert!(matches!(batches[1].ops[0], Op::AddMeeting));
         match &batches[1].ops[1] {
-            Op::AddLeg { config, .. } => {
-                assert_eq!(config.local, Some(other));
-                assert!(config.rtcp_mux && config.remote.is_none());
+            Op::AddLeg { configs, .. } => {
+                assert_eq!(configs.len(), 1);
+                assert_eq!(configs[0].local, Some(other));
+                assert!(configs[0].rtcp_mux && configs[0].remote.is_none());
             }
             op => panic!("{op:?}"),
         }
@@ -1216,6 +1396,7 @@ mod tests {
             codec: String::new(),
             clock_rate: 0,
             audio_level_extension: None,
+            stream_ids: None,
         };
         let tracks = [
             t(PublishedKind::Camera),
@@ -1277,5 +1458,107 @@ mod tests {
         net.run(gone);
         assert!(net.core.relay_links().is_empty());
         assert!(net.core.meeting_exists(&node));
+    }
+
+    /// A browser's leg: two connections, tracks named by MID/RID.
+    fn browser(subscribe_ufrag: &str, fingerprint: &str) -> DesiredLeg {
+        let connection = |ufrag: &str| DesiredConnection {
+            credentials: Credentials {
+                local_ufrag: ufrag.into(),
+                local_pwd: format!("{ufrag}-password-of-24-chars"),
+                remote_ufrag: None,
+            },
+            extensions: StreamExtensions {
+                mid: Some(4),
+                rid: Some(10),
+            },
+            payload_types: vec![(Codec::Opaque, 111), (Codec::Vp8, 96)],
+        };
+        DesiredLeg {
+            transport: DesiredTransport::Webrtc(DesiredWebrtc {
+                remote_fingerprint: fingerprint.into(),
+                publish: connection("bpub"),
+                subscribe: connection(subscribe_ufrag),
+            }),
+            can_publish: true,
+            breakout: None,
+            tracks: vec![DesiredTrack {
+                kind: PublishedKind::Camera,
+                ssrcs: vec![Ssrc(0xB1), Ssrc(0xB2), Ssrc(0xB3)],
+                codec: "VP8".into(),
+                clock_rate: 90_000,
+                audio_level_extension: None,
+                stream_ids: Some(StreamIds {
+                    mid: "1".into(),
+                    rids: vec!["q".into(), "h".into(), "f".into()],
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_browser_gets_a_publish_and_a_subscribe_leg_and_an_ice_restart_keeps_them() {
+        let mut net = meeting_with(&["a"]);
+        let upsert = |net: &mut Net, leg: DesiredLeg| {
+            let batches = net.reconciler.changes(vec![Change::LegUpserted {
+                meeting: m(),
+                participant: "b".into(),
+                leg,
+            }]);
+            net.run(batches.clone());
+            batches
+        };
+        upsert(&mut net, browser("bsub", "sha-256 AA"));
+        let b = ParticipantId::from("b");
+        let publish = net.core.leg_id(&m(), &b, PUBLISH_LEG).expect("publish leg");
+        let subscribe = net
+            .core
+            .leg_id(&m(), &b, SUBSCRIBE_LEG)
+            .expect("subscribe leg");
+        assert_eq!(net.core.leg_id(&m(), &b, LEG_NAME), None);
+        assert!(net.core.track_id(&m(), &b, "camera").is_some());
+        // b receives a's two tracks on its subscribe leg; a receives b's camera.
+        let subs = net.core.subscriptions_of(&m(), &b);
+        assert_eq!(subs.len(), 2);
+        assert_eq!(net.core.subscriptions_of(&m(), &"a".into()).len(), 1);
+        let (pub_stats, sub_stats) = (net.core.ice_stats(publish), net.core.ice_stats(subscribe));
+        assert!(
+            pub_stats.is_some() && sub_stats.is_some(),
+            "both are WebRTC legs"
+        );
+
+        // New subscribe credentials: an ICE restart in place, nothing re-created.
+        let batches = upsert(&mut net, browser("bsub2", "sha-256 AA"));
+        let ops: Vec<&Op> = batches.iter().flat_map(|b| &b.ops).collect();
+        assert!(
+            matches!(
+                ops[..],
+                [Op::RestartIce {
+                    leg: SUBSCRIBE_LEG,
+                    ..
+                }]
+            ),
+            "{ops:?}"
+        );
+        assert_eq!(net.core.leg_id(&m(), &b, SUBSCRIBE_LEG), Some(subscribe));
+        assert_eq!(net.core.subscriptions_of(&m(), &b), subs);
+
+        // A new certificate is a new DTLS handshake: the legs are re-created.
+        let batches = upsert(&mut net, browser("bsub2", "sha-256 BB"));
+        let ops: Vec<&Op> = batches.iter().flat_map(|b| &b.ops).collect();
+        assert!(
+            ops.iter().any(|op| matches!(op, Op::RemoveLeg { .. })),
+            "{ops:?}"
+        );
+        assert!(
+            ops.iter().any(|op| matches!(op, Op::AddLeg { .. })),
+            "{ops:?}"
+        );
+        assert_eq!(net.core.subscriptions_of(&m(), &b).len(), 2);
+        assert_eq!(
+            net.speak("a"),
+            names(&[]),
+            "b's legs have no keys yet: nothing sent"
+        );
     }
 }

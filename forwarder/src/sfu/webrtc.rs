@@ -36,6 +36,9 @@ use super::{AddressKind, DropReason, Event, Forwarder, Transmit};
 pub struct WebrtcTransport {
     /// The leg's ICE credentials (assigned by the control plane) and the peer's ufrag.
     pub ice: ice::Credentials,
+    /// The fingerprint of the peer's DTLS certificate (RFC 8122 form, `sha-256 AB:..`),
+    /// from its SDP: the handshake fails with any other certificate.
+    pub remote_fingerprint: String,
     /// RFC 8285 ids the peer negotiated for the header extensions that name streams.
     pub extensions: StreamExtensions,
     /// The payload type the peer negotiated for each codec it receives from the forwarder

@@ -16,6 +16,7 @@ use crate::sfu::{
 use crate::srtp::{MasterKey, SrtpContext, SrtpProfile};
 use crate::stun::{self, BindingRequest, Class, IntegrityKey};
 
+const FINGERPRINT: &str = "sha-256 AB:CD";
 const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
 const MID_EXT: u8 = 4;
 const RID_EXT: u8 = 10;
@@ -69,6 +70,7 @@ impl Room {
                     name: "webrtc".into(),
                     security: LegSecurity::Webrtc(Box::new(WebrtcTransport {
                         ice: credentials("fnt1"),
+                        remote_fingerprint: FINGERPRINT.into(),
                         extensions: StreamExtensions {
                             mid: Some(MID_EXT),
                             rid: Some(RID_EXT),
@@ -518,6 +520,7 @@ fn ufrags_are_unique_and_stream_ids_belong_to_webrtc_legs() {
         name: "webrtc-2".into(),
         security: LegSecurity::Webrtc(Box::new(WebrtcTransport {
             ice: credentials("fnt1"),
+            remote_fingerprint: FINGERPRINT.into(),
             extensions: StreamExtensions::default(),
             payload_types: Vec::new(),
         })),
