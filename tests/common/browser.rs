@@ -73,8 +73,9 @@ pub const BROWSER_FLAGS: &[&str] = &[
     "--no-first-run",
     "--no-default-browser-check",
     "--autoplay-policy=no-user-gesture-required",
-    // Host candidates carry the address, not an mDNS name (a namespace has no mDNS
-    // responder, and the tests check the address of the pair).
+    // Host candidates carry the address, not an mDNS name, also on a page that has no
+    // media permission (a receive-only participant): a namespace has no mDNS responder.
+    // Pages that captured media already get addresses.
     "--disable-features=WebRtcHideLocalIpsWithMdns",
     // Pages in background tabs keep their timers and media going.
     "--disable-background-timer-throttling",
