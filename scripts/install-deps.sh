@@ -13,6 +13,8 @@
 #   openssl                  test certificates for the control plane's TLS
 #   clang, libbpf-dev        the forwarder's XDP port guard (ebpf/), compiled for the BPF
 #                            target by the forwarder's build script (bpf_helpers.h)
+#   chromium                 a real browser for the end-to-end tests (headless, in a
+#                            network namespace, driven over the DevTools protocol)
 #
 # The Rust toolchain itself (rustup, cargo) is expected to be present.
 set -euo pipefail
@@ -30,6 +32,7 @@ packages=(
   openssl
   clang
   libbpf-dev
+  chromium
 )
 
 missing=()

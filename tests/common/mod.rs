@@ -13,6 +13,8 @@
 //!   from there.
 //! * [`media`]: frames decoded from a file, with `ffprobe -count_frames`.
 //! * [`report`]: numbers from `fanout-loadgen`'s JSON report.
+//! * [`browser`]: headless Chromium in a network namespace behind a veth pair, driven
+//!   over the DevTools protocol (pages, JavaScript, WebRTC stats).
 //! * [`meeting`]: the scenario (one publisher, N receivers, a report and its checks),
 //!   run with the peers of a [`meeting::PeerKit`]: [`ffmpeg::Ffmpeg`] or
 //!   [`gstreamer::Gstreamer`].
@@ -27,6 +29,7 @@
 //! the interop tests and `fanout-demo`). The forwarders started by the load generator or
 //! under the control plane (loadgen_*, webinar_relays, control_plane) stay on loopback.
 
+pub mod browser;
 pub mod ffmpeg;
 pub mod forwarder;
 pub mod gstreamer;
