@@ -79,6 +79,7 @@ fn fwd(id: &str, region: &str, max_legs: u32) -> ForwarderInfo {
             max_legs,
             max_packets_per_second: 1_000_000,
         },
+        dtls_fingerprint: String::new(),
     }
 }
 

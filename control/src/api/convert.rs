@@ -339,7 +339,7 @@ pub(crate) fn track_to(t: &crate::service::meetings::TrackAssignment) -> pb::Tra
         codec: t.codec.clone(),
         clock_rate: t.clock_rate,
         audio_level_extension_id: t.audio_level_extension.map_or(0, u32::from),
-        mid: String::new(),
-        rids: Vec::new(),
+        mid: t.mid.clone().unwrap_or_default(),
+        rids: t.rids.clone(),
     }
 }

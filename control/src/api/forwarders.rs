@@ -23,7 +23,9 @@ use crate::service::desired::{
     DesiredChange, DesiredLeg, DesiredLink, DesiredMeeting, DesiredStates, DesiredUpdate,
 };
 use crate::service::forwarders::{Capacity, ForwarderInfo, ForwarderRegistry, Load, Session};
-use crate::service::meetings::{key_salt_len, Caller, MeetingService};
+use crate::service::meetings::{
+    key_salt_len, BrowserTransport, Caller, IceCredentials, MeetingService, SUBSCRIBE_PAYLOAD_TYPES,
+};
 use crate::store::LeaseId;
 
 /// Signs and checks session tokens.
@@ -172,6 +174,7 @@ impl Forwarders for ForwardersApi {
                 max_legs: r.max_legs,
                 max_packets_per_second: 0,
             },
+            dtls_fingerprint: r.dtls_fingerprint,
         };
         let session = self.registry.register(info).await.map_err(status)?;
         let claims = SessionClaims {
@@ -366,8 +369,36 @@ fn leg_to(leg: &DesiredLeg) -> Result<pb::Leg, Status> {
             .map(ToString::to_string)
             .unwrap_or_default(),
         tracks: leg.tracks.iter().map(convert::track_to).collect(),
-        webrtc: None,
+        webrtc: leg.browser.as_ref().map(browser_to),
     })
+}
+
+/// A browser's two connections as the forwarder needs them: the subscribe connection's
+/// payload types are the fixed table its offers use.
+fn browser_to(b: &BrowserTransport) -> pb::WebrtcTransport {
+    let connection = |ice: &IceCredentials, publish: bool| pb::WebrtcConnection {
+        ice_ufrag: ice.ufrag.clone(),
+        ice_pwd: ice.pwd.clone(),
+        remote_ice_ufrag: ice.remote_ufrag.clone().unwrap_or_default(),
+        mid_extension_id: if publish { b.extensions.mid.into() } else { 0 },
+        rid_extension_id: if publish { b.extensions.rid.into() } else { 0 },
+        payload_types: if publish {
+            Vec::new()
+        } else {
+            SUBSCRIBE_PAYLOAD_TYPES
+                .iter()
+                .map(|&(codec, pt)| pb::PayloadType {
+                    codec: codec.to_owned(),
+                    payload_type: pt.into(),
+                })
+                .collect()
+        },
+    };
+    pb::WebrtcTransport {
+        remote_fingerprint: b.remote_fingerprint.clone(),
+        publish: Some(connection(&b.publish, true)),
+        subscribe: Some(connection(&b.subscribe, false)),
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,9 @@ use futures::StreamExt;
 use tokio_stream::StreamMap;
 
 use super::keys;
-use super::meetings::{read_attendee, read_meeting, read_transport, TrackAssignment};
+use super::meetings::{
+    read_attendee, read_meeting, read_transport, BrowserTransport, TrackAssignment,
+};
 use super::placement::PlacementRecord;
 use super::relays::{LinkDirection, RelayPlanner};
 use super::ServiceError;
@@ -70,6 +72,8 @@ pub struct DesiredLeg {
     pub can_publish: bool,
     pub breakout: Option<BreakoutId>,
     pub tracks: Vec<TrackAssignment>,
+    /// A browser's WebRTC transport, which replaces the keys above.
+    pub browser: Option<BrowserTransport>,
 }
 
 impl std::fmt::Debug for DesiredLeg {
@@ -81,6 +85,7 @@ impl std::fmt::Debug for DesiredLeg {
             .field("can_publish", &self.can_publish)
             .field("breakout", &self.breakout)
             .field("tracks", &self.tracks)
+            .field("browser", &self.browser)
             .finish_non_exhaustive()
     }
 }
@@ -304,6 +309,7 @@ impl DesiredStates {
                     can_publish: p.can_publish(),
                     breakout: p.breakout.clone(),
                     tracks: transport.tracks.clone(),
+                    browser: transport.browser.clone(),
                 },
             );
         }

@@ -312,6 +312,7 @@ mod tests {
                 max_legs,
                 max_packets_per_second: 1_000_000,
             },
+            dtls_fingerprint: String::new(),
         }
     }
 

@@ -118,6 +118,10 @@ pub struct ForwarderInfo {
     /// (docs/architecture.md, "Shards": the port steers the meeting to a shard).
     pub port_range: (u16, u16),
     pub capacity: Capacity,
+    /// Its DTLS certificate's fingerprint (RFC 8122 form) for browsers' SDP; empty: it
+    /// cannot serve browsers.
+    #[serde(default)]
+    pub dtls_fingerprint: String,
 }
 
 impl ForwarderInfo {
@@ -804,6 +808,7 @@ mod tests {
                 max_legs: 100,
                 max_packets_per_second: 1_000_000,
             },
+            dtls_fingerprint: String::new(),
         }
     }
 

@@ -53,6 +53,7 @@
 //! `keys::transport`, for the forwarder); nothing here logs them, and their `Debug` is
 //! redacted.
 
+mod browser;
 mod srtp;
 mod tracks;
 mod watch;
@@ -69,6 +70,9 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+pub use browser::{
+    BrowserTransport, IceCredentials, StreamExtensionIds, SubscribeSlot, SUBSCRIBE_PAYLOAD_TYPES,
+};
 pub use srtp::{key_salt_len, SrtpTransport};
 pub use tracks::{TrackAssignment, TrackKind, CAMERA_ENCODINGS};
 pub use watch::MeetingUpdate;
@@ -207,6 +211,10 @@ pub struct TransportRecord {
     #[serde(default)]
     pub tracks: Vec<TrackAssignment>,
     pub created_at: UnixMillis,
+    /// Set once a browser negotiated its WebRTC transport: the SRTP keys above are then
+    /// unused (DTLS makes the keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<BrowserTransport>,
 }
 
 /// `keys::attendee`: one member of a webinar's audience.
@@ -830,6 +838,7 @@ impl MeetingService {
                 srtp: srtp.clone(),
                 tracks: tracks.clone(),
                 created_at: now,
+                browser: None,
             },
         )?;
 

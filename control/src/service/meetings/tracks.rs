@@ -31,6 +31,13 @@ pub struct TrackAssignment {
     /// Audio: the RFC 8285 id of the RFC 6464 audio-level extension to send.
     #[serde(default)]
     pub audio_level_extension: Option<u8>,
+    /// A browser's track: the MID of its m-section, and the RID of each simulcast
+    /// encoding in the order of `ssrcs` (the browser picks its own SSRCs; the forwarder
+    /// binds them by these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rids: Vec<String>,
 }
 
 /// The RFC 8285 id assigned to the audio-level extension (RFC 6464) on every audio track.
@@ -63,6 +70,8 @@ pub fn assign() -> Result<Vec<TrackAssignment>, DomainError> {
             codec: "opus".into(),
             clock_rate: 48_000,
             audio_level_extension: Some(AUDIO_LEVEL_EXTENSION_ID),
+            mid: None,
+            rids: Vec::new(),
         },
         TrackAssignment {
             kind: TrackKind::Camera,
@@ -70,6 +79,8 @@ pub fn assign() -> Result<Vec<TrackAssignment>, DomainError> {
             codec: "VP8".into(),
             clock_rate: 90_000,
             audio_level_extension: None,
+            mid: None,
+            rids: Vec::new(),
         },
         TrackAssignment {
             kind: TrackKind::Screen,
@@ -77,6 +88,8 @@ pub fn assign() -> Result<Vec<TrackAssignment>, DomainError> {
             codec: "VP8".into(),
             clock_rate: 90_000,
             audio_level_extension: None,
+            mid: None,
+            rids: Vec::new(),
         },
     ])
 }
