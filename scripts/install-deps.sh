@@ -13,6 +13,9 @@
 #   openssl                  test certificates for the control plane's TLS
 #   clang, libbpf-dev        the forwarder's XDP port guard (ebpf/), compiled for the BPF
 #                            target by the forwarder's build script (bpf_helpers.h)
+#   libssl-dev, pkg-config   OpenSSL 3 headers and libraries for the forwarder's DTLS-SRTP
+#                            (src/dtls/, the `openssl` crate); pkg-config lets openssl-sys
+#                            find them
 #
 # The Rust toolchain itself (rustup, cargo) is expected to be present.
 set -euo pipefail
@@ -30,6 +33,8 @@ packages=(
   openssl
   clang
   libbpf-dev
+  libssl-dev
+  pkg-config
 )
 
 missing=()

@@ -158,10 +158,8 @@ async fn handshake(
             let mut produced = false;
             while let Some(n) = server.poll_transmit(&mut buf) {
                 produced = true;
-                if keep(flights) {
-                    if server_end.send(&buf[..n]).await.is_err() {
-                        break;
-                    }
+                if keep(flights) && server_end.send(&buf[..n]).await.is_err() {
+                    break;
                 }
             }
             if produced {
