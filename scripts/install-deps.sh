@@ -15,6 +15,9 @@
 #                            target by the forwarder's build script (bpf_helpers.h)
 #   chromium                 a real browser for the end-to-end tests (headless, in a
 #                            network namespace, driven over the DevTools protocol)
+#   libssl-dev, pkg-config   OpenSSL 3 headers and libraries for the forwarder's DTLS-SRTP
+#                            (src/dtls/, the `openssl` crate); pkg-config lets openssl-sys
+#                            find them
 #
 # The Rust toolchain itself (rustup, cargo) is expected to be present.
 set -euo pipefail
@@ -33,6 +36,8 @@ packages=(
   clang
   libbpf-dev
   chromium
+  libssl-dev
+  pkg-config
 )
 
 missing=()

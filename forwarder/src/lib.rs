@@ -38,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod demux;
 pub mod driver;
+pub mod dtls;
 pub mod edge;
 pub mod exporter;
 pub mod ice;
