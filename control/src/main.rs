@@ -147,8 +147,11 @@ struct WebSection {
     resume_grace_s: Option<u64>,
     /// Largest WebSocket message answered (bytes; default 65536).
     max_message_bytes: Option<usize>,
-    /// Messages queued per socket before a slow browser is disconnected (default 256).
+    /// Messages queued per socket (default 256).
     send_queue: Option<usize>,
+    /// Seconds a socket's full queue may stay full before the browser is disconnected
+    /// (default 10).
+    slow_timeout_s: Option<u64>,
     /// Seconds between pings of each socket (default 20).
     ping_interval_s: Option<u64>,
 }
@@ -370,6 +373,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some(n) = file.web.send_queue {
         web_config.send_queue = n.max(1);
+    }
+    if let Some(s) = file.web.slow_timeout_s {
+        web_config.slow_timeout = Duration::from_secs(s);
     }
     if let Some(s) = file.web.ping_interval_s {
         web_config.ping_interval = Duration::from_secs(s.max(1));

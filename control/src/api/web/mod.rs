@@ -59,9 +59,11 @@ pub struct WebConfig {
     /// Largest WebSocket message answered: a larger one gets an `error` and the socket
     /// stays open. Four times this closes the socket (code 1009).
     pub max_message_bytes: usize,
-    /// Messages queued for one socket; a browser that lets this many pile up is
-    /// disconnected rather than slowing anyone else.
+    /// Messages queued for one socket.
     pub send_queue: usize,
+    /// How long a session waits for room in its full queue before disconnecting the
+    /// browser (a slow reader never holds up anyone else: each session has its own feed).
+    pub slow_timeout: Duration,
     /// A ping this often; a socket silent for two intervals is closed.
     pub ping_interval: Duration,
     /// Time from the upgrade to a successful `join`.
@@ -76,6 +78,7 @@ impl Default for WebConfig {
             max_body_bytes: 64 * 1024,
             max_message_bytes: 64 * 1024,
             send_queue: 256,
+            slow_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             join_timeout: Duration::from_secs(60),
         }
@@ -97,9 +100,10 @@ pub(crate) struct Inner {
     /// The port has TLS: join URLs are `https`.
     pub(crate) tls: bool,
     pub(crate) metrics: WebMetrics,
-    /// Participants whose socket closed, waiting out [`WebConfig::resume_grace`]: a resume
-    /// takes the entry (cancelling the leave).
-    pub(crate) pending_leaves: Mutex<HashMap<ParticipantId, (u64, tokio::task::AbortHandle)>>,
+    /// Each participant with a socket here, or whose socket closed less than
+    /// [`WebConfig::resume_grace`] ago: a resume takes the slot over (closing the old
+    /// socket, or cancelling the leave).
+    pub(crate) peers: Mutex<HashMap<ParticipantId, ws::Slot>>,
     /// Flips to true when the process stops: sessions close (code 1012) and leave.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -124,7 +128,7 @@ impl WebApi {
                 config,
                 tls,
                 metrics: WebMetrics::default(),
-                pending_leaves: Mutex::new(HashMap::new()),
+                peers: Mutex::new(HashMap::new()),
                 stopping,
             }),
         }

@@ -42,6 +42,8 @@
 //! close with 1012 and their participants leave at once (no instance would be left to
 //! finish the grace period).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -52,7 +54,7 @@ use futures::stream::{BoxStream, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
@@ -72,6 +74,8 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_ERROR: u16 = 1011;
 const CLOSE_RESTART: u16 = 1012;
+/// Private use (4000-4999): the participant resumed on another socket.
+const CLOSE_RESUMED: u16 = 4000;
 
 /// A client message, once its `type` is known. Unknown fields are refused.
 #[derive(Debug, Deserialize)]
@@ -341,7 +345,7 @@ struct Outbox {
 impl Outbox {
     /// Queues `reply`; false if the socket is gone or the browser is too slow (the session
     /// must end).
-    fn send(&mut self, reply: &Reply<'_>) -> bool {
+    async fn send(&mut self, reply: &Reply<'_>) -> bool {
         let text = match serde_json::to_string(reply) {
             Ok(text) => text,
             Err(e) => {
@@ -350,33 +354,44 @@ impl Outbox {
                 return true;
             }
         };
-        self.frame(Message::Text(Utf8Bytes::from(text)))
+        self.frame(Message::Text(Utf8Bytes::from(text))).await
     }
 
-    fn frame(&mut self, message: Message) -> bool {
-        match self.tx.try_send(message) {
+    /// Queues a frame, waiting at most [`WebConfig::slow_timeout`](super::WebConfig) for
+    /// room: only this session waits, and a browser that stays that far behind is
+    /// disconnected.
+    async fn frame(&mut self, message: Message) -> bool {
+        if self.slow {
+            return false;
+        }
+        let timeout = self.api.inner.config.slow_timeout;
+        match self.tx.send_timeout(message, timeout).await {
             Ok(()) => {
                 self.api.inner.metrics.message_out();
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.slow {
-                    warn!("browser does not read its messages: closing the socket");
-                }
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                warn!("browser does not read its messages: closing the socket");
                 self.slow = true;
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
         }
     }
 
-    fn error(&mut self, r: &Refusal, request: Option<&'static str>, id: Option<&Value>) -> bool {
+    async fn error(
+        &mut self,
+        r: &Refusal,
+        request: Option<&'static str>,
+        id: Option<&Value>,
+    ) -> bool {
         self.send(&Reply::Error {
             code: code_name(r.code),
             message: &r.message,
             request,
             id,
         })
+        .await
     }
 
     /// A close frame, if there is room for it.
@@ -399,6 +414,8 @@ enum End {
     Dropped,
     /// The process is stopping: leave now.
     Stopping,
+    /// A `join` with the token on another socket took the participant over.
+    Superseded,
 }
 
 /// One parsed client message.
@@ -464,6 +481,10 @@ struct Joined {
     peer: WebrtcPeer,
     token: String,
     updates: BoxStream<'static, Result<MeetingUpdate, ServiceError>>,
+    /// This session's hold on the participant ([`Slot`]).
+    generation: u64,
+    /// Fires when another socket resumes the participant.
+    kicked: oneshot::Receiver<()>,
 }
 
 async fn session(api: WebApi, meeting: MeetingId, region: Option<String>, socket: WebSocket) {
@@ -506,46 +527,105 @@ async fn session(api: WebApi, meeting: MeetingId, region: Option<String>, socket
         debug!("socket did not take its close frame in time");
     }
     if let Some(joined) = joined {
-        finish(&api, end, joined.peer).await;
+        finish(&api, end, joined.peer, joined.generation).await;
     }
     // After `finish`: a stopping process waits for open sockets, and so for their leaves.
     api.inner.metrics.socket_closed(slow);
 }
 
+/// Who holds a participant: the session with this generation, live or (its socket gone)
+/// waiting out the grace period before leaving.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    generation: u64,
+    state: SlotState,
+}
+
+#[derive(Debug)]
+enum SlotState {
+    /// A socket is open; sending on `kick` closes it (a resume on another socket).
+    Live { kick: oneshot::Sender<()> },
+    /// The socket closed; this task leaves when the grace is over.
+    Leaving { task: tokio::task::AbortHandle },
+}
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn lock_peers(api: &WebApi) -> std::sync::MutexGuard<'_, HashMap<ParticipantId, Slot>> {
+    api.inner
+        .peers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Makes a new session the holder of `who`: an older socket of theirs is closed, a
+/// pending leave cancelled. Returns the session's generation and its kick receiver.
+fn take_over(api: &WebApi, who: &ParticipantId) -> (u64, oneshot::Receiver<()>) {
+    let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+    let (kick, kicked) = oneshot::channel();
+    let previous = lock_peers(api).insert(
+        who.clone(),
+        Slot {
+            generation,
+            state: SlotState::Live { kick },
+        },
+    );
+    match previous.map(|p| p.state) {
+        Some(SlotState::Live { kick }) => {
+            let _ = kick.send(());
+        }
+        Some(SlotState::Leaving { task }) => task.abort(),
+        None => {}
+    }
+    (generation, kicked)
+}
+
+/// Drops `who`'s slot if session `generation` still holds it.
+fn release_slot(api: &WebApi, who: &ParticipantId, generation: u64) {
+    let mut peers = lock_peers(api);
+    if peers.get(who).is_some_and(|s| s.generation == generation) {
+        peers.remove(who);
+    }
+}
+
 /// What happens to a participant whose socket ended.
-async fn finish(api: &WebApi, end: End, peer: WebrtcPeer) {
+async fn finish(api: &WebApi, end: End, peer: WebrtcPeer, generation: u64) {
     match end {
-        End::NotJoined => {}
-        End::Gone => api.inner.negotiator.release(&peer).await,
-        End::Stopping => leave(api, &peer).await,
+        End::NotJoined | End::Superseded => {}
+        End::Gone => {
+            release_slot(api, &peer.participant, generation);
+            api.inner.negotiator.release(&peer).await;
+        }
+        End::Stopping => {
+            release_slot(api, &peer.participant, generation);
+            leave(api, &peer).await;
+        }
         End::Dropped => {
             let grace = api.inner.config.resume_grace;
-            let participant = peer.participant.clone();
+            let mut peers = lock_peers(api);
+            let Some(slot) = peers.get_mut(&peer.participant) else {
+                return;
+            };
+            if slot.generation != generation {
+                // A resume took over already: nothing to do.
+                return;
+            }
             let api2 = api.clone();
-            let mut leaves = api
-                .inner
-                .pending_leaves
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let task = tokio::spawn(
                 async move {
                     tokio::time::sleep(grace).await;
-                    // Leave only if no resume took the entry meanwhile (a resume aborts this
-                    // task only while it sleeps: the entry is gone before the leave starts).
+                    // Leave only if no resume took the slot meanwhile. A resume aborts this
+                    // task only while it sleeps: the slot is gone before the leave starts.
                     let mine = {
-                        let mut leaves = api2
-                            .inner
-                            .pending_leaves
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        match leaves.get(&peer.participant) {
-                            Some((g, _)) if *g == generation => {
-                                leaves.remove(&peer.participant);
-                                true
-                            }
-                            _ => false,
+                        let mut peers = lock_peers(&api2);
+                        let mine = peers.get(&peer.participant).is_some_and(|s| {
+                            s.generation == generation
+                                && matches!(s.state, SlotState::Leaving { .. })
+                        });
+                        if mine {
+                            peers.remove(&peer.participant);
                         }
+                        mine
                     };
                     if mine {
                         info!("not resumed within {grace:?}: leaving");
@@ -554,23 +634,33 @@ async fn finish(api: &WebApi, end: End, peer: WebrtcPeer) {
                 }
                 .in_current_span(),
             );
-            if let Some((_, previous)) =
-                leaves.insert(participant, (generation, task.abort_handle()))
-            {
-                previous.abort();
-            }
+            // Under the lock: the task cannot look before its slot says `Leaving`.
+            slot.state = SlotState::Leaving {
+                task: task.abort_handle(),
+            };
         }
     }
 }
 
-static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 async fn leave(api: &WebApi, peer: &WebrtcPeer) {
-    match api.inner.service.leave(&peer.caller, now()).await {
-        Ok(()) => {}
-        // Already gone (denied, ended, left through another face): nothing to undo.
-        Err(e) if e.code() == Code::FailedPrecondition || e.code() == Code::NotFound => {}
-        Err(e) => warn!(error = %e, "leave after the socket closed failed"),
+    // Retried on contention and store unavailability: a participant whose leave is lost
+    // would stay in the meeting until it ends.
+    for attempt in 1..=5u32 {
+        match api.inner.service.leave(&peer.caller, now()).await {
+            Ok(()) => break,
+            // Already gone (denied, ended, left through another face): nothing to undo.
+            Err(e) if e.code() == Code::FailedPrecondition || e.code() == Code::NotFound => break,
+            Err(e)
+                if (e.code() == Code::Aborted || e.code() == Code::Unavailable) && attempt < 5 =>
+            {
+                debug!(error = %e, attempt, "leave failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "leave after the socket closed failed");
+                break;
+            }
+        }
     }
     api.inner.negotiator.release(peer).await;
 }
@@ -643,18 +733,18 @@ impl Session {
                 Frame::Gone => return None,
                 Frame::Other { binary: false } => continue,
                 Frame::Other { binary: true } => {
-                    self.refuse_binary(out);
+                    self.refuse_binary(out).await;
                     continue;
                 }
             };
-            if !self.size_ok(out, &text) {
+            if !self.size_ok(out, &text).await {
                 continue;
             }
             let incoming = match parse(&text) {
                 Ok(incoming) => incoming,
                 Err((refusal, kind, id)) => {
                     self.count(kind.unwrap_or("invalid"), Some(refusal.code));
-                    out.error(&refusal, kind, id.as_ref());
+                    out.error(&refusal, kind, id.as_ref()).await;
                     continue;
                 }
             };
@@ -684,7 +774,7 @@ impl Session {
                 }
                 Request::Ping {} => {
                     self.count(kind, None);
-                    out.send(&Reply::Pong { id: id.as_ref() });
+                    out.send(&Reply::Pong { id: id.as_ref() }).await;
                     continue;
                 }
                 _ => Err(Refusal::new(
@@ -700,7 +790,7 @@ impl Session {
                 Err(refusal) => {
                     self.count(kind, Some(refusal.code));
                     debug!(request = kind, code = code_name(refusal.code), "refused");
-                    if !out.error(&refusal, Some(kind), id.as_ref()) {
+                    if !out.error(&refusal, Some(kind), id.as_ref()).await {
                         return None;
                     }
                 }
@@ -723,17 +813,6 @@ impl Session {
                         Code::Unauthenticated,
                         "the join token is for another meeting",
                     ));
-                }
-                // Cancel the leave of a socket that closed within the grace period.
-                let pending = self
-                    .api
-                    .inner
-                    .pending_leaves
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&claims.participant);
-                if let Some((_, task)) = pending {
-                    task.abort();
                 }
                 let placement = service.placement(&self.meeting).await?;
                 (token, claims.expires_at, placement, true)
@@ -762,6 +841,9 @@ impl Session {
             return Err(Refusal::new(Code::Unauthenticated, "not a join token"));
         };
         let peer = WebrtcPeer::new(claims);
+        // From here this socket holds the participant (closing an older socket of theirs,
+        // cancelling a pending leave); undone if the join fails below.
+        let (generation, kicked) = take_over(&self.api, &peer.participant);
         // The feed starts with a snapshot at least as new as the join: `joined` carries it,
         // and every change after it comes as an event.
         let started = async {
@@ -780,6 +862,7 @@ impl Session {
         let (updates, revision, view) = match started {
             Ok(started) => started,
             Err(e) => {
+                release_slot(&self.api, &peer.participant, generation);
                 if !resumed {
                     // Joined but cannot follow the meeting: undo, so nothing changed.
                     let _ = service.leave(&caller, now()).await;
@@ -793,6 +876,7 @@ impl Session {
             .or(view.attendee.as_ref())
             .filter(|p| p.id == peer.participant && p.is_present())
             .ok_or_else(|| {
+                release_slot(&self.api, &peer.participant, generation);
                 Refusal::from(crate::domain::DomainError::ParticipantLeft(
                     peer.participant.clone(),
                 ))
@@ -809,12 +893,15 @@ impl Session {
             forwarder_id: placement.as_ref().map(|p| p.forwarder.to_string()),
             forwarder_address: placement.map(|p| p.address),
             resumed,
-        });
+        })
+        .await;
         debug!(sequence = revision, "event feed started");
         Ok(Joined {
             peer,
             token,
             updates,
+            generation,
+            kicked,
         })
     }
 
@@ -823,7 +910,7 @@ impl Session {
         let mut offers = match negotiator.subscribe_offers(&joined.peer).await {
             Ok(offers) => Some(offers),
             Err(e) => {
-                out.error(&Refusal::from(e), None, None);
+                out.error(&Refusal::from(e), None, None).await;
                 None
             }
         };
@@ -838,11 +925,11 @@ impl Session {
                         Frame::Gone => return End::Dropped,
                         Frame::Other { binary: false } => continue,
                         Frame::Other { binary: true } => {
-                            self.refuse_binary(out);
+                            self.refuse_binary(out).await;
                             continue;
                         }
                     };
-                    if !self.size_ok(out, &text) {
+                    if !self.size_ok(out, &text).await {
                         continue;
                     }
                     if let Some(end) = self.handle(out, &joined.peer, &joined.token, &text).await {
@@ -850,27 +937,32 @@ impl Session {
                     }
                 }
                 update = joined.updates.next() => {
-                    if let Some(end) = self.forward(out, joined, update) {
+                    if let Some(end) = self.forward(out, &joined.peer.participant, update).await {
                         return end;
                     }
                 }
                 offer = next_offer(&mut offers) => match offer {
                     Some(Ok(SubscribeOffer { revision, sdp })) => {
                         debug!(revision, "subscribe offer");
-                        out.send(&Reply::SubscribeOffer { sdp: &sdp, revision });
+                        out.send(&Reply::SubscribeOffer { sdp: &sdp, revision }).await;
                     }
                     Some(Err(e)) => {
-                        out.error(&Refusal::from(e), None, None);
+                        out.error(&Refusal::from(e), None, None).await;
                     }
                     None => offers = None,
                 },
+                _ = &mut joined.kicked => {
+                    info!("resumed on another socket: closing this one");
+                    out.close(CLOSE_RESUMED, "resumed on another socket");
+                    return End::Superseded;
+                }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > interval * 2 {
                         info!("no sign of life for two ping intervals: closing");
                         out.close(CLOSE_GOING_AWAY, "ping timeout");
                         return End::Dropped;
                     }
-                    out.frame(Message::Ping(Default::default()));
+                    out.frame(Message::Ping(Default::default())).await;
                 }
                 () = stopped(&mut stopping) => {
                     out.close(CLOSE_RESTART, "control plane stopping");
@@ -888,19 +980,19 @@ impl Session {
     }
 
     /// Sends one item of the event feed; `Some` ends the session.
-    fn forward(
+    async fn forward(
         &mut self,
         out: &mut Outbox,
-        joined: &Joined,
+        me: &ParticipantId,
         update: Option<Result<MeetingUpdate, ServiceError>>,
     ) -> Option<End> {
-        let me = &joined.peer.participant;
         match update {
             Some(Ok(MeetingUpdate::Event { revision, event })) => {
                 out.send(&Reply::Event {
                     sequence: revision,
                     event: &event,
-                });
+                })
+                .await;
                 let gone = match &event {
                     MeetingEvent::MeetingEnded { .. } => Some("meeting ended"),
                     MeetingEvent::Denied { participant, .. } if participant == me => Some("denied"),
@@ -917,7 +1009,8 @@ impl Session {
                 out.send(&Reply::Snapshot {
                     sequence: revision,
                     meeting: meeting_json(&view),
-                });
+                })
+                .await;
                 let present = view
                     .meeting
                     .participant(me)
@@ -930,7 +1023,7 @@ impl Session {
             }
             Some(Err(e)) => {
                 warn!(error = %e, "event feed failed: closing (the page resumes)");
-                out.error(&Refusal::from(e), None, None);
+                out.error(&Refusal::from(e), None, None).await;
                 out.close(CLOSE_ERROR, "event feed failed");
                 Some(End::Dropped)
             }
@@ -954,7 +1047,7 @@ impl Session {
             Ok(incoming) => incoming,
             Err((refusal, kind, id)) => {
                 self.count(kind.unwrap_or("invalid"), Some(refusal.code));
-                out.error(&refusal, kind, id.as_ref());
+                out.error(&refusal, kind, id.as_ref()).await;
                 return None;
             }
         };
@@ -971,7 +1064,8 @@ impl Session {
                         request: kind,
                         id: id.as_ref(),
                         breakout_ids: breakout_ids.as_deref(),
-                    });
+                    })
+                    .await;
                 }
                 None
             }
@@ -982,7 +1076,8 @@ impl Session {
                         request: kind,
                         id: id.as_ref(),
                         breakout_ids: None,
-                    });
+                    })
+                    .await;
                 }
                 info!("left");
                 out.close(CLOSE_NORMAL, "left");
@@ -991,7 +1086,7 @@ impl Session {
             Err(refusal) => {
                 self.count(kind, Some(refusal.code));
                 debug!(request = kind, code = code_name(refusal.code), "refused");
-                out.error(&refusal, Some(kind), id.as_ref());
+                out.error(&refusal, Some(kind), id.as_ref()).await;
                 None
             }
         }
@@ -1020,7 +1115,7 @@ impl Session {
             }
             Request::PublishOffer { sdp } => {
                 let answer = api.negotiator.publish_offer(peer, &sdp).await?;
-                out.send(&Reply::PublishAnswer { sdp: &answer, id });
+                out.send(&Reply::PublishAnswer { sdp: &answer, id }).await;
                 return Ok(Done::Quiet);
             }
             Request::SubscribeAnswer { sdp, revision } => {
@@ -1105,7 +1200,7 @@ impl Session {
             }
             Request::CloseBreakouts {} => service.close_breakouts(&caller, m, t).await?,
             Request::Ping {} => {
-                out.send(&Reply::Pong { id });
+                out.send(&Reply::Pong { id }).await;
                 return Ok(Done::Quiet);
             }
             Request::Leave {} => {
@@ -1116,7 +1211,7 @@ impl Session {
         Ok(Done::Ack(None))
     }
 
-    fn size_ok(&self, out: &mut Outbox, text: &str) -> bool {
+    async fn size_ok(&self, out: &mut Outbox, text: &str) -> bool {
         let max = self.api.inner.config.max_message_bytes;
         if text.len() <= max {
             return true;
@@ -1129,17 +1224,19 @@ impl Session {
             ),
             None,
             None,
-        );
+        )
+        .await;
         false
     }
 
-    fn refuse_binary(&self, out: &mut Outbox) {
+    async fn refuse_binary(&self, out: &mut Outbox) {
         self.count("invalid", Some(Code::InvalidArgument));
         out.error(
             &Refusal::new(Code::InvalidArgument, "messages are JSON text, not binary"),
             None,
             None,
-        );
+        )
+        .await;
     }
 
     fn count(&self, kind: &str, code: Option<Code>) {
