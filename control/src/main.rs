@@ -363,8 +363,10 @@ async fn run(args: Args) -> Result<()> {
         _ => bail!("TLS needs both a certificate and a key"),
     };
 
-    let mut web_config = WebConfig::default();
-    web_config.public_url = args.public_url.clone().or(file.web.public_url.clone());
+    let mut web_config = WebConfig {
+        public_url: args.public_url.clone().or(file.web.public_url.clone()),
+        ..WebConfig::default()
+    };
     if let Some(s) = args.resume_grace_s.or(file.web.resume_grace_s) {
         web_config.resume_grace = Duration::from_secs(s);
     }
@@ -403,8 +405,8 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot serve metrics on {address}"))?;
     }
 
-    let grpc = tonic::service::Routes::builder()
-        .add_service(health_service)
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(health_service)
         .add_service(reflection)
         .add_service(MeetingsApi::new(meetings.clone(), operator).into_server())
         .add_service(
@@ -416,8 +418,9 @@ async fn run(args: Args) -> Result<()> {
                 meetings,
             )
             .into_server(),
-        )
-        .clone()
+        );
+    // gRPC calls are counted by method; the web routes count themselves (by route).
+    let grpc = grpc
         .routes()
         .prepare()
         .into_axum_router()

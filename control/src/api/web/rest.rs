@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -148,14 +148,20 @@ fn require_operator(api: &WebApi, headers: &HeaderMap) -> Result<(), ApiError> {
 /// `POST /v1/meetings`.
 pub(super) async fn create_meeting(
     State(api): State<WebApi>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = create(&api, &headers, body).await;
+    let result = create(&api, &uri, &headers, body).await;
     counted(&api, "POST /v1/meetings", result)
 }
 
-async fn create(api: &WebApi, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn create(
+    api: &WebApi,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     require_operator(api, headers)?;
     let limit = api.inner.config.max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit)
@@ -191,7 +197,7 @@ async fn create(api: &WebApi, headers: &HeaderMap, body: Body) -> Result<Respons
         }),
     };
     let meeting = api.inner.service.create(id, spec, now()).await?;
-    let join_url = join_url(api, headers, meeting.id());
+    let join_url = join_url(api, uri, headers, meeting.id());
     tracing::info!(meeting = %meeting.id(), "meeting created over REST");
     let created = CreatedMeeting {
         join_url: join_url.clone(),
@@ -217,14 +223,15 @@ async fn hash(
     Ok(Some(api.inner.service.hash_passcode(passcode).await?))
 }
 
-/// `{public_url}/m/{id}`, else from the request's host.
-fn join_url(api: &WebApi, headers: &HeaderMap, id: &MeetingId) -> String {
+/// `{public_url}/m/{id}`, else from the request's host (`Host`, or HTTP/2's `:authority`).
+fn join_url(api: &WebApi, uri: &Uri, headers: &HeaderMap, id: &MeetingId) -> String {
     if let Some(base) = &api.inner.config.public_url {
         return format!("{}/m/{id}", base.trim_end_matches('/'));
     }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .filter(|h| {
             !h.is_empty()
                 && h.bytes()

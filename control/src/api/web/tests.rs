@@ -696,3 +696,204 @@ async fn ws_to_an_unknown_meeting_is_404() {
         e => panic!("{e}"),
     }
 }
+
+/// The join page in a real browser: `cargo test -p fanout-control browser -- --ignored`
+/// with Chromium installed (`FANOUT_CHROMIUM=/path/to/chrome`, else `chromium` on the
+/// PATH). Fake camera and microphone; the default negotiator refuses the offer, so this
+/// checks the page's signaling and state, not media.
+#[tokio::test]
+#[ignore = "needs Chromium"]
+async fn browser_joins_waits_is_admitted_mutes_and_leaves() {
+    let Some(browser) = Browser::launch().await else {
+        eprintln!("SKIPPED: no Chromium (set FANOUT_CHROMIUM)");
+        return;
+    };
+    let s = server().await;
+    let id = create(
+        s.addr,
+        json!({"title": "In a browser", "waiting_room": true}),
+    )
+    .await;
+    let url = format!("http://{}/m/{id}", s.addr);
+
+    let mut alice = browser.open(&url).await;
+    alice
+        .until("window.fanout && !document.getElementById('prejoin').hidden")
+        .await;
+    alice
+        .eval("document.getElementById('name').value = 'Alice'; document.getElementById('join-button').click(); 1")
+        .await;
+    alice
+        .until("fanout.role === 'host' && fanout.presence === 'admitted'")
+        .await;
+    // The publish offer: audio, and video with three simulcast encodings; refused for now.
+    let error = alice
+        .until("fanout.transportError && fanout.transportError.code")
+        .await;
+    assert_eq!(error, "FAILED_PRECONDITION");
+    let sdp = alice.eval("fanout.pub.localDescription.sdp").await;
+    let sdp = sdp.as_str().unwrap();
+    assert!(sdp.contains("a=simulcast:send q;h;f"), "{sdp}");
+    assert!(sdp.contains("m=audio") && sdp.contains("a=sendonly"));
+    assert_eq!(
+        alice.eval("fanout.sub instanceof RTCPeerConnection").await,
+        true
+    );
+
+    let mut bob = browser.open(&url).await;
+    bob.until("window.fanout && !document.getElementById('prejoin').hidden")
+        .await;
+    bob.eval("document.getElementById('name').value = 'Bob'; document.getElementById('join-button').click(); 1")
+        .await;
+    bob.until("fanout.presence === 'waiting' && !document.getElementById('waiting').hidden")
+        .await;
+    let bob_id = bob.eval("fanout.me").await;
+    alice
+        .until(
+            "[...document.querySelectorAll('#people button')].some(b => b.textContent === 'Admit')",
+        )
+        .await;
+    alice
+        .eval("[...document.querySelectorAll('#people button')].find(b => b.textContent === 'Admit').click(); 1")
+        .await;
+    bob.until("fanout.presence === 'admitted' && !document.getElementById('meeting').hidden")
+        .await;
+    alice
+        .until("[...document.querySelectorAll('figcaption')].some(f => f.textContent === 'Bob')")
+        .await;
+
+    bob.until("fanout.local && fanout.local.getAudioTracks().length === 1")
+        .await;
+    bob.eval("document.getElementById('mic').click(); 1").await;
+    alice
+        .until(&format!(
+            "fanout.participants[{bob_id}] && fanout.participants[{bob_id}].audio_muted === true"
+        ))
+        .await;
+    assert_eq!(
+        alice
+            .eval("fanout.events.map(e => e.type).join(',')")
+            .await
+            .as_str()
+            .unwrap()
+            .split(',')
+            .filter(|t| ["WAITING", "ADMITTED", "USER_JOINED", "MUTE_CHANGED"].contains(t))
+            .collect::<Vec<_>>(),
+        ["WAITING", "ADMITTED", "USER_JOINED", "MUTE_CHANGED"]
+    );
+    bob.eval("document.querySelector('#meeting .leave').click(); 1")
+        .await;
+    alice
+        .until(&format!("!fanout.participants[{bob_id}] && !document.querySelector('figure[data-participant=' + JSON.stringify({bob_id}) + ']')"))
+        .await;
+}
+
+/// A headless Chromium driven over the DevTools protocol.
+struct Browser {
+    _child: tokio::process::Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn launch() -> Option<Browser> {
+        use tokio::io::AsyncBufReadExt;
+        let binary = std::env::var("FANOUT_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+        let profile = tempfile::tempdir().ok()?;
+        let mut child = tokio::process::Command::new(binary)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--remote-debugging-port=0",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        let mut lines = tokio::io::BufReader::new(child.stderr.take()?).lines();
+        let port = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("DevTools listening on ws://127.0.0.1:").nth(1) {
+                    return rest.split('/').next()?.parse().ok();
+                }
+            }
+            None
+        })
+        .await
+        .ok()??;
+        // Keep draining stderr so that Chromium never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Some(Browser {
+            _child: child,
+            port,
+            _profile: profile,
+        })
+    }
+
+    async fn open(&self, url: &str) -> Page {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let (status, _, body) = http(addr, "PUT", &format!("/json/new?{url}"), None, "").await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let target = json_of(&body);
+        let (ws, _) =
+            tokio_tungstenite::connect_async(target["webSocketDebuggerUrl"].as_str().unwrap())
+                .await
+                .unwrap();
+        Page { ws, next: 1 }
+    }
+}
+
+struct Page {
+    ws: Ws,
+    next: u64,
+}
+
+impl Page {
+    /// Evaluates `expression` in the page; its value (exceptions panic).
+    async fn eval(&mut self, expression: &str) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let call = json!({"id": id, "method": "Runtime.evaluate", "params": {
+            "expression": expression, "awaitPromise": true, "returnByValue": true}});
+        self.ws.send(Message::text(call.to_string())).await.unwrap();
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next()).await.unwrap();
+            let Some(Ok(Message::Text(t))) = frame else {
+                panic!("DevTools connection lost");
+            };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["id"] == id {
+                if let Some(e) = v["result"].get("exceptionDetails") {
+                    panic!("{expression}: {e}");
+                }
+                return v["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Polls `expression` until it is truthy (a browser has no event to await from here).
+    async fn until(&mut self, expression: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self
+                .eval(&format!(
+                    "(() => {{ try {{ return {expression}; }} catch {{ return null; }} }})()"
+                ))
+                .await;
+            if !(v.is_null() || v == false || v == 0 || v == "") {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never true: {expression}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
