@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::extract::State;
+use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -147,15 +148,20 @@ pub async fn serve_metrics(
                 let mut text = s.calls.render(Some(&s.live));
                 text.push_str(&s.web.render());
                 (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
+                    [
+                        (CONTENT_TYPE, "text/plain; version=0.0.4"),
+                        // Scrapers that read to the end of the stream (as the old server
+                        // let them) must not wait for a keep-alive to time out.
+                        (CONNECTION, "close"),
+                    ],
                     text,
                 )
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|| async { ([(CONNECTION, "close")], "ok\n") }),
+        )
         .with_state(MetricsState { calls, web, live });
     tokio::spawn(async move {
         if let Err(e) = serve(listener, app, None, std::future::pending()).await {
