@@ -172,6 +172,7 @@
 
   async function onJoined(msg) {
     reconnects = 0;
+    if (joinInput) joinInput.tried = false;
     alertText('');
     fanout.me = msg.participant_id;
     fanout.role = msg.role;

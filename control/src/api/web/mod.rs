@@ -57,7 +57,7 @@ pub struct WebConfig {
     /// Largest REST request body.
     pub max_body_bytes: usize,
     /// Largest WebSocket message answered: a larger one gets an `error` and the socket
-    /// stays open. Four times this closes the socket (code 1009).
+    /// stays open. Four times this is a protocol error that closes the socket.
     pub max_message_bytes: usize,
     /// Messages queued for one socket.
     pub send_queue: usize,

@@ -29,7 +29,7 @@
 //! A malformed, unknown or refused message answers `error {code, message, request?, id?}`
 //! (code: the gRPC code name); the socket stays open and nothing changed. A message above
 //! [`WebConfig::max_message_bytes`](super::WebConfig) is refused the same way; four times
-//! that closes the socket (1009).
+//! that closes the socket (a protocol error: the participant then leaves after the grace).
 //!
 //! # Lifetime
 //!
