@@ -58,7 +58,7 @@ struct Server {
     addr: SocketAddr,
     service: Arc<MeetingService>,
     web: WebApi,
-    _stop: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 async fn server_with(config: WebConfig) -> Server {
@@ -93,7 +93,7 @@ async fn server_with(config: WebConfig) -> Server {
         addr,
         service,
         web,
-        _stop: stop,
+        stop,
     }
 }
 
@@ -683,6 +683,45 @@ async fn a_browser_that_does_not_read_is_disconnected() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn stopping_closes_sockets_and_their_participants_leave() {
+    let s = server().await;
+    let id = create(s.addr, json!({"title": "Closing time"})).await;
+    let (mut a, _) = Client::join(s.addr, &id, "A").await;
+    let (mut b, _) = Client::join(s.addr, &id, "B").await;
+    s.stop.send(true).unwrap();
+    for c in [&mut a, &mut b] {
+        loop {
+            match tokio::time::timeout(WAIT, c.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 1012);
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+    // Leaves happen before the sessions count as closed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.web.metrics().sockets_open() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions never ended"
+        );
+        tokio::task::yield_now().await;
+    }
+    let view = s.service.get(&MeetingId::new(id).unwrap()).await.unwrap();
+    assert!(view
+        .meeting
+        .participants()
+        .values()
+        .all(|p| !p.is_present()));
 }
 
 #[tokio::test]
