@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use fanout_control::api::forwarders::{ForwardersApi, SessionKey};
 use fanout_control::api::meetings::MeetingsApi;
 use fanout_control::api::metrics::{Metrics, MetricsLayer};
+use fanout_control::api::web::{WebApi, WebConfig};
 use fanout_control::api::{pb, Secret};
 use fanout_control::domain::TokenKey;
 use fanout_control::service::desired::DesiredStates;
@@ -22,12 +23,15 @@ use fanout_control::service::forwarders::{ForwarderRegistry, LiveForwarders, Reg
 use fanout_control::service::meetings::{MeetingService, MeetingsConfig};
 use fanout_control::service::placement::{PlacementConfig, StorePlacer};
 use fanout_control::service::relays::{RelayConfig, RelayPlanner};
+use fanout_control::service::webrtc::NoWebrtc;
 use fanout_control::store::{EtcdConfig, EtcdStore, MemoryStore, Store};
 
 /// Fanout's control plane: meetings, joins, placement of meetings on forwarders, failover.
 ///
-/// Serves the gRPC API `fanout.control.v1` (Meetings, Forwarders), gRPC health checking
-/// and server reflection on one port. State lives in etcd (`--store etcd`), so any number
+/// Serves the gRPC API `fanout.control.v1` (Meetings, Forwarders), gRPC health checking,
+/// server reflection, and for browsers a REST and WebSocket API with the join page
+/// (`/v1/meetings`, `/m/{id}`; docs/webrtc.md) on one port: HTTP/2 for gRPC, HTTP/1.1 for
+/// the rest, TLS for all of it with --tls-cert (browsers need https for cameras). State lives in etcd (`--store etcd`), so any number
 /// of instances can run behind one address; `--store memory` keeps it in this process, for
 /// one machine. Every instance of a deployment must share the deployment secret (join
 /// tokens and forwarder sessions are signed with it), the operator token and the forwarder
@@ -39,9 +43,20 @@ struct Args {
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// gRPC address (default 127.0.0.1:7400).
+    /// Address of the one port for gRPC, REST, WebSocket and the join page (default
+    /// 127.0.0.1:7400).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+
+    /// Base URL of the join links `POST /v1/meetings` returns, as browsers reach this port
+    /// (through a proxy, say: `https://meet.example.com`). Default: the request's Host.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+
+    /// Seconds a browser participant whose WebSocket dropped stays in the meeting, for a
+    /// reconnect to resume it with its join token, before it leaves (default 15).
+    #[arg(long, value_name = "SECONDS")]
+    resume_grace_s: Option<u64>,
 
     /// Where state lives.
     #[arg(long, value_enum)]
@@ -64,7 +79,7 @@ struct Args {
     #[arg(long, value_name = "FILE", env = "FANOUT_ENROLMENT_TOKEN_FILE")]
     enrolment_token_file: Option<PathBuf>,
 
-    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key.
+    /// TLS certificate chain (PEM) for the port (gRPC and web); with --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
@@ -118,6 +133,27 @@ struct ConfigFile {
     placement: Option<PlacementConfig>,
     failover: Option<FailoverConfig>,
     relays: Option<RelayConfig>,
+    #[serde(default)]
+    web: WebSection,
+}
+
+/// `[web]`: the browser face (REST, WebSocket, join page).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebSection {
+    /// As `--public-url`.
+    public_url: Option<String>,
+    /// As `--resume-grace-s`.
+    resume_grace_s: Option<u64>,
+    /// Largest WebSocket message answered (bytes; default 65536).
+    max_message_bytes: Option<usize>,
+    /// Messages queued per socket (default 256).
+    send_queue: Option<usize>,
+    /// Seconds a socket's full queue may stay full before the browser is disconnected
+    /// (default 10).
+    slow_timeout_s: Option<u64>,
+    /// Seconds between pings of each socket (default 20).
+    ping_interval_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -318,50 +354,59 @@ async fn run(args: Args) -> Result<()> {
         .build_v1()
         .context("cannot build server reflection")?;
 
-    let metrics = Metrics::default();
-    if let Some(address) = args.metrics.or(file.metrics) {
-        let bound = metrics
-            .clone()
-            .serve(address, live.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics on {address}"))?;
-        info!("metrics at http://{bound}/metrics");
-    }
-
-    let mut server = tonic::transport::Server::builder();
     let tls = match (
         args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
         args.tls_key.as_ref().or(file.tls_key.as_ref()),
     ) {
-        (Some(cert), Some(key)) => {
-            let cert =
-                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
-            let key =
-                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
-            let identity = tonic::transport::Identity::from_pem(cert, key);
-            server = server
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .context("bad TLS certificate or key")?;
-            true
-        }
-        (None, None) => false,
+        (Some(cert), Some(key)) => Some(fanout_control::api::web::tls_acceptor(cert, key)?),
+        (None, None) => None,
         _ => bail!("TLS needs both a certificate and a key"),
     };
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let bound = listener.local_addr()?;
-    info!(
-        address = %bound,
-        store = ?kind,
-        tls,
-        "fanout-control listening on {bound}"
+    let mut web_config = WebConfig {
+        public_url: args.public_url.clone().or(file.web.public_url.clone()),
+        ..WebConfig::default()
+    };
+    if let Some(s) = args.resume_grace_s.or(file.web.resume_grace_s) {
+        web_config.resume_grace = Duration::from_secs(s);
+    }
+    if let Some(n) = file.web.max_message_bytes {
+        web_config.max_message_bytes = n;
+    }
+    if let Some(n) = file.web.send_queue {
+        web_config.send_queue = n.max(1);
+    }
+    if let Some(s) = file.web.slow_timeout_s {
+        web_config.slow_timeout = Duration::from_secs(s);
+    }
+    if let Some(s) = file.web.ping_interval_s {
+        web_config.ping_interval = Duration::from_secs(s.max(1));
+    }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    // The WebRTC transport is not wired yet: offers are refused with FAILED_PRECONDITION.
+    let web = WebApi::new(
+        meetings.clone(),
+        operator.clone(),
+        Arc::new(NoWebrtc),
+        web_config,
+        tls.is_some(),
+        stopping,
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    server
-        .layer(MetricsLayer(metrics))
-        .add_service(health_service)
+
+    let metrics = Metrics::default();
+    if let Some(address) = args.metrics.or(file.metrics) {
+        fanout_control::api::web::serve_metrics(
+            address,
+            metrics.clone(),
+            web.metrics(),
+            live.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+    }
+
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(health_service)
         .add_service(reflection)
         .add_service(MeetingsApi::new(meetings.clone(), operator).into_server())
         .add_service(
@@ -373,10 +418,36 @@ async fn run(args: Args) -> Result<()> {
                 meetings,
             )
             .into_server(),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown())
+        );
+    // gRPC calls are counted by method; the web routes count themselves (by route).
+    let grpc = grpc
+        .routes()
+        .prepare()
+        .into_axum_router()
+        .layer(MetricsLayer(metrics));
+    let app = grpc.merge(web.router());
+
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .context("the gRPC server failed")?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    info!(
+        address = %bound,
+        store = ?kind,
+        tls = tls.is_some(),
+        "fanout-control listening on {bound} (gRPC, REST, WebSocket, join page at /m/{{id}})"
+    );
+    fanout_control::api::web::serve(listener, app, tls, async move {
+        shutdown().await;
+        let _ = stop.send(true);
+    })
+    .await
+    .context("the server failed")?;
+    // Browser sessions close on the stop signal and leave their meetings: wait for them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while web.metrics().sockets_open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     info!("stopped cleanly");
     Ok(())
 }

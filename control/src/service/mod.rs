@@ -9,6 +9,7 @@
 //! * [`placement`]: which forwarder (and port) a meeting goes to.
 //! * [`failover`]: moving the meetings of a dead forwarder.
 //! * [`relays`]: webinar relay trees: which relay forwarder each viewer receives from.
+//! * [`webrtc`]: the hook the browser signaling calls for SDP offers, answers, ICE restarts.
 
 pub mod desired;
 pub mod failover;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod meetings;
 pub mod placement;
 pub mod relays;
+pub mod webrtc;
 
 use crate::domain::{DomainError, ErrorKind};
 use crate::store::StoreError;
