@@ -207,7 +207,7 @@ async fn handshake(
 
 fn runtime() -> tokio::runtime::Runtime {
     // Several tests race to install it; the first wins, the others get Err: fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
