@@ -11,7 +11,7 @@
 //! `poll_event` until they return `None`, then wait for the next datagram or the timeout.
 //!
 //! The handshake itself is OpenSSL's (Debian's OpenSSL 3, DTLS 1.2), driven over an
-//! in-memory "socket" ([`Shim`]): every `write` OpenSSL makes is one datagram, every
+//! in-memory "socket" (`Shim`): every `write` OpenSSL makes is one datagram, every
 //! `read` hands it one received datagram or `WouldBlock`. Why OpenSSL and what is not
 //! supported: `docs/dtls.md`.
 //!
@@ -651,6 +651,12 @@ impl DtlsServer {
         };
         tracing::trace!(?summary, state = self.state.name(), "dtls: datagram");
         if let State::Handshaking(_) = self.state {
+            // A driver may hand us a datagram before the expired timer.
+            if self.deadline.is_some_and(|d| now >= d) {
+                self.stats.closed_dropped += 1;
+                self.fail(DtlsFailure::Timeout);
+                return;
+            }
             if summary.client_hello && self.deadline.is_none() {
                 self.deadline = Some(now + self.config.handshake_timeout);
             }

@@ -207,7 +207,7 @@ async fn handshake(
 
 fn runtime() -> tokio::runtime::Runtime {
     // Several tests race to install it; the first wins, the others get Err: fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -713,6 +713,35 @@ fn garbage_then_a_real_handshake() {
     ));
     assert!(outcome.client.is_ok(), "{:?}", outcome.client.err());
     assert!(outcome.server.is_connected());
+}
+
+#[test]
+fn shareable_across_shards() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<DtlsIdentity>();
+    send_sync::<Fingerprint>();
+    send::<DtlsServer>();
+    send::<DtlsEvent>();
+}
+
+#[test]
+fn late_datagram_after_the_deadline_times_out() {
+    let rt = runtime();
+    let hello = client_hello(&rt);
+    let identity = identity();
+    let remote = ClientSetup::new(&[]).fingerprint(HashFunction::Sha256);
+    let t0 = Instant::now();
+    let mut server = DtlsServer::new(&identity, remote, t0).unwrap();
+    server.handle_datagram(t0, &hello);
+    while server.poll_transmit(&mut [0u8; 1500]).is_some() {}
+    server.handle_datagram(t0 + DEFAULT_HANDSHAKE_TIMEOUT, &hello);
+    assert!(matches!(
+        server.poll_event(),
+        Some(DtlsEvent::Failed(DtlsFailure::Timeout))
+    ));
+    assert!(server.is_done());
+    assert_eq!(server.poll_timeout(), None);
 }
 
 #[test]
