@@ -76,7 +76,17 @@ const TRAFFIC: [(&str, &str, Pick, Pick); 4] = [
 ];
 
 /// Feedback counters of a leg: name suffix, help, value.
-const FEEDBACK: [(&str, &str, Pick); 7] = [
+const FEEDBACK: [(&str, &str, Pick); 9] = [
+    (
+        "dtls_handshakes_total",
+        "WebRTC: DTLS-SRTP handshakes completed (keys installed)",
+        |s| s.dtls_connected,
+    ),
+    (
+        "dtls_failures_total",
+        "WebRTC: DTLS-SRTP handshakes failed (wrong certificate, no common profile, timeout, ...)",
+        |s| s.dtls_failed,
+    ),
     (
         "ice_checks_answered_total",
         "WebRTC: ICE connectivity checks answered (RFC 8445)",

@@ -88,6 +88,9 @@ pub struct ForwarderConfig {
     pub inactivity_timeout: Duration,
     /// Events not yet polled; the oldest are dropped beyond this.
     pub max_queued_events: usize,
+    /// The certificate of the DTLS handshakes of WebRTC legs (one per process, shared by
+    /// every shard). `None`: WebRTC legs cannot be keyed (their handshakes are refused).
+    pub dtls_identity: Option<crate::dtls::DtlsIdentity>,
 }
 
 impl Default for ForwarderConfig {
@@ -96,6 +99,7 @@ impl Default for ForwarderConfig {
             fanout_queue: 64,
             inactivity_timeout: Duration::from_secs(5),
             max_queued_events: 1024,
+            dtls_identity: None,
         }
     }
 }
@@ -209,6 +213,8 @@ pub enum ConfigureError {
     UfragInUse(String),
     #[error("MID and RIDs name a track on a WebRTC leg, with one RID per encoding or none")]
     StreamIds,
+    #[error("`{0}` is not a certificate fingerprint (RFC 8122: `sha-256 AB:CD:..`)")]
+    Fingerprint(String),
 }
 
 /// Index of a meeting in the core's table.
@@ -259,6 +265,10 @@ pub struct Forwarder {
     checked_sources: HashMap<SocketAddr, LegId>,
     /// Answers to connectivity checks, waiting for `poll_transmit`.
     stun_queue: StunQueue,
+    /// WebRTC legs whose DTLS handshake is under way (its timers run).
+    handshakes: Vec<LegId>,
+    /// WebRTC legs with DTLS datagrams to send, each once.
+    dtls_ready: VecDeque<LegId>,
     /// Changes whenever `by_remote`, `link_paths` or the set of legs does: what
     /// [`Forwarder::peer_addresses`] says may have changed.
     peers_generation: u64,
@@ -318,6 +328,8 @@ impl Forwarder {
             by_ufrag: HashMap::new(),
             checked_sources: HashMap::new(),
             stun_queue: StunQueue::new(),
+            handshakes: Vec::new(),
+            dtls_ready: VecDeque::new(),
             peers_generation: 0,
             relay_retransmissions: VecDeque::with_capacity(RELAY_RETRANSMISSION_QUEUE_LEN),
             by_published_ssrc: HashMap::new(),
@@ -455,10 +467,14 @@ impl Forwarder {
                         transport.ice.local_ufrag.clone(),
                     ));
                 }
+                let fingerprint = transport
+                    .remote_fingerprint
+                    .parse()
+                    .map_err(|_| ConfigureError::Fingerprint(transport.remote_fingerprint.clone()))?;
                 (
                     webrtc::unkeyed_context(),
                     webrtc::unkeyed_context(),
-                    Some(Box::new(WebrtcLeg::new(transport))),
+                    Some(Box::new(WebrtcLeg::new(transport, fingerprint))),
                 )
             }
         };
@@ -1051,7 +1067,8 @@ impl Forwarder {
             PacketClass::Rtp => self.handle_rtp(now, local, source, known, contents),
             PacketClass::Rtcp => self.handle_rtcp(now, local, source, known, contents),
             PacketClass::Stun => self.handle_stun(now, local, source, known, contents),
-            PacketClass::Dtls | PacketClass::TurnChannel | PacketClass::Zrtp => {
+            PacketClass::Dtls => self.handle_dtls(now, local, source, known, contents),
+            PacketClass::TurnChannel | PacketClass::Zrtp => {
                 self.drop_at(known, DropReason::UnsupportedProtocol)
             }
             PacketClass::Unknown => self.drop_at(known, DropReason::Malformed),
@@ -1463,6 +1480,9 @@ impl Forwarder {
         if let Some(transmit) = self.poll_stun_transmit(buf) {
             return Some(transmit);
         }
+        if let Some(transmit) = self.poll_dtls_transmit(buf) {
+            return Some(transmit);
+        }
         if let Some(transmit) = self.poll_rtcp_transmit(buf) {
             return Some(transmit);
         }
@@ -1622,6 +1642,7 @@ impl Forwarder {
             self.next_feedback_tick = Some(now + FEEDBACK_INTERVAL);
             self.feedback_tick(now);
             self.detect_speakers(now);
+            self.dtls_timers(now);
         }
         match self.next_housekeeping {
             Some(due) if now >= due => {}

@@ -169,6 +169,9 @@ pub struct LegStats {
     /// WebRTC: connectivity checks answered, and times consent lapsed (RFC 7675).
     pub stun_answered: u64,
     pub consent_lost: u64,
+    /// WebRTC: DTLS handshakes completed (keys installed) and failed.
+    pub dtls_connected: u64,
+    pub dtls_failed: u64,
 }
 
 impl LegStats {

@@ -20,9 +20,10 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::codec::Codec;
+use crate::dtls::{DtlsEvent, DtlsServer, Fingerprint};
 use crate::ice::{self, IceLite, IceStats, Outcome};
 use crate::ids::{LegId, Ssrc};
 use crate::rtp::{self, RtpHeader};
@@ -69,6 +70,16 @@ pub struct StreamIds {
 #[derive(Debug)]
 pub(crate) struct WebrtcLeg {
     pub(crate) ice: IceLite,
+    /// The peer's certificate must hash to this.
+    pub(crate) remote_fingerprint: Fingerprint,
+    /// The handshake, from the peer's first ClientHello; kept after it completes, to
+    /// answer a retransmitted last flight.
+    pub(crate) dtls: Option<Box<DtlsServer>>,
+    /// Where the handshake's datagrams come from (and go back to), and the local address
+    /// they arrive on.
+    pub(crate) dtls_path: Option<(SocketAddr, SocketAddr)>,
+    /// In `Forwarder::dtls_ready`.
+    pub(crate) dtls_ready: bool,
     pub(crate) extensions: StreamExtensions,
     pub(crate) payload_types: Vec<(Codec, u8)>,
     /// Addresses that passed a connectivity check, oldest first: the peer may start DTLS
@@ -136,9 +147,13 @@ impl StunQueue {
 }
 
 impl WebrtcLeg {
-    pub(crate) fn new(config: &WebrtcTransport) -> Self {
+    pub(crate) fn new(config: &WebrtcTransport, remote_fingerprint: Fingerprint) -> Self {
         WebrtcLeg {
             ice: IceLite::new(config.ice.clone()),
+            remote_fingerprint,
+            dtls: None,
+            dtls_path: None,
+            dtls_ready: false,
             extensions: config.extensions,
             payload_types: config.payload_types.clone(),
             checked: Vec::with_capacity(MAX_CHECKED),
@@ -255,9 +270,142 @@ impl Forwarder {
         self.push_event(event);
     }
 
+    /// A DTLS datagram: the handshake of a WebRTC leg, from an address that passed its
+    /// connectivity checks (RFC 8842 §5: DTLS runs over the ICE-selected pair; the check
+    /// also stands in for DTLS's HelloVerifyRequest cookie, proof that the source is real).
+    pub(super) fn handle_dtls(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        source: SocketAddr,
+        known: Option<LegId>,
+        contents: &[u8],
+    ) {
+        let leg_id = known.or_else(|| self.checked_sources.get(&source).copied());
+        let Some(leg_id) = leg_id else {
+            return self.drops.add(DropReason::UnknownSource);
+        };
+        let Some(web) = self.legs[leg_id.index()].webrtc.as_mut() else {
+            return self.drop_at(Some(leg_id), DropReason::UnsupportedProtocol);
+        };
+        if web.dtls.is_none() {
+            let Some(identity) = &self.config.dtls_identity else {
+                return self.drop_at(Some(leg_id), DropReason::NotConnected);
+            };
+            match DtlsServer::new(identity, web.remote_fingerprint.clone(), now) {
+                Ok(server) => web.dtls = Some(Box::new(server)),
+                Err(e) => {
+                    warn!("cannot start a DTLS handshake: {e}");
+                    return self.drop_at(Some(leg_id), DropReason::NotConnected);
+                }
+            }
+            self.handshakes.push(leg_id);
+        }
+        web.dtls_path = Some((local, source));
+        if let Some(dtls) = web.dtls.as_mut() {
+            dtls.handle_datagram(now, contents);
+        }
+        self.after_dtls(leg_id);
+    }
+
+    /// Act on what the handshake of `leg_id` produced: keys, failure, datagrams to send.
+    fn after_dtls(&mut self, leg_id: LegId) {
+        let leg = &mut self.legs[leg_id.index()];
+        let Some(web) = leg.webrtc.as_mut() else {
+            return;
+        };
+        let Some(dtls) = web.dtls.as_mut() else {
+            return;
+        };
+        let mut keys = None;
+        let mut failed = false;
+        while let Some(event) = dtls.poll_event() {
+            match event {
+                DtlsEvent::Connected {
+                    profile,
+                    receive,
+                    send,
+                } => {
+                    info!(leg = %leg.name, ?profile, "DTLS-SRTP handshake completed");
+                    keys = Some((receive, send));
+                }
+                DtlsEvent::Failed(failure) => {
+                    warn!(leg = %leg.name, %failure, "DTLS-SRTP handshake failed");
+                    failed = true;
+                }
+                DtlsEvent::Closed => {
+                    // The browser closed its peer connection: nothing more is sent to it.
+                    info!(leg = %leg.name, "DTLS association closed by the peer");
+                    web.keyed = false;
+                }
+            }
+        }
+        if dtls.is_connected() || dtls.is_done() {
+            self.handshakes.retain(|&l| l != leg_id);
+        }
+        if !web.dtls_ready {
+            web.dtls_ready = true;
+            self.dtls_ready.push_back(leg_id);
+        }
+        if failed {
+            leg.stats.dtls_failed += 1;
+        }
+        if let Some((receive, send)) = keys {
+            leg.stats.dtls_connected += 1;
+            self.install_keys(leg_id, &receive, &send);
+        }
+    }
+
+    /// Run the handshakes' retransmission timers and deadlines.
+    pub(super) fn dtls_timers(&mut self, now: Instant) {
+        let mut i = 0;
+        while let Some(&leg_id) = self.handshakes.get(i) {
+            i += 1;
+            let due = self.legs[leg_id.index()]
+                .webrtc
+                .as_mut()
+                .and_then(|w| w.dtls.as_mut())
+                .filter(|d| d.poll_timeout().is_some_and(|t| t <= now));
+            if let Some(dtls) = due {
+                dtls.handle_timeout(now);
+                let before = self.handshakes.len();
+                self.after_dtls(leg_id);
+                // `after_dtls` may have taken this leg off the list.
+                i -= before - self.handshakes.len();
+            }
+        }
+    }
+
+    /// The next DTLS datagram of some leg.
+    pub(super) fn poll_dtls_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(&leg_id) = self.dtls_ready.front() {
+            let sent = self.legs.get_mut(leg_id.index()).and_then(|leg| {
+                let web = leg.webrtc.as_mut()?;
+                let (local, remote) = web.dtls_path?;
+                let len = web.dtls.as_mut()?.poll_transmit(buf)?;
+                Some(Transmit {
+                    source: Some(local),
+                    destination: remote,
+                    len,
+                })
+            });
+            if sent.is_some() {
+                return sent;
+            }
+            self.dtls_ready.pop_front();
+            if let Some(web) = self
+                .legs
+                .get_mut(leg_id.index())
+                .and_then(|l| l.webrtc.as_mut())
+            {
+                web.dtls_ready = false;
+            }
+        }
+        None
+    }
+
     /// Install the SRTP keys of a WebRTC leg (from its DTLS handshake): media flows from
     /// now on, in both directions.
-    #[cfg_attr(not(test), allow(dead_code))] // until the DTLS handshake calls it
     pub(crate) fn install_keys(&mut self, leg_id: LegId, receive: &MasterKey, send: &MasterKey) {
         let Some(leg) = self.legs.get_mut(leg_id.index()) else {
             return;
@@ -362,6 +510,8 @@ impl Forwarder {
             }
         }
         self.stun_queue.purge(leg_id);
+        self.handshakes.retain(|&l| l != leg_id);
+        self.dtls_ready.retain(|&l| l != leg_id);
     }
 
     /// The next queued STUN answer.
