@@ -877,10 +877,15 @@ fn accepted_media(
         rtpmap.push_str(&format!("/{channels}"));
     }
     attributes.push(Attribute::new("rtpmap", rtpmap));
+    // transport-cc feedback without the transport-wide sequence number extension (not
+    // offered, or at an id the answer does not take) would promise feedback the
+    // forwarder cannot compute.
+    let transport_cc = accepted.extensions.transport_cc.is_some();
     for feedback in codec
         .rtcp_fb
         .iter()
         .filter(|f| ACCEPTED_RTCP_FB.contains(&f.as_str()))
+        .filter(|f| transport_cc || f.as_str() != "transport-cc")
     {
         attributes.push(Attribute::new("rtcp-fb", format!("{pt} {feedback}")));
     }

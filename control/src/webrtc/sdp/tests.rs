@@ -506,6 +506,16 @@ fn extension_ids_beyond_one_byte_headers_are_not_accepted() {
     );
     let (_, _, negotiated) = answer(&text);
     assert_eq!(negotiated.tracks[1].extensions.rid, None);
+
+    // Without the transport-wide-cc extension, no transport-cc feedback either.
+    let text = edit_all(CHROME_OFFER, "a=extmap:3 ", "");
+    let (sdp, _, negotiated) = answer(&text);
+    assert_eq!(negotiated.tracks[1].extensions.transport_cc, None);
+    assert_eq!(
+        values(&sdp.media[1], "rtcp-fb"),
+        ["96 goog-remb", "96 ccm fir", "96 nack", "96 nack pli"]
+    );
+    assert!(values(&sdp.media[0], "rtcp-fb").is_empty());
 }
 
 #[test]
