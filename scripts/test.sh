@@ -23,3 +23,4 @@ FANOUT_TOPOLOGY=veth FANOUT_IO=afxdp cargo test --locked -p fanout-tests "${inte
 # The fuzz targets are their own workspace (libFuzzer needs nightly to run them); make sure
 # they still compile against the forwarder's API.
 cargo check --locked --manifest-path forwarder/fuzz/Cargo.toml --bins --target-dir target/fuzz-check
+cargo check --locked --manifest-path control/fuzz/Cargo.toml --bins --target-dir target/fuzz-check

@@ -15,3 +15,4 @@ pub mod service;
 pub mod store;
 /// Test support: a throwaway real etcd server ([`testing::EtcdServer`]) for store tests.
 pub mod testing;
+pub mod webrtc;
