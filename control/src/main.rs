@@ -20,10 +20,9 @@ use fanout_control::domain::TokenKey;
 use fanout_control::service::desired::DesiredStates;
 use fanout_control::service::failover::{Failover, FailoverConfig};
 use fanout_control::service::forwarders::{ForwarderRegistry, LiveForwarders, RegistryConfig};
-use fanout_control::service::meetings::{MeetingService, MeetingsConfig};
+use fanout_control::service::meetings::{BrowserNegotiator, MeetingService, MeetingsConfig};
 use fanout_control::service::placement::{PlacementConfig, StorePlacer};
 use fanout_control::service::relays::{RelayConfig, RelayPlanner};
-use fanout_control::service::webrtc::NoWebrtc;
 use fanout_control::store::{EtcdConfig, EtcdStore, MemoryStore, Store};
 
 /// Fanout's control plane: meetings, joins, placement of meetings on forwarders, failover.
@@ -383,11 +382,11 @@ async fn run(args: Args) -> Result<()> {
         web_config.ping_interval = Duration::from_secs(s.max(1));
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    // The WebRTC transport is not wired yet: offers are refused with FAILED_PRECONDITION.
+    let negotiator = BrowserNegotiator::new(meetings.clone(), registry.clone());
     let web = WebApi::new(
         meetings.clone(),
         operator.clone(),
-        Arc::new(NoWebrtc),
+        Arc::new(negotiator),
         web_config,
         tls.is_some(),
         stopping,

@@ -334,28 +334,45 @@
         timer = null;
         const still = pc.iceConnectionState === 'failed' || pc.iceConnectionState === 'disconnected';
         if (!still || pc.signalingState === 'closed') return;
-        log(`Restarting the ${connection} connection`);
-        try {
-          await request({ type: 'ice_restart', connection });
-          if (connection === 'publish') await negotiatePublish(true);
-          // subscribe: the control plane sends a new subscribe_offer.
-        } catch (err) {
-          fanout.transportError = { code: err.code, message: err.message };
-        }
+        await restartIce(connection);
       }, ICE_GRACE_MS);
     };
   }
 
+  // New ICE credentials for one connection (also `fanout.restartIce`, for a network
+  // change the browser cannot see, and for tests).
+  async function restartIce(connection) {
+    log(`Restarting the ${connection} connection`);
+    try {
+      await request({ type: 'ice_restart', connection });
+      if (connection === 'publish') await negotiatePublish(true);
+      // subscribe: the control plane sends a new subscribe_offer.
+    } catch (err) {
+      fanout.transportError = { code: err.code, message: err.message };
+    }
+  }
+  fanout.restartIce = restartIce;
+
+  // One certificate for both connections: the forwarder checks both DTLS handshakes
+  // against the one fingerprint the control plane has for this participant.
+  async function connectionConfig() {
+    if (!fanout.certificate) {
+      fanout.certificate = await RTCPeerConnection.generateCertificate({ name: 'ECDSA', namedCurve: 'P-256' });
+    }
+    return { ...CONNECTION, certificates: [fanout.certificate] };
+  }
+
   async function buildConnections() {
+    const config = await connectionConfig();
     closeConnections();
-    const sub = new RTCPeerConnection(CONNECTION);
+    const sub = new RTCPeerConnection(config);
     fanout.sub = sub;
     watchIce(sub, 'subscribe');
     sub.ontrack = (e) => onRemoteTrack(e);
 
     if (fanout.role === 'attendee') return; // attendees only watch
     const local = await openLocalMedia();
-    const pub = new RTCPeerConnection(CONNECTION);
+    const pub = new RTCPeerConnection(config);
     fanout.pub = pub;
     watchIce(pub, 'publish');
     const [audio] = local.getAudioTracks();

@@ -106,6 +106,10 @@ impl IceLite {
         self.credentials = credentials;
     }
 
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     pub fn local_ufrag(&self) -> &str {
         &self.credentials.local_ufrag
     }

@@ -608,6 +608,11 @@ fn run_control(args: Args) -> Result<()> {
 
     let mut afxdp_guard = None;
     let cpus = driver::allowed_cpus();
+    // One certificate for every browser's DTLS handshake, made at start: its fingerprint
+    // goes to the control plane at registration, and into every SDP answer from there.
+    let dtls_identity = fanout_forwarder::dtls::DtlsIdentity::generate()
+        .context("cannot make the DTLS certificate for browsers")?;
+    info!(fingerprint = %dtls_identity.fingerprint(), "DTLS certificate for WebRTC legs");
     let mut shards = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
         let mut sockets = Vec::with_capacity(per_shard);
@@ -646,7 +651,10 @@ fn run_control(args: Args) -> Result<()> {
             meetings: Vec::new(),
             driver,
             core: fanout_forwarder::sfu::Forwarder::new(
-                fanout_forwarder::sfu::ForwarderConfig::default(),
+                fanout_forwarder::sfu::ForwarderConfig {
+                    dtls_identity: Some(dtls_identity.clone()),
+                    ..Default::default()
+                },
                 Instant::now(),
             ),
             tid: Arc::default(),
@@ -659,6 +667,7 @@ fn run_control(args: Args) -> Result<()> {
     }
 
     let settings = ControlSettings {
+        dtls_fingerprint: dtls_identity.fingerprint().to_string(),
         url,
         ca_file: args.control_ca.clone().or(section.ca_file.clone()),
         forwarder_id,

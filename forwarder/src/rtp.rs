@@ -176,6 +176,62 @@ pub fn extension_elements<'a>(
     })
 }
 
+/// Translates the RFC 8285 header extension of `packet` in place for another receiver:
+/// each element whose id `map` gives a new id for is kept under that id, every other is
+/// removed, and the freed bytes become padding (RFC 8285 §4.1), so the packet keeps its
+/// length. An SFU needs this towards browsers: the ids are per session, and a MID, RID or
+/// transport-wide sequence number meant for the forwarder would mislead the subscriber.
+/// Other extension profiles are left alone.
+pub fn translate_extensions(packet: &mut [u8], map: impl Fn(u8) -> Option<u8>) {
+    let Ok(header) = RtpHeader::parse(packet) else {
+        return;
+    };
+    let Some((profile, _)) = extension(packet, &header) else {
+        return;
+    };
+    let two_byte = match profile {
+        EXTENSION_PROFILE_ONE_BYTE => false,
+        p if p & EXTENSION_PROFILE_TWO_BYTE_MASK == EXTENSION_PROFILE_TWO_BYTE => true,
+        _ => return,
+    };
+    let start = FIXED_HEADER_LEN + 4 * usize::from(header.csrc_count) + 4;
+    let end = header.header_len;
+    // Elements only move towards the start: `write` never passes `read`.
+    let (mut read, mut write) = (start, start);
+    while read < end {
+        let first = packet[read];
+        if first == 0 {
+            read += 1;
+            continue;
+        }
+        let (id, head, len) = if two_byte {
+            let Some(&len) = packet.get(read + 1).filter(|_| read + 1 < end) else {
+                break;
+            };
+            (first, 2, usize::from(len))
+        } else {
+            if first >> 4 == 15 {
+                break;
+            }
+            (first >> 4, 1, usize::from(first & 0x0f) + 1)
+        };
+        if read + head + len > end {
+            break;
+        }
+        if let Some(new) = map(id).filter(|&n| n != 0 && (two_byte || n < 15)) {
+            packet.copy_within(read..read + head + len, write);
+            packet[write] = if two_byte {
+                new
+            } else {
+                (new << 4) | (first & 0x0f)
+            };
+            write += head + len;
+        }
+        read += head + len;
+    }
+    packet[write..end].fill(0);
+}
+
 /// Writes the SSRC (bytes 8..12).
 ///
 /// Assumes the caller parsed the header first (`packet.len() >= 12`); on a shorter slice
@@ -268,6 +324,44 @@ mod tests {
         ];
         p.extend_from_slice(tail);
         p
+    }
+
+    #[test]
+    fn extensions_are_translated_in_place_and_the_rest_padded() {
+        // One-byte form: audio level (id 1, 1 byte), MID (id 4, "0"), twcc (id 3, 2 bytes).
+        let ext = [
+            0xBE, 0xDE, 0, 2, 0x10, 0x85, 0x40, b'0', 0x31, 0x12, 0x34, 0, 0xAA,
+        ];
+        let mut p = packet(0x90, &ext);
+        let len = p.len();
+        // Keep the audio level as id 2; drop the rest.
+        translate_extensions(&mut p, |id| (id == 1).then_some(2));
+        assert_eq!(p.len(), len);
+        let h = RtpHeader::parse(&p).unwrap();
+        let kept: Vec<(u8, Vec<u8>)> = extension_elements(&p, &h)
+            .map(|(id, d)| (id, d.to_vec()))
+            .collect();
+        assert_eq!(kept, [(2, vec![0x85])]);
+        assert_eq!(p[len - 1], 0xAA, "the payload is untouched");
+        // Two-byte form.
+        let ext = [0x10, 0x00, 0, 2, 1, 1, 0x85, 4, 1, b'3', 0, 0, 0xBB];
+        let mut p = packet(0x90, &ext);
+        translate_extensions(&mut p, |id| (id == 4).then_some(9));
+        let h = RtpHeader::parse(&p).unwrap();
+        let kept: Vec<(u8, Vec<u8>)> = extension_elements(&p, &h)
+            .map(|(id, d)| (id, d.to_vec()))
+            .collect();
+        assert_eq!(kept, [(9, b"3".to_vec())]);
+    }
+
+    proptest! {
+        #[test]
+        fn translating_never_panics_or_changes_the_length(tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut p = packet(0x90, &tail);
+            let len = p.len();
+            translate_extensions(&mut p, |id| Some(id ^ 1));
+            prop_assert_eq!(p.len(), len);
+        }
     }
 
     #[test]

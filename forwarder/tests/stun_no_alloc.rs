@@ -20,7 +20,8 @@ use fanout_forwarder::stun::{self, BindingRequest, IntegrityKey};
 mod counting_alloc;
 use counting_alloc::allocations_in;
 
-const FINGERPRINT: &str = "sha-256 AB:CD";
+const FINGERPRINT: &str =
+    "sha-256 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
 const FLOOD: usize = 10_000;
 const PWD: &str = "fnt1-password-of-24-chars";
 

@@ -672,14 +672,15 @@ pub struct InboundRtp {
     pub video: RtpCounters,
 }
 
-/// The `inbound-rtp` counters of the `RTCPeerConnection` in global variable `pc_var` of
+/// The `inbound-rtp` counters of the `RTCPeerConnection` the JavaScript expression `pc_var` (a global
+/// name, or a path like `fanout.sub`) gives in
 /// the page, from `getStats()`.
 pub async fn inbound_rtp_stats(page: &Page, pc_var: &str) -> Result<InboundRtp> {
     let js = format!(
         "(async () => {{
-            const pc = window[{name}];
+            const pc = ({expr});
             if (!(pc instanceof RTCPeerConnection))
-                throw new Error('window.' + {name} + ' is not an RTCPeerConnection');
+                throw new Error({name} + ' is not an RTCPeerConnection');
             const out = {{}};
             for (const kind of ['audio', 'video'])
                 out[kind] = {{streams: 0, framesDecoded: 0, packetsReceived: 0, bytesReceived: 0}};
@@ -693,7 +694,8 @@ pub async fn inbound_rtp_stats(page: &Page, pc_var: &str) -> Result<InboundRtp> 
             }});
             return out;
         }})()",
-        name = Value::from(pc_var)
+        name = Value::from(pc_var),
+        expr = pc_var
     );
     let value = page.eval(&js).await?;
     let kind = |kind: &str| -> Result<RtpCounters> {
@@ -769,9 +771,9 @@ pub struct CandidatePair {
 pub async fn selected_candidate_pair(page: &Page, pc_var: &str) -> Result<Option<CandidatePair>> {
     let js = format!(
         "(async () => {{
-            const pc = window[{name}];
+            const pc = ({expr});
             if (!(pc instanceof RTCPeerConnection))
-                throw new Error('window.' + {name} + ' is not an RTCPeerConnection');
+                throw new Error({name} + ' is not an RTCPeerConnection');
             const stats = await pc.getStats();
             let pair = null;
             stats.forEach(s => {{
@@ -787,7 +789,8 @@ pub async fn selected_candidate_pair(page: &Page, pc_var: &str) -> Result<Option
             return {{local: end(pair.localCandidateId), remote: end(pair.remoteCandidateId),
                      state: pair.state, nominated: !!pair.nominated}};
         }})()",
-        name = Value::from(pc_var)
+        name = Value::from(pc_var),
+        expr = pc_var
     );
     let value = page.eval(&js).await?;
     if value.is_null() {

@@ -24,7 +24,8 @@ use crate::service::desired::{
 };
 use crate::service::forwarders::{Capacity, ForwarderInfo, ForwarderRegistry, Load, Session};
 use crate::service::meetings::{
-    key_salt_len, BrowserTransport, Caller, IceCredentials, MeetingService, SUBSCRIBE_PAYLOAD_TYPES,
+    key_salt_len, BrowserTransport, Caller, IceCredentials, MeetingService,
+    SUBSCRIBE_AUDIO_LEVEL_EXTENSION, SUBSCRIBE_PAYLOAD_TYPES,
 };
 use crate::store::LeaseId;
 
@@ -382,6 +383,11 @@ fn browser_to(b: &BrowserTransport) -> pb::WebrtcTransport {
         remote_ice_ufrag: ice.remote_ufrag.clone().unwrap_or_default(),
         mid_extension_id: if publish { b.extensions.mid.into() } else { 0 },
         rid_extension_id: if publish { b.extensions.rid.into() } else { 0 },
+        audio_level_extension_id: if publish {
+            0
+        } else {
+            SUBSCRIBE_AUDIO_LEVEL_EXTENSION.into()
+        },
         payload_types: if publish {
             Vec::new()
         } else {

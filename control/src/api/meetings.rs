@@ -248,6 +248,7 @@ impl Meetings for MeetingsApi {
             audio_muted: r.audio_muted,
             video_muted: r.video_muted,
             srtp_profiles: profiles,
+            browser: false,
         };
         let joined = self.service.join(&id, input, now()).await.map_err(status)?;
         Ok(Response::new(pb::JoinMeetingResponse {

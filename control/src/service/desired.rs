@@ -30,7 +30,7 @@ use tokio_stream::StreamMap;
 
 use super::keys;
 use super::meetings::{
-    read_attendee, read_meeting, read_transport, BrowserTransport, TrackAssignment,
+    published, read_attendee, read_meeting, read_transport, BrowserTransport, TrackAssignment,
 };
 use super::placement::PlacementRecord;
 use super::relays::{LinkDirection, RelayPlanner};
@@ -298,6 +298,14 @@ impl DesiredStates {
             let Some(p) = present.get(&transport.participant) else {
                 continue;
             };
+            if transport
+                .browser
+                .as_ref()
+                .is_some_and(|b| b.remote_fingerprint.is_empty())
+            {
+                // A browser whose certificate is not known yet: no leg can be keyed.
+                continue;
+            }
             legs.insert(
                 p.id.clone(),
                 DesiredLeg {
@@ -308,7 +316,7 @@ impl DesiredStates {
                     outbound_key: transport.srtp.receive_key.clone(),
                     can_publish: p.can_publish(),
                     breakout: p.breakout.clone(),
-                    tracks: transport.tracks.clone(),
+                    tracks: published(&transport).cloned().collect(),
                     browser: transport.browser.clone(),
                 },
             );

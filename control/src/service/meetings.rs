@@ -54,6 +54,7 @@
 //! redacted.
 
 mod browser;
+mod negotiation;
 mod srtp;
 mod tracks;
 mod watch;
@@ -71,8 +72,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use browser::{
-    BrowserTransport, IceCredentials, StreamExtensionIds, SubscribeSlot, SUBSCRIBE_PAYLOAD_TYPES,
+    BrowserTransport, IceCredentials, StreamExtensionIds, SubscribeSlot,
+    SUBSCRIBE_AUDIO_LEVEL_EXTENSION, SUBSCRIBE_PAYLOAD_TYPES,
 };
+pub(crate) use negotiation::published;
+pub use negotiation::BrowserNegotiator;
 pub use srtp::{key_salt_len, SrtpTransport};
 pub use tracks::{TrackAssignment, TrackKind, CAMERA_ENCODINGS};
 pub use watch::MeetingUpdate;
@@ -167,6 +171,9 @@ pub struct JoinInput {
     /// configured profile. Otherwise the configured one if offered, else the first one
     /// offered that we support.
     pub srtp_profiles: Vec<String>,
+    /// A browser (the WebSocket signaling): its media goes over WebRTC, negotiated by
+    /// SDP, so it publishes nothing until its first offer names its tracks.
+    pub browser: bool,
 }
 
 /// What a join returns.
@@ -813,6 +820,7 @@ impl MeetingService {
             audio_muted,
             video_muted,
             srtp_profiles,
+            browser,
         } = input;
         let profile = self.choose_profile(&srtp_profiles)?;
         let (m, _) = self.load(id).await?;
@@ -838,7 +846,7 @@ impl MeetingService {
                 srtp: srtp.clone(),
                 tracks: tracks.clone(),
                 created_at: now,
-                browser: None,
+                browser: browser.then(BrowserTransport::new).transpose()?,
             },
         )?;
 

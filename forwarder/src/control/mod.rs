@@ -177,6 +177,8 @@ pub struct ControlSettings {
     pub ports: PortRange,
     pub enrolment_token: Token,
     pub max_legs: u32,
+    /// The fingerprint of the certificate browsers' DTLS handshakes meet (RFC 8122 form).
+    pub dtls_fingerprint: String,
 }
 
 /// What the client needs of each shard: its command handle, its driver's counters, and
@@ -376,7 +378,7 @@ async fn session(
             .map(|&p| profile_to_pb(p) as i32)
             .collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        dtls_fingerprint: String::new(),
+        dtls_fingerprint: settings.dtls_fingerprint.clone(),
     };
     let registered = client
         .register(with_token(register, &settings.enrolment_token)?)
@@ -1059,6 +1061,7 @@ fn connection_from_pb(
         extensions: StreamExtensions {
             mid: extension(c.mid_extension_id),
             rid: extension(c.rid_extension_id),
+            audio_level: extension(c.audio_level_extension_id),
         },
         payload_types: c
             .payload_types

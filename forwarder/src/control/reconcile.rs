@@ -170,27 +170,19 @@ impl std::fmt::Debug for DesiredConnection {
 }
 
 impl DesiredConnection {
-    /// The same but for ICE credentials: an ICE restart, not a new connection.
-    fn same_but_credentials(&self, other: &DesiredConnection) -> bool {
-        self.extensions == other.extensions && self.payload_types == other.payload_types
-    }
-
-    fn same_credentials(&self, other: &DesiredConnection) -> bool {
-        let (a, b) = (&self.credentials, &other.credentials);
-        a.local_ufrag == b.local_ufrag
-            && a.local_pwd == b.local_pwd
-            && a.remote_ufrag == b.remote_ufrag
+    fn transport(&self, fingerprint: &str) -> WebrtcTransport {
+        WebrtcTransport {
+            ice: self.credentials.clone(),
+            remote_fingerprint: fingerprint.to_owned(),
+            extensions: self.extensions,
+            payload_types: self.payload_types.clone(),
+        }
     }
 
     fn leg_config(&self, name: &str, fingerprint: &str, listen: SocketAddr) -> LegConfig {
         LegConfig {
             name: name.to_owned(),
-            security: LegSecurity::Webrtc(Box::new(WebrtcTransport {
-                ice: self.credentials.clone(),
-                remote_fingerprint: fingerprint.to_owned(),
-                extensions: self.extensions,
-                payload_types: self.payload_types.clone(),
-            })),
+            security: LegSecurity::Webrtc(Box::new(self.transport(fingerprint))),
             remote: None,
             remote_rtcp: None,
             rtcp_mux: true,
@@ -201,8 +193,8 @@ impl DesiredConnection {
 }
 
 impl DesiredLeg {
-    /// Same keys (and so the same profile), or for a browser the same certificate and
-    /// connections up to ICE credentials: the legs' SRTP contexts can stay.
+    /// Same keys (and so the same profile), or for a browser the same certificate: the
+    /// legs' SRTP contexts can stay (a browser's other changes are made in place).
     fn same_transport(&self, other: &DesiredLeg) -> bool {
         match (&self.transport, &other.transport) {
             (
@@ -217,15 +209,14 @@ impl DesiredLeg {
             ) => a_in.same_material(b_in) && a_out.same_material(b_out),
             (DesiredTransport::Webrtc(a), DesiredTransport::Webrtc(b)) => {
                 a.remote_fingerprint == b.remote_fingerprint
-                    && a.publish.same_but_credentials(&b.publish)
-                    && a.subscribe.same_but_credentials(&b.subscribe)
             }
             _ => false,
         }
     }
 
-    /// ICE restarts that take the legs of `self` to those of `next` (same transport).
-    fn ice_restarts(&self, next: &DesiredLeg) -> Vec<(&'static str, Credentials)> {
+    /// In-place changes that take a browser's legs from `self` to `next` (same
+    /// certificate): ICE restarts, renegotiated extension ids or payload types.
+    fn webrtc_updates(&self, next: &DesiredLeg) -> Vec<(&'static str, WebrtcTransport)> {
         let (DesiredTransport::Webrtc(a), DesiredTransport::Webrtc(b)) =
             (&self.transport, &next.transport)
         else {
@@ -236,8 +227,8 @@ impl DesiredLeg {
             (SUBSCRIBE_LEG, &a.subscribe, &b.subscribe),
         ]
         .into_iter()
-        .filter(|(_, before, after)| !before.same_credentials(after))
-        .map(|(name, _, after)| (name, after.credentials.clone()))
+        .filter(|(_, before, after)| before != after)
+        .map(|(name, _, after)| (name, after.transport(&b.remote_fingerprint)))
         .collect()
     }
 
@@ -270,7 +261,7 @@ impl DesiredLeg {
 
     fn same(&self, other: &DesiredLeg) -> bool {
         self.same_transport(other)
-            && self.ice_restarts(other).is_empty()
+            && self.webrtc_updates(other).is_empty()
             && self.can_publish == other.can_publish
             && self.breakout == other.breakout
             && self.tracks == other.tracks
@@ -514,11 +505,12 @@ pub enum Op {
     },
     Subscribe(SubscriptionKey),
     Unsubscribe(SubscriptionKey),
-    /// New ICE credentials for one of a browser's legs.
-    RestartIce {
+    /// One of a browser's legs renegotiated: new ICE credentials, extension ids,
+    /// payload types.
+    UpdateWebrtc {
         participant: ParticipantId,
         leg: &'static str,
-        credentials: Credentials,
+        transport: WebrtcTransport,
     },
 }
 
@@ -693,7 +685,7 @@ fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
     // attached to them.
     let mut dropped: BTreeSet<&ParticipantId> = BTreeSet::new();
     let mut added: BTreeSet<&ParticipantId> = BTreeSet::new();
-    let mut restarts = Vec::new();
+    let mut updates = Vec::new();
     for (p, leg) in old {
         match new.get(p) {
             None => {
@@ -707,11 +699,11 @@ fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
             }
             Some(next) if !leg.same(next) => {
                 changed.insert(p);
-                for (name, credentials) in leg.ice_restarts(next) {
-                    restarts.push(Op::RestartIce {
+                for (name, transport) in leg.webrtc_updates(next) {
+                    updates.push(Op::UpdateWebrtc {
                         participant: p.clone(),
                         leg: name,
-                        credentials,
+                        transport,
                     });
                 }
             }
@@ -800,7 +792,7 @@ fn diff_legs(listen: SocketAddr, old: &Legs, new: &Legs, ops: &mut Vec<Op>) {
             track: track.clone(),
         });
     }
-    ops.extend(restarts);
+    ops.extend(updates);
     for s in after.difference(&before) {
         ops.push(Op::Subscribe(s.clone()));
     }
@@ -893,9 +885,9 @@ fn describe(op: &Op) -> String {
             "unsubscribe `{}` from `{}/{}`",
             s.subscriber, s.publisher, s.track
         ),
-        Op::RestartIce {
+        Op::UpdateWebrtc {
             participant, leg, ..
-        } => format!("restart ICE of `{participant}/{leg}`"),
+        } => format!("update WebRTC leg `{participant}/{leg}`"),
     }
 }
 
@@ -924,15 +916,15 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
             }
             Ok(())
         }
-        Op::RestartIce {
+        Op::UpdateWebrtc {
             participant,
             leg,
-            credentials,
+            transport,
         } => {
             let leg = core
                 .leg_id(meeting, &participant, leg)
                 .ok_or(ConfigureError::NoSuchLeg)?;
-            core.restart_ice(leg, credentials)
+            core.update_webrtc(leg, &transport)
         }
         Op::RemoveLeg { participant } => core.remove_participant(meeting, &participant),
         Op::AddTrack {
@@ -1460,6 +1452,11 @@ mod tests {
         assert!(net.core.meeting_exists(&node));
     }
 
+    /// A SHA-256 fingerprint of 32 `byte`s.
+    fn fingerprint(byte: u8) -> String {
+        format!("sha-256 {}", vec![format!("{byte:02X}"); 32].join(":"))
+    }
+
     /// A browser's leg: two connections, tracks named by MID/RID.
     fn browser(subscribe_ufrag: &str, fingerprint: &str) -> DesiredLeg {
         let connection = |ufrag: &str| DesiredConnection {
@@ -1471,6 +1468,7 @@ mod tests {
             extensions: StreamExtensions {
                 mid: Some(4),
                 rid: Some(10),
+                audio_level: None,
             },
             payload_types: vec![(Codec::Opaque, 111), (Codec::Vp8, 96)],
         };
@@ -1508,7 +1506,7 @@ mod tests {
             net.run(batches.clone());
             batches
         };
-        upsert(&mut net, browser("bsub", "sha-256 AA"));
+        upsert(&mut net, browser("bsub", &fingerprint(0xAA)));
         let b = ParticipantId::from("b");
         let publish = net.core.leg_id(&m(), &b, PUBLISH_LEG).expect("publish leg");
         let subscribe = net
@@ -1528,12 +1526,12 @@ mod tests {
         );
 
         // New subscribe credentials: an ICE restart in place, nothing re-created.
-        let batches = upsert(&mut net, browser("bsub2", "sha-256 AA"));
+        let batches = upsert(&mut net, browser("bsub2", &fingerprint(0xAA)));
         let ops: Vec<&Op> = batches.iter().flat_map(|b| &b.ops).collect();
         assert!(
             matches!(
                 ops[..],
-                [Op::RestartIce {
+                [Op::UpdateWebrtc {
                     leg: SUBSCRIBE_LEG,
                     ..
                 }]
@@ -1544,7 +1542,7 @@ mod tests {
         assert_eq!(net.core.subscriptions_of(&m(), &b), subs);
 
         // A new certificate is a new DTLS handshake: the legs are re-created.
-        let batches = upsert(&mut net, browser("bsub2", "sha-256 BB"));
+        let batches = upsert(&mut net, browser("bsub2", &fingerprint(0xBB)));
         let ops: Vec<&Op> = batches.iter().flat_map(|b| &b.ops).collect();
         assert!(
             ops.iter().any(|op| matches!(op, Op::RemoveLeg { .. })),

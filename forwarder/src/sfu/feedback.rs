@@ -284,6 +284,9 @@ impl Forwarder {
             };
             out.copy_from_slice(cached.packet);
             rewrite_header(out, sub.ssrc, r.sequence, timestamp, sub.payload_type);
+            if let Some(web) = &leg.webrtc {
+                web.translate_extensions(out, track.audio_level_extension);
+            }
             // The munger remembers what it made of this frame's picture id; a frame it has
             // forgotten cannot be resent consistently, so it is not resent at all.
             if let Ok(range) = crate::rtp::payload_range(out, &header) {

@@ -467,10 +467,9 @@ impl Forwarder {
                         transport.ice.local_ufrag.clone(),
                     ));
                 }
-                let fingerprint = transport
-                    .remote_fingerprint
-                    .parse()
-                    .map_err(|_| ConfigureError::Fingerprint(transport.remote_fingerprint.clone()))?;
+                let fingerprint = transport.remote_fingerprint.parse().map_err(|_| {
+                    ConfigureError::Fingerprint(transport.remote_fingerprint.clone())
+                })?;
                 (
                     webrtc::unkeyed_context(),
                     webrtc::unkeyed_context(),
@@ -590,6 +589,7 @@ impl Forwarder {
             subscribers: Vec::new(),
             primary_ssrc: config.encodings[0],
             stream_ids: config.stream_ids,
+            audio_level_extension: config.audio_level_extension,
         }) as u32);
         for (i, &ssrc) in config.encodings.iter().enumerate() {
             // At most MAX_ENCODINGS, checked above.
@@ -1119,6 +1119,9 @@ impl Forwarder {
         let Ok(payload) = rtp::payload_range(&contents[..plain_len], &header) else {
             return self.drop_at(Some(leg_id), DropReason::Malformed);
         };
+        if payload.is_empty() {
+            return self.on_padding_only(track_id, encoding, &header, now);
+        }
         let Ok(info) = codec::inspect(track.codec, &contents[payload.clone()], header.marker)
         else {
             return self.drop_at(Some(leg_id), DropReason::Malformed);
@@ -1322,6 +1325,30 @@ impl Forwarder {
             self.latch(leg_id, local, source, kind);
         }
         Some((leg_id, plain_len))
+    }
+
+    /// A packet of padding alone (RFC 3550 §5.1: browsers probe bandwidth with them when
+    /// no RTX stream is negotiated). It takes a sequence number and carries nothing: it
+    /// counts as received, so no NACK asks for it again, is never forwarded, and each
+    /// subscriber's numbering closes over it.
+    fn on_padding_only(
+        &mut self,
+        track_id: TrackId,
+        encoding: u8,
+        header: &RtpHeader,
+        now: Instant,
+    ) {
+        let track = &mut self.tracks[track_id.index()];
+        let Some(e) = track.encodings.get_mut(usize::from(encoding)) else {
+            return;
+        };
+        e.receive.on_packet(header.sequence, header.timestamp, now);
+        e.nack.on_packet(header.sequence, now);
+        for &sub in &track.subscribers {
+            self.subscriptions[sub.index()]
+                .rewriter
+                .skip(header.ssrc, header.sequence);
+        }
     }
 
     /// Remember where each published SSRC comes from. A peer may send its streams from
@@ -1562,6 +1589,9 @@ impl Forwarder {
                 };
                 out.copy_from_slice(&pending.data[..len]);
                 rewrite_header(out, sub.ssrc, sequence, timestamp, sub.payload_type);
+                if let Some(web) = &leg.webrtc {
+                    web.translate_extensions(out, track.audio_level_extension);
+                }
                 if end_of_picture {
                     rtp::set_marker(out, true);
                 }

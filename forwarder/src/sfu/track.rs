@@ -130,6 +130,9 @@ pub(crate) struct Track {
     /// The fan-out list.
     pub(crate) subscribers: Vec<SubscriptionId>,
     pub(crate) stream_ids: Option<StreamIds>,
+    /// The publisher's id of the audio-level header extension, kept (renumbered) when
+    /// the track is forwarded to a browser.
+    pub(crate) audio_level_extension: Option<u8>,
     /// The SSRC subscribers see by default: the first encoding's as configured (a browser
     /// may publish with another, bound later by its MID).
     pub(crate) primary_ssrc: Ssrc,

@@ -55,6 +55,10 @@ pub struct StreamExtensions {
     pub mid: Option<u8>,
     /// `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id` (RFC 8852).
     pub rid: Option<u8>,
+    /// `urn:ietf:params:rtp-hdrext:ssrc-audio-level` (RFC 6464) in what the peer
+    /// receives: forwarded audio keeps its level under this id, and every other header
+    /// extension of the publisher's is removed (its ids mean nothing to this peer).
+    pub audio_level: Option<u8>,
 }
 
 /// How a track published over WebRTC is recognised: the MID of its m-section and, for
@@ -159,6 +163,13 @@ impl WebrtcLeg {
             checked: Vec::with_capacity(MAX_CHECKED),
             keyed: false,
         }
+    }
+
+    /// Make a forwarded packet's header extensions this peer's: the audio level (under
+    /// the publisher's id `audio_level`) renumbered, everything else removed.
+    pub(crate) fn translate_extensions(&self, packet: &mut [u8], audio_level: Option<u8>) {
+        let to = self.extensions.audio_level;
+        rtp::translate_extensions(packet, |id| to.filter(|_| Some(id) == audio_level));
     }
 
     /// The payload type the peer expects for `codec`, when it negotiated one.
@@ -418,6 +429,26 @@ impl Forwarder {
         leg.srtp_out = SrtpContext::new(send);
     }
 
+    /// Change a WebRTC leg in place as its peer renegotiates: new ICE credentials (a
+    /// restart), the header extension ids of a new offer, payload types. Its address,
+    /// keys and subscriptions stay. A new certificate fingerprint cannot be taken in
+    /// place (it needs a new handshake): re-create the leg for that.
+    pub fn update_webrtc(
+        &mut self,
+        leg_id: LegId,
+        transport: &WebrtcTransport,
+    ) -> Result<(), super::ConfigureError> {
+        self.restart_ice(leg_id, transport.ice.clone())?;
+        let web = self
+            .legs
+            .get_mut(leg_id.index())
+            .and_then(|l| l.webrtc.as_mut())
+            .ok_or(super::ConfigureError::NotWebrtc)?;
+        web.extensions = transport.extensions;
+        web.payload_types.clone_from(&transport.payload_types);
+        Ok(())
+    }
+
     /// New ICE credentials for a WebRTC leg (an ICE restart, RFC 8445 §9). The leg keeps
     /// its address, keys and subscriptions until the peer nominates with the new ones.
     pub fn restart_ice(
@@ -433,6 +464,9 @@ impl Forwarder {
             .webrtc
             .as_mut()
             .ok_or(super::ConfigureError::NotWebrtc)?;
+        if web.ice.credentials() == &credentials {
+            return Ok(());
+        }
         if web.ice.local_ufrag() != credentials.local_ufrag {
             if let Some(&other) = self.by_ufrag.get(&credentials.local_ufrag) {
                 if other != leg_id {

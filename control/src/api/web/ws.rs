@@ -826,6 +826,7 @@ impl Session {
                     audio_muted: args.audio_muted,
                     video_muted: args.video_muted,
                     srtp_profiles: Vec::new(),
+                    browser: true,
                 };
                 let joined = service.join(&self.meeting, input, now()).await?;
                 (

@@ -102,6 +102,26 @@ pub struct BrowserTransport {
     pub answered: u64,
 }
 
+impl BrowserTransport {
+    /// A browser that joined and has negotiated nothing yet: our credentials for both
+    /// connections, its certificate unknown.
+    pub fn new() -> Result<Self, DomainError> {
+        Ok(BrowserTransport {
+            remote_fingerprint: String::new(),
+            publish: IceCredentials::generate()?,
+            subscribe: IceCredentials::generate()?,
+            extensions: StreamExtensionIds::default(),
+            slots: Vec::new(),
+            revision: 0,
+            answered: 0,
+        })
+    }
+}
+
+/// The audio-level extension id of the subscribe connection's offers
+/// (`webrtc::sdp::SUBSCRIBE_EXT_AUDIO_LEVEL`).
+pub const SUBSCRIBE_AUDIO_LEVEL_EXTENSION: u8 = crate::webrtc::sdp::SUBSCRIBE_EXT_AUDIO_LEVEL;
+
 /// The payload types of the subscribe connection, one table for every m-section so that
 /// no two of a BUNDLE group disagree (docs/webrtc.md).
 pub const SUBSCRIBE_PAYLOAD_TYPES: [(&str, u8); 4] =

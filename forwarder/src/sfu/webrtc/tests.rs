@@ -16,7 +16,8 @@ use crate::sfu::{
 use crate::srtp::{MasterKey, SrtpContext, SrtpProfile};
 use crate::stun::{self, BindingRequest, Class, IntegrityKey};
 
-const FINGERPRINT: &str = "sha-256 AB:CD";
+const FINGERPRINT: &str =
+    "sha-256 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
 const PROFILE: SrtpProfile = SrtpProfile::AeadAes128Gcm;
 const MID_EXT: u8 = 4;
 const RID_EXT: u8 = 10;
@@ -74,6 +75,7 @@ impl Room {
                         extensions: StreamExtensions {
                             mid: Some(MID_EXT),
                             rid: Some(RID_EXT),
+                            audio_level: None,
                         },
                         payload_types: vec![(Codec::Opaque, BROWSER_PT_OPUS)],
                     })),

@@ -1,0 +1,356 @@
+//! Browsers in a meeting, end to end: real headless Chromium (fake camera and microphone)
+//! in a network namespace joined by a veth pair, the join page served by a real
+//! `fanout-control` (memory store), media through real `fanout-forwarder` processes over
+//! ICE-lite, DTLS-SRTP and the SDP the control plane negotiates (docs/webrtc.md).
+//!
+//! Two browsers join one meeting through the join page and each decodes the other's video
+//! and audio; a screen share from one appears at the other; an ICE restart and a forwarder
+//! failover both resume media. Needs root (namespaces) and Chromium; skips loudly without.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fanout_control::api::pb;
+use fanout_tests::browser::{
+    chromium_available, inbound_rtp_stats, is_root, wait_for, wait_for_inbound_rtp, Browser,
+    BrowserNetwork, BrowserOptions, InboundRtp, Page,
+};
+use fanout_tests::forwarder::{control_binary, forwarder_binary};
+use fanout_tests::process::Proc;
+use tonic::metadata::MetadataValue;
+use tonic::Request;
+
+const OPERATOR: &str = "operator-token-for-browsers-0123456789";
+const ENROLMENT: &str = "enrolment-token-for-browsers-0123456789";
+/// How long media may take to start (ICE, DTLS, a keyframe) or to resume.
+const MEDIA: Duration = Duration::from_secs(30);
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("SKIPPED webrtc_browsers: needs root for network namespaces");
+        return true;
+    }
+    if !chromium_available() {
+        eprintln!("SKIPPED webrtc_browsers: Chromium is not installed (scripts/install-deps.sh)");
+        return true;
+    }
+    false
+}
+
+/// The control plane, its forwarders, and the browsers' network.
+struct Deployment {
+    net: BrowserNetwork,
+    control: Proc,
+    /// `host:port` of gRPC, REST, WebSocket and the join page.
+    address: String,
+    metrics: String,
+    forwarders: Vec<Proc>,
+    forwarder_metrics: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn start(forwarders: usize) -> Result<Deployment> {
+        let net = BrowserNetwork::create()?;
+        let host = net.host_ip();
+        let dir = tempfile::tempdir()?;
+        let file = |name: &str, text: &str| -> Result<std::path::PathBuf> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text)?;
+            Ok(path)
+        };
+        let operator = file("operator", OPERATOR)?;
+        let enrolment = file("enrolment", ENROLMENT)?;
+        let config = file("control.toml", "[registry]\nlease_ttl_ms = 1500\n")?;
+        let mut command = Command::new(control_binary()?);
+        command
+            .args(["--store", "memory"])
+            .arg("--listen")
+            .arg(format!("{host}:0"))
+            .args(["--metrics", "127.0.0.1:0"])
+            .arg("--operator-token-file")
+            .arg(&operator)
+            .arg("--enrolment-token-file")
+            .arg(&enrolment)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null());
+        let mut control = Proc::spawn("fanout-control", command)?;
+        let metrics = control
+            .wait_stderr(Duration::from_secs(30), "its metrics address", |line| {
+                word_after(line, "metrics at http://")
+            })?
+            .trim_end_matches("/metrics")
+            .to_owned();
+        let address = control.wait_stderr(Duration::from_secs(30), "its address", |line| {
+            word_after(line, "listening on ")
+        })?;
+        let mut deployment = Deployment {
+            net,
+            control,
+            address,
+            metrics,
+            forwarders: Vec::new(),
+            forwarder_metrics: Vec::new(),
+            _dir: dir,
+        };
+        for i in 0..forwarders {
+            deployment.add_forwarder(i, &enrolment)?;
+        }
+        let live = format!("fanout_control_live_forwarders {forwarders}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !scrape(&deployment.metrics)?.contains(&live) {
+            if Instant::now() > deadline {
+                bail!(
+                    "the forwarders did not register:\n{}",
+                    deployment.control.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50)); // polling a metrics endpoint
+        }
+        Ok(deployment)
+    }
+
+    fn add_forwarder(&mut self, i: usize, enrolment: &std::path::Path) -> Result<()> {
+        let host = self.net.host_ip();
+        let ports = format!("{}-{}", 46000 + i * 10, 46009 + i * 10);
+        let mut command = Command::new(forwarder_binary()?);
+        command
+            .args(["--control", &format!("http://{}", self.address)])
+            .args(["--forwarder-id", &format!("fwd-{i}"), "--region", "local"])
+            .arg("--media-ip")
+            .arg(host.to_string())
+            .arg("--listen")
+            .arg(format!("{host}:0"))
+            .args(["--port-range", &ports, "--shards", "1"])
+            .args(["--progress-interval", "0", "--metrics", "127.0.0.1:0"])
+            .arg("--enrolment-token-file")
+            .arg(enrolment)
+            .stdin(Stdio::null());
+        let mut forwarder = Proc::spawn(format!("fwd-{i}"), command)?;
+        let metrics =
+            forwarder.wait_stderr(Duration::from_secs(30), "its metrics address", |line| {
+                word_after(line, "metrics at http://")
+            })?;
+        self.forwarder_metrics
+            .push(metrics.trim_end_matches("/metrics").to_owned());
+        self.forwarders.push(forwarder);
+        Ok(())
+    }
+
+    async fn create_meeting(&self, id: &str) -> Result<String> {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.address))?
+            .connect()
+            .await?;
+        let mut request = Request::new(pb::CreateMeetingRequest {
+            meeting_id: id.into(),
+            kind: pb::MeetingKind::Meeting.into(),
+            title: "browsers".into(),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {OPERATOR}"))?,
+        );
+        pb::meetings_client::MeetingsClient::new(channel)
+            .create_meeting(request)
+            .await?;
+        Ok(format!("http://{}/m/{id}", self.address))
+    }
+
+    async fn browser(&self) -> Result<Browser> {
+        Browser::launch(
+            self.net.namespace(),
+            BrowserOptions {
+                secure_origins: vec![format!("http://{}", self.address)],
+                ..BrowserOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Logs of every process, for a failing test.
+    fn logs(&self) -> String {
+        let mut out = format!("--- fanout-control\n{}\n", tail(&self.control.stderr()));
+        for (f, metrics) in self.forwarders.iter().zip(&self.forwarder_metrics) {
+            out += &format!("--- {}\n{}\n", f.name(), tail(&f.stderr()));
+            // What the legs counted: traffic, drops, ICE and DTLS.
+            let counters = scrape(metrics).unwrap_or_default();
+            for line in counters.lines().filter(|l| {
+                l.starts_with("fanout_") && !l.ends_with(" 0") && !l.contains("_bucket")
+            }) {
+                out += line;
+                out += "\n";
+            }
+        }
+        out
+    }
+}
+
+fn tail(text: &str) -> &str {
+    let start = text.len().saturating_sub(6000);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[start..]
+}
+
+fn word_after(line: &str, marker: &str) -> Option<String> {
+    let at = line.find(marker)?;
+    let rest = &line[at + marker.len()..];
+    Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
+}
+
+fn scrape(base: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let address: SocketAddr = base.parse().context("metrics address")?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {base}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// Open the join page as `name` and join; returns once admitted.
+async fn join(browser: &Browser, url: &str, name: &str) -> Result<Page> {
+    let page = browser.new_page().await?;
+    page.navigate(url).await?;
+    wait_for(
+        &page,
+        "window.fanout && !document.getElementById('prejoin').hidden",
+        MEDIA,
+    )
+    .await?;
+    page.eval(&format!(
+        "document.getElementById('name').value = {name:?}; document.getElementById('join-button').click(); 1"
+    ))
+    .await?;
+    wait_for(&page, "fanout.presence === 'admitted' && fanout.sub", MEDIA).await?;
+    Ok(page)
+}
+
+/// Video decoding and audio arriving on the page's subscribe connection, and still
+/// growing a moment later.
+async fn media_flows(page: &Page, what: &str, video_streams: u64) -> Result<InboundRtp> {
+    let first = wait_for_inbound_rtp(page, "fanout.sub", MEDIA, what, |s| {
+        s.video.streams >= video_streams
+            && s.video.frames_decoded > 0
+            && s.audio.packets_received > 0
+    })
+    .await;
+    let first = match first {
+        Ok(first) => first,
+        Err(e) => {
+            let state = page.eval(CONNECTION_STATE).await;
+            return Err(e.context(format!("connections: {state:?}")));
+        }
+    };
+    let later = wait_for_inbound_rtp(page, "fanout.sub", MEDIA, what, |s| {
+        s.video.frames_decoded > first.video.frames_decoded
+            && s.audio.packets_received > first.audio.packets_received
+    })
+    .await?;
+    Ok(later)
+}
+
+/// What a failing test reports of the page's two connections.
+const CONNECTION_STATE: &str = r#"JSON.stringify([fanout.pub, fanout.sub].map(pc => pc && { signaling: pc.signalingState, ice: pc.iceConnectionState, connection: pc.connectionState, remote: pc.remoteDescription && pc.remoteDescription.sdp, local: pc.localDescription && pc.localDescription.sdp }))"#;
+
+/// Run a test body; on failure, print every process's log.
+async fn with_logs<F, T>(deployment: &Deployment, body: F) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let result = body.await;
+    if let Err(e) = &result {
+        eprintln!("{e:#}\n{}", deployment.logs());
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_see_and_hear_each_other_share_a_screen_and_restart_ice() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let deployment = Deployment::start(1)?;
+    let url = deployment.create_meeting("browsers").await?;
+    let (alice_browser, bob_browser) = (deployment.browser().await?, deployment.browser().await?);
+    with_logs(&deployment, async {
+        let alice = join(&alice_browser, &url, "Alice").await?;
+        let bob = join(&bob_browser, &url, "Bob").await?;
+        media_flows(&alice, "Bob's camera and microphone at Alice", 1).await?;
+        media_flows(&bob, "Alice's camera and microphone at Bob", 1).await?;
+        let pair = fanout_tests::browser::selected_candidate_pair(&bob, "fanout.sub")
+            .await?
+            .context("a selected pair")?;
+        assert_eq!(pair.remote.address, deployment.net.host_ip().to_string());
+
+        // Alice shares her screen: a second video stream at Bob.
+        alice
+            .eval("document.getElementById('share').click(); 1")
+            .await?;
+        media_flows(&bob, "Alice's screen at Bob", 2).await?;
+
+        // Bob restarts ICE on both connections: new credentials, media goes on.
+        let ufrag = "fanout.sub.remoteDescription.sdp.match(/a=ice-ufrag:(\\S+)/)[1]";
+        let before = bob.eval(ufrag).await?;
+        bob.eval(
+            "fanout.restartIce('subscribe').then(() => fanout.restartIce('publish')).then(() => 1)",
+        )
+        .await?;
+        wait_for(&bob, &format!("{ufrag} !== {before}"), MEDIA).await?;
+        media_flows(&bob, "media at Bob after its ICE restart", 2).await?;
+        media_flows(&alice, "Bob's media at Alice after his ICE restart", 1).await?;
+        let stats = inbound_rtp_stats(&alice, "fanout.sub").await?;
+        eprintln!("Alice receives: {stats:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_resumes_after_the_forwarder_dies() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut deployment = Deployment::start(2)?;
+    let url = deployment.create_meeting("failover").await?;
+    let (alice_browser, bob_browser) = (deployment.browser().await?, deployment.browser().await?);
+    let result = with_logs(&deployment, async {
+        let alice = join(&alice_browser, &url, "Alice").await?;
+        let bob = join(&bob_browser, &url, "Bob").await?;
+        media_flows(&alice, "Bob's media at Alice", 1).await?;
+        media_flows(&bob, "Alice's media at Bob", 1).await?;
+        let candidate = "fanout.sub.remoteDescription.sdp.match(/a=candidate:\\S+ \\d \\S+ \\d+ (\\S+ \\d+)/)[1]";
+        let serving = alice.eval(candidate).await?;
+        Ok((alice, bob, serving))
+    })
+    .await;
+    let (alice, bob, serving) = result?;
+    // Kill the forwarder whose port the meeting uses (SIGKILL: no goodbye).
+    let port: u16 = serving
+        .as_str()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .context("the serving candidate's port")?;
+    let index = usize::from((port - 46000) / 10);
+    deployment.forwarders[index].kill();
+    with_logs(&deployment, async {
+        wait_for(
+            &alice,
+            &format!("{candidate} !== {serving}", candidate = "fanout.sub && fanout.sub.remoteDescription && fanout.sub.remoteDescription.sdp.match(/a=candidate:\\S+ \\d \\S+ \\d+ (\\S+ \\d+)/)[1]"),
+            MEDIA,
+        )
+        .await?;
+        media_flows(&alice, "Bob's media at Alice after the failover", 1).await?;
+        media_flows(&bob, "Alice's media at Bob after the failover", 1).await?;
+        Ok(())
+    })
+    .await
+}
