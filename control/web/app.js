@@ -392,9 +392,14 @@
     screenTransceiver = null;
   }
 
+  // New connections (another forwarder, a new role): the publish offer of the new
+  // connection is answered from the current placement, and an ICE restart of the
+  // subscribe connection makes the control plane offer it afresh.
   function rebuild() {
     if (fanout.presence !== 'admitted' || closing) return;
-    buildConnections().catch((err) => console.error('fanout: rebuild', err));
+    buildConnections()
+      .then(() => request({ type: 'ice_restart', connection: 'subscribe' }))
+      .catch((err) => console.error('fanout: rebuild', err));
   }
 
   // The subscribe offer's msid stream id is the publisher's participant id: its first
