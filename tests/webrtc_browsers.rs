@@ -141,15 +141,21 @@ impl Deployment {
     }
 
     async fn create_meeting(&self, id: &str) -> Result<String> {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.address))?
-            .connect()
-            .await?;
-        let mut request = Request::new(pb::CreateMeetingRequest {
+        self.create(pb::CreateMeetingRequest {
             meeting_id: id.into(),
             kind: pb::MeetingKind::Meeting.into(),
             title: "browsers".into(),
             ..Default::default()
-        });
+        })
+        .await
+    }
+
+    async fn create(&self, meeting: pb::CreateMeetingRequest) -> Result<String> {
+        let id = meeting.meeting_id.clone();
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.address))?
+            .connect()
+            .await?;
+        let mut request = Request::new(meeting);
         request.metadata_mut().insert(
             "authorization",
             MetadataValue::try_from(format!("Bearer {OPERATOR}"))?,
@@ -216,8 +222,8 @@ fn scrape(base: &str) -> Result<String> {
     Ok(body)
 }
 
-/// Open the join page as `name` and join; returns once admitted.
-async fn join(browser: &Browser, url: &str, name: &str) -> Result<Page> {
+/// Open the join page and ask to join as `name`.
+async fn knock(browser: &Browser, url: &str, name: &str) -> Result<Page> {
     let page = browser.new_page().await?;
     page.navigate(url).await?;
     wait_for(
@@ -230,6 +236,12 @@ async fn join(browser: &Browser, url: &str, name: &str) -> Result<Page> {
         "document.getElementById('name').value = {name:?}; document.getElementById('join-button').click(); 1"
     ))
     .await?;
+    Ok(page)
+}
+
+/// Open the join page as `name` and join; returns once admitted.
+async fn join(browser: &Browser, url: &str, name: &str) -> Result<Page> {
+    let page = knock(browser, url, name).await?;
     wait_for(&page, "fanout.presence === 'admitted' && fanout.sub", MEDIA).await?;
     Ok(page)
 }
@@ -350,6 +362,71 @@ async fn media_resumes_after_the_forwarder_dies() -> Result<()> {
         .await?;
         media_flows(&alice, "Bob's media at Alice after the failover", 1).await?;
         media_flows(&bob, "Alice's media at Bob after the failover", 1).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_room_mute_and_leave_work_through_the_page() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let deployment = Deployment::start(1)?;
+    let url = deployment
+        .create(pb::CreateMeetingRequest {
+            meeting_id: "lobby".into(),
+            kind: pb::MeetingKind::Meeting.into(),
+            title: "with a waiting room".into(),
+            waiting_room: true,
+            ..Default::default()
+        })
+        .await?;
+    let (alice_browser, bob_browser) = (deployment.browser().await?, deployment.browser().await?);
+    with_logs(&deployment, async {
+        // The first to join hosts; the publish offer carries three simulcast encodings.
+        let alice = join(&alice_browser, &url, "Alice").await?;
+        wait_for(
+            &alice,
+            "fanout.role === 'host' && fanout.pub && fanout.pub.localDescription",
+            MEDIA,
+        )
+        .await?;
+        let sdp = alice.eval("fanout.pub.localDescription.sdp").await?;
+        let sdp = sdp.as_str().context("an SDP")?;
+        assert!(sdp.contains("a=simulcast:send q;h;f"), "{sdp}");
+
+        // Bob waits until Alice admits him.
+        let bob = knock(&bob_browser, &url, "Bob").await?;
+        wait_for(
+            &bob,
+            "fanout.presence === 'waiting' && !document.getElementById('waiting').hidden",
+            MEDIA,
+        )
+        .await?;
+        let bob_id = bob.eval("fanout.me").await?;
+        let admit = "[...document.querySelectorAll('#people button')].find(b => b.textContent === 'Admit')";
+        wait_for(&alice, &format!("!!{admit}"), MEDIA).await?;
+        alice.eval(&format!("{admit}.click(); 1")).await?;
+        wait_for(&bob, "fanout.presence === 'admitted' && !document.getElementById('meeting').hidden", MEDIA).await?;
+        media_flows(&alice, "Bob's media at Alice once admitted", 1).await?;
+
+        // Bob mutes: Alice is told.
+        bob.eval("document.getElementById('mic').click(); 1").await?;
+        wait_for(
+            &alice,
+            &format!("fanout.participants[{bob_id}] && fanout.participants[{bob_id}].audio_muted === true"),
+            MEDIA,
+        )
+        .await?;
+        // Bob leaves: his tile goes.
+        bob.eval("document.querySelector('#meeting .leave').click(); 1").await?;
+        wait_for(
+            &alice,
+            &format!("!fanout.participants[{bob_id}] && !document.querySelector('figure[data-participant=' + JSON.stringify({bob_id}) + ']')"),
+            MEDIA,
+        )
+        .await?;
         Ok(())
     })
     .await
