@@ -232,8 +232,8 @@ impl BrowserNegotiator {
             .slots
             .iter()
             .map(|slot| {
-                let codec = subscribe_codec(&slot.codec);
-                if slot.stopped || codec.is_none() {
+                // A codec browsers are not offered (none so far) is left inactive too.
+                let Some(codec) = subscribe_codec(&slot.codec).filter(|_| !slot.stopped) else {
                     let kind = match slot.kind {
                         TrackKind::Audio => sdp::MediaKind::Audio,
                         _ => sdp::MediaKind::Video,
@@ -242,10 +242,10 @@ impl BrowserNegotiator {
                         mid: slot.mid.clone(),
                         kind,
                     };
-                }
+                };
                 sdp::SubscribeSlot::Track(sdp::SubscribeTrack {
                     mid: slot.mid.clone(),
-                    codec: codec.unwrap_or(sdp::SubscribeCodec::Vp8),
+                    codec,
                     ssrc: slot.ssrc,
                     cname: slot.publisher.to_string(),
                     // The join page names a remote participant's tile by its stream id.

@@ -56,8 +56,12 @@ struct Room {
 
 impl Room {
     fn new() -> Room {
+        Room::with(ForwarderConfig::default())
+    }
+
+    fn with(config: ForwarderConfig) -> Room {
         let now = Instant::now();
-        let mut core = Forwarder::new(ForwarderConfig::default(), now);
+        let mut core = Forwarder::new(config, now);
         let m = MeetingId::from("m");
         core.add_meeting(m.clone()).unwrap();
         let (browser, plain) = (ParticipantId::from("browser"), ParticipantId::from("plain"));
@@ -566,4 +570,47 @@ fn ufrags_are_unique_and_stream_ids_belong_to_webrtc_legs() {
         room.core.unattributed_drops().get(DropReason::StunRejected),
         1
     );
+}
+
+/// A DTLS record header with a ClientHello fragment that is cut short: enough to start a
+/// handshake, never enough to finish one.
+fn truncated_client_hello() -> Vec<u8> {
+    let mut d = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12];
+    d.extend_from_slice(&[1, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0, 0]);
+    d
+}
+
+#[test]
+fn dtls_comes_only_from_checked_addresses_and_a_stalled_handshake_is_freed() {
+    let identity = crate::dtls::DtlsIdentity::generate().unwrap();
+    let mut room = Room::with(ForwarderConfig {
+        dtls_identity: Some(identity),
+        ..ForwarderConfig::default()
+    });
+    // Before any check: nobody's handshake.
+    room.datagram(BROWSER, truncated_client_hello());
+    assert_eq!(
+        room.core
+            .unattributed_drops()
+            .get(DropReason::UnknownSource),
+        1
+    );
+    assert!(room.transmits().is_empty());
+
+    // After a check (not yet a nomination), the handshake may start from that address.
+    let pwd = credentials("fnt1").local_pwd;
+    room.check(BROWSER, false, &pwd, 1);
+    room.transmits();
+    room.datagram(BROWSER, truncated_client_hello());
+    assert_eq!(room.core.is_keyed(room.web), Some(false));
+    // It never completes: the deadline fails it, frees it, and counts it; no keys.
+    let start = room.now;
+    while room.now < start + Duration::from_secs(12) {
+        room.now += Duration::from_millis(100);
+        room.core.handle_timeout(room.now);
+        room.transmits();
+    }
+    let stats = room.core.leg_stats(room.web).unwrap();
+    assert_eq!((stats.dtls_failed, stats.dtls_connected), (1, 0));
+    assert_eq!(room.core.is_keyed(room.web), Some(false));
 }
