@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,10 +18,15 @@ use fanout_tests::browser::{
     chromium_available, inbound_rtp_stats, is_root, wait_for, wait_for_inbound_rtp, Browser,
     BrowserNetwork, BrowserOptions, InboundRtp, Page,
 };
-use fanout_tests::forwarder::{control_binary, forwarder_binary};
+use fanout_tests::forwarder::{control_binary, forwarder_binary, loadgen_binary};
 use fanout_tests::process::Proc;
 use tonic::metadata::MetadataValue;
 use tonic::Request;
+
+/// Media ports of the forwarders this process starts, a range each.
+const FIRST_PORT: u16 = 46000;
+const PORTS_PER_FORWARDER: u16 = 10;
+static NEXT_FORWARDER: AtomicU16 = AtomicU16::new(0);
 
 const OPERATOR: &str = "operator-token-for-browsers-0123456789";
 const ENROLMENT: &str = "enrolment-token-for-browsers-0123456789";
@@ -48,7 +54,9 @@ struct Deployment {
     metrics: String,
     forwarders: Vec<Proc>,
     forwarder_metrics: Vec<String>,
-    _dir: tempfile::TempDir,
+    /// Each forwarder's media ports.
+    forwarder_ports: Vec<std::ops::RangeInclusive<u16>>,
+    dir: tempfile::TempDir,
 }
 
 impl Deployment {
@@ -94,7 +102,8 @@ impl Deployment {
             metrics,
             forwarders: Vec::new(),
             forwarder_metrics: Vec::new(),
-            _dir: dir,
+            forwarder_ports: Vec::new(),
+            dir,
         };
         for i in 0..forwarders {
             deployment.add_forwarder(i, &enrolment)?;
@@ -115,7 +124,10 @@ impl Deployment {
 
     fn add_forwarder(&mut self, i: usize, enrolment: &std::path::Path) -> Result<()> {
         let host = self.net.host_ip();
-        let ports = format!("{}-{}", 46000 + i * 10, 46009 + i * 10);
+        // Tests of this binary run at once: each forwarder gets ports of its own.
+        let first =
+            FIRST_PORT + PORTS_PER_FORWARDER * NEXT_FORWARDER.fetch_add(1, Ordering::Relaxed);
+        let ports = format!("{first}-{}", first + PORTS_PER_FORWARDER - 1);
         let mut command = Command::new(forwarder_binary()?);
         command
             .args(["--control", &format!("http://{}", self.address)])
@@ -137,6 +149,8 @@ impl Deployment {
         self.forwarder_metrics
             .push(metrics.trim_end_matches("/metrics").to_owned());
         self.forwarders.push(forwarder);
+        self.forwarder_ports
+            .push(first..=first + PORTS_PER_FORWARDER - 1);
         Ok(())
     }
 
@@ -152,18 +166,24 @@ impl Deployment {
 
     async fn create(&self, meeting: pb::CreateMeetingRequest) -> Result<String> {
         let id = meeting.meeting_id.clone();
+        self.meetings()
+            .await?
+            .create_meeting(as_operator(meeting)?)
+            .await?;
+        Ok(self.join_url(&id))
+    }
+
+    fn join_url(&self, meeting: &str) -> String {
+        format!("http://{}/m/{meeting}", self.address)
+    }
+
+    async fn meetings(
+        &self,
+    ) -> Result<pb::meetings_client::MeetingsClient<tonic::transport::Channel>> {
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.address))?
             .connect()
             .await?;
-        let mut request = Request::new(meeting);
-        request.metadata_mut().insert(
-            "authorization",
-            MetadataValue::try_from(format!("Bearer {OPERATOR}"))?,
-        );
-        pb::meetings_client::MeetingsClient::new(channel)
-            .create_meeting(request)
-            .await?;
-        Ok(format!("http://{}/m/{id}", self.address))
+        Ok(pb::meetings_client::MeetingsClient::new(channel))
     }
 
     async fn browser(&self) -> Result<Browser> {
@@ -193,6 +213,16 @@ impl Deployment {
         }
         out
     }
+}
+
+/// `request` with the operator's bearer token.
+fn as_operator<T>(request: T) -> Result<Request<T>> {
+    let mut request = Request::new(request);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {OPERATOR}"))?,
+    );
+    Ok(request)
 }
 
 fn tail(text: &str) -> &str {
@@ -255,19 +285,24 @@ async fn media_flows(page: &Page, what: &str, video_streams: u64) -> Result<Inbo
             && s.audio.packets_received > 0
     })
     .await;
-    let first = match first {
-        Ok(first) => first,
-        Err(e) => {
-            let state = page.eval(CONNECTION_STATE).await;
-            return Err(e.context(format!("connections: {state:?}")));
-        }
-    };
+    let first = with_connection_state(page, first).await?;
     let later = wait_for_inbound_rtp(page, "fanout.sub", MEDIA, what, |s| {
         s.video.frames_decoded > first.video.frames_decoded
             && s.audio.packets_received > first.audio.packets_received
     })
     .await?;
     Ok(later)
+}
+
+/// `result`, with the page's connections described if it is an error.
+async fn with_connection_state<T>(page: &Page, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            let state = page.eval(CONNECTION_STATE).await;
+            Err(e.context(format!("connections: {state:?}")))
+        }
+    }
 }
 
 /// What a failing test reports of the page's two connections.
@@ -351,7 +386,11 @@ async fn media_resumes_after_the_forwarder_dies() -> Result<()> {
         .and_then(|s| s.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok())
         .context("the serving candidate's port")?;
-    let index = usize::from((port - 46000) / 10);
+    let index = deployment
+        .forwarder_ports
+        .iter()
+        .position(|range| range.contains(&port))
+        .context("the forwarder serving that port")?;
     deployment.forwarders[index].kill();
     with_logs(&deployment, async {
         wait_for(
@@ -427,6 +466,105 @@ async fn the_waiting_room_mute_and_leave_work_through_the_page() -> Result<()> {
             MEDIA,
         )
         .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_load_generator_participants_receive_each_others_media() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let deployment = Deployment::start(1)?;
+    // Two plain-SRTP participants played by the load generator, publishing audio and a
+    // simulcast camera into a meeting of their own making.
+    let participants = deployment.dir.path().join("participants.jsonl");
+    let operator = deployment.dir.path().join("operator");
+    let mut command = Command::new(loadgen_binary()?);
+    command
+        .args([
+            "run",
+            "--control",
+            &format!("http://{}", deployment.address),
+        ])
+        .arg("--operator-token-file")
+        .arg(&operator)
+        .args(["--set", "name=\"mixed\"", "--set", "duration_s=45"])
+        .args(["--set", "meetings=[{count=1, participants=2}]"])
+        .args(["--progress-interval", "0", "--threads", "1"])
+        .arg("--participants")
+        .arg(&participants)
+        .stdin(Stdio::null());
+    let mut loadgen = Proc::spawn("fanout-loadgen", command)?;
+    let browser = deployment.browser().await?;
+    with_logs(&deployment, async {
+        // The browser joins the load generator's meeting.
+        let deadline = Instant::now() + MEDIA;
+        let meeting = loop {
+            let listed = deployment
+                .meetings()
+                .await?
+                .list_meetings(as_operator(pb::ListMeetingsRequest::default())?)
+                .await?
+                .into_inner();
+            if let Some(m) = listed.meetings.first() {
+                break m.meeting_id.clone();
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the load generator made no meeting:\n{}",
+                    tail(&loadgen.stderr())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling the API
+        };
+        let page = join(&browser, &deployment.join_url(&meeting), "Browser").await?;
+        // Both load-generator participants' audio and camera reach the browser.
+        let first = wait_for_inbound_rtp(
+            &page,
+            "fanout.sub",
+            MEDIA,
+            "the load generator's media",
+            |s| {
+                s.video.streams >= 2
+                    && s.video.packets_received > 0
+                    && s.audio.streams >= 2
+                    && s.audio.packets_received > 0
+            },
+        )
+        .await;
+        let first = with_connection_state(&page, first).await?;
+        let later = wait_for_inbound_rtp(&page, "fanout.sub", MEDIA, "more of it", |s| {
+            s.video.packets_received > first.video.packets_received
+                && s.audio.packets_received > first.audio.packets_received
+        })
+        .await?;
+        eprintln!("the browser receives: {later:?}");
+        // And the browser's media reaches both of them, authenticated (SRTP with their
+        // own keys) and counted as another participant's.
+        let status = loadgen.wait_timeout(Duration::from_secs(90))?;
+        if !status.success() {
+            bail!(
+                "the load generator failed ({status}):\n{}",
+                tail(&loadgen.stderr())
+            );
+        }
+        let text = std::fs::read_to_string(&participants)?;
+        let mut seen = 0;
+        for line in text.lines() {
+            let p: serde_json::Value = serde_json::from_str(line)?;
+            let foreign = p["receiver"]["foreign"].as_u64().unwrap_or(0);
+            let invalid = p["receiver"]["invalid"].as_u64().unwrap_or(0);
+            assert!(
+                foreign > 100,
+                "{}: {foreign} packets of the browser's media ({invalid} invalid)",
+                p["name"]
+            );
+            assert!(p["receiver"]["packets"].as_u64().unwrap_or(0) > 0, "{line}");
+            seen += 1;
+        }
+        assert_eq!(seen, 2, "two load-generator participants: {text}");
         Ok(())
     })
     .await

@@ -313,6 +313,7 @@
 
   function onSubscribeOffer(msg) {
     subChain = subChain.then(async () => {
+      await subscribeReady;
       const pc = fanout.sub;
       if (!pc) return;
       await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
@@ -354,22 +355,33 @@
   fanout.restartIce = restartIce;
 
   // One certificate for both connections: the forwarder checks both DTLS handshakes
-  // against the one fingerprint the control plane has for this participant.
-  async function connectionConfig() {
-    if (!fanout.certificate) {
-      fanout.certificate = await RTCPeerConnection.generateCertificate({ name: 'ECDSA', namedCurve: 'P-256' });
-    }
-    return { ...CONNECTION, certificates: [fanout.certificate] };
-  }
+  // against the one fingerprint the control plane has for this participant. Made as the
+  // page loads, so that joining does not wait for it.
+  const certificate = RTCPeerConnection.generateCertificate({ name: 'ECDSA', namedCurve: 'P-256' });
+
+  // Settles once the subscribe connection of the latest build exists: a subscribe offer
+  // may arrive while the build still waits for the certificate.
+  let subscribeReady = Promise.resolve();
 
   async function buildConnections() {
-    const config = await connectionConfig();
-    closeConnections();
-    const sub = new RTCPeerConnection(config);
-    fanout.sub = sub;
-    watchIce(sub, 'subscribe');
-    sub.ontrack = (e) => onRemoteTrack(e);
+    let ready;
+    subscribeReady = new Promise((resolve) => { ready = resolve; });
+    try {
+      fanout.certificate = await certificate;
+      const config = { ...CONNECTION, certificates: [fanout.certificate] };
+      closeConnections();
+      const sub = new RTCPeerConnection(config);
+      fanout.sub = sub;
+      watchIce(sub, 'subscribe');
+      sub.ontrack = (e) => onRemoteTrack(e);
+      ready();
+      await buildPublish(config);
+    } finally {
+      ready();
+    }
+  }
 
+  async function buildPublish(config) {
     if (fanout.role === 'attendee') return; // attendees only watch
     const local = await openLocalMedia();
     const pub = new RTCPeerConnection(config);

@@ -57,6 +57,10 @@ pub struct ReceiverStats {
     pub duplicates: u64,
     /// Datagrams dropped: failed SRTP authentication, replay, malformed RTP or probe.
     pub invalid: u64,
+    /// Authenticated RTP that carries no probe at all: media of a participant that is not
+    /// a load generator (a browser in a mixed meeting). Counted, not measured.
+    #[serde(default)]
+    pub foreign: u64,
     /// RTCP NACK packets sent, and the sequence numbers they asked for.
     pub nacks_sent: u64,
     pub nacked_packets: u64,

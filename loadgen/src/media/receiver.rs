@@ -546,6 +546,32 @@ fn parse_media(packet: &[u8]) -> Option<MediaPacket> {
     })
 }
 
+/// Whether a packet that is not ours is someone else's media rather than ours damaged:
+/// well-formed RTP with no trace of the probe's magic where a probe would be (at the
+/// payload's start, or after a VP8 descriptor and perhaps a key frame header). One byte of
+/// the magic intact means our packet, corrupted.
+fn is_foreign(packet: &[u8]) -> bool {
+    let Ok(header) = RtpHeader::parse(packet) else {
+        return false;
+    };
+    let Some(payload) = payload_range(packet, &header)
+        .ok()
+        .and_then(|range| packet.get(range))
+    else {
+        return false;
+    };
+    let near_magic = |at: usize| {
+        payload
+            .get(at..at + MAGIC.len())
+            .is_some_and(|b| b.iter().zip(&MAGIC).any(|(x, m)| x == m))
+    };
+    let after_descriptor = vp8_reader::inspect(payload, header.marker)
+        .ok()
+        .map(|info| info.descriptor_len);
+    let probe_after = |d: usize| near_magic(d) || near_magic(d + KEYFRAME_HEADER_LEN);
+    !payload.is_empty() && !near_magic(0) && !after_descriptor.is_some_and(probe_after)
+}
+
 /// Writes a REMB (draft-alvestrand-rmcat-remb-03 §2.2): PSFB FMT 15 with "REMB", the
 /// bitrate as an 18-bit mantissa and 6-bit exponent, and the SSRCs it applies to. The
 /// forwarder's RTCP module reads REMB but has no writer.
@@ -614,7 +640,11 @@ impl Receiver {
     /// media packet; `None` for duplicates and invalid packets (counted in the stats).
     pub fn handle_rtp(&mut self, now: Micros, packet: &[u8]) -> Option<Delivery> {
         let Some(media) = parse_media(packet) else {
-            self.totals.invalid += 1;
+            if is_foreign(packet) {
+                self.totals.foreign += 1;
+            } else {
+                self.totals.invalid += 1;
+            }
             return None;
         };
         let Some(index) = self.stream_for(now, &media) else {
@@ -1322,6 +1352,29 @@ mod tests {
         assert_eq!(r.stream_count(), 2);
         assert!(s.invalid > 0);
         assert_eq!(s.invalid + s.packets, packets.len() as u64);
+    }
+
+    #[test]
+    fn a_browsers_media_is_counted_as_foreign_not_invalid() {
+        let rtp = |pt: u8, payload: &[u8]| {
+            let mut p = vec![0x80, pt, 0, 1, 0, 0, 0, 0, 0x0b, 0x0b, 0x0b, 0x0b];
+            p.extend_from_slice(payload);
+            p
+        };
+        let mut r = Receiver::new(ReceiverConfig::new(1));
+        // Opus (a TOC byte and frame data), and VP8 (a descriptor with a 15-bit picture
+        // id, then a key frame's first bytes).
+        assert_eq!(
+            r.handle_rtp(0, &rtp(111, &[0x78, 0x0b, 0x31, 0x42, 0x11, 0x20])),
+            None
+        );
+        let vp8 = [
+            0x90, 0x80, 0x81, 0x23, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01,
+            0x00, 0x00,
+        ];
+        assert_eq!(r.handle_rtp(0, &rtp(96, &vp8)), None);
+        let s = r.stats();
+        assert_eq!((s.foreign, s.invalid, s.packets), (2, 0, 0));
     }
 
     #[test]

@@ -948,6 +948,7 @@ impl Session {
                         out.send(&Reply::SubscribeOffer { sdp: &sdp, revision }).await;
                     }
                     Some(Err(e)) => {
+                        warn!(error = %e, "no subscribe offer");
                         out.error(&Refusal::from(e), None, None).await;
                     }
                     None => offers = None,
