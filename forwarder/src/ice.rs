@@ -8,8 +8,8 @@
 //! that are not for these credentials, or fail MESSAGE-INTEGRITY or FINGERPRINT, get no
 //! answer at all (an answer would let a spoofer reflect traffic at a victim), only a count.
 //!
-//! Not wired into the forwarder's core yet: that, DTLS-SRTP and SDP are the rest of the
-//! WebRTC issue.
+//! The core (`sfu::webrtc`) keeps one per WebRTC leg, finds it by the ufrag of a check's
+//! USERNAME, and sends its answers.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

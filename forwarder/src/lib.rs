@@ -11,8 +11,9 @@
 //!   (RFC 7983 first-byte classes), [`srtp`] (RFC 3711, 6188, 7714), [`stun`] (RFC 8489),
 //!   [`receive_stats`] (RFC 3550 loss and jitter) and [`codec`] (VP8, VP9 and H.264
 //!   payload descriptors: keyframes, layers, picture ids).
-//! * [`ice`] is the ICE-lite agent of one leg (RFC 8445, consent per RFC 7675), sans-IO;
-//!   not wired into the core yet.
+//! * [`ice`] is the ICE-lite agent of one leg (RFC 8445, consent per RFC 7675) and
+//!   [`dtls`] its DTLS-SRTP server (RFC 6347, 5764), both sans-IO: a browser's WebRTC leg
+//!   in the core (`sfu::webrtc`, docs/webrtc.md).
 //! * [`policy`] holds the sans-IO state machines of SFU behaviour: retransmission cache,
 //!   NACK generation, keyframe request throttling, dominant speaker, layer selection.
 //! * [`sfu`] is the **sans-IO core**, [`sfu::Forwarder`]: meetings, participants, legs,

@@ -9,10 +9,11 @@
 //! [`WebrtcPeer::meeting`] and [`WebrtcPeer::participant`], so that any control instance
 //! can serve the participant's next message.
 //!
-//! **Not done yet:** [`NoWebrtc`], the negotiator in use until the SDP module lands,
-//! refuses every offer with `FAILED_PRECONDITION` ("WebRTC transport not available on this
-//! control plane yet") and never offers anything to subscribe. Joining, events and every
-//! meeting operation work over the WebSocket without it.
+//! `fanout-control` uses [`BrowserNegotiator`](super::meetings::BrowserNegotiator), whose
+//! state lives in the store. [`NoWebrtc`] refuses every offer with `FAILED_PRECONDITION`
+//! and offers nothing: for tests of the signaling alone, and deployments that serve no
+//! browsers; joining, events and every meeting operation work over the WebSocket without
+//! it.
 
 use std::fmt;
 
@@ -105,7 +106,7 @@ impl NegotiationError {
 }
 
 /// The message of [`NoWebrtc`]'s refusals.
-pub const NOT_AVAILABLE: &str = "WebRTC transport not available on this control plane yet";
+pub const NOT_AVAILABLE: &str = "WebRTC transport not available on this control plane";
 
 /// What the WebSocket signaling calls for WebRTC. Each method is one client message of
 /// docs/webrtc.md; the peer has been authenticated (token verified, meeting matched), but

@@ -109,9 +109,10 @@ pub(crate) struct Inner {
 }
 
 impl WebApi {
-    /// The web face over `service`; `negotiator` answers the WebRTC messages ([`NoWebrtc`](crate::service::webrtc::NoWebrtc)
-    /// until the transport exists). `tls`: the port has TLS. `stopping` flips to true when
-    /// the process stops.
+    /// The web face over `service`; `negotiator` answers the WebRTC messages
+    /// ([`BrowserNegotiator`](crate::service::meetings::BrowserNegotiator) in production,
+    /// [`NoWebrtc`](crate::service::webrtc::NoWebrtc) where browsers are not served). `tls`:
+    /// the port has TLS. `stopping` flips to true when the process stops.
     pub fn new(
         service: Arc<MeetingService>,
         operator: Option<Secret>,
