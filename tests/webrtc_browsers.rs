@@ -7,7 +7,6 @@
 //! and audio; a screen share from one appears at the other; an ICE restart and a forwarder
 //! failover both resume media. Needs root (namespaces) and Chromium; skips loudly without.
 
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -18,8 +17,8 @@ use fanout_tests::browser::{
     chromium_available, inbound_rtp_stats, is_root, wait_for, wait_for_inbound_rtp, Browser,
     BrowserNetwork, BrowserOptions, InboundRtp, Page,
 };
-use fanout_tests::forwarder::{control_binary, forwarder_binary, loadgen_binary};
-use fanout_tests::process::Proc;
+use fanout_tests::forwarder::{control_binary, forwarder_binary, http_get, loadgen_binary};
+use fanout_tests::process::{tail, Proc};
 use tonic::metadata::MetadataValue;
 use tonic::Request;
 
@@ -225,31 +224,15 @@ fn as_operator<T>(request: T) -> Result<Request<T>> {
     Ok(request)
 }
 
-fn tail(text: &str) -> &str {
-    let start = text.len().saturating_sub(6000);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    &text[start..]
-}
-
 fn word_after(line: &str, marker: &str) -> Option<String> {
     let at = line.find(marker)?;
     let rest = &line[at + marker.len()..];
     Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
 }
 
-fn scrape(base: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let address: SocketAddr = base.parse().context("metrics address")?;
-    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {base}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    Ok(body)
+/// The metrics page at `address` (`host:port`).
+fn scrape(address: &str) -> Result<String> {
+    http_get(address.parse().context("a metrics address")?, "/metrics")
 }
 
 /// Open the join page and ask to join as `name`.
