@@ -18,6 +18,8 @@
 #   libssl-dev, pkg-config   OpenSSL 3 headers and libraries for the forwarder's DTLS-SRTP
 #                            (src/dtls/, the `openssl` crate); pkg-config lets openssl-sys
 #                            find them
+#   nftables                 `nft`: the browser tests lose a share of packets at random
+#                            (numgen) to exercise NACK and RTX; this kernel has no netem
 #
 # The Rust toolchain itself (rustup, cargo) is expected to be present.
 set -euo pipefail
@@ -38,6 +40,7 @@ packages=(
   chromium
   libssl-dev
   pkg-config
+  nftables
 )
 
 missing=()

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use fanout_control::api::pb;
 use fanout_tests::browser::{
-    chromium_available, inbound_rtp_stats, is_root, wait_for, wait_for_inbound_rtp, Browser,
-    BrowserNetwork, BrowserOptions, InboundRtp, Page,
+    chromium_available, inbound_rtp_stats, is_root, nft_available, wait_for, wait_for_inbound_rtp,
+    Browser, BrowserNetwork, BrowserOptions, InboundRtp, Page,
 };
 use fanout_tests::forwarder::{control_binary, forwarder_binary, http_get, loadgen_binary};
 use fanout_tests::process::{tail, Proc};
@@ -339,6 +339,65 @@ async fn two_browsers_see_and_hear_each_other_share_a_screen_and_restart_ice() -
         media_flows(&alice, "Bob's media at Alice after his ICE restart", 1).await?;
         let stats = inbound_rtp_stats(&alice, "fanout.sub").await?;
         eprintln!("Alice receives: {stats:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// The sum of a counter over every series of it on a metrics page.
+fn counter_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_repair_their_lost_packets_with_rtx() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    if !nft_available() {
+        eprintln!("SKIPPED browsers_repair_their_lost_packets_with_rtx: no nft (scripts/install-deps.sh installs nftables)");
+        return Ok(());
+    }
+    let deployment = Deployment::start(1)?;
+    let url = deployment.create_meeting("lossy").await?;
+    let (alice_browser, bob_browser) = (deployment.browser().await?, deployment.browser().await?);
+    with_logs(&deployment, async {
+        let alice = join(&alice_browser, &url, "Alice").await?;
+        let bob = join(&bob_browser, &url, "Bob").await?;
+        media_flows(&bob, "Alice's camera and microphone at Bob", 1).await?;
+        media_flows(&alice, "Bob's camera and microphone at Alice", 1).await?;
+
+        // From now on 5% of what the browsers send the forwarder is lost. The forwarder
+        // NACKs the holes; Chrome resends on the RTX streams negotiated in the publish
+        // answers; the forwarder binds them by MID and repaired RID and unwraps them.
+        deployment
+            .net
+            .lose_outbound_udp(5, deployment.forwarder_ports[0].clone())?;
+        let metrics = &deployment.forwarder_metrics[0];
+        let deadline = Instant::now() + MEDIA;
+        loop {
+            let page = scrape(metrics)?;
+            let repaired = counter_sum(&page, "fanout_leg_rtx_received_total");
+            if repaired >= 10.0 {
+                // Every RTX stream was bound: none counted as an unknown SSRC.
+                let unknown = page
+                    .lines()
+                    .filter(|l| l.starts_with("fanout_leg_dropped_packets_total"))
+                    .filter(|l| l.contains("reason=\"unknown_ssrc\""))
+                    .collect::<Vec<_>>();
+                assert!(unknown.is_empty(), "{unknown:?}");
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{repaired} retransmissions on RTX streams after {MEDIA:?} of 5% loss");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await; // polling a metrics endpoint
+        }
+        media_flows(&bob, "Alice's media at Bob through 5% loss", 1).await?;
+        media_flows(&alice, "Bob's media at Alice through 5% loss", 1).await?;
         Ok(())
     })
     .await

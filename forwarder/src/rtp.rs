@@ -313,6 +313,33 @@ pub fn payload_range(packet: &[u8], header: &RtpHeader) -> Result<Range<usize>, 
     Ok(start..end)
 }
 
+/// Turns a retransmission (RFC 4588 §4) back into the packet it repairs, in place: its
+/// payload starts with the original sequence number (OSN), which becomes the sequence
+/// number again; the media stream's SSRC and payload type replace the RTX ones; the rest of
+/// the payload (and any padding, whose count stays the last octet) moves two bytes down.
+/// Returns the packet's new length. The caller has authenticated the packet first: the
+/// SRTP replay window is the RTX stream's, so the rewritten header is not checked again.
+pub fn unwrap_rtx(
+    packet: &mut [u8],
+    header: &RtpHeader,
+    ssrc: Ssrc,
+    payload_type: u8,
+) -> Result<usize, RtpError> {
+    let payload = payload_range(packet, header)?;
+    let osn = packet
+        .get(payload.start..payload.start + 2)
+        .filter(|_| payload.len() >= 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .ok_or(RtpError::TooShort)?;
+    packet.copy_within(payload.start + 2.., payload.start);
+    let len = packet.len() - 2;
+    let packet = &mut packet[..len];
+    set_sequence(packet, SeqNo(osn));
+    set_ssrc(packet, ssrc);
+    set_payload_type(packet, payload_type);
+    Ok(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +503,42 @@ mod tests {
     }
 
     #[test]
+    fn a_retransmission_is_unwrapped_into_its_original() {
+        // RTX packet: PT 97, seq 0x1234, SSRC cafebabe, marker; payload OSN 0x0102 then
+        // the original payload, then two octets of padding.
+        let mut p = packet(0xa0, &[0x01, 0x02, 0xaa, 0xbb, 0xcc, 0x00, 0x02]);
+        p[1] = 0x80 | 97;
+        let header = RtpHeader::parse(&p).unwrap();
+        let len = unwrap_rtx(&mut p, &header, Ssrc(0x1111_2222), 96).unwrap();
+        let original = &p[..len];
+        let h = RtpHeader::parse(original).unwrap();
+        assert_eq!(h.sequence, SeqNo(0x0102));
+        assert_eq!(h.ssrc, Ssrc(0x1111_2222));
+        assert_eq!(h.payload_type, 96);
+        assert!(h.marker, "the marker bit is the original's");
+        assert_eq!(h.timestamp, header.timestamp);
+        assert_eq!(
+            &original[payload_range(original, &h).unwrap()],
+            &[0xaa, 0xbb, 0xcc]
+        );
+    }
+
+    #[test]
+    fn a_retransmission_without_room_for_its_osn_is_refused() {
+        for tail in [&[][..], &[0x01], &[0x01, 0x02]] {
+            let mut p = packet(0x80, tail);
+            let header = RtpHeader::parse(&p).unwrap();
+            let result = unwrap_rtx(&mut p, &header, Ssrc(1), 96);
+            if tail.len() == 2 {
+                // An OSN and nothing else: the original had an empty payload.
+                assert_eq!(result, Ok(12));
+            } else {
+                assert_eq!(result, Err(RtpError::TooShort));
+            }
+        }
+    }
+
+    #[test]
     fn setters_on_short_input_do_nothing() {
         // Release-mode behaviour; in debug builds the debug_assert fires instead.
         if cfg!(debug_assertions) {
@@ -542,6 +605,19 @@ mod tests {
                 prop_assert!(h.header_len <= bytes.len());
                 let _ = payload_range(&bytes, &h);
                 let _ = extension_elements(&bytes, &h).count();
+            }
+        }
+
+        #[test]
+        fn unwrapping_never_panics_and_shrinks_by_the_osn(
+            mut bytes in proptest::collection::vec(any::<u8>(), 12..120),
+        ) {
+            bytes[0] = 0x80 | (bytes[0] & 0x3f);
+            if let Ok(header) = RtpHeader::parse(&bytes) {
+                let before = bytes.len();
+                if let Ok(len) = unwrap_rtx(&mut bytes, &header, Ssrc(7), 96) {
+                    prop_assert_eq!(len, before - 2);
+                }
             }
         }
 

@@ -39,9 +39,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -132,6 +133,51 @@ impl BrowserNetwork {
     pub fn host_ip(&self) -> IpAddr {
         self.veth.peer_ip()
     }
+
+    /// Loses `percent` of the UDP datagrams the browsers send to `ports` on the way out of
+    /// their namespace, at random (an nftables rule: this kernel has no netem, see
+    /// shared/PLATFORM.md). Gone with the namespace.
+    pub fn lose_outbound_udp(&self, percent: u8, ports: RangeInclusive<u16>) -> Result<()> {
+        let rule = format!(
+            "table inet fanout_loss {{\n chain out {{\n  type filter hook output priority 0\n  \
+             udp dport {}-{} numgen random mod 100 < {percent} drop\n }}\n}}\n",
+            ports.start(),
+            ports.end()
+        );
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.namespace, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin is piped")
+                    .write_all(rule.as_bytes())?;
+                child.wait_with_output()
+            })
+            .context("running nft (scripts/install-deps.sh installs nftables)")?;
+        if !output.status.success() {
+            bail!(
+                "nft refused the loss rule: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether `nft` (nftables) is installed, for [`BrowserNetwork::lose_outbound_udp`].
+pub fn nft_available() -> bool {
+    Command::new("nft")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Whether the Chromium binary ([`chromium_program`]) is installed.

@@ -341,5 +341,7 @@ pub(crate) fn track_to(t: &crate::service::meetings::TrackAssignment) -> pb::Tra
         audio_level_extension_id: t.audio_level_extension.map_or(0, u32::from),
         mid: t.mid.clone().unwrap_or_default(),
         rids: t.rids.clone(),
+        rtx_payload_type: t.rtx.map_or(0, |r| r.payload_type.into()),
+        rtx_repaired_payload_type: t.rtx.map_or(0, |r| r.repairs.into()),
     }
 }

@@ -383,6 +383,11 @@ fn browser_to(b: &BrowserTransport) -> pb::WebrtcTransport {
         remote_ice_ufrag: ice.remote_ufrag.clone().unwrap_or_default(),
         mid_extension_id: if publish { b.extensions.mid.into() } else { 0 },
         rid_extension_id: if publish { b.extensions.rid.into() } else { 0 },
+        repaired_rid_extension_id: if publish {
+            b.extensions.repaired_rid.into()
+        } else {
+            0
+        },
         audio_level_extension_id: if publish {
             0
         } else {

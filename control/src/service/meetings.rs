@@ -78,7 +78,7 @@ pub use browser::{
 pub(crate) use negotiation::published;
 pub use negotiation::BrowserNegotiator;
 pub use srtp::{key_salt_len, SrtpTransport};
-pub use tracks::{TrackAssignment, TrackKind, CAMERA_ENCODINGS};
+pub use tracks::{RtxPayloadType, TrackAssignment, TrackKind, CAMERA_ENCODINGS};
 pub use watch::MeetingUpdate;
 
 use super::keys::{self, EventScope};

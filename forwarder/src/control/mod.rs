@@ -67,7 +67,7 @@ use crate::driver::{DriverHandle, TrafficCounters};
 use crate::ice::Credentials;
 use crate::ids::{MeetingId, ParticipantId, Ssrc};
 use crate::sfu::RelayDirection;
-use crate::sfu::{Event, StreamExtensions, StreamIds, MAX_ENCODINGS};
+use crate::sfu::{Event, RtxPayloadType, StreamExtensions, StreamIds, MAX_ENCODINGS};
 use crate::srtp::{MasterKey, SrtpProfile};
 use pb::forwarders_client::ForwardersClient;
 use reconcile::{
@@ -1037,9 +1037,19 @@ fn stream_ids_from_pb(track: &pb::TrackAssignment) -> Result<Option<StreamIds>, 
             track.ssrcs.len()
         ));
     }
+    let payload_type = |pt: u32| u8::try_from(pt).ok().filter(|&pt| pt != 0 && pt < 128);
+    let rtx = match (track.rtx_payload_type, track.rtx_repaired_payload_type) {
+        (0, 0) => None,
+        (rtx, repairs) => Some(RtxPayloadType {
+            payload_type: payload_type(rtx).ok_or("an RTX payload type outside 1-127")?,
+            repairs: payload_type(repairs)
+                .ok_or("an RTX payload type without the payload type it repairs")?,
+        }),
+    };
     Ok(Some(StreamIds {
         mid: track.mid.clone(),
         rids: track.rids.clone(),
+        rtx,
     }))
 }
 
@@ -1061,6 +1071,7 @@ fn connection_from_pb(
         extensions: StreamExtensions {
             mid: extension(c.mid_extension_id),
             rid: extension(c.rid_extension_id),
+            repaired_rid: extension(c.repaired_rid_extension_id),
             audio_level: extension(c.audio_level_extension_id),
         },
         payload_types: c
@@ -1301,6 +1312,40 @@ pub fn primary_ip() -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_browser_track_names_its_streams_and_its_rtx() {
+        let mut track = pb::TrackAssignment {
+            kind: pb::TrackKind::Camera.into(),
+            ssrcs: vec![1, 2],
+            codec: "VP8".into(),
+            clock_rate: 90_000,
+            mid: "1".into(),
+            rids: vec!["q".into(), "f".into()],
+            rtx_payload_type: 97,
+            rtx_repaired_payload_type: 96,
+            ..Default::default()
+        };
+        let ids = stream_ids_from_pb(&track).unwrap().unwrap();
+        assert_eq!(ids.rids, ["q", "f"]);
+        assert_eq!(
+            ids.rtx,
+            Some(RtxPayloadType {
+                payload_type: 97,
+                repairs: 96
+            })
+        );
+        track.rtx_repaired_payload_type = 0;
+        assert!(stream_ids_from_pb(&track).is_err(), "RTX repairing nothing");
+        track.rtx_payload_type = 0;
+        assert_eq!(stream_ids_from_pb(&track).unwrap().unwrap().rtx, None);
+        track.rtx_payload_type = 200;
+        track.rtx_repaired_payload_type = 96;
+        assert!(stream_ids_from_pb(&track).is_err(), "not a payload type");
+        track.rids.pop();
+        track.rtx_payload_type = 0;
+        assert!(stream_ids_from_pb(&track).is_err(), "one RID per SSRC");
+    }
 
     #[test]
     fn port_ranges_parse_and_map_to_shards() {

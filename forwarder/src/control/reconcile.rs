@@ -999,7 +999,7 @@ fn leg_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sfu::{ForwarderConfig, MIN_TRANSMIT_BUFFER_LEN};
+    use crate::sfu::{ForwarderConfig, RtxPayloadType, MIN_TRANSMIT_BUFFER_LEN};
     use crate::srtp::{SrtpContext, SrtpProfile};
     use std::time::{Duration, Instant};
 
@@ -1468,6 +1468,7 @@ mod tests {
             extensions: StreamExtensions {
                 mid: Some(4),
                 rid: Some(10),
+                repaired_rid: Some(11),
                 audio_level: None,
             },
             payload_types: vec![(Codec::Opaque, 111), (Codec::Vp8, 96)],
@@ -1489,6 +1490,10 @@ mod tests {
                 stream_ids: Some(StreamIds {
                     mid: "1".into(),
                     rids: vec!["q".into(), "h".into(), "f".into()],
+                    rtx: Some(RtxPayloadType {
+                        payload_type: 97,
+                        repairs: 96,
+                    }),
                 }),
             }],
         }

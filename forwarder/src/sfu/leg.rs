@@ -15,7 +15,7 @@ use crate::srtp::{MasterKey, SrtpContext, SrtpError};
 
 use super::relay::RelayState;
 use super::stats::LegStats;
-use super::webrtc::{WebrtcLeg, WebrtcTransport};
+use super::webrtc::{StreamRole, WebrtcLeg, WebrtcTransport};
 use super::{AddressKind, DropReason, MeetingIndex, Transmit};
 
 /// Static description of a leg.
@@ -76,6 +76,8 @@ pub(crate) struct Leg {
     /// SSRCs the peer publishes on this leg, with their track and encoding index. Few per
     /// leg: a linear scan beats hashing.
     pub(crate) inbound_ssrcs: Vec<(Ssrc, TrackId, u8)>,
+    /// A browser's RTX SSRCs (RFC 4588), with the track and encoding each repairs.
+    pub(crate) repair_ssrcs: Vec<(Ssrc, TrackId, u8)>,
     /// The address each published SSRC last came from (see `Forwarder::note_source`).
     pub(crate) sources: Vec<(Ssrc, SocketAddr)>,
     /// The local address the peer's non-muxed RTCP arrives on, so ours leaves from it.
@@ -111,6 +113,17 @@ impl Leg {
             AddressKind::Rtp => self.srtp_in.unprotect_rtp(packet),
             AddressKind::Rtcp => self.srtp_in.unprotect_rtcp(packet),
         }
+    }
+
+    /// What an SSRC the peer sends carries: an encoding's media or its retransmissions.
+    pub(crate) fn role_of(&self, ssrc: Ssrc) -> Option<StreamRole> {
+        if let Some((track, encoding)) = self.track_for(ssrc) {
+            return Some(StreamRole::Media(track, encoding));
+        }
+        self.repair_ssrcs
+            .iter()
+            .find(|(s, _, _)| *s == ssrc)
+            .map(|&(_, t, e)| StreamRole::Repair(t, e))
     }
 
     /// The track and encoding a published SSRC belongs to.

@@ -76,7 +76,7 @@ const TRAFFIC: [(&str, &str, Pick, Pick); 4] = [
 ];
 
 /// Feedback counters of a leg: name suffix, help, value.
-const FEEDBACK: [(&str, &str, Pick); 9] = [
+const FEEDBACK: [(&str, &str, Pick); 11] = [
     (
         "dtls_handshakes_total",
         "WebRTC: DTLS-SRTP handshakes completed (keys installed)",
@@ -96,6 +96,16 @@ const FEEDBACK: [(&str, &str, Pick); 9] = [
         "ice_consent_lost_total",
         "WebRTC: times the nominated address's consent lapsed and media to it stopped (RFC 7675)",
         |s| s.consent_lost,
+    ),
+    (
+        "rtx_received_total",
+        "WebRTC: retransmissions received on RTX streams (RFC 4588), unwrapped into their originals",
+        |s| s.rtx_received,
+    ),
+    (
+        "padding_received_total",
+        "Padding-only packets received (bandwidth probes): counted, never forwarded",
+        |s| s.padding_received,
     ),
     (
         "nack_requests_received_total",

@@ -29,7 +29,7 @@ pub use relay::{audience, RelayDirection, RelayLinkConfig, RelayLinkInfo, RELAY_
 pub use stats::{DropCounters, DropReason, LegStats, Traffic};
 pub use subscription::{Layers, Rewrite, Rewriter, SubscriptionConfig};
 pub use track::{TrackConfig, TrackKind, MAX_ENCODINGS};
-pub use webrtc::{StreamExtensions, StreamIds, WebrtcTransport};
+pub use webrtc::{RtxPayloadType, StreamExtensions, StreamIds, WebrtcTransport};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -57,7 +57,7 @@ use relay::{RelayRetransmission, RELAY_RETRANSMISSION_QUEUE_LEN};
 use reports::{OutgoingRtcp, SrRelay, RTCP_QUEUE_LEN, SR_RELAYS};
 use subscription::{Subscription, Verdict, RETRANSMIT_MEMORY};
 use track::{Encoding, Track};
-use webrtc::{StunQueue, WebrtcLeg};
+use webrtc::{StreamRole, StunQueue, WebrtcLeg};
 
 /// Largest datagram the forwarder accepts. Drivers receive into buffers of this size and
 /// drop anything the kernel truncated.
@@ -506,6 +506,7 @@ impl Forwarder {
             rtcp_mux,
             local: config.local,
             inbound_ssrcs: Vec::new(),
+            repair_ssrcs: Vec::new(),
             sources: Vec::new(),
             local_rtcp: config.local_rtcp,
             rtcp_ssrc: Ssrc(RTCP_SSRC_BASE ^ self.legs.vacant_key() as u32),
@@ -646,6 +647,7 @@ impl Forwarder {
         }
         let leg = &mut self.legs[track.leg.index()];
         leg.inbound_ssrcs.retain(|&(_, t, _)| t != id);
+        leg.repair_ssrcs.retain(|&(_, t, _)| t != id);
         self.peers_generation += 1;
         for encoding in &track.encodings {
             // The leg may still be learned by this SSRC if it was declared for learning.
@@ -1108,18 +1110,31 @@ impl Forwarder {
         ) else {
             return;
         };
-        let leg = &mut self.legs[leg_id.index()];
-        let known_track = leg.track_for(header.ssrc);
-        let Some((track_id, encoding)) =
-            known_track.or_else(|| self.bind_stream(leg_id, &contents[..plain_len], &header))
-        else {
-            return self.drop_at(Some(leg_id), DropReason::UnknownSsrc);
+        let known = self.legs[leg_id.index()].role_of(header.ssrc);
+        let (track_id, encoding, header, plain_len) = match known
+            .or_else(|| self.bind_stream(leg_id, &contents[..plain_len], &header))
+        {
+            Some(StreamRole::Media(track_id, encoding)) => (track_id, encoding, header, plain_len),
+            Some(StreamRole::Repair(track_id, encoding)) => {
+                let Some((original, len)) = self.unwrap_repair(
+                    leg_id,
+                    track_id,
+                    encoding,
+                    &header,
+                    &mut contents[..plain_len],
+                ) else {
+                    return;
+                };
+                (track_id, encoding, original, len)
+            }
+            None => return self.drop_at(Some(leg_id), DropReason::UnknownSsrc),
         };
         let track = &mut self.tracks[track_id.index()];
         let Ok(payload) = rtp::payload_range(&contents[..plain_len], &header) else {
             return self.drop_at(Some(leg_id), DropReason::Malformed);
         };
         if payload.is_empty() {
+            self.legs[leg_id.index()].stats.padding_received += 1;
             return self.on_padding_only(track_id, encoding, &header, now);
         }
         let Ok(info) = codec::inspect(track.codec, &contents[payload.clone()], header.marker)

@@ -337,6 +337,7 @@ impl Forwarder {
             rtcp_mux: true,
             local: Some(config.local),
             inbound_ssrcs: Vec::new(),
+            repair_ssrcs: Vec::new(),
             sources: Vec::new(),
             local_rtcp: None,
             rtcp_ssrc: Ssrc(super::RTCP_SSRC_BASE ^ id.0),

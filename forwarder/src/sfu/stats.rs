@@ -172,6 +172,11 @@ pub struct LegStats {
     /// WebRTC: DTLS handshakes completed (keys installed) and failed.
     pub dtls_connected: u64,
     pub dtls_failed: u64,
+    /// WebRTC: retransmissions that came on an RTX stream (RFC 4588) and were unwrapped
+    /// into the packets they repair.
+    pub rtx_received: u64,
+    /// Padding-only packets (a sender's bandwidth probes): counted, never forwarded.
+    pub padding_received: u64,
 }
 
 impl LegStats {

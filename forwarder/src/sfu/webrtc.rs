@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::codec::Codec;
 use crate::dtls::{DtlsEvent, DtlsServer, Fingerprint};
 use crate::ice::{self, IceLite, IceStats, Outcome};
-use crate::ids::{LegId, Ssrc};
+use crate::ids::{LegId, Ssrc, TrackId};
 use crate::rtp::{self, RtpHeader};
 use crate::srtp::{MasterKey, SrtpContext};
 use crate::stun;
@@ -55,6 +55,9 @@ pub struct StreamExtensions {
     pub mid: Option<u8>,
     /// `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id` (RFC 8852).
     pub rid: Option<u8>,
+    /// `urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id` (RFC 8852 §3.2): which
+    /// simulcast encoding a retransmission stream repairs.
+    pub repaired_rid: Option<u8>,
     /// `urn:ietf:params:rtp-hdrext:ssrc-audio-level` (RFC 6464) in what the peer
     /// receives: forwarded audio keeps its level under this id, and every other header
     /// extension of the publisher's is removed (its ids mean nothing to this peer).
@@ -68,6 +71,25 @@ pub struct StreamIds {
     pub mid: String,
     /// Empty: one encoding, recognised by its MID alone.
     pub rids: Vec<String>,
+    /// The browser retransmits on RTX streams of their own (RFC 4588), negotiated for
+    /// this track; `None`: retransmissions come on the media SSRC.
+    pub rtx: Option<RtxPayloadType>,
+}
+
+/// An RTX payload type (`a=rtpmap:97 rtx/90000`) and the one it repairs (`apt=96`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxPayloadType {
+    pub payload_type: u8,
+    pub repairs: u8,
+}
+
+/// What an SSRC of a browser's carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamRole {
+    /// The media of an encoding of a track.
+    Media(TrackId, u8),
+    /// Retransmissions (RFC 4588) of an encoding of a track.
+    Repair(TrackId, u8),
 }
 
 /// Live WebRTC state of a leg.
@@ -572,13 +594,14 @@ impl Forwarder {
 
     /// Authenticated RTP with an SSRC the leg does not know yet: on a WebRTC leg, bind it
     /// to the encoding its MID and RID name (the first packets of every browser stream
-    /// carry both). Returns the track and encoding when it was bound.
+    /// carry both), or, for a packet of the track's RTX payload type, bind it as that
+    /// encoding's retransmission stream, named by MID and repaired RID (RFC 8852 §3.2).
     pub(super) fn bind_stream(
         &mut self,
         leg_id: LegId,
         packet: &[u8],
         header: &RtpHeader,
-    ) -> Option<(crate::ids::TrackId, u8)> {
+    ) -> Option<StreamRole> {
         let leg = &self.legs[leg_id.index()];
         let web = leg.webrtc.as_ref()?;
         let element = |id: u8| {
@@ -588,29 +611,93 @@ impl Forwarder {
         };
         let mid = element(web.extensions.mid?)?;
         let rid = web.extensions.rid.and_then(element);
-        let (track_id, encoding) = leg.inbound_ssrcs.iter().find_map(|&(_, track_id, e)| {
+        let repaired_rid = web.extensions.repaired_rid.and_then(element);
+        let role = leg.inbound_ssrcs.iter().find_map(|&(_, track_id, e)| {
             let ids = self.tracks[track_id.index()].stream_ids.as_ref()?;
             if ids.mid.as_bytes() != mid {
                 return None;
             }
-            let wanted = match (ids.rids.is_empty(), rid) {
+            let repair = ids
+                .rtx
+                .is_some_and(|rtx| rtx.payload_type == header.payload_type);
+            let names = if repair { repaired_rid } else { rid };
+            let wanted = match (ids.rids.is_empty(), names) {
                 (true, _) => 0,
-                (false, Some(rid)) => ids.rids.iter().position(|r| r.as_bytes() == rid)?,
+                (false, Some(name)) => ids.rids.iter().position(|r| r.as_bytes() == name)?,
                 (false, None) => return None,
             };
-            (usize::from(e) == wanted).then_some((track_id, e))
+            (usize::from(e) == wanted).then_some(if repair {
+                StreamRole::Repair(track_id, e)
+            } else {
+                StreamRole::Media(track_id, e)
+            })
         })?;
         let ssrc = header.ssrc;
-        let old = self.tracks[track_id.index()].encodings[usize::from(encoding)].ssrc;
-        self.rebind_ssrc(leg_id, track_id, encoding, old, ssrc);
-        Some((track_id, encoding))
+        match role {
+            StreamRole::Media(track_id, encoding) => {
+                let old = self.tracks[track_id.index()].encodings[usize::from(encoding)].ssrc;
+                self.rebind_ssrc(leg_id, track_id, encoding, old, ssrc);
+            }
+            StreamRole::Repair(track_id, encoding) => {
+                let leg = &mut self.legs[leg_id.index()];
+                // One RTX stream per encoding: a new one (after an ICE restart, a new
+                // encoder) replaces the old, so the list stays bounded.
+                leg.repair_ssrcs
+                    .retain(|&(s, t, e)| s != ssrc && (t, e) != (track_id, encoding));
+                leg.repair_ssrcs.push((ssrc, track_id, encoding));
+                debug!(leg = %leg.name, %ssrc, encoding, "bound a browser's RTX SSRC to its track");
+            }
+        }
+        Some(role)
+    }
+
+    /// A retransmission from a browser's RTX stream becomes the packet it repairs
+    /// (RFC 4588 §4), in place, and goes on through the media path. Returns its header
+    /// and length, or `None` when it was only padding (a bandwidth probe, counted) or
+    /// malformed (dropped and counted).
+    pub(super) fn unwrap_repair(
+        &mut self,
+        leg_id: LegId,
+        track_id: TrackId,
+        encoding: u8,
+        header: &RtpHeader,
+        packet: &mut [u8],
+    ) -> Option<(RtpHeader, usize)> {
+        let track = &self.tracks[track_id.index()];
+        let media_ssrc = track.encodings.get(usize::from(encoding))?.ssrc;
+        let repairs = track.stream_ids.as_ref()?.rtx?.repairs;
+        let stats = &mut self.legs[leg_id.index()].stats;
+        match rtp::payload_range(packet, header) {
+            Ok(payload) if payload.is_empty() => {
+                stats.padding_received += 1;
+                return None;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.drop_at(Some(leg_id), DropReason::Malformed);
+                return None;
+            }
+        }
+        let unwrapped = rtp::unwrap_rtx(packet, header, media_ssrc, repairs)
+            .ok()
+            .and_then(|len| Some((RtpHeader::parse(&packet[..len]).ok()?, len)));
+        match unwrapped {
+            Some(original) => {
+                self.legs[leg_id.index()].stats.rtx_received += 1;
+                Some(original)
+            }
+            None => {
+                self.drop_at(Some(leg_id), DropReason::Malformed);
+                None
+            }
+        }
     }
 
     /// Point an encoding at the SSRC the browser really sends it with.
     fn rebind_ssrc(
         &mut self,
         leg_id: LegId,
-        track_id: crate::ids::TrackId,
+        track_id: TrackId,
         encoding: u8,
         old: Ssrc,
         new: Ssrc,

@@ -65,6 +65,8 @@ pub struct StreamExtensionIds {
     pub mid: u8,
     #[serde(default)]
     pub rid: u8,
+    #[serde(default)]
+    pub repaired_rid: u8,
 }
 
 /// An m-section of the subscribe connection: one track of another participant.

@@ -24,8 +24,8 @@ use futures::StreamExt;
 use tracing::debug;
 
 use super::{
-    encode, read_transport, BrowserTransport, IceCredentials, MeetingService, StreamExtensionIds,
-    SubscribeSlot, TrackAssignment, TrackKind, TransportRecord,
+    encode, read_transport, BrowserTransport, IceCredentials, MeetingService, RtxPayloadType,
+    StreamExtensionIds, SubscribeSlot, TrackAssignment, TrackKind, TransportRecord,
 };
 use crate::domain::{DomainError, Meeting, MeetingKind, ParticipantId, Presence};
 use crate::service::forwarders::ForwarderRegistry;
@@ -402,6 +402,7 @@ fn apply_publish(
     for track in &mut record.tracks {
         track.mid = None;
         track.rids.clear();
+        track.rtx = None;
     }
     for n in negotiated.tracks.iter().filter(|t| t.receiving) {
         let kind = match n.kind {
@@ -430,6 +431,10 @@ fn apply_publish(
         track.clock_rate = n.codec.clock_rate;
         track.audio_level_extension = n.extensions.audio_level;
         track.rids = rids;
+        track.rtx = n.codec.rtx_payload_type.map(|payload_type| RtxPayloadType {
+            payload_type,
+            repairs: n.codec.payload_type,
+        });
     }
     Ok(())
 }
@@ -478,6 +483,7 @@ impl WebrtcNegotiator for BrowserNegotiator {
                 browser.extensions = StreamExtensionIds {
                     mid: ext.clone().find_map(|e| e.mid).unwrap_or(0),
                     rid: ext.clone().find_map(|e| e.rid).unwrap_or(0),
+                    repaired_rid: ext.clone().find_map(|e| e.repaired_rid).unwrap_or(0),
                 };
                 apply_publish(record, &negotiated)?;
                 debug!(participant = %peer.participant, tracks = ?record.tracks, "publish offer answered");

@@ -38,6 +38,17 @@ pub struct TrackAssignment {
     pub mid: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rids: Vec<String>,
+    /// A browser's track with RTX negotiated (RFC 4588): its retransmission payload type
+    /// and the media payload type that repairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtx: Option<RtxPayloadType>,
+}
+
+/// An RTX payload type and the payload type it repairs (`a=fmtp:<rtx> apt=<media>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtxPayloadType {
+    pub payload_type: u8,
+    pub repairs: u8,
 }
 
 /// The RFC 8285 id assigned to the audio-level extension (RFC 6464) on every audio track.
@@ -72,6 +83,7 @@ pub fn assign() -> Result<Vec<TrackAssignment>, DomainError> {
             audio_level_extension: Some(AUDIO_LEVEL_EXTENSION_ID),
             mid: None,
             rids: Vec::new(),
+            rtx: None,
         },
         TrackAssignment {
             kind: TrackKind::Camera,
@@ -81,6 +93,7 @@ pub fn assign() -> Result<Vec<TrackAssignment>, DomainError> {
             audio_level_extension: None,
             mid: None,
             rids: Vec::new(),
+            rtx: None,
         },
         TrackAssignment {
             kind: TrackKind::Screen,
@@ -90,6 +103,7 @@ pub fn assign() -> Result<Vec<TrackAssignment>, DomainError> {
             audio_level_extension: None,
             mid: None,
             rids: Vec::new(),
+            rtx: None,
         },
     ])
 }

@@ -43,8 +43,7 @@ pub struct Codec {
     pub fmtp: Option<String>,
     /// Values after the payload type (`nack pli`), including those of `a=rtcp-fb:*`.
     pub rtcp_fb: Vec<String>,
-    /// For RTX (RFC 4588): the payload type this one repairs (`apt=`). Recognised, not
-    /// accepted: the forwarder answers NACKs itself with plain retransmissions.
+    /// For RTX (RFC 4588): the payload type this one repairs (`apt=`).
     pub apt: Option<u8>,
 }
 
@@ -486,6 +485,9 @@ pub struct NegotiatedCodec {
     pub channels: Option<u16>,
     pub payload_type: u8,
     pub fmtp: Option<String>,
+    /// The RTX payload type (RFC 4588) the browser retransmits this codec with, on an
+    /// SSRC of its own; `None`: it retransmits on the media SSRC.
+    pub rtx_payload_type: Option<u8>,
 }
 
 /// Header extension ids the browser will use (its own, RFC 8285); `None` when not
@@ -543,6 +545,7 @@ pub struct NegotiatedPublish {
 /// How an m-section is answered.
 struct Accepted<'a> {
     codec: &'a Codec,
+    rtx: Option<&'a Codec>,
     extmaps: Vec<Extmap>,
     extensions: ExtensionIds,
     layers: Vec<SimulcastLayer>,
@@ -585,6 +588,7 @@ pub fn answer_publish(offer: &PublishOffer, params: &AnswerParams) -> (String, N
                         channels: accepted.codec.channels,
                         payload_type: accepted.codec.payload_type,
                         fmtp: accepted.codec.fmtp.clone(),
+                        rtx_payload_type: accepted.rtx.map(|rtx| rtx.payload_type),
                     },
                     rids: accepted.layers.iter().map(|l| l.rid.clone()).collect(),
                     ssrcs: if accepted.layers.is_empty() {
@@ -708,8 +712,19 @@ fn negotiate<'a>(
         });
     }
     let layers = simulcast_layers(section, codec, extensions.rid.is_some())?;
+    // RTX (RFC 4588) for the chosen codec, when the forwarder can tell which encoding an
+    // RTX SSRC repairs: by MID alone without simulcast, by MID and repaired RID with it
+    // (RFC 8852 §3.2). Otherwise the browser, without RTX, resends on the media SSRC.
+    let rtx_bindable =
+        extensions.mid.is_some() && (layers.is_empty() || extensions.repaired_rid.is_some());
+    let rtx = section
+        .codecs
+        .iter()
+        .find(|c| c.is("rtx", codec.clock_rate) && c.apt == Some(codec.payload_type))
+        .filter(|_| rtx_bindable);
     Ok(Accepted {
         codec,
+        rtx,
         extmaps,
         extensions,
         layers,
@@ -892,6 +907,16 @@ fn accepted_media(
     if let Some(fmtp) = &codec.fmtp {
         attributes.push(Attribute::new("fmtp", format!("{pt} {fmtp}")));
     }
+    let mut formats = vec![pt.to_string()];
+    if let Some(rtx) = accepted.rtx {
+        let rtx_pt = rtx.payload_type;
+        formats.push(rtx_pt.to_string());
+        attributes.push(Attribute::new(
+            "rtpmap",
+            format!("{rtx_pt} {}/{}", rtx.name, rtx.clock_rate),
+        ));
+        attributes.push(Attribute::new("fmtp", format!("{rtx_pt} apt={pt}")));
+    }
     if !accepted.layers.is_empty() {
         for layer in &accepted.layers {
             attributes.push(Attribute::new("rid", format!("{} recv", layer.rid)));
@@ -906,7 +931,7 @@ fn accepted_media(
         port: params.candidate.port(),
         port_count: None,
         protocol: section.protocol.clone(),
-        formats: vec![pt.to_string()],
+        formats,
         lines: vec![connection_line(params.candidate)],
         attributes,
     }

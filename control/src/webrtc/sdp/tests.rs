@@ -64,14 +64,29 @@ fn assert_accepted_transport(media: &MediaDescription) {
     );
     assert!(media.has_attribute("end-of-candidates"));
     assert!(media.has_attribute("rtcp-mux"));
-    // One codec: one format, one rtpmap, every fmtp and rtcp-fb about it.
-    assert_eq!(media.formats.len(), 1);
+    // One codec, and for video its RTX (RFC 4588) when offered: one rtpmap each, every
+    // rtcp-fb about the codec, the RTX fmtp naming the codec and nothing else.
     let pt = &media.formats[0];
-    assert_eq!(values(media, "rtpmap").len(), 1);
-    for name in ["rtpmap", "fmtp", "rtcp-fb"] {
-        for value in values(media, name) {
-            assert!(value.starts_with(&format!("{pt} ")), "{name}:{value}");
+    assert_eq!(values(media, "rtpmap").len(), media.formats.len());
+    for value in values(media, "rtcp-fb") {
+        assert!(value.starts_with(&format!("{pt} ")), "rtcp-fb:{value}");
+    }
+    match &media.formats[1..] {
+        [] => {}
+        [rtx] => {
+            assert!(values(media, "rtpmap").contains(&format!("{rtx} rtx/90000").as_str()));
+            assert!(values(media, "fmtp").contains(&format!("{rtx} apt={pt}").as_str()));
         }
+        more => panic!("formats beyond the codec and its RTX: {more:?}"),
+    }
+    for value in values(media, "fmtp") {
+        assert!(
+            media
+                .formats
+                .iter()
+                .any(|f| value.starts_with(&format!("{f} "))),
+            "fmtp:{value}"
+        );
     }
 }
 
@@ -138,8 +153,8 @@ fn chrome_offer_is_answered_as_jsep_requires() {
 
     let camera = &sdp.media[1];
     assert_accepted_transport(camera);
-    assert_eq!(camera.formats, ["96"]);
-    assert_eq!(camera.attribute("rtpmap"), Some("96 VP8/90000"));
+    assert_eq!(camera.formats, ["96", "97"]);
+    assert_eq!(values(camera, "rtpmap"), ["96 VP8/90000", "97 rtx/90000"]);
     assert_eq!(
         values(camera, "rtcp-fb"),
         [
@@ -150,7 +165,7 @@ fn chrome_offer_is_answered_as_jsep_requires() {
             "96 nack pli"
         ]
     );
-    assert!(camera.attribute("fmtp").is_none());
+    assert_eq!(values(camera, "fmtp"), ["97 apt=96"]);
     // Header extensions the forwarder uses, with Chrome's ids; not the dependency
     // descriptor, video-layers-allocation, toffset, orientation, playout-delay, ...
     assert_eq!(
@@ -165,12 +180,11 @@ fn chrome_offer_is_answered_as_jsep_requires() {
     );
     assert_eq!(values(camera, "rid"), ["q recv", "h recv", "f recv"]);
     assert_eq!(camera.attribute("simulcast"), Some("recv q;h;f"));
-    assert!(!text.contains("rtx"), "RTX is not accepted");
     assert!(!text.contains("a=ssrc"), "the answerer sends nothing");
 
     let screen = &sdp.media[2];
     assert_accepted_transport(screen);
-    assert_eq!(screen.formats, ["96"]);
+    assert_eq!(screen.formats, ["96", "97"]);
     assert!(!screen.has_attribute("rid") && !screen.has_attribute("simulcast"));
 
     let data = &sdp.media[3];
@@ -199,6 +213,8 @@ fn chrome_offer_is_answered_as_jsep_requires() {
     );
     assert_eq!((cam.mid.as_str(), cam.kind), ("1", TrackKind::Camera));
     assert_eq!(cam.codec.name, "VP8");
+    assert_eq!(cam.codec.rtx_payload_type, Some(97));
+    assert_eq!(mic.codec.rtx_payload_type, None);
     assert_eq!(cam.codec.clock_rate, 90_000);
     assert_eq!(cam.rids, ["q", "h", "f"]);
     assert!(cam.ssrcs.is_empty());
@@ -254,9 +270,12 @@ fn firefox_offer_is_answered_as_jsep_requires() {
 
     let video = &sdp.media[1];
     assert_accepted_transport(video);
-    assert_eq!(video.formats, ["120"]);
-    assert_eq!(video.attribute("rtpmap"), Some("120 VP8/90000"));
-    assert_eq!(video.attribute("fmtp"), Some("120 max-fs=12288;max-fr=60"));
+    assert_eq!(video.formats, ["120", "124"]);
+    assert_eq!(values(video, "rtpmap"), ["120 VP8/90000", "124 rtx/90000"]);
+    assert_eq!(
+        values(video, "fmtp"),
+        ["120 max-fs=12288;max-fr=60", "124 apt=120"]
+    );
     // `a=extmap:8/sendonly` is answered `/recvonly` (RFC 8285 §6).
     assert_eq!(
         values(video, "extmap"),
@@ -432,7 +451,17 @@ fn video_codec_preference_is_vp8_vp9_h264_keeping_the_browser_pt() {
         let camera = &sdp.media[1];
         assert_eq!(camera.attribute("rtpmap"), Some(rtpmap), "{formats}");
         assert_eq!(camera.attribute("fmtp"), fmtp, "{formats}");
-        assert_eq!(camera.formats, [rtpmap.split(' ').next().unwrap()]);
+        // Only the chosen codec's RTX, and only when offered in the m= line.
+        let pt = rtpmap.split(' ').next().unwrap();
+        let rtx = negotiated.tracks[1].codec.rtx_payload_type;
+        let expected_rtx = match pt {
+            "96" | "98" => None, // 97 and 99 are not in these m= lines
+            _ => Some(103),
+        };
+        assert_eq!(rtx, expected_rtx, "{formats}");
+        let mut expected_formats = vec![pt.to_owned()];
+        expected_formats.extend(rtx.map(|r| r.to_string()));
+        assert_eq!(camera.formats, expected_formats);
         assert_eq!(
             negotiated.tracks[1].codec.payload_type.to_string(),
             camera.formats[0]
@@ -802,4 +831,36 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn rtx_is_accepted_only_where_the_forwarder_can_tell_what_it_repairs() {
+    // Without the repaired-RID extension, a simulcast camera's RTX streams cannot be told
+    // apart: no RTX, the browser resends on the media SSRCs. The screen share (one
+    // encoding, named by its MID) keeps RTX.
+    let text = edit(
+        CHROME_OFFER,
+        "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+        "",
+    );
+    let (sdp, _, negotiated) = answer(&text);
+    assert_eq!(sdp.media[1].formats, ["96"]);
+    assert_eq!(negotiated.tracks[1].codec.rtx_payload_type, None);
+    assert_eq!(sdp.media[2].formats, ["96", "97"]);
+    assert_eq!(negotiated.tracks[2].codec.rtx_payload_type, Some(97));
+    // Without the MID extension nothing is bound at all, RTX included.
+    let text = edit_all(
+        CHROME_OFFER,
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "",
+    );
+    let (sdp, _, negotiated) = answer(&text);
+    assert!(negotiated
+        .tracks
+        .iter()
+        .all(|t| t.codec.rtx_payload_type.is_none()));
+    assert!(sdp
+        .media
+        .iter()
+        .all(|m| !m.formats.contains(&"97".to_owned())));
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use crate::codec::Codec;
 use crate::ice::{Credentials, CONSENT_TIMEOUT};
 use crate::ids::{LegId, MeetingId, ParticipantId, Ssrc, TrackId};
+use crate::rtp::RtpHeader;
 use crate::sfu::{
-    DropReason, Event, Forwarder, ForwarderConfig, Layers, LegConfig, LegSecurity,
+    DropReason, Event, Forwarder, ForwarderConfig, Layers, LegConfig, LegSecurity, RtxPayloadType,
     StreamExtensions, StreamIds, SubscriptionConfig, TrackConfig, TrackKind, WebrtcTransport,
     MIN_TRANSMIT_BUFFER_LEN,
 };
@@ -24,6 +25,9 @@ const RID_EXT: u8 = 10;
 const LOCAL: &str = "192.0.2.1:40100";
 const BROWSER: &str = "198.51.100.7:50000";
 const BROWSER_PT_OPUS: u8 = 109;
+const BROWSER_PT_VP8: u8 = 96;
+const BROWSER_PT_RTX: u8 = 97;
+const REPAIRED_RID_EXT: u8 = 11;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -38,15 +42,17 @@ fn credentials(ufrag: &str) -> Credentials {
 }
 
 /// A meeting with a browser (WebRTC leg `web`, ufrag `fnt1`, publishing audio with
-/// MID 0 and a simulcast camera with MID 1 and RIDs q/h/f) and a plain SRTP participant
-/// `plain` at 198.51.100.20:5000 that publishes audio too; each subscribes to the
-/// other's audio.
+/// MID 0, a simulcast camera with MID 1 and RIDs q/h/f, and a screen share with MID 2;
+/// both videos with RTX 97 for VP8 96) and a plain SRTP participant `plain` at
+/// 198.51.100.20:5000 that publishes audio too; each subscribes to the other's audio,
+/// and `plain` to the screen share.
 struct Room {
     core: Forwarder,
     now: Instant,
     web: LegId,
     web_audio: TrackId,
     web_camera: TrackId,
+    web_screen: TrackId,
     plain_receive: MasterKey,
     plain_send: MasterKey,
     /// Keys a DTLS handshake would have given the browser's leg.
@@ -79,6 +85,7 @@ impl Room {
                         extensions: StreamExtensions {
                             mid: Some(MID_EXT),
                             rid: Some(RID_EXT),
+                            repaired_rid: Some(REPAIRED_RID_EXT),
                             audio_level: None,
                         },
                         payload_types: vec![(Codec::Opaque, BROWSER_PT_OPUS)],
@@ -138,6 +145,10 @@ impl Room {
             Some(StreamIds {
                 mid: mid.into(),
                 rids: rids.iter().map(|r| r.to_string()).collect(),
+                rtx: (mid != "0").then_some(RtxPayloadType {
+                    payload_type: BROWSER_PT_RTX,
+                    repairs: BROWSER_PT_VP8,
+                }),
             })
         };
         let web_audio = track(
@@ -158,6 +169,15 @@ impl Room {
             &[0xC1, 0xC2, 0xC3],
             ids("1", &["q", "h", "f"]),
         );
+        let web_screen = track(
+            &mut core,
+            &browser,
+            web,
+            "screen",
+            TrackKind::Video,
+            &[0xE1],
+            ids("2", &[]),
+        );
         let plain_audio = track(
             &mut core,
             &plain,
@@ -167,7 +187,11 @@ impl Room {
             &[0xB1],
             None,
         );
-        for (track, leg) in [(web_audio, plain_leg), (plain_audio, web)] {
+        for (track, leg) in [
+            (web_audio, plain_leg),
+            (web_screen, plain_leg),
+            (plain_audio, web),
+        ] {
             core.add_subscription(SubscriptionConfig {
                 track,
                 leg,
@@ -183,6 +207,7 @@ impl Room {
             web,
             web_audio,
             web_camera,
+            web_screen,
             plain_receive,
             plain_send,
             web_receive: MasterKey::generate(PROFILE),
@@ -246,6 +271,18 @@ impl Room {
 /// An RTP packet with RFC 8285 one-byte header extensions `elements`, SRTP-protected
 /// with `key`.
 fn srtp(key: &MasterKey, ssrc: u32, seq: u16, pt: u8, elements: &[(u8, &[u8])]) -> Vec<u8> {
+    srtp_with(key, ssrc, seq, pt, elements, &[0xAB; 40])
+}
+
+/// [`srtp`] with the payload given, padding included.
+fn srtp_with(
+    key: &MasterKey,
+    ssrc: u32,
+    seq: u16,
+    pt: u8,
+    elements: &[(u8, &[u8])],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut p = vec![0x80, pt, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0];
     p[2..4].copy_from_slice(&seq.to_be_bytes());
     p[8..12].copy_from_slice(&ssrc.to_be_bytes());
@@ -263,7 +300,7 @@ fn srtp(key: &MasterKey, ssrc: u32, seq: u16, pt: u8, elements: &[(u8, &[u8])]) 
         p.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
         p.extend_from_slice(&ext);
     }
-    p.extend_from_slice(&[0xAB; 40]);
+    p.extend_from_slice(payload);
     let len = p.len();
     p.resize(len + 64, 0);
     let wire = SrtpContext::new(key).protect_rtp(&mut p, len).unwrap();
@@ -556,8 +593,9 @@ fn ufrags_are_unique_and_stream_ids_belong_to_webrtc_legs() {
             codec: Codec::Opaque,
             audio_level_extension: None,
             stream_ids: Some(StreamIds {
-                mid: "2".into(),
+                mid: "9".into(),
                 rids: Vec::new(),
+                rtx: None,
             }),
         },
     );
@@ -613,4 +651,149 @@ fn dtls_comes_only_from_checked_addresses_and_a_stalled_handshake_is_freed() {
     let stats = room.core.leg_stats(room.web).unwrap();
     assert_eq!((stats.dtls_failed, stats.dtls_connected), (1, 0));
     assert_eq!(room.core.is_keyed(room.web), Some(false));
+}
+
+#[test]
+fn retransmissions_on_rtx_streams_become_the_packets_they_repair() {
+    let mut room = Room::new();
+    room.connect();
+    let key = room.web_receive.clone();
+    let original = |seq: u16| vec![seq as u8; 30];
+    // The screen share (one encoding, RTX negotiated): media on its own SSRC, named by
+    // MID; packet 3 is lost on the way.
+    for seq in [1u16, 2, 4, 5] {
+        let ids: &[(u8, &[u8])] = if seq == 1 { &[(MID_EXT, b"2")] } else { &[] };
+        let p = srtp_with(&key, 0x8000, seq, BROWSER_PT_VP8, ids, &original(seq));
+        room.datagram(BROWSER, p);
+    }
+    room.transmits();
+    let lost_before = room
+        .core
+        .track_receive_stats(room.web_screen, 0)
+        .unwrap()
+        .cumulative_lost();
+    assert_eq!(lost_before, 1);
+
+    // The browser resends 3 on its RTX SSRC: same MID, the RTX payload type, the OSN
+    // first in the payload (RFC 4588 §4). It binds as the screen's repair stream, not
+    // as its media, and enters as packet 3.
+    let mut rtx_payload = 3u16.to_be_bytes().to_vec();
+    rtx_payload.extend(original(3));
+    let rtx = srtp_with(
+        &key,
+        0x8001,
+        900,
+        BROWSER_PT_RTX,
+        &[(MID_EXT, b"2")],
+        &rtx_payload,
+    );
+    room.datagram(BROWSER, rtx);
+    let out = room.transmits();
+    assert_eq!(out.len(), 1, "the repaired packet is forwarded: {out:?}");
+    let forwarded = unprotect(&room.plain_send, out[0].1.clone());
+    let header = RtpHeader::parse(&forwarded).unwrap();
+    assert_eq!(header.ssrc, Ssrc(0xE1), "the track's configured SSRC");
+    assert_eq!(
+        header.payload_type, BROWSER_PT_VP8,
+        "the repaired payload type"
+    );
+    assert_eq!(
+        &forwarded[header.header_len..],
+        &original(3)[..],
+        "without the OSN"
+    );
+    let stats = room.core.track_receive_stats(room.web_screen, 0).unwrap();
+    assert_eq!(stats.cumulative_lost(), 0, "the hole is filled");
+    let leg = room.core.leg_stats(room.web).unwrap();
+    assert_eq!(leg.rtx_received, 1);
+    assert_eq!(leg.drops.get(DropReason::UnknownSsrc), 0);
+
+    // The media SSRC still carries the screen: the RTX stream did not take its place.
+    let p = srtp_with(&key, 0x8000, 6, BROWSER_PT_VP8, &[], &original(6));
+    room.datagram(BROWSER, p);
+    assert_eq!(room.transmits().len(), 1);
+
+    // Bandwidth probes on the RTX stream (padding only) are counted, never forwarded;
+    // an RTX packet too short for its OSN is malformed.
+    let mut probe = vec![
+        0xa0,
+        BROWSER_PT_RTX,
+        0x03,
+        0x85,
+        0,
+        0,
+        0x10,
+        0,
+        0,
+        0,
+        0x80,
+        0x01,
+    ];
+    probe.extend([0; 255]);
+    *probe.last_mut().unwrap() = 255; // RFC 3550 §5.1: the last octet counts the padding
+    let len = probe.len();
+    probe.resize(len + 64, 0);
+    let wire = SrtpContext::new(&key).protect_rtp(&mut probe, len).unwrap();
+    probe.truncate(wire);
+    room.datagram(BROWSER, probe);
+    let short = srtp_with(&key, 0x8001, 902, BROWSER_PT_RTX, &[], &[0x00]);
+    room.datagram(BROWSER, short);
+    assert!(room.transmits().is_empty());
+    let leg = room.core.leg_stats(room.web).unwrap();
+    assert_eq!(leg.padding_received, 1);
+    assert_eq!(leg.drops.get(DropReason::Malformed), 1);
+    assert_eq!(leg.rtx_received, 1);
+}
+
+#[test]
+fn simulcast_rtx_streams_are_bound_by_repaired_rid() {
+    let mut room = Room::new();
+    room.connect();
+    let key = room.web_receive.clone();
+    for (i, rid) in [b"q", b"h", b"f"].iter().enumerate() {
+        for seq in [1u16, 2, 4] {
+            let ids: &[(u8, &[u8])] = if seq == 1 {
+                &[(MID_EXT, b"1"), (RID_EXT, *rid)]
+            } else {
+                &[]
+            };
+            room.datagram(
+                BROWSER,
+                srtp(&key, 0x5000 + i as u32, seq, BROWSER_PT_VP8, ids),
+            );
+        }
+    }
+    // The "h" encoding's packet 3 comes back on its RTX stream, named by MID and
+    // repaired RID (no RID: RFC 8852 §3.2). Only that encoding's hole is filled.
+    let mut payload = 3u16.to_be_bytes().to_vec();
+    payload.extend([0xAB; 40]);
+    let rtx = srtp_with(
+        &key,
+        0x7001,
+        50,
+        BROWSER_PT_RTX,
+        &[(MID_EXT, b"1"), (REPAIRED_RID_EXT, b"h")],
+        &payload,
+    );
+    room.datagram(BROWSER, rtx);
+    let lost: Vec<i64> = (0..3)
+        .map(|e| {
+            let stats = room.core.track_receive_stats(room.web_camera, e).unwrap();
+            stats.cumulative_lost()
+        })
+        .collect();
+    assert_eq!(lost, [1, 0, 1]);
+    // An RTX packet naming no encoding (repaired RID missing) binds nothing.
+    let anonymous = srtp_with(
+        &key,
+        0x7002,
+        51,
+        BROWSER_PT_RTX,
+        &[(MID_EXT, b"1")],
+        &payload,
+    );
+    room.datagram(BROWSER, anonymous);
+    let leg = room.core.leg_stats(room.web).unwrap();
+    assert_eq!(leg.rtx_received, 1);
+    assert_eq!(leg.drops.get(DropReason::UnknownSsrc), 1);
 }
