@@ -57,6 +57,17 @@ async fn join(
         .map(|r| r.into_inner())
 }
 
+/// The next desired-state update, within 10 s.
+async fn next_update(
+    desired: &mut tonic::Streaming<pb::DesiredStateUpdate>,
+) -> pb::DesiredStateUpdate {
+    tokio::time::timeout(Duration::from_secs(10), desired.message())
+        .await
+        .expect("an update within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
 fn port_of(address: &str) -> u32 {
     address.rsplit(':').next().unwrap().parse().unwrap()
 }
@@ -271,6 +282,47 @@ async fn two_instances_three_forwarders_two_regions() {
     let text = format!("{change:?}");
     assert!(text.contains(&second.participant_id), "{text}");
 
+    // Recording is meeting state: the plan of us-meeting names the recording while it
+    // runs (the forwarder taps its media for it), and only the plan changes.
+    let started = pb::meetings_client::MeetingsClient::new(ca.clone())
+        .start_recording(with_bearer(
+            pb::StartRecordingRequest {
+                meeting_id: "us-meeting".into(),
+            },
+            OPERATOR,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!started.recording_id.is_empty());
+    let plan_change = |update: pb::DesiredStateUpdate| -> Vec<pb::MeetingPlan> {
+        let Some(pb::desired_state_update::Update::Changes(changes)) = update.update else {
+            panic!("a change: {update:?}");
+        };
+        changes
+            .changes
+            .into_iter()
+            .map(|c| match c.change {
+                Some(pb::desired_state_change::Change::MeetingUpserted(plan)) => plan,
+                other => panic!("only the plan changes: {other:?}"),
+            })
+            .collect()
+    };
+    let plans = plan_change(next_update(&mut desired).await);
+    assert_eq!(plans.len(), 1);
+    assert_eq!(plans[0].recording_id, started.recording_id);
+    pb::meetings_client::MeetingsClient::new(cb.clone())
+        .stop_recording(with_bearer(
+            pb::StopRecordingRequest {
+                meeting_id: "us-meeting".into(),
+            },
+            OPERATOR,
+        ))
+        .await
+        .unwrap();
+    let plans = plan_change(next_update(&mut desired).await);
+    assert_eq!(plans[0].recording_id, "", "stopped");
+
     // Failover: a meeting on eu-1 watched through instance b; eu-1 stops heartbeating.
     create(ca.clone(), "failover", None).await.unwrap();
     let mut on_eu1 = None;
@@ -307,6 +359,18 @@ async fn two_instances_three_forwarders_two_regions() {
         snapshot.update,
         Some(pb::meeting_update::Update::Snapshot(_))
     ));
+    // Recording when the forwarder dies: the recording goes on where the meeting moves.
+    let recording = pb::meetings_client::MeetingsClient::new(cb.clone())
+        .start_recording(with_bearer(
+            pb::StartRecordingRequest {
+                meeting_id: meeting_id.clone(),
+            },
+            OPERATOR,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .recording_id;
     registered["eu-1"].alive.store(false, Ordering::SeqCst);
     let killed = Instant::now();
     let moved = loop {
@@ -329,6 +393,28 @@ async fn two_instances_three_forwarders_two_regions() {
     // A new join gets the new placement.
     let again = join(cb.clone(), &meeting_id, "eu", None).await.unwrap();
     assert_eq!(again.forwarder_address, moved.forwarder_address);
+    let mut on_eu2 = pb::forwarders_client::ForwardersClient::new(cb.clone())
+        .watch_desired_state(with_bearer(
+            pb::WatchDesiredStateRequest {
+                forwarder_id: "eu-2".into(),
+                after_revision: None,
+            },
+            &registered["eu-2"].session,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::desired_state_update::Update::Snapshot(snapshot)) =
+        next_update(&mut on_eu2).await.update
+    else {
+        panic!("a snapshot first");
+    };
+    let plan = snapshot
+        .meetings
+        .iter()
+        .find(|m| m.meeting_id == meeting_id)
+        .expect("the moved meeting is planned on eu-2");
+    assert_eq!(plan.recording_id, recording, "the same recording goes on");
 
     // Killing an instance loses nothing it acknowledged: every join of the rounds above
     // (half of them answered by a) is there when read through b.

@@ -114,6 +114,9 @@ pub struct ControlSection {
     /// File holding the enrolment credential (never put the credential itself here).
     pub enrolment_token_file: Option<PathBuf>,
     pub max_legs: Option<u32>,
+    /// The Unix datagram socket of the `fanout-recorder` next to this forwarder
+    /// (`fanout-recorder run --socket`): where recorded meetings' media goes.
+    pub recorder_socket: Option<PathBuf>,
 }
 
 /// A file read for control mode: its network settings and its `[control]` section.

@@ -93,6 +93,14 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_legs: Option<u32>,
 
+    /// Control mode: the Unix datagram socket of the `fanout-recorder` beside this
+    /// forwarder (its `run --socket`). Meetings the control plane records here have their
+    /// decrypted media handed to it, never waiting: when the recorder is behind or absent
+    /// the recording loses packets (counted), live media none. Without it, recordings
+    /// placed here capture nothing (overrides `[control] recorder_socket`).
+    #[arg(long, value_name = "PATH", env = "FANOUT_RECORDER_SOCKET")]
+    recorder_socket: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (overrides `forwarder.metrics`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
@@ -694,6 +702,21 @@ fn run_control(args: Args) -> Result<()> {
     let (sink, speaker_events) = driver::EventSink::bounded(1024);
     for shard in &mut shards {
         shard.driver.set_event_sink(sink.clone());
+    }
+    match args
+        .recorder_socket
+        .clone()
+        .or(section.recorder_socket.clone())
+    {
+        Some(path) => {
+            info!(socket = %path.display(), "recorded meetings' media goes to the recorder");
+            for shard in &mut shards {
+                shard.driver.set_recorder(driver::RecorderTap::new(&path));
+            }
+        }
+        None => info!(
+            "no recorder socket (--recorder-socket): meetings recorded on this forwarder capture nothing"
+        ),
     }
     drop(sink);
     let links = shards

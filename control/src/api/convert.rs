@@ -154,6 +154,10 @@ pub(crate) fn meeting_to<'a>(
         state: state.into(),
         ended_at_unix_ms: ended_at,
         recording: m.recording(),
+        recording_id: m
+            .recording_id()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         breakouts: m
             .breakouts()
             .iter()
@@ -286,12 +290,24 @@ pub(crate) fn event_to(event: &MeetingEvent) -> pb::meeting_update::Update {
             forwarder_id: forwarder.to_string(),
             forwarder_address: address.clone(),
         }),
-        MeetingEvent::RecordingStarted { by } => U::RecordingStarted(pb::RecordingStarted {
-            by: Some(actor_to(by)),
-        }),
-        MeetingEvent::RecordingStopped { by } => U::RecordingStopped(pb::RecordingStopped {
-            by: Some(actor_to(by)),
-        }),
+        MeetingEvent::RecordingStarted { by, recording } => {
+            U::RecordingStarted(pb::RecordingStarted {
+                by: Some(actor_to(by)),
+                recording_id: recording
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            })
+        }
+        MeetingEvent::RecordingStopped { by, recording } => {
+            U::RecordingStopped(pb::RecordingStopped {
+                by: Some(actor_to(by)),
+                recording_id: recording
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            })
+        }
     }
 }
 

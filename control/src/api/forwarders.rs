@@ -318,6 +318,11 @@ fn meeting_to(m: &DesiredMeeting) -> pb::MeetingPlan {
         }
         .into(),
         listen_address: m.listen_address.clone(),
+        recording_id: m
+            .recording
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 

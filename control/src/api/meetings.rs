@@ -458,11 +458,14 @@ impl Meetings for MeetingsApi {
     ) -> Result<Response<pb::StartRecordingResponse>, Status> {
         let caller = self.caller(&request)?;
         let id = meeting_id(&request.get_ref().meeting_id)?;
-        self.service
+        let recording = self
+            .service
             .set_recording(&caller, &id, true, now())
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::StartRecordingResponse {}))
+        Ok(Response::new(pb::StartRecordingResponse {
+            recording_id: recording.map(|r| r.to_string()).unwrap_or_default(),
+        }))
     }
 
     async fn stop_recording(

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{BreakoutId, ForwarderId, ParticipantId};
+use super::ids::{BreakoutId, ForwarderId, ParticipantId, RecordingId};
 use super::meeting::{Actor, Role};
 
 /// One change to a meeting.
@@ -141,11 +141,16 @@ pub enum MeetingEvent {
     RecordingStarted {
         /// Who started it.
         by: Actor,
+        /// Its id; absent only in events written before recordings had ids.
+        #[serde(default)]
+        recording: Option<RecordingId>,
     },
     /// Recording stopped (by a host, or because the meeting ended).
     RecordingStopped {
         /// Who stopped it.
         by: Actor,
+        #[serde(default)]
+        recording: Option<RecordingId>,
     },
 }
 

@@ -132,6 +132,12 @@ id_type!(
     ForwarderId,
     "forwarder id"
 );
+id_type!(
+    /// One recording of a meeting, from StartRecording to StopRecording: the key of its
+    /// chunks and file in object storage (docs/recording.md).
+    RecordingId,
+    "recording id"
+);
 
 #[cfg(test)]
 mod tests {

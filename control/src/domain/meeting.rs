@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::DomainError;
 use super::events::MeetingEvent;
-use super::ids::{BreakoutId, MeetingId, ParticipantId};
+use super::ids::{BreakoutId, MeetingId, ParticipantId, RecordingId};
 use super::passcode::{Passcode, PasscodeHash};
 use super::time::UnixMillis;
 use super::token::JoinClaims;
@@ -350,6 +350,10 @@ pub struct Meeting {
     limits: Limits,
     state: MeetingState,
     recording: bool,
+    /// The recording under way while `recording`. Absent from documents written before
+    /// recordings had ids.
+    #[serde(default)]
+    recording_id: Option<RecordingId>,
     active_speaker: Option<ParticipantId>,
     breakouts: BTreeMap<BreakoutId, Breakout>,
     participants: BTreeMap<ParticipantId, Participant>,
@@ -434,6 +438,7 @@ impl Meeting {
             limits,
             state: MeetingState::Open,
             recording: false,
+            recording_id: None,
             active_speaker: None,
             breakouts: BTreeMap::new(),
             participants: BTreeMap::new(),
@@ -486,6 +491,10 @@ impl Meeting {
     /// Whether it is being recorded.
     pub fn recording(&self) -> bool {
         self.recording
+    }
+    /// The recording under way, if any.
+    pub fn recording_id(&self) -> Option<&RecordingId> {
+        self.recording_id.as_ref().filter(|_| self.recording)
     }
     /// When it was created.
     pub fn created_at(&self) -> UnixMillis {
@@ -990,7 +999,10 @@ impl Meeting {
         let mut events = Vec::new();
         if self.recording {
             self.recording = false;
-            events.push(MeetingEvent::RecordingStopped { by: by.clone() });
+            events.push(MeetingEvent::RecordingStopped {
+                by: by.clone(),
+                recording: self.recording_id.take(),
+            });
         }
         for p in self.participants.values_mut().filter(|p| p.is_present()) {
             p.presence = Presence::Left;
@@ -1391,23 +1403,32 @@ impl Meeting {
 
     // ------------------------------------------------------------------ recording
 
-    /// Starts or stops recording (host or operator). Emits `RecordingStarted`/`Stopped`
-    /// when the flag changes.
+    /// Starts recording as `recording` (`Some`, a fresh id) or stops (`None`); host or
+    /// operator. Emits `RecordingStarted`/`Stopped` when that changes whether the meeting
+    /// records: starting while recording keeps the recording under way.
     pub fn set_recording(
         &mut self,
         by: &Actor,
-        on: bool,
+        recording: Option<RecordingId>,
     ) -> Result<Vec<MeetingEvent>, DomainError> {
         self.require_open()?;
         self.require_host(by, "start or stop recording")?;
-        if self.recording == on {
+        if self.recording == recording.is_some() {
             return Ok(vec![]);
         }
-        self.recording = on;
-        Ok(vec![if on {
-            MeetingEvent::RecordingStarted { by: by.clone() }
-        } else {
-            MeetingEvent::RecordingStopped { by: by.clone() }
+        self.recording = recording.is_some();
+        Ok(vec![match recording {
+            Some(id) => {
+                self.recording_id = Some(id.clone());
+                MeetingEvent::RecordingStarted {
+                    by: by.clone(),
+                    recording: Some(id),
+                }
+            }
+            None => MeetingEvent::RecordingStopped {
+                by: by.clone(),
+                recording: self.recording_id.take(),
+            },
         }])
     }
 }
@@ -1428,6 +1449,9 @@ mod tests {
     }
     fn by(s: &str) -> Actor {
         Actor::Participant(pid(s))
+    }
+    fn recording() -> RecordingId {
+        RecordingId::new("rec-1").unwrap()
     }
     fn secret(s: &str) -> Passcode {
         Passcode::new(s).unwrap()
@@ -2008,13 +2032,16 @@ mod tests {
         refused(&mut m, DomainError::ParticipantNotFound(pid("q")), |m| {
             m.end(&by("q"), T0)
         });
-        m.set_recording(&by("h"), true).unwrap();
+        m.set_recording(&by("h"), Some(recording())).unwrap();
         m.start_screen_share(&pid("a")).unwrap();
         let ev = m.end(&by("h"), UnixMillis(T0.0 + 5)).unwrap();
         assert_eq!(
             ev,
             vec![
-                MeetingEvent::RecordingStopped { by: by("h") },
+                MeetingEvent::RecordingStopped {
+                    by: by("h"),
+                    recording: Some(recording())
+                },
                 MeetingEvent::MeetingEnded { by: by("h") }
             ]
         );
@@ -2035,7 +2062,7 @@ mod tests {
         refused(&mut m, e.clone(), |m| m.end(&Actor::Operator, T0));
         refused(&mut m, e.clone(), |m| m.leave(&pid("a"), T0));
         refused(&mut m, e.clone(), |m| {
-            m.set_recording(&Actor::Operator, true)
+            m.set_recording(&Actor::Operator, Some(recording()))
         });
         refused(&mut m, e.clone(), |m| m.start_screen_share(&pid("a")));
         refused(&mut m, e.clone(), |m| {
@@ -2585,18 +2612,26 @@ mod tests {
         refused(
             &mut m,
             DomainError::NotHost("start or stop recording"),
-            |m| m.set_recording(&by("a"), true),
+            |m| m.set_recording(&by("a"), Some(recording())),
         );
         assert_eq!(
-            m.set_recording(&by("h"), true).unwrap(),
-            vec![MeetingEvent::RecordingStarted { by: by("h") }]
+            m.set_recording(&by("h"), Some(recording())).unwrap(),
+            vec![MeetingEvent::RecordingStarted {
+                by: by("h"),
+                recording: Some(recording())
+            }]
         );
         assert!(m.recording());
-        assert_eq!(m.set_recording(&by("h"), true).unwrap(), vec![]);
+        assert_eq!(m.recording_id(), Some(&recording()));
+        // Starting again keeps the recording under way.
+        let other = RecordingId::new("rec-2").unwrap();
+        assert_eq!(m.set_recording(&by("h"), Some(other)).unwrap(), vec![]);
+        assert_eq!(m.recording_id(), Some(&recording()));
         assert_eq!(
-            m.set_recording(&Actor::Operator, false).unwrap(),
+            m.set_recording(&Actor::Operator, None).unwrap(),
             vec![MeetingEvent::RecordingStopped {
-                by: Actor::Operator
+                by: Actor::Operator,
+                recording: Some(recording())
             }]
         );
     }
@@ -2945,7 +2980,7 @@ mod tests {
         m.create_breakouts(&by("h"), rooms(&["r1"]), T0).unwrap();
         m.move_to_breakout(&by("h"), &pid("a"), Some(bid("r1")))
             .unwrap();
-        m.set_recording(&by("h"), true).unwrap();
+        m.set_recording(&by("h"), Some(recording())).unwrap();
 
         let json = serde_json::to_string(&m).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -72,7 +72,7 @@ mod token;
 
 pub use error::{DomainError, ErrorKind};
 pub use events::MeetingEvent;
-pub use ids::{BreakoutId, ForwarderId, MeetingId, ParticipantId, MAX_ID_LEN};
+pub use ids::{BreakoutId, ForwarderId, MeetingId, ParticipantId, RecordingId, MAX_ID_LEN};
 pub use meeting::{
     Actor, Breakout, JoinAuthority, JoinRequest, Limits, Meeting, MeetingKind, MeetingSpec,
     MeetingState, MuteChange, NewBreakout, Participant, Presence, Role, Schedule, Seat,

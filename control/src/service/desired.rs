@@ -37,6 +37,7 @@ use super::relays::{LinkDirection, RelayPlanner};
 use super::ServiceError;
 use crate::domain::{
     BreakoutId, ForwarderId, MeetingId, MeetingKind, Participant, ParticipantId, Presence,
+    RecordingId,
 };
 use crate::store::{KeyValue, Op, Revision, Store, StoreError, Txn, WatchEvent, WatchStream};
 
@@ -98,7 +99,17 @@ pub struct DesiredMeeting {
     pub kind: MeetingKind,
     /// `host:port` the meeting's legs send to (its own port: its shard).
     pub listen_address: String,
+    /// The recording its media is tapped for, on the forwarder holding the meeting's
+    /// publishers (not on webinar relay nodes, which hold viewers).
+    pub recording: Option<RecordingId>,
     pub legs: BTreeMap<ParticipantId, DesiredLeg>,
+}
+
+/// What a plan holds of its meeting: read by [`DesiredStates::legs`].
+struct PlanContents {
+    kind: MeetingKind,
+    recording: Option<RecordingId>,
+    legs: BTreeMap<ParticipantId, DesiredLeg>,
 }
 
 /// Everything a forwarder should hold.
@@ -221,14 +232,15 @@ impl DesiredStates {
             Some(_) => Members::Stage,
             None => Members::Everyone,
         };
-        let Some((kind, legs)) = self.legs(id, id.as_str(), members).await? else {
+        let Some(plan) = self.legs(id, id.as_str(), members).await? else {
             return Ok(None);
         };
         Ok(Some(DesiredMeeting {
             id: id.to_string(),
-            kind,
+            kind: plan.kind,
             listen_address: placement.address.clone(),
-            legs,
+            recording: plan.recording,
+            legs: plan.legs,
         }))
     }
 
@@ -245,7 +257,7 @@ impl DesiredStates {
         meeting: &MeetingId,
         plan: &str,
         members: Members<'_>,
-    ) -> Result<Option<(MeetingKind, BTreeMap<ParticipantId, DesiredLeg>)>, ServiceError> {
+    ) -> Result<Option<PlanContents>, ServiceError> {
         let Some(doc) = self.store.get(&keys::meeting(meeting)).await? else {
             return Ok(None);
         };
@@ -321,7 +333,11 @@ impl DesiredStates {
                 },
             );
         }
-        Ok(Some((document.kind(), legs)))
+        Ok(Some(PlanContents {
+            kind: document.kind(),
+            recording: document.recording_id().cloned(),
+            legs,
+        }))
     }
 
     /// The records at `keys` that exist, read in transactions of [`GETS_PER_TXN`].
@@ -390,7 +406,7 @@ impl DesiredStates {
                     .await?
                     .into_iter()
                     .collect();
-                let Some((kind, legs)) = self
+                let Some(contents) = self
                     .legs(meeting, &plan, Members::Viewers(&viewers))
                     .await?
                 else {
@@ -400,9 +416,10 @@ impl DesiredStates {
                     plan.clone(),
                     DesiredMeeting {
                         id: plan,
-                        kind,
+                        kind: contents.kind,
                         listen_address: node.address.clone(),
-                        legs,
+                        recording: None,
+                        legs: contents.legs,
                     },
                 );
             }
@@ -727,7 +744,9 @@ fn diff(
         (before, Some(a)) => {
             let settings_changed =
                 before.is_none_or(|b| b.kind != a.kind || b.listen_address != a.listen_address);
-            if settings_changed {
+            // A recording starting or stopping changes the plan, not the legs.
+            let recording_changed = before.is_some_and(|b| b.recording != a.recording);
+            if settings_changed || recording_changed {
                 out.push(DesiredChange::MeetingUpserted(DesiredMeeting {
                     legs: BTreeMap::new(),
                     ..a.clone()

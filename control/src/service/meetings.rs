@@ -87,8 +87,8 @@ use super::{Placement, PlacementHint, Placer, ServiceError};
 use crate::domain::{
     bearer_token, Actor, BreakoutId, DomainError, JoinAuthority, JoinClaims, JoinRequest, Meeting,
     MeetingEvent, MeetingId, MeetingKind, MeetingSpec, MuteChange, NewBreakout, Participant,
-    ParticipantId, Passcode, PasscodeCost, PasscodeHash, Presence, Role, Seat, TokenKey,
-    UnixMillis, DEFAULT_TOKEN_TTL,
+    ParticipantId, Passcode, PasscodeCost, PasscodeHash, Presence, RecordingId, Role, Seat,
+    TokenKey, UnixMillis, DEFAULT_TOKEN_TTL,
 };
 use crate::store::{Compare, CompareOp, LeaseId, Op, Revision, Store, StoreError, Txn};
 
@@ -1234,18 +1234,29 @@ impl MeetingService {
         .await
     }
 
-    /// Starts or stops recording (host or operator).
+    /// Starts or stops recording (host or operator); returns the recording under way
+    /// after the change (the one already running if it was).
     pub async fn set_recording(
         &self,
         caller: &Caller,
         id: &MeetingId,
         on: bool,
         _now: UnixMillis,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<RecordingId>, ServiceError> {
+        // A fresh id per recording: its chunks and file are kept under it (a stop and a
+        // start make two recordings). Drawn before the retry loop, so a retried write
+        // keeps it.
+        let recording = if on {
+            Some(RecordingId::random()?)
+        } else {
+            None
+        };
         self.stage_op(caller, id, "start or stop recording", |m, by| {
-            m.set_recording(by, on)
+            m.set_recording(by, recording.clone())
         })
-        .await
+        .await?;
+        let (meeting, _) = self.load(id).await?;
+        Ok(meeting.recording_id().cloned())
     }
 
     /// Where the meeting runs, if it is placed (the forwarder that may report its active

@@ -996,6 +996,11 @@ fn listen_from_pb(
     Ok(SocketAddr::new(settings.bind_ip, port))
 }
 
+/// The recording a meeting's media is tapped for; empty: none.
+fn recording_from_pb(plan: &pb::MeetingPlan) -> Option<String> {
+    (!plan.recording_id.is_empty()).then(|| plan.recording_id.clone())
+}
+
 fn track_from_pb(track: &pb::TrackAssignment) -> Result<DesiredTrack, String> {
     let kind = match pb::TrackKind::try_from(track.kind) {
         Ok(pb::TrackKind::Audio) => PublishedKind::Audio,
@@ -1138,11 +1143,12 @@ fn convert_snapshot(settings: &ControlSettings, snapshot: pb::DesiredState) -> D
     for plan in &snapshot.meetings {
         match listen_from_pb(settings, plan) {
             Ok(listen) => {
-                state
+                let meeting = state
                     .meetings
                     .entry(MeetingId(plan.meeting_id.clone()))
-                    .or_insert_with(DesiredMeeting::default)
-                    .listen = Some(listen);
+                    .or_insert_with(DesiredMeeting::default);
+                meeting.listen = Some(listen);
+                meeting.recording = recording_from_pb(plan);
             }
             Err(e) => error!(meeting = %plan.meeting_id, "control plane: meeting not served: {e}"),
         }
@@ -1239,7 +1245,11 @@ fn convert_changes(settings: &ControlSettings, changes: pb::DesiredStateChanges)
             Some(C::MeetingUpserted(plan)) => {
                 let meeting = MeetingId(plan.meeting_id.clone());
                 match listen_from_pb(settings, &plan) {
-                    Ok(listen) => out.push(Change::MeetingUpserted { meeting, listen }),
+                    Ok(listen) => out.push(Change::MeetingUpserted {
+                        meeting,
+                        listen,
+                        recording: recording_from_pb(&plan),
+                    }),
                     Err(e) => {
                         error!(%meeting, "control plane: meeting not served: {e}");
                         out.push(Change::MeetingRemoved(meeting));

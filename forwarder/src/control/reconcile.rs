@@ -330,6 +330,8 @@ pub struct DesiredMeeting {
     /// The forwarder's address the meeting's legs send to (the meeting's own port),
     /// as bound here. `None` until the meeting's plan arrives.
     pub listen: Option<SocketAddr>,
+    /// The recording the meeting's media is tapped for (`sfu::tap`), if recorded.
+    pub recording: Option<String>,
     pub legs: BTreeMap<ParticipantId, DesiredLeg>,
     /// Relay link ends that belong to this meeting, by link id.
     pub links: BTreeMap<String, DesiredLink>,
@@ -345,8 +347,14 @@ impl DesiredState {
     /// Apply one change to the model (no core is touched).
     fn change(&mut self, change: Change) {
         match change {
-            Change::MeetingUpserted { meeting, listen } => {
-                self.meetings.entry(meeting).or_default().listen = Some(listen);
+            Change::MeetingUpserted {
+                meeting,
+                listen,
+                recording,
+            } => {
+                let m = self.meetings.entry(meeting).or_default();
+                m.listen = Some(listen);
+                m.recording = recording;
             }
             Change::MeetingRemoved(meeting) => {
                 self.meetings.remove(&meeting);
@@ -425,6 +433,7 @@ pub enum Change {
     MeetingUpserted {
         meeting: MeetingId,
         listen: SocketAddr,
+        recording: Option<String>,
     },
     MeetingRemoved(MeetingId),
     LegUpserted {
@@ -470,6 +479,8 @@ pub enum Op {
     AddMeeting,
     /// Removes everything in it.
     RemoveMeeting,
+    /// Starts tapping the meeting's media for a recording, or stops (`None`).
+    SetRecording(Option<String>),
     /// One end of a relay link.
     AddLink {
         config: RelayLinkConfig,
@@ -607,6 +618,10 @@ fn diff_meeting(
         (None, None) => {}
         (Some(a), Some(b)) if a == b => {
             let mut ops = Vec::new();
+            let recording = new.and_then(|m| m.recording.clone());
+            if old.and_then(|m| m.recording.as_ref()) != recording.as_ref() {
+                ops.push(Op::SetRecording(recording));
+            }
             diff_legs(a, old_legs, new_legs, &mut ops);
             diff_links(a, old_links, new_links, &mut ops);
             if !ops.is_empty() {
@@ -627,6 +642,9 @@ fn diff_meeting(
             }
             if let Some(b) = new_listen {
                 let mut ops = vec![Op::AddMeeting];
+                if let Some(recording) = new.and_then(|m| m.recording.clone()) {
+                    ops.push(Op::SetRecording(Some(recording)));
+                }
                 diff_legs(b, &empty, new_legs, &mut ops);
                 diff_links(b, &no_links, new_links, &mut ops);
                 batches.push(Batch {
@@ -861,6 +879,8 @@ fn describe(op: &Op) -> String {
     match op {
         Op::AddMeeting => "add meeting".into(),
         Op::RemoveMeeting => "remove meeting".into(),
+        Op::SetRecording(Some(recording)) => format!("record as `{recording}`"),
+        Op::SetRecording(None) => "stop recording".into(),
         Op::AddLink { config } => format!(
             "add {} relay link `{}` to {}",
             config.direction.as_str(),
@@ -895,6 +915,7 @@ fn apply_op(core: &mut Forwarder, meeting: &MeetingId, op: Op) -> Result<(), Con
     match op {
         Op::AddMeeting => core.add_meeting(meeting.clone()),
         Op::RemoveMeeting => core.remove_meeting(meeting),
+        Op::SetRecording(recording) => core.set_recording(meeting, recording.as_deref()),
         Op::AddLink { config } => core.add_relay_link(meeting, config).map(|_| ()),
         Op::RemoveLink { id } => core.remove_relay_link(meeting, &id),
         Op::UpdateLink { config } => core.update_relay_link(meeting, config),
@@ -1184,6 +1205,7 @@ mod tests {
         let mut net = Net::new();
         let mut state = DesiredState::default();
         let mut meeting = DesiredMeeting {
+            recording: None,
             listen: Some(listen()),
             legs: BTreeMap::new(),
             links: BTreeMap::new(),
@@ -1340,6 +1362,49 @@ mod tests {
     }
 
     #[test]
+    fn a_meeting_is_recorded_as_its_plan_says_and_stops_in_place() {
+        let mut net = Net::new();
+        let a = net.leg("a", true, None);
+        let upsert = |recording: Option<&str>| Change::MeetingUpserted {
+            meeting: m(),
+            listen: listen(),
+            recording: recording.map(str::to_owned),
+        };
+        let batches = net.reconciler.changes(vec![
+            upsert(Some("rec-1")),
+            Change::LegUpserted {
+                meeting: m(),
+                participant: "a".into(),
+                leg: a,
+            },
+        ]);
+        assert!(matches!(
+            &batches[0].ops[..],
+            [Op::AddMeeting, Op::SetRecording(Some(r)), Op::AddLeg { .. }, ..] if r == "rec-1"
+        ));
+        net.run(batches);
+        assert_eq!(net.core.recording(&m()), Some("rec-1"));
+
+        // The same plan again changes nothing; another recording or none changes only that.
+        assert!(net
+            .reconciler
+            .changes(vec![upsert(Some("rec-1"))])
+            .is_empty());
+        for next in [Some("rec-2"), None] {
+            let batches = net.reconciler.changes(vec![upsert(next)]);
+            assert_eq!(batches.len(), 1);
+            assert!(
+                matches!(&batches[0].ops[..], [Op::SetRecording(r)] if r.as_deref() == next),
+                "{:?}",
+                batches[0].ops
+            );
+            net.run(batches);
+            assert_eq!(net.core.recording(&m()), next);
+            assert_eq!(net.core.leg_count(), 1, "the meeting's legs stay");
+        }
+    }
+
+    #[test]
     fn legs_wait_for_their_meeting_and_follow_it_to_another_port() {
         let mut net = Net::new();
         let a = net.leg("a", true, None);
@@ -1352,6 +1417,7 @@ mod tests {
         let batches = net.reconciler.changes(vec![Change::MeetingUpserted {
             meeting: m(),
             listen: listen(),
+            recording: None,
         }]);
         assert_eq!(batches.len(), 1);
         assert!(matches!(batches[0].ops[0], Op::AddMeeting));
@@ -1364,6 +1430,7 @@ mod tests {
         let batches = net.reconciler.changes(vec![Change::MeetingUpserted {
             meeting: m(),
             listen: other,
+            recording: None,
         }]);
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].listen, listen());
@@ -1420,6 +1487,7 @@ mod tests {
         let batches = net.reconciler.changes(vec![Change::MeetingUpserted {
             meeting: node.clone(),
             listen: listen(),
+            recording: None,
         }]);
         assert!(matches!(
             &batches[0].ops[..],

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::recorder::RecorderTap;
 use crate::edge::PeerSync;
 use crate::exporter::Wake;
 use crate::sfu::{Event, Forwarder};
@@ -143,6 +144,10 @@ pub struct DriverStats {
     pub recv_rearms: u64,
     /// Events the [`EventSink`] had no room for.
     pub events_dropped: u64,
+    /// Recording tap messages handed to the recorder, and those lost (the recorder was
+    /// behind or absent).
+    pub tap_sent: u64,
+    pub tap_dropped: u64,
 }
 
 /// The driver's datagram counters as other threads see them (the control-plane client
@@ -268,8 +273,12 @@ pub(crate) fn drain_events(
     core: &mut Forwarder,
     sink: Option<&EventSink>,
     peers: Option<&mut PeerSync>,
+    recorder: Option<&mut RecorderTap>,
     stats: &mut DriverStats,
 ) {
+    if let Some(recorder) = recorder {
+        recorder.drain(core, stats);
+    }
     while let Some(event) = core.poll_event() {
         log_event(&event);
         if let Some(sink) = sink {
@@ -383,6 +392,16 @@ pub(crate) fn write_driver_metrics(stats: &DriverStats, out: &mut String) {
             "fanout_driver_events_dropped_total",
             "Core events (dominant speaker) dropped because the control client's queue was full",
             stats.events_dropped,
+        ),
+        (
+            "fanout_driver_recording_sent_total",
+            "Recording tap messages handed to the recorder's socket",
+            stats.tap_sent,
+        ),
+        (
+            "fanout_driver_recording_dropped_total",
+            "Recording tap messages lost because the recorder was behind or unreachable (live media unaffected)",
+            stats.tap_dropped,
         ),
     ] {
         let _ = writeln!(

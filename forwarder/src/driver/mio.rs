@@ -40,6 +40,7 @@ use super::common::{drain_events, CommandQueue, EventSink, Progress};
 pub use super::common::{
     Command, CommandError, DriverHandle, DriverStats, StopHandle, COMMAND_QUEUE_CAPACITY,
 };
+use super::recorder::RecorderTap;
 
 struct MioWake(Arc<Waker>);
 
@@ -73,6 +74,8 @@ pub struct MioDriver {
     events: Option<EventSink>,
     /// Keeps the XDP guard's allowlist equal to the core's peers, when there is a guard.
     peer_sync: Option<PeerSync>,
+    /// Where the media of recorded meetings goes.
+    recorder: Option<RecorderTap>,
     stats: DriverStats,
 }
 
@@ -119,6 +122,7 @@ impl MioDriver {
             progress: Progress::new(Some(Duration::from_secs(10))),
             events: None,
             peer_sync: None,
+            recorder: None,
             stats: DriverStats::default(),
         })
     }
@@ -286,6 +290,7 @@ impl MioDriver {
             core,
             self.events.as_ref(),
             self.peer_sync.as_mut(),
+            self.recorder.as_mut(),
             &mut self.stats,
         );
     }
@@ -325,6 +330,10 @@ impl super::Driver for MioDriver {
 
     fn set_peer_sync(&mut self, sync: PeerSync) {
         self.peer_sync = Some(sync);
+    }
+
+    fn set_recorder(&mut self, tap: RecorderTap) {
+        self.recorder = Some(tap);
     }
     fn stop_handle(&self) -> StopHandle {
         MioDriver::stop_handle(self)

@@ -19,6 +19,7 @@ pub mod afxdp;
 mod common;
 pub mod mio;
 pub mod os;
+mod recorder;
 mod sockaddr;
 pub mod uring;
 
@@ -26,6 +27,7 @@ pub use common::{
     Command, CommandError, DriverHandle, DriverStats, EventSink, StopHandle, TrafficCounters,
     COMMAND_QUEUE_CAPACITY,
 };
+pub use recorder::RecorderTap;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -50,6 +52,8 @@ pub trait Driver: Send + std::fmt::Debug {
     fn set_event_sink(&mut self, sink: EventSink);
     /// Keep an XDP guard's allowlist equal to this shard's peers (set before `run`).
     fn set_peer_sync(&mut self, sync: crate::edge::PeerSync);
+    /// Hand the media of recorded meetings to the recorder (set before `run`).
+    fn set_recorder(&mut self, tap: RecorderTap);
     fn stop_handle(&self) -> StopHandle;
     /// A handle to send commands to the core from other threads.
     fn handle(&self) -> DriverHandle;

@@ -56,6 +56,7 @@ use super::common::{
     drain_events, serve_metrics, CommandQueue, DriverHandle, DriverStats, EventSink, Progress,
     StopHandle,
 };
+use super::recorder::RecorderTap;
 use super::sockaddr;
 use crate::edge::PeerSync;
 use crate::exporter::{MetricsExchange, Wake};
@@ -555,6 +556,8 @@ pub struct UringDriver {
     events: Option<EventSink>,
     /// Keeps the XDP guard's allowlist equal to the core's peers, when there is a guard.
     peer_sync: Option<PeerSync>,
+    /// Where the media of recorded meetings goes.
+    recorder: Option<RecorderTap>,
     stats: DriverStats,
     /// Completions reaped but not handled yet, oldest first.
     pending: VecDeque<Completion>,
@@ -651,6 +654,7 @@ impl UringDriver {
             progress: Progress::new(Some(Duration::from_secs(10))),
             events: None,
             peer_sync: None,
+            recorder: None,
             stats: DriverStats::default(),
             pending: VecDeque::with_capacity(CQ_ENTRIES as usize),
             sends_queued: 0,
@@ -1000,6 +1004,7 @@ impl UringDriver {
             core,
             self.events.as_ref(),
             self.peer_sync.as_mut(),
+            self.recorder.as_mut(),
             &mut self.stats,
         );
         Ok(())
@@ -1129,6 +1134,10 @@ impl super::Driver for UringDriver {
 
     fn set_peer_sync(&mut self, sync: PeerSync) {
         self.peer_sync = Some(sync);
+    }
+
+    fn set_recorder(&mut self, tap: RecorderTap) {
+        self.recorder = Some(tap);
     }
     fn stop_handle(&self) -> StopHandle {
         UringDriver::stop_handle(self)

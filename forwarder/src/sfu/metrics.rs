@@ -346,6 +346,42 @@ impl Forwarder {
         let name = "fanout_events_dropped_total";
         x.family(name, "counter", "Events dropped because nobody polled them");
         x.sample(name, "", self.events_dropped);
+
+        let tap = self.tap_stats();
+        let recording: [(&str, &str, u64); 4] = [
+            (
+                "fanout_recording_packets_total",
+                "Media packets of recorded meetings handed to the recorder's queue",
+                tap.packets,
+            ),
+            (
+                "fanout_recording_dropped_packets_total",
+                "Media packets of recorded meetings not recorded: the recorder fell behind (live media is unaffected)",
+                tap.dropped,
+            ),
+            (
+                "fanout_recording_unencodable_packets_total",
+                "Media packets of recorded meetings that the tap format cannot carry (ids longer than 64 bytes)",
+                tap.unencodable,
+            ),
+            (
+                "fanout_recorded_meetings",
+                "Meetings being recorded",
+                self.meetings
+                    .iter()
+                    .filter(|(_, m)| m.recording.is_some())
+                    .count() as u64,
+            ),
+        ];
+        for (name, help, value) in recording {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            x.family(name, kind, help);
+            x.sample(name, "", value);
+        }
     }
 }
 

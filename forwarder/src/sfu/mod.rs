@@ -21,6 +21,7 @@ mod relay;
 mod reports;
 mod stats;
 mod subscription;
+mod tap;
 mod track;
 mod webrtc;
 
@@ -28,6 +29,7 @@ pub use leg::{LegConfig, LegSecurity};
 pub use relay::{audience, RelayDirection, RelayLinkConfig, RelayLinkInfo, RELAY_LEG_NAME};
 pub use stats::{DropCounters, DropReason, LegStats, Traffic};
 pub use subscription::{Layers, Rewrite, Rewriter, SubscriptionConfig};
+pub use tap::TapStats;
 pub use track::{TrackConfig, TrackKind, MAX_ENCODINGS};
 pub use webrtc::{RtxPayloadType, StreamExtensions, StreamIds, WebrtcTransport};
 
@@ -56,6 +58,7 @@ use queue::FanoutQueue;
 use relay::{RelayRetransmission, RELAY_RETRANSMISSION_QUEUE_LEN};
 use reports::{OutgoingRtcp, SrRelay, RTCP_QUEUE_LEN, SR_RELAYS};
 use subscription::{Subscription, Verdict, RETRANSMIT_MEMORY};
+use tap::TapQueue;
 use track::{Encoding, Track};
 use webrtc::{StreamRole, StunQueue, WebrtcLeg};
 
@@ -215,6 +218,8 @@ pub enum ConfigureError {
     StreamIds,
     #[error("`{0}` is not a certificate fingerprint (RFC 8122: `sha-256 AB:CD:..`)")]
     Fingerprint(String),
+    #[error("`{0}` is not a recording id (1-64 of [A-Za-z0-9._-], not starting with `.`)")]
+    InvalidRecordingId(String),
 }
 
 /// Index of a meeting in the core's table.
@@ -235,6 +240,8 @@ struct Meeting {
     sinks: Vec<LegId>,
     /// Upstream relay link legs: the meeting is a relay node fed by them.
     feeds: Vec<LegId>,
+    /// The recording its media is tapped for (see `tap`).
+    recording: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -265,6 +272,12 @@ pub struct Forwarder {
     checked_sources: HashMap<SocketAddr, LegId>,
     /// Answers to connectivity checks, waiting for `poll_transmit`.
     stun_queue: StunQueue,
+    /// Media of recorded meetings, waiting for `poll_tap`.
+    tap: TapQueue,
+    /// An instant and the time since the Unix epoch it stands for: the tap's clock.
+    unix_clock: Option<(Instant, Duration)>,
+    /// When the core was made.
+    created: Instant,
     /// WebRTC legs whose DTLS handshake is under way (its timers run).
     handshakes: Vec<LegId>,
     /// WebRTC legs with DTLS datagrams to send, each once.
@@ -328,6 +341,9 @@ impl Forwarder {
             by_ufrag: HashMap::new(),
             checked_sources: HashMap::new(),
             stun_queue: StunQueue::new(),
+            tap: TapQueue::default(),
+            unix_clock: None,
+            created: now,
             handshakes: Vec::new(),
             dtls_ready: VecDeque::new(),
             peers_generation: 0,
@@ -359,6 +375,7 @@ impl Forwarder {
             dominant_speaker: None,
             sinks: Vec::new(),
             feeds: Vec::new(),
+            recording: None,
         });
         self.meeting_index.insert(id, MeetingIndex(index as u32));
         Ok(())
@@ -375,6 +392,7 @@ impl Forwarder {
         for p in participants {
             self.remove_participant(id, &p)?;
         }
+        self.set_recording(id, None)?;
         self.meetings.remove(index.0 as usize);
         self.meeting_index.remove(id);
         Ok(())
@@ -1167,6 +1185,11 @@ impl Forwarder {
         if info.is_keyframe_start() {
             e.keyframes.on_keyframe(now);
         }
+        self.tap_packet(track_id, encoding, &contents[..plain_len], now);
+        let track = &mut self.tracks[track_id.index()];
+        let Some(e) = track.encodings.get_mut(usize::from(encoding)) else {
+            return;
+        };
         let mut gap = false;
         let mut rtt_sample = None;
         match e.nack.on_packet(header.sequence, now) {

@@ -65,6 +65,7 @@ use self::frame::{Headers, Malformed, MAX_HEADER_LEN};
 use self::neighbour::{Link, NeighbourCache, Netlink, NextHop, SlowReason};
 use self::umem::{Mode, XskQueue};
 use super::common::{drain_events, CommandQueue, EventSink, Progress};
+use super::recorder::RecorderTap;
 use super::{DriverHandle, DriverStats, StopHandle, TrafficCounters};
 use crate::edge::{PeerSync, XdpGuard};
 use crate::exporter::{MetricsExchange, Wake};
@@ -211,6 +212,8 @@ pub struct AfXdpDriver {
     events: Option<EventSink>,
     /// Keeps the XDP guard's allowlist equal to the core's peers.
     peer_sync: Option<PeerSync>,
+    /// Where the media of recorded meetings goes.
+    recorder: Option<RecorderTap>,
     stats: DriverStats,
     xdp: AfXdpStats,
     rx_descs: Vec<XdpDesc>,
@@ -336,6 +339,7 @@ impl AfXdpDriver {
             progress: Progress::new(Some(Duration::from_secs(10))),
             events: None,
             peer_sync: None,
+            recorder: None,
             stats: DriverStats::default(),
             xdp: AfXdpStats::default(),
             rx_descs: Vec::with_capacity(BATCH as usize),
@@ -605,6 +609,7 @@ impl AfXdpDriver {
             core,
             self.events.as_ref(),
             self.peer_sync.as_mut(),
+            self.recorder.as_mut(),
             &mut self.stats,
         );
     }
@@ -956,6 +961,10 @@ impl super::Driver for AfXdpDriver {
     }
     fn set_peer_sync(&mut self, sync: PeerSync) {
         self.peer_sync = Some(sync);
+    }
+
+    fn set_recorder(&mut self, tap: RecorderTap) {
+        self.recorder = Some(tap);
     }
     fn stop_handle(&self) -> StopHandle {
         StopHandle::new(self.stop.clone(), self.wake())
