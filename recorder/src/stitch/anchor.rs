@@ -9,14 +9,26 @@
 //! its own first packets, which puts it at the right place on the shared timeline.
 //!
 //! Within a segment the RTP clock rules: packets are placed by their timestamps, so
-//! network jitter does not move frames or audio. Sender clock drift against the
-//! recorder's clock over one segment is not corrected (about 0.36 s per hour at 100 ppm).
+//! network jitter does not move frames or audio. But a sender's RTP clock may not keep
+//! pace with the wall clock: clock drift (0.36 s per hour at 100 ppm), or a sender that
+//! stalled and fell behind. So the anchor is checked against the arrival clock: the
+//! minimum of `arrival - rtp_micros` over each [`DRIFT_WINDOW_MICROS`] of arrivals is
+//! compared with the anchor, and when they differ by more than [`DRIFT_THRESHOLD_MICROS`]
+//! the anchor moves to the new minimum. Moving later leaves a hole (video holds its last
+//! frame, audio is concealed); moving earlier makes the next media overlap what was
+//! written, which is dropped. The threshold is above network jitter, so a steady stream is
+//! never re-anchored, and it bounds how far a participant's audio and video (anchored
+//! separately) can drift apart.
 
 use super::sequence::{rtp_micros, SequencedPacket};
 
 /// At most this many packets wait for their segment's anchor (a bound in case arrival
 /// times stand still).
 const MAX_PENDING: usize = 4096;
+/// The span of arrivals over which the anchor is checked against the arrival clock.
+pub(crate) const DRIFT_WINDOW_MICROS: u64 = 2_000_000;
+/// How far the arrival clock may wander from the anchor before the anchor follows.
+pub(crate) const DRIFT_THRESHOLD_MICROS: i64 = 200_000;
 
 /// A packet with its place on the wall clock (unix epoch microseconds).
 #[derive(Debug, Clone)]
@@ -36,6 +48,11 @@ pub(crate) struct Anchorer {
     best_offset: i64,
     offset: Option<i64>,
     pending: Vec<SequencedPacket>,
+    /// The drift check's window: where it began (arrival) and its minimum offset.
+    window_start: u64,
+    window_min: i64,
+    /// How often the anchor was moved to follow the arrival clock.
+    pub drift_corrections: u64,
 }
 
 impl Anchorer {
@@ -48,6 +65,9 @@ impl Anchorer {
             best_offset: i64::MAX,
             offset: None,
             pending: Vec::new(),
+            window_start: 0,
+            window_min: i64::MAX,
+            drift_corrections: 0,
         }
     }
 
@@ -59,12 +79,27 @@ impl Anchorer {
             self.best_offset = i64::MAX;
             self.offset = None;
         }
-        if let Some(offset) = self.offset {
-            let wall_micros = rtp_micros(packet.ext_timestamp, self.clock_rate).saturating_add(offset);
+        let offset = (packet.arrival_micros as i64).saturating_sub(rtp_micros(packet.ext_timestamp, self.clock_rate));
+        if let Some(anchor) = self.offset {
+            self.window_min = self.window_min.min(offset);
+            let anchor = if packet.arrival_micros >= self.window_start.saturating_add(DRIFT_WINDOW_MICROS) {
+                let drift = self.window_min.saturating_sub(anchor);
+                let anchor = if drift.abs() > DRIFT_THRESHOLD_MICROS {
+                    self.drift_corrections += 1;
+                    *self.offset.insert(self.window_min)
+                } else {
+                    anchor
+                };
+                self.window_start = packet.arrival_micros;
+                self.window_min = i64::MAX;
+                anchor
+            } else {
+                anchor
+            };
+            let wall_micros = rtp_micros(packet.ext_timestamp, self.clock_rate).saturating_add(anchor);
             out.push(TimedPacket { packet, wall_micros });
             return;
         }
-        let offset = (packet.arrival_micros as i64).saturating_sub(rtp_micros(packet.ext_timestamp, self.clock_rate));
         self.best_offset = self.best_offset.min(offset);
         let settled = packet.arrival_micros >= self.first_arrival.saturating_add(self.window_micros);
         self.pending.push(packet);
@@ -80,6 +115,8 @@ impl Anchorer {
             return;
         }
         let offset = *self.offset.get_or_insert(self.best_offset);
+        self.window_start = self.pending.iter().map(|p| p.arrival_micros).max().unwrap_or(self.first_arrival);
+        self.window_min = i64::MAX;
         for packet in self.pending.drain(..) {
             let wall_micros = rtp_micros(packet.ext_timestamp, self.clock_rate).saturating_add(offset);
             out.push(TimedPacket { packet, wall_micros });
@@ -123,6 +160,30 @@ mod tests {
         assert_eq!(out[0].wall_micros, base as i64 + 20_000);
         // Later packets are placed by RTP time (40 frames = 1.333 s), not by arrival.
         assert_eq!(out[5].wall_micros - out[0].wall_micros, 1_333_333);
+    }
+
+    #[test]
+    fn anchor_follows_a_sender_that_falls_behind_but_not_jitter() {
+        let mut anchorer = Anchorer::new(90_000, 1_000_000);
+        let mut out = Vec::new();
+        // 20 s of frames at 30 fps; the sender's RTP clock runs at 80% of the wall clock
+        // from 5 s on (a stalled sender), with ±15 ms of network jitter throughout.
+        for frame in 0..600i64 {
+            let rtp_elapsed = frame * 1_000_000 / 30;
+            let wall = if rtp_elapsed < 5_000_000 { rtp_elapsed } else { 5_000_000 + (rtp_elapsed - 5_000_000) * 5 / 4 };
+            let jitter = (frame * 7919 % 31 - 15) * 1000;
+            anchorer.push(packet(0, frame * 3000, (10_000_000 + wall + 20_000 + jitter) as u64), &mut out);
+        }
+        anchorer.flush(&mut out);
+        assert_eq!(out.len(), 600);
+        // Before 5 s nothing moved; at the end the timeline is within the threshold
+        // (plus one window of lag) of the arrival clock, not 4 s behind it.
+        let early: Vec<i64> = out[..150].iter().map(|p| p.wall_micros - rtp_micros(p.packet.ext_timestamp, 90_000)).collect();
+        assert!(early.windows(2).all(|w| w[0] == w[1]), "no correction while the clocks agree");
+        let last = out.last().unwrap();
+        let behind = (last.packet.arrival_micros as i64) - last.wall_micros;
+        assert!(behind < DRIFT_THRESHOLD_MICROS + 500_000 + 35_000, "behind {behind}");
+        assert!(anchorer.drift_corrections >= 3);
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub struct StreamReport {
     pub gaps: u64,
     /// Continuous stretches of the stream (a new one at an SSRC change or a jump).
     pub segments: u32,
+    /// Times the anchor moved to follow the arrival clock (a drifting or stalled sender).
+    pub drift_corrections: u64,
     /// Video: frames reassembled whole.
     pub frames_complete: u64,
     /// Video: frames begun but not complete (or refused by the depacketizer).

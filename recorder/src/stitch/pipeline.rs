@@ -216,6 +216,7 @@ impl StreamPipeline {
         self.report.stale_source_packets = stats.stale_source;
         self.report.unconfirmed_jumps = stats.unconfirmed_jumps;
         self.report.segments = stats.segments;
+        self.report.drift_corrections = self.anchorer.drift_corrections;
         let mut spool = None;
         let mut audio = None;
         match self.sink {
