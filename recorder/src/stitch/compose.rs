@@ -16,8 +16,9 @@
 //!   tile's overlay is disabled and the black background shows.
 //! * The Ogg files start at their first packet; `adelay` (in samples) places each on the
 //!   timeline, and holes inside were filled with concealment when the files were written.
-//! * Bit-exact flags keep version strings and random UIDs out of the file, so the same
-//!   input gives the same bytes.
+//! * Bit-exact flags keep version strings and random UIDs out of the file, and libvpx runs
+//!   at a fixed speed (`-cpu-used` negative: a positive value lets VP8's realtime mode
+//!   pick its speed from measured encoding time), so the same input gives the same bytes.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -131,7 +132,7 @@ pub(crate) fn arguments(tiles: &[TileInput], audio: &[AudioInput], duration_micr
     let fps = options.fps;
     args.extend(
         [
-            "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", &options.vp8_cpu_used.to_string(),
+            "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", &format!("-{}", options.vp8_cpu_used),
             "-b:v", &format!("{}k", options.video_bitrate_kbps), "-g", &(u32::from(fps) * 4).to_string(),
             "-auto-alt-ref", "0", "-threads", "2",
         ]

@@ -27,6 +27,10 @@ use super::{StitchError, StitchOptions, TileReport, TrackKind};
 
 /// Switches listed in a tile report (a flapping sender could switch every second).
 pub const MAX_REPORTED_SWITCHES: usize = 1000;
+/// Keyframes of several encodings this close in time are one moment: a sender makes the
+/// keyframes of all its encodings together (at the start, on a PLI), and their separate
+/// anchors put them microseconds apart. The choice then goes straight to the highest.
+const SIMULTANEOUS_MICROS: i64 = 50_000;
 
 /// One change of the chosen encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +181,13 @@ fn build_tile(
         let before = selector.current();
         // Frames before the start cannot be (start is the earliest media time).
         let pts = u64::try_from(frame.wall_micros - start).unwrap_or(0);
-        if !selector.offer(encoding, frame.wall_micros, frame.keyframe) {
+        let higher_keyframe_coming = frame.keyframe
+            && before != Some(encoding)
+            && readers.iter().any(|(other, _, head)| {
+                *other > encoding
+                    && head.as_ref().is_some_and(|h| h.keyframe && h.wall_micros <= frame.wall_micros + SIMULTANEOUS_MICROS)
+            });
+        if higher_keyframe_coming || !selector.offer(encoding, frame.wall_micros, frame.keyframe) {
             report.frames_not_chosen += 1;
             continue;
         }

@@ -101,7 +101,7 @@ pub struct StitchOptions {
     pub fps: u16,
     pub video_bitrate_kbps: u32,
     pub audio_bitrate_kbps: u32,
-    /// libvpx `-cpu-used` (0-16; higher is faster and worse).
+    /// libvpx speed (0-16; higher is faster and worse), used as a fixed speed.
     pub vp8_cpu_used: u8,
     /// A packet waits this long (by the arrival time of later packets) for a missing
     /// predecessor before the gap counts as loss.
