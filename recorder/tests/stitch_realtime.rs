@@ -14,7 +14,14 @@ const ALICE_SECONDS: u32 = 12;
 const BOB_DELAY_SECONDS: u64 = 3;
 const BOB_SECONDS: u32 = 9;
 
-fn participant_args(video_source: &str, tone: u32, seconds: u32, capture: &CaptureSession, first: usize, ssrc: u32) -> Vec<String> {
+fn participant_args(
+    video_source: &str,
+    tone: u32,
+    seconds: u32,
+    capture: &CaptureSession,
+    first: usize,
+    ssrc: u32,
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "-re".into(),
         "-f".into(),
@@ -39,18 +46,51 @@ fn two_participants_late_joiner_with_loss() {
     let dir = test_dir("realtime");
     // Streams: 0 alice video, 1 alice audio, 2 bob video, 3 bob audio.
     let capture = CaptureSession::start(4);
-    let alice = spawn_ffmpeg(&participant_args("testsrc", 440, ALICE_SECONDS, &capture, 0, 0x1000));
+    let alice = spawn_ffmpeg(&participant_args(
+        "testsrc",
+        440,
+        ALICE_SECONDS,
+        &capture,
+        0,
+        0x1000,
+    ));
     std::thread::sleep(Duration::from_secs(BOB_DELAY_SECONDS));
-    let bob = spawn_ffmpeg(&participant_args("smptebars", 660, BOB_SECONDS, &capture, 2, 0x2000));
+    let bob = spawn_ffmpeg(&participant_args(
+        "smptebars",
+        660,
+        BOB_SECONDS,
+        &capture,
+        2,
+        0x2000,
+    ));
     wait_ffmpeg(alice);
     wait_ffmpeg(bob);
     let captured = capture.finish();
     for (i, stream) in captured.iter().enumerate() {
-        assert!(stream.len() > 100, "stream {i} captured only {} packets", stream.len());
+        assert!(
+            stream.len() > 100,
+            "stream {i} captured only {} packets",
+            stream.len()
+        );
     }
-    let first_arrival = captured.iter().flatten().map(|c| c.arrival_micros).min().unwrap();
-    let last_arrival = captured.iter().flatten().map(|c| c.arrival_micros).max().unwrap();
-    let bob_first_arrival = captured[2].iter().chain(&captured[3]).map(|c| c.arrival_micros).min().unwrap();
+    let first_arrival = captured
+        .iter()
+        .flatten()
+        .map(|c| c.arrival_micros)
+        .min()
+        .unwrap();
+    let last_arrival = captured
+        .iter()
+        .flatten()
+        .map(|c| c.arrival_micros)
+        .max()
+        .unwrap();
+    let bob_first_arrival = captured[2]
+        .iter()
+        .chain(&captured[3])
+        .map(|c| c.arrival_micros)
+        .min()
+        .unwrap();
 
     let keys = [
         key("alice", TrackKind::Camera, 0),
@@ -71,16 +111,28 @@ fn two_participants_late_joiner_with_loss() {
     // reordering inside a stream stays).
     packets.sort_by_key(|p| p.arrival_micros);
 
-    let options = StitchOptions { intermediate_dir: Some(dir.join("work")), ..StitchOptions::default() };
+    let options = StitchOptions {
+        intermediate_dir: Some(dir.join("work")),
+        ..StitchOptions::default()
+    };
     let output = dir.join("meeting.webm");
     let mut updates: Vec<Progress> = Vec::new();
-    let report = stitch(packets, &options, &output, &mut |p| updates.push(p)).expect("stitching succeeds");
+    let report =
+        stitch(packets, &options, &output, &mut |p| updates.push(p)).expect("stitching succeeds");
     eprintln!("{report:#?}");
 
     // Progress: never backwards, ends done.
-    assert!(updates.windows(2).all(|w| w[1].fraction >= w[0].fraction), "{updates:?}");
-    assert_eq!(updates.last().map(|p| (p.stage, p.fraction)), Some((Stage::Done, 1.0)));
-    assert!(updates.iter().any(|p| p.stage == Stage::Encoding && p.fraction > 0.3 && p.fraction < 1.0));
+    assert!(
+        updates.windows(2).all(|w| w[1].fraction >= w[0].fraction),
+        "{updates:?}"
+    );
+    assert_eq!(
+        updates.last().map(|p| (p.stage, p.fraction)),
+        Some((Stage::Done, 1.0))
+    );
+    assert!(updates
+        .iter()
+        .any(|p| p.stage == Stage::Encoding && p.fraction > 0.3 && p.fraction < 1.0));
 
     // Frames per video stream: what an independent count of complete, decodable frames
     // from the sent packets and the dropped set says.
@@ -88,20 +140,41 @@ fn two_participants_late_joiner_with_loss() {
         let expected = expected_frames(&captured[video], lost, vp8_keyframe_start);
         let stream = report.stream(&keys[video]).unwrap();
         eprintln!("{}: expected {expected:?}", keys[video].participant);
-        assert!(expected.complete < expected.frames, "5% loss should break some frames");
-        assert_eq!(stream.frames_complete, expected.complete, "{}", keys[video].participant);
-        assert_eq!(stream.frames_written, expected.written, "{}", keys[video].participant);
-        assert_eq!(stream.frames_written + stream.frames_skipped_waiting_for_keyframe, expected.complete);
+        assert!(
+            expected.complete < expected.frames,
+            "5% loss should break some frames"
+        );
+        assert_eq!(
+            stream.frames_complete, expected.complete,
+            "{}",
+            keys[video].participant
+        );
+        assert_eq!(
+            stream.frames_written, expected.written,
+            "{}",
+            keys[video].participant
+        );
+        assert_eq!(
+            stream.frames_written + stream.frames_skipped_waiting_for_keyframe,
+            expected.complete
+        );
         assert!(stream.duplicate_packets > 0);
         // Loss before the first or after the last packet received is no visible gap.
-        let received: Vec<bool> = captured[video].iter().map(|c| !lost.contains(&rtp_fields(&c.bytes).sequence)).collect();
+        let received: Vec<bool> = captured[video]
+            .iter()
+            .map(|c| !lost.contains(&rtp_fields(&c.bytes).sequence))
+            .collect();
         let first = received.iter().position(|&r| r).unwrap();
         let last = received.iter().rposition(|&r| r).unwrap();
         let inner_losses = received[first..=last].iter().filter(|&&r| !r).count() as u64;
         assert_eq!(stream.missing_packets, inner_losses);
         assert_eq!(stream.segments, 1);
         // The tile file FFmpeg read has exactly those frames and decodes cleanly.
-        let tile = report.tiles.iter().find(|t| t.participant == keys[video].participant).unwrap();
+        let tile = report
+            .tiles
+            .iter()
+            .find(|t| t.participant == keys[video].participant)
+            .unwrap();
         let file = tile.file.as_ref().unwrap();
         assert_eq!(count_frames(file), expected.written);
         assert_eq!(decode_errors(file), "", "tile {}", file.display());
@@ -118,21 +191,51 @@ fn two_participants_late_joiner_with_loss() {
     let span = (last_arrival - first_arrival) as f64 / 1e6;
     let duration = duration_seconds(&output);
     eprintln!("captured span {span:.3} s, file {duration:.3} s");
-    assert!((duration - span).abs() < 1.0, "duration {duration} vs span {span}");
+    assert!(
+        (duration - span).abs() < 1.0,
+        "duration {duration} vs span {span}"
+    );
     assert_monotonic_packets(&output);
-    let streams = ffprobe(&output, &["-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0"]);
-    assert_eq!(streams.lines().collect::<Vec<_>>(), ["vp8,1280,720", "opus"]);
+    let streams = ffprobe(
+        &output,
+        &[
+            "-show_entries",
+            "stream=codec_name,width,height",
+            "-of",
+            "csv=p=0",
+        ],
+    );
+    assert_eq!(
+        streams.lines().collect::<Vec<_>>(),
+        ["vp8,1280,720", "opus"]
+    );
 
     // Bob joined 3 s late: his tile is black before, shows him after.
     let bob_join = (bob_first_arrival - report.start_unix_micros as u64) as f64 / 1e6;
-    let bob_tile = report.tiles.iter().find(|t| t.participant == "bob").unwrap();
+    let bob_tile = report
+        .tiles
+        .iter()
+        .find(|t| t.participant == "bob")
+        .unwrap();
     let visible_from = bob_tile.visible[0].0 as f64 / 1e6;
-    assert!(visible_from >= bob_join - 0.3 && visible_from <= bob_join + 1.5, "bob visible from {visible_from}, joined {bob_join}");
+    assert!(
+        visible_from >= bob_join - 0.3 && visible_from <= bob_join + 1.5,
+        "bob visible from {visible_from}, joined {bob_join}"
+    );
     let alice_rect = (0, 180, 640, 360);
     let bob_rect = (640, 180, 640, 360);
     let early = bob_join / 2.0;
-    assert!(mean_luma(&output, early, bob_rect) < 20.0, "bob's tile is black before he joins");
-    assert!(mean_luma(&output, early, alice_rect) > 40.0, "alice is there from the start");
-    assert!(mean_luma(&output, bob_join + 4.0, bob_rect) > 40.0, "bob shows after joining");
+    assert!(
+        mean_luma(&output, early, bob_rect) < 20.0,
+        "bob's tile is black before he joins"
+    );
+    assert!(
+        mean_luma(&output, early, alice_rect) > 40.0,
+        "alice is there from the start"
+    );
+    assert!(
+        mean_luma(&output, bob_join + 4.0, bob_rect) > 40.0,
+        "bob shows after joining"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

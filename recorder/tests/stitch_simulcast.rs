@@ -44,20 +44,33 @@ fn top_encoding_stops_and_the_tile_switches_down_at_a_keyframe() {
     let mut rng = Rng::new(42);
     let mut packets = Vec::new();
     for (encoding, stream) in captured.iter().enumerate() {
-        assert!(stream.len() > 50, "encoding {encoding}: {} packets", stream.len());
+        assert!(
+            stream.len() > 50,
+            "encoding {encoding}: {} packets",
+            stream.len()
+        );
         let first_ts = rtp_fields(&stream[0].bytes).timestamp;
         let mut stamped = stream.clone();
         for (i, c) in stamped.iter_mut().enumerate() {
             let ts = rtp_fields(&c.bytes).timestamp.wrapping_sub(first_ts);
-            c.arrival_micros = base + u64::from(ts) * 1000 / 90 + 2_000 + rng.next() % 5_000 + i as u64;
+            c.arrival_micros =
+                base + u64::from(ts) * 1000 / 90 + 2_000 + rng.next() % 5_000 + i as u64;
         }
-        packets.extend(recorded(&key("carol", TrackKind::Camera, encoding as u8), Codec::Vp8, &stamped));
+        packets.extend(recorded(
+            &key("carol", TrackKind::Camera, encoding as u8),
+            Codec::Vp8,
+            &stamped,
+        ));
     }
     packets.sort_by_key(|p| p.arrival_micros);
 
-    let options = StitchOptions { intermediate_dir: Some(dir.join("work")), ..StitchOptions::default() };
+    let options = StitchOptions {
+        intermediate_dir: Some(dir.join("work")),
+        ..StitchOptions::default()
+    };
     let output = dir.join("simulcast.webm");
-    let report = stitch(packets.clone(), &options, &output, &mut |_| {}).expect("stitching succeeds");
+    let report =
+        stitch(packets.clone(), &options, &output, &mut |_| {}).expect("stitching succeeds");
     eprintln!("{:#?}", report.tiles);
     assert_eq!(report.tiles.len(), 1, "one participant, one tile");
     let tile = &report.tiles[0];
@@ -71,22 +84,48 @@ fn top_encoding_stops_and_the_tile_switches_down_at_a_keyframe() {
     assert_eq!((down.from, down.to), (Some(2), 1));
     let down_at = down.at_micros as f64 / 1e6;
     let stall = options.layer_stall_micros as f64 / 1e6;
-    assert!(down_at > TOP_STOPS_AT && down_at <= TOP_STOPS_AT + stall + 1.0 + 0.1, "switched down at {down_at}");
-    assert!(!tile.frames_by_encoding.contains_key(&0), "the lowest encoding was never needed");
+    assert!(
+        down_at > TOP_STOPS_AT && down_at <= TOP_STOPS_AT + stall + 1.0 + 0.1,
+        "switched down at {down_at}"
+    );
+    assert!(
+        !tile.frames_by_encoding.contains_key(&0),
+        "the lowest encoding was never needed"
+    );
 
     // In the tile file: 1280-wide frames, then 640-wide ones starting with a key frame.
     let file = tile.file.as_ref().unwrap();
     assert_eq!(decode_errors(file), "");
     // (width, key_frame, pts_time) of every decoded frame.
-    let listing = ffprobe(file, &["-show_entries", "frame=width,key_frame,pts_time", "-of", "compact=p=0"]);
+    let listing = ffprobe(
+        file,
+        &[
+            "-show_entries",
+            "frame=width,key_frame,pts_time",
+            "-of",
+            "compact=p=0",
+        ],
+    );
     let frames: Vec<(u32, u32, f64)> = listing
         .lines()
         .map(|line| {
-            let field = |name: &str| line.split('|').find_map(|kv| kv.strip_prefix(&format!("{name}="))).unwrap().to_string();
-            (field("width").parse().unwrap(), field("key_frame").parse().unwrap(), field("pts_time").parse().unwrap())
+            let field = |name: &str| {
+                line.split('|')
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                    .unwrap()
+                    .to_string()
+            };
+            (
+                field("width").parse().unwrap(),
+                field("key_frame").parse().unwrap(),
+                field("pts_time").parse().unwrap(),
+            )
         })
         .collect();
-    let switch_index = frames.iter().position(|f| f.0 == 640).expect("frames of the middle encoding");
+    let switch_index = frames
+        .iter()
+        .position(|f| f.0 == 640)
+        .expect("frames of the middle encoding");
     assert!(frames[..switch_index].iter().all(|f| f.0 == 1280));
     assert!(frames[switch_index..].iter().all(|f| f.0 == 640));
     assert_eq!(frames[switch_index].1, 1, "the switch is at a key frame");
@@ -96,12 +135,21 @@ fn top_encoding_stops_and_the_tile_switches_down_at_a_keyframe() {
     assert_eq!(decode_errors(&output), "");
     assert_monotonic_packets(&output);
     let duration = duration_seconds(&output);
-    assert!((duration - f64::from(SECONDS)).abs() < 0.5, "duration {duration}");
+    assert!(
+        (duration - f64::from(SECONDS)).abs() < 0.5,
+        "duration {duration}"
+    );
 
     // Same input, same output.
     let again = dir.join("again.webm");
-    let options = StitchOptions { intermediate_dir: None, ..options };
+    let options = StitchOptions {
+        intermediate_dir: None,
+        ..options
+    };
     stitch(packets, &options, &again, &mut |_| {}).unwrap();
-    assert!(std::fs::read(&output).unwrap() == std::fs::read(&again).unwrap(), "stitching is deterministic");
+    assert!(
+        std::fs::read(&output).unwrap() == std::fs::read(&again).unwrap(),
+        "stitching is deterministic"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -79,29 +79,36 @@ impl Anchorer {
             self.best_offset = i64::MAX;
             self.offset = None;
         }
-        let offset = (packet.arrival_micros as i64).saturating_sub(rtp_micros(packet.ext_timestamp, self.clock_rate));
+        let offset = (packet.arrival_micros as i64)
+            .saturating_sub(rtp_micros(packet.ext_timestamp, self.clock_rate));
         if let Some(anchor) = self.offset {
             self.window_min = self.window_min.min(offset);
-            let anchor = if packet.arrival_micros >= self.window_start.saturating_add(DRIFT_WINDOW_MICROS) {
-                let drift = self.window_min.saturating_sub(anchor);
-                let anchor = if drift.abs() > DRIFT_THRESHOLD_MICROS {
-                    self.drift_corrections += 1;
-                    *self.offset.insert(self.window_min)
+            let anchor =
+                if packet.arrival_micros >= self.window_start.saturating_add(DRIFT_WINDOW_MICROS) {
+                    let drift = self.window_min.saturating_sub(anchor);
+                    let anchor = if drift.abs() > DRIFT_THRESHOLD_MICROS {
+                        self.drift_corrections += 1;
+                        *self.offset.insert(self.window_min)
+                    } else {
+                        anchor
+                    };
+                    self.window_start = packet.arrival_micros;
+                    self.window_min = i64::MAX;
+                    anchor
                 } else {
                     anchor
                 };
-                self.window_start = packet.arrival_micros;
-                self.window_min = i64::MAX;
-                anchor
-            } else {
-                anchor
-            };
-            let wall_micros = rtp_micros(packet.ext_timestamp, self.clock_rate).saturating_add(anchor);
-            out.push(TimedPacket { packet, wall_micros });
+            let wall_micros =
+                rtp_micros(packet.ext_timestamp, self.clock_rate).saturating_add(anchor);
+            out.push(TimedPacket {
+                packet,
+                wall_micros,
+            });
             return;
         }
         self.best_offset = self.best_offset.min(offset);
-        let settled = packet.arrival_micros >= self.first_arrival.saturating_add(self.window_micros);
+        let settled =
+            packet.arrival_micros >= self.first_arrival.saturating_add(self.window_micros);
         self.pending.push(packet);
         if settled || self.pending.len() >= MAX_PENDING {
             self.flush(out);
@@ -115,11 +122,20 @@ impl Anchorer {
             return;
         }
         let offset = *self.offset.get_or_insert(self.best_offset);
-        self.window_start = self.pending.iter().map(|p| p.arrival_micros).max().unwrap_or(self.first_arrival);
+        self.window_start = self
+            .pending
+            .iter()
+            .map(|p| p.arrival_micros)
+            .max()
+            .unwrap_or(self.first_arrival);
         self.window_min = i64::MAX;
         for packet in self.pending.drain(..) {
-            let wall_micros = rtp_micros(packet.ext_timestamp, self.clock_rate).saturating_add(offset);
-            out.push(TimedPacket { packet, wall_micros });
+            let wall_micros =
+                rtp_micros(packet.ext_timestamp, self.clock_rate).saturating_add(offset);
+            out.push(TimedPacket {
+                packet,
+                wall_micros,
+            });
         }
     }
 }
@@ -152,8 +168,14 @@ mod tests {
             let ts = 900_000 + 3000 * i as i64;
             anchorer.push(packet(0, ts, base + 33_333 * i as u64 + delay), &mut out);
         }
-        assert!(out.is_empty(), "nothing leaves before the anchor window has passed");
-        anchorer.push(packet(0, 900_000 + 3000 * 40, base + 33_333 * 40 + 50_000), &mut out);
+        assert!(
+            out.is_empty(),
+            "nothing leaves before the anchor window has passed"
+        );
+        anchorer.push(
+            packet(0, 900_000 + 3000 * 40, base + 33_333 * 40 + 50_000),
+            &mut out,
+        );
         assert_eq!(out.len(), 6);
         // Anchored with the packet that took 20 ms: the first frame lands 20 ms after
         // it was sent, not 80 ms.
@@ -170,19 +192,39 @@ mod tests {
         // from 5 s on (a stalled sender), with ±15 ms of network jitter throughout.
         for frame in 0..600i64 {
             let rtp_elapsed = frame * 1_000_000 / 30;
-            let wall = if rtp_elapsed < 5_000_000 { rtp_elapsed } else { 5_000_000 + (rtp_elapsed - 5_000_000) * 5 / 4 };
+            let wall = if rtp_elapsed < 5_000_000 {
+                rtp_elapsed
+            } else {
+                5_000_000 + (rtp_elapsed - 5_000_000) * 5 / 4
+            };
             let jitter = (frame * 7919 % 31 - 15) * 1000;
-            anchorer.push(packet(0, frame * 3000, (10_000_000 + wall + 20_000 + jitter) as u64), &mut out);
+            anchorer.push(
+                packet(
+                    0,
+                    frame * 3000,
+                    (10_000_000 + wall + 20_000 + jitter) as u64,
+                ),
+                &mut out,
+            );
         }
         anchorer.flush(&mut out);
         assert_eq!(out.len(), 600);
         // Before 5 s nothing moved; at the end the timeline is within the threshold
         // (plus one window of lag) of the arrival clock, not 4 s behind it.
-        let early: Vec<i64> = out[..150].iter().map(|p| p.wall_micros - rtp_micros(p.packet.ext_timestamp, 90_000)).collect();
-        assert!(early.windows(2).all(|w| w[0] == w[1]), "no correction while the clocks agree");
+        let early: Vec<i64> = out[..150]
+            .iter()
+            .map(|p| p.wall_micros - rtp_micros(p.packet.ext_timestamp, 90_000))
+            .collect();
+        assert!(
+            early.windows(2).all(|w| w[0] == w[1]),
+            "no correction while the clocks agree"
+        );
         let last = out.last().unwrap();
         let behind = (last.packet.arrival_micros as i64) - last.wall_micros;
-        assert!(behind < DRIFT_THRESHOLD_MICROS + 500_000 + 35_000, "behind {behind}");
+        assert!(
+            behind < DRIFT_THRESHOLD_MICROS + 500_000 + 35_000,
+            "behind {behind}"
+        );
         assert!(anchorer.drift_corrections >= 3);
     }
 

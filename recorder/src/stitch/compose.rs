@@ -53,7 +53,12 @@ pub(crate) struct AudioInput {
 /// ceil(sqrt(n)) columns row by row; every tile has the output's aspect ratio (a camera's
 /// 16:9 is not letterboxed in a tall tile), the grid is centred, and so is a last row
 /// with fewer tiles.
-pub(crate) fn tile_rect(index: usize, count: usize, width: u16, height: u16) -> (u32, u32, u32, u32) {
+pub(crate) fn tile_rect(
+    index: usize,
+    count: usize,
+    width: u16,
+    height: u16,
+) -> (u32, u32, u32, u32) {
     let count = count.max(1);
     let columns = (1..=count).find(|c| c * c >= count).unwrap_or(1);
     let rows = count.div_ceil(columns);
@@ -63,10 +68,19 @@ pub(crate) fn tile_rect(index: usize, count: usize, width: u16, height: u16) -> 
     let tile_h = even(u32::from(height) / divisions);
     let row = index / columns;
     let column = index % columns;
-    let in_row = if row == rows - 1 { count - row * columns } else { columns };
+    let in_row = if row == rows - 1 {
+        count - row * columns
+    } else {
+        columns
+    };
     let x0 = (u32::from(width) - tile_w * in_row as u32) / 2;
     let y0 = (u32::from(height) - tile_h * rows as u32) / 2;
-    (x0 + column as u32 * tile_w, y0 + row as u32 * tile_h, tile_w, tile_h)
+    (
+        x0 + column as u32 * tile_w,
+        y0 + row as u32 * tile_h,
+        tile_w,
+        tile_h,
+    )
 }
 
 fn seconds(micros: u64) -> String {
@@ -74,15 +88,31 @@ fn seconds(micros: u64) -> String {
 }
 
 /// The `-filter_complex` graph. Inputs are numbered tiles first, then audio.
-pub(crate) fn filter_graph(tiles: &[TileInput], audio: &[AudioInput], duration_micros: u64, options: &StitchOptions) -> String {
+pub(crate) fn filter_graph(
+    tiles: &[TileInput],
+    audio: &[AudioInput],
+    duration_micros: u64,
+    options: &StitchOptions,
+) -> String {
     let mut graph = String::new();
     let (w, h, fps) = (options.width, options.height, options.fps);
-    let _ = write!(graph, "color=c=black:s={w}x{h}:r={fps}:d={}[base0]", seconds(duration_micros));
+    let _ = write!(
+        graph,
+        "color=c=black:s={w}x{h}:r={fps}:d={}[base0]",
+        seconds(duration_micros)
+    );
     for (i, tile) in tiles.iter().enumerate() {
         let (x, y, tw, th) = tile_rect(i, tiles.len(), w, h);
-        let enable: Vec<String> =
-            tile.visible.iter().map(|&(from, to)| format!("between(t\\,{}\\,{})", seconds(from), seconds(to))).collect();
-        let enable = if enable.is_empty() { "0".to_string() } else { enable.join("+") };
+        let enable: Vec<String> = tile
+            .visible
+            .iter()
+            .map(|&(from, to)| format!("between(t\\,{}\\,{})", seconds(from), seconds(to)))
+            .collect();
+        let enable = if enable.is_empty() {
+            "0".to_string()
+        } else {
+            enable.join("+")
+        };
         let _ = write!(
             graph,
             ";[{i}:v]scale=w={tw}:h={th}:force_original_aspect_ratio=decrease,pad={tw}:{th}:-1:-1:color=black,setsar=1[tile{i}]\
@@ -93,7 +123,11 @@ pub(crate) fn filter_graph(tiles: &[TileInput], audio: &[AudioInput], duration_m
     let _ = write!(graph, ";[base{}]format=yuv420p[vout]", tiles.len());
     for (j, track) in audio.iter().enumerate() {
         let delay_samples = track.delay_micros * 48 / 1000;
-        let _ = write!(graph, ";[{}:a]adelay=delays={delay_samples}S:all=1[a{j}]", tiles.len() + j);
+        let _ = write!(
+            graph,
+            ";[{}:a]adelay=delays={delay_samples}S:all=1[a{j}]",
+            tiles.len() + j
+        );
     }
     match audio.len() {
         0 => {}
@@ -105,25 +139,63 @@ pub(crate) fn filter_graph(tiles: &[TileInput], audio: &[AudioInput], duration_m
             }
             // normalize=0: a participant is as loud in the mix as alone (amix would
             // otherwise divide by the number of inputs).
-            let _ = write!(graph, "amix=inputs={n}:duration=longest:dropout_transition=0:normalize=0[aout]");
+            let _ = write!(
+                graph,
+                "amix=inputs={n}:duration=longest:dropout_transition=0:normalize=0[aout]"
+            );
         }
     }
     graph
 }
 
 /// The full argument list of the FFmpeg run (without the binary).
-pub(crate) fn arguments(tiles: &[TileInput], audio: &[AudioInput], duration_micros: u64, options: &StitchOptions, graph: GraphArg, output: &Path) -> Vec<String> {
-    let mut args: Vec<String> = ["-hide_banner", "-nostdin", "-y", "-v", "error", "-nostats", "-progress", "pipe:1"].map(String::from).to_vec();
+pub(crate) fn arguments(
+    tiles: &[TileInput],
+    audio: &[AudioInput],
+    duration_micros: u64,
+    options: &StitchOptions,
+    graph: GraphArg,
+    output: &Path,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-hide_banner",
+        "-nostdin",
+        "-y",
+        "-v",
+        "error",
+        "-nostats",
+        "-progress",
+        "pipe:1",
+    ]
+    .map(String::from)
+    .to_vec();
     for tile in tiles {
-        args.extend(["-reinit_filter".into(), "0".into(), "-itsoffset".into(), seconds(tile.first_pts_micros)]);
-        args.extend(["-f".into(), "ivf".into(), "-i".into(), tile.path.display().to_string()]);
+        args.extend([
+            "-reinit_filter".into(),
+            "0".into(),
+            "-itsoffset".into(),
+            seconds(tile.first_pts_micros),
+        ]);
+        args.extend([
+            "-f".into(),
+            "ivf".into(),
+            "-i".into(),
+            tile.path.display().to_string(),
+        ]);
     }
     for track in audio {
-        args.extend(["-f".into(), "ogg".into(), "-i".into(), track.path.display().to_string()]);
+        args.extend([
+            "-f".into(),
+            "ogg".into(),
+            "-i".into(),
+            track.path.display().to_string(),
+        ]);
     }
     match graph {
         GraphArg::Inline(graph) => args.extend(["-filter_complex".into(), graph]),
-        GraphArg::Script(path) => args.extend(["-filter_complex_script".into(), path.display().to_string()]),
+        GraphArg::Script(path) => {
+            args.extend(["-filter_complex_script".into(), path.display().to_string()])
+        }
     }
     args.extend(["-map".into(), "[vout]".into()]);
     if !audio.is_empty() {
@@ -132,17 +204,50 @@ pub(crate) fn arguments(tiles: &[TileInput], audio: &[AudioInput], duration_micr
     let fps = options.fps;
     args.extend(
         [
-            "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", &format!("-{}", options.vp8_cpu_used),
-            "-b:v", &format!("{}k", options.video_bitrate_kbps), "-g", &(u32::from(fps) * 4).to_string(),
-            "-auto-alt-ref", "0", "-threads", "2",
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            &format!("-{}", options.vp8_cpu_used),
+            "-b:v",
+            &format!("{}k", options.video_bitrate_kbps),
+            "-g",
+            &(u32::from(fps) * 4).to_string(),
+            "-auto-alt-ref",
+            "0",
+            "-threads",
+            "2",
         ]
         .map(String::from),
     );
     if !audio.is_empty() {
-        args.extend(["-c:a", "libopus", "-b:a", &format!("{}k", options.audio_bitrate_kbps), "-ar", "48000"].map(String::from));
+        args.extend(
+            [
+                "-c:a",
+                "libopus",
+                "-b:a",
+                &format!("{}k", options.audio_bitrate_kbps),
+                "-ar",
+                "48000",
+            ]
+            .map(String::from),
+        );
     }
     args.extend(["-t".into(), seconds(duration_micros)]);
-    args.extend(["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-f", "webm"].map(String::from));
+    args.extend(
+        [
+            "-fflags",
+            "+bitexact",
+            "-flags:v",
+            "+bitexact",
+            "-flags:a",
+            "+bitexact",
+            "-f",
+            "webm",
+        ]
+        .map(String::from),
+    );
     args.push(output.display().to_string());
     args
 }
@@ -183,7 +288,10 @@ pub(crate) fn run_ffmpeg(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| StitchError::FfmpegNotFound { ffmpeg: options.ffmpeg.clone(), source })?;
+        .map_err(|source| StitchError::FfmpegNotFound {
+            ffmpeg: options.ffmpeg.clone(),
+            source,
+        })?;
     // stderr is drained on its own thread so a chatty FFmpeg never blocks on a full pipe
     // while we read progress from stdout.
     let stderr = child.stderr.take();
@@ -209,19 +317,29 @@ pub(crate) fn run_ffmpeg(
             let Ok(line) = line else { break };
             // `out_time_us` (FFmpeg 4.4+) and the older, misnamed `out_time_ms` are both
             // microseconds.
-            let value = line.strip_prefix("out_time_us=").or_else(|| line.strip_prefix("out_time_ms="));
+            let value = line
+                .strip_prefix("out_time_us=")
+                .or_else(|| line.strip_prefix("out_time_ms="));
             if let Some(done) = value.and_then(|v| v.trim().parse::<u64>().ok()) {
                 progress((done as f64 / duration_micros.max(1) as f64).clamp(0.0, 1.0));
             }
         }
     }
-    let status = child.wait().map_err(StitchError::io("waiting for ffmpeg"))?;
+    let status = child
+        .wait()
+        .map_err(StitchError::io("waiting for ffmpeg"))?;
     let stderr = stderr_reader.join().unwrap_or_default();
     if !status.success() {
         let _ = std::fs::remove_file(&partial);
-        return Err(StitchError::FfmpegFailed { status: status.to_string(), stderr });
+        return Err(StitchError::FfmpegFailed {
+            status: status.to_string(),
+            stderr,
+        });
     }
-    std::fs::rename(&partial, output).map_err(StitchError::io(format!("moving the output to {}", output.display())))?;
+    std::fs::rename(&partial, output).map_err(StitchError::io(format!(
+        "moving the output to {}",
+        output.display()
+    )))?;
     progress(1.0);
     Ok(())
 }
@@ -244,21 +362,45 @@ mod tests {
     #[test]
     fn graph_places_tiles_and_delays_audio() {
         let tiles = vec![
-            TileInput { path: "a.ivf".into(), first_pts_micros: 0, visible: vec![(0, 5_000_000)] },
-            TileInput { path: "b.ivf".into(), first_pts_micros: 3_000_000, visible: vec![(3_000_000, 4_000_000), (6_000_000, 9_500_000)] },
+            TileInput {
+                path: "a.ivf".into(),
+                first_pts_micros: 0,
+                visible: vec![(0, 5_000_000)],
+            },
+            TileInput {
+                path: "b.ivf".into(),
+                first_pts_micros: 3_000_000,
+                visible: vec![(3_000_000, 4_000_000), (6_000_000, 9_500_000)],
+            },
         ];
         let audio = vec![
-            AudioInput { path: "a.ogg".into(), delay_micros: 20_000 },
-            AudioInput { path: "b.ogg".into(), delay_micros: 3_000_000 },
+            AudioInput {
+                path: "a.ogg".into(),
+                delay_micros: 20_000,
+            },
+            AudioInput {
+                path: "b.ogg".into(),
+                delay_micros: 3_000_000,
+            },
         ];
         let graph = filter_graph(&tiles, &audio, 10_000_000, &StitchOptions::default());
         assert!(graph.starts_with("color=c=black:s=1280x720:r=30:d=10.000000[base0];"));
-        assert!(graph.contains("[1:v]scale=w=640:h=360:force_original_aspect_ratio=decrease,pad=640:360"));
+        assert!(graph
+            .contains("[1:v]scale=w=640:h=360:force_original_aspect_ratio=decrease,pad=640:360"));
         assert!(graph.contains("overlay=x=640:y=180:eof_action=pass:enable='between(t\\,3.000000\\,4.000000)+between(t\\,6.000000\\,9.500000)'[base2]"));
         assert!(graph.contains("[2:a]adelay=delays=960S:all=1[a0]"));
         assert!(graph.contains("[3:a]adelay=delays=144000S:all=1[a1]"));
-        assert!(graph.ends_with("[a0][a1]amix=inputs=2:duration=longest:dropout_transition=0:normalize=0[aout]"));
-        let args = arguments(&tiles, &audio, 10_000_000, &StitchOptions::default(), GraphArg::Inline(graph), Path::new("out.webm"));
+        assert!(graph.ends_with(
+            "[a0][a1]amix=inputs=2:duration=longest:dropout_transition=0:normalize=0[aout]"
+        ));
+        let args = arguments(
+            &tiles,
+            &audio,
+            10_000_000,
+            &StitchOptions::default(),
+            GraphArg::Inline(graph),
+            Path::new("out.webm"),
+        );
         let joined = args.join(" ");
         assert!(joined.contains("-reinit_filter 0 -itsoffset 3.000000 -f ivf -i b.ivf"));
         assert!(joined.contains("-t 10.000000"));

@@ -36,16 +36,24 @@ impl<W: Write + Seek> IvfWriter<W> {
         header.extend_from_slice(&0u32.to_le_bytes()); // frame count, patched in finish()
         header.extend_from_slice(&0u32.to_le_bytes()); // unused
         out.write_all(&header)?;
-        Ok(IvfWriter { out, frames: 0, last_pts: None })
+        Ok(IvfWriter {
+            out,
+            frames: 0,
+            last_pts: None,
+        })
     }
 
     /// Appends a frame at `pts_micros`, which must be greater than the previous frame's
     /// (IVF has no decode order apart from presentation order).
     pub fn write_frame(&mut self, pts_micros: u64, data: &[u8]) -> io::Result<()> {
         if self.last_pts.is_some_and(|last| pts_micros <= last) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "IVF timestamps must increase"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "IVF timestamps must increase",
+            ));
         }
-        let size = u32::try_from(data.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+        let size = u32::try_from(data.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
         self.out.write_all(&size.to_le_bytes())?;
         self.out.write_all(&pts_micros.to_le_bytes())?;
         self.out.write_all(data)?;
@@ -79,12 +87,18 @@ mod tests {
         let mut writer = IvfWriter::new(Cursor::new(Vec::new()), *b"VP80", 640, 360).unwrap();
         writer.write_frame(5, b"abc").unwrap();
         writer.write_frame(33_338, b"de").unwrap();
-        assert!(writer.write_frame(33_338, b"f").is_err(), "equal timestamps are refused");
+        assert!(
+            writer.write_frame(33_338, b"f").is_err(),
+            "equal timestamps are refused"
+        );
         let bytes = writer.finish().unwrap().into_inner();
         assert_eq!(&bytes[..4], b"DKIF");
         assert_eq!(&bytes[8..12], b"VP80");
         assert_eq!(u16::from_le_bytes([bytes[12], bytes[13]]), 640);
-        assert_eq!(u32::from_le_bytes(bytes[16..20].try_into().unwrap()), 1_000_000);
+        assert_eq!(
+            u32::from_le_bytes(bytes[16..20].try_into().unwrap()),
+            1_000_000
+        );
         assert_eq!(u32::from_le_bytes(bytes[24..28].try_into().unwrap()), 2);
         assert_eq!(&bytes[32..36], &3u32.to_le_bytes());
         assert_eq!(&bytes[36..44], &5u64.to_le_bytes());

@@ -71,7 +71,9 @@ impl LayerSelector {
     }
 
     fn available(&self, encoding: u8, now: i64) -> bool {
-        self.last_seen.get(&encoding).is_some_and(|&seen| seen >= now.saturating_sub(self.stall_micros))
+        self.last_seen
+            .get(&encoding)
+            .is_some_and(|&seen| seen >= now.saturating_sub(self.stall_micros))
     }
 
     /// Offers a frame; true if it goes into the tile (the chosen encoding may change).
@@ -91,7 +93,11 @@ impl LayerSelector {
             Some(current) => {
                 // Down only when the current one stalled, and only to the highest of the
                 // encodings still available below it.
-                let highest_available_below = self.last_seen.keys().rev().find(|&&e| e < current && self.available(e, wall_micros));
+                let highest_available_below = self
+                    .last_seen
+                    .keys()
+                    .rev()
+                    .find(|&&e| e < current && self.available(e, wall_micros));
                 !self.available(current, wall_micros) && highest_available_below == Some(&encoding)
             }
         };
@@ -112,10 +118,21 @@ pub(crate) struct Tile {
 }
 
 /// Builds one IVF file per tile (participant and video kind) from the streams' spools.
-pub(crate) fn build_tiles(streams: &[FinishedStream], start: i64, options: &StitchOptions, dir: &Path) -> Result<Vec<Tile>, StitchError> {
+pub(crate) fn build_tiles(
+    streams: &[FinishedStream],
+    start: i64,
+    options: &StitchOptions,
+    dir: &Path,
+) -> Result<Vec<Tile>, StitchError> {
     let mut groups: BTreeMap<(String, TrackKind), Vec<&FinishedStream>> = BTreeMap::new();
-    for stream in streams.iter().filter(|s| s.codec.is_video() && s.spool.is_some()) {
-        groups.entry((stream.key.participant.clone(), stream.key.kind)).or_default().push(stream);
+    for stream in streams
+        .iter()
+        .filter(|s| s.codec.is_video() && s.spool.is_some())
+    {
+        groups
+            .entry((stream.key.participant.clone(), stream.key.kind))
+            .or_default()
+            .push(stream);
     }
     let mut tiles = Vec::new();
     for (index, ((participant, kind), encodings)) in groups.into_iter().enumerate() {
@@ -137,19 +154,28 @@ fn build_tile(
 ) -> Result<Option<Tile>, StitchError> {
     // The tile's codec is the highest encoding's: simulcast encodings share a codec; an
     // encoding in another codec could not go into the same file and is left out.
-    let Some(codec) = encodings.iter().max_by_key(|s| s.key.encoding).map(|s| s.codec) else {
+    let Some(codec) = encodings
+        .iter()
+        .max_by_key(|s| s.key.encoding)
+        .map(|s| s.codec)
+    else {
         return Ok(None);
     };
     let mut readers: Vec<(u8, SpoolReader, Option<SpooledFrame>)> = Vec::new();
     for stream in encodings.iter().filter(|s| s.codec == codec) {
         let Some(spool) = &stream.spool else { continue };
-        let mut reader = SpoolReader::open(spool).map_err(StitchError::io(format!("reading {}", spool.display())))?;
-        let head = reader.next_frame().map_err(StitchError::io("reading a spool file"))?;
+        let mut reader = SpoolReader::open(spool)
+            .map_err(StitchError::io(format!("reading {}", spool.display())))?;
+        let head = reader
+            .next_frame()
+            .map_err(StitchError::io("reading a spool file"))?;
         readers.push((stream.key.encoding, reader, head));
     }
-    let file = File::create(path).map_err(StitchError::io(format!("creating {}", path.display())))?;
+    let file =
+        File::create(path).map_err(StitchError::io(format!("creating {}", path.display())))?;
     let (width, height) = (0, 0);
-    let mut ivf = IvfWriter::new(BufWriter::new(file), codec.ivf_fourcc(), width, height).map_err(StitchError::io("writing a tile"))?;
+    let mut ivf = IvfWriter::new(BufWriter::new(file), codec.ivf_fourcc(), width, height)
+        .map_err(StitchError::io("writing a tile"))?;
     let mut selector = LayerSelector::new(options.layer_stall_micros);
     let absent_after = i64::try_from(options.absent_after_micros).unwrap_or(i64::MAX);
     let mut report = TileReport {
@@ -175,7 +201,12 @@ fn build_tile(
     {
         let (encoding, reader, head) = &mut readers[next];
         let encoding = *encoding;
-        let Some(frame) = std::mem::replace(head, reader.next_frame().map_err(StitchError::io("reading a spool file"))?) else {
+        let Some(frame) = std::mem::replace(
+            head,
+            reader
+                .next_frame()
+                .map_err(StitchError::io("reading a spool file"))?,
+        ) else {
             break;
         };
         let before = selector.current();
@@ -185,16 +216,23 @@ fn build_tile(
             && before != Some(encoding)
             && readers.iter().any(|(other, _, head)| {
                 *other > encoding
-                    && head.as_ref().is_some_and(|h| h.keyframe && h.wall_micros <= frame.wall_micros + SIMULTANEOUS_MICROS)
+                    && head.as_ref().is_some_and(|h| {
+                        h.keyframe && h.wall_micros <= frame.wall_micros + SIMULTANEOUS_MICROS
+                    })
             });
         if higher_keyframe_coming || !selector.offer(encoding, frame.wall_micros, frame.keyframe) {
             report.frames_not_chosen += 1;
             continue;
         }
         if before != Some(encoding) && report.switches.len() < MAX_REPORTED_SWITCHES {
-            report.switches.push(LayerSwitch { at_micros: pts, from: before, to: encoding });
+            report.switches.push(LayerSwitch {
+                at_micros: pts,
+                from: before,
+                to: encoding,
+            });
         }
-        ivf.write_frame(pts, &frame.data).map_err(StitchError::io("writing a tile"))?;
+        ivf.write_frame(pts, &frame.data)
+            .map_err(StitchError::io("writing a tile"))?;
         report.frames_written += 1;
         *report.frames_by_encoding.entry(encoding).or_default() += 1;
         first_pts.get_or_insert(pts);
@@ -216,7 +254,11 @@ fn build_tile(
         stretch.1 += hold;
     }
     Ok(Some(Tile {
-        input: TileInput { path: path.to_path_buf(), first_pts_micros: first_pts, visible: report.visible.clone() },
+        input: TileInput {
+            path: path.to_path_buf(),
+            first_pts_micros: first_pts,
+            visible: report.visible.clone(),
+        },
         report,
     }))
 }
@@ -231,7 +273,8 @@ mod tests {
         offers
             .iter()
             .map(|&(encoding, frame, keyframe)| {
-                let taken = selector.offer(encoding, frame * 33_333 + i64::from(encoding), keyframe);
+                let taken =
+                    selector.offer(encoding, frame * 33_333 + i64::from(encoding), keyframe);
                 (frame, taken.then_some(encoding))
             })
             .collect()
@@ -239,8 +282,27 @@ mod tests {
 
     #[test]
     fn starts_at_the_first_keyframe_and_switches_up_at_a_higher_keyframe() {
-        let result = run(&[(0, 0, false), (0, 1, true), (2, 1, false), (0, 2, false), (2, 2, true), (0, 3, true), (2, 3, false)]);
-        assert_eq!(result, vec![(0, None), (1, Some(0)), (1, None), (2, Some(0)), (2, Some(2)), (3, None), (3, Some(2))]);
+        let result = run(&[
+            (0, 0, false),
+            (0, 1, true),
+            (2, 1, false),
+            (0, 2, false),
+            (2, 2, true),
+            (0, 3, true),
+            (2, 3, false),
+        ]);
+        assert_eq!(
+            result,
+            vec![
+                (0, None),
+                (1, Some(0)),
+                (1, None),
+                (2, Some(0)),
+                (2, Some(2)),
+                (3, None),
+                (3, Some(2))
+            ]
+        );
     }
 
     #[test]
@@ -258,13 +320,22 @@ mod tests {
             offers.push((0, frame, frame == 40));
         }
         let result = run(&offers);
-        let chosen: Vec<(i64, u8)> = result.iter().filter_map(|&(f, e)| e.map(|e| (f, e))).collect();
-        assert!(chosen.iter().filter(|&&(f, _)| f < 10).all(|&(_, e)| e == 2));
+        let chosen: Vec<(i64, u8)> = result
+            .iter()
+            .filter_map(|&(f, e)| e.map(|e| (f, e)))
+            .collect();
+        assert!(chosen
+            .iter()
+            .filter(|&&(f, _)| f < 10)
+            .all(|&(_, e)| e == 2));
         // Frame 40: 2 stalled (> 1 s since frame 9) but 1 is available and higher than
         // 0, so 0's keyframe is not taken; the switch is at 1's keyframe.
         let first_after = chosen.iter().find(|&&(f, _)| f >= 10).copied();
         assert_eq!(first_after, Some((45, 1)));
-        assert!(chosen.iter().filter(|&&(f, _)| f >= 45).all(|&(_, e)| e == 1));
+        assert!(chosen
+            .iter()
+            .filter(|&&(f, _)| f >= 45)
+            .all(|&(_, e)| e == 1));
     }
 
     #[test]
@@ -273,6 +344,9 @@ mod tests {
         assert!(selector.offer(1, 100, true));
         assert!(!selector.offer(1, 100, false), "same time");
         assert!(!selector.offer(1, 200, false), "its reference is missing");
-        assert!(selector.offer(0, 300, true), "any keyframe repairs the tile");
+        assert!(
+            selector.offer(0, 300, true),
+            "any keyframe repairs the tile"
+        );
     }
 }

@@ -298,12 +298,19 @@ impl WorkDir {
             None => {
                 use std::sync::atomic::{AtomicU64, Ordering};
                 static NEXT: AtomicU64 = AtomicU64::new(0);
-                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-                let name = format!("fanout-stitch-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let name = format!(
+                    "fanout-stitch-{}-{nanos}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                );
                 (std::env::temp_dir().join(name), true)
             }
         };
-        fs::create_dir_all(&path).map_err(StitchError::io(format!("creating {}", path.display())))?;
+        fs::create_dir_all(&path)
+            .map_err(StitchError::io(format!("creating {}", path.display())))?;
         Ok(WorkDir { path, remove })
     }
 }
@@ -337,61 +344,129 @@ pub fn stitch(
     let expected_packets = packets.size_hint().1.filter(|&n| n > 0);
     let mut streams: BTreeMap<StreamKey, pipeline::StreamPipeline> = BTreeMap::new();
     let mut packets_read = 0u64;
-    progress(Progress { stage: Stage::Reading, fraction: 0.0, packets_read });
+    progress(Progress {
+        stage: Stage::Reading,
+        fraction: 0.0,
+        packets_read,
+    });
     for packet in packets {
         packets_read += 1;
         if !streams.contains_key(&packet.stream) {
             let index = streams.len();
-            let pipeline = pipeline::StreamPipeline::new(packet.stream.clone(), packet.codec, packet.clock_rate, options, &work.path, index);
+            let pipeline = pipeline::StreamPipeline::new(
+                packet.stream.clone(),
+                packet.codec,
+                packet.clock_rate,
+                options,
+                &work.path,
+                index,
+            );
             streams.insert(packet.stream.clone(), pipeline);
         }
         if let Some(stream) = streams.get_mut(&packet.stream) {
-            stream.push(packet).map_err(StitchError::io("writing intermediate files"))?;
+            stream
+                .push(packet)
+                .map_err(StitchError::io("writing intermediate files"))?;
         }
-        if packets_read % PROGRESS_EVERY_PACKETS == 0 {
-            let fraction = expected_packets.map_or(0.0, |n| READING_SHARE * (packets_read as f64 / n as f64).min(1.0));
-            progress(Progress { stage: Stage::Reading, fraction, packets_read });
+        if packets_read.is_multiple_of(PROGRESS_EVERY_PACKETS) {
+            let fraction = expected_packets.map_or(0.0, |n| {
+                READING_SHARE * (packets_read as f64 / n as f64).min(1.0)
+            });
+            progress(Progress {
+                stage: Stage::Reading,
+                fraction,
+                packets_read,
+            });
         }
     }
     let mut finished = Vec::with_capacity(streams.len());
     for (_, stream) in streams {
-        finished.push(stream.finish().map_err(StitchError::io("finishing intermediate files"))?);
+        finished.push(
+            stream
+                .finish()
+                .map_err(StitchError::io("finishing intermediate files"))?,
+        );
     }
-    progress(Progress { stage: Stage::Selecting, fraction: READING_SHARE, packets_read });
+    progress(Progress {
+        stage: Stage::Selecting,
+        fraction: READING_SHARE,
+        packets_read,
+    });
 
     // The timeline: from the first media placed to the end of the last.
-    let start = finished.iter().filter_map(|s| s.report.first_micros).min().ok_or(StitchError::NoMedia)?;
-    let end = finished.iter().filter_map(|s| s.report.end_micros).max().unwrap_or(start);
-    let duration_micros = u64::try_from(end - start).unwrap_or(0).max(MIN_DURATION_MICROS);
+    let start = finished
+        .iter()
+        .filter_map(|s| s.report.first_micros)
+        .min()
+        .ok_or(StitchError::NoMedia)?;
+    let end = finished
+        .iter()
+        .filter_map(|s| s.report.end_micros)
+        .max()
+        .unwrap_or(start);
+    let duration_micros = u64::try_from(end - start)
+        .unwrap_or(0)
+        .max(MIN_DURATION_MICROS);
 
     let tiles = layers::build_tiles(&finished, start, options, &work.path)?;
     let audio: Vec<compose::AudioInput> = finished
         .iter()
         .filter_map(|s| s.audio.as_ref())
-        .map(|a| compose::AudioInput { path: a.path.clone(), delay_micros: u64::try_from(a.start_micros - start).unwrap_or(0) })
+        .map(|a| compose::AudioInput {
+            path: a.path.clone(),
+            delay_micros: u64::try_from(a.start_micros - start).unwrap_or(0),
+        })
         .collect();
     if tiles.is_empty() && audio.is_empty() {
         return Err(StitchError::NoMedia);
     }
-    progress(Progress { stage: Stage::Encoding, fraction: READING_SHARE + SELECTING_SHARE, packets_read });
+    progress(Progress {
+        stage: Stage::Encoding,
+        fraction: READING_SHARE + SELECTING_SHARE,
+        packets_read,
+    });
     let encode_started = Instant::now();
     let tile_inputs: Vec<compose::TileInput> = tiles.iter().map(|t| t.input.clone()).collect();
-    compose::run_ffmpeg(&tile_inputs, &audio, duration_micros, options, &work.path, output, &mut |done| {
-        let fraction = READING_SHARE + SELECTING_SHARE + (1.0 - READING_SHARE - SELECTING_SHARE) * done;
-        progress(Progress { stage: Stage::Encoding, fraction, packets_read });
-    })?;
+    compose::run_ffmpeg(
+        &tile_inputs,
+        &audio,
+        duration_micros,
+        options,
+        &work.path,
+        output,
+        &mut |done| {
+            let fraction =
+                READING_SHARE + SELECTING_SHARE + (1.0 - READING_SHARE - SELECTING_SHARE) * done;
+            progress(Progress {
+                stage: Stage::Encoding,
+                fraction,
+                packets_read,
+            });
+        },
+    )?;
     let encode_micros = u64::try_from(encode_started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    progress(Progress { stage: Stage::Done, fraction: 1.0, packets_read });
+    progress(Progress {
+        stage: Stage::Done,
+        fraction: 1.0,
+        packets_read,
+    });
 
     let keep = !work.remove;
     Ok(StitchReport {
         packets_read,
         audio_tracks: audio.len(),
-        audio_files: if keep { audio.iter().map(|a| a.path.clone()).collect() } else { Vec::new() },
+        audio_files: if keep {
+            audio.iter().map(|a| a.path.clone()).collect()
+        } else {
+            Vec::new()
+        },
         streams: finished.into_iter().map(|s| s.report).collect(),
         tiles: tiles
             .into_iter()
-            .map(|t| TileReport { file: keep.then_some(t.input.path), ..t.report })
+            .map(|t| TileReport {
+                file: keep.then_some(t.input.path),
+                ..t.report
+            })
             .collect(),
         start_unix_micros: start,
         duration_micros,
@@ -408,7 +483,11 @@ const MIN_DURATION_MICROS: u64 = 100_000;
 
 fn validate(options: &StitchOptions) -> Result<(), StitchError> {
     let invalid = |what: &str| Err(StitchError::InvalidOptions(what.to_string()));
-    if options.width < 16 || options.height < 16 || options.width % 2 != 0 || options.height % 2 != 0 {
+    if options.width < 16
+        || options.height < 16
+        || !options.width.is_multiple_of(2)
+        || !options.height.is_multiple_of(2)
+    {
         return invalid("width and height must be even and at least 16");
     }
     if options.fps == 0 || options.fps > 120 {

@@ -37,7 +37,11 @@ fn crc32(data: &[u8]) -> u32 {
             let mut crc = (i as u32) << 24;
             let mut bit = 0;
             while bit < 8 {
-                crc = if crc & 0x8000_0000 != 0 { crc << 1 ^ 0x04c1_1db7 } else { crc << 1 };
+                crc = if crc & 0x8000_0000 != 0 {
+                    crc << 1 ^ 0x04c1_1db7
+                } else {
+                    crc << 1
+                };
                 bit += 1;
             }
             table[i] = crc;
@@ -46,7 +50,9 @@ fn crc32(data: &[u8]) -> u32 {
         table
     }
     const TABLE: [u32; 256] = table();
-    data.iter().fold(0, |crc, &b| crc << 8 ^ TABLE[usize::from((crc >> 24) as u8 ^ b)])
+    data.iter().fold(0, |crc, &b| {
+        crc << 8 ^ TABLE[usize::from((crc >> 24) as u8 ^ b)]
+    })
 }
 
 /// Writes one Ogg Opus logical stream.
@@ -68,8 +74,16 @@ pub struct OggOpusWriter<W: Write> {
 impl<W: Write> OggOpusWriter<W> {
     /// Writes the two header pages. `serial` names the logical stream.
     pub fn new(out: W, serial: u32) -> io::Result<OggOpusWriter<W>> {
-        let mut writer =
-            OggOpusWriter { out, serial, sequence: 0, position: 0, page_start: 0, lacing: Vec::new(), body: Vec::new(), filled: 0 };
+        let mut writer = OggOpusWriter {
+            out,
+            serial,
+            sequence: 0,
+            position: 0,
+            page_start: 0,
+            lacing: Vec::new(),
+            body: Vec::new(),
+            filled: 0,
+        };
         // RFC 7845 §5.1. Pre-skip 0: the recording starts in the middle of the sender's
         // stream, whose encoder delay was spent long ago.
         let mut head = b"OpusHead".to_vec();
@@ -138,7 +152,8 @@ impl<W: Write> OggOpusWriter<W> {
 
     fn add_packet(&mut self, packet: &[u8]) {
         // RFC 3533 §5: lacing values of 255 continue a packet, a smaller one ends it.
-        self.lacing.extend(std::iter::repeat_n(255u8, packet.len() / 255));
+        self.lacing
+            .extend(std::iter::repeat_n(255u8, packet.len() / 255));
         self.lacing.push((packet.len() % 255) as u8);
         self.body.extend_from_slice(packet);
     }
@@ -183,7 +198,10 @@ mod tests {
         // inversion: appending the CRC (big-endian) to the message leaves a residue of 0.
         let message = b"123456789";
         let crc = crc32(message);
-        assert_eq!(crc, 0x89a1_897f, "the check value of CRC-32/CKSUM without its final inversion");
+        assert_eq!(
+            crc, 0x89a1_897f,
+            "the check value of CRC-32/CKSUM without its final inversion"
+        );
         let mut with_crc = message.to_vec();
         with_crc.extend_from_slice(&crc.to_be_bytes());
         assert_eq!(crc32(&with_crc), 0);
@@ -202,12 +220,21 @@ mod tests {
         assert!(!writer.write_packet_at(100, &packet, 960).unwrap());
         let bytes = writer.finish().unwrap();
         // Three pages: OpusHead, OpusTags, audio with EOS; each starts with OggS.
-        let pages: Vec<usize> = (0..bytes.len() - 4).filter(|&i| &bytes[i..i + 4] == b"OggS").collect();
+        let pages: Vec<usize> = (0..bytes.len() - 4)
+            .filter(|&i| &bytes[i..i + 4] == b"OggS")
+            .collect();
         assert_eq!(pages.len(), 3);
         assert_eq!(bytes[5], BEGINNING_OF_STREAM);
         let last = pages[2];
         assert_eq!(bytes[last + 5], END_OF_STREAM);
-        assert_eq!(u64::from_le_bytes(bytes[last + 6..last + 14].try_into().unwrap()), 6720);
-        assert_eq!(u32::from_le_bytes(bytes[last + 18..last + 22].try_into().unwrap()), 2, "page sequence");
+        assert_eq!(
+            u64::from_le_bytes(bytes[last + 6..last + 14].try_into().unwrap()),
+            6720
+        );
+        assert_eq!(
+            u32::from_le_bytes(bytes[last + 18..last + 22].try_into().unwrap()),
+            2,
+            "page sequence"
+        );
     }
 }

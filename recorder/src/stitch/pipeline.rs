@@ -77,13 +77,23 @@ pub(crate) struct StreamPipeline {
 
 impl std::fmt::Debug for StreamPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamPipeline").field("key", &self.key).field("codec", &self.codec).finish_non_exhaustive()
+        f.debug_struct("StreamPipeline")
+            .field("key", &self.key)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
     }
 }
 
 impl StreamPipeline {
     /// `index` numbers the stream's intermediate file in `dir`.
-    pub fn new(key: StreamKey, codec: Codec, clock_rate: u32, options: &StitchOptions, dir: &Path, index: usize) -> StreamPipeline {
+    pub fn new(
+        key: StreamKey,
+        codec: Codec,
+        clock_rate: u32,
+        options: &StitchOptions,
+        dir: &Path,
+        index: usize,
+    ) -> StreamPipeline {
         let config = SequencerConfig {
             clock_rate: clock_rate.max(1),
             reorder_window_micros: options.reorder_window_micros,
@@ -109,10 +119,20 @@ impl StreamPipeline {
                 })),
                 "spool",
             ),
-            None => (Sink::Audio(AudioSink { writer: None, start_micros: 0 }), "ogg"),
+            None => (
+                Sink::Audio(AudioSink {
+                    writer: None,
+                    start_micros: 0,
+                }),
+                "ogg",
+            ),
         };
         StreamPipeline {
-            report: StreamReport { stream: Some(key.clone()), codec: Some(codec), ..StreamReport::default() },
+            report: StreamReport {
+                stream: Some(key.clone()),
+                codec: Some(codec),
+                ..StreamReport::default()
+            },
             key,
             codec,
             clock_rate,
@@ -138,7 +158,12 @@ impl StreamPipeline {
             self.report.malformed_packets += 1;
             return Ok(());
         };
-        self.sequencer.push(header, packet.arrival_micros, packet.rtp, &mut self.sequenced);
+        self.sequencer.push(
+            header,
+            packet.arrival_micros,
+            packet.rtp,
+            &mut self.sequenced,
+        );
         self.drain()
     }
 
@@ -161,8 +186,11 @@ impl StreamPipeline {
         }
         match &mut self.sink {
             Sink::Video(video) => {
-                self.report.end_micros = Some(self.report.end_micros.map_or(wall, |end| end.max(wall)));
-                video.assembler.push(timed, video.depacketizer.as_mut(), &mut video.events);
+                self.report.end_micros =
+                    Some(self.report.end_micros.map_or(wall, |end| end.max(wall)));
+                video
+                    .assembler
+                    .push(timed, video.depacketizer.as_mut(), &mut video.events);
                 let events = std::mem::take(&mut video.events);
                 for event in events {
                     write_video_event(video, event, &mut self.report, &self.path)?;
@@ -184,11 +212,16 @@ impl StreamPipeline {
                 };
                 let wanted = micros_to_samples(wall - audio.start_micros);
                 let position = writer.position();
-                let at = if wanted.abs_diff(position) <= AUDIO_SNAP_SAMPLES { position } else { wanted };
+                let at = if wanted.abs_diff(position) <= AUDIO_SNAP_SAMPLES {
+                    position
+                } else {
+                    wanted
+                };
                 if writer.write_packet_at(at, timed.packet.payload(), samples)? {
                     self.report.frames_written += 1;
                     let end = audio.start_micros + samples_to_micros(writer.position());
-                    self.report.end_micros = Some(self.report.end_micros.map_or(end, |e| e.max(end)));
+                    self.report.end_micros =
+                        Some(self.report.end_micros.map_or(end, |e| e.max(end)));
                 } else {
                     self.report.frames_overlapping += 1;
                 }
@@ -233,21 +266,39 @@ impl StreamPipeline {
                 // The last frame is shown for as long as the one before it.
                 if let Some(last) = video.last_written {
                     let shown_until = last + video.last_interval.clamp(0, 1_000_000);
-                    self.report.end_micros = Some(self.report.end_micros.map_or(shown_until, |end| end.max(shown_until)));
+                    self.report.end_micros = Some(
+                        self.report
+                            .end_micros
+                            .map_or(shown_until, |end| end.max(shown_until)),
+                    );
                 }
             }
             Sink::Audio(sink) => {
                 if let Some(writer) = sink.writer {
                     writer.finish()?;
-                    audio = Some(AudioTrack { path: self.path.clone(), start_micros: sink.start_micros });
+                    audio = Some(AudioTrack {
+                        path: self.path.clone(),
+                        start_micros: sink.start_micros,
+                    });
                 }
             }
         }
-        Ok(FinishedStream { key: self.key, codec: self.codec, report: self.report, spool, audio })
+        Ok(FinishedStream {
+            key: self.key,
+            codec: self.codec,
+            report: self.report,
+            spool,
+            audio,
+        })
     }
 }
 
-fn write_video_event(video: &mut VideoSink, event: AssemblyEvent, report: &mut StreamReport, path: &Path) -> io::Result<()> {
+fn write_video_event(
+    video: &mut VideoSink,
+    event: AssemblyEvent,
+    report: &mut StreamReport,
+    path: &Path,
+) -> io::Result<()> {
     match event {
         AssemblyEvent::Discontinuity { missing_packets } => {
             report.missing_packets += missing_packets;

@@ -59,7 +59,14 @@ pub(crate) fn parse(packet: &[u8]) -> Option<RtpHeader> {
 
 /// Builds an RTP packet (no CSRC, no extension, no padding): for tests and the fuzz
 /// targets' seeds.
-pub fn build_packet(marker: bool, payload_type: u8, sequence: u16, timestamp: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+pub fn build_packet(
+    marker: bool,
+    payload_type: u8,
+    sequence: u16,
+    timestamp: u32,
+    ssrc: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut packet = Vec::with_capacity(FIXED_HEADER_LEN + payload.len());
     packet.push(VERSION << 6);
     packet.push(u8::from(marker) << 7 | (payload_type & 0x7f));
@@ -81,7 +88,13 @@ mod tests {
         let header = parse(&packet).unwrap();
         assert_eq!(
             header,
-            RtpHeader { marker: true, sequence: 0xfffe, timestamp: 0x8000_0001, ssrc: 0x1234_5678, payload: 12..15 }
+            RtpHeader {
+                marker: true,
+                sequence: 0xfffe,
+                timestamp: 0x8000_0001,
+                ssrc: 0x1234_5678,
+                payload: 12..15
+            }
         );
     }
 

@@ -172,7 +172,13 @@ impl Sequencer {
     }
 
     /// Takes one packet; appends what can be released, in order, to `out`.
-    pub fn push(&mut self, header: RtpHeader, arrival: u64, rtp: Vec<u8>, out: &mut Vec<SequencedPacket>) {
+    pub fn push(
+        &mut self,
+        header: RtpHeader,
+        arrival: u64,
+        rtp: Vec<u8>,
+        out: &mut Vec<SequencedPacket>,
+    ) {
         let Some(segment) = self.segment else {
             self.start_segment(&header, arrival, out);
             self.insert(&header, arrival, rtp, out);
@@ -181,7 +187,9 @@ impl Sequencer {
         if header.ssrc != segment.ssrc {
             // Packets of an SSRC we left for a newer one, from chunks that overlap the
             // switch in time: the newer source covers that time.
-            let overlap_end = segment.first_arrival.saturating_add(self.config.resync_micros);
+            let overlap_end = segment
+                .first_arrival
+                .saturating_add(self.config.resync_micros);
             if self.retired_ssrcs.contains(&header.ssrc) && arrival < overlap_end {
                 self.stats.stale_source += 1;
                 return;
@@ -193,7 +201,8 @@ impl Sequencer {
         }
         let (ext_seq, ext_ts) = segment.extend(&header);
         let jumped = ext_seq - segment.highest_seq > MAX_DROPOUT
-            || segment.timing_error(ext_ts, arrival, self.config.clock_rate) > self.config.resync_micros;
+            || segment.timing_error(ext_ts, arrival, self.config.clock_rate)
+                > self.config.resync_micros;
         if !jumped {
             self.stats.unconfirmed_jumps += u64::from(self.probation.take().is_some());
             self.insert(&header, arrival, rtp, out);
@@ -207,7 +216,11 @@ impl Sequencer {
             }
             previous => {
                 self.stats.unconfirmed_jumps += u64::from(previous.is_some());
-                self.probation = Some(Probation { header, arrival, rtp });
+                self.probation = Some(Probation {
+                    header,
+                    arrival,
+                    rtp,
+                });
             }
         }
     }
@@ -218,7 +231,8 @@ impl Sequencer {
         let (ext_seq, ext_ts) = probe.extend(header);
         let seq_step = ext_seq - probe.highest_seq;
         (1..=MAX_DROPOUT).contains(&seq_step)
-            && probe.timing_error(ext_ts, arrival, self.config.clock_rate) <= self.config.resync_micros
+            && probe.timing_error(ext_ts, arrival, self.config.clock_rate)
+                <= self.config.resync_micros
     }
 
     fn start_segment(&mut self, header: &RtpHeader, arrival: u64, out: &mut Vec<SequencedPacket>) {
@@ -238,7 +252,13 @@ impl Sequencer {
         self.released = [0; (RELEASED_HISTORY / 64) as usize];
     }
 
-    fn insert(&mut self, header: &RtpHeader, arrival: u64, rtp: Vec<u8>, out: &mut Vec<SequencedPacket>) {
+    fn insert(
+        &mut self,
+        header: &RtpHeader,
+        arrival: u64,
+        rtp: Vec<u8>,
+        out: &mut Vec<SequencedPacket>,
+    ) {
         let Some(segment) = self.segment.as_mut() else {
             return;
         };
@@ -285,7 +305,10 @@ impl Sequencer {
             };
             let head = *entry.key();
             let in_order = self.floor == Some(head);
-            let waited = entry.get().arrival_micros.saturating_add(self.config.reorder_window_micros)
+            let waited = entry
+                .get()
+                .arrival_micros
+                .saturating_add(self.config.reorder_window_micros)
                 <= self.newest_arrival;
             if !(all || in_order || waited || full) {
                 return;
@@ -353,7 +376,10 @@ mod tests {
         (rtp::parse(&bytes).unwrap(), arrival, bytes)
     }
 
-    fn run(sequencer: &mut Sequencer, packets: Vec<(RtpHeader, u64, Vec<u8>)>) -> Vec<SequencedPacket> {
+    fn run(
+        sequencer: &mut Sequencer,
+        packets: Vec<(RtpHeader, u64, Vec<u8>)>,
+    ) -> Vec<SequencedPacket> {
         let mut out = Vec::new();
         for (header, arrival, bytes) in packets {
             sequencer.push(header, arrival, bytes, &mut out);
@@ -368,7 +394,12 @@ mod tests {
         let start_ts = u32::MAX - 6000;
         let packets = (0..12u16)
             .map(|i| {
-                packet(7, start_seq.wrapping_add(i), start_ts.wrapping_add(3000 * u32::from(i)), 1_000_000 + 33_333 * u64::from(i))
+                packet(
+                    7,
+                    start_seq.wrapping_add(i),
+                    start_ts.wrapping_add(3000 * u32::from(i)),
+                    1_000_000 + 33_333 * u64::from(i),
+                )
             })
             .collect();
         let out = run(&mut Sequencer::new(CONFIG), packets);
@@ -384,7 +415,10 @@ mod tests {
     #[test]
     fn undoes_reordering_and_drops_duplicates() {
         let order = [0u16, 2, 1, 1, 3, 5, 4, 0, 6, 6];
-        let packets = order.iter().map(|&i| packet(7, i, 3000 * u32::from(i), 1_000 * u64::from(i))).collect();
+        let packets = order
+            .iter()
+            .map(|&i| packet(7, i, 3000 * u32::from(i), 1_000 * u64::from(i)))
+            .collect();
         let mut sequencer = Sequencer::new(CONFIG);
         let out = run(&mut sequencer, packets);
         let seqs: Vec<i64> = out.iter().map(|p| p.ext_seq).collect();
@@ -403,7 +437,11 @@ mod tests {
         }
         sequencer.finish(&mut out);
         let seqs: Vec<i64> = out.iter().map(|p| p.ext_seq).collect();
-        assert_eq!(seqs, vec![0, 2, 3], "1 was given up as lost when 2 had waited 100 ms");
+        assert_eq!(
+            seqs,
+            vec![0, 2, 3],
+            "1 was given up as lost when 2 had waited 100 ms"
+        );
         assert_eq!(sequencer.stats.late, 1);
     }
 
@@ -448,7 +486,8 @@ mod tests {
         // Forwarder A recorded 0..20, forwarder B (after a failover) 10..30 of the same
         // source: the stream continues in one segment.
         let a = (0..20u16).map(|i| packet(5, i, 3000 * u32::from(i), 33_333 * u64::from(i)));
-        let b = (10..30u16).map(|i| packet(5, i, 3000 * u32::from(i), 33_333 * u64::from(i) + 2_000));
+        let b =
+            (10..30u16).map(|i| packet(5, i, 3000 * u32::from(i), 33_333 * u64::from(i) + 2_000));
         let mut sequencer = Sequencer::new(CONFIG);
         let out = run(&mut sequencer, a.chain(b).collect());
         let seqs: Vec<i64> = out.iter().map(|p| p.ext_seq).collect();

@@ -31,12 +31,24 @@ pub(crate) struct SpoolWriter {
 
 impl SpoolWriter {
     pub fn create(path: &Path) -> io::Result<SpoolWriter> {
-        Ok(SpoolWriter { out: BufWriter::new(File::create(path)?) })
+        Ok(SpoolWriter {
+            out: BufWriter::new(File::create(path)?),
+        })
     }
 
-    pub fn write(&mut self, wall_micros: i64, keyframe: bool, dimensions: Option<(u16, u16)>, data: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(data.len()).ok().filter(|&l| l <= MAX_RECORD_BYTES);
-        let len = len.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large to spool"))?;
+    pub fn write(
+        &mut self,
+        wall_micros: i64,
+        keyframe: bool,
+        dimensions: Option<(u16, u16)>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let len = u32::try_from(data.len())
+            .ok()
+            .filter(|&l| l <= MAX_RECORD_BYTES);
+        let len = len.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "frame too large to spool")
+        })?;
         let (width, height) = dimensions.unwrap_or((0, 0));
         let mut header = [0u8; RECORD_HEADER_LEN];
         header[..8].copy_from_slice(&wall_micros.to_le_bytes());
@@ -60,7 +72,9 @@ pub(crate) struct SpoolReader {
 
 impl SpoolReader {
     pub fn open(path: &Path) -> io::Result<SpoolReader> {
-        Ok(SpoolReader { input: BufReader::new(File::open(path)?) })
+        Ok(SpoolReader {
+            input: BufReader::new(File::open(path)?),
+        })
     }
 
     /// The next frame, `None` at the end.
@@ -77,7 +91,10 @@ impl SpoolReader {
         let height = u16::from_le_bytes([header[11], header[12]]);
         let len = u32::from_le_bytes(field(13..17).try_into().unwrap_or_default());
         if len > MAX_RECORD_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt spool record"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "corrupt spool record",
+            ));
         }
         let mut data = vec![0; len as usize];
         self.input.read_exact(&mut data)?;
@@ -101,13 +118,26 @@ mod tests {
         let path = dir.join("s.spool");
         let mut writer = SpoolWriter::create(&path).unwrap();
         writer.write(-5, true, Some((640, 360)), b"key").unwrap();
-        writer.write(1_700_000_000_000_000, false, None, b"").unwrap();
+        writer
+            .write(1_700_000_000_000_000, false, None, b"")
+            .unwrap();
         writer.finish().unwrap();
         let mut reader = SpoolReader::open(&path).unwrap();
         let first = reader.next_frame().unwrap().unwrap();
-        assert_eq!(first, SpooledFrame { wall_micros: -5, keyframe: true, dimensions: Some((640, 360)), data: b"key".to_vec() });
+        assert_eq!(
+            first,
+            SpooledFrame {
+                wall_micros: -5,
+                keyframe: true,
+                dimensions: Some((640, 360)),
+                data: b"key".to_vec()
+            }
+        );
         let second = reader.next_frame().unwrap().unwrap();
-        assert_eq!((second.wall_micros, second.keyframe, second.dimensions), (1_700_000_000_000_000, false, None));
+        assert_eq!(
+            (second.wall_micros, second.keyframe, second.dimensions),
+            (1_700_000_000_000_000, false, None)
+        );
         assert_eq!(reader.next_frame().unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -17,7 +17,14 @@ use fanout_recorder::stitch::{Codec, RecordedPacket, StreamKey, TrackKind};
 /// Whether ffmpeg and ffprobe are installed; tests that need them say loudly that they
 /// skip when not.
 pub fn have_ffmpeg() -> bool {
-    let ok = |tool: &str| Command::new(tool).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = |tool: &str| {
+        Command::new(tool)
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     let present = ok("ffmpeg") && ok("ffprobe");
     if !present {
         eprintln!("SKIPPED: ffmpeg/ffprobe not installed (apt-get install ffmpeg)");
@@ -26,7 +33,10 @@ pub fn have_ffmpeg() -> bool {
 }
 
 pub fn unix_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// A fresh directory for one test's files.
@@ -63,12 +73,22 @@ impl CaptureSession {
         let mut rtcp = Vec::new();
         let mut threads = Vec::new();
         for _ in 0..streams {
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
             // Capture faster than real time: a burst of a key frame must not overflow.
             let _ = socket.set_recv_buffer_size(4 << 20);
-            socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+            socket
+                .bind(
+                    &"127.0.0.1:0"
+                        .parse::<std::net::SocketAddr>()
+                        .unwrap()
+                        .into(),
+                )
+                .unwrap();
             let socket: UdpSocket = socket.into();
-            socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
             enable_kernel_timestamps(&socket);
             ports.push(socket.local_addr().unwrap().port());
             let control = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -80,30 +100,48 @@ impl CaptureSession {
                 let mut buffer = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
                     if let Some((n, arrival_micros)) = receive_stamped(&socket, &mut buffer) {
-                        captured.push(Captured { arrival_micros, bytes: buffer[..n].to_vec() });
+                        captured.push(Captured {
+                            arrival_micros,
+                            bytes: buffer[..n].to_vec(),
+                        });
                     }
                 }
                 // Whatever is still queued.
                 socket.set_nonblocking(true).unwrap();
                 while let Some((n, arrival_micros)) = receive_stamped(&socket, &mut buffer) {
-                    captured.push(Captured { arrival_micros, bytes: buffer[..n].to_vec() });
+                    captured.push(Captured {
+                        arrival_micros,
+                        bytes: buffer[..n].to_vec(),
+                    });
                 }
                 captured
             }));
         }
-        CaptureSession { ports, rtcp_ports, stop, threads, _rtcp: rtcp }
+        CaptureSession {
+            ports,
+            rtcp_ports,
+            stop,
+            threads,
+            _rtcp: rtcp,
+        }
     }
 
     /// The RTP URL FFmpeg sends stream `i` to.
     pub fn url(&self, i: usize) -> String {
-        format!("rtp://127.0.0.1:{}?pkt_size=1200&rtcpport={}", self.ports[i], self.rtcp_ports[i])
+        format!(
+            "rtp://127.0.0.1:{}?pkt_size=1200&rtcpport={}",
+            self.ports[i], self.rtcp_ports[i]
+        )
     }
 
     /// Stops reading; the datagrams of each stream in arrival order.
     pub fn finish(self) -> Vec<Vec<Captured>> {
         std::thread::sleep(Duration::from_millis(200));
         self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().unwrap()).collect()
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
     }
 }
 
@@ -131,7 +169,10 @@ fn enable_kernel_timestamps(socket: &UdpSocket) {
 fn receive_stamped(socket: &UdpSocket, buffer: &mut [u8]) -> Option<(usize, u64)> {
     use std::os::fd::AsRawFd;
     let mut control = [0u64; 16];
-    let mut iov = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
     // SAFETY: zeroed msghdr is a valid "empty" header; the pointers set below outlive
     // the call.
     let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -150,7 +191,8 @@ fn receive_stamped(socket: &UdpSocket, buffer: &mut [u8]) -> Option<(usize, u64)
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&header);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
                 let time = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
                 stamp = Some(time.tv_sec as u64 * 1_000_000 + time.tv_nsec as u64 / 1000);
             }
@@ -172,7 +214,11 @@ pub fn spawn_ffmpeg(args: &[String]) -> Child {
 
 pub fn wait_ffmpeg(child: Child) {
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "ffmpeg sender failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "ffmpeg sender failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -184,26 +230,72 @@ fn strings(args: &[&str]) -> Vec<String> {
 pub fn vp8_output(map: &str, ssrc: u32, bitrate: &str, url: &str) -> Vec<String> {
     let ssrc = ssrc.to_string();
     strings(&[
-        "-map", map, "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", bitrate, "-g", "30",
-        "-keyint_min", "30", "-auto-alt-ref", "0", "-error-resilient", "1", "-payload_type", "96", "-ssrc", &ssrc, "-f",
-        "rtp", url,
+        "-map",
+        map,
+        "-c:v",
+        "libvpx",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        bitrate,
+        "-g",
+        "30",
+        "-keyint_min",
+        "30",
+        "-auto-alt-ref",
+        "0",
+        "-error-resilient",
+        "1",
+        "-payload_type",
+        "96",
+        "-ssrc",
+        &ssrc,
+        "-f",
+        "rtp",
+        url,
     ])
 }
 
 pub fn opus_output(map: &str, ssrc: u32, url: &str) -> Vec<String> {
     let ssrc = ssrc.to_string();
-    strings(&["-map", map, "-c:a", "libopus", "-b:a", "64k", "-payload_type", "111", "-ssrc", &ssrc, "-f", "rtp", url])
+    strings(&[
+        "-map",
+        map,
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "64k",
+        "-payload_type",
+        "111",
+        "-ssrc",
+        &ssrc,
+        "-f",
+        "rtp",
+        url,
+    ])
 }
 
 pub fn key(participant: &str, kind: TrackKind, encoding: u8) -> StreamKey {
-    StreamKey { participant: participant.to_string(), kind, encoding }
+    StreamKey {
+        participant: participant.to_string(),
+        kind,
+        encoding,
+    }
 }
 
 pub fn recorded(stream: &StreamKey, codec: Codec, captured: &[Captured]) -> Vec<RecordedPacket> {
     let clock_rate = if codec == Codec::Opus { 48_000 } else { 90_000 };
     captured
         .iter()
-        .map(|c| RecordedPacket { stream: stream.clone(), codec, clock_rate, arrival_micros: c.arrival_micros, rtp: c.bytes.clone() })
+        .map(|c| RecordedPacket {
+            stream: stream.clone(),
+            codec,
+            clock_rate,
+            arrival_micros: c.arrival_micros,
+            rtp: c.bytes.clone(),
+        })
         .collect()
 }
 
@@ -282,7 +374,11 @@ pub struct FrameExpectation {
     pub written: u64,
 }
 
-pub fn expected_frames(sent: &[Captured], dropped: &std::collections::HashSet<u16>, keyframe_start: fn(&[u8]) -> bool) -> FrameExpectation {
+pub fn expected_frames(
+    sent: &[Captured],
+    dropped: &std::collections::HashSet<u16>,
+    keyframe_start: fn(&[u8]) -> bool,
+) -> FrameExpectation {
     let mut by_sequence: BTreeMap<u64, &Captured> = BTreeMap::new();
     // Extend sequence numbers (the capture is in order, the test's streams are short).
     let mut last: Option<(u16, u64)> = None;
@@ -303,7 +399,7 @@ pub fn expected_frames(sent: &[Captured], dropped: &std::collections::HashSet<u1
     let mut expectation = FrameExpectation::default();
     let mut waiting = true;
     let mut current: Option<(u32, bool, bool)> = None; // (timestamp, complete, keyframe)
-    let mut close = |frame: (u32, bool, bool), waiting: &mut bool, e: &mut FrameExpectation| {
+    let close = |frame: (u32, bool, bool), waiting: &mut bool, e: &mut FrameExpectation| {
         e.frames += 1;
         let (_, complete, keyframe) = frame;
         if !complete {
@@ -344,7 +440,11 @@ pub fn expected_frames(sent: &[Captured], dropped: &std::collections::HashSet<u1
 
 /// Drops `loss_percent` of the packets (by sequence number), swaps some neighbours and
 /// duplicates a few; returns the impaired list and the dropped sequence numbers.
-pub fn impair(sent: &[Captured], rng: &mut Rng, loss_percent: u64) -> (Vec<Captured>, std::collections::HashSet<u16>) {
+pub fn impair(
+    sent: &[Captured],
+    rng: &mut Rng,
+    loss_percent: u64,
+) -> (Vec<Captured>, std::collections::HashSet<u16>) {
     let mut dropped = std::collections::HashSet::new();
     let mut kept = Vec::new();
     for c in sent {
@@ -376,14 +476,29 @@ pub fn impair(sent: &[Captured], rng: &mut Rng, loss_percent: u64) -> (Vec<Captu
 
 /// `ffprobe` output of the given entries (compact, no headers).
 pub fn ffprobe(path: &Path, args: &[&str]) -> String {
-    let output = Command::new("ffprobe").args(["-v", "error"]).args(args).arg(path).output().unwrap();
-    assert!(output.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("ffprobe")
+        .args(["-v", "error"])
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
 /// Decodes the whole file; returns FFmpeg's error output (empty when clean).
 pub fn decode_errors(path: &Path) -> String {
-    let output = Command::new("ffmpeg").args(["-hide_banner", "-nostdin", "-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
+    let output = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
     let mut errors = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
         errors.push_str(&format!(" (exit {})", output.status));
@@ -392,27 +507,59 @@ pub fn decode_errors(path: &Path) -> String {
 }
 
 pub fn duration_seconds(path: &Path) -> f64 {
-    ffprobe(path, &["-show_entries", "format=duration", "-of", "csv=p=0"]).trim().parse().unwrap()
+    ffprobe(
+        path,
+        &["-show_entries", "format=duration", "-of", "csv=p=0"],
+    )
+    .trim()
+    .parse()
+    .unwrap()
 }
 
 pub fn count_frames(path: &Path) -> u64 {
-    ffprobe(path, &["-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .trim()
-        .parse()
-        .unwrap()
+    ffprobe(
+        path,
+        &[
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ],
+    )
+    .trim()
+    .parse()
+    .unwrap()
 }
 
 /// Asserts that packet timestamps (dts) increase in every stream of the file.
 pub fn assert_monotonic_packets(path: &Path) {
-    let listing = ffprobe(path, &["-show_entries", "packet=stream_index,dts_time", "-of", "csv=p=0"]);
+    let listing = ffprobe(
+        path,
+        &[
+            "-show_entries",
+            "packet=stream_index,dts_time",
+            "-of",
+            "csv=p=0",
+        ],
+    );
     let mut last: BTreeMap<String, f64> = BTreeMap::new();
     let mut packets = 0;
     for line in listing.lines() {
         let mut fields = line.split(',');
-        let (Some(stream), Some(dts)) = (fields.next(), fields.next()) else { continue };
-        let Ok(dts) = dts.parse::<f64>() else { continue };
+        let (Some(stream), Some(dts)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(dts) = dts.parse::<f64>() else {
+            continue;
+        };
         if let Some(&previous) = last.get(stream) {
-            assert!(dts > previous, "stream {stream}: dts {dts} after {previous}");
+            assert!(
+                dts > previous,
+                "stream {stream}: dts {dts} after {previous}"
+            );
         }
         last.insert(stream.to_string(), dts);
         packets += 1;
@@ -423,11 +570,31 @@ pub fn assert_monotonic_packets(path: &Path) {
 /// Mean luma of a region of the frame shown at `at_seconds`.
 pub fn mean_luma(path: &Path, at_seconds: f64, (x, y, w, h): (u32, u32, u32, u32)) -> f64 {
     let output = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-v", "error", "-ss", &format!("{at_seconds}"), "-i"])
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-ss",
+            &format!("{at_seconds}"),
+            "-i",
+        ])
         .arg(path)
-        .args(["-frames:v", "1", "-vf", &format!("crop={w}:{h}:{x}:{y},format=gray"), "-f", "rawvideo", "-"])
+        .args([
+            "-frames:v",
+            "1",
+            "-vf",
+            &format!("crop={w}:{h}:{x}:{y},format=gray"),
+            "-f",
+            "rawvideo",
+            "-",
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success() && !output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success() && !output.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     output.stdout.iter().map(|&b| f64::from(b)).sum::<f64>() / output.stdout.len() as f64
 }

@@ -72,7 +72,9 @@ pub fn nal_units(payloads: &[&[u8]]) -> Result<Vec<Vec<u8>>, DepacketizeError> {
                     return Err(DepacketizeError::TooShort);
                 }
                 while !rest.is_empty() {
-                    let (size, tail) = rest.split_first_chunk::<2>().ok_or(DepacketizeError::TooShort)?;
+                    let (size, tail) = rest
+                        .split_first_chunk::<2>()
+                        .ok_or(DepacketizeError::TooShort)?;
                     let size = usize::from(u16::from_be_bytes(*size));
                     let unit = tail.get(..size).ok_or(DepacketizeError::TooShort)?;
                     let unit_type = unit.first().ok_or(DepacketizeError::Malformed)? & TYPE_MASK;
@@ -84,7 +86,8 @@ pub fn nal_units(payloads: &[&[u8]]) -> Result<Vec<Vec<u8>>, DepacketizeError> {
                 }
             }
             nal_type::FU_A => {
-                let (&fu_header, fragment) = rest.split_first().ok_or(DepacketizeError::TooShort)?;
+                let (&fu_header, fragment) =
+                    rest.split_first().ok_or(DepacketizeError::TooShort)?;
                 let unit_type = fu_header & TYPE_MASK;
                 if !(1..=23).contains(&unit_type) || fragment.is_empty() {
                     return Err(DepacketizeError::Malformed);
@@ -133,9 +136,9 @@ impl VideoDepacketizer for H264Depacketizer {
                 .get(2..)
                 .and_then(|unit| unit.split_first())
                 .is_some_and(|(&h, r)| may_start_access_unit(h & TYPE_MASK, r.first().copied())),
-            nal_type::FU_A => rest
-                .split_first()
-                .is_some_and(|(&fu, r)| fu & FU_START != 0 && may_start_access_unit(fu & TYPE_MASK, r.first().copied())),
+            nal_type::FU_A => rest.split_first().is_some_and(|(&fu, r)| {
+                fu & FU_START != 0 && may_start_access_unit(fu & TYPE_MASK, r.first().copied())
+            }),
             _ => false,
         }
     }
@@ -146,7 +149,8 @@ impl VideoDepacketizer for H264Depacketizer {
             return Err(DepacketizeError::Empty);
         }
         let has = |ty: u8| units.iter().any(|u| u[0] & TYPE_MASK == ty);
-        let (has_sps, has_pps, has_idr) = (has(nal_type::SPS), has(nal_type::PPS), has(nal_type::IDR));
+        let (has_sps, has_pps, has_idr) =
+            (has(nal_type::SPS), has(nal_type::PPS), has(nal_type::IDR));
         for unit in &units {
             let slot = match unit[0] & TYPE_MASK {
                 nal_type::SPS => &mut self.sps,
@@ -157,7 +161,13 @@ impl VideoDepacketizer for H264Depacketizer {
                 *slot = Some(unit.clone());
             }
         }
-        let mut data = Vec::with_capacity(units.iter().map(|u| u.len() + START_CODE.len()).sum::<usize>() + 64);
+        let mut data = Vec::with_capacity(
+            units
+                .iter()
+                .map(|u| u.len() + START_CODE.len())
+                .sum::<usize>()
+                + 64,
+        );
         let mut keyframe = false;
         if has_idr {
             // Parameter sets go first, after an access unit delimiter if there is one.
@@ -170,7 +180,12 @@ impl VideoDepacketizer for H264Depacketizer {
             }
             keyframe = self.sps.is_some() && self.pps.is_some();
             let delimiter = usize::from(units[0][0] & TYPE_MASK == nal_type::AUD);
-            for unit in units[..delimiter].iter().map(Vec::as_slice).chain(prefix).chain(units[delimiter..].iter().map(Vec::as_slice)) {
+            for unit in units[..delimiter]
+                .iter()
+                .map(Vec::as_slice)
+                .chain(prefix)
+                .chain(units[delimiter..].iter().map(Vec::as_slice))
+            {
                 data.extend_from_slice(&START_CODE);
                 data.extend_from_slice(unit);
             }
@@ -180,7 +195,11 @@ impl VideoDepacketizer for H264Depacketizer {
                 data.extend_from_slice(unit);
             }
         }
-        Ok(VideoFrame { data, keyframe, dimensions: None })
+        Ok(VideoFrame {
+            data,
+            keyframe,
+            dimensions: None,
+        })
     }
 }
 
@@ -196,7 +215,10 @@ mod tests {
     const SLICE: [u8; 4] = [0x41, 0x9a, 0x02, 0x04];
 
     fn annex_b(units: &[&[u8]]) -> Vec<u8> {
-        units.iter().flat_map(|u| START_CODE.iter().chain(u.iter()).copied()).collect()
+        units
+            .iter()
+            .flat_map(|u| START_CODE.iter().chain(u.iter()).copied())
+            .collect()
     }
 
     fn stap_a(units: &[&[u8]]) -> Vec<u8> {
@@ -251,15 +273,36 @@ mod tests {
     fn single_nal_units_and_refusals() {
         let mut depacketizer = H264Depacketizer::default();
         assert!(depacketizer.starts_frame(&SLICE));
-        assert!(!depacketizer.starts_frame(&[0x41, 0x40]), "a second slice of a picture");
+        assert!(
+            !depacketizer.starts_frame(&[0x41, 0x40]),
+            "a second slice of a picture"
+        );
         let frame = depacketizer.frame(&[&SLICE]).unwrap();
         assert_eq!(frame.data, annex_b(&[&SLICE]));
         assert!(!frame.keyframe);
-        assert_eq!(depacketizer.frame(&[&[0x7c, 0x05, 1]]), Err(DepacketizeError::Malformed), "FU-A without start");
-        assert_eq!(depacketizer.frame(&[&[0x7c, 0x85, 1]]), Err(DepacketizeError::Malformed), "FU-A without end");
-        assert_eq!(depacketizer.frame(&[&[0x79, 0, 0]]), Err(DepacketizeError::Unsupported), "STAP-B");
-        assert_eq!(depacketizer.frame(&[&[0x78, 0, 9, 0x41]]), Err(DepacketizeError::TooShort));
-        assert_eq!(depacketizer.frame(&[&[0x00]]), Err(DepacketizeError::Malformed));
+        assert_eq!(
+            depacketizer.frame(&[&[0x7c, 0x05, 1]]),
+            Err(DepacketizeError::Malformed),
+            "FU-A without start"
+        );
+        assert_eq!(
+            depacketizer.frame(&[&[0x7c, 0x85, 1]]),
+            Err(DepacketizeError::Malformed),
+            "FU-A without end"
+        );
+        assert_eq!(
+            depacketizer.frame(&[&[0x79, 0, 0]]),
+            Err(DepacketizeError::Unsupported),
+            "STAP-B"
+        );
+        assert_eq!(
+            depacketizer.frame(&[&[0x78, 0, 9, 0x41]]),
+            Err(DepacketizeError::TooShort)
+        );
+        assert_eq!(
+            depacketizer.frame(&[&[0x00]]),
+            Err(DepacketizeError::Malformed)
+        );
         assert_eq!(depacketizer.frame(&[]), Err(DepacketizeError::Empty));
     }
 

@@ -85,20 +85,28 @@ pub(crate) struct FrameAssembler {
 }
 
 impl FrameAssembler {
-    pub fn push(&mut self, timed: TimedPacket, depacketizer: &mut dyn VideoDepacketizer, out: &mut Vec<AssemblyEvent>) {
+    pub fn push(
+        &mut self,
+        timed: TimedPacket,
+        depacketizer: &mut dyn VideoDepacketizer,
+        out: &mut Vec<AssemblyEvent>,
+    ) {
         let packet = &timed.packet;
         let same_segment = matches!(self.last, Some((segment, _)) if segment == packet.segment);
         let contiguous = matches!(self.last, Some((segment, seq)) if segment == packet.segment && seq + 1 == packet.ext_seq);
-        let belongs_to_open_frame = self
-            .packets
-            .first()
-            .is_some_and(|first| same_segment && first.packet.ext_timestamp == packet.ext_timestamp);
+        let belongs_to_open_frame = self.packets.first().is_some_and(|first| {
+            same_segment && first.packet.ext_timestamp == packet.ext_timestamp
+        });
         if !self.packets.is_empty() && !belongs_to_open_frame {
             // The open frame's marker never came.
             self.abandon(out);
         }
         if let Some((_, seq)) = self.last.filter(|_| !contiguous) {
-            let missing_packets = if same_segment { u64::try_from(packet.ext_seq - seq - 1).unwrap_or(0) } else { 0 };
+            let missing_packets = if same_segment {
+                u64::try_from(packet.ext_seq - seq - 1).unwrap_or(0)
+            } else {
+                0
+            };
             out.push(AssemblyEvent::Discontinuity { missing_packets });
             self.broken = true;
         }
@@ -129,7 +137,11 @@ impl FrameAssembler {
         }
     }
 
-    fn finish_frame(&mut self, depacketizer: &mut dyn VideoDepacketizer, out: &mut Vec<AssemblyEvent>) {
+    fn finish_frame(
+        &mut self,
+        depacketizer: &mut dyn VideoDepacketizer,
+        out: &mut Vec<AssemblyEvent>,
+    ) {
         if self.broken {
             self.abandon(out);
             return;
@@ -236,7 +248,9 @@ mod tests {
         events
             .iter()
             .map(|e| match e {
-                AssemblyEvent::Frame { frame, wall_micros } => format!("frame@{wall_micros}:{}", frame.data.len()),
+                AssemblyEvent::Frame { frame, wall_micros } => {
+                    format!("frame@{wall_micros}:{}", frame.data.len())
+                }
                 AssemblyEvent::Incomplete => "incomplete".into(),
                 AssemblyEvent::Discontinuity { missing_packets } => format!("gap{missing_packets}"),
             })
@@ -275,14 +289,20 @@ mod tests {
 
     #[test]
     fn a_lost_marker_makes_the_frame_incomplete() {
-        let events = assemble(vec![timed(1, 100, false, &[1, 1]), timed(3, 200, true, &[1, 0])]);
+        let events = assemble(vec![
+            timed(1, 100, false, &[1, 1]),
+            timed(3, 200, true, &[1, 0]),
+        ]);
         assert_eq!(events, ["incomplete", "gap1", "frame@200:2"]);
     }
 
     #[test]
     fn a_lost_first_packet_is_noticed_without_the_start_mark() {
         // Packet 4 (start of the frame at 200) is lost; 5 follows a gap and has no start.
-        let events = assemble(vec![timed(3, 100, true, &[1, 0]), timed(5, 200, true, &[0, 0])]);
+        let events = assemble(vec![
+            timed(3, 100, true, &[1, 0]),
+            timed(5, 200, true, &[0, 0]),
+        ]);
         assert_eq!(events, ["frame@100:2", "gap1", "incomplete"]);
     }
 

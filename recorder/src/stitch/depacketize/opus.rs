@@ -81,12 +81,17 @@ pub fn packet_samples(packet: &[u8]) -> Result<u32, DepacketizeError> {
                     }
                 }
             }
-            let mut available = data.len().checked_sub(padding).ok_or(DepacketizeError::Malformed)?; // R6/R7
+            let mut available = data
+                .len()
+                .checked_sub(padding)
+                .ok_or(DepacketizeError::Malformed)?; // R6/R7
             if vbr {
                 for _ in 1..count {
                     let (length, used) = frame_length(data)?;
                     data = &data[used..];
-                    available = available.checked_sub(used + length).ok_or(DepacketizeError::Malformed)?;
+                    available = available
+                        .checked_sub(used + length)
+                        .ok_or(DepacketizeError::Malformed)?;
                     if length > MAX_FRAME_BYTES {
                         return Err(DepacketizeError::Malformed);
                     }
@@ -94,7 +99,9 @@ pub fn packet_samples(packet: &[u8]) -> Result<u32, DepacketizeError> {
                 if available > MAX_FRAME_BYTES {
                     return Err(DepacketizeError::Malformed); // R6
                 }
-            } else if available % count as usize != 0 || available / count as usize > MAX_FRAME_BYTES {
+            } else if available % count as usize != 0
+                || available / count as usize > MAX_FRAME_BYTES
+            {
                 return Err(DepacketizeError::Malformed); // R7
             }
             count
@@ -111,7 +118,11 @@ pub fn packet_samples(packet: &[u8]) -> Result<u32, DepacketizeError> {
 pub fn concealment_packet(samples: u32) -> Option<Vec<u8>> {
     // CELT FB configurations 28-31: 2.5, 5, 10, 20 ms.
     for (config, per_frame) in [(31u8, 960u32), (30, 480), (29, 240), (28, 120)] {
-        if samples % per_frame == 0 && samples / per_frame <= 48 && samples > 0 && samples <= MAX_PACKET_SAMPLES {
+        if samples.is_multiple_of(per_frame)
+            && samples / per_frame <= 48
+            && samples > 0
+            && samples <= MAX_PACKET_SAMPLES
+        {
             let count = samples / per_frame;
             if count == 1 {
                 return Some(vec![config << 3]);
@@ -135,11 +146,17 @@ mod tests {
         // Config 1 (SILK NB 20 ms), code 1: two frames of equal size.
         assert_eq!(packet_samples(&[1 << 3 | 1, 1, 2]), Ok(1920));
         // Config 15 (Hybrid FB 20 ms), code 2: 2 frames, first of 1 byte.
-        assert_eq!(packet_samples(&[15 << 3 | 2, 1, 0xaa, 0xbb, 0xcc]), Ok(1920));
+        assert_eq!(
+            packet_samples(&[15 << 3 | 2, 1, 0xaa, 0xbb, 0xcc]),
+            Ok(1920)
+        );
         // Config 16 (CELT NB 2.5 ms), code 3, 4 frames CBR.
         assert_eq!(packet_samples(&[16 << 3 | 3, 4, 1, 2, 3, 4]), Ok(480));
         // Code 3, VBR with padding: 2 frames, sizes 1 and (rest), 2 bytes padding.
-        assert_eq!(packet_samples(&[31 << 3 | 3, 0x80 | 0x40 | 2, 2, 1, 0xaa, 0xbb, 0, 0]), Ok(1920));
+        assert_eq!(
+            packet_samples(&[31 << 3 | 3, 0x80 | 0x40 | 2, 2, 1, 0xaa, 0xbb, 0, 0]),
+            Ok(1920)
+        );
         // Config 3 (SILK NB 60 ms), 2 frames: 120 ms is the maximum.
         assert_eq!(packet_samples(&[3 << 3 | 3, 2]), Ok(5760));
     }
@@ -147,15 +164,43 @@ mod tests {
     #[test]
     fn malformed_packets_are_refused() {
         assert_eq!(packet_samples(&[]), Err(DepacketizeError::Empty));
-        assert_eq!(packet_samples(&[1 << 3 | 1, 1, 2, 3]), Err(DepacketizeError::Malformed), "odd code 1");
-        assert_eq!(packet_samples(&[15 << 3 | 2, 9, 1]), Err(DepacketizeError::Malformed), "code 2 length past end");
-        assert_eq!(packet_samples(&[3 << 3 | 3, 3]), Err(DepacketizeError::Malformed), "180 ms");
-        assert_eq!(packet_samples(&[31 << 3 | 3, 0]), Err(DepacketizeError::Malformed), "no frames");
-        assert_eq!(packet_samples(&[31 << 3 | 3, 3, 1, 2]), Err(DepacketizeError::Malformed), "CBR not divisible");
-        assert_eq!(packet_samples(&[31 << 3 | 3, 0x40 | 2, 9]), Err(DepacketizeError::Malformed), "padding past end");
+        assert_eq!(
+            packet_samples(&[1 << 3 | 1, 1, 2, 3]),
+            Err(DepacketizeError::Malformed),
+            "odd code 1"
+        );
+        assert_eq!(
+            packet_samples(&[15 << 3 | 2, 9, 1]),
+            Err(DepacketizeError::Malformed),
+            "code 2 length past end"
+        );
+        assert_eq!(
+            packet_samples(&[3 << 3 | 3, 3]),
+            Err(DepacketizeError::Malformed),
+            "180 ms"
+        );
+        assert_eq!(
+            packet_samples(&[31 << 3 | 3, 0]),
+            Err(DepacketizeError::Malformed),
+            "no frames"
+        );
+        assert_eq!(
+            packet_samples(&[31 << 3 | 3, 3, 1, 2]),
+            Err(DepacketizeError::Malformed),
+            "CBR not divisible"
+        );
+        assert_eq!(
+            packet_samples(&[31 << 3 | 3, 0x40 | 2, 9]),
+            Err(DepacketizeError::Malformed),
+            "padding past end"
+        );
         let mut long = vec![31 << 3];
         long.resize(1 + 1276, 0);
-        assert_eq!(packet_samples(&long), Err(DepacketizeError::Malformed), "frame over 1275 bytes");
+        assert_eq!(
+            packet_samples(&long),
+            Err(DepacketizeError::Malformed),
+            "frame over 1275 bytes"
+        );
     }
 
     #[test]

@@ -60,7 +60,10 @@ pub fn parse_descriptor(payload: &[u8]) -> Result<Vp8Descriptor, DepacketizeErro
     if len > payload.len() {
         return Err(DepacketizeError::TooShort);
     }
-    Ok(Vp8Descriptor { len, starts_frame: first & S != 0 && first & PID_MASK == 0 })
+    Ok(Vp8Descriptor {
+        len,
+        starts_frame: first & S != 0 && first & PID_MASK == 0,
+    })
 }
 
 /// Width and height of a VP8 key frame (RFC 6386 §9.1), `None` for an inter frame or a
@@ -100,7 +103,11 @@ impl VideoDepacketizer for Vp8Depacketizer {
             // A key frame a decoder cannot even size: refuse it rather than feed it.
             return Err(DepacketizeError::Malformed);
         }
-        Ok(VideoFrame { data, keyframe, dimensions })
+        Ok(VideoFrame {
+            data,
+            keyframe,
+            dimensions,
+        })
     }
 }
 
@@ -110,7 +117,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// The start of a 640x480 key frame as libvpx writes it.
-    const KEY_FRAME: [u8; 12] = [0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01, 0x39, 0x6b];
+    const KEY_FRAME: [u8; 12] = [
+        0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01, 0x39, 0x6b,
+    ];
     const DELTA_FRAME: [u8; 6] = [0x31, 0x0c, 0x00, 0x11, 0xec, 0xd4];
 
     #[test]
@@ -140,16 +149,31 @@ mod tests {
         // Minimal descriptor.
         let mut payload = vec![0x10];
         payload.extend_from_slice(&DELTA_FRAME);
-        assert_eq!(Vp8Depacketizer.frame(&[&payload]).unwrap().data, DELTA_FRAME);
+        assert_eq!(
+            Vp8Depacketizer.frame(&[&payload]).unwrap().data,
+            DELTA_FRAME
+        );
     }
 
     #[test]
     fn refuses_frames_without_start_truncated_or_empty() {
-        assert_eq!(Vp8Depacketizer.frame(&[&[0x00, 0x31]]), Err(DepacketizeError::Malformed));
-        assert_eq!(Vp8Depacketizer.frame(&[&[0x90, 0x80]]), Err(DepacketizeError::TooShort));
-        assert_eq!(Vp8Depacketizer.frame(&[&[0x10]]), Err(DepacketizeError::Empty));
+        assert_eq!(
+            Vp8Depacketizer.frame(&[&[0x00, 0x31]]),
+            Err(DepacketizeError::Malformed)
+        );
+        assert_eq!(
+            Vp8Depacketizer.frame(&[&[0x90, 0x80]]),
+            Err(DepacketizeError::TooShort)
+        );
+        assert_eq!(
+            Vp8Depacketizer.frame(&[&[0x10]]),
+            Err(DepacketizeError::Empty)
+        );
         // A "key frame" without the start code.
-        assert_eq!(Vp8Depacketizer.frame(&[&[0x10, 0x50, 0, 0, 1, 2, 3, 4, 5, 6, 7]]), Err(DepacketizeError::Malformed));
+        assert_eq!(
+            Vp8Depacketizer.frame(&[&[0x10, 0x50, 0, 0, 1, 2, 3, 4, 5, 6, 7]]),
+            Err(DepacketizeError::Malformed)
+        );
         assert_eq!(Vp8Depacketizer.frame(&[]), Err(DepacketizeError::Empty));
     }
 

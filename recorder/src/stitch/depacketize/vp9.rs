@@ -65,7 +65,11 @@ pub fn parse_descriptor(payload: &[u8]) -> Result<Vp9Descriptor, DepacketizeErro
     let byte = |at: usize| payload.get(at).copied().ok_or(DepacketizeError::TooShort);
     let mut at = 1;
     if first & I != 0 {
-        at += if byte(at)? & LONG_PICTURE_ID != 0 { 2 } else { 1 };
+        at += if byte(at)? & LONG_PICTURE_ID != 0 {
+            2
+        } else {
+            1
+        };
     }
     let mut spatial_layer = None;
     if first & L != 0 {
@@ -118,6 +122,7 @@ pub fn parse_descriptor(payload: &[u8]) -> Result<Vp9Descriptor, DepacketizeErro
 /// The frames of a superframe (Annex B), or the whole buffer as one frame when it has no
 /// valid superframe index.
 pub fn superframe_frames(data: &[u8]) -> Vec<Range<usize>> {
+    #[allow(clippy::single_range_in_vec_init)] // one range: the whole buffer is one frame
     let whole = vec![0..data.len()];
     let Some(&marker) = data.last() else {
         return whole;
@@ -137,7 +142,10 @@ pub fn superframe_frames(data: &[u8]) -> Vec<Range<usize>> {
     let mut ranges = Vec::with_capacity(frames);
     let mut offset = 0usize;
     for size in data[index_start + 1..data.len() - 1].chunks_exact(size_bytes) {
-        let size = size.iter().rev().fold(0usize, |acc, &b| acc << 8 | usize::from(b));
+        let size = size
+            .iter()
+            .rev()
+            .fold(0usize, |acc, &b| acc << 8 | usize::from(b));
         let end = offset.saturating_add(size);
         if end > index_start {
             return whole;
@@ -161,7 +169,8 @@ fn build_superframe(frames: &[&[u8]]) -> Result<Vec<u8>, DepacketizeError> {
         _ => 4,
     };
     let marker = SUPERFRAME_MARKER | ((size_bytes - 1) << 3) as u8 | (frames.len() - 1) as u8;
-    let mut data = Vec::with_capacity(frames.iter().map(|f| f.len()).sum::<usize>() + 2 + 4 * frames.len());
+    let mut data =
+        Vec::with_capacity(frames.iter().map(|f| f.len()).sum::<usize>() + 2 + 4 * frames.len());
     for frame in frames {
         data.extend_from_slice(frame);
     }
@@ -237,7 +246,8 @@ pub struct Vp9Depacketizer;
 
 impl VideoDepacketizer for Vp9Depacketizer {
     fn starts_frame(&self, payload: &[u8]) -> bool {
-        parse_descriptor(payload).is_ok_and(|d| d.begins_layer_frame && d.spatial_layer.unwrap_or(0) == 0)
+        parse_descriptor(payload)
+            .is_ok_and(|d| d.begins_layer_frame && d.spatial_layer.unwrap_or(0) == 0)
     }
 
     fn frame(&mut self, payloads: &[&[u8]]) -> Result<VideoFrame, DepacketizeError> {
@@ -253,7 +263,10 @@ impl VideoDepacketizer for Vp9Depacketizer {
                 layer_frames.push(Vec::new());
                 open = true;
             }
-            let current = layer_frames.last_mut().filter(|_| open).ok_or(DepacketizeError::Malformed)?;
+            let current = layer_frames
+                .last_mut()
+                .filter(|_| open)
+                .ok_or(DepacketizeError::Malformed)?;
             current.extend_from_slice(&payload[descriptor.len..]);
             if descriptor.ends_layer_frame {
                 open = false;
@@ -274,9 +287,16 @@ impl VideoDepacketizer for Vp9Depacketizer {
             }
             build_superframe(&frames)?
         };
-        let first_frame = superframe_frames(&data).into_iter().next().map_or(&data[..0], |r| &data[r]);
+        let first_frame = superframe_frames(&data)
+            .into_iter()
+            .next()
+            .map_or(&data[..0], |r| &data[r]);
         let dimensions = key_frame_dimensions(first_frame);
-        Ok(VideoFrame { keyframe: dimensions.is_some(), dimensions, data })
+        Ok(VideoFrame {
+            keyframe: dimensions.is_some(),
+            dimensions,
+            data,
+        })
     }
 }
 
@@ -301,7 +321,11 @@ mod tests {
         while bits.len() % 8 != 0 {
             bits.push('0');
         }
-        let mut bytes: Vec<u8> = bits.as_bytes().chunks(8).map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap()).collect();
+        let mut bytes: Vec<u8> = bits
+            .as_bytes()
+            .chunks(8)
+            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap())
+            .collect();
         bytes.extend_from_slice(&[0xab; 20]);
         bytes
     }
@@ -320,7 +344,18 @@ mod tests {
     fn non_flexible_single_layer_over_two_packets() {
         let key = key_frame();
         // I=1 (15-bit id), L=1, B=1, V=1 with SS (1 layer, Y=1: 352x288, no G).
-        let mut first = vec![I | L | B | V, 0x80, 0x05, 0x00, 0x07, 0x10, 0x01, 0x60, 0x01, 0x20];
+        let mut first = vec![
+            I | L | B | V,
+            0x80,
+            0x05,
+            0x00,
+            0x07,
+            0x10,
+            0x01,
+            0x60,
+            0x01,
+            0x20,
+        ];
         first.extend_from_slice(&key[..10]);
         let mut second = vec![I | L | E, 0x80, 0x05, 0x00, 0x07];
         second.extend_from_slice(&key[10..]);
@@ -344,7 +379,10 @@ mod tests {
         p1.extend_from_slice(&[0x86, 0x11, 0x22]);
         let mut depacketizer = Vp9Depacketizer;
         assert!(depacketizer.starts_frame(&p0));
-        assert!(!depacketizer.starts_frame(&p1), "an upper layer frame does not start a picture");
+        assert!(
+            !depacketizer.starts_frame(&p1),
+            "an upper layer frame does not start a picture"
+        );
         let frame = depacketizer.frame(&[&p0, &p1]).unwrap();
         assert!(!frame.keyframe);
         let ranges = superframe_frames(&frame.data);
@@ -367,13 +405,28 @@ mod tests {
     #[test]
     fn refuses_broken_layer_framing() {
         // Continuation without a begin; a begin while a layer frame is open; empty.
-        assert_eq!(Vp9Depacketizer.frame(&[&[E, 1]]), Err(DepacketizeError::Malformed));
-        assert_eq!(Vp9Depacketizer.frame(&[&[B, 1], &[B | E, 2]]), Err(DepacketizeError::Malformed));
-        assert_eq!(Vp9Depacketizer.frame(&[&[B | E]]), Err(DepacketizeError::Empty));
+        assert_eq!(
+            Vp9Depacketizer.frame(&[&[E, 1]]),
+            Err(DepacketizeError::Malformed)
+        );
+        assert_eq!(
+            Vp9Depacketizer.frame(&[&[B, 1], &[B | E, 2]]),
+            Err(DepacketizeError::Malformed)
+        );
+        assert_eq!(
+            Vp9Depacketizer.frame(&[&[B | E]]),
+            Err(DepacketizeError::Empty)
+        );
         // Four reference indices.
-        assert_eq!(parse_descriptor(&[P | F | B, 3, 3, 3, 3]), Err(DepacketizeError::Malformed));
+        assert_eq!(
+            parse_descriptor(&[P | F | B, 3, 3, 3, 3]),
+            Err(DepacketizeError::Malformed)
+        );
         // Scalability structure running past the end.
-        assert_eq!(parse_descriptor(&[V, 0xf0, 0]), Err(DepacketizeError::TooShort));
+        assert_eq!(
+            parse_descriptor(&[V, 0xf0, 0]),
+            Err(DepacketizeError::TooShort)
+        );
     }
 
     proptest! {
