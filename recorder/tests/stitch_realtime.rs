@@ -166,7 +166,9 @@ fn two_participants_late_joiner_with_loss() {
             assert!(stream.frames_written <= expected.written);
         }
         assert_eq!(
-            stream.frames_written + stream.frames_skipped_waiting_for_keyframe,
+            stream.frames_written
+                + stream.frames_skipped_waiting_for_keyframe
+                + stream.frames_overlapping,
             expected.complete
         );
         assert!(stream.duplicate_packets > 0);
