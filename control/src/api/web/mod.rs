@@ -146,6 +146,10 @@ impl WebApi {
         axum::Router::new()
             .route("/v1/meetings", post(rest::create_meeting))
             .route("/v1/meetings/{id}/join", get(rest::join_info))
+            .route(
+                "/v1/meetings/{id}/recording",
+                post(rest::start_recording).delete(rest::stop_recording),
+            )
             .route("/v1/meetings/{id}/ws", get(ws::upgrade))
             .route("/m/{id}", get(page::join_page))
             .route("/web/app.js", get(page::script))

@@ -1,4 +1,5 @@
-//! `POST /v1/meetings` and `GET /v1/meetings/{id}/join`.
+//! `POST /v1/meetings`, `GET /v1/meetings/{id}/join`, and `POST`/`DELETE
+//! /v1/meetings/{id}/recording`.
 
 use std::time::SystemTime;
 
@@ -116,6 +117,17 @@ fn counted(api: &WebApi, route: &'static str, result: Result<Response, ApiError>
 
 /// The operator, or 401 (no or bad credential) / 403 (a participant's join token).
 fn require_operator(api: &WebApi, headers: &HeaderMap) -> Result<(), ApiError> {
+    match caller(api, headers)? {
+        Caller::Operator => Ok(()),
+        Caller::Participant(_) => Err(ApiError::new(
+            Code::PermissionDenied,
+            "this call needs the operator credential",
+        )),
+    }
+}
+
+/// Who calls: the operator, or a participant by its join token.
+fn caller(api: &WebApi, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| {
@@ -134,15 +146,59 @@ fn require_operator(api: &WebApi, headers: &HeaderMap) -> Result<(), ApiError> {
         .as_ref()
         .is_some_and(|o| o.matches(credential))
     {
-        return Ok(());
+        return Ok(Caller::Operator);
     }
-    match api.inner.service.authenticate(credential, now())? {
-        Caller::Operator => Ok(()),
-        Caller::Participant(_) => Err(ApiError::new(
-            Code::PermissionDenied,
-            "this call needs the operator credential",
-        )),
-    }
+    Ok(api.inner.service.authenticate(credential, now())?)
+}
+
+/// What `POST` and `DELETE /v1/meetings/{id}/recording` answer.
+#[derive(Debug, Serialize)]
+pub struct RecordingState {
+    pub recording: bool,
+    /// The recording under way; absent once stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording_id: Option<String>,
+}
+
+/// `POST /v1/meetings/{id}/recording` starts recording (or answers the recording under
+/// way), `DELETE` stops it: the operator, or a host with its join token, as
+/// StartRecording and StopRecording.
+pub(super) async fn start_recording(
+    State(api): State<WebApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = set_recording(&api, &id, &headers, true).await;
+    counted(&api, "POST /v1/meetings/{id}/recording", result)
+}
+
+pub(super) async fn stop_recording(
+    State(api): State<WebApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = set_recording(&api, &id, &headers, false).await;
+    counted(&api, "DELETE /v1/meetings/{id}/recording", result)
+}
+
+async fn set_recording(
+    api: &WebApi,
+    id: &str,
+    headers: &HeaderMap,
+    on: bool,
+) -> Result<Response, ApiError> {
+    let caller = caller(api, headers)?;
+    let id = meeting_id(id)?;
+    let recording = api
+        .inner
+        .service
+        .set_recording(&caller, &id, on, now())
+        .await?;
+    Ok(Json(RecordingState {
+        recording: recording.is_some(),
+        recording_id: recording.map(|r| r.to_string()),
+    })
+    .into_response())
 }
 
 /// `POST /v1/meetings`.

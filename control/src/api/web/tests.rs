@@ -735,3 +735,61 @@ async fn ws_to_an_unknown_meeting_is_404() {
         e => panic!("{e}"),
     }
 }
+
+#[tokio::test]
+async fn recording_starts_and_stops_over_rest_and_websocket() {
+    let s = server().await;
+    let id = create(s.addr, json!({"title": "Recorded"})).await;
+    let (mut host, joined) = Client::join(s.addr, &id, "Host").await;
+    let host_token = joined["join_token"].as_str().unwrap().to_owned();
+    let (_guest, joined) = Client::join(s.addr, &id, "Guest").await;
+    let guest_token = joined["join_token"].as_str().unwrap().to_owned();
+    let path = format!("/v1/meetings/{id}/recording");
+
+    // Who may not: nobody unauthenticated, no panelist; a bad or unknown meeting id.
+    let (status, _, _) = http(s.addr, "POST", &path, None, "").await;
+    assert_eq!(status, 401);
+    let (status, _, b) = http(s.addr, "POST", &path, Some(&guest_token), "").await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&b));
+    let (status, _, _) = http(
+        s.addr,
+        "POST",
+        "/v1/meetings/a%20b/recording",
+        Some(OPERATOR),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = http(
+        s.addr,
+        "POST",
+        "/v1/meetings/nope/recording",
+        Some(OPERATOR),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // The host starts (a second start answers the same recording); everyone is told.
+    let (status, _, b) = http(s.addr, "POST", &path, Some(&host_token), "").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+    let started = json_of(&b);
+    assert_eq!(started["recording"], true);
+    let recording = started["recording_id"].as_str().unwrap().to_owned();
+    let e = host.expect("event", Some("RECORDING_STARTED")).await;
+    assert_eq!(e["event"]["recording"], recording.as_str());
+    let (_, _, b) = http(s.addr, "POST", &path, Some(OPERATOR), "").await;
+    assert_eq!(json_of(&b)["recording_id"], recording.as_str());
+
+    // The operator stops; the host starts a new recording over its WebSocket.
+    let (status, _, b) = http(s.addr, "DELETE", &path, Some(OPERATOR), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&b), json!({"recording": false}));
+    let e = host.expect("event", Some("RECORDING_STOPPED")).await;
+    assert_eq!(e["event"]["recording"], recording.as_str());
+    host.send(json!({"type": "set_recording", "active": true}))
+        .await;
+    let e = host.expect("event", Some("RECORDING_STARTED")).await;
+    let second = e["event"]["recording"].as_str().unwrap();
+    assert_ne!(second, recording, "a new recording");
+}

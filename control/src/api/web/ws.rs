@@ -24,7 +24,8 @@
 //!    `screenshare {active, participant_id?}` (start for self, or stop for self or, as a
 //!    host, another); `admit`/`deny {participant_id}`; `create_breakouts {names}` (its `ok`
 //!    carries `breakout_ids`); `move_to_breakout {participant_id, breakout_id?}` (absent:
-//!    the main room); `close_breakouts`; `ping` → `pong`; `leave`.
+//!    the main room); `close_breakouts`; `set_recording {active}` (a host); `ping` →
+//!    `pong`; `leave`.
 //!
 //! A malformed, unknown or refused message answers `error {code, message, request?, id?}`
 //! (code: the gRPC code name); the socket stays open and nothing changed. A message above
@@ -138,6 +139,9 @@ enum Request {
         breakout_id: Option<String>,
     },
     CloseBreakouts {},
+    SetRecording {
+        active: bool,
+    },
     Ping {},
     Leave {},
 }
@@ -156,6 +160,7 @@ const REQUEST_TYPES: &[&str] = &[
     "create_breakouts",
     "move_to_breakout",
     "close_breakouts",
+    "set_recording",
     "ping",
     "leave",
 ];
@@ -1201,6 +1206,9 @@ impl Session {
                     .await?;
             }
             Request::CloseBreakouts {} => service.close_breakouts(&caller, m, t).await?,
+            Request::SetRecording { active } => {
+                service.set_recording(&caller, m, active, t).await?;
+            }
             Request::Ping {} => {
                 out.send(&Reply::Pong { id }).await;
                 return Ok(Done::Quiet);
