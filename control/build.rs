@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .join("fanout_control_v1_descriptor.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)
+        // Download pieces are handed from the object store's buffers as they are.
+        .bytes(".fanout.control.v1.DownloadRecordingResponse.data")
         .compile_protos(&[proto], &["proto"])?;
     Ok(())
 }

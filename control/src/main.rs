@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use fanout_control::api::forwarders::{ForwardersApi, SessionKey};
 use fanout_control::api::meetings::MeetingsApi;
 use fanout_control::api::metrics::{Metrics, MetricsLayer};
+use fanout_control::api::recordings::RecordingsApi;
 use fanout_control::api::web::{WebApi, WebConfig};
 use fanout_control::api::{pb, Secret};
 use fanout_control::domain::TokenKey;
@@ -22,12 +23,13 @@ use fanout_control::service::failover::{Failover, FailoverConfig};
 use fanout_control::service::forwarders::{ForwarderRegistry, LiveForwarders, RegistryConfig};
 use fanout_control::service::meetings::{BrowserNegotiator, MeetingService, MeetingsConfig};
 use fanout_control::service::placement::{PlacementConfig, StorePlacer};
+use fanout_control::service::recordings::{RecordingService, RecordingsConfig};
 use fanout_control::service::relays::{RelayConfig, RelayPlanner};
 use fanout_control::store::{EtcdConfig, EtcdStore, MemoryStore, Store};
 
 /// Fanout's control plane: meetings, joins, placement of meetings on forwarders, failover.
 ///
-/// Serves the gRPC API `fanout.control.v1` (Meetings, Forwarders), gRPC health checking,
+/// Serves the gRPC API `fanout.control.v1` (Meetings, Forwarders, Recordings), gRPC health checking,
 /// server reflection, and for browsers a REST and WebSocket API with the join page
 /// (`/v1/meetings`, `/m/{id}`; docs/webrtc.md) on one port: HTTP/2 for gRPC, HTTP/1.1 for
 /// the rest, TLS for all of it with --tls-cert (browsers need https for cameras). State lives in etcd (`--store etcd`), so any number
@@ -134,6 +136,25 @@ struct ConfigFile {
     relays: Option<RelayConfig>,
     #[serde(default)]
     web: WebSection,
+    #[serde(default)]
+    recordings: RecordingsSection,
+}
+
+/// `[recordings]`: recording records and the stitching jobs workers claim.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordingsSection {
+    /// Seconds after a recording stops before its stitching job is due: the recorders
+    /// upload the chunks that were open (default 10).
+    settle_s: Option<u64>,
+    /// Seconds a worker's claim holds without a progress report (default 30).
+    lease_s: Option<u64>,
+    /// Stitching attempts per recording, expired claims included, before FAILED
+    /// (default 3).
+    max_attempts: Option<u32>,
+    /// Seconds before a failed attempt is retried, doubled with each further failure
+    /// (default 30).
+    retry_backoff_s: Option<u64>,
 }
 
 /// `[web]`: the browser face (REST, WebSocket, join page).
@@ -331,10 +352,31 @@ async fn run(args: Args) -> Result<()> {
     if let Some(profile) = &file.meetings.srtp_profile {
         meetings_config.srtp_profile = profile.clone();
     }
+    if let Some(s) = file.recordings.settle_s {
+        meetings_config.recording_settle = Duration::from_secs(s);
+    }
+    let mut recordings_config = RecordingsConfig::default();
+    if let Some(s) = file.recordings.lease_s {
+        recordings_config.lease = Duration::from_secs(s.max(1));
+    }
+    if let Some(n) = file.recordings.max_attempts {
+        if n == 0 {
+            bail!("[recordings] max_attempts must be at least 1");
+        }
+        recordings_config.max_attempts = n;
+    }
+    if let Some(s) = file.recordings.retry_backoff_s {
+        recordings_config.retry_backoff = Duration::from_secs(s);
+    }
     let meetings = Arc::new(
         MeetingService::new(store.clone(), tokens, placer.clone(), meetings_config)
             .with_relays(relays.clone()),
     );
+    let recordings = Arc::new(RecordingService::new(
+        store.clone(),
+        recordings_config,
+        meetings.recording_metrics().clone(),
+    ));
     let registry = Arc::new(ForwarderRegistry::new(
         store.clone(),
         file.registry.clone().unwrap_or_default(),
@@ -346,6 +388,9 @@ async fn run(args: Args) -> Result<()> {
         .await;
     health
         .set_serving::<pb::forwarders_server::ForwardersServer<ForwardersApi>>()
+        .await;
+    health
+        .set_serving::<pb::recordings_server::RecordingsServer<RecordingsApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -385,6 +430,7 @@ async fn run(args: Args) -> Result<()> {
     let negotiator = BrowserNegotiator::new(meetings.clone(), registry.clone());
     let web = WebApi::new(
         meetings.clone(),
+        Some(recordings.clone()),
         operator.clone(),
         Arc::new(negotiator),
         web_config,
@@ -399,6 +445,7 @@ async fn run(args: Args) -> Result<()> {
             metrics.clone(),
             web.metrics(),
             live.clone(),
+            Some(recordings.clone()),
         )
         .await
         .with_context(|| format!("cannot serve metrics on {address}"))?;
@@ -407,7 +454,8 @@ async fn run(args: Args) -> Result<()> {
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(health_service)
         .add_service(reflection)
-        .add_service(MeetingsApi::new(meetings.clone(), operator).into_server())
+        .add_service(MeetingsApi::new(meetings.clone(), operator.clone()).into_server())
+        .add_service(RecordingsApi::new(meetings.clone(), recordings, operator).into_server())
         .add_service(
             ForwardersApi::new(
                 registry,

@@ -1,4 +1,5 @@
-//! Test support: a real, throwaway etcd server.
+//! Test support: a real, throwaway etcd server, and a store wrapper that lines up racing
+//! transactions ([`TxnGate`]).
 //!
 //! [`EtcdServer::start`] runs the `etcd` binary (Debian's `etcd-server`, etcd 3.4; installed
 //! by `scripts/install-deps.sh`) as a single-member cluster on a fresh data directory and two
@@ -25,8 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use etcd_client::{Client, ConnectOptions};
+use futures::future::BoxFuture;
 
-use crate::store::{EtcdConfig, EtcdStore};
+use crate::store::{EtcdConfig, EtcdStore, StoreError};
 
 /// How long etcd may take to answer after being started (it takes ~50 ms here; a loaded CI
 /// machine may be much slower).
@@ -254,6 +256,141 @@ fn remove_dir(dir: &Path) {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Holds the next `n` transactions of every [`GatedStore`] sharing it until all `n` are
+/// waiting, then lets them go together. Racing writers have then all read before any of
+/// them writes, so a race test exercises the compare-and-swap instead of depending on how
+/// the scheduler happened to interleave the racers (which, on a fast store, tends to run
+/// one to completion before the next starts).
+#[derive(Debug, Default)]
+pub struct TxnGate {
+    armed: std::sync::Mutex<Option<(std::sync::Arc<tokio::sync::Barrier>, usize)>>,
+}
+
+impl TxnGate {
+    pub fn new() -> std::sync::Arc<TxnGate> {
+        std::sync::Arc::new(TxnGate::default())
+    }
+
+    /// Gate the next `n` transactions; later ones pass at once.
+    pub fn arm(&self, n: usize) {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+        *self
+            .armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((barrier, n));
+    }
+
+    /// The barrier this transaction must wait at, if it is one of the gated ones.
+    fn take(&self) -> Option<std::sync::Arc<tokio::sync::Barrier>> {
+        let mut armed = self
+            .armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (barrier, left) = armed.as_mut()?;
+        let barrier = barrier.clone();
+        *left -= 1;
+        if *left == 0 {
+            *armed = None;
+        }
+        Some(barrier)
+    }
+}
+
+/// A [`Store`](crate::store::Store) whose transactions pass a [`TxnGate`]; everything else
+/// goes straight to `inner`.
+#[derive(Debug)]
+pub struct GatedStore {
+    inner: std::sync::Arc<dyn crate::store::Store>,
+    gate: std::sync::Arc<TxnGate>,
+}
+
+impl GatedStore {
+    pub fn new(
+        inner: std::sync::Arc<dyn crate::store::Store>,
+        gate: std::sync::Arc<TxnGate>,
+    ) -> GatedStore {
+        GatedStore { inner, gate }
+    }
+}
+
+impl crate::store::Store for GatedStore {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::store::KeyValue>, StoreError>> {
+        self.inner.get(key)
+    }
+
+    fn range<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<(Vec<crate::store::KeyValue>, crate::store::Revision), StoreError>>
+    {
+        self.inner.range(prefix)
+    }
+
+    fn count<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<(u64, crate::store::Revision), StoreError>> {
+        self.inner.count(prefix)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        lease: Option<crate::store::LeaseId>,
+    ) -> BoxFuture<'a, Result<crate::store::Revision, StoreError>> {
+        self.inner.put(key, value, lease)
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::store::Revision>, StoreError>> {
+        self.inner.delete(key)
+    }
+
+    fn txn(
+        &self,
+        txn: crate::store::Txn,
+    ) -> BoxFuture<'_, Result<crate::store::TxnResponse, StoreError>> {
+        Box::pin(async move {
+            if let Some(barrier) = self.gate.take() {
+                barrier.wait().await;
+            }
+            self.inner.txn(txn).await
+        })
+    }
+
+    fn grant_lease(
+        &self,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<crate::store::LeaseId, StoreError>> {
+        self.inner.grant_lease(ttl)
+    }
+
+    fn keep_alive(
+        &self,
+        lease: crate::store::LeaseId,
+    ) -> BoxFuture<'_, Result<Duration, StoreError>> {
+        self.inner.keep_alive(lease)
+    }
+
+    fn revoke_lease(&self, lease: crate::store::LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.revoke_lease(lease)
+    }
+
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_revision: Option<crate::store::Revision>,
+    ) -> BoxFuture<'a, Result<crate::store::WatchStream, StoreError>> {
+        self.inner.watch(prefix, start_revision)
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod convert;
 pub mod forwarders;
 pub mod meetings;
 pub mod metrics;
+pub mod recordings;
 pub mod web;
 
 use tonic::Status;

@@ -562,6 +562,32 @@ impl Meeting {
         self.require_host(by, action)
     }
 
+    /// Whether the holder of `claims` may see and download the meeting's recordings: a
+    /// host by the role stored now (a demoted host may not; the token's role is only what
+    /// it was at the join), admitted now or, once the meeting has ended, present when it
+    /// ended. A host who left before the end has no standing, as for every other call
+    /// after leaving. Webinar attendees are not on the stage and never hosts. The operator
+    /// is the API layer's business.
+    pub fn check_recordings_reader(&self, claims: &JoinClaims) -> Result<(), DomainError> {
+        const ACTION: &str = "see the meeting's recordings";
+        if claims.meeting != self.id {
+            return Err(DomainError::TokenWrongMeeting);
+        }
+        let Some(p) = self.participants.get(&claims.participant) else {
+            return Err(DomainError::NotHost(ACTION));
+        };
+        if p.role != Role::Host {
+            return Err(DomainError::NotHost(ACTION));
+        }
+        match (p.presence, self.state) {
+            (Presence::Admitted, _) => Ok(()),
+            // `end` marks everyone present as left at the instant it ends the meeting.
+            (Presence::Left, MeetingState::Ended { at }) if p.left_at == Some(at) => Ok(()),
+            (Presence::Left, _) => Err(DomainError::ParticipantLeft(p.id.clone())),
+            (Presence::Waiting, _) => Err(DomainError::StillWaiting(p.id.clone())),
+        }
+    }
+
     // ------------------------------------------------------------------ checks
 
     fn require_open(&self) -> Result<(), DomainError> {
@@ -1913,6 +1939,53 @@ mod tests {
         assert_eq!(
             m.authenticate(&claims("m1", "a")),
             Err(DomainError::ParticipantLeft(pid("a")))
+        );
+    }
+
+    #[test]
+    fn recordings_readers_are_hosts_present_now_or_at_the_end() {
+        let mut m = meeting_hab();
+        join_at(&mut m, "h2", 4);
+        m.set_role(&by("h"), &pid("h2"), Role::Host).unwrap();
+        let claims = |meeting: &str, who: &str| {
+            // The token's role is deliberately wrong: the stored role decides.
+            JoinClaims::new(
+                MeetingId::new(meeting).unwrap(),
+                pid(who),
+                Role::Host,
+                T0,
+                Duration::from_secs(60),
+            )
+        };
+        let reading = "see the meeting's recordings";
+        assert_eq!(m.check_recordings_reader(&claims("m1", "h")), Ok(()));
+        assert_eq!(
+            m.check_recordings_reader(&claims("m1", "a")),
+            Err(DomainError::NotHost(reading))
+        );
+        assert_eq!(
+            m.check_recordings_reader(&claims("m1", "nobody")),
+            Err(DomainError::NotHost(reading))
+        );
+        assert_eq!(
+            m.check_recordings_reader(&claims("m2", "h")),
+            Err(DomainError::TokenWrongMeeting)
+        );
+        // A host who leaves before the end loses access; one present at the end keeps it.
+        m.leave(&pid("h2"), UnixMillis(T0.0 + 10)).unwrap();
+        assert_eq!(
+            m.check_recordings_reader(&claims("m1", "h2")),
+            Err(DomainError::ParticipantLeft(pid("h2")))
+        );
+        m.end(&Actor::Operator, UnixMillis(T0.0 + 20)).unwrap();
+        assert_eq!(m.check_recordings_reader(&claims("m1", "h")), Ok(()));
+        assert_eq!(
+            m.check_recordings_reader(&claims("m1", "h2")),
+            Err(DomainError::ParticipantLeft(pid("h2")))
+        );
+        assert_eq!(
+            m.check_recordings_reader(&claims("m1", "a")),
+            Err(DomainError::NotHost(reading))
         );
     }
 

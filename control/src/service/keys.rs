@@ -3,7 +3,7 @@
 //! prefix, `/fanout/` by default). Ids are validated by the domain to `[A-Za-z0-9._-]`, so
 //! they cannot contain the `/` that separates segments.
 
-use crate::domain::{ForwarderId, MeetingId, ParticipantId};
+use crate::domain::{ForwarderId, MeetingId, ParticipantId, RecordingId};
 
 /// The layout's version: a later layout can live beside this one during a migration.
 const V: &str = "v1";
@@ -167,6 +167,36 @@ pub fn relay_seat(meeting: &MeetingId, relay: &str, seat: u32) -> String {
     format!("{V}/relay_seats/{meeting}/{relay}/{seat}")
 }
 
+/// One recording: its state, claim, attempts and output (`service::recordings`). Created
+/// in the transaction that starts the recording, and never attached to a lease: it
+/// outlives the meeting, the forwarder and any control instance.
+pub fn recording(recording: &RecordingId) -> String {
+    format!("{V}/recordings/{recording}")
+}
+
+/// Every recording of a meeting, by id ([`meeting_recording`]).
+pub fn meeting_recordings(meeting: &MeetingId) -> String {
+    format!("{V}/meeting_recordings/{meeting}/")
+}
+
+/// The index entry of one recording under its meeting, written with the record: a
+/// meeting's recordings are listed without scanning every recording of the deployment.
+pub fn meeting_recording(meeting: &MeetingId, recording: &RecordingId) -> String {
+    format!("{V}/meeting_recordings/{meeting}/{recording}")
+}
+
+/// Every stitching job not yet done.
+pub fn stitch_jobs() -> String {
+    format!("{V}/stitch_jobs/")
+}
+
+/// The stitching job of a recording, present from its stop until it is READY or FAILED,
+/// with the time it may next be claimed: workers scan only the jobs outstanding, not every
+/// recording ever made.
+pub fn stitch_job(recording: &RecordingId) -> String {
+    format!("{V}/stitch_jobs/{recording}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +234,12 @@ mod tests {
         assert!(port(&f, 5).starts_with(&ports(&f)));
         let f1 = ForwarderId::new("f1").unwrap();
         assert!(!port(&f1, 5).starts_with(&ports(&f)));
+        let r = RecordingId::new("r").unwrap();
+        assert!(meeting_recording(&m, &r).starts_with(&meeting_recordings(&m)));
+        assert!(!meeting_recording(&m10, &r).starts_with(&meeting_recordings(&m)));
+        assert!(stitch_job(&r).starts_with(&stitch_jobs()));
+        // Records, the meeting index and jobs are three separate prefixes.
+        assert!(!recording(&r).starts_with(&stitch_jobs()));
+        assert!(!meeting_recording(&m, &r).starts_with(&format!("{V}/recordings/")));
     }
 }

@@ -82,6 +82,7 @@ pub use tracks::{RtxPayloadType, TrackAssignment, TrackKind, CAMERA_ENCODINGS};
 pub use watch::MeetingUpdate;
 
 use super::keys::{self, EventScope};
+use super::recordings::RecordingMetrics;
 use super::relays::{RelayPlanner, ViewerSeat};
 use super::{Placement, PlacementHint, Placer, ServiceError};
 use crate::domain::{
@@ -122,6 +123,9 @@ pub struct MeetingsConfig {
     /// reports the real number. A limit is not an estimate: reserving every meeting's
     /// maximum would fill forwarders with empty seats.
     pub expected_participants: u32,
+    /// How long after its stop a recording's stitching job becomes due (the recorders
+    /// upload the chunks that were open meanwhile): see [`super::recordings`].
+    pub recording_settle: Duration,
 }
 
 impl Default for MeetingsConfig {
@@ -133,6 +137,7 @@ impl Default for MeetingsConfig {
             max_cas_attempts: DEFAULT_MAX_CAS_ATTEMPTS,
             event_ttl: DEFAULT_EVENT_TTL,
             expected_participants: DEFAULT_EXPECTED_PARTICIPANTS,
+            recording_settle: super::recordings::DEFAULT_SETTLE_DELAY,
         }
     }
 }
@@ -420,6 +425,8 @@ pub struct MeetingService {
     lease: tokio::sync::Mutex<Option<EventLease>>,
     /// Webinar relay trees (`with_relays`); without, attendees get the origin.
     relays: Option<Arc<RelayPlanner>>,
+    /// Recordings started and stopped here count in the recording metrics.
+    recording_metrics: RecordingMetrics,
 }
 
 impl std::fmt::Debug for MeetingService {
@@ -446,7 +453,14 @@ impl MeetingService {
             config,
             lease: tokio::sync::Mutex::new(None),
             relays: None,
+            recording_metrics: RecordingMetrics::default(),
         }
+    }
+
+    /// The counters recordings started and stopped here update, for the
+    /// [`RecordingService`](super::recordings::RecordingService) to share.
+    pub fn recording_metrics(&self) -> &RecordingMetrics {
+        &self.recording_metrics
     }
 
     /// Seat webinar attendees on relay forwarders ([`super::relays`]): their join returns
@@ -637,17 +651,40 @@ impl MeetingService {
         }
     }
 
-    /// Runs `write`: `Some(revision)` if its compares held, `None` to retry.
+    /// Runs `write`: `Some(revision)` if its compares held, `None` to retry. Recording
+    /// events bring their recording records' writes into the same transaction
+    /// ([`super::recordings::follow_events`]), so whatever starts or stops a recording
+    /// (StartRecording, StopRecording, the meeting's end) keeps its record in step.
     async fn commit(
         &self,
         meeting: &MeetingId,
         write: Write,
+        now: UnixMillis,
     ) -> Result<Option<Revision>, ServiceError> {
         let Write {
-            compares,
+            mut compares,
             mut ops,
             events,
         } = write;
+        let mut recording_events = Vec::new();
+        for (_, event) in &events {
+            if matches!(
+                event,
+                MeetingEvent::RecordingStarted { .. } | MeetingEvent::RecordingStopped { .. }
+            ) {
+                recording_events.push(event.clone());
+            }
+        }
+        let recordings = super::recordings::follow_events(
+            self.store.as_ref(),
+            meeting,
+            &recording_events,
+            now,
+            self.config.recording_settle,
+        )
+        .await?;
+        compares.extend(recordings.compares.iter().cloned());
+        ops.extend(recordings.ops.iter().cloned());
         let lease = if events.is_empty() {
             None
         } else {
@@ -671,7 +708,10 @@ impl MeetingService {
             .txn(Txn::new().when(compares).and_then(ops))
             .await
         {
-            Ok(resp) if resp.succeeded => Ok(Some(resp.revision)),
+            Ok(resp) if resp.succeeded => {
+                recordings.committed(&self.recording_metrics);
+                Ok(Some(resp.revision))
+            }
             Ok(_) => Ok(None),
             Err(StoreError::LeaseNotFound) => {
                 if let Some(lease) = lease {
@@ -701,6 +741,7 @@ impl MeetingService {
         &'s self,
         caller: &'s Caller,
         id: &'s MeetingId,
+        now: UnixMillis,
         mut decide: F,
     ) -> Result<T, ServiceError>
     where
@@ -713,7 +754,7 @@ impl MeetingService {
             let Some(write) = write else {
                 return Ok(result);
             };
-            if self.commit(id, write).await?.is_some() {
+            if self.commit(id, write, now).await?.is_some() {
                 return Ok(result);
             }
             self.backoff(attempt).await;
@@ -727,11 +768,12 @@ impl MeetingService {
         &self,
         caller: &Caller,
         id: &MeetingId,
+        now: UnixMillis,
         action: &'static str,
         op: impl Fn(&mut Meeting, &Actor) -> Result<Vec<MeetingEvent>, DomainError> + Send + Sync,
     ) -> Result<(), ServiceError> {
         let op = &op;
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 let actor = authed.stage_actor(action)?;
                 let events = op(&mut m, actor)?;
@@ -780,7 +822,7 @@ impl MeetingService {
         id: &MeetingId,
         now: UnixMillis,
     ) -> Result<(), ServiceError> {
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 let actor = authed.stage_actor("end the meeting")?;
                 let events = m.end(actor, now)?;
@@ -895,7 +937,7 @@ impl MeetingService {
                     (write, p, audience + 1)
                 }
             };
-            let Some(committed) = self.commit(id, write).await? else {
+            let Some(committed) = self.commit(id, write, now).await? else {
                 self.backoff(attempt).await;
                 continue;
             };
@@ -957,7 +999,7 @@ impl MeetingService {
         };
         let id = &claims.meeting;
         let who = &claims.participant;
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 let transport = Op::delete(keys::transport(id, who));
                 let write = match authed.member {
@@ -994,9 +1036,9 @@ impl MeetingService {
         id: &MeetingId,
         target: &ParticipantId,
         change: MuteChange,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<(), ServiceError> {
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 match self.target(&m, target).await? {
                     Target::Audience(member) => {
@@ -1024,10 +1066,10 @@ impl MeetingService {
         &self,
         caller: &Caller,
         id: &MeetingId,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<(), ServiceError> {
         let who = self_id(caller, "start a screen share for")?;
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 if authed.member.is_some() {
                     return Err(DomainError::CannotPublish(who.clone()).into());
@@ -1045,9 +1087,9 @@ impl MeetingService {
         caller: &Caller,
         id: &MeetingId,
         target: &ParticipantId,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<(), ServiceError> {
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 let action = "stop another participant's screen share";
                 match self.target(&m, target).await? {
@@ -1075,9 +1117,9 @@ impl MeetingService {
         caller: &Caller,
         id: &MeetingId,
         target: &ParticipantId,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<(), ServiceError> {
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 let by = authed.stage_actor("admit participants")?;
                 match self.target(&m, target).await? {
@@ -1108,7 +1150,7 @@ impl MeetingService {
         target: &ParticipantId,
         now: UnixMillis,
     ) -> Result<(), ServiceError> {
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 let by = authed.stage_actor("deny participants")?;
                 let transport = Op::delete(keys::transport(m.id(), target));
@@ -1150,9 +1192,9 @@ impl MeetingService {
         id: &MeetingId,
         target: &ParticipantId,
         role: Role,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<(), ServiceError> {
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 let by = authed.stage_actor("change roles")?;
                 match self.target(&m, target).await? {
@@ -1199,7 +1241,7 @@ impl MeetingService {
             })
             .collect::<Result<Vec<_>, DomainError>>()?;
         let ids: Vec<BreakoutId> = rooms.iter().map(|r| r.id.clone()).collect();
-        self.stage_op(caller, id, "create breakout rooms", |m, by| {
+        self.stage_op(caller, id, now, "create breakout rooms", |m, by| {
             m.create_breakouts(by, rooms.clone(), now)
         })
         .await?;
@@ -1213,11 +1255,15 @@ impl MeetingService {
         id: &MeetingId,
         target: &ParticipantId,
         to: Option<BreakoutId>,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<(), ServiceError> {
-        self.stage_op(caller, id, "move participants between rooms", |m, by| {
-            m.move_to_breakout(by, target, to.clone())
-        })
+        self.stage_op(
+            caller,
+            id,
+            now,
+            "move participants between rooms",
+            |m, by| m.move_to_breakout(by, target, to.clone()),
+        )
         .await
     }
 
@@ -1226,9 +1272,9 @@ impl MeetingService {
         &self,
         caller: &Caller,
         id: &MeetingId,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<(), ServiceError> {
-        self.stage_op(caller, id, "close breakout rooms", |m, by| {
+        self.stage_op(caller, id, now, "close breakout rooms", |m, by| {
             m.close_breakouts(by)
         })
         .await
@@ -1241,7 +1287,7 @@ impl MeetingService {
         caller: &Caller,
         id: &MeetingId,
         on: bool,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<Option<RecordingId>, ServiceError> {
         // A fresh id per recording: its chunks and file are kept under it (a stop and a
         // start make two recordings). Drawn before the retry loop, so a retried write
@@ -1251,7 +1297,7 @@ impl MeetingService {
         } else {
             None
         };
-        self.stage_op(caller, id, "start or stop recording", |m, by| {
+        self.stage_op(caller, id, now, "start or stop recording", |m, by| {
             m.set_recording(by, recording.clone())
         })
         .await?;
@@ -1272,14 +1318,14 @@ impl MeetingService {
         caller: &Caller,
         id: &MeetingId,
         who: &ParticipantId,
-        _now: UnixMillis,
+        now: UnixMillis,
     ) -> Result<(), ServiceError> {
         if let Caller::Participant(claims) = caller {
             if &claims.participant != who {
                 return Err(DomainError::NotSelf("report the active speaker for").into());
             }
         }
-        self.mutate(caller, id, move |mut m, revision, authed| {
+        self.mutate(caller, id, now, move |mut m, revision, authed| {
             Box::pin(async move {
                 if authed.member.is_some() {
                     return Err(DomainError::CannotPublish(who.clone()).into());

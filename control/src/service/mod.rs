@@ -8,6 +8,7 @@
 //! * [`forwarders`]: registration under a lease, heartbeats, the live set.
 //! * [`placement`]: which forwarder (and port) a meeting goes to.
 //! * [`failover`]: moving the meetings of a dead forwarder.
+//! * [`recordings`]: recording records, the stitching jobs workers claim, downloads.
 //! * [`relays`]: webinar relay trees: which relay forwarder each viewer receives from.
 //! * [`webrtc`]: the hook the browser signaling calls for SDP offers, answers, ICE restarts.
 
@@ -17,6 +18,7 @@ pub mod forwarders;
 pub mod keys;
 pub mod meetings;
 pub mod placement;
+pub mod recordings;
 pub mod relays;
 pub mod webrtc;
 
@@ -57,6 +59,29 @@ pub enum ServiceError {
     /// it must register again.
     #[error("forwarder {0} is not registered (lease expired or revoked): register again")]
     NotRegistered(crate::domain::ForwarderId),
+    /// No recording with this id.
+    #[error("recording {0} not found")]
+    RecordingNotFound(crate::domain::RecordingId),
+    /// A stitch worker's claim is no longer the one in force: its lease expired and another
+    /// worker claimed the job, or the job already ended. The worker must stop.
+    #[error("the claim on recording {0} is no longer held (expired and taken over, or the job ended): stop working on it")]
+    ClaimLost(crate::domain::RecordingId),
+    /// The recording has no file yet (or never will).
+    #[error("recording {recording} is {state}, not READY: no file to download")]
+    RecordingNotReady {
+        recording: crate::domain::RecordingId,
+        state: &'static str,
+    },
+    /// This instance was started without `--recording-store`.
+    #[error("downloads are off: this control instance has no recording store (--recording-store or [recordings] store)")]
+    NoRecordingStore,
+    /// The object store failed (unreachable, timed out): retry later.
+    #[error("recording store: {0}")]
+    RecordingStore(String),
+    /// A READY recording whose file is not in the object store: data lost, or the store
+    /// this instance reads is not the one the workers wrote to.
+    #[error("recording {0} is READY but its file is missing from the recording store")]
+    RecordingFileMissing(crate::domain::RecordingId),
 }
 
 /// The gRPC status a [`ServiceError`] maps to, decided here so that the API layer has one
@@ -98,6 +123,12 @@ impl ServiceError {
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::AlreadyRegistered(_) => Code::AlreadyExists,
             ServiceError::NotRegistered(_) => Code::FailedPrecondition,
+            ServiceError::RecordingNotFound(_) => Code::NotFound,
+            ServiceError::ClaimLost(_)
+            | ServiceError::RecordingNotReady { .. }
+            | ServiceError::NoRecordingStore => Code::FailedPrecondition,
+            ServiceError::RecordingStore(_) => Code::Unavailable,
+            ServiceError::RecordingFileMissing(_) => Code::Internal,
         }
     }
 }

@@ -6,6 +6,10 @@
 //! | `POST /v1/meetings` | create a meeting (operator bearer token), 201 + JSON |
 //! | `GET /v1/meetings/{id}/join` | what the page needs to join: title, kind, passcode needed, waiting room |
 //! | `GET /v1/meetings/{id}/ws` | the participant's WebSocket ([`ws`]) |
+//! | `POST`/`DELETE /v1/meetings/{id}/recording` | start or stop recording (operator or host) |
+//! | `GET /v1/meetings/{id}/recordings` | the meeting's recordings, newest first (operator or host) |
+//! | `GET /v1/recordings/{id}` | one recording (operator or a host of its meeting) |
+//! | `GET /v1/recordings/{id}/file` | a READY recording's WebM, streamed (same callers) |
 //! | `GET /m/{id}` | the join page; its script and style under `/web/` ([`page`]) |
 //!
 //! All of it shares one listener with gRPC ([`serve`]): tonic's services are an
@@ -41,6 +45,7 @@ pub use serve::{serve, serve_metrics, tls_acceptor};
 use super::Secret;
 use crate::domain::ParticipantId;
 use crate::service::meetings::MeetingService;
+use crate::service::recordings::RecordingService;
 use crate::service::webrtc::WebrtcNegotiator;
 use crate::service::{Code, ServiceError};
 
@@ -94,6 +99,8 @@ pub struct WebApi {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) service: Arc<MeetingService>,
+    /// Recording reads and downloads (`None`: those routes answer FAILED_PRECONDITION).
+    pub(crate) recordings: Option<Arc<RecordingService>>,
     pub(crate) operator: Option<Secret>,
     pub(crate) negotiator: Arc<dyn WebrtcNegotiator>,
     pub(crate) config: WebConfig,
@@ -112,9 +119,11 @@ impl WebApi {
     /// The web face over `service`; `negotiator` answers the WebRTC messages
     /// ([`BrowserNegotiator`](crate::service::meetings::BrowserNegotiator) in production,
     /// [`NoWebrtc`](crate::service::webrtc::NoWebrtc) where browsers are not served). `tls`:
-    /// the port has TLS. `stopping` flips to true when the process stops.
+    /// the port has TLS. `stopping` flips to true when the process stops. `recordings`
+    /// serves the recording routes.
     pub fn new(
         service: Arc<MeetingService>,
+        recordings: Option<Arc<RecordingService>>,
         operator: Option<Secret>,
         negotiator: Arc<dyn WebrtcNegotiator>,
         config: WebConfig,
@@ -124,6 +133,7 @@ impl WebApi {
         WebApi {
             inner: Arc::new(Inner {
                 service,
+                recordings,
                 operator,
                 negotiator,
                 config,
@@ -150,6 +160,9 @@ impl WebApi {
                 "/v1/meetings/{id}/recording",
                 post(rest::start_recording).delete(rest::stop_recording),
             )
+            .route("/v1/meetings/{id}/recordings", get(rest::list_recordings))
+            .route("/v1/recordings/{id}", get(rest::get_recording))
+            .route("/v1/recordings/{id}/file", get(rest::recording_file))
             .route("/v1/meetings/{id}/ws", get(ws::upgrade))
             .route("/m/{id}", get(page::join_page))
             .route("/web/app.js", get(page::script))

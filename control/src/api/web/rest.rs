@@ -1,5 +1,6 @@
-//! `POST /v1/meetings`, `GET /v1/meetings/{id}/join`, and `POST`/`DELETE
-//! /v1/meetings/{id}/recording`.
+//! `POST /v1/meetings`, `GET /v1/meetings/{id}/join`, `POST`/`DELETE
+//! /v1/meetings/{id}/recording`, and the recordings: `GET /v1/meetings/{id}/recordings`,
+//! `GET /v1/recordings/{id}` and `GET /v1/recordings/{id}/file`.
 
 use std::time::SystemTime;
 
@@ -8,14 +9,16 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, WebApi};
 use crate::domain::{
     bearer_token, Limits, Meeting, MeetingId, MeetingKind, MeetingSpec, Passcode, PasscodeHash,
-    Schedule, UnixMillis,
+    RecordingId, Schedule, UnixMillis,
 };
 use crate::service::meetings::Caller;
+use crate::service::recordings::{RecordingRecord, RecordingService};
 use crate::service::Code;
 
 pub(crate) fn now() -> UnixMillis {
@@ -307,4 +310,133 @@ pub(super) async fn join_info(State(api): State<WebApi>, Path(id): Path<String>)
     }
     .await;
     counted(&api, "GET /v1/meetings/{id}/join", result)
+}
+
+/// A recording as JSON: the proto's `Recording`, with the state in lower case and the
+/// fields that do not apply left out.
+#[derive(Debug, Serialize)]
+pub struct RecordingView {
+    pub recording_id: String,
+    pub meeting_id: String,
+    /// `recording`, `pending`, `stitching`, `ready` or `failed`.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at_unix_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at_unix_ms: Option<u64>,
+    pub progress: f64,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+impl RecordingView {
+    fn of(r: &RecordingRecord) -> Self {
+        RecordingView {
+            recording_id: r.id.to_string(),
+            meeting_id: r.meeting.to_string(),
+            state: r.state.name().to_ascii_lowercase(),
+            started_at_unix_ms: r.started_at.map(|t| t.0),
+            stopped_at_unix_ms: r.stopped_at.map(|t| t.0),
+            progress: r.progress,
+            attempts: r.attempt_count(),
+            error: r.error.clone(),
+            output_bytes: r.output.as_ref().map(|o| o.bytes),
+            duration_ms: r.output.as_ref().map(|o| o.duration_ms),
+        }
+    }
+}
+
+/// The answer to `GET /v1/meetings/{id}/recordings`.
+#[derive(Debug, Serialize)]
+pub struct RecordingList {
+    /// Newest first.
+    pub recordings: Vec<RecordingView>,
+}
+
+fn recordings(api: &WebApi) -> Result<&RecordingService, ApiError> {
+    api.inner.recordings.as_deref().ok_or_else(|| {
+        ApiError::new(
+            Code::FailedPrecondition,
+            "recordings are not served by this instance",
+        )
+    })
+}
+
+fn recording_id(text: &str) -> Result<RecordingId, ApiError> {
+    RecordingId::new(text).map_err(|e| ApiError::new(Code::InvalidArgument, e.to_string()))
+}
+
+/// `GET /v1/meetings/{id}/recordings`: the operator, or a host with its join token.
+pub(super) async fn list_recordings(
+    State(api): State<WebApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let caller = caller(&api, &headers)?;
+        let id = meeting_id(&id)?;
+        let records = recordings(&api)?.list(&caller, &id).await?;
+        Ok(Json(RecordingList {
+            recordings: records.iter().map(RecordingView::of).collect(),
+        })
+        .into_response())
+    }
+    .await;
+    counted(&api, "GET /v1/meetings/{id}/recordings", result)
+}
+
+/// `GET /v1/recordings/{id}`: the operator, or a host of its meeting.
+pub(super) async fn get_recording(
+    State(api): State<WebApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let caller = caller(&api, &headers)?;
+        let id = recording_id(&id)?;
+        let record = recordings(&api)?.get(&caller, &id).await?;
+        Ok(Json(RecordingView::of(&record)).into_response())
+    }
+    .await;
+    counted(&api, "GET /v1/recordings/{id}", result)
+}
+
+/// `GET /v1/recordings/{id}/file`: a READY recording's WebM, streamed from the recording
+/// store as it is read (never whole in memory). A store failure after the headers went
+/// out cuts the body short of its `Content-Length`, which the client sees.
+pub(super) async fn recording_file(
+    State(api): State<WebApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let caller = caller(&api, &headers)?;
+        let id = recording_id(&id)?;
+        let file = recordings(&api)?.download(&caller, &id).await?;
+        let body = Body::from_stream(file.pieces.map(|piece| {
+            piece.map_err(|e| {
+                tracing::warn!(error = %e, "recording download cut short");
+                std::io::Error::other(e.to_string())
+            })
+        }));
+        Ok((
+            [
+                (header::CONTENT_TYPE, "video/webm".to_owned()),
+                (header::CONTENT_LENGTH, file.size.to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{id}.webm\""),
+                ),
+            ],
+            body,
+        )
+            .into_response())
+    }
+    .await;
+    counted(&api, "GET /v1/recordings/{id}/file", result)
 }

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use super::WebMetrics;
 use crate::api::metrics::Metrics;
 use crate::service::forwarders::LiveForwarders;
+use crate::service::recordings::RecordingService;
 
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,15 +130,17 @@ struct MetricsState {
     calls: Metrics,
     web: WebMetrics,
     live: LiveForwarders,
+    recordings: Option<Arc<RecordingService>>,
 }
 
-/// Serves `GET /metrics` (gRPC calls, the web face, live forwarders) and `GET /healthz` on
-/// `address`; returns the bound address.
+/// Serves `GET /metrics` (gRPC calls, the web face, live forwarders, recordings and
+/// stitching jobs) and `GET /healthz` on `address`; returns the bound address.
 pub async fn serve_metrics(
     address: SocketAddr,
     calls: Metrics,
     web: WebMetrics,
     live: LiveForwarders,
+    recordings: Option<Arc<RecordingService>>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
@@ -147,6 +150,12 @@ pub async fn serve_metrics(
             get(|State(s): State<MetricsState>| async move {
                 let mut text = s.calls.render(Some(&s.live));
                 text.push_str(&s.web.render());
+                if let Some(recordings) = &s.recordings {
+                    // A count of one prefix (etcd's count_only): cheap at scrape rates. A
+                    // store that does not answer leaves the gauge out rather than the page.
+                    let outstanding = recordings.outstanding_jobs().await.ok();
+                    text.push_str(&recordings.metrics().render(outstanding));
+                }
                 (
                     [
                         (CONTENT_TYPE, "text/plain; version=0.0.4"),
@@ -162,7 +171,12 @@ pub async fn serve_metrics(
             "/healthz",
             get(|| async { ([(CONNECTION, "close")], "ok\n") }),
         )
-        .with_state(MetricsState { calls, web, live });
+        .with_state(MetricsState {
+            calls,
+            web,
+            live,
+            recordings,
+        });
     tokio::spawn(async move {
         if let Err(e) = serve(listener, app, None, std::future::pending()).await {
             warn!(error = %e, "the metrics server stopped");

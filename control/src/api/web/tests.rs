@@ -19,11 +19,15 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::*;
 use crate::api::meetings::MeetingsApi;
 use crate::api::pb;
+use crate::api::recordings::RecordingsApi;
 use crate::domain::{ForwarderId, MeetingId, PasscodeCost, TokenKey};
 use crate::service::meetings::{MeetingService, MeetingsConfig};
+use crate::service::recordings::{RecordingService, RecordingsConfig};
 use crate::service::webrtc::NoWebrtc;
 use crate::service::{Placement, PlacementHint, Placer};
 use crate::store::MemoryStore;
+
+mod recordings;
 
 const OPERATOR: &str = "operator-token-for-tests";
 const WAIT: Duration = Duration::from_secs(5);
@@ -57,34 +61,47 @@ impl Placer for FixedPlacer {
 struct Server {
     addr: SocketAddr,
     service: Arc<MeetingService>,
+    recordings: Arc<RecordingService>,
     web: WebApi,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 async fn server_with(config: WebConfig) -> Server {
+    let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::new());
     let service = Arc::new(MeetingService::new(
-        Arc::new(MemoryStore::new()),
+        store.clone(),
         TokenKey::generate().unwrap(),
         Arc::new(FixedPlacer),
         MeetingsConfig {
             passcode_cost: PasscodeCost::INSECURE_FOR_TESTS,
+            // These tests run on the wall clock: a stopped recording's job is due at once.
+            recording_settle: Duration::ZERO,
             ..MeetingsConfig::default()
         },
+    ));
+    let recordings = Arc::new(RecordingService::new(
+        store.clone(),
+        RecordingsConfig::default(),
+        service.recording_metrics().clone(),
     ));
     let operator = Some(Secret::new(OPERATOR));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let web = WebApi::new(
         service.clone(),
+        Some(recordings.clone()),
         operator.clone(),
         Arc::new(NoWebrtc),
         config,
         false,
         stopping,
     );
-    let grpc =
-        tonic::service::Routes::new(MeetingsApi::new(service.clone(), operator).into_server())
-            .prepare()
-            .into_axum_router();
+    let mut routes = tonic::service::Routes::new(
+        MeetingsApi::new(service.clone(), operator.clone()).into_server(),
+    );
+    routes = routes.add_service(
+        RecordingsApi::new(service.clone(), recordings.clone(), operator).into_server(),
+    );
+    let grpc = routes.prepare().into_axum_router();
     let app = grpc.merge(web.router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -92,6 +109,7 @@ async fn server_with(config: WebConfig) -> Server {
     Server {
         addr,
         service,
+        recordings,
         web,
         stop,
     }

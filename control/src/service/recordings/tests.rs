@@ -1,0 +1,629 @@
+//! [`RecordingService`] with a [`MeetingService`] on one [`MemoryStore`], on a virtual
+//! clock: every `now` is a constant of the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::*;
+use crate::domain::{ForwarderId, MeetingKind, MeetingSpec, PasscodeCost, TokenKey, UnixMillis};
+use crate::service::meetings::{JoinInput, MeetingService, MeetingsConfig};
+use crate::service::{Code, Placement, PlacementHint, Placer};
+use crate::store::MemoryStore;
+use crate::testing::{GatedStore, TxnGate};
+
+const T0: UnixMillis = UnixMillis(1_700_000_000_000);
+const SETTLE: Duration = Duration::from_secs(10);
+const LEASE: Duration = Duration::from_secs(30);
+const BACKOFF: Duration = Duration::from_secs(5);
+
+fn at(ms: u64) -> UnixMillis {
+    UnixMillis(T0.0 + ms)
+}
+
+#[derive(Debug)]
+struct FixedPlacer;
+
+impl Placer for FixedPlacer {
+    fn place<'a>(
+        &'a self,
+        _meeting: &'a MeetingId,
+        _hint: &'a PlacementHint,
+    ) -> BoxFuture<'a, Result<Placement, ServiceError>> {
+        Box::pin(async {
+            Ok(Placement {
+                forwarder: ForwarderId::new("fwd-1").unwrap(),
+                address: "192.0.2.1:40000".into(),
+                epoch: 1,
+            })
+        })
+    }
+
+    fn placement<'a>(
+        &'a self,
+        _meeting: &'a MeetingId,
+    ) -> BoxFuture<'a, Result<Option<Placement>, ServiceError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+struct Fixture {
+    store: Arc<dyn Store>,
+    meetings: Arc<MeetingService>,
+    recordings: Arc<RecordingService>,
+}
+
+fn fixture_on(store: Arc<dyn Store>) -> Fixture {
+    let meetings = Arc::new(MeetingService::new(
+        store.clone(),
+        TokenKey::generate().unwrap(),
+        Arc::new(FixedPlacer),
+        MeetingsConfig {
+            passcode_cost: PasscodeCost::INSECURE_FOR_TESTS,
+            recording_settle: SETTLE,
+            ..MeetingsConfig::default()
+        },
+    ));
+    let recordings = Arc::new(RecordingService::new(
+        store.clone(),
+        RecordingsConfig {
+            lease: LEASE,
+            max_attempts: 3,
+            retry_backoff: BACKOFF,
+            ..RecordingsConfig::default()
+        },
+        meetings.recording_metrics().clone(),
+    ));
+    Fixture {
+        store,
+        meetings,
+        recordings,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_on(Arc::new(MemoryStore::new()))
+}
+
+fn mid(s: &str) -> MeetingId {
+    MeetingId::new(s).unwrap()
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, ServiceError>) -> Code {
+    r.expect_err("expected an error").code()
+}
+
+fn output(id: &RecordingId) -> Output {
+    Output {
+        key: format!("recordings/{id}/output.webm"),
+        bytes: 1234,
+        duration_ms: 60_000,
+    }
+}
+
+impl Fixture {
+    async fn meeting(&self, id: &str) -> MeetingId {
+        let spec = MeetingSpec {
+            kind: MeetingKind::Meeting,
+            title: "Recorded".into(),
+            schedule: None,
+            passcode: None,
+            host_key: None,
+            waiting_room: false,
+            limits: None,
+        };
+        self.meetings.create(Some(mid(id)), spec, T0).await.unwrap();
+        mid(id)
+    }
+
+    /// Joins and returns the caller the join token authenticates as.
+    async fn join(&self, m: &MeetingId, name: &str) -> Caller {
+        let joined = self
+            .meetings
+            .join(
+                m,
+                JoinInput {
+                    display_name: name.into(),
+                    ..JoinInput::default()
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+        self.meetings.authenticate(&joined.token, T0).unwrap()
+    }
+
+    async fn start(&self, m: &MeetingId, now: UnixMillis) -> RecordingId {
+        self.meetings
+            .set_recording(&Caller::Operator, m, true, now)
+            .await
+            .unwrap()
+            .expect("recording under way")
+    }
+
+    async fn stop(&self, m: &MeetingId, now: UnixMillis) {
+        let left = self
+            .meetings
+            .set_recording(&Caller::Operator, m, false, now)
+            .await
+            .unwrap();
+        assert_eq!(left, None);
+    }
+
+    /// A meeting with one recording stopped at `at(0)`: due at `at(10_000)`.
+    async fn stopped(&self, m: &str) -> (MeetingId, RecordingId) {
+        let m = self.meeting(m).await;
+        let r = self.start(&m, T0).await;
+        self.stop(&m, at(0)).await;
+        (m, r)
+    }
+
+    async fn record(&self, id: &RecordingId) -> (RecordingRecord, Revision) {
+        let kv = self.store.get(&keys::recording(id)).await.unwrap().unwrap();
+        (decode_record(&kv).unwrap(), kv.mod_revision)
+    }
+
+    async fn job(&self, id: &RecordingId) -> Option<JobEntry> {
+        let kv = self.store.get(&keys::stitch_job(id)).await.unwrap()?;
+        Some(decode(&kv).unwrap())
+    }
+
+    /// The store's revision: unchanged means nothing was written.
+    async fn revision(&self) -> Revision {
+        self.store.range("").await.unwrap().1
+    }
+
+    async fn claim(&self, worker: &str, now: UnixMillis) -> Option<StitchJob> {
+        self.recordings.claim(worker, now).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn start_and_stop_write_the_record_in_the_meetings_transaction() {
+    let f = fixture();
+    let m = f.meeting("m").await;
+    let r = f.start(&m, at(5)).await;
+
+    let (record, revision) = f.record(&r).await;
+    assert_eq!(record.state, RecordingState::Recording);
+    assert_eq!(record.meeting, m);
+    assert_eq!(record.started_at, Some(at(5)));
+    assert_eq!(record.stopped_at, None);
+    let doc = f.store.get(&keys::meeting(&m)).await.unwrap().unwrap();
+    assert_eq!(
+        revision, doc.mod_revision,
+        "one transaction wrote the meeting and the record"
+    );
+    let index = f
+        .store
+        .get(&keys::meeting_recording(&m, &r))
+        .await
+        .unwrap()
+        .expect("indexed under its meeting");
+    assert_eq!(index.mod_revision, revision);
+    assert_eq!(f.job(&r).await, None, "no job while recording");
+
+    f.stop(&m, at(1_000)).await;
+    let (record, revision) = f.record(&r).await;
+    assert_eq!(record.state, RecordingState::Pending);
+    assert_eq!(record.stopped_at, Some(at(1_000)));
+    assert_eq!(record.due_at, Some(at(11_000)), "stop + settle delay");
+    let doc = f.store.get(&keys::meeting(&m)).await.unwrap().unwrap();
+    assert_eq!(revision, doc.mod_revision);
+    assert_eq!(f.job(&r).await.map(|j| j.claimable_at), Some(at(11_000)));
+
+    // Stopping again changes nothing; a new start is a new recording.
+    let before = f.revision().await;
+    f.stop(&m, at(2_000)).await;
+    assert_eq!(f.revision().await, before);
+    let second = f.start(&m, at(3_000)).await;
+    assert_ne!(second, r);
+    assert_eq!(f.record(&r).await.0.state, RecordingState::Pending);
+    assert_eq!(f.record(&second).await.0.state, RecordingState::Recording);
+}
+
+#[tokio::test]
+async fn ending_the_meeting_stops_its_recording_and_makes_the_job() {
+    let f = fixture();
+    let m = f.meeting("m").await;
+    let r = f.start(&m, T0).await;
+    f.meetings
+        .end(&Caller::Operator, &m, at(500))
+        .await
+        .unwrap();
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.state, RecordingState::Pending);
+    assert_eq!(record.stopped_at, Some(at(500)));
+    assert_eq!(record.due_at, Some(at(10_500)));
+    assert!(f.job(&r).await.is_some());
+}
+
+#[tokio::test]
+async fn a_job_is_claimed_only_once_due() {
+    let f = fixture();
+    let (m, r) = f.stopped("m").await;
+    let before = f.revision().await;
+    assert_eq!(f.claim("w1", at(9_999)).await, None);
+    assert_eq!(f.revision().await, before, "an empty claim writes nothing");
+
+    let job = f.claim("w1", at(10_000)).await.expect("due now");
+    assert_eq!(job.recording, r);
+    assert_eq!(job.meeting, m);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.lease, LEASE);
+    assert_eq!(job.started_at, Some(T0));
+    assert_eq!(job.stopped_at, Some(at(0)));
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.state, RecordingState::Stitching);
+    let claim = record.claim.expect("claimed");
+    assert_eq!(claim.id, job.claim);
+    assert_eq!(claim.worker, "w1");
+    assert_eq!(claim.lease_expires_at, at(40_000));
+    assert_eq!(
+        f.claim("w2", at(10_000)).await,
+        None,
+        "a live claim is not claimable"
+    );
+}
+
+#[tokio::test]
+async fn jobs_go_oldest_due_first_and_recordings_still_recording_never() {
+    let f = fixture();
+    let (_, first) = f.stopped("a").await;
+    let b = f.meeting("b").await;
+    let second = f.start(&b, T0).await;
+    f.stop(&b, at(1)).await;
+    let c = f.meeting("c").await;
+    f.start(&c, T0).await;
+    let now = at(60_000);
+    assert_eq!(f.claim("w", now).await.unwrap().recording, first);
+    assert_eq!(f.claim("w", now).await.unwrap().recording, second);
+    assert_eq!(f.claim("w", now).await, None);
+}
+
+#[tokio::test]
+async fn two_workers_racing_for_one_job_exactly_one_wins() {
+    let gate = TxnGate::new();
+    let store: Arc<dyn Store> =
+        Arc::new(GatedStore::new(Arc::new(MemoryStore::new()), gate.clone()));
+    let f = fixture_on(store);
+    let (_, r) = f.stopped("m").await;
+    // Both claimers read the job before either writes: only the compare-and-swap on the
+    // record can keep the second from winning too.
+    gate.arm(2);
+    let (a, b) = tokio::join!(
+        f.recordings.claim("w1", at(10_000)),
+        f.recordings.claim("w2", at(10_000))
+    );
+    let winners: Vec<StitchJob> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.attempts.len(), 1);
+    assert_eq!(record.claim.unwrap().id, winners[0].claim);
+    assert_eq!(f.recordings.metrics().jobs().claims, 1);
+}
+
+#[tokio::test]
+async fn an_expired_claim_is_taken_over_and_its_worker_refused() {
+    let f = fixture();
+    let (_, r) = f.stopped("m").await;
+    let first = f.claim("w1", at(10_000)).await.unwrap();
+    // A report renews the lease: 20 s later it runs to 60 s.
+    f.recordings
+        .report(&r, &first.claim, 0.4, at(30_000))
+        .await
+        .unwrap();
+    assert_eq!(f.record(&r).await.0.progress, 0.4);
+    assert_eq!(f.claim("w2", at(59_999)).await, None);
+    // Expired but not taken over: the slow worker still holds it.
+    f.recordings
+        .report(&r, &first.claim, 0.5, at(60_500))
+        .await
+        .unwrap();
+    assert_eq!(f.claim("w2", at(90_499)).await, None);
+
+    let second = f.claim("w2", at(90_500)).await.expect("lease expired");
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.claim, first.claim);
+    let (record, _) = f.record(&r).await;
+    assert_eq!(
+        record.attempts[0].end,
+        Some(AttemptEnd::Expired { at: at(90_500) })
+    );
+    assert_eq!(record.progress, 0.0, "the new attempt starts from nothing");
+    assert_eq!(f.recordings.metrics().jobs().leases_expired, 1);
+
+    // The first worker is told to stop, and changes nothing.
+    let before = f.revision().await;
+    let report = f.recordings.report(&r, &first.claim, 0.9, at(91_000)).await;
+    assert_eq!(code(report), Code::FailedPrecondition);
+    let complete = f
+        .recordings
+        .complete(
+            &r,
+            &first.claim,
+            StitchResult::Succeeded(output(&r)),
+            at(91_000),
+        )
+        .await;
+    assert_eq!(code(complete), Code::FailedPrecondition);
+    assert_eq!(f.revision().await, before);
+
+    let state = f
+        .recordings
+        .complete(
+            &r,
+            &second.claim,
+            StitchResult::Succeeded(output(&r)),
+            at(92_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, RecordingState::Ready);
+}
+
+#[tokio::test]
+async fn failures_retry_after_a_backoff_then_fail_for_good() {
+    let f = fixture();
+    let (_, r) = f.stopped("m").await;
+    let mut now = at(10_000);
+    // Attempt n fails at `now`; the retry is due BACKOFF x 2^(n-1) later.
+    for (attempt, backoff_ms) in [(1u32, 5_000u64), (2, 10_000)] {
+        let job = f.claim("w", now).await.unwrap();
+        assert_eq!(job.attempt, attempt);
+        let state = f
+            .recordings
+            .complete(
+                &r,
+                &job.claim,
+                StitchResult::Failed("ffmpeg: exit 1".into()),
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(state, RecordingState::Pending);
+        let (record, _) = f.record(&r).await;
+        assert_eq!(record.error.as_deref(), Some("ffmpeg: exit 1"));
+        let due = UnixMillis(now.0 + backoff_ms);
+        assert_eq!(record.due_at, Some(due));
+        assert_eq!(
+            f.claim("w", UnixMillis(due.0 - 1)).await,
+            None,
+            "backing off"
+        );
+        now = due;
+    }
+    let job = f.claim("w", now).await.unwrap();
+    assert_eq!(job.attempt, 3);
+    let state = f
+        .recordings
+        .complete(
+            &r,
+            &job.claim,
+            StitchResult::Failed("out of disk".into()),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, RecordingState::Failed);
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.attempts.len(), 3);
+    assert!(record.error.unwrap().contains("out of disk"));
+    assert_eq!(f.job(&r).await, None, "no job left");
+    assert_eq!(f.claim("w", UnixMillis(u64::MAX)).await, None);
+    let jobs = f.recordings.metrics().jobs();
+    assert_eq!((jobs.claims, jobs.retried, jobs.failed), (3, 2, 1));
+}
+
+#[tokio::test]
+async fn a_worker_that_keeps_dying_uses_up_the_attempts() {
+    let f = fixture();
+    let (_, r) = f.stopped("m").await;
+    let mut now = at(10_000);
+    for attempt in 1..=3 {
+        let job = f.claim("w", now).await.expect("claimable");
+        assert_eq!(job.attempt, attempt);
+        now = UnixMillis(now.0 + LEASE.as_millis() as u64);
+    }
+    // The third claim expired too, with no attempt left: FAILED, nothing handed out.
+    assert_eq!(f.claim("w", now).await, None);
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.state, RecordingState::Failed);
+    assert!(record.error.unwrap().contains("stopped renewing"));
+    assert_eq!(f.job(&r).await, None);
+    assert_eq!(f.recordings.metrics().jobs().leases_expired, 3);
+}
+
+#[tokio::test]
+async fn success_is_ready_and_a_repeated_complete_answers_the_same() {
+    let f = fixture();
+    let (_, r) = f.stopped("m").await;
+    let job = f.claim("w", at(10_000)).await.unwrap();
+    let done = |f: &Fixture| {
+        let recordings = f.recordings.clone();
+        let (r, claim) = (r.clone(), job.claim.clone());
+        async move {
+            recordings
+                .complete(&r, &claim, StitchResult::Succeeded(output(&r)), at(20_000))
+                .await
+        }
+    };
+    assert_eq!(done(&f).await.unwrap(), RecordingState::Ready);
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.output, Some(output(&r)));
+    assert_eq!(record.progress, 1.0);
+    assert_eq!(f.job(&r).await, None);
+
+    let before = f.revision().await;
+    assert_eq!(done(&f).await.unwrap(), RecordingState::Ready);
+    // A retry carrying a failure (its first answer was lost) answers READY all the same.
+    let failed_retry = f
+        .recordings
+        .complete(&r, &job.claim, StitchResult::Failed("x".into()), at(21_000))
+        .await
+        .unwrap();
+    assert_eq!(failed_retry, RecordingState::Ready);
+    assert_eq!(f.revision().await, before, "repeats write nothing");
+    assert_eq!(f.recordings.metrics().jobs().ready, 1);
+}
+
+#[tokio::test]
+async fn bad_requests_change_nothing_and_say_why() {
+    let f = fixture();
+    let (_, r) = f.stopped("m").await;
+    let job = f.claim("w", at(10_000)).await.unwrap();
+    let before = f.revision().await;
+    let s = &f.recordings;
+
+    assert_eq!(code(s.claim("", at(10_000)).await), Code::InvalidArgument);
+    assert_eq!(
+        code(s.claim("tab\tname", at(10_000)).await),
+        Code::InvalidArgument
+    );
+    for progress in [-0.1, 1.5, f64::NAN] {
+        assert_eq!(
+            code(s.report(&r, &job.claim, progress, at(11_000)).await),
+            Code::InvalidArgument,
+            "{progress}"
+        );
+    }
+    assert_eq!(
+        code(s.report(&r, "", 0.5, at(11_000)).await),
+        Code::InvalidArgument
+    );
+    let mut empty = output(&r);
+    empty.key.clear();
+    assert_eq!(
+        code(
+            s.complete(&r, &job.claim, StitchResult::Succeeded(empty), at(11_000))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let mut zero = output(&r);
+    zero.bytes = 0;
+    assert_eq!(
+        code(
+            s.complete(&r, &job.claim, StitchResult::Succeeded(zero), at(11_000))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let unknown = RecordingId::new("nope").unwrap();
+    assert_eq!(
+        code(s.report(&unknown, &job.claim, 0.5, at(11_000)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(s.report(&r, "someone-elses", 0.5, at(11_000)).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(f.revision().await, before);
+    assert_eq!(f.record(&r).await.0.state, RecordingState::Stitching);
+}
+
+#[tokio::test]
+async fn hosts_and_the_operator_read_newest_first_others_are_refused() {
+    let f = fixture();
+    let m = f.meeting("m").await;
+    let host = f.join(&m, "Host").await;
+    let panelist = f.join(&m, "Panelist").await;
+    let older = f.start(&m, at(1)).await;
+    f.stop(&m, at(2)).await;
+    let newer = f.start(&m, at(3)).await;
+    let other = f.meeting("other").await;
+    let outsider = f.join(&other, "Other host").await;
+    let theirs = f.start(&other, at(4)).await;
+
+    for caller in [&Caller::Operator, &host] {
+        let list = f.recordings.list(caller, &m).await.unwrap();
+        let ids: Vec<&RecordingId> = list.iter().map(|r| &r.id).collect();
+        assert_eq!(
+            ids,
+            [&newer, &older],
+            "newest first, the other meeting's not"
+        );
+        assert_eq!(f.recordings.get(caller, &older).await.unwrap().id, older);
+    }
+    let s = &f.recordings;
+    assert_eq!(code(s.list(&panelist, &m).await), Code::PermissionDenied);
+    assert_eq!(code(s.get(&panelist, &older).await), Code::PermissionDenied);
+    // A host's token is for its own meeting only.
+    assert_eq!(code(s.list(&outsider, &m).await), Code::Unauthenticated);
+    assert_eq!(code(s.get(&outsider, &older).await), Code::Unauthenticated);
+    assert_eq!(code(s.get(&host, &theirs).await), Code::Unauthenticated);
+    assert_eq!(
+        code(s.list(&Caller::Operator, &mid("missing")).await),
+        Code::NotFound
+    );
+    let unknown = RecordingId::new("nope").unwrap();
+    assert_eq!(
+        code(s.get(&Caller::Operator, &unknown).await),
+        Code::NotFound
+    );
+
+    // After the end the host present at the end still reads; the recording is PENDING.
+    f.meetings.end(&host, &m, at(10)).await.unwrap();
+    let list = s.list(&host, &m).await.unwrap();
+    assert_eq!(list[0].state, RecordingState::Pending);
+}
+
+#[tokio::test]
+async fn download_needs_a_ready_recording_and_a_store() {
+    let f = fixture();
+    let (_, r) = f.stopped("m").await;
+    let err = f
+        .recordings
+        .download(&Caller::Operator, &r)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::RecordingNotReady { .. }),
+        "{err}"
+    );
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let job = f.claim("w", at(10_000)).await.unwrap();
+    f.recordings
+        .complete(
+            &r,
+            &job.claim,
+            StitchResult::Succeeded(output(&r)),
+            at(11_000),
+        )
+        .await
+        .unwrap();
+    let err = f
+        .recordings
+        .download(&Caller::Operator, &r)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::NoRecordingStore), "{err}");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn metrics_count_transitions_and_render() {
+    let f = fixture();
+    let (_, r) = f.stopped("m").await;
+    let job = f.claim("w", at(10_000)).await.unwrap();
+    f.recordings
+        .complete(
+            &r,
+            &job.claim,
+            StitchResult::Succeeded(output(&r)),
+            at(11_000),
+        )
+        .await
+        .unwrap();
+    let metrics = f.recordings.metrics();
+    for state in RecordingState::ALL {
+        let expected = u64::from(state != RecordingState::Failed);
+        assert_eq!(metrics.entered_total(state), expected, "{state:?}");
+    }
+    let text = metrics.render(Some(f.recordings.outstanding_jobs().await.unwrap()));
+    assert!(text.contains("fanout_control_recordings_entered_total{state=\"ready\"} 1"));
+    assert!(text.contains("fanout_control_stitch_claims_total 1"));
+    assert!(text.contains("fanout_control_stitch_completions_total{outcome=\"ready\"} 1"));
+    assert!(text.contains("fanout_control_stitch_jobs_outstanding 0"));
+}
