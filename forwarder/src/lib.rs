@@ -31,6 +31,8 @@
 //! * [`config`] reads the standalone TOML file into a configured core; [`control`] joins a
 //!   control plane instead (register, heartbeat, reconcile the desired state into the
 //!   cores); [`exporter`] serves Prometheus metrics.
+//! * [`recording`] is the wire format of the recording tap: decrypted RTP packets of
+//!   recorded meetings, one Unix datagram each, to `fanout-recorder`.
 //!
 //! See `docs/architecture.md` in the repository for the longer story.
 
@@ -46,6 +48,7 @@ pub mod ice;
 pub mod ids;
 pub mod policy;
 pub mod receive_stats;
+pub mod recording;
 pub mod rtcp;
 pub mod rtp;
 pub mod sfu;
