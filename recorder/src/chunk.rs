@@ -594,7 +594,7 @@ mod tests {
             track: [TrackKind::Audio, TrackKind::Video, TrackKind::Screen][usize::from(i % 3)],
             encoding: i % 3,
             codec: MediaCodec::from_wire(i % 5).unwrap_or_default(),
-            clock_rate: if i % 2 == 0 { 48_000 } else { 90_000 },
+            clock_rate: if i.is_multiple_of(2) { 48_000 } else { 90_000 },
             arrival_us: 1_790_000_000_000_000 + u64::from(i) * 20_000,
             rtp: [&[0x80, 111, 0, i][..], &[i; 40]].concat(),
         }

@@ -138,13 +138,14 @@ async fn upload_until_stored(
     loop {
         match upload_once(store, chunk).await {
             Ok(bytes) => {
-                IngestMetrics::decrement(&metrics.spool_backlog);
-                metrics.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
-                metrics.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
                 if let Err(e) = std::fs::remove_file(&chunk.path) {
                     // Stored; a later start uploads it again, which is harmless.
                     warn!(file = %chunk.path.display(), error = %e, "cannot remove an uploaded chunk");
                 }
+                // Counted once out of the spool: a chunk counted as uploaded is gone from it.
+                IngestMetrics::decrement(&metrics.spool_backlog);
+                metrics.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
+                metrics.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
                 debug!(key = %chunk.key, bytes, records = chunk.records, "chunk stored");
                 if failures > 0 {
                     info!(key = %chunk.key, failures, "chunk stored after retries");
