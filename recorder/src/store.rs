@@ -227,6 +227,15 @@ impl RecordingStore {
         let allow_http = config
             .allow_http
             .unwrap_or_else(|| endpoint.as_deref().is_some_and(is_loopback_http));
+        // Refused here rather than at the first upload, minutes into a recording.
+        if let Some(endpoint) = endpoint.as_deref() {
+            if endpoint.starts_with("http://") && !allow_http {
+                return Err(StoreError::Config(format!(
+                    "plain-HTTP endpoint {endpoint} is not on a loopback address: \
+                     use https, or set allow_http = true"
+                )));
+            }
+        }
         builder = builder.with_allow_http(allow_http);
         if let Some(region) = &config.region {
             builder = builder.with_region(region);
@@ -472,5 +481,21 @@ mod tests {
         ));
         assert!(matches!(open("".into()), Err(StoreError::Config(_))));
         assert!(matches!(open("s3://".into()), Err(StoreError::Config(_))));
+        let s3 = |endpoint: &str, allow_http| {
+            RecordingStore::open(&StoreConfig {
+                url: "s3://bucket/prefix".into(),
+                endpoint: Some(endpoint.into()),
+                region: Some("us-east-1".into()),
+                allow_http,
+                ..Default::default()
+            })
+        };
+        assert!(s3("http://127.0.0.1:9000", None).is_ok());
+        assert!(s3("https://192.0.2.1:9000", None).is_ok());
+        assert!(matches!(
+            s3("http://192.0.2.1:9000", None),
+            Err(StoreError::Config(_))
+        ));
+        assert!(s3("http://192.0.2.1:9000", Some(true)).is_ok());
     }
 }
