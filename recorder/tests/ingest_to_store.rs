@@ -35,6 +35,16 @@ fn scenario(dir: &Path, store_args: &[String], env: &[(&str, &str)], store: &Rec
     ];
     args.extend_from_slice(store_args);
     let recorder = Recorder::start(&args, env);
+    // A second recorder on the same socket and spool is refused, and touches nothing.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-recorder"))
+        .arg("run")
+        .args(&args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let error = String::from_utf8_lossy(&second.stderr);
+    assert!(error.contains("in use by another recorder"), "{error}");
     let mut tap = TapSender::new(&socket);
 
     let mut sent_a = Vec::new();
@@ -121,7 +131,7 @@ fn scenario(dir: &Path, store_args: &[String], env: &[(&str, &str)], store: &Rec
             "{recording}: stored packets differ from those sent"
         );
     }
-    let left: Vec<_> = std::fs::read_dir(&spool).unwrap().collect();
+    let left = common::spooled_chunks(&spool);
     assert!(
         left.is_empty(),
         "spool not empty after a clean stop: {left:?}"

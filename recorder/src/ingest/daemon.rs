@@ -102,6 +102,8 @@ pub struct Daemon {
     poll: Poll,
     stop: StopHandle,
     spool: Spool,
+    /// Held for the daemon's life: see [`Spool::lock`].
+    _spool_lock: fs::File,
     core: IngestCore,
     files: Vec<Option<OpenFile>>,
     runtime: tokio::runtime::Runtime,
@@ -123,7 +125,16 @@ impl Daemon {
             path: config.spool.clone(),
             source,
         };
+        // Exclusive use of the spool and the socket before anything in the spool is
+        // touched: a second recorder must not upload (and delete) a live one's chunks.
         let spool = Spool::open(&config.spool).map_err(spool_error)?;
+        let spool_lock = spool.lock().map_err(spool_error)?;
+        let socket = bind_socket(&config.socket, config.socket_buffer_bytes).map_err(|source| {
+            DaemonError::Socket {
+                path: config.socket.clone(),
+                source,
+            }
+        })?;
         let recovery = spool.recover().map_err(spool_error)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -141,12 +152,6 @@ impl Daemon {
             );
             uploader.submit(chunk);
         }
-        let socket = bind_socket(&config.socket, config.socket_buffer_bytes).map_err(|source| {
-            DaemonError::Socket {
-                path: config.socket.clone(),
-                source,
-            }
-        })?;
         let mut socket = mio::net::UnixDatagram::from_std(socket);
         let poll = Poll::new()?;
         poll.registry()
@@ -174,6 +179,7 @@ impl Daemon {
             poll,
             stop,
             spool,
+            _spool_lock: spool_lock,
             files: Vec::new(),
             runtime,
             uploader,

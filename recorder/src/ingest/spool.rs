@@ -60,6 +60,25 @@ impl Spool {
         })
     }
 
+    /// Take the spool for this process: an exclusive lock on `{spool}/.lock`, held while
+    /// the returned file lives (the kernel drops it when the process dies, however). Two
+    /// recorders on one spool would upload and delete each other's open chunks.
+    pub fn lock(&self) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".lock"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "in use by another recorder",
+            )),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -241,6 +260,19 @@ mod tests {
         assert!(dir.path().join("y.corrupt").exists());
         assert!(dir.path().join("notes.txt").exists());
         assert!(!dir.path().join("x.chunk").exists());
+    }
+
+    #[test]
+    fn one_recorder_per_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let held = spool.lock().unwrap();
+        let other = Spool::open(dir.path()).unwrap();
+        assert_eq!(other.lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(held);
+        other.lock().unwrap();
+        // The lock file is not a chunk.
+        assert!(spool.recover().unwrap().chunks.is_empty());
     }
 
     #[test]

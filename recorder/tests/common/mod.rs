@@ -228,6 +228,15 @@ impl Drop for Recorder {
     }
 }
 
+/// The chunk files in a spool directory (its lock file aside).
+pub fn spooled_chunks(spool: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != ".lock"))
+        .collect()
+}
+
 /// A plain HTTP/1.1 GET; the body.
 pub fn http_get(address: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(address).unwrap();
