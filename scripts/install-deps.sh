@@ -26,11 +26,12 @@
 #   moto (server, S3)        a real S3-compatible HTTP server for the recorder's store tests
 #                            (recorder/tests/: they start `moto_server` on a free port and
 #                            talk to it with the recorder's own S3 client). Debian 12 has no
-#                            python3-moto; pip installs the pinned versions below in about a
-#                            minute, most of it download. Chosen over s3s-fs from crates.io,
-#                            whose build takes minutes of the 2 cores and needs rustc 1.92+
-#                            (docs/recording.md). Only `moto[s3]` and Flask: the `server`
-#                            extra would pull every AWS service's dependencies (300 MB).
+#                            python3-moto; pip installs the pinned versions below in about
+#                            30 s, most of it download. Chosen over s3s-fs from crates.io,
+#                            whose newest release needs rustc 1.96 and whose build takes
+#                            minutes of the 2 cores (docs/recording.md). Only `moto[s3]` and
+#                            Flask: the `server` extra would pull every AWS service's
+#                            dependencies (300 MB).
 #
 # `install-deps.sh s3-server` installs only moto (what the recorder's tests call when it is
 # missing).
@@ -62,9 +63,12 @@ install_moto() {
     as_root apt-get update -qq
     as_root apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
   fi
+  if [ -e "$moto_venv" ] && [ ! -f "$moto_venv/pyvenv.cfg" ]; then
+    echo "install-deps: $moto_venv exists and is not a virtualenv; move it or set FANOUT_MOTO_VENV" >&2
+    exit 1
+  fi
   echo "install-deps: installing ${moto_packages[*]} into $moto_venv" >&2
-  as_root rm -rf "$moto_venv"
-  as_root /usr/bin/python3 -m venv "$moto_venv"
+  as_root /usr/bin/python3 -m venv --clear "$moto_venv"
   as_root "$moto_venv/bin/pip" install --quiet --disable-pip-version-check --no-input \
     "${moto_packages[@]}" </dev/null
   echo "${moto_packages[*]}" | as_root tee "$marker" >/dev/null
