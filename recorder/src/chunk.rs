@@ -553,7 +553,7 @@ pub struct Chunk {
     pub header: ChunkHeader,
     pub records: Vec<ChunkRecord>,
     pub tail: ChunkTail,
-    /// Bytes of the input that are good (header and whole records).
+    /// Bytes of the input that are good: header, whole records, and the trailer if any.
     pub valid_len: u64,
 }
 
@@ -835,11 +835,19 @@ mod tests {
                     // Exactly the records wholly inside the cut survive.
                     let whole: usize = header_len + records[..chunk.records.len()]
                         .iter().map(|r| record_len(&r.as_tap("rec-1"))).sum::<usize>();
-                    prop_assert_eq!(chunk.valid_len, whole as u64);
                     match chunk.tail {
-                        ChunkTail::Closed => prop_assert_eq!(cut, bytes.len()),
-                        ChunkTail::Unclosed => prop_assert_eq!(cut, whole),
+                        ChunkTail::Closed => {
+                            // The trailer too: the whole file is good.
+                            prop_assert_eq!(cut, bytes.len());
+                            prop_assert_eq!(chunk.valid_len, bytes.len() as u64);
+                            prop_assert_eq!(chunk.records.len(), records.len());
+                        }
+                        ChunkTail::Unclosed => {
+                            prop_assert_eq!(cut, whole);
+                            prop_assert_eq!(chunk.valid_len, whole as u64);
+                        }
                         ChunkTail::Torn { valid_len, discarded, reason } => {
+                            prop_assert_eq!(valid_len, whole as u64);
                             prop_assert_eq!(reason, TornReason::Incomplete);
                             prop_assert_eq!(valid_len + discarded, cut as u64);
                         }
