@@ -14,7 +14,9 @@ use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 use crate::chunk::{read_chunk, ChunkRecord, ChunkTail};
-use crate::stitch::{self, Codec, RecordedPacket, StitchOptions, StitchReport, StreamKey, TrackKind};
+use crate::stitch::{
+    self, Codec, RecordedPacket, StitchOptions, StitchReport, StreamKey, TrackKind,
+};
 use crate::store::{ChunkKey, RecordingStore};
 use fanout_forwarder::recording::MediaCodec;
 use fanout_forwarder::sfu::TrackKind as TapTrackKind;
@@ -168,7 +170,8 @@ pub async fn run(
         }
     };
     let (stitched, ()) = tokio::join!(stitched, forward);
-    let (report, torn_chunks, unknown_codec_packets) = stitched.context("the stitcher panicked")??;
+    let (report, torn_chunks, unknown_codec_packets) =
+        stitched.context("the stitcher panicked")??;
     let output_bytes = store
         .put_output_file(recording_id, &output)
         .await

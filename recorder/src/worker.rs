@@ -4,7 +4,7 @@
 //! plane gives each job to one claim at a time and retries failed ones.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tracing::{info, warn};
+
+use fanout_forwarder::exporter::ProcessMetrics;
 
 use crate::job;
 use crate::stitch::StitchOptions;
@@ -47,10 +49,44 @@ pub struct WorkerConfig {
 /// Counters of a worker, for its metrics.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    pub claimed: std::sync::atomic::AtomicU64,
-    pub succeeded: std::sync::atomic::AtomicU64,
-    pub failed: std::sync::atomic::AtomicU64,
-    pub claims_lost: std::sync::atomic::AtomicU64,
+    pub claimed: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub claims_lost: AtomicU64,
+}
+
+impl ProcessMetrics for WorkerStats {
+    fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for (name, help, value) in [
+            (
+                "fanout_stitch_jobs_claimed_total",
+                "Stitching jobs claimed",
+                &self.claimed,
+            ),
+            (
+                "fanout_stitch_jobs_succeeded_total",
+                "Stitching jobs whose file was uploaded",
+                &self.succeeded,
+            ),
+            (
+                "fanout_stitch_jobs_failed_total",
+                "Stitching attempts that failed (the control plane retries them)",
+                &self.failed,
+            ),
+            (
+                "fanout_stitch_claims_lost_total",
+                "Jobs whose claim expired while running (another worker took them)",
+                &self.claims_lost,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 type Client = pb::recordings_client::RecordingsClient<Channel>;
