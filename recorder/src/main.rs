@@ -83,17 +83,8 @@ struct StitchArgs {
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// The recording store, as for `run` (default /var/lib/fanout/recordings).
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
-
-    /// S3: the endpoint of a non-AWS store.
-    #[arg(long, value_name = "URL")]
-    s3_endpoint: Option<String>,
-
-    /// S3: the region.
-    #[arg(long, value_name = "NAME")]
-    s3_region: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
 
     /// Stitch this recording once, and exit.
     #[arg(long, value_name = "ID", conflicts_with = "control")]
@@ -149,19 +140,8 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
 
-    /// The recording store: `file:///DIR`, a directory, or `s3://BUCKET[/PREFIX]`
-    /// (default /var/lib/fanout/recordings).
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
-
-    /// S3: the endpoint of a non-AWS store, e.g. http://127.0.0.1:9000 (plain HTTP is
-    /// allowed to loopback addresses, elsewhere with `allow_http = true` in `[store]`).
-    #[arg(long, value_name = "URL")]
-    s3_endpoint: Option<String>,
-
-    /// S3: the region.
-    #[arg(long, value_name = "NAME")]
-    s3_region: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
 
     /// This recorder's name in chunk keys (default: the host name). Letters, digits, '.',
     /// '_', '-'.
@@ -195,6 +175,24 @@ struct RunArgs {
     /// Validate the configuration, open the store, and exit.
     #[arg(long)]
     check: bool,
+}
+
+/// Where recordings are kept (overriding `[store]`).
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// The recording store: `file:///DIR`, a directory, or `s3://BUCKET[/PREFIX]`
+    /// (default /var/lib/fanout/recordings).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+
+    /// S3: the endpoint of a non-AWS store, e.g. http://127.0.0.1:9000 (plain HTTP is
+    /// allowed to loopback addresses, elsewhere with `allow_http = true` in `[store]`).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+
+    /// S3: the region.
+    #[arg(long, value_name = "NAME")]
+    s3_region: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -310,12 +308,12 @@ fn default_instance() -> String {
 }
 
 /// `[store]` of the file with the flags over it.
-fn store_config(
-    file: Option<StoreConfig>,
-    url: Option<String>,
-    endpoint: Option<String>,
-    region: Option<String>,
-) -> StoreConfig {
+fn store_config(file: Option<StoreConfig>, args: StoreArgs) -> StoreConfig {
+    let StoreArgs {
+        store: url,
+        s3_endpoint: endpoint,
+        s3_region: region,
+    } = args;
     let mut config = file.unwrap_or_else(|| StoreConfig {
         url: "/var/lib/fanout/recordings".into(),
         ..StoreConfig::default()
@@ -353,7 +351,7 @@ fn stitch(args: StitchArgs) -> Result<()> {
         None => ConfigFile::default(),
     };
     let section = file.stitch;
-    let store_config = store_config(file.store, args.store, args.s3_endpoint, args.s3_region);
+    let store_config = store_config(file.store, args.store);
     let store = RecordingStore::open(&store_config).context("cannot open the recording store")?;
     let defaults = StitchOptions::default();
     let options = StitchOptions {
@@ -450,7 +448,7 @@ fn run(args: RunArgs) -> Result<()> {
         None => ConfigFile::default(),
     };
     let ingest = file.ingest;
-    let store_config = store_config(file.store, args.store, args.s3_endpoint, args.s3_region);
+    let store_config = store_config(file.store, args.store);
     let defaults = ChunkPolicy::default();
     let policy = ChunkPolicy {
         duration: match args.chunk_seconds.or(ingest.chunk_seconds) {
