@@ -24,3 +24,4 @@ FANOUT_TOPOLOGY=veth FANOUT_IO=afxdp cargo test --locked -p fanout-tests "${inte
 # they still compile against the forwarder's API.
 cargo check --locked --manifest-path forwarder/fuzz/Cargo.toml --bins --target-dir target/fuzz-check
 cargo check --locked --manifest-path control/fuzz/Cargo.toml --bins --target-dir target/fuzz-check
+cargo check --locked --manifest-path recorder/fuzz/Cargo.toml --bins --target-dir target/fuzz-check

@@ -221,7 +221,7 @@ pub fn wait_ffmpeg(child: Child) {
     );
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
