@@ -26,6 +26,7 @@ use fanout_control::service::placement::{PlacementConfig, StorePlacer};
 use fanout_control::service::recordings::{RecordingService, RecordingsConfig};
 use fanout_control::service::relays::{RelayConfig, RelayPlanner};
 use fanout_control::store::{EtcdConfig, EtcdStore, MemoryStore, Store};
+use fanout_recorder::store::{RecordingStore, StoreConfig};
 
 /// Fanout's control plane: meetings, joins, placement of meetings on forwarders, failover.
 ///
@@ -87,6 +88,13 @@ struct Args {
     /// TLS private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// The recording store the stitch workers write to, for downloads of READY
+    /// recordings: `file:///DIR`, a directory, or `s3://BUCKET[/PREFIX]` (as the
+    /// recorder's `--store`; S3 endpoint and credentials in `[recordings.store]` or the
+    /// usual AWS_* variables). Without it, downloads are refused (FAILED_PRECONDITION).
+    #[arg(long, value_name = "URL")]
+    recording_store: Option<String>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -155,6 +163,9 @@ struct RecordingsSection {
     /// Seconds before a failed attempt is retried, doubled with each further failure
     /// (default 30).
     retry_backoff_s: Option<u64>,
+    /// Where stitched files are read for downloads: the recorder's `[store]` section, the
+    /// same fields (`url`, `endpoint`, `region`, ...). `--recording-store` sets `url`.
+    store: Option<StoreConfig>,
 }
 
 /// `[web]`: the browser face (REST, WebSocket, join page).
@@ -294,7 +305,7 @@ async fn run(args: Args) -> Result<()> {
     {
         Some(path) => Some(Secret::new(read_secret(path, "operator token")?)),
         None => {
-            warn!("no operator token: CreateMeeting and ListMeetings are refused");
+            warn!("no operator token: CreateMeeting, ListMeetings and stitch workers are refused");
             None
         }
     };
@@ -372,11 +383,33 @@ async fn run(args: Args) -> Result<()> {
         MeetingService::new(store.clone(), tokens, placer.clone(), meetings_config)
             .with_relays(relays.clone()),
     );
-    let recordings = Arc::new(RecordingService::new(
+    let mut recordings = RecordingService::new(
         store.clone(),
         recordings_config,
         meetings.recording_metrics().clone(),
-    ));
+    );
+    let files_config = match (args.recording_store.clone(), file.recordings.store.clone()) {
+        (None, None) => None,
+        (Some(url), None) => Some(StoreConfig {
+            url,
+            ..StoreConfig::default()
+        }),
+        (url, Some(mut config)) => {
+            if let Some(url) = url {
+                config.url = url;
+            }
+            Some(config)
+        }
+    };
+    match files_config {
+        Some(config) => {
+            let files = RecordingStore::open(&config).context("cannot open the recording store")?;
+            info!("recording downloads from {files}");
+            recordings = recordings.with_files(files);
+        }
+        None => warn!("no recording store (--recording-store): recording downloads are refused"),
+    }
+    let recordings = Arc::new(recordings);
     let registry = Arc::new(ForwarderRegistry::new(
         store.clone(),
         file.registry.clone().unwrap_or_default(),

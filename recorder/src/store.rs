@@ -27,7 +27,8 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -173,6 +174,22 @@ impl fmt::Debug for RecordingStore {
 impl fmt::Display for RecordingStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.description)
+    }
+}
+
+/// A recording's stitched file being read: its size, and its bytes in order in the pieces
+/// the store delivers (a few KiB each from a directory, HTTP body frames from S3).
+pub struct OutputStream {
+    /// Bytes in the object: what `pieces` carries, unless the read fails part way.
+    pub size: u64,
+    pub pieces: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+impl fmt::Debug for OutputStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutputStream")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -360,6 +377,16 @@ impl RecordingStore {
             .await?
             .bytes()
             .await?)
+    }
+
+    /// The stitched result of a recording as it streams from the store, for serving it
+    /// (the control plane's downloads) without holding it whole in memory.
+    pub async fn get_output_stream(&self, recording_id: &str) -> Result<OutputStream, StoreError> {
+        let result = self.store.get(&output_path(recording_id)?).await?;
+        Ok(OutputStream {
+            size: result.meta.size,
+            pieces: result.into_stream().map_err(StoreError::from).boxed(),
+        })
     }
 
     /// The stitched result of a recording, streamed into `file` (created or replaced).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fanout_recorder::store::{ChunkKey, RecordingStore, StoreError};
+use futures::TryStreamExt;
 
 fn key(recording: &str, instance: &str, seq: u64) -> ChunkKey {
     ChunkKey {
@@ -99,6 +100,15 @@ async fn conformance(store: &RecordingStore, scratch: &std::path::Path) {
         std::fs::read(&output).unwrap() == big,
         "{store}: result differs"
     );
+    // Streamed: the size up front, then every byte in order.
+    let streamed = store.get_output_stream("rec-2").await.unwrap();
+    assert_eq!(streamed.size, big.len() as u64);
+    let pieces: Vec<Bytes> = streamed.pieces.try_collect().await.unwrap();
+    assert!(pieces.concat() == big, "{store}: streamed result differs");
+    assert!(matches!(
+        store.get_output_stream("rec-3").await,
+        Err(StoreError::NotFound(_))
+    ));
     // Outputs are not chunks.
     assert!(store.list_chunks("rec-2").await.unwrap().is_empty());
 }
@@ -117,6 +127,17 @@ async fn local_directory() {
         .path()
         .join("store/recordings/rec-1/output.webm")
         .is_file());
+    // A file is read in pieces, not into one buffer.
+    let streamed = store.get_output_stream("rec-2").await.unwrap();
+    let largest = streamed
+        .pieces
+        .try_fold(
+            0,
+            |largest, piece| async move { Ok(largest.max(piece.len())) },
+        )
+        .await
+        .unwrap();
+    assert!(largest > 0 && (largest as u64) < streamed.size);
 }
 
 #[tokio::test]

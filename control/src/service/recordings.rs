@@ -47,8 +47,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use fanout_recorder::store::{RecordingStore, StoreError as FileStoreError};
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -376,21 +378,25 @@ pub(crate) async fn follow_events(
     Ok(writes)
 }
 
-/// Puts the record, and its job entry while it has one (deleted once it has none).
+/// Puts the record, and its job entry from the stop until the job is done (then deletes
+/// it).
 fn record_ops(record: &RecordingRecord) -> Result<Vec<Op>, ServiceError> {
     let key = keys::recording(&record.id);
+    let mut ops = vec![Op::put(key.clone(), encode(&key, record)?)];
     let job = keys::stitch_job(&record.id);
-    let job_op = match record.claimable_at() {
-        Some(claimable_at) => {
+    match (record.claimable_at(), record.state) {
+        (Some(claimable_at), _) => {
             let entry = JobEntry {
                 version: RECORD_VERSION,
                 claimable_at,
             };
-            Op::put(job.clone(), encode(&job, &entry)?)
+            ops.push(Op::put(job.clone(), encode(&job, &entry)?));
         }
-        None => Op::delete(job),
-    };
-    Ok(vec![Op::put(key.clone(), encode(&key, record)?), job_op])
+        (None, RecordingState::Ready | RecordingState::Failed) => ops.push(Op::delete(job)),
+        // Still recording: no job yet.
+        (None, _) => {}
+    }
+    Ok(ops)
 }
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, ServiceError> {
@@ -444,6 +450,68 @@ fn check_claim(claim: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// `source` regrouped into pieces of exactly `max` bytes (the last one shorter): a store
+/// delivers pieces of its own size (8 KiB from a directory, the whole object from
+/// memory), and a download should neither send thousands of tiny messages nor one too
+/// large. Holds at most one piece being filled and one source piece; a source piece of
+/// `max` or more is cut without copying. An error ends the stream after it is passed on.
+fn in_pieces(
+    source: BoxStream<'static, Result<Bytes, ServiceError>>,
+    max: usize,
+) -> BoxStream<'static, Result<Bytes, ServiceError>> {
+    struct Regroup {
+        source: BoxStream<'static, Result<Bytes, ServiceError>>,
+        /// The rest of the source piece last read.
+        pending: Bytes,
+        /// The piece being filled (smaller than `max`).
+        filling: BytesMut,
+        done: bool,
+    }
+    let max = max.max(1);
+    let state = Regroup {
+        source,
+        pending: Bytes::new(),
+        filling: BytesMut::new(),
+        done: false,
+    };
+    futures::stream::unfold(state, move |mut s| async move {
+        loop {
+            if !s.pending.is_empty() {
+                if s.filling.is_empty() && s.pending.len() >= max {
+                    let piece = s.pending.split_to(max);
+                    return Some((Ok(piece), s));
+                }
+                let take = (max - s.filling.len()).min(s.pending.len());
+                s.filling.extend_from_slice(&s.pending.split_to(take));
+                if s.filling.len() == max {
+                    let piece = s.filling.split().freeze();
+                    return Some((Ok(piece), s));
+                }
+                continue;
+            }
+            if s.done {
+                if s.filling.is_empty() {
+                    return None;
+                }
+                let piece = s.filling.split().freeze();
+                return Some((Ok(piece), s));
+            }
+            match s.source.next().await {
+                Some(Ok(bytes)) => s.pending = bytes,
+                Some(Err(e)) => {
+                    // What was buffered is not sent: the receiver must not take a
+                    // truncated file for a whole one, and it sees the error next.
+                    s.done = true;
+                    s.filling.clear();
+                    return Some((Err(e), s));
+                }
+                None => s.done = true,
+            }
+        }
+    })
+    .boxed()
+}
+
 // ---------------------------------------------------------------------------- the service
 
 /// Recording reads and the stitching jobs, on an `Arc<dyn Store>`. Holds no recording
@@ -453,6 +521,8 @@ pub struct RecordingService {
     store: Arc<dyn Store>,
     config: RecordingsConfig,
     metrics: RecordingMetrics,
+    /// Where the stitched files are (`with_files`); without, downloads are refused.
+    files: Option<RecordingStore>,
 }
 
 impl RecordingService {
@@ -464,7 +534,14 @@ impl RecordingService {
             store,
             config,
             metrics,
+            files: None,
         }
+    }
+
+    /// Serve downloads from `files`: the object store the stitch workers write to.
+    pub fn with_files(mut self, files: RecordingStore) -> Self {
+        self.files = Some(files);
+        self
     }
 
     pub fn metrics(&self) -> &RecordingMetrics {
@@ -563,7 +640,22 @@ impl RecordingService {
                 state: record.state.name(),
             });
         }
-        Err(ServiceError::NoRecordingStore)
+        let files = self.files.as_ref().ok_or(ServiceError::NoRecordingStore)?;
+        let output = files
+            .get_output_stream(id.as_str())
+            .await
+            .map_err(|e| match e {
+                FileStoreError::NotFound(_) => ServiceError::RecordingFileMissing(id.clone()),
+                e => ServiceError::RecordingStore(e.to_string()),
+            })?;
+        let pieces = output
+            .pieces
+            .map_err(|e| ServiceError::RecordingStore(e.to_string()))
+            .boxed();
+        Ok(RecordingFile {
+            size: output.size,
+            pieces: in_pieces(pieces, MAX_PIECE_BYTES),
+        })
     }
 
     /// Stitching jobs not yet done (PENDING or STITCHING), counted by the store.

@@ -62,6 +62,9 @@ struct Server {
     addr: SocketAddr,
     service: Arc<MeetingService>,
     recordings: Arc<RecordingService>,
+    /// The recording store downloads read (a local directory, removed on drop).
+    files: fanout_recorder::store::RecordingStore,
+    _files_dir: tempfile::TempDir,
     web: WebApi,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -79,11 +82,16 @@ async fn server_with(config: WebConfig) -> Server {
             ..MeetingsConfig::default()
         },
     ));
-    let recordings = Arc::new(RecordingService::new(
-        store.clone(),
-        RecordingsConfig::default(),
-        service.recording_metrics().clone(),
-    ));
+    let files_dir = tempfile::tempdir().unwrap();
+    let files = fanout_recorder::store::RecordingStore::local(files_dir.path()).unwrap();
+    let recordings = Arc::new(
+        RecordingService::new(
+            store.clone(),
+            RecordingsConfig::default(),
+            service.recording_metrics().clone(),
+        )
+        .with_files(files.clone()),
+    );
     let operator = Some(Secret::new(OPERATOR));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let web = WebApi::new(
@@ -110,6 +118,8 @@ async fn server_with(config: WebConfig) -> Server {
         addr,
         service,
         recordings,
+        files,
+        _files_dir: files_dir,
         web,
         stop,
     }

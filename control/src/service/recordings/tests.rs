@@ -240,6 +240,29 @@ async fn ending_the_meeting_stops_its_recording_and_makes_the_job() {
 }
 
 #[tokio::test]
+async fn a_recording_started_before_records_were_kept_gets_one_at_its_stop() {
+    let f = fixture();
+    let m = f.meeting("m").await;
+    let r = f.start(&m, T0).await;
+    // As a control plane without records would have left it: the meeting records, and
+    // there is no record or index entry.
+    f.store.delete(&keys::recording(&r)).await.unwrap().unwrap();
+    f.store
+        .delete(&keys::meeting_recording(&m, &r))
+        .await
+        .unwrap()
+        .unwrap();
+    f.stop(&m, at(1_000)).await;
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.state, RecordingState::Pending);
+    assert_eq!(record.started_at, None, "unknown");
+    assert_eq!(record.due_at, Some(at(11_000)));
+    let listed = f.recordings.list(&Caller::Operator, &m).await.unwrap();
+    assert_eq!(listed, [record]);
+    assert_eq!(f.claim("w", at(11_000)).await.unwrap().recording, r);
+}
+
+#[tokio::test]
 async fn a_job_is_claimed_only_once_due() {
     let f = fixture();
     let (m, r) = f.stopped("m").await;
@@ -626,4 +649,113 @@ async fn metrics_count_transitions_and_render() {
     assert!(text.contains("fanout_control_stitch_claims_total 1"));
     assert!(text.contains("fanout_control_stitch_completions_total{outcome=\"ready\"} 1"));
     assert!(text.contains("fanout_control_stitch_jobs_outstanding 0"));
+}
+
+/// A READY recording of meeting `m` whose worker reported `output(&r)`.
+async fn ready(f: &Fixture, m: &str) -> RecordingId {
+    let (_, r) = f.stopped(m).await;
+    let job = f.claim("w", at(10_000)).await.unwrap();
+    f.recordings
+        .complete(
+            &r,
+            &job.claim,
+            StitchResult::Succeeded(output(&r)),
+            at(11_000),
+        )
+        .await
+        .unwrap();
+    r
+}
+
+/// A file whose every byte depends on its offset, so misordered pieces show.
+fn webm_of(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn download_streams_the_file_from_the_store_in_pieces_of_at_most_1_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = RecordingStore::local(dir.path()).unwrap();
+    let mut f = fixture();
+    let service = RecordingService::new(
+        f.store.clone(),
+        RecordingsConfig::default(),
+        f.meetings.recording_metrics().clone(),
+    )
+    .with_files(files.clone());
+    f.recordings = Arc::new(service);
+    let r = ready(&f, "m").await;
+    let webm = webm_of(2 * MAX_PIECE_BYTES + 12_345);
+    files
+        .put_output(r.as_str(), Bytes::from(webm.clone()))
+        .await
+        .unwrap();
+
+    let file = f.recordings.download(&Caller::Operator, &r).await.unwrap();
+    assert_eq!(file.size, webm.len() as u64);
+    let pieces: Vec<Bytes> = file.pieces.try_collect().await.unwrap();
+    let sizes: Vec<usize> = pieces.iter().map(Bytes::len).collect();
+    assert_eq!(sizes, [MAX_PIECE_BYTES, MAX_PIECE_BYTES, 12_345]);
+    assert!(pieces.concat() == webm, "the bytes, in order");
+
+    // READY without its file: the store lost it, or this is not the workers' store.
+    let lost = ready(&f, "other").await;
+    let err = f
+        .recordings
+        .download(&Caller::Operator, &lost)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::RecordingFileMissing(_)),
+        "{err}"
+    );
+    assert_eq!(err.code(), Code::Internal);
+}
+
+fn source(
+    pieces: Vec<Result<Bytes, ServiceError>>,
+) -> BoxStream<'static, Result<Bytes, ServiceError>> {
+    futures::stream::iter(pieces).boxed()
+}
+
+#[tokio::test]
+async fn pieces_are_regrouped_full_in_order_and_cut_without_copying() {
+    let data = webm_of(40);
+    let cuts = [3usize, 5, 1, 10, 0, 2, 19];
+    let mut offset = 0;
+    let mut parts = Vec::new();
+    for len in cuts {
+        parts.push(Ok(Bytes::copy_from_slice(&data[offset..offset + len])));
+        offset += len;
+    }
+    let out: Vec<Bytes> = in_pieces(source(parts), 4).try_collect().await.unwrap();
+    assert!(
+        out.iter().rev().skip(1).all(|p| p.len() == 4),
+        "full pieces"
+    );
+    assert!(out.last().is_some_and(|p| !p.is_empty() && p.len() <= 4));
+    assert_eq!(out.concat(), data);
+
+    // One large source piece is cut, not copied.
+    let big = Bytes::from(data.clone());
+    let out: Vec<Bytes> = in_pieces(source(vec![Ok(big.clone())]), 16)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(out.iter().map(Bytes::len).collect::<Vec<_>>(), [16, 16, 8]);
+    assert_eq!(out[1].as_ptr(), big[16..].as_ptr());
+
+    // An error is passed on and ends the stream; nothing is made up after it.
+    let parts = vec![
+        Ok(Bytes::from_static(b"ab")),
+        Err(ServiceError::RecordingStore("connection reset".into())),
+        Ok(Bytes::from_static(b"cd")),
+    ];
+    let out: Vec<Result<Bytes, ServiceError>> = in_pieces(source(parts), 4).collect().await;
+    assert_eq!(out.len(), 1);
+    assert!(matches!(out[0], Err(ServiceError::RecordingStore(_))));
+    let empty: Vec<Bytes> = in_pieces(source(vec![]), 4).try_collect().await.unwrap();
+    assert!(empty.is_empty());
 }

@@ -321,3 +321,85 @@ async fn workers_claim_report_and_complete_with_the_operator_credential() {
     assert_eq!(ready.duration_ms, 12_000);
     assert_eq!(s.recordings.metrics().jobs().ready, 1);
 }
+
+#[tokio::test]
+async fn ready_recordings_download_over_grpc_and_rest_in_pieces() {
+    use crate::domain::{RecordingId, UnixMillis};
+    use crate::service::recordings::{Output, StitchResult, MAX_PIECE_BYTES};
+
+    let s = server().await;
+    let r = recorded(&s).await;
+    let id = RecordingId::new(r.recording.clone()).unwrap();
+    let mut c = client(s.addr).await;
+    let download = |token: Option<&str>| {
+        authed(
+            token,
+            pb::DownloadRecordingRequest {
+                recording_id: r.recording.clone(),
+            },
+        )
+    };
+    let status = c
+        .download_recording(download(Some(&r.host)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Grpc::FailedPrecondition, "not READY yet");
+
+    // A worker stitches it: the file goes to the store, the job completes.
+    let webm: Vec<u8> = (0..MAX_PIECE_BYTES * 2 + 777)
+        .map(|i| (i % 253) as u8 ^ (i >> 13) as u8)
+        .collect();
+    s.files
+        .put_output(&r.recording, webm.clone().into())
+        .await
+        .unwrap();
+    let now = UnixMillis::from_system_time(std::time::SystemTime::now());
+    let job = s.recordings.claim("w", now).await.unwrap().unwrap();
+    s.recordings
+        .complete(
+            &id,
+            &job.claim,
+            StitchResult::Succeeded(Output {
+                key: format!("recordings/{}/output.webm", r.recording),
+                bytes: webm.len() as u64,
+                duration_ms: 1_000,
+            }),
+            now,
+        )
+        .await
+        .unwrap();
+
+    for token in [r.host.as_str(), OPERATOR] {
+        let mut stream = c
+            .download_recording(download(Some(token)))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        while let Some(message) = stream.message().await.unwrap() {
+            sizes.push(message.data.len());
+            got.extend_from_slice(&message.data);
+        }
+        assert_eq!(sizes, [MAX_PIECE_BYTES, MAX_PIECE_BYTES, 777]);
+        assert!(got == webm, "the file, in order");
+    }
+    let status = c
+        .download_recording(download(Some(&r.panelist)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Grpc::PermissionDenied);
+    let status = c.download_recording(download(None)).await.unwrap_err();
+    assert_eq!(status.code(), Grpc::Unauthenticated);
+
+    let path = format!("/v1/recordings/{}/file", r.recording);
+    let (status, headers, body) = http(s.addr, "GET", &path, Some(&r.host), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "video/webm");
+    assert_eq!(headers["content-length"], webm.len().to_string().as_str());
+    assert!(body == webm, "the file over REST");
+    let (status, _, _) = http(s.addr, "GET", &path, Some(&r.panelist), "").await;
+    assert_eq!(status, 403);
+    let (status, _, _) = http(s.addr, "GET", &path, None, "").await;
+    assert_eq!(status, 401);
+}
