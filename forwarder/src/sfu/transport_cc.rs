@@ -98,12 +98,6 @@ pub(crate) struct ArrivalWindow {
     due: Due,
 }
 
-impl Default for ArrivalWindow {
-    fn default() -> Self {
-        ArrivalWindow::new()
-    }
-}
-
 /// One feedback packet written by [`ArrivalWindow::write_feedback`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Written {
