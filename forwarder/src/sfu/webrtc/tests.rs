@@ -1002,3 +1002,79 @@ fn no_feedback_without_the_negotiated_extension_or_on_plain_legs() {
         0
     );
 }
+
+/// Drain the core's transmits; how many were transport-cc feedback (SRTCP leaves the
+/// first 8 bytes in the clear: RTPFB, FMT 15).
+fn drain_counting_feedback(core: &mut Forwarder, out: &mut [u8]) -> usize {
+    let mut feedback = 0;
+    while let Some(t) = core.poll_transmit(out) {
+        feedback += usize::from(out[1] == 205 && out[0] & 0x1f == 15 && t.len > 8);
+    }
+    feedback
+}
+
+#[test]
+fn transport_cc_feedback_costs_no_allocation_per_packet() {
+    assert!(
+        crate::counting_alloc::allocations_in(|| drop(std::hint::black_box(
+            Vec::<u8>::with_capacity(64)
+        ))) > 0,
+        "the counter counts"
+    );
+    let mut room = Room::new();
+    room.connect();
+    room.transmits();
+    let key = room.web_receive.clone();
+    let (local, browser) = (addr(LOCAL), addr(BROWSER));
+    // Audio with consecutive RTP sequence numbers; the transport-wide numbers skip some
+    // (packets of the other streams lost on the way), go back (late ones, duplicates)
+    // and once jump far ahead, as a broken sender's would, which the window follows.
+    let packets: Vec<Vec<u8>> = (0..3000u16)
+        .map(|i| {
+            let transport = match i {
+                1500 => 30_000u16,
+                _ if i % 97 == 0 => i.wrapping_sub(3),
+                _ => i + i / 10,
+            };
+            let ids: &[(u8, &[u8])] = if i == 0 { &[(MID_EXT, b"0")] } else { &[] };
+            with_transport_sequence(&key, 0xAAAA, i + 1, transport, ids)
+        })
+        .collect();
+    let mut scratch = vec![0u8; crate::sfu::MAX_DATAGRAM_LEN];
+    let mut out = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
+    // Warm up: the stream is bound, the first feedback goes out.
+    let mut now = room.now;
+    for packet in &packets[..20] {
+        scratch[..packet.len()].copy_from_slice(packet);
+        room.core
+            .handle_datagram(now, local, browser, &mut scratch[..packet.len()]);
+        drain_counting_feedback(&mut room.core, &mut out);
+    }
+    now += Duration::from_millis(60);
+    room.core.handle_timeout(now);
+    drain_counting_feedback(&mut room.core, &mut out);
+
+    let mut feedback = 0;
+    // 0.2 ms apart, the 10 ms timers running: all within the second before housekeeping.
+    let allocations = crate::counting_alloc::allocations_in(|| {
+        for (i, packet) in packets[20..].iter().enumerate() {
+            now += Duration::from_micros(200);
+            scratch[..packet.len()].copy_from_slice(packet);
+            room.core
+                .handle_datagram(now, local, browser, &mut scratch[..packet.len()]);
+            feedback += drain_counting_feedback(&mut room.core, &mut out);
+            if i % 50 == 0 {
+                room.core.handle_timeout(now);
+                feedback += drain_counting_feedback(&mut room.core, &mut out);
+            }
+        }
+    });
+    assert_eq!(allocations, 0, "allocations while recording and reporting");
+    assert!(feedback >= 10, "{feedback} feedback packets");
+    let stats = room.core.leg_stats(room.web).unwrap();
+    assert!(
+        stats.transport_cc_packets_ignored > 0,
+        "duplicates and the stale ones"
+    );
+    assert!(stats.transport_cc_packets_reported > 2000, "{stats:?}");
+}
