@@ -5,7 +5,8 @@
 //!
 //! Two browsers join one meeting through the join page and each decodes the other's video
 //! and audio; a screen share from one appears at the other; an ICE restart and a forwarder
-//! failover both resume media. Needs root (namespaces) and Chromium; skips loudly without.
+//! failover both resume media; with the forwarder's transport-cc feedback, a publisher's
+//! bandwidth estimate grows until Chrome sends its top simulcast layer. Needs root (namespaces) and Chromium; skips loudly without.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
