@@ -5,7 +5,8 @@
 //!
 //! Two browsers join one meeting through the join page and each decodes the other's video
 //! and audio; a screen share from one appears at the other; an ICE restart and a forwarder
-//! failover both resume media. Needs root (namespaces) and Chromium; skips loudly without.
+//! failover both resume media; with the forwarder's transport-cc feedback, a publisher's
+//! bandwidth estimate grows until Chrome sends its top simulcast layer. Needs root (namespaces) and Chromium; skips loudly without.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use fanout_control::api::pb;
 use fanout_tests::browser::{
-    chromium_available, inbound_rtp_stats, is_root, nft_available, wait_for, wait_for_inbound_rtp,
-    Browser, BrowserNetwork, BrowserOptions, InboundRtp, Page,
+    chromium_available, inbound_rtp_stats, is_root, nft_available, send_stats, wait_for,
+    wait_for_inbound_rtp, Browser, BrowserNetwork, BrowserOptions, InboundRtp, Page, SendStats,
 };
 use fanout_tests::forwarder::{control_binary, forwarder_binary, http_get, loadgen_binary};
 use fanout_tests::process::{tail, Proc};
@@ -398,6 +399,118 @@ async fn browsers_repair_their_lost_packets_with_rtx() -> Result<()> {
         }
         media_flows(&bob, "Alice's media at Bob through 5% loss", 1).await?;
         media_flows(&alice, "Bob's media at Alice through 5% loss", 1).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// How long Chrome's bandwidth estimate may take to grow from its start to the top
+/// encoding's need (its probes reach that within seconds when feedback comes).
+const ESTIMATE: Duration = Duration::from_secs(45);
+/// A send-side estimate that covers the join page's `q` (150 kbit/s) and `h` (500 kbit/s)
+/// and the minimum Chrome gives a 1280x720 layer (about 600 kbit/s) before it starts one:
+/// far above the 300 kbit/s Chrome starts from and stays at without feedback.
+const TOP_LAYER_ESTIMATE: f64 = 1_000_000.0;
+
+/// The publish connection's send stats until `done` accepts them, polling `getStats`
+/// every 200 ms until `deadline`.
+async fn wait_for_send_stats(
+    page: &Page,
+    what: &str,
+    deadline: Instant,
+    mut done: impl FnMut(&SendStats) -> bool,
+) -> Result<SendStats> {
+    loop {
+        let stats = send_stats(page, "fanout.pub").await?;
+        if done(&stats) {
+            return Ok(stats);
+        }
+        if Instant::now() > deadline {
+            bail!("{what} not seen; last publish stats: {stats:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await; // polling getStats
+    }
+}
+
+/// With the forwarder's transport-cc feedback, Chrome's send-side bandwidth estimate
+/// grows past its start and Chrome turns on its top simulcast encoding (`f`: the fake
+/// camera's full 1280x720, up to 1.5 Mbit/s), which it keeps off while its estimate
+/// cannot pay for it. Without feedback the estimate stays at its start and `f` encodes
+/// no frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_cc_feedback_lets_a_browser_send_its_top_simulcast_layer() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let deployment = Deployment::start(1)?;
+    let url = deployment.create_meeting("estimate").await?;
+    let browser = deployment.browser().await?;
+    with_logs(&deployment, async {
+        let page = join(&browser, &url, "Alice").await?;
+        let answer = wait_for(
+            &page,
+            "fanout.pub && fanout.pub.remoteDescription && fanout.pub.remoteDescription.sdp",
+            MEDIA,
+        )
+        .await?;
+        let answer = answer.as_str().unwrap_or_default();
+        assert!(
+            answer.contains("transport-cc") && answer.contains("transport-wide-cc"),
+            "the publish answer negotiates transport-cc: {answer}"
+        );
+        let started = Instant::now();
+        let first = wait_for_send_stats(
+            &page,
+            "an estimate for the top layer and its first frames",
+            started + ESTIMATE,
+            |s| {
+                s.available_outgoing_bitrate >= TOP_LAYER_ESTIMATE
+                    && s.encoding("f").frames_encoded > 0
+            },
+        )
+        .await;
+        let first = with_connection_state(&page, first).await?;
+        let grown_in = started.elapsed();
+        // And it stays on: three seconds later, more frames and bytes of `f`.
+        let at = Instant::now();
+        let top = first.encoding("f");
+        let later = wait_for_send_stats(&page, "the top layer going on", at + MEDIA, |s| {
+            at.elapsed() >= Duration::from_secs(3)
+                && s.encoding("f").frames_encoded >= top.frames_encoded + 30
+                && s.encoding("f").bytes_sent > top.bytes_sent
+        })
+        .await?;
+        let seconds = at.elapsed().as_secs_f64();
+        let rate = |rid: &str| {
+            (later.encoding(rid).bytes_sent - first.encoding(rid).bytes_sent) as f64 * 8.0 / seconds
+        };
+        let f = later.encoding("f");
+        eprintln!(
+            "estimate {:.0} kbit/s after {grown_in:.1?}, then {:.0} kbit/s; sending q {:.0}, \
+             h {:.0}, f {:.0} kbit/s; f at {}x{}, {} frames, limited by {:?}",
+            first.available_outgoing_bitrate / 1e3,
+            later.available_outgoing_bitrate / 1e3,
+            rate("q") / 1e3,
+            rate("h") / 1e3,
+            rate("f") / 1e3,
+            f.frame_width,
+            f.frame_height,
+            f.frames_encoded,
+            f.quality_limitation_reason,
+        );
+        assert!(
+            later.available_outgoing_bitrate >= TOP_LAYER_ESTIMATE,
+            "the estimate holds: {later:?}"
+        );
+        // The forwarder's side: feedback sent, arrivals reported.
+        let metrics = scrape(&deployment.forwarder_metrics[0])?;
+        let feedback = counter_sum(&metrics, "fanout_leg_transport_cc_feedback_sent_total");
+        let reported = counter_sum(&metrics, "fanout_leg_transport_cc_packets_reported_total");
+        eprintln!("the forwarder sent {feedback} feedback packets reporting {reported} arrivals");
+        assert!(
+            feedback > 0.0 && reported > feedback,
+            "{feedback} / {reported}"
+        );
         Ok(())
     })
     .await

@@ -54,3 +54,10 @@ pub mod rtp;
 pub mod sfu;
 pub mod srtp;
 pub mod stun;
+
+/// The counting global allocator of the no-allocation tests (`tests/common/`), for unit
+/// tests that need the core's private setup (a WebRTC leg keyed without a handshake). It
+/// counts only on a thread inside `allocations_in`, so other tests run as before.
+#[cfg(test)]
+#[path = "../tests/common/counting_alloc.rs"]
+mod counting_alloc;

@@ -7,7 +7,9 @@
 //!   with SR or RR, and may hold a single packet).
 //! - Sender and receiver reports with their report blocks (RFC 3550 §6.4.1, §6.4.2), source
 //!   description and goodbye kept opaque or lightly parsed (§6.5, §6.6), APP opaque (§6.7).
-//! - Transport-layer feedback, PT 205 (RFC 4585 §6.2): generic NACK (FMT 1).
+//! - Transport-layer feedback, PT 205 (RFC 4585 §6.2): generic NACK (FMT 1); transport-wide
+//!   congestion control feedback (FMT 15, draft-holmer-rmcat-transport-wide-cc-extensions-01
+//!   §3.1), written only: the forwarder sends it to browsers and never asks for it.
 //! - Payload-specific feedback, PT 206 (RFC 4585 §6.3): PLI (FMT 1), FIR (FMT 4, RFC 5104
 //!   §4.3.1), and application-layer feedback (FMT 15, RFC 4585 §6.4) where REMB
 //!   (draft-alvestrand-rmcat-remb) lives.
@@ -122,6 +124,10 @@ pub enum RtcpError {
     /// The packet would exceed what the 16-bit length field can describe.
     #[error("RTCP packet longer than the length field allows")]
     PacketTooLong,
+    /// A transport-cc feedback must report at least one packet, and at most 65535 (its
+    /// 16-bit packet status count).
+    #[error("transport-cc feedback with no packet status, or more than 65535")]
+    TransportCcStatusCount,
 }
 
 /// Big-endian u16 at `at`, or 0 if the slice is too short (callers check lengths first).
@@ -963,6 +969,185 @@ fn push_nack_entry(buf: &mut [u8], at: usize, pid: u16, blp: u16) -> Result<usiz
     Ok(end)
 }
 
+/// Sender SSRC, media SSRC, base sequence number, packet status count, reference time and
+/// feedback packet count of a transport-cc feedback
+/// (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1).
+const TRANSPORT_CC_FIXED_LEN: usize = FEEDBACK_FIXED_LEN + 8;
+/// A run length chunk counts up to 13 bits' worth of one status (§3.1.3).
+const MAX_RUN_LENGTH: usize = 0x1fff;
+/// A status vector chunk holds 14 one-bit or 7 two-bit symbols (§3.1.4).
+const ONE_BIT_SYMBOLS: usize = 14;
+const TWO_BIT_SYMBOLS: usize = 7;
+/// Packet status symbols (§3.1.1). A one-bit vector can say only the first two.
+const NOT_RECEIVED: u16 = 0;
+const SMALL_DELTA: u16 = 1;
+const LARGE_DELTA: u16 = 2;
+
+/// Receive deltas of transport-cc feedback count in 250 µs ticks (§3.1.5).
+pub const TRANSPORT_CC_DELTA_TICK_US: u64 = 250;
+/// The reference time counts in 64 ms, that is 256 delta ticks (§3.1).
+pub const TRANSPORT_CC_REFERENCE_TICKS: u32 = 256;
+
+/// The fields of a transport-wide congestion control feedback message (RTPFB, FMT 15,
+/// draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1) besides its packet statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportCc {
+    /// SSRC of the packet sender (the one giving feedback).
+    pub sender_ssrc: Ssrc,
+    /// SSRC of one of the media sources the feedback is about (the sequence numbers are
+    /// transport-wide, so any of the peer's).
+    pub media_ssrc: Ssrc,
+    /// Transport-wide sequence number of the first packet reported.
+    pub base_sequence: SeqNo,
+    /// What the first receive delta counts from, in multiples of 64 ms, in the feedback
+    /// sender's own time base. 24 bits on the wire: higher bits are dropped.
+    pub reference_time: u32,
+    /// One more for each feedback message sent, wrapping: the media sender detects lost
+    /// feedback by it.
+    pub feedback_count: u8,
+}
+
+fn status_symbol(status: Option<i16>) -> u16 {
+    match status {
+        None => NOT_RECEIVED,
+        Some(0..=255) => SMALL_DELTA,
+        Some(_) => LARGE_DELTA,
+    }
+}
+
+/// Receive delta bytes of one status (§3.1.5): none for a packet not received, one for
+/// 0..=63.75 ms, two (signed) for anything else.
+fn delta_len(status: Option<i16>) -> usize {
+    match status_symbol(status) {
+        NOT_RECEIVED => 0,
+        SMALL_DELTA => 1,
+        _ => 2,
+    }
+}
+
+/// The packet chunk encoding the statuses at the start of `statuses`, and how many of them
+/// it covers (at least one unless `statuses` is empty).
+///
+/// A run length chunk when the first status repeats at least as far as a status vector
+/// would reach, so a run never covers fewer statuses than the vector it replaces; else a
+/// vector of one-bit symbols (14 statuses) when none of those needs a large delta, or of
+/// two-bit symbols (7). Symbols a vector holds past the end of `statuses` say "not
+/// received": a reader stops at the packet status count, and they claim no delta.
+fn packet_chunk(statuses: &[Option<i16>]) -> (u16, usize) {
+    let Some(&first) = statuses.first() else {
+        return (0, 0);
+    };
+    let first = status_symbol(first);
+    let run = statuses
+        .iter()
+        .take(MAX_RUN_LENGTH)
+        .take_while(|&&s| status_symbol(s) == first)
+        .count();
+    let one_bit = statuses
+        .iter()
+        .take(ONE_BIT_SYMBOLS)
+        .all(|&s| status_symbol(s) != LARGE_DELTA);
+    let capacity = if one_bit {
+        ONE_BIT_SYMBOLS
+    } else {
+        TWO_BIT_SYMBOLS
+    };
+    let reach = capacity.min(statuses.len());
+    if run >= reach {
+        // T = 0, S = the symbol, 13-bit run length (§3.1.3); `run` is at most 0x1fff.
+        return ((first << 13) | run as u16, run);
+    }
+    // T = 1, S = symbol size (0: one bit, 1: two bits), symbols first to last from the
+    // most significant bit down (§3.1.4).
+    let (mut chunk, bits) = if one_bit { (0x8000, 1) } else { (0xc000, 2) };
+    for (i, &s) in statuses.iter().take(capacity).enumerate() {
+        chunk |= status_symbol(s) << (14 - bits * (i + 1));
+    }
+    (chunk, reach)
+}
+
+/// The packet chunks of `statuses`, in order.
+fn packet_chunks(statuses: &[Option<i16>]) -> impl Iterator<Item = u16> + '_ {
+    let mut rest = statuses;
+    core::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (chunk, covered) = packet_chunk(rest);
+        rest = rest.get(covered..).unwrap_or_default();
+        Some(chunk)
+    })
+}
+
+/// Length of the transport-cc feedback [`write_transport_cc`] writes for `statuses`.
+pub fn transport_cc_len(statuses: &[Option<i16>]) -> usize {
+    let chunks = packet_chunks(statuses).count();
+    let deltas: usize = statuses.iter().map(|&s| delta_len(s)).sum();
+    (HEADER_LEN + TRANSPORT_CC_FIXED_LEN + 2 * chunks + deltas).next_multiple_of(4)
+}
+
+/// At least [`transport_cc_len`] of any `statuses` slice of `count` statuses whose receive
+/// deltas take `delta_bytes`: for choosing how many statuses fit a packet without encoding
+/// them. Tight but for long runs of one status, which take one chunk where this counts
+/// one per 7 statuses (no chunk but the last covers fewer, see `packet_chunk`).
+pub fn transport_cc_max_len(count: usize, delta_bytes: usize) -> usize {
+    (HEADER_LEN + TRANSPORT_CC_FIXED_LEN + 2 * count.div_ceil(TWO_BIT_SYMBOLS) + delta_bytes)
+        .next_multiple_of(4)
+}
+
+/// Write a transport-wide congestion control feedback message
+/// (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1) reporting on the packets
+/// `fields.base_sequence` onwards, one status each: `None` when the packet was not
+/// received, `Some(delta)` when it was, `delta` 250 µs ticks after the previous packet
+/// received in this message (the first one: after the reference time). Returns its length,
+/// [`transport_cc_len`]. Deltas of 0..=255 ticks take one byte, any other two; the FCI is
+/// zero-padded to 32 bits as §3.1 draws it.
+pub fn write_transport_cc(
+    buf: &mut [u8],
+    fields: &TransportCc,
+    statuses: &[Option<i16>],
+) -> Result<usize, RtcpError> {
+    let count = u16::try_from(statuses.len())
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or(RtcpError::TransportCcStatusCount)?;
+    let len = transport_cc_len(statuses);
+    let out = buf.get_mut(..len).ok_or(RtcpError::BufferTooSmall)?;
+    write_feedback_header(
+        out,
+        packet_type::RTPFB,
+        feedback_fmt::TRANSPORT_CC,
+        fields.sender_ssrc,
+        fields.media_ssrc,
+        len,
+    )?;
+    put(out, 12, &fields.base_sequence.0.to_be_bytes());
+    put(out, 14, &count.to_be_bytes());
+    let reference = ((fields.reference_time & 0x00ff_ffff) << 8) | u32::from(fields.feedback_count);
+    put(out, 16, &reference.to_be_bytes());
+    let mut at = HEADER_LEN + TRANSPORT_CC_FIXED_LEN;
+    for chunk in packet_chunks(statuses) {
+        put(out, at, &chunk.to_be_bytes());
+        at += 2;
+    }
+    for &status in statuses {
+        match status {
+            // One unsigned byte (§3.1.5).
+            Some(delta @ 0..=255) => put(out, at, &[delta as u8]),
+            Some(delta) => put(out, at, &delta.to_be_bytes()),
+            None => {}
+        }
+        at += delta_len(status);
+    }
+    if let Some(padding) = out.get_mut(at..) {
+        padding.fill(0);
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+pub(crate) mod oracle;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1623,5 +1808,164 @@ mod tests {
             other => panic!("expected SR, got {other:?}"),
         }
         assert!(matches!(it.next(), Some(Ok(RtcpPacket::Sdes(_)))));
+    }
+
+    fn transport_cc_fields() -> TransportCc {
+        TransportCc {
+            sender_ssrc: Ssrc(0x1122_3344),
+            media_ssrc: Ssrc(0x5566_7788),
+            base_sequence: SeqNo(0xfffe),
+            reference_time: 0x12_3456,
+            feedback_count: 7,
+        }
+    }
+
+    #[test]
+    fn transport_cc_bytes_as_the_draft_draws_them() {
+        // Received 1 ms after the reference time, two lost, then a large delta (75 ms)
+        // and a negative one (-2 ms): a two-bit vector (one-bit symbols cannot say
+        // "large"), five deltas, one byte of zero padding.
+        let statuses = [Some(4), None, None, Some(300), Some(-8)];
+        let mut buf = [0xAAu8; 64];
+        let len = write_transport_cc(&mut buf, &transport_cc_fields(), &statuses).unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            0x8f, 0xcd, 0x00, 0x06, // V=2 P=0 FMT=15, PT=205, 7 words
+            0x11, 0x22, 0x33, 0x44, // sender SSRC
+            0x55, 0x66, 0x77, 0x88, // media SSRC
+            0xff, 0xfe, 0x00, 0x05, // base sequence number, packet status count
+            0x12, 0x34, 0x56, 0x07, // reference time, feedback packet count
+            0xd0, 0xa0,             // 1 1 | 01 00 00 10 10 00 00
+            0x04, 0x01, 0x2c, 0xff, 0xf8, // deltas: 4, 300, -8
+            0x00,                   // zero padding
+        ];
+        assert_eq!(&buf[..len], &expected);
+        assert_eq!(len, transport_cc_len(&statuses));
+
+        // A run of 20 losses is one run length chunk; then a one-bit vector.
+        let mut statuses = vec![None; 20];
+        statuses.extend([Some(1), Some(1), Some(1), None, Some(2)]);
+        let len = write_transport_cc(&mut buf, &transport_cc_fields(), &statuses).unwrap();
+        assert_eq!(&buf[14..16], &[0, 25], "status count");
+        assert_eq!(
+            &buf[20..24],
+            &[0x00, 0x14, 0xba, 0x00],
+            "run of 20, then 1110 1"
+        );
+        assert_eq!(&buf[24..len], &[1, 1, 1, 2]);
+        assert_eq!(len, 28);
+        assert_eq!(validate(&buf[..len]), Ok(1), "our own reader takes it");
+        let Some(Ok(RtcpPacket::TransportFeedback(fb))) = iter_compound(&buf[..len]).next() else {
+            panic!("expected RTPFB");
+        };
+        assert_eq!(fb.fmt, feedback_fmt::TRANSPORT_CC);
+        assert_eq!(fb.media_ssrc, Ssrc(0x5566_7788));
+    }
+
+    #[test]
+    fn transport_cc_refuses_what_it_cannot_say() {
+        let mut buf = [0u8; 64];
+        let fields = transport_cc_fields();
+        assert_eq!(
+            write_transport_cc(&mut buf, &fields, &[]),
+            Err(RtcpError::TransportCcStatusCount)
+        );
+        let too_many = vec![None; 65536];
+        let mut big = vec![0u8; 1 << 16];
+        assert_eq!(
+            write_transport_cc(&mut big, &fields, &too_many),
+            Err(RtcpError::TransportCcStatusCount)
+        );
+        // One run length chunk and 20 one-byte deltas: 42 bytes, padded to 44.
+        let statuses = [Some(1); 20];
+        assert_eq!(transport_cc_len(&statuses), 44);
+        assert_eq!(
+            write_transport_cc(&mut buf[..43], &fields, &statuses),
+            Err(RtcpError::BufferTooSmall)
+        );
+        // The reference time has 24 bits: the rest is dropped, not spilled into the count.
+        let fields = TransportCc {
+            reference_time: 0xAB12_3456,
+            ..fields
+        };
+        write_transport_cc(&mut buf, &fields, &statuses).unwrap();
+        assert_eq!(&buf[16..20], &[0x12, 0x34, 0x56, 0x07]);
+    }
+
+    #[test]
+    fn transport_cc_long_runs_take_one_chunk_each_8191() {
+        let chunks = |statuses: &[Option<i16>]| {
+            let mut buf = vec![0u8; transport_cc_len(statuses)];
+            write_transport_cc(&mut buf, &transport_cc_fields(), statuses).unwrap();
+            oracle::decode(&buf).unwrap().chunks
+        };
+        for (n, expected) in [(1, 1), (13, 1), (14, 1), (8191, 1), (8192, 2), (20_000, 3)] {
+            assert_eq!(chunks(&vec![Some(3); n]), expected, "{n} received");
+        }
+        // Losses, then the received packet every real feedback ends with: the losses'
+        // runs, then a vector for the rest.
+        for (n, expected) in [(1, 1), (13, 1), (14, 2), (8191, 2), (20_000, 4)] {
+            let mut statuses = vec![None; n];
+            statuses.push(Some(3));
+            assert_eq!(chunks(&statuses), expected, "{n} lost");
+        }
+    }
+
+    /// Statuses as a sender's feedback would carry them: runs of losses, of small and of
+    /// large deltas, and mixtures, ending with a received packet.
+    fn arb_statuses() -> impl Strategy<Value = Vec<Option<i16>>> {
+        let status = prop_oneof![
+            3 => Just(None),
+            5 => (0i16..=255).prop_map(Some),
+            2 => any::<i16>().prop_map(Some),
+        ];
+        let segment = prop_oneof![
+            (status.clone(), 1usize..40).prop_map(|(s, n)| vec![s; n]),
+            proptest::collection::vec(status, 1..40),
+            Just(vec![None; 9000]),
+        ];
+        (proptest::collection::vec(segment, 1..12), 0i16..=255).prop_map(|(segments, last)| {
+            let mut statuses: Vec<Option<i16>> = segments.concat();
+            statuses.truncate(65_534);
+            statuses.push(Some(last));
+            statuses
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn transport_cc_round_trips_through_webrtc_rs(
+            statuses in arb_statuses(),
+            base in any::<u16>(),
+            reference_time in 0u32..(1 << 24),
+            feedback_count in any::<u8>(),
+        ) {
+            let fields = TransportCc {
+                sender_ssrc: Ssrc(1),
+                media_ssrc: Ssrc(2),
+                base_sequence: SeqNo(base),
+                reference_time,
+                feedback_count,
+            };
+            let len = transport_cc_len(&statuses);
+            let delta_bytes: usize = statuses.iter().map(|&s| delta_len(s)).sum();
+            prop_assert!(len <= transport_cc_max_len(statuses.len(), delta_bytes));
+            let mut buf = vec![0xAAu8; len];
+            prop_assert_eq!(write_transport_cc(&mut buf, &fields, &statuses), Ok(len));
+            prop_assert_eq!(len % 4, 0);
+            prop_assert_eq!(validate(&buf), Ok(1));
+            let decoded = oracle::decode(&buf).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(decoded.sender_ssrc, 1);
+            prop_assert_eq!(decoded.media_ssrc, 2);
+            prop_assert_eq!(decoded.base_sequence, base);
+            prop_assert_eq!(decoded.reference_time, reference_time);
+            prop_assert_eq!(decoded.feedback_count, feedback_count);
+            prop_assert!(decoded.chunks <= statuses.len().div_ceil(7));
+            let expected: Vec<Option<(i64, bool)>> = statuses
+                .iter()
+                .map(|s| s.map(|d| (i64::from(d) * 250, !(0..=255).contains(&d))))
+                .collect();
+            prop_assert_eq!(decoded.statuses, expected);
+        }
     }
 }

@@ -792,6 +792,97 @@ pub async fn wait_for_inbound_rtp(
     }
 }
 
+/// One video encoding a peer connection sends (a simulcast layer), from `getStats()`
+/// (`outbound-rtp`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboundEncoding {
+    /// The RID of the simulcast layer (`q`, `h`, `f`); empty without simulcast.
+    pub rid: String,
+    pub frames_encoded: u64,
+    pub bytes_sent: u64,
+    pub frame_width: u64,
+    pub frame_height: u64,
+    /// Why the encoder holds back (`none`, `bandwidth`, `cpu`, `other`).
+    pub quality_limitation_reason: String,
+}
+
+/// What a sending peer connection says of its send-side bandwidth estimate and its video
+/// encodings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SendStats {
+    /// `availableOutgoingBitrate` of the selected candidate pair in bit/s: the sender's
+    /// bandwidth estimate. 0 before there is one.
+    pub available_outgoing_bitrate: f64,
+    pub video: Vec<OutboundEncoding>,
+}
+
+impl SendStats {
+    /// The encoding with RID `rid` (all zero if the sender has none).
+    pub fn encoding(&self, rid: &str) -> OutboundEncoding {
+        self.video
+            .iter()
+            .find(|e| e.rid == rid)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The [`SendStats`] of the `RTCPeerConnection` the JavaScript expression `pc_var` gives.
+pub async fn send_stats(page: &Page, pc_var: &str) -> Result<SendStats> {
+    let js = format!(
+        "(async () => {{
+            const pc = ({expr});
+            if (!(pc instanceof RTCPeerConnection))
+                throw new Error({name} + ' is not an RTCPeerConnection');
+            const stats = await pc.getStats();
+            const out = {{available: 0, video: []}};
+            stats.forEach(s => {{
+                if (s.type === 'transport' && s.selectedCandidatePairId) {{
+                    const pair = stats.get(s.selectedCandidatePairId);
+                    out.available = (pair && pair.availableOutgoingBitrate) || 0;
+                }}
+                if (s.type === 'outbound-rtp' && s.kind === 'video')
+                    out.video.push({{rid: s.rid || '', framesEncoded: s.framesEncoded || 0,
+                        bytesSent: s.bytesSent || 0, frameWidth: s.frameWidth || 0,
+                        frameHeight: s.frameHeight || 0,
+                        reason: s.qualityLimitationReason || ''}});
+            }});
+            return out;
+        }})()",
+        name = Value::from(pc_var),
+        expr = pc_var
+    );
+    let value = page.eval(&js).await?;
+    let number = |v: &Value, field: &str| -> Result<u64> {
+        v.get(field)
+            .and_then(Value::as_u64)
+            .with_context(|| format!("no {field} in {v}"))
+    };
+    let video = value
+        .get("video")
+        .and_then(Value::as_array)
+        .with_context(|| format!("no video in {value}"))?
+        .iter()
+        .map(|e| {
+            Ok(OutboundEncoding {
+                rid: str_field(e, "rid")?,
+                frames_encoded: number(e, "framesEncoded")?,
+                bytes_sent: number(e, "bytesSent")?,
+                frame_width: number(e, "frameWidth")?,
+                frame_height: number(e, "frameHeight")?,
+                quality_limitation_reason: str_field(e, "reason")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SendStats {
+        available_outgoing_bitrate: value
+            .get("available")
+            .and_then(Value::as_f64)
+            .with_context(|| format!("no available in {value}"))?,
+        video,
+    })
+}
+
 /// One end of an ICE candidate pair, from `getStats()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {

@@ -393,6 +393,11 @@ fn browser_to(b: &BrowserTransport) -> pb::WebrtcTransport {
         } else {
             0
         },
+        transport_cc_extension_id: if publish {
+            b.extensions.transport_cc.into()
+        } else {
+            0
+        },
         audio_level_extension_id: if publish {
             0
         } else {
@@ -459,5 +464,32 @@ mod tests {
         assert_eq!(key.master_key, bytes[..16]);
         assert_eq!(key.master_salt, bytes[16..]);
         assert!(srtp_key("AES_CM_128_HMAC_SHA1_80", &inline).is_err());
+    }
+
+    #[test]
+    fn a_browsers_publish_connection_carries_its_extension_ids() {
+        let mut browser = BrowserTransport::new().unwrap();
+        browser.remote_fingerprint = "sha-256 AB".into();
+        browser.extensions = crate::service::meetings::StreamExtensionIds {
+            mid: 4,
+            rid: 10,
+            repaired_rid: 11,
+            transport_cc: 3,
+        };
+        let pb = browser_to(&browser);
+        let publish = pb.publish.unwrap();
+        assert_eq!(
+            (
+                publish.mid_extension_id,
+                publish.rid_extension_id,
+                publish.repaired_rid_extension_id,
+                publish.transport_cc_extension_id
+            ),
+            (4, 10, 11, 3)
+        );
+        // The forwarder sends the subscribe connection media, not feedback about it.
+        let subscribe = pb.subscribe.unwrap();
+        assert_eq!(subscribe.transport_cc_extension_id, 0);
+        assert_eq!(subscribe.mid_extension_id, 0);
     }
 }

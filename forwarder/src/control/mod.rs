@@ -1077,6 +1077,7 @@ fn connection_from_pb(
             mid: extension(c.mid_extension_id),
             rid: extension(c.rid_extension_id),
             repaired_rid: extension(c.repaired_rid_extension_id),
+            transport_cc: extension(c.transport_cc_extension_id),
             audio_level: extension(c.audio_level_extension_id),
         },
         payload_types: c
@@ -1554,5 +1555,37 @@ mod tests {
             ..leg
         };
         assert!(leg_from_pb(&bad).unwrap_err().contains("inbound key"));
+    }
+
+    #[test]
+    fn a_browsers_extension_ids_reach_its_connections() {
+        let connection = |ufrag: &str, transport_cc| pb::WebrtcConnection {
+            ice_ufrag: ufrag.into(),
+            ice_pwd: "an-ice-password-of-24-ch".into(),
+            mid_extension_id: 4,
+            rid_extension_id: 10,
+            repaired_rid_extension_id: 11,
+            transport_cc_extension_id: transport_cc,
+            ..Default::default()
+        };
+        let leg = pb::Leg {
+            meeting_id: "m".into(),
+            participant_id: "p".into(),
+            can_publish: true,
+            webrtc: Some(pb::WebrtcTransport {
+                remote_fingerprint: "sha-256 AB".into(),
+                publish: Some(connection("ufrg", 3)),
+                // Not an RFC 8285 id: as if not negotiated.
+                subscribe: Some(connection("ufr2", 300)),
+            }),
+            ..Default::default()
+        };
+        let desired = leg_from_pb(&leg).unwrap();
+        let DesiredTransport::Webrtc(web) = &desired.transport else {
+            panic!("a WebRTC leg: {desired:?}");
+        };
+        assert_eq!(web.publish.extensions.transport_cc, Some(3));
+        assert_eq!(web.publish.extensions.repaired_rid, Some(11));
+        assert_eq!(web.subscribe.extensions.transport_cc, None);
     }
 }

@@ -1537,6 +1537,7 @@ mod tests {
                 mid: Some(4),
                 rid: Some(10),
                 repaired_rid: Some(11),
+                transport_cc: Some(3),
                 audio_level: None,
             },
             payload_types: vec![(Codec::Opaque, 111), (Codec::Vp8, 96)],

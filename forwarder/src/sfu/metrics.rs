@@ -76,7 +76,7 @@ const TRAFFIC: [(&str, &str, Pick, Pick); 4] = [
 ];
 
 /// Feedback counters of a leg: name suffix, help, value.
-const FEEDBACK: [(&str, &str, Pick); 11] = [
+const FEEDBACK: [(&str, &str, Pick); 15] = [
     (
         "dtls_handshakes_total",
         "WebRTC: DTLS-SRTP handshakes completed (keys installed)",
@@ -106,6 +106,26 @@ const FEEDBACK: [(&str, &str, Pick); 11] = [
         "padding_received_total",
         "Padding-only packets received (bandwidth probes): counted, never forwarded",
         |s| s.padding_received,
+    ),
+    (
+        "transport_cc_feedback_sent_total",
+        "WebRTC: transport-wide congestion control feedback packets sent to the (publishing) browser",
+        |s| s.transport_cc_feedback_sent,
+    ),
+    (
+        "transport_cc_packets_reported_total",
+        "WebRTC: packet arrivals that feedback reported (a late packet reported again counts again)",
+        |s| s.transport_cc_packets_reported,
+    ),
+    (
+        "transport_cc_packets_ignored_total",
+        "WebRTC: transport-wide sequence numbers not recorded: duplicates, or older than the arrival window",
+        |s| s.transport_cc_packets_ignored,
+    ),
+    (
+        "transport_cc_packets_unreported_total",
+        "WebRTC: recorded arrivals never reported: pushed out of the window by a jump ahead, or no address to send feedback to",
+        |s| s.transport_cc_packets_unreported,
     ),
     (
         "nack_requests_received_total",

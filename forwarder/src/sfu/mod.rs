@@ -23,6 +23,7 @@ mod stats;
 mod subscription;
 mod tap;
 mod track;
+mod transport_cc;
 mod webrtc;
 
 pub use leg::{LegConfig, LegSecurity};
@@ -282,6 +283,11 @@ pub struct Forwarder {
     handshakes: Vec<LegId>,
     /// WebRTC legs with DTLS datagrams to send, each once.
     dtls_ready: VecDeque<LegId>,
+    /// WebRTC legs whose transport-wide congestion control feedback is due, each once
+    /// (room for every WebRTC leg is reserved when it is added).
+    transport_cc_ready: VecDeque<LegId>,
+    /// Scratch space for the packet statuses of one feedback packet.
+    transport_cc_statuses: Box<[Option<i16>]>,
     /// Changes whenever `by_remote`, `link_paths` or the set of legs does: what
     /// [`Forwarder::peer_addresses`] says may have changed.
     peers_generation: u64,
@@ -346,6 +352,8 @@ impl Forwarder {
             created: now,
             handshakes: Vec::new(),
             dtls_ready: VecDeque::new(),
+            transport_cc_ready: VecDeque::new(),
+            transport_cc_statuses: vec![None; transport_cc::ARRIVAL_WINDOW].into_boxed_slice(),
             peers_generation: 0,
             relay_retransmissions: VecDeque::with_capacity(RELAY_RETRANSMISSION_QUEUE_LEN),
             by_published_ssrc: HashMap::new(),
@@ -541,6 +549,10 @@ impl Forwarder {
         }
         if let Some(ufrag) = ufrag {
             self.by_ufrag.insert(ufrag, id);
+            // Each WebRTC leg is in the feedback queue at most once: the hot path never
+            // grows it.
+            let ready = &mut self.transport_cc_ready;
+            ready.reserve(self.by_ufrag.len().saturating_sub(ready.len()));
         }
         // Also for a leg without a remote: it waits to learn one (`legs_awaiting_address`).
         self.peers_generation += 1;
@@ -1128,6 +1140,9 @@ impl Forwarder {
         ) else {
             return;
         };
+        // Before anything can reject it: the browser's estimator needs every packet that
+        // arrived, and an RTX packet is unwrapped in place below.
+        self.note_transport_sequence(leg_id, &contents[..plain_len], &header, now);
         let known = self.legs[leg_id.index()].role_of(header.ssrc);
         let (track_id, encoding, header, plain_len) = match known
             .or_else(|| self.bind_stream(leg_id, &contents[..plain_len], &header))
@@ -1548,6 +1563,9 @@ impl Forwarder {
         if let Some(transmit) = self.poll_dtls_transmit(buf) {
             return Some(transmit);
         }
+        if let Some(transmit) = self.poll_transport_cc(buf) {
+            return Some(transmit);
+        }
         if let Some(transmit) = self.poll_rtcp_transmit(buf) {
             return Some(transmit);
         }
@@ -1709,6 +1727,7 @@ impl Forwarder {
         if self.next_feedback_tick.is_some_and(|t| now >= t) {
             self.next_feedback_tick = Some(now + FEEDBACK_INTERVAL);
             self.feedback_tick(now);
+            self.transport_cc_tick(now);
             self.detect_speakers(now);
             self.dtls_timers(now);
         }

@@ -177,6 +177,16 @@ pub struct LegStats {
     pub rtx_received: u64,
     /// Padding-only packets (a sender's bandwidth probes): counted, never forwarded.
     pub padding_received: u64,
+    /// WebRTC: transport-wide congestion control feedback packets sent to the peer, and
+    /// the packet arrivals they reported (a late packet reported again counts again).
+    pub transport_cc_feedback_sent: u64,
+    pub transport_cc_packets_reported: u64,
+    /// WebRTC: transport-wide sequence numbers not recorded: duplicates, or older than
+    /// the arrival window.
+    pub transport_cc_packets_ignored: u64,
+    /// WebRTC: recorded arrivals never reported: pushed out of the window by a jump
+    /// ahead, or with nowhere to send feedback.
+    pub transport_cc_packets_unreported: u64,
 }
 
 impl LegStats {
@@ -193,6 +203,10 @@ impl LegStats {
         self.keyframe_requests_sent += other.keyframe_requests_sent;
         self.keyframe_requests_coalesced += other.keyframe_requests_coalesced;
         self.nacks_forwarded += other.nacks_forwarded;
+        self.transport_cc_feedback_sent += other.transport_cc_feedback_sent;
+        self.transport_cc_packets_reported += other.transport_cc_packets_reported;
+        self.transport_cc_packets_ignored += other.transport_cc_packets_ignored;
+        self.transport_cc_packets_unreported += other.transport_cc_packets_unreported;
     }
 }
 

@@ -30,6 +30,7 @@ use crate::rtp::{self, RtpHeader};
 use crate::srtp::{MasterKey, SrtpContext};
 use crate::stun;
 
+use super::transport_cc::ArrivalWindow;
 use super::{AddressKind, DropReason, Event, Forwarder, Transmit};
 
 /// The WebRTC side of a leg's configuration.
@@ -58,6 +59,10 @@ pub struct StreamExtensions {
     /// `urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id` (RFC 8852 §3.2): which
     /// simulcast encoding a retransmission stream repairs.
     pub repaired_rid: Option<u8>,
+    /// `http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01` in what
+    /// the peer sends: the forwarder reports the arrival of every packet carrying it
+    /// (transport-cc feedback, see `super::transport_cc`).
+    pub transport_cc: Option<u8>,
     /// `urn:ietf:params:rtp-hdrext:ssrc-audio-level` (RFC 6464) in what the peer
     /// receives: forwarded audio keeps its level under this id, and every other header
     /// extension of the publisher's is removed (its ids mean nothing to this peer).
@@ -113,6 +118,8 @@ pub(crate) struct WebrtcLeg {
     pub(crate) checked: Vec<SocketAddr>,
     /// SRTP keys are installed: media may flow.
     pub(crate) keyed: bool,
+    /// Arrivals of the peer's transport-wide sequence numbers, to report.
+    pub(crate) arrivals: ArrivalWindow,
 }
 
 /// At most this many checked addresses per leg (a browser has a few candidates each
@@ -184,6 +191,7 @@ impl WebrtcLeg {
             payload_types: config.payload_types.clone(),
             checked: Vec::with_capacity(MAX_CHECKED),
             keyed: false,
+            arrivals: ArrivalWindow::new(),
         }
     }
 
@@ -568,6 +576,7 @@ impl Forwarder {
         self.stun_queue.purge(leg_id);
         self.handshakes.retain(|&l| l != leg_id);
         self.dtls_ready.retain(|&l| l != leg_id);
+        self.transport_cc_ready.retain(|&l| l != leg_id);
     }
 
     /// The next queued STUN answer.

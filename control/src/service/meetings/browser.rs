@@ -67,6 +67,10 @@ pub struct StreamExtensionIds {
     pub rid: u8,
     #[serde(default)]
     pub repaired_rid: u8,
+    /// The transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01):
+    /// the forwarder sends transport-cc feedback when it is negotiated.
+    #[serde(default)]
+    pub transport_cc: u8,
 }
 
 /// An m-section of the subscribe connection: one track of another participant.

@@ -484,6 +484,7 @@ impl WebrtcNegotiator for BrowserNegotiator {
                     mid: ext.clone().find_map(|e| e.mid).unwrap_or(0),
                     rid: ext.clone().find_map(|e| e.rid).unwrap_or(0),
                     repaired_rid: ext.clone().find_map(|e| e.repaired_rid).unwrap_or(0),
+                    transport_cc: ext.clone().find_map(|e| e.transport_cc).unwrap_or(0),
                 };
                 apply_publish(record, &negotiated)?;
                 debug!(participant = %peer.participant, tracks = ?record.tracks, "publish offer answered");

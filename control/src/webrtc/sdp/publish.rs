@@ -892,9 +892,10 @@ fn accepted_media(
         rtpmap.push_str(&format!("/{channels}"));
     }
     attributes.push(Attribute::new("rtpmap", rtpmap));
-    // transport-cc feedback without the transport-wide sequence number extension (not
-    // offered, or at an id the answer does not take) would promise feedback the
-    // forwarder cannot compute.
+    // The forwarder computes transport-cc feedback from the transport-wide sequence
+    // numbers (its id travels with the publish connection, `transport_cc_extension_id`):
+    // without that extension (not offered, or at an id the answer does not take),
+    // `transport-cc` would promise feedback it cannot compute.
     let transport_cc = accepted.extensions.transport_cc.is_some();
     for feedback in codec
         .rtcp_fb

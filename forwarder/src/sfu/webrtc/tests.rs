@@ -28,6 +28,7 @@ const BROWSER_PT_OPUS: u8 = 109;
 const BROWSER_PT_VP8: u8 = 96;
 const BROWSER_PT_RTX: u8 = 97;
 const REPAIRED_RID_EXT: u8 = 11;
+const TRANSPORT_CC_EXT: u8 = 3;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -86,6 +87,7 @@ impl Room {
                             mid: Some(MID_EXT),
                             rid: Some(RID_EXT),
                             repaired_rid: Some(REPAIRED_RID_EXT),
+                            transport_cc: Some(TRANSPORT_CC_EXT),
                             audio_level: None,
                         },
                         payload_types: vec![(Codec::Opaque, BROWSER_PT_OPUS)],
@@ -796,4 +798,283 @@ fn simulcast_rtx_streams_are_bound_by_repaired_rid() {
     let leg = room.core.leg_stats(room.web).unwrap();
     assert_eq!(leg.rtx_received, 1);
     assert_eq!(leg.drops.get(DropReason::UnknownSsrc), 1);
+}
+
+/// The transport-cc feedback among `out` sent to `to`, unprotected with `key` and decoded
+/// by the webrtc-rs parser.
+fn transport_cc_feedback(
+    out: &[(SocketAddr, Vec<u8>)],
+    to: &str,
+    key: &MasterKey,
+) -> Vec<crate::rtcp::oracle::Decoded> {
+    out.iter()
+        .filter(|(destination, wire)| *destination == addr(to) && (192..=223).contains(&wire[1]))
+        .filter_map(|(_, wire)| {
+            let mut plain = wire.clone();
+            let len = SrtpContext::new(key).unprotect_rtcp(&mut plain).ok()?;
+            let packet = &plain[..len];
+            (packet[1] == 205 && packet[0] & 0x1f == 15)
+                .then(|| crate::rtcp::oracle::decode(packet).expect("the oracle reads it"))
+        })
+        .collect()
+}
+
+/// A packet of the browser's with a transport-wide sequence number.
+fn with_transport_sequence(
+    key: &MasterKey,
+    ssrc: u32,
+    seq: u16,
+    transport: u16,
+    ids: &[(u8, &[u8])],
+) -> Vec<u8> {
+    let transport = transport.to_be_bytes();
+    let mut elements = ids.to_vec();
+    elements.push((TRANSPORT_CC_EXT, &transport));
+    srtp(key, ssrc, seq, BROWSER_PT_OPUS, &elements)
+}
+
+#[test]
+fn a_browsers_packets_get_transport_cc_feedback_at_the_tick() {
+    let mut room = Room::new();
+    room.connect();
+    room.transmits();
+    let key = room.web_receive.clone();
+    // Audio 1 ms apart; transport-wide 102 is lost on the way. 105 is an RTX probe and
+    // 106 a stream nobody publishes: they arrived, so they count too.
+    for (seq, transport) in [(1u16, 100u16), (2, 101), (3, 103), (4, 104)] {
+        let ids: &[(u8, &[u8])] = if seq == 1 { &[(MID_EXT, b"0")] } else { &[] };
+        room.datagram(
+            BROWSER,
+            with_transport_sequence(&key, 0xAAAA, seq, transport, ids),
+        );
+        room.now += Duration::from_millis(1);
+    }
+    room.datagram(
+        BROWSER,
+        with_transport_sequence(
+            &key,
+            0x7777,
+            9,
+            105,
+            &[(MID_EXT, b"1"), (REPAIRED_RID_EXT, b"f")],
+        ),
+    );
+    room.datagram(BROWSER, with_transport_sequence(&key, 0x9999, 1, 106, &[]));
+    let out = room.transmits();
+    assert!(
+        transport_cc_feedback(&out, BROWSER, &room.web_send).is_empty(),
+        "not due before its delay"
+    );
+
+    room.now += Duration::from_millis(60);
+    room.core.handle_timeout(room.now);
+    let out = room.transmits();
+    let feedback = transport_cc_feedback(&out, BROWSER, &room.web_send);
+    assert_eq!(
+        feedback.len(),
+        1,
+        "one feedback, to the nominated address: {out:?}"
+    );
+    let fb = &feedback[0];
+    assert_eq!(fb.sender_ssrc, 0xFA40_0000, "the leg's RTCP SSRC");
+    assert_eq!(fb.media_ssrc, 0xAAAA, "the browser's media SSRC");
+    assert_eq!(fb.base_sequence, 100);
+    let received: Vec<bool> = fb.statuses.iter().map(Option::is_some).collect();
+    assert_eq!(received, [true, true, false, true, true, true, true]);
+    let times: Vec<i64> = fb.arrivals().iter().filter_map(|(_, at)| *at).collect();
+    assert_eq!(
+        times,
+        [0, 1000, 2000, 3000, 4000, 4000],
+        "µs since the first arrival"
+    );
+    let stats = room.core.leg_stats(room.web).unwrap();
+    assert_eq!(stats.transport_cc_feedback_sent, 1);
+    assert_eq!(stats.transport_cc_packets_reported, 6);
+    let mut metrics = String::new();
+    room.core.write_metrics(&mut metrics);
+    assert!(
+        metrics.contains(r#"fanout_leg_transport_cc_feedback_sent_total{meeting="m",participant="browser",leg="webrtc"} 1"#),
+        "{metrics}"
+    );
+
+    // Reported once: the next tick has nothing to say. The packets still went their way.
+    room.now += Duration::from_millis(60);
+    room.core.handle_timeout(room.now);
+    assert!(transport_cc_feedback(&room.transmits(), BROWSER, &room.web_send).is_empty());
+    assert!(
+        room.core
+            .track_receive_stats(room.web_audio, 0)
+            .unwrap()
+            .received()
+            > 0
+    );
+
+    // A packet without the extension is not reported.
+    room.datagram(BROWSER, srtp(&key, 0xAAAA, 5, BROWSER_PT_OPUS, &[]));
+    room.now += Duration::from_millis(60);
+    room.core.handle_timeout(room.now);
+    assert!(transport_cc_feedback(&room.transmits(), BROWSER, &room.web_send).is_empty());
+}
+
+#[test]
+fn many_waiting_packets_get_feedback_at_once() {
+    let mut room = Room::new();
+    room.connect();
+    room.transmits();
+    let key = room.web_receive.clone();
+    // A burst: no time passes, so no timer runs. Every other one lost.
+    let early = crate::sfu::transport_cc::EARLY_FEEDBACK_PENDING as u16;
+    let mut first_feedback = None;
+    for i in 0..early {
+        let ids: &[(u8, &[u8])] = if i == 0 { &[(MID_EXT, b"0")] } else { &[] };
+        room.datagram(
+            BROWSER,
+            with_transport_sequence(&key, 0xAAAA, i + 1, 2 * i, ids),
+        );
+        let feedback = transport_cc_feedback(&room.transmits(), BROWSER, &room.web_send);
+        if first_feedback.is_none() && !feedback.is_empty() {
+            first_feedback = Some((i, feedback));
+        }
+    }
+    let (i, feedback) = first_feedback.expect("feedback without a timer");
+    // Sent as soon as the span 0..=2i reached the threshold.
+    assert_eq!(
+        2 * i + 1,
+        early + 1,
+        "sent with the first span of {early} or more"
+    );
+    assert_eq!(feedback.len(), 1);
+    assert_eq!(feedback[0].base_sequence, 0);
+    assert_eq!(usize::from(2 * i + 1), feedback[0].statuses.len());
+}
+
+#[test]
+fn no_feedback_without_the_negotiated_extension_or_on_plain_legs() {
+    let mut room = Room::new();
+    room.connect();
+    room.transmits();
+    // The plain participant's packets carry the same element: a plain leg has no
+    // transport-wide feedback.
+    for seq in 1..=20u16 {
+        let transport = seq.to_be_bytes();
+        let p = srtp(
+            &room.plain_receive,
+            0xB1,
+            seq,
+            111,
+            &[(TRANSPORT_CC_EXT, &transport)],
+        );
+        room.datagram("198.51.100.20:5000", p);
+    }
+    // The browser renegotiates without transport-cc: its elements mean nothing now.
+    let transport = WebrtcTransport {
+        ice: credentials("fnt1"),
+        remote_fingerprint: FINGERPRINT.into(),
+        extensions: StreamExtensions {
+            mid: Some(MID_EXT),
+            rid: Some(RID_EXT),
+            repaired_rid: Some(REPAIRED_RID_EXT),
+            transport_cc: None,
+            audio_level: None,
+        },
+        payload_types: vec![(Codec::Opaque, BROWSER_PT_OPUS)],
+    };
+    room.core.update_webrtc(room.web, &transport).unwrap();
+    let key = room.web_receive.clone();
+    for i in 0..20u16 {
+        let ids: &[(u8, &[u8])] = if i == 0 { &[(MID_EXT, b"0")] } else { &[] };
+        room.datagram(
+            BROWSER,
+            with_transport_sequence(&key, 0xAAAA, i + 1, i, ids),
+        );
+    }
+    room.now += Duration::from_millis(200);
+    room.core.handle_timeout(room.now);
+    let out = room.transmits();
+    assert!(transport_cc_feedback(&out, BROWSER, &room.web_send).is_empty());
+    assert!(transport_cc_feedback(&out, "198.51.100.20:5000", &room.plain_send).is_empty());
+    assert!(!out.is_empty(), "media still flows: {out:?}");
+    assert_eq!(
+        room.core
+            .leg_stats(room.web)
+            .unwrap()
+            .transport_cc_feedback_sent,
+        0
+    );
+}
+
+/// Drain the core's transmits; how many were transport-cc feedback (SRTCP leaves the
+/// first 8 bytes in the clear: RTPFB, FMT 15).
+fn drain_counting_feedback(core: &mut Forwarder, out: &mut [u8]) -> usize {
+    let mut feedback = 0;
+    while let Some(t) = core.poll_transmit(out) {
+        feedback += usize::from(out[1] == 205 && out[0] & 0x1f == 15 && t.len > 8);
+    }
+    feedback
+}
+
+#[test]
+fn transport_cc_feedback_costs_no_allocation_per_packet() {
+    assert!(
+        crate::counting_alloc::allocations_in(|| drop(std::hint::black_box(
+            Vec::<u8>::with_capacity(64)
+        ))) > 0,
+        "the counter counts"
+    );
+    let mut room = Room::new();
+    room.connect();
+    room.transmits();
+    let key = room.web_receive.clone();
+    let (local, browser) = (addr(LOCAL), addr(BROWSER));
+    // Audio with consecutive RTP sequence numbers; the transport-wide numbers skip some
+    // (packets of the other streams lost on the way), go back (late ones, duplicates)
+    // and once jump far ahead, as a broken sender's would, which the window follows.
+    let packets: Vec<Vec<u8>> = (0..3000u16)
+        .map(|i| {
+            let transport = match i {
+                1500 => 30_000u16,
+                _ if i % 97 == 0 => i.wrapping_sub(3),
+                _ => i + i / 10,
+            };
+            let ids: &[(u8, &[u8])] = if i == 0 { &[(MID_EXT, b"0")] } else { &[] };
+            with_transport_sequence(&key, 0xAAAA, i + 1, transport, ids)
+        })
+        .collect();
+    let mut scratch = vec![0u8; crate::sfu::MAX_DATAGRAM_LEN];
+    let mut out = vec![0u8; MIN_TRANSMIT_BUFFER_LEN];
+    // Warm up: the stream is bound, the first feedback goes out.
+    let mut now = room.now;
+    for packet in &packets[..20] {
+        scratch[..packet.len()].copy_from_slice(packet);
+        room.core
+            .handle_datagram(now, local, browser, &mut scratch[..packet.len()]);
+        drain_counting_feedback(&mut room.core, &mut out);
+    }
+    now += Duration::from_millis(60);
+    room.core.handle_timeout(now);
+    drain_counting_feedback(&mut room.core, &mut out);
+
+    let mut feedback = 0;
+    // 0.2 ms apart, the 10 ms timers running: all within the second before housekeeping.
+    let allocations = crate::counting_alloc::allocations_in(|| {
+        for (i, packet) in packets[20..].iter().enumerate() {
+            now += Duration::from_micros(200);
+            scratch[..packet.len()].copy_from_slice(packet);
+            room.core
+                .handle_datagram(now, local, browser, &mut scratch[..packet.len()]);
+            feedback += drain_counting_feedback(&mut room.core, &mut out);
+            if i % 50 == 0 {
+                room.core.handle_timeout(now);
+                feedback += drain_counting_feedback(&mut room.core, &mut out);
+            }
+        }
+    });
+    assert_eq!(allocations, 0, "allocations while recording and reporting");
+    assert!(feedback >= 10, "{feedback} feedback packets");
+    let stats = room.core.leg_stats(room.web).unwrap();
+    assert!(
+        stats.transport_cc_packets_ignored > 0,
+        "duplicates and the stale ones"
+    );
+    assert!(stats.transport_cc_packets_reported > 2000, "{stats:?}");
 }
