@@ -251,6 +251,11 @@ fn spoofed_floods_and_departed_legs_are_dropped_in_xdp() {
     });
 
     // 2. A flood: RTP from 2,000 spoofed sources, and non-media from the publisher itself.
+    // The driver publishes its counters at the end of a turn, which may come after the
+    // subscribers got their copies: wait for the publisher's 20 packets to be counted.
+    wait_until("the forwarder counted the publisher's packets", || {
+        received() >= 20
+    });
     let before = received();
     let unknown = counter(&guard, Verdict::DropUnknownSource);
     let not_media = counter(&guard, Verdict::DropNotMedia);
