@@ -209,6 +209,12 @@ pub fn deployment_binary_dir() -> Result<PathBuf> {
     Ok(dir.to_owned())
 }
 
+/// The `fanout-recorder` binary, found and built like [`forwarder_binary`];
+/// `FANOUT_RECORDER_BIN` overrides the search.
+pub fn recorder_binary() -> Result<PathBuf> {
+    workspace_binary("fanout-recorder", "recorder", "FANOUT_RECORDER_BIN")
+}
+
 /// The `fanout-loadgen` binary, found and built like [`forwarder_binary`];
 /// `FANOUT_LOADGEN_BIN` overrides the search.
 pub fn loadgen_binary() -> Result<PathBuf> {
