@@ -68,6 +68,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 const MEETING: &str = "recorded";
 const CHUNK_MICROS: u64 = CHUNK_SECONDS * 1_000_000;
+/// The longest a subscriber may wait for the forwarder to pass on what a publisher sent.
+const LIVE_WAIT_BOUND_MICROS: u64 = 1_000_000;
 
 /// A participant: the join's answer, its proxy and its FFmpeg.
 struct Participant {
@@ -832,7 +834,9 @@ async fn a_recorder_killed_mid_meeting_loses_at_most_its_open_chunk() -> Result<
     );
 
     // Live media went on: each participant kept receiving the other's media as it was
-    // sent, through the kill and the restart.
+    // sent, through the kill and the restart. The bound is well under the 2 s the
+    // recorder was down (a forwarder that waited for it would show that much), and above
+    // what a debug build on a loaded 2-core machine may take (up to 0.2 s seen).
     for (p, other) in [(0, 1), (1, 0)] {
         let (p, other) = (&rig.participants[p], &rig.participants[other]);
         let wait = longest_forwarding_wait_micros(
@@ -848,7 +852,7 @@ async fn a_recorder_killed_mid_meeting_loses_at_most_its_open_chunk() -> Result<
             wait as f64 / 1e6
         );
         assert!(
-            wait < 500_000,
+            wait < LIVE_WAIT_BOUND_MICROS,
             "{} received nothing for {wait} µs after {} sent",
             p.name,
             other.name
@@ -1029,7 +1033,11 @@ async fn a_recording_follows_its_meeting_to_another_forwarder() -> Result<()> {
             p.name,
             wait as f64 / 1e6
         );
-        assert!(wait < 500_000, "{} received nothing for {wait} µs", p.name);
+        assert!(
+            wait < LIVE_WAIT_BOUND_MICROS,
+            "{} received nothing for {wait} µs",
+            p.name
+        );
     }
     eprintln!(
         "PASS failover: recording gap {lost_span:.3} s; {:.1} s in all",
