@@ -22,7 +22,7 @@ use fanout_forwarder::recording::MediaCodec;
 use fanout_forwarder::sfu::TrackKind as TapTrackKind;
 
 /// What a finished job produced.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct JobOutcome {
     /// Chunks read, and of them those a crash cut short (read up to their last whole
     /// record).

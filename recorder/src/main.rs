@@ -87,12 +87,32 @@ struct StitchArgs {
     store: StoreArgs,
 
     /// Stitch this recording once, and exit.
-    #[arg(long, value_name = "ID", conflicts_with = "control")]
+    // Recording ids are drawn from the base64url alphabet and may start with '-' (1 in
+    // 64 do): `--recording -eXyZ` must take it as the value, not as a flag.
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "control",
+        allow_hyphen_values = true
+    )]
     recording: Option<String>,
 
     /// With `--recording`: also write the file here.
     #[arg(long, value_name = "FILE", requires = "recording")]
     output: Option<PathBuf>,
+
+    /// With `--recording`: write what the job found here, as JSON: chunks read (and how
+    /// many a crash cut short), and the stitcher's report (per stream: packets, losses,
+    /// duplicates, segments, frames complete, skipped and written; per tile: frames
+    /// written and when the tile shows video; the timeline's start and duration).
+    #[arg(long, value_name = "FILE", requires = "recording")]
+    report: Option<PathBuf>,
+
+    /// With `--recording`: keep the intermediate files (per-stream spool, the tiles'
+    /// IVF files, the Ogg Opus tracks) in DIR instead of removing them, for debugging;
+    /// the report names the tile and audio files.
+    #[arg(long, value_name = "DIR", requires = "recording")]
+    keep_intermediate: Option<PathBuf>,
 
     /// Work for this control plane (`http(s)://host:port`): claim and run its jobs until
     /// stopped.
@@ -368,6 +388,7 @@ fn stitch(args: StitchArgs) -> Result<()> {
         audio_bitrate_kbps: section
             .audio_bitrate_kbps
             .unwrap_or(defaults.audio_bitrate_kbps),
+        intermediate_dir: args.keep_intermediate.clone(),
         ..defaults
     };
     let scratch = args
@@ -390,6 +411,14 @@ fn stitch(args: StitchArgs) -> Result<()> {
             .await?;
             if let Some(output) = &args.output {
                 store.get_output_to_file(&recording, output).await?;
+            }
+            if let Some(path) = &args.report {
+                let json = serde_json::to_vec_pretty(&serde_json::json!({
+                    "recording": recording,
+                    "outcome": outcome,
+                }))?;
+                std::fs::write(path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             println!(
                 "{recording}: {} chunks ({} torn), {:.1} s, {} bytes",
@@ -517,4 +546,29 @@ fn run(args: RunArgs) -> Result<()> {
     on_signal(move || stop.stop())?;
     daemon.run()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recording_id_may_start_with_a_hyphen() {
+        let args = Args::try_parse_from([
+            "fanout-recorder",
+            "stitch",
+            "--recording",
+            "-eXyZ_12",
+            "--store",
+            "/tmp/store",
+            "--output",
+            "out.webm",
+        ])
+        .unwrap();
+        let Command::Stitch(stitch) = args.command else {
+            panic!("not stitch");
+        };
+        assert_eq!(stitch.recording.as_deref(), Some("-eXyZ_12"));
+        assert_eq!(stitch.output, Some(PathBuf::from("out.webm")));
+    }
 }

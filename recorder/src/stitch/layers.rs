@@ -33,7 +33,7 @@ pub const MAX_REPORTED_SWITCHES: usize = 1000;
 const SIMULTANEOUS_MICROS: i64 = 50_000;
 
 /// One change of the chosen encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LayerSwitch {
     /// Microseconds from the start of the recording.
     pub at_micros: u64,

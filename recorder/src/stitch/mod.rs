@@ -37,7 +37,7 @@ use std::time::Instant;
 pub use layers::LayerSwitch;
 
 /// Which simulcast encoding, track kind and participant a packet belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct StreamKey {
     pub participant: String,
     pub kind: TrackKind,
@@ -46,7 +46,8 @@ pub struct StreamKey {
 }
 
 /// The kind of a published track.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TrackKind {
     Audio,
     Camera,
@@ -54,7 +55,8 @@ pub enum TrackKind {
 }
 
 /// The payload format of a stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Codec {
     Opus,
     Vp8,
@@ -165,7 +167,7 @@ pub struct Progress {
 }
 
 /// What happened to one stream (participant, kind, encoding).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StreamReport {
     pub stream: Option<StreamKey>,
     pub codec: Option<Codec>,
@@ -209,7 +211,7 @@ pub struct StreamReport {
 }
 
 /// The video of one tile: one participant's camera or screen, after the layer choice.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TileReport {
     pub participant: String,
     pub kind: TrackKind,
@@ -230,7 +232,7 @@ pub struct TileReport {
 }
 
 /// The result of a stitching job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StitchReport {
     pub packets_read: u64,
     pub streams: Vec<StreamReport>,
