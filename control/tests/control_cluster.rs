@@ -323,6 +323,69 @@ async fn two_instances_three_forwarders_two_regions() {
     let plans = plan_change(next_update(&mut desired).await);
     assert_eq!(plans[0].recording_id, "", "stopped");
 
+    // The forwarder holds only what a participant sends: every join is assigned audio,
+    // camera and screen, and the leg says which of them are paused. Muting and sharing
+    // change that leg alone.
+    let paused = |leg: &pb::Leg| {
+        let mut kinds: Vec<_> = leg
+            .paused_tracks
+            .iter()
+            .map(|&k| pb::TrackKind::try_from(k).unwrap())
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    assert_eq!(leg.tracks.len(), 3, "assigned: audio, camera, screen");
+    assert_eq!(
+        paused(leg),
+        [pb::TrackKind::Screen],
+        "joined unmuted, not sharing"
+    );
+    let leg_change = |update: pb::DesiredStateUpdate| -> pb::Leg {
+        let Some(pb::desired_state_update::Update::Changes(changes)) = update.update else {
+            panic!("a change: {update:?}");
+        };
+        let [pb::DesiredStateChange {
+            change: Some(pb::desired_state_change::Change::LegUpserted(leg)),
+        }] = &changes.changes[..]
+        else {
+            panic!("one leg changes: {changes:?}");
+        };
+        leg.clone()
+    };
+    pb::meetings_client::MeetingsClient::new(cb.clone())
+        .set_mute(with_bearer(
+            pb::SetMuteRequest {
+                meeting_id: "us-meeting".into(),
+                audio_muted: Some(true),
+                ..Default::default()
+            },
+            &second.join_token,
+        ))
+        .await
+        .unwrap();
+    let muted = leg_change(next_update(&mut desired).await);
+    assert_eq!(muted.participant_id, second.participant_id);
+    assert_eq!(
+        paused(&muted),
+        [pb::TrackKind::Audio, pb::TrackKind::Screen]
+    );
+    pb::meetings_client::MeetingsClient::new(ca.clone())
+        .start_screen_share(with_bearer(
+            pb::StartScreenShareRequest {
+                meeting_id: "us-meeting".into(),
+            },
+            &second.join_token,
+        ))
+        .await
+        .unwrap();
+    let sharing = leg_change(next_update(&mut desired).await);
+    assert_eq!(paused(&sharing), [pb::TrackKind::Audio]);
+    assert_eq!(
+        sharing.inbound_key, muted.inbound_key,
+        "same keys, same leg"
+    );
+
     // Failover: a meeting on eu-1 watched through instance b; eu-1 stops heartbeating.
     create(ca.clone(), "failover", None).await.unwrap();
     let mut on_eu1 = None;

@@ -97,6 +97,12 @@ pub struct JoinRequest {
     pub passcode: Option<String>,
     pub host_key: Option<String>,
     pub profile: SrtpProfile,
+    /// What the participant sends: it joins with the others muted, and starts a screen
+    /// share after joining. The forwarder forwards only what is sent (nobody subscribes
+    /// to a muted track), as with a real client.
+    pub audio: bool,
+    pub camera: bool,
+    pub screen: bool,
 }
 
 impl ControlClient {
@@ -184,7 +190,8 @@ impl ControlClient {
             passcode: join.passcode.clone(),
             host_key: join.host_key.clone(),
             srtp_profiles: vec![profile_to_pb(join.profile).into()],
-            ..Default::default()
+            audio_muted: !join.audio,
+            video_muted: !join.camera,
         });
         request.metadata_mut().insert(
             REGION_HEADER,
@@ -206,7 +213,33 @@ impl ControlClient {
             })?
             .into_inner();
         let latency = started.elapsed();
-        joined_from_pb(response, latency)
+        let joined = joined_from_pb(response, latency)?;
+        if join.screen {
+            self.start_screen_share(&join.meeting, &joined.join_token)
+                .await?;
+        }
+        Ok(joined)
+    }
+
+    /// Share the screen with the participant's own token (one share per room).
+    async fn start_screen_share(&self, meeting: &str, join_token: &str) -> Result<()> {
+        let mut request = Request::new(pb::StartScreenShareRequest {
+            meeting_id: meeting.to_owned(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", bearer(join_token)?);
+        self.meetings()
+            .start_screen_share(request)
+            .await
+            .map_err(|status| {
+                anyhow!(
+                    "StartScreenShare {meeting}: {}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })?;
+        Ok(())
     }
 
     /// Leave with the participant's own token.

@@ -289,7 +289,8 @@ pub struct MeetingSpec {
     pub participants: u32,
     /// How many of them publish a camera (simulcast video). Default: all of them.
     pub publishers: Option<u32>,
-    /// How many of them share their screen. Default 0.
+    /// How many of them share their screen: 0 (default) or 1, as a room has one share
+    /// at a time.
     pub screen_sharers: u32,
     /// How many of them publish audio. Default: as many as `publishers`.
     pub audio_publishers: Option<u32>,
@@ -345,7 +346,8 @@ pub struct WebinarSpec {
     pub regions: WebinarRegions,
     /// Region of the presenters (which places the webinar). Default: the first region.
     pub presenter_region: Option<String>,
-    /// Presenters also share their screen. Default false.
+    /// The first presenter also shares its screen (a room has one share at a time).
+    /// Default false.
     pub screen_share: bool,
     /// Passcode the webinars are created with and participants join with.
     pub passcode: Option<String>,
@@ -1067,7 +1069,7 @@ impl Scenario {
                         role: Role::Presenter,
                         audio: audio_on,
                         camera: video_on,
-                        screen: screen_on && spec.screen_share,
+                        screen: screen_on && spec.screen_share && i == 0,
                     });
                 }
                 for (i, region) in viewer_regions.iter().enumerate() {
@@ -1197,12 +1199,12 @@ impl Scenario {
                     ),
                 );
             }
-            if m.screen_sharers > m.participants {
+            if m.screen_sharers > 1 {
                 return fail(
                     f("screen_sharers"),
                     format!(
-                        "{} screen sharers but only {} participants",
-                        m.screen_sharers, m.participants
+                        "{} screen sharers, but a room has one share at a time",
+                        m.screen_sharers
                     ),
                 );
             }
@@ -1801,6 +1803,18 @@ regions = { us = 3, eu = 1 }
         let w2 = &e.meetings[1];
         assert_eq!(w2.participants[0].region, "us", "table order is kept");
         assert!(!w2.participants[0].screen);
+        let presenters = s.webinars[1].presenters as usize;
+        let mut both_share = s.clone();
+        both_share.webinars[1].screen_share = true;
+        let sharing: Vec<bool> = both_share.expand().meetings[1].participants[..presenters]
+            .iter()
+            .map(|p| p.screen)
+            .collect();
+        assert_eq!(
+            sharing,
+            [true, false],
+            "one share per room: the first presenter's"
+        );
         let us = w2
             .participants
             .iter()
@@ -1924,6 +1938,11 @@ regions = { us = 3, eu = 1 }
                 "duration_s = 5\n[[meetings]]\nparticipants = 2\n[local]\nforwarders = 0\n",
                 "local.forwarders",
                 Some(5),
+            ),
+            (
+                "duration_s = 5\n[[meetings]]\nparticipants = 3\nscreen_sharers = 2\n",
+                "meetings[0].screen_sharers",
+                Some(4),
             ),
         ];
         for (text, field, line) in cases {

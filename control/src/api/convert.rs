@@ -342,15 +342,18 @@ pub(crate) fn profile_to(name: &str) -> pb::SrtpProfile {
         .map_or(pb::SrtpProfile::Unspecified, |(p, _)| *p)
 }
 
-pub(crate) fn track_to(t: &crate::service::meetings::TrackAssignment) -> pb::TrackAssignment {
+pub(crate) fn track_kind_to(kind: crate::service::meetings::TrackKind) -> pb::TrackKind {
     use crate::service::meetings::TrackKind;
+    match kind {
+        TrackKind::Audio => pb::TrackKind::Audio,
+        TrackKind::Camera => pb::TrackKind::Camera,
+        TrackKind::Screen => pb::TrackKind::Screen,
+    }
+}
+
+pub(crate) fn track_to(t: &crate::service::meetings::TrackAssignment) -> pb::TrackAssignment {
     pb::TrackAssignment {
-        kind: match t.kind {
-            TrackKind::Audio => pb::TrackKind::Audio,
-            TrackKind::Camera => pb::TrackKind::Camera,
-            TrackKind::Screen => pb::TrackKind::Screen,
-        }
-        .into(),
+        kind: track_kind_to(t.kind).into(),
         ssrcs: t.ssrcs.clone(),
         codec: t.codec.clone(),
         clock_rate: t.clock_rate,

@@ -376,6 +376,11 @@ fn leg_to(leg: &DesiredLeg) -> Result<pb::Leg, Status> {
             .unwrap_or_default(),
         tracks: leg.tracks.iter().map(convert::track_to).collect(),
         webrtc: leg.browser.as_ref().map(browser_to),
+        paused_tracks: leg
+            .paused
+            .iter()
+            .map(|&kind| convert::track_kind_to(kind).into())
+            .collect(),
     })
 }
 

@@ -31,6 +31,7 @@ use tokio_stream::StreamMap;
 use super::keys;
 use super::meetings::{
     published, read_attendee, read_meeting, read_transport, BrowserTransport, TrackAssignment,
+    TrackKind,
 };
 use super::placement::PlacementRecord;
 use super::relays::{LinkDirection, RelayPlanner};
@@ -73,6 +74,9 @@ pub struct DesiredLeg {
     pub can_publish: bool,
     pub breakout: Option<BreakoutId>,
     pub tracks: Vec<TrackAssignment>,
+    /// Kinds of `tracks` not sent now (muted, no screen share): the forwarder holds no
+    /// track, and so no subscription, for them.
+    pub paused: Vec<TrackKind>,
     /// A browser's WebRTC transport, which replaces the keys above.
     pub browser: Option<BrowserTransport>,
 }
@@ -86,6 +90,7 @@ impl std::fmt::Debug for DesiredLeg {
             .field("can_publish", &self.can_publish)
             .field("breakout", &self.breakout)
             .field("tracks", &self.tracks)
+            .field("paused", &self.paused)
             .field("browser", &self.browser)
             .finish_non_exhaustive()
     }
@@ -159,7 +164,7 @@ pub enum DesiredChange {
     MeetingUpserted(DesiredMeeting),
     /// The meeting and all its legs are gone.
     MeetingRemoved(String),
-    LegUpserted(DesiredLeg),
+    LegUpserted(Box<DesiredLeg>),
     LegRemoved(String, ParticipantId),
     LinkUpserted(DesiredLink),
     LinkRemoved(String),
@@ -329,6 +334,10 @@ impl DesiredStates {
                     can_publish: p.can_publish(),
                     breakout: p.breakout.clone(),
                     tracks: published(&transport).cloned().collect(),
+                    paused: TrackKind::ALL
+                        .into_iter()
+                        .filter(|kind| !kind.is_sent_by(p))
+                        .collect(),
                     browser: transport.browser.clone(),
                 },
             );
@@ -756,7 +765,7 @@ fn diff(
             let old = before.map_or(&empty, |b| &b.legs);
             for (id, leg) in &a.legs {
                 if settings_changed || old.get(id) != Some(leg) {
-                    out.push(DesiredChange::LegUpserted(leg.clone()));
+                    out.push(DesiredChange::LegUpserted(Box::new(leg.clone())));
                 }
             }
             for id in old.keys().filter(|id| !a.legs.contains_key(*id)) {

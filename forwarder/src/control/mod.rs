@@ -1001,13 +1001,17 @@ fn recording_from_pb(plan: &pb::MeetingPlan) -> Option<String> {
     (!plan.recording_id.is_empty()).then(|| plan.recording_id.clone())
 }
 
+fn track_kind_from_pb(kind: i32) -> Result<PublishedKind, String> {
+    match pb::TrackKind::try_from(kind) {
+        Ok(pb::TrackKind::Audio) => Ok(PublishedKind::Audio),
+        Ok(pb::TrackKind::Camera) => Ok(PublishedKind::Camera),
+        Ok(pb::TrackKind::Screen) => Ok(PublishedKind::Screen),
+        _ => Err(format!("unknown track kind {kind}")),
+    }
+}
+
 fn track_from_pb(track: &pb::TrackAssignment) -> Result<DesiredTrack, String> {
-    let kind = match pb::TrackKind::try_from(track.kind) {
-        Ok(pb::TrackKind::Audio) => PublishedKind::Audio,
-        Ok(pb::TrackKind::Camera) => PublishedKind::Camera,
-        Ok(pb::TrackKind::Screen) => PublishedKind::Screen,
-        _ => return Err(format!("unknown track kind {}", track.kind)),
-    };
+    let kind = track_kind_from_pb(track.kind)?;
     if track.ssrcs.is_empty() || track.ssrcs.len() > MAX_ENCODINGS {
         return Err(format!(
             "a track has 1 to {MAX_ENCODINGS} SSRCs, not {}",
@@ -1024,6 +1028,8 @@ fn track_from_pb(track: &pb::TrackAssignment) -> Result<DesiredTrack, String> {
             .ok()
             .filter(|&id| id != 0),
         stream_ids: stream_ids_from_pb(track)?,
+        // Set from the leg's `paused_tracks`.
+        paused: false,
     })
 }
 
@@ -1128,6 +1134,15 @@ fn leg_from_pb(leg: &pb::Leg) -> Result<DesiredLeg, String> {
                 "control plane: track ignored: {e}"
             ),
         }
+    }
+    // An unknown kind paused is ignored: a newer control plane's kind names no track here.
+    let paused: Vec<PublishedKind> = leg
+        .paused_tracks
+        .iter()
+        .filter_map(|&kind| track_kind_from_pb(kind).ok())
+        .collect();
+    for track in &mut tracks {
+        track.paused = paused.contains(&track.kind);
     }
     Ok(DesiredLeg {
         transport,
@@ -1501,6 +1516,54 @@ mod tests {
     }
 
     #[test]
+    fn paused_kinds_are_read_and_unknown_ones_ignored() {
+        let leg = pb::Leg {
+            meeting_id: "m".into(),
+            participant_id: "p".into(),
+            srtp_profile: pb::SrtpProfile::AeadAes128Gcm as i32,
+            inbound_key: Some(pb::SrtpKey {
+                master_key: vec![0xAB; 16],
+                master_salt: vec![0xCD; 12],
+            }),
+            outbound_key: Some(pb::SrtpKey {
+                master_key: vec![0xEF; 16],
+                master_salt: vec![0x12; 12],
+            }),
+            can_publish: true,
+            tracks: [
+                pb::TrackKind::Audio,
+                pb::TrackKind::Camera,
+                pb::TrackKind::Screen,
+            ]
+            .into_iter()
+            .zip(1..)
+            .map(|(kind, ssrc)| pb::TrackAssignment {
+                kind: kind.into(),
+                ssrcs: vec![ssrc],
+                codec: "opus".into(),
+                ..Default::default()
+            })
+            .collect(),
+            paused_tracks: vec![
+                pb::TrackKind::Screen as i32,
+                99,
+                pb::TrackKind::Audio as i32,
+            ],
+            ..Default::default()
+        };
+        let desired = leg_from_pb(&leg).unwrap();
+        let paused: Vec<_> = desired.tracks.iter().map(|t| (t.kind, t.paused)).collect();
+        assert_eq!(
+            paused,
+            [
+                (PublishedKind::Audio, true),
+                (PublishedKind::Camera, false),
+                (PublishedKind::Screen, true)
+            ]
+        );
+    }
+
+    #[test]
     fn tokens_and_keys_stay_out_of_debug_output() {
         let token = Token::new("s3cret-token".into());
         assert!(!format!("{token:?}").contains("s3cret"));
@@ -1520,6 +1583,7 @@ mod tests {
             breakout_id: String::new(),
             tracks: vec![],
             webrtc: None,
+            paused_tracks: vec![],
         };
         let desired = leg_from_pb(&leg).unwrap();
         let browser = pb::Leg {

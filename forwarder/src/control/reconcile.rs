@@ -29,8 +29,10 @@
 //!   and RTCP muxed (RFC 5761), its remote address unknown until its first authenticated
 //!   packet. Every SSRC its join assigned is declared for learning, so a participant that
 //!   may not publish is still found from its RTCP.
-//! * Tracks exist only while the leg may publish (`can_publish`); they are removed when
-//!   it stops, and a track whose SSRCs, codec or clock rate change is replaced.
+//! * Tracks exist only while the leg may publish (`can_publish`) and sends them (not
+//!   `paused`: a muted microphone or camera, a screen not shared); they are removed
+//!   when it stops, and a track whose SSRCs, codec or clock rate change is replaced. So a
+//!   large meeting costs subscriptions for what is on air, not for every join.
 //! * Subscriptions follow the default rule of the protocol: every leg receives every
 //!   track published by the other legs of its room (the main room, or the same breakout
 //!   room). They are added and removed as legs join, leave, move rooms, or start or stop
@@ -114,6 +116,9 @@ pub struct DesiredTrack {
     pub audio_level_extension: Option<u8>,
     /// A browser's track: the MID and RIDs that bind the SSRCs it picked.
     pub stream_ids: Option<StreamIds>,
+    /// Not sent now (a muted microphone or camera, a screen not shared): no track is
+    /// held for it, so nobody subscribes to it; its SSRCs still identify the leg.
+    pub paused: bool,
 }
 
 /// One participant's leg as the control plane wants it. Debug shows no key material
@@ -267,12 +272,15 @@ impl DesiredLeg {
             && self.tracks == other.tracks
     }
 
-    /// The tracks the core should hold for this leg, by name.
+    /// The tracks the core should hold for this leg, by name: those it may publish and
+    /// sends now.
     fn published(&self) -> BTreeMap<String, &DesiredTrack> {
         if !self.can_publish {
             return BTreeMap::new();
         }
-        track_names(&self.tracks)
+        let mut tracks = track_names(&self.tracks);
+        tracks.retain(|_, t| !t.paused);
+        tracks
     }
 
     /// Every SSRC the join assigned, whether or not the leg may publish: a plain leg's
@@ -1103,6 +1111,7 @@ mod tests {
                         clock_rate: 48_000,
                         audio_level_extension: Some(1),
                         stream_ids: None,
+                        paused: false,
                     },
                     DesiredTrack {
                         kind: PublishedKind::Camera,
@@ -1111,6 +1120,7 @@ mod tests {
                         clock_rate: 90_000,
                         audio_level_extension: None,
                         stream_ids: None,
+                        paused: false,
                     },
                 ],
             }
@@ -1303,6 +1313,69 @@ mod tests {
     }
 
     #[test]
+    fn only_what_is_sent_is_held_and_subscribed_to() {
+        let mut net = meeting_with(&["a", "b"]);
+        let upsert_paused = |net: &mut Net, name: &str, paused: &[PublishedKind]| {
+            let mut leg = net.leg(name, true, None);
+            for track in &mut leg.tracks {
+                track.paused = paused.contains(&track.kind);
+            }
+            let batches = net.reconciler.changes(vec![Change::LegUpserted {
+                meeting: m(),
+                participant: name.into(),
+                leg,
+            }]);
+            net.run(batches.clone());
+            batches
+        };
+        // Thirty who joined muted: no tracks, so the two on air send each of their
+        // tracks to 31 others and nobody subscribes to the thirty.
+        for n in 0..30 {
+            let name = format!("muted-{n}");
+            upsert_paused(
+                &mut net,
+                &name,
+                &[PublishedKind::Audio, PublishedKind::Camera],
+            );
+            net.hello(&name);
+            assert!(net
+                .core
+                .track_id(&m(), &name.as_str().into(), "audio")
+                .is_none());
+        }
+        assert_eq!(net.core.subscription_count(), 2 * 2 * 31);
+        assert_eq!(net.speak("a").len(), 31);
+        assert!(
+            net.speak("muted-0").is_empty(),
+            "a muted microphone is not forwarded"
+        );
+
+        // Unmuting adds the track and its subscriptions, nothing else: the leg keeps its
+        // keys and what it receives.
+        let batches = upsert_paused(&mut net, "muted-0", &[PublishedKind::Camera]);
+        assert!(
+            batches[0].ops.iter().all(
+                |op| matches!(op, Op::AddTrack { name, .. } if name == "audio")
+                    || matches!(op, Op::Subscribe(s) if s.publisher.0 == "muted-0")
+            ),
+            "{:?}",
+            batches[0].ops
+        );
+        assert_eq!(net.speak("muted-0").len(), 31);
+        assert_eq!(net.core.subscription_count(), 2 * 2 * 31 + 31);
+        assert!(net.speak("a").contains("muted-0"));
+
+        // A host mutes it again: the track goes, and what it still sends is dropped.
+        upsert_paused(
+            &mut net,
+            "muted-0",
+            &[PublishedKind::Audio, PublishedKind::Camera],
+        );
+        assert_eq!(net.core.subscription_count(), 2 * 2 * 31);
+        assert!(net.speak("muted-0").is_empty());
+    }
+
+    #[test]
     fn removals_remove_from_the_core() {
         let mut net = meeting_with(&["a", "b", "c"]);
         // A snapshot without `b` removes it, and leaves the others alone.
@@ -1456,6 +1529,7 @@ mod tests {
             clock_rate: 0,
             audio_level_extension: None,
             stream_ids: None,
+            paused: false,
         };
         let tracks = [
             t(PublishedKind::Camera),
@@ -1564,6 +1638,7 @@ mod tests {
                         repairs: 96,
                     }),
                 }),
+                paused: false,
             }],
         }
     }

@@ -634,6 +634,9 @@ async fn join_one(context: &RunContext, key: ParticipantKey) -> Result<()> {
             .is_host()
             .then(|| context.host_keys[seat.meeting].clone()),
         profile: context.profile,
+        audio: seat.participant.audio,
+        camera: seat.participant.camera,
+        screen: seat.participant.screen,
     };
     let mut last_error = None;
     for _ in 0..context.clients.all.len() {
