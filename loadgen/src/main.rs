@@ -803,7 +803,7 @@ fn local_options(scenario: &Scenario, bin_dir: Option<PathBuf>, recordings: &Pat
         lease_ttl_ms: local.lease_ttl_ms,
         netns: local.netns,
         participant_regions: scenario.regions(),
-        recording: scenario.records().then(|| LocalRecording {
+        recording: scenario.local_recorders().then(|| LocalRecording {
             store: recordings.to_owned(),
         }),
     }

@@ -780,6 +780,11 @@ pub struct LocalSpec {
     /// How long the control plane keeps a silent forwarder registered, in milliseconds:
     /// the detection part of failover time. Default 3000 (the control plane's default).
     pub lease_ttl_ms: u32,
+    /// Start a `fanout-recorder` beside each forwarder (and give the forwarder
+    /// `--recorder-socket`). Default: when the scenario records. `true` without recording
+    /// is the deployment as it runs in production, recorder idle: the baseline that
+    /// isolates what recording a meeting costs from what deploying a recorder costs.
+    pub recorders: Option<bool>,
 }
 
 impl Default for LocalSpec {
@@ -793,6 +798,7 @@ impl Default for LocalSpec {
             max_viewers_per_relay: 1000,
             controls: 1,
             lease_ttl_ms: 3000,
+            recorders: None,
         }
     }
 }
@@ -1014,6 +1020,12 @@ impl Scenario {
         } else {
             self.local.regions.clone()
         }
+    }
+
+    /// Whether `--local` starts recorders: `[local] recorders`, or whether anything is
+    /// recorded.
+    pub fn local_recorders(&self) -> bool {
+        self.local.recorders.unwrap_or_else(|| self.records())
     }
 
     /// Whether any meeting or webinar is recorded.
@@ -1840,6 +1852,18 @@ screen_sharers = 1
         )
         .unwrap();
         assert!(!s.records());
+        assert!(!s.local_recorders());
+
+        // Recorders follow recording unless [local] says.
+        let s = parse(&format!("record = true\n{SMALL}")).unwrap();
+        assert!(s.local_recorders());
+        let s = parse(&format!("{SMALL}\n[local]\nrecorders = true\n")).unwrap();
+        assert!(!s.records() && s.local_recorders());
+        let s = parse(&format!(
+            "record = true\n{SMALL}\n[local]\nrecorders = false\n"
+        ))
+        .unwrap();
+        assert!(s.records() && !s.local_recorders());
     }
 
     #[test]
