@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fanout_tests::forwarder::{deployment_binary_dir, loadgen_binary};
+use fanout_tests::forwarder::{deployment_binary_dir, loadgen_binary, recorder_binary};
 use fanout_tests::process::Proc;
 use fanout_tests::report::number;
 use serde_json::Value;
@@ -230,6 +230,162 @@ fn smoke_scenario_runs_clean_with_metrics_and_fail_if_sets_the_exit_code() {
     ] {
         assert!(report.get(key).is_some(), "report lacks {key}: {report:#}");
     }
+}
+
+/// `record = true`: the load generator starts a recording for each recorded meeting, the
+/// local deployment runs a `fanout-recorder` beside the forwarder, and the report shows
+/// what the forwarder tapped reaching the recorder and stored chunks of the recordings it
+/// names, with every packet accounted for. A meeting that opts out is not tapped.
+#[test]
+fn a_recorded_run_reaches_the_recorder_and_the_store() {
+    // `run --local` looks for the recorder next to the other binaries.
+    let recorder = recorder_binary().unwrap();
+    let bin_dir = deployment_binary_dir().unwrap();
+    assert_eq!(recorder.parent(), Some(bin_dir.as_path()));
+    let store = tempfile::tempdir().unwrap();
+    let scenario = r#"
+name = "recorded"
+duration_s = 6
+record = true
+
+# Two recorded meetings of ten: two on camera, one talking.
+[[meetings]]
+count = 2
+participants = 10
+publishers = 2
+audio_publishers = 1
+
+# Not recorded: both publish.
+[[meetings]]
+participants = 2
+record = false
+
+[media.video]
+simulcast = [{ bitrate_kbps = 100, fps = 10 }, { bitrate_kbps = 300, fps = 15 }]
+"#;
+    let store_arg = store.path().to_str().unwrap();
+    let Run {
+        code,
+        report,
+        stdout,
+        participants,
+    } = loadgen(
+        scenario,
+        &[
+            "--recordings-dir",
+            store_arg,
+            // Not `> 0`: a recorder descheduled for a few tens of milliseconds on a busy
+            // machine loses packets at its socket (a Unix datagram socket queues only
+            // net.unix.max_dgram_qlen datagrams, 10 by default), and the report must say
+            // so; the accounting below holds either way.
+            "--fail-if",
+            "recording_loss > 0.05",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        code, 0,
+        "at most 5% of the recording lost: {report:#}\n{stdout}"
+    );
+    assert_eq!(number(&report, "participants_without_media"), 0.0);
+    let recording = &report["recording"];
+    let recordings = recording["recordings"].as_array().unwrap();
+    assert_eq!(recordings.len(), 2, "{recording:#}");
+
+    let mut recorded_meetings = Vec::new();
+    let mut stored_chunks = 0.0;
+    let mut stored_bytes = 0.0;
+    for started in recordings {
+        let meeting = started["meeting"].as_str().unwrap();
+        assert!(
+            meeting.ends_with("-m-0001") || meeting.ends_with("-m-0002"),
+            "{meeting}"
+        );
+        recorded_meetings.push(meeting.to_owned());
+        let id = started["recording_id"].as_str().unwrap();
+        assert!(!id.is_empty());
+        assert!(
+            stdout.contains(id),
+            "the human report names {id}:\n{stdout}"
+        );
+        // The chunks the report counted are in the store, under the recording's id.
+        let chunks = std::fs::read_dir(store.path().join("recordings").join(id).join("chunks"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "chunk")
+            })
+            .count();
+        assert!(chunks >= 1, "{started:#}");
+        assert_eq!(number(started, "stored_chunks"), chunks as f64);
+        stored_chunks += number(started, "stored_chunks");
+        stored_bytes += number(started, "stored_bytes");
+    }
+    assert_ne!(
+        recordings[0]["recording_id"], recordings[1]["recording_id"],
+        "one recording per meeting"
+    );
+
+    // What the recorded meetings' publishers sent is what the forwarder tapped (no loss
+    // here, so nothing was retransmitted), and what the recorder did not get is what the
+    // forwarder counted as dropped.
+    let sent: f64 = participants
+        .iter()
+        .filter(|p| recorded_meetings.iter().any(|m| p["meeting"] == m.as_str()))
+        .filter(|p| !p["publisher"].is_null())
+        .map(|p| number(p, "publisher.packets"))
+        .sum();
+    let sent_by_all = number(&report, "publishers.packets");
+    let tapped = number(recording, "tapped_packets");
+    assert!(sent > 0.0 && sent < sent_by_all, "{sent} of {sent_by_all}");
+    assert!(
+        tapped <= sent && tapped >= 0.95 * sent,
+        "tapped {tapped} of {sent} sent in the recorded meetings: {recording:#}"
+    );
+    let recorded = number(recording, "recorded_packets");
+    let lost = number(recording, "lost_packets");
+    assert_eq!(recorded + lost, tapped, "{recording:#}");
+    assert!(recorded >= 0.95 * tapped, "{recording:#}");
+
+    // One recorder, beside the one forwarder: its own counters agree.
+    let recorders = recording["recorders"].as_array().unwrap();
+    assert_eq!(recorders.len(), 1, "{recording:#}");
+    let recorder = &recorders[0];
+    assert_eq!(number(recorder, "packets"), recorded);
+    assert_eq!(number(recorder, "unwritten_packets"), 0.0);
+    assert_eq!(number(recorder, "malformed"), 0.0);
+    assert!(number(recorder, "received_bytes") > 0.0);
+    assert_eq!(
+        number(recorder, "open_recordings"),
+        0.0,
+        "settled: {recorder:#}"
+    );
+    assert_eq!(
+        number(recorder, "spool_backlog"),
+        0.0,
+        "settled: {recorder:#}"
+    );
+    assert_eq!(number(recorder, "chunks_failed"), 0.0);
+    assert_eq!(number(recorder, "chunks_uploaded"), stored_chunks);
+    assert_eq!(number(recorder, "uploaded_bytes"), stored_bytes);
+    let forwarder = &recording["forwarders"][0];
+    assert_eq!(
+        number(forwarder, "queue_dropped") + number(forwarder, "socket_dropped"),
+        lost,
+        "every lost packet is one the forwarder counted: {recording:#}"
+    );
+    // The recorder read every datagram the forwarder handed over: the packets, and the
+    // End of each recording unless its socket was full then too.
+    let datagrams = number(recorder, "datagrams");
+    assert_eq!(datagrams, number(forwarder, "sent"), "{recording:#}");
+    assert!(
+        datagrams >= recorded && datagrams <= recorded + 2.0,
+        "{recording:#}"
+    );
+    assert!(stdout.contains("\nRecording\n"), "{stdout}");
 }
 
 /// Killing the busiest forwarder mid-run: the control plane moves its meetings (the

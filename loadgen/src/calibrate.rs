@@ -95,6 +95,7 @@ pub async fn calibrate(options: &CalibrateOptions) -> Result<Calibration> {
         lease_ttl_ms: 3000,
         netns: false,
         participant_regions: Vec::new(),
+        recording: None,
     })
     .await?;
     let mut target = Target::Local(deployment);
@@ -217,19 +218,8 @@ fn egress_rate(results: &RunResults) -> Egress {
 
 /// CPU time (user and system) the processes `pids` have used, in seconds.
 fn cpu_seconds(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces, hence the last ')'):
-            // utime and stime are the 12th and 13th.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
+        .filter_map(|&pid| crate::local::cpu_seconds(pid))
         .sum()
 }
 

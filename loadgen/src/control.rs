@@ -182,6 +182,48 @@ impl ControlClient {
         }
     }
 
+    /// Start recording a meeting; returns the recording's id (the one under way if it
+    /// already records).
+    pub async fn start_recording(&self, meeting: &str) -> Result<String> {
+        let request = self.as_operator(pb::StartRecordingRequest {
+            meeting_id: meeting.to_owned(),
+        });
+        let response = self
+            .meetings()
+            .start_recording(request)
+            .await
+            .map_err(|status| {
+                anyhow!(
+                    "StartRecording {meeting}: {}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })?
+            .into_inner();
+        if response.recording_id.is_empty() {
+            bail!("StartRecording {meeting}: the control plane answered no recording id");
+        }
+        Ok(response.recording_id)
+    }
+
+    /// Stop recording a meeting.
+    pub async fn stop_recording(&self, meeting: &str) -> Result<()> {
+        let request = self.as_operator(pb::StopRecordingRequest {
+            meeting_id: meeting.to_owned(),
+        });
+        self.meetings()
+            .stop_recording(request)
+            .await
+            .map_err(|status| {
+                anyhow!(
+                    "StopRecording {meeting}: {}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })?;
+        Ok(())
+    }
+
     /// Join, as a client app would: measure the call, decode the keys and SSRCs.
     pub async fn join(&self, join: &JoinRequest) -> Result<Joined> {
         let mut request = Request::new(pb::JoinMeetingRequest {

@@ -19,13 +19,16 @@ use tokio::net::TcpStream;
 
 /// Labels kept when series are summed (see the module docs).
 const KEPT_LABELS: [&str; 2] = ["direction", "kind"];
-/// Gauges worth summing; every counter (`*_total`) is summed too.
-const SUMMED_GAUGES: [&str; 5] = [
+/// Gauges worth summing; every counter (`*_total`) is summed too. (The same reader serves
+/// a local deployment's recorders: whether one has settled is in its last two gauges.)
+const SUMMED_GAUGES: [&str; 7] = [
     "fanout_meetings",
     "fanout_legs",
     "fanout_tracks",
     "fanout_subscriptions",
     "fanout_relay_link_tracks",
+    "fanout_recorder_open_recordings",
+    "fanout_recorder_spool_backlog",
 ];
 /// Relay link ends held, per direction: counted from the series of this per-link gauge.
 const LINK_SERIES: &str = "fanout_relay_link_tracks";
@@ -46,6 +49,10 @@ pub struct ForwarderSnapshot {
     /// Family name (with the kept labels, e.g. `fanout_relay_links{direction="upstream"}`)
     /// to the sum of its series.
     pub metrics: BTreeMap<String, f64>,
+    /// Cores the forwarder process used over the measured part of the run (user and
+    /// system time from /proc over wall time; `None` if it could not be read).
+    #[serde(default)]
+    pub cpu_cores: Option<f64>,
 }
 
 impl ForwarderSnapshot {

@@ -18,10 +18,15 @@
 //!   forwarders and relays for an event.
 //! * [`control`] joins through the control plane's gRPC API; [`local`] starts a whole
 //!   deployment on this machine (control plane on the memory store, forwarder processes),
-//!   with each region in its own network namespace if asked ([`netns`]);
-//!   [`forwarder_metrics`] reads what its forwarders counted.
+//!   with each region in its own network namespace if asked ([`netns`]), and a recorder
+//!   beside each forwarder when the scenario records ([`recording`]);
+//!   [`forwarder_metrics`] reads what its forwarders and recorders counted.
+//! * [`compare`] plays one scenario under two variants on fresh deployments and reports
+//!   the candidate's latency and CPU as ratios to the baseline's (`fanout-loadgen
+//!   compare`).
 
 pub mod calibrate;
+pub mod compare;
 pub mod control;
 pub mod engine;
 pub mod forwarder_metrics;
@@ -31,6 +36,7 @@ pub mod media;
 pub mod metrics;
 pub mod netns;
 pub mod plan;
+pub mod recording;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -7,6 +7,11 @@
 //! forwarders run inside it on its address, the control plane stays in the root namespace
 //! on an address every region reaches, and the run makes each participant's socket in its
 //! own region's namespace ([`LocalDeployment::region_sockets`]).
+//!
+//! When the scenario records, each forwarder gets a `fanout-recorder run` of its own
+//! (socket and spool in the deployment's temporary directory, uploads to one local
+//! directory store that outlives the run), started before it and stopped after it, so
+//! that the recorder takes every packet the forwarder taps and uploads the last chunks.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -21,6 +26,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::forwarder_metrics::{self, ForwarderSnapshot};
+use crate::recording::RecorderFigures;
 
 use crate::netns::{RegionNetworks, RegionSockets};
 
@@ -45,6 +51,16 @@ pub struct LocalOptions {
     /// (where participants are, a region without forwarders included).
     pub netns: bool,
     pub participant_regions: Vec<String>,
+    /// Start a recorder beside each forwarder (the scenario records).
+    pub recording: Option<LocalRecording>,
+}
+
+/// The recorders of a deployment whose scenario records.
+#[derive(Debug, Clone)]
+pub struct LocalRecording {
+    /// The recording store every recorder uploads to: a local directory, created if
+    /// missing, kept after the run (`fanout-recorder stitch --store DIR` reads it).
+    pub store: PathBuf,
 }
 
 /// A process of the deployment and the tail of what it logged.
@@ -176,14 +192,24 @@ impl Process {
     }
 
     async fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(5)).await;
+    }
+
+    /// SIGTERM, and SIGKILL if it has not exited within `grace`.
+    async fn stop_within(&mut self, grace: Duration) {
         if let Some(pid) = self.child.id() {
             fanout_forwarder::driver::os::kill(pid, libc::SIGTERM);
-            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-                .await
-                .is_ok()
-            {
-                return;
+            match tokio::time::timeout(grace, self.child.wait()).await {
+                Ok(Ok(status)) if !status.success() => {
+                    warn!(process = %self.name, %status, "exited with an error\n{}", self.tail());
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    warn!(process = %self.name, ?grace, "did not stop in time: killed");
+                    self.kill().await;
+                }
             }
+            return;
         }
         self.kill().await;
     }
@@ -227,12 +253,39 @@ impl std::fmt::Debug for LocalForwarder {
     }
 }
 
+/// The recorder beside one forwarder.
+pub struct LocalRecorder {
+    /// The forwarder it records for (also its instance name in chunk keys).
+    pub forwarder: String,
+    /// Where its Prometheus metrics are served.
+    pub metrics_url: String,
+    process: Process,
+}
+
+impl std::fmt::Debug for LocalRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRecorder")
+            .field("forwarder", &self.forwarder)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The recorders of a deployment that records, and their store.
+struct Recorders {
+    list: Vec<LocalRecorder>,
+    /// Absolute.
+    store: PathBuf,
+}
+
 /// A running local deployment.
 pub struct LocalDeployment {
-    /// Credentials and configuration files; removed on drop.
+    /// Credentials, configuration files, recorder sockets and spools; removed on drop.
     _dir: tempfile::TempDir,
     controls: Vec<Process>,
     pub forwarders: Vec<LocalForwarder>,
+    /// One recorder per forwarder when the scenario records. (Boxed: a deployment is a
+    /// variant of the run's target, kept small.)
+    recording: Option<Box<Recorders>>,
     _etcd: Option<fanout_control::testing::EtcdServer>,
     /// `http://` URLs of the control instances.
     pub control_urls: Vec<String>,
@@ -257,6 +310,13 @@ const CONTROL_LISTENING: &str = "listening on ";
 const FORWARDER_READY: &str = "control plane: watching the desired state";
 /// What a forwarder logs when it serves its metrics (followed by the URL).
 const FORWARDER_METRICS: &str = "metrics at ";
+/// What a recorder logs when it serves its metrics (followed by the URL): after its socket
+/// is bound, so it is ready for the forwarder.
+const RECORDER_METRICS: &str = "metrics at ";
+/// How long a recorder may take to stop: its own shutdown timeout for the last uploads
+/// (given on its command line), and a margin.
+const RECORDER_SHUTDOWN: Duration = Duration::from_secs(10);
+const RECORDER_STOP_GRACE: Duration = Duration::from_secs(15);
 
 impl std::fmt::Debug for LocalDeployment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,6 +333,28 @@ impl LocalDeployment {
             bail!("a local deployment needs at least one forwarder");
         }
         let bin_dir = binary_dir(options.bin_dir.as_deref())?;
+        if options.recording.is_some() && !bin_dir.join("fanout-recorder").is_file() {
+            bail!(
+                "the scenario records, and fanout-recorder is not in {}; build it with \
+                 `cargo build --release --bins` (or `-p fanout-recorder`)",
+                bin_dir.display()
+            );
+        }
+        let recording_store = match &options.recording {
+            Some(recording) => {
+                std::fs::create_dir_all(&recording.store).with_context(|| {
+                    format!(
+                        "cannot create the recording store {}",
+                        recording.store.display()
+                    )
+                })?;
+                Some(
+                    std::fs::canonicalize(&recording.store)
+                        .with_context(|| format!("cannot resolve {}", recording.store.display()))?,
+                )
+            }
+            None => None,
+        };
         let regions = if options.regions.is_empty() {
             vec!["local".to_owned()]
         } else {
@@ -359,11 +441,24 @@ impl LocalDeployment {
         }
 
         let mut forwarders = Vec::new();
+        let mut recorders = Vec::new();
         let allowed = fanout_forwarder::driver::allowed_cpus();
         for index in 0..options.forwarders {
             let region = regions[index as usize % regions.len()].clone();
             let id = format!("fwd-{region}-{index}");
             let cpus = forwarder_cpus(&allowed, index, options.shards.max(1));
+            // The recorder first, so the forwarder's first recorded packet finds it.
+            // (A Unix socket's path reaches across network namespaces: a forwarder in a
+            // region's namespace sends to it all the same.)
+            let recorder_socket = match &recording_store {
+                Some(store) => {
+                    let (recorder, socket) =
+                        start_recorder(&bin_dir, dir.path(), index, &id, store).await?;
+                    recorders.push(recorder);
+                    Some(socket)
+                }
+                None => None,
+            };
             let network = match &networks {
                 Some(networks) => {
                     let (namespace, ip) = networks
@@ -385,6 +480,7 @@ impl LocalDeployment {
                 options,
                 &cpus,
                 network,
+                recorder_socket.as_deref(),
             )
             .await?;
             // Logged before it registers: already found.
@@ -405,13 +501,21 @@ impl LocalDeployment {
         }
         info!(
             forwarders = forwarders.len(),
+            recorders = recorders.len(),
             controls = controls.len(),
             "local deployment up"
         );
+        let recording = recording_store.map(|store| {
+            Box::new(Recorders {
+                list: recorders,
+                store,
+            })
+        });
         Ok(LocalDeployment {
             _dir: dir,
             controls,
             forwarders,
+            recording,
             _etcd: etcd,
             control_urls,
             operator_token,
@@ -426,11 +530,80 @@ impl LocalDeployment {
 
     /// Process ids of the live forwarders.
     pub fn forwarder_pids(&self) -> Vec<u32> {
+        self.forwarder_processes()
+            .into_iter()
+            .map(|(_, pid)| pid)
+            .collect()
+    }
+
+    /// The live forwarders' ids and process ids.
+    pub fn forwarder_processes(&self) -> Vec<(String, u32)> {
         self.forwarders
             .iter()
             .filter(|f| f.alive)
-            .filter_map(|f| f.process.child.id())
+            .filter_map(|f| Some((f.id.clone(), f.process.child.id()?)))
             .collect()
+    }
+
+    /// The recorders, one per forwarder (none when the scenario records nothing).
+    pub fn recorders(&self) -> &[LocalRecorder] {
+        self.recording.as_deref().map_or(&[], |r| &r.list)
+    }
+
+    /// The recorders' process ids, by the forwarder each records for.
+    pub fn recorder_processes(&self) -> Vec<(String, u32)> {
+        self.recorders()
+            .iter()
+            .filter_map(|r| Some((r.forwarder.clone(), r.process.child.id()?)))
+            .collect()
+    }
+
+    /// The recorders' store, when the deployment records.
+    pub fn recording_store(&self) -> Option<&Path> {
+        self.recording.as_deref().map(|r| r.store.as_path())
+    }
+
+    /// What every recorder's metrics say now (one that cannot be read: zeros, logged).
+    pub async fn recorder_figures(&self) -> Vec<RecorderFigures> {
+        let mut figures = Vec::with_capacity(self.recorders().len());
+        for r in self.recorders() {
+            let metrics = match forwarder_metrics::scrape(&r.metrics_url).await {
+                Ok(text) => forwarder_metrics::summarize(&text),
+                Err(e) => {
+                    warn!(recorder = %r.forwarder, "cannot read its metrics: {e:#}");
+                    Default::default()
+                }
+            };
+            let snapshot = ForwarderSnapshot {
+                id: r.forwarder.clone(),
+                metrics,
+                ..ForwarderSnapshot::default()
+            };
+            figures.push(RecorderFigures::from_snapshot(&r.forwarder, &snapshot));
+        }
+        figures
+    }
+
+    /// Wait until every recorder has closed its chunks and stored them (after the
+    /// recordings stopped and media ended), at most `timeout`, and return their figures.
+    /// Chunks close on the forwarder's End message or, without one, at their deadline
+    /// (`chunk_seconds`), so this takes a few seconds at most.
+    pub async fn settle_recorders(&self, timeout: Duration) -> Vec<RecorderFigures> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let figures = self.recorder_figures().await;
+            if figures.iter().all(RecorderFigures::settled) {
+                return figures;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    ?timeout,
+                    "recorders still have open or unstored chunks; reporting what they did so far"
+                );
+                return figures;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Kill a forwarder as a crash would (SIGKILL: no goodbye to the control plane).
@@ -455,6 +628,7 @@ impl LocalDeployment {
                 region: f.region.clone(),
                 killed: !f.alive,
                 metrics: Default::default(),
+                cpu_cores: None,
             };
             if f.alive {
                 match forwarder_metrics::scrape(&f.metrics_url).await {
@@ -477,10 +651,14 @@ impl LocalDeployment {
         Ok(())
     }
 
-    /// Stop everything cleanly (SIGTERM, then SIGKILL after 5 s).
+    /// Stop everything cleanly (SIGTERM, then SIGKILL after 5 s; recorders after the
+    /// forwarders, with time for their last uploads).
     pub async fn stop(mut self) {
         for forwarder in self.forwarders.iter_mut().filter(|f| f.alive) {
             forwarder.process.stop().await;
+        }
+        for recorder in self.recording.iter_mut().flat_map(|r| r.list.iter_mut()) {
+            recorder.process.stop_within(RECORDER_STOP_GRACE).await;
         }
         for control in &mut self.controls {
             control.stop().await;
@@ -492,6 +670,7 @@ impl LocalDeployment {
         self.controls
             .iter()
             .chain(self.forwarders.iter().map(|f| &f.process))
+            .chain(self.recorders().iter().map(|r| &r.process))
             .map(Process::tail)
             .collect::<Vec<_>>()
             .join("\n")
@@ -532,6 +711,7 @@ async fn start_forwarder(
     options: &LocalOptions,
     cpus: &[usize],
     network: Option<(std::fs::File, std::net::Ipv4Addr)>,
+    recorder_socket: Option<&Path>,
 ) -> Result<Process> {
     use rand::Rng;
     let ip = network
@@ -560,6 +740,9 @@ async fn start_forwarder(
             .max_legs
             .unwrap_or_else(|| default_max_legs(options.max_viewers_per_relay));
         command.args(["--max-legs", &max_legs.to_string()]);
+        if let Some(socket) = recorder_socket {
+            command.arg("--recorder-socket").arg(socket);
+        }
         // Forwarders pin their shards to the CPUs they may use, the first ones first:
         // left alone, every forwarder would pin its shard 0 to the same CPU.
         let cpus = fanout_forwarder::driver::os::cpu_set(cpus);
@@ -589,6 +772,70 @@ async fn start_forwarder(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Start the recorder of forwarder `index` (`forwarder`): its socket and spool in `dir`,
+/// uploading to `store`. Returns it and its socket, once it serves.
+async fn start_recorder(
+    bin_dir: &Path,
+    dir: &Path,
+    index: u32,
+    forwarder: &str,
+    store: &Path,
+) -> Result<(LocalRecorder, PathBuf)> {
+    // Short names: a Unix socket's path is limited to 107 bytes.
+    let socket = dir.join(format!("rec-{index}.sock"));
+    let spool = dir.join(format!("spool-{index}"));
+    let mut command = Command::new(bin_dir.join("fanout-recorder"));
+    command
+        .arg("run")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--spool")
+        .arg(&spool)
+        .arg("--store")
+        .arg(store)
+        // Its name in chunk keys: which forwarder's recorder wrote a chunk.
+        .args(["--instance", forwarder])
+        .args(["--metrics", "127.0.0.1:0", "--progress-interval", "0"])
+        .args([
+            "--shutdown-timeout",
+            &RECORDER_SHUTDOWN.as_secs().to_string(),
+        ])
+        .env("RUST_LOG", "info");
+    let name = format!("recorder-{forwarder}");
+    let mut process = Process::spawn(&name, command, &[RECORDER_METRICS])?;
+    let metrics_url = process
+        .wait_for(RECORDER_METRICS)
+        .await?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    info!(recorder = %name, socket = %socket.display(), "recorder started");
+    Ok((
+        LocalRecorder {
+            forwarder: forwarder.to_owned(),
+            metrics_url,
+            process,
+        },
+        socket,
+    ))
+}
+
+/// CPU time (user and system) process `pid` has used so far, in seconds; `None` when it
+/// is gone or /proc cannot be read.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, hence the last ')'): utime
+    // and stime are the 12th and 13th.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
 }
 
 /// Where the deployment's binaries are: `explicit`, `$FANOUT_BIN_DIR`, or the directory of

@@ -9,8 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
-use fanout_loadgen::local::{LocalDeployment, LocalOptions};
-use fanout_loadgen::report::{Report, Threshold};
+use fanout_loadgen::compare::{CompareRun, Comparison, Variant};
+use fanout_loadgen::local::{LocalDeployment, LocalOptions, LocalRecording};
+use fanout_loadgen::report::{Report, RunResults, Threshold};
 use fanout_loadgen::run::parts::{self, Part, PartResults, Shared};
 use fanout_loadgen::run::{self, Processes, RunOptions, Target};
 use fanout_loadgen::scenario::Scenario;
@@ -28,8 +29,11 @@ use fanout_loadgen::{calibrate, plan, selftest};
 /// its own with `[local] netns = true`), runs the scenario against it and tears it down.
 /// Every participant has a UDP socket of its own: a run larger than the descriptor limit
 /// allows is spread over several processes of this program (`--processes`), still one run
-/// with one report. See docs/loadgen.md for the scenario format and loadgen/scenarios/ for
-/// examples.
+/// with one report. A scenario may record its meetings (`record = true`): the run starts
+/// and stops the recordings, and `--local` runs a recorder beside each forwarder.
+/// `compare` plays a scenario under two variants (e.g. recording off and on) on fresh
+/// local deployments and reports the latency and CPU ratios. See docs/loadgen.md for the
+/// scenario format and loadgen/scenarios/ for examples.
 #[derive(Debug, Parser)]
 #[command(name = "fanout-loadgen", version, about, long_about)]
 struct Args {
@@ -55,6 +59,23 @@ enum LogFormat {
 enum Command {
     /// Run a scenario and report.
     Run(Box<RunArgs>),
+    /// Play a scenario under two variants on fresh local deployments, alternately, and
+    /// report the candidate's latency and forwarder CPU as ratios to the baseline's.
+    ///
+    /// Each variant is the scenario with `--set` overrides of its own (`--baseline-set`,
+    /// `--candidate-set`, on top of `--set` for both). Every run starts its own local
+    /// deployment (as `run --local`), plays the scenario, and stops it. Rounds alternate
+    /// which variant goes first (baseline first in odd rounds), so a machine that grows
+    /// busier or quieter during the comparison favours neither. It prints each run, the
+    /// ratios of percentiles over every packet of every run of a variant (histograms
+    /// added), the ratio of each round, and their median, which one run disturbed by
+    /// other work on the machine does not move. E.g. what recording costs:
+    ///
+    ///   fanout-loadgen compare loadgen/scenarios/recording-1000.toml
+    ///     --baseline-set record=false --candidate-set record=true --rounds 3
+    ///
+    /// Exit code 2 if the median p99 ratio is above --max-p99-ratio.
+    Compare(Box<CompareArgs>),
     /// Print the forwarders and relays an event needs, from a calibration.
     Plan(PlanArgs),
     /// Measure one forwarder's capacity (for `plan`): one publisher, growing numbers of
@@ -89,10 +110,16 @@ struct RunArgs {
     #[arg(long, value_name = "FILE", env = "FANOUT_OPERATOR_TOKEN_FILE")]
     operator_token_file: Option<PathBuf>,
 
-    /// Where `fanout-control` and `fanout-forwarder` are (--local); default: next to this
-    /// program.
+    /// Where `fanout-control` and `fanout-forwarder` (and `fanout-recorder` if the
+    /// scenario records) are (--local); default: next to this program.
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+
+    /// With --local, when the scenario records: the directory the recorders store the
+    /// recordings in (created if missing, kept after the run: `fanout-recorder stitch
+    /// --store DIR --recording ID` makes a recording's file).
+    #[arg(long, value_name = "DIR", default_value = "fanout-recordings")]
+    recordings_dir: PathBuf,
 
     /// Write the report as JSON to FILE (`-` for standard output).
     #[arg(long, value_name = "FILE")]
@@ -140,6 +167,64 @@ struct RunArgs {
     /// (Internal.) Where the child writes what it measured (JSON).
     #[arg(long, hide = true, value_name = "FILE")]
     results: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// The scenario file (TOML). Without one, the scenario is built from --set alone.
+    scenario: Option<PathBuf>,
+
+    /// Override a scenario field for both variants, in TOML (as `run --set`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+
+    /// Override a field for the baseline only, e.g. `record=false`. Repeatable.
+    #[arg(long = "baseline-set", value_name = "KEY=VALUE")]
+    baseline_set: Vec<String>,
+
+    /// Override a field for the candidate only, e.g. `record=true`. Repeatable.
+    #[arg(long = "candidate-set", value_name = "KEY=VALUE")]
+    candidate_set: Vec<String>,
+
+    /// Rounds; each plays both variants once.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    rounds: usize,
+
+    /// Seconds to wait between runs, for the machine to settle (sockets closing, the
+    /// previous deployment's memory returned).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pause: f64,
+
+    /// Exit with code 2 if the candidate's p99 latency is more than RATIO times the
+    /// baseline's, as the median of the rounds' ratios (e.g. 1.10: "moves p99 by less
+    /// than 10%").
+    #[arg(long, value_name = "RATIO")]
+    max_p99_ratio: Option<f64>,
+
+    /// Write the comparison as JSON to FILE (`-` for standard output).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Write each run's full report as JSON into DIR (`round1-baseline.json`, ...).
+    #[arg(long, value_name = "DIR")]
+    reports_dir: Option<PathBuf>,
+
+    /// Where `fanout-control`, `fanout-forwarder` and `fanout-recorder` are; default:
+    /// next to this program.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+
+    /// Where a variant that records stores its recordings (see `run --recordings-dir`).
+    #[arg(long, value_name = "DIR", default_value = "fanout-recordings")]
+    recordings_dir: PathBuf,
+
+    /// Engine worker threads (default: one per CPU, leaving one to the deployment).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+
+    /// Seconds between progress lines of each run (0: none).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    progress_interval: f64,
 }
 
 /// `--processes`.
@@ -253,6 +338,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match args.command {
             Command::Run(run) => run_command(*run).await,
+            Command::Compare(compare) => compare_command(*compare).await,
             Command::Plan(plan) => plan_command(&plan).map(|()| ExitCode::SUCCESS),
             Command::Calibrate(calibrate) => calibrate_command(calibrate).await,
             Command::Selftest(selftest) => selftest_command(&selftest).await,
@@ -285,6 +371,36 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()?;
     let scenario = load_scenario(args.scenario.as_deref(), &args.set)?;
     run::listen_for_shutdown()?;
+    let results = execute(&args, &scenario).await?;
+    let report = Report::from_results(&results);
+    println!("{}", report.human());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        if path == Path::new("-") {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            info!(path = %path.display(), "report written");
+        }
+    }
+    if let Some(path) = &args.participants {
+        write_participants(path, &results)?;
+    }
+    let violations: Vec<String> = thresholds.iter().filter_map(|t| t.check(&report)).collect();
+    for violation in &violations {
+        error!("--fail-if: {violation}");
+    }
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(THRESHOLD_FAILED)
+    })
+}
+
+/// Play `scenario` as `args` say (a local deployment or a remote one, one process or
+/// several) and hand back what was measured.
+async fn execute(args: &RunArgs, scenario: &Scenario) -> Result<RunResults> {
     let total = scenario.expand().total_participants;
     let raised = fanout_forwarder::driver::os::raise_nofile(total as u64 + DESCRIPTOR_HEADROOM)
         .context("cannot raise the descriptor limit")?;
@@ -334,7 +450,7 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (target, threads) = if args.local {
-        let options = local_options(&scenario, args.bin_dir.clone());
+        let options = local_options(scenario, args.bin_dir.clone(), &args.recordings_dir);
         info!(
             forwarders = options.forwarders,
             regions = ?options.regions,
@@ -400,7 +516,7 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
             .then(|| Duration::from_secs_f64(args.progress_interval)),
         metrics: args.metrics,
     };
-    let outcome = run::run_spread(&scenario, target, &options, spread).await;
+    let outcome = run::run_spread(scenario, target, &options, spread).await;
     let results = match outcome {
         Ok((results, Target::Local(deployment))) => {
             deployment.stop().await;
@@ -409,30 +525,159 @@ async fn run_command(args: RunArgs) -> Result<ExitCode> {
         Ok((results, Target::Remote { .. })) => results,
         Err(e) => return Err(e),
     };
-    let report = Report::from_results(&results);
-    println!("{}", report.human());
+    Ok(results)
+}
+
+/// `compare`: both variants, `--rounds` times, alternating, each on a fresh local
+/// deployment (see [`fanout_loadgen::compare`]).
+async fn compare_command(args: CompareArgs) -> Result<ExitCode> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let variant_sets = |variant: Variant| -> Vec<String> {
+        let own = match variant {
+            Variant::Baseline => &args.baseline_set,
+            Variant::Candidate => &args.candidate_set,
+        };
+        args.set.iter().chain(own).cloned().collect()
+    };
+    // Both variants are read before anything runs: a typo fails now, not after an hour.
+    let mut scenarios = Vec::new();
+    for variant in [Variant::Baseline, Variant::Candidate] {
+        let scenario = load_scenario(args.scenario.as_deref(), &variant_sets(variant))
+            .with_context(|| format!("the {} variant", variant.name()))?;
+        scenarios.push((variant, scenario));
+    }
+    let scenario_of = |variant: Variant| {
+        &scenarios
+            .iter()
+            .find(|(v, _)| *v == variant)
+            .expect("both variants were loaded above")
+            .1
+    };
+    run::listen_for_shutdown()?;
+    if let Some(dir) = &args.reports_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut runs = Vec::new();
+    'rounds: for round in 1..=args.rounds {
+        for variant in Variant::order(round) {
+            if !runs.is_empty() {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs_f64(args.pause.max(0.0))) => {}
+                    () = run::shutdown_signal() => break 'rounds,
+                }
+            }
+            let load_average = load_average();
+            info!(
+                round,
+                rounds = args.rounds,
+                variant = variant.name(),
+                load_average,
+                "comparison run"
+            );
+            let run_args = RunArgs {
+                scenario: args.scenario.clone(),
+                set: variant_sets(variant),
+                local: true,
+                control: Vec::new(),
+                operator_token_file: None,
+                bin_dir: args.bin_dir.clone(),
+                recordings_dir: args.recordings_dir.clone(),
+                json: None,
+                participants: None,
+                fail_if: Vec::new(),
+                threads: args.threads,
+                progress_interval: args.progress_interval,
+                metrics: None,
+                processes: ProcessCount::Auto,
+                part: None,
+                shared: None,
+                results: None,
+            };
+            let results = execute(&run_args, scenario_of(variant)).await?;
+            let report = Report::from_results(&results);
+            if let Some(dir) = &args.reports_dir {
+                let path = dir.join(format!("round{round}-{}.json", variant.name()));
+                std::fs::write(&path, report.to_json() + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            let run = CompareRun::new(round, variant, &report, load_average);
+            info!(
+                round,
+                variant = variant.name(),
+                p50_ms = run.latency_ms.p50,
+                p99_ms = run.latency_ms.p99,
+                forwarder_cpu = ?run.forwarder_cpu_cores,
+                "comparison run done"
+            );
+            runs.push((run, results.latency));
+            // A signal ends the run early (it is still measured) and the comparison with it.
+            if run::shutdown_requested() {
+                warn!("interrupted: comparing the runs done so far");
+                break 'rounds;
+            }
+        }
+    }
+    let comparison = Comparison::new(
+        &scenario_of(Variant::Baseline).name,
+        args.set.clone(),
+        args.baseline_set.clone(),
+        args.candidate_set.clone(),
+        runs,
+        machine_description(),
+    );
+    println!("{}", comparison.human());
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
+        let json = serde_json::to_string_pretty(&comparison)?;
         if path == Path::new("-") {
             println!("{json}");
         } else {
             std::fs::write(path, json + "\n")
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            info!(path = %path.display(), "report written");
+            info!(path = %path.display(), "comparison written");
         }
     }
-    if let Some(path) = &args.participants {
-        write_participants(path, &results)?;
+    if let Some(max) = args.max_p99_ratio {
+        match comparison.median_round_ratio.p99 {
+            Some(p99) if p99 <= max => {}
+            Some(p99) => {
+                error!(
+                    "the candidate's p99 latency is {p99:.3} times the baseline's (median over \
+                     rounds), above {max}"
+                );
+                return Ok(ExitCode::from(THRESHOLD_FAILED));
+            }
+            None => bail!("no round has both variants' p99: nothing to compare"),
+        }
     }
-    let violations: Vec<String> = thresholds.iter().filter_map(|t| t.check(&report)).collect();
-    for violation in &violations {
-        error!("--fail-if: {violation}");
-    }
-    Ok(if violations.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(THRESHOLD_FAILED)
-    })
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The 1-minute load average (how busy the machine was: comparisons on a shared machine
+/// say so).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The CPU model and how many CPUs this program may use.
+fn machine_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model}, {cores} CPU(s)")
 }
 
 /// A child of a run over several processes: play one part in the parent's meetings and
@@ -544,7 +789,7 @@ fn load_scenario(path: Option<&Path>, sets: &[String]) -> Result<Scenario> {
     )?)
 }
 
-fn local_options(scenario: &Scenario, bin_dir: Option<PathBuf>) -> LocalOptions {
+fn local_options(scenario: &Scenario, bin_dir: Option<PathBuf>, recordings: &Path) -> LocalOptions {
     let local = &scenario.local;
     LocalOptions {
         forwarders: local.forwarders,
@@ -558,6 +803,9 @@ fn local_options(scenario: &Scenario, bin_dir: Option<PathBuf>) -> LocalOptions 
         lease_ttl_ms: local.lease_ttl_ms,
         netns: local.netns,
         participant_regions: scenario.regions(),
+        recording: scenario.local_recorders().then(|| LocalRecording {
+            store: recordings.to_owned(),
+        }),
     }
 }
 

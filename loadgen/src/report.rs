@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::forwarder_metrics::ForwarderSnapshot;
+use crate::recording::RecordingReport;
 use crate::scenario::Role;
 use crate::stats::{PublisherStats, ReceiverStats, CAMERA_ENCODING_SLOTS};
 use crate::Micros;
@@ -64,6 +65,8 @@ pub struct RunResults {
     pub controls: usize,
     /// What each forwarder of a local deployment counted, read at the end of the run.
     pub deployment: Vec<ForwarderSnapshot>,
+    /// The run's recordings, when the scenario records.
+    pub recording: Option<RecordingReport>,
     /// Load-generator processes that played the participants (`run --processes`).
     pub processes: usize,
 }
@@ -147,6 +150,23 @@ pub struct LatencyMs {
     pub p999: f64,
     pub max: f64,
     pub mean: f64,
+}
+
+impl LatencyMs {
+    /// The percentiles of a histogram of microseconds (all 0 when it is empty).
+    pub fn of(h: &Histogram<u64>) -> LatencyMs {
+        if h.is_empty() {
+            return LatencyMs::default();
+        }
+        let at = |q: f64| round3(h.value_at_quantile(q) as f64 / 1000.0);
+        LatencyMs {
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: round3(h.max() as f64 / 1000.0),
+            mean: round3(h.mean() / 1000.0),
+        }
+    }
 }
 
 /// Received bitrate per subscriber (those expecting media and connected for some time).
@@ -273,6 +293,10 @@ pub struct Report {
     pub failures: Vec<FailureReport>,
     /// What each forwarder of a local deployment counted at the end (empty otherwise).
     pub deployment: Vec<ForwarderSnapshot>,
+    /// The recordings the run started and, with `--local`, what the forwarders' taps
+    /// and the recorders counted of them (`null` when the scenario records nothing).
+    #[serde(default)]
+    pub recording: Option<RecordingReport>,
 }
 
 /// The JSON report's top-level keys, for consumers that check the schema.
@@ -315,6 +339,7 @@ pub const REPORT_KEYS: &[&str] = &[
     "regions",
     "failures",
     "deployment",
+    "recording",
 ];
 
 /// Counters summed over a set of participants (the whole run, or one region).
@@ -428,29 +453,8 @@ impl Report {
         join_errors.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.error.cmp(&b.error)));
         join_errors.truncate(MAX_JOIN_ERRORS);
 
+        let latency_ms = LatencyMs::of(&results.latency);
         let h = &results.latency;
-        let at = |q: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                round3(h.value_at_quantile(q) as f64 / 1000.0)
-            }
-        };
-        let latency_ms = LatencyMs {
-            p50: at(0.50),
-            p99: at(0.99),
-            p999: at(0.999),
-            max: if h.is_empty() {
-                0.0
-            } else {
-                round3(h.max() as f64 / 1000.0)
-            },
-            mean: if h.is_empty() {
-                0.0
-            } else {
-                round3(h.mean() / 1000.0)
-            },
-        };
 
         let sorted_bitrates = sorted(&bitrates);
         let bitrate_received_kbps = BitrateKbps {
@@ -531,6 +535,7 @@ impl Report {
             regions,
             failures,
             deployment: results.deployment.clone(),
+            recording: results.recording.clone(),
             processes: results.processes.max(1),
         }
     }
@@ -749,6 +754,9 @@ impl Report {
         if !self.deployment.is_empty() {
             self.write_deployment(&mut out);
         }
+        if let Some(recording) = &self.recording {
+            write_recording(recording, &mut out);
+        }
 
         if !self.failures.is_empty() {
             out.push_str("\nFailures\n");
@@ -786,7 +794,7 @@ impl Report {
         out.push_str("\nForwarders (their own counters)\n");
         let _ = writeln!(
             out,
-            "  {:<18}{:<10}{:>7}{:>9}{:>11}{:>11}{:>11}{:>11}{:>11}",
+            "  {:<18}{:<10}{:>7}{:>9}{:>11}{:>11}{:>11}{:>11}{:>11}{:>8}",
             "forwarder",
             "region",
             "legs",
@@ -795,7 +803,8 @@ impl Report {
             "rtx out",
             "kf req in",
             "kf req out",
-            "nack up"
+            "nack up",
+            "cpu"
         );
         for f in &self.deployment {
             if f.killed {
@@ -810,7 +819,7 @@ impl Report {
             let n = |key: &str| count(f.get(key) as u64);
             let _ = writeln!(
                 out,
-                "  {:<18}{:<10}{:>7}{:>9}{:>11}{:>11}{:>11}{:>11}{:>11}",
+                "  {:<18}{:<10}{:>7}{:>9}{:>11}{:>11}{:>11}{:>11}{:>11}{:>8}",
                 f.id,
                 f.region,
                 n("fanout_legs"),
@@ -820,6 +829,8 @@ impl Report {
                 n("fanout_leg_keyframe_requests_received_total"),
                 n("fanout_leg_keyframe_requests_sent_total"),
                 n("fanout_relay_link_nack_requests_sent_total{direction=\"upstream\"}"),
+                f.cpu_cores
+                    .map_or_else(|| "-".to_owned(), |c| format!("{:.0}%", c * 100.0)),
             );
         }
         let _ = writeln!(
@@ -827,7 +838,98 @@ impl Report {
             "  links: fed by a parent / feeding children; over every leg (viewers, publishers \
              and relay links): nack in: sequence numbers NACKed; rtx out: retransmissions \
              sent; kf req: PLI/FIR received, and sent to publishers or parents after \
-             coalescing; nack up: sequence numbers asked of the parent"
+             coalescing; nack up: sequence numbers asked of the parent; cpu: of one core, \
+             over the measured part of the run"
+        );
+    }
+}
+
+/// The recordings: their ids, and whether the recorders kept up.
+fn write_recording(r: &RecordingReport, out: &mut String) {
+    let line = |out: &mut String, label: &str, value: String| {
+        let _ = writeln!(out, "  {label:<26}{value}");
+    };
+    out.push_str("\nRecording\n");
+    for started in &r.recordings {
+        let stored = match (started.stored_chunks, started.stored_bytes) {
+            (Some(chunks), Some(bytes)) => format!(
+                " ({} chunks, {} MB stored)",
+                count(chunks),
+                fixed(bytes as f64 / 1e6, 2)
+            ),
+            _ => String::new(),
+        };
+        line(
+            out,
+            "recording",
+            format!("{} of {}{stored}", started.recording_id, started.meeting),
+        );
+    }
+    if r.forwarders.is_empty() && r.recorders.is_empty() {
+        // Against a deployment this run did not start: its recorders are the operator's.
+        return;
+    }
+    line(
+        out,
+        "tapped by the forwarders",
+        format!(
+            "{} packets ({} dropped in the queue, {} at the recorder's socket)",
+            count(r.tapped_packets),
+            count(r.forwarders.iter().map(|f| f.queue_dropped).sum()),
+            count(r.forwarders.iter().map(|f| f.socket_dropped).sum())
+        ),
+    );
+    line(
+        out,
+        "recorded",
+        format!(
+            "{} packets, {} MB received; {} chunks uploaded ({} MB)",
+            count(r.recorded_packets),
+            fixed(
+                r.recorders.iter().map(|x| x.received_bytes).sum::<u64>() as f64 / 1e6,
+                2
+            ),
+            count(r.chunks_uploaded),
+            fixed(r.uploaded_bytes as f64 / 1e6, 2)
+        ),
+    );
+    line(
+        out,
+        "lost",
+        format!("{} packets ({})", count(r.lost_packets), percent(r.loss)),
+    );
+    let unsettled: u64 = r
+        .recorders
+        .iter()
+        .map(|x| x.open_recordings + x.spool_backlog + x.chunks_failed)
+        .sum();
+    if unsettled > 0 {
+        line(
+            out,
+            "not stored",
+            format!(
+                "{} chunks still open, waiting or failed at the end",
+                count(unsettled)
+            ),
+        );
+    }
+    let cpu: Vec<String> = r
+        .recorders
+        .iter()
+        .filter_map(|x| Some(format!("{} {:.1}%", x.forwarder, x.cpu_cores? * 100.0)))
+        .collect();
+    if !cpu.is_empty() {
+        line(out, "recorder cpu", cpu.join(", "));
+    }
+    if let (Some(store), Some(first)) = (&r.store, r.recordings.first()) {
+        line(out, "store", store.clone());
+        line(
+            out,
+            "to play one",
+            format!(
+                "fanout-recorder stitch --store {store} --recording {} --output out.webm",
+                first.recording_id
+            ),
         );
     }
 }
@@ -884,10 +986,11 @@ pub enum Metric {
     FreezesPerMin,
     ParticipantsWithoutMedia,
     JoinFailures,
+    RecordingLoss,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 12] = [
         Metric::P50LatencyMs,
         Metric::P99LatencyMs,
         Metric::P999LatencyMs,
@@ -899,6 +1002,7 @@ impl Metric {
         Metric::FreezesPerMin,
         Metric::ParticipantsWithoutMedia,
         Metric::JoinFailures,
+        Metric::RecordingLoss,
     ];
 
     /// The name thresholds use.
@@ -915,6 +1019,7 @@ impl Metric {
             Metric::FreezesPerMin => "freezes_per_min",
             Metric::ParticipantsWithoutMedia => "participants_without_media",
             Metric::JoinFailures => "join_failures",
+            Metric::RecordingLoss => "recording_loss",
         }
     }
 
@@ -932,6 +1037,8 @@ impl Metric {
             Metric::FreezesPerMin => r.freezes_per_min,
             Metric::ParticipantsWithoutMedia => r.participants_without_media as f64,
             Metric::JoinFailures => r.join_failures as f64,
+            // Nothing recorded, nothing lost.
+            Metric::RecordingLoss => r.recording.as_ref().map_or(0.0, |x| x.loss),
         }
     }
 }
@@ -1258,6 +1365,7 @@ mod tests {
             forwarders: 2,
             controls: 1,
             deployment: Vec::new(),
+            recording: None,
             processes: 1,
         }
     }
@@ -1342,6 +1450,7 @@ mod tests {
             forwarders: 0,
             controls: 0,
             deployment: Vec::new(),
+            recording: None,
             processes: 1,
         });
         assert_eq!(r.latency_ms, LatencyMs::default());
@@ -1507,6 +1616,63 @@ mod tests {
             // Every metric reads something from the report.
             let _ = m.value(&r);
         }
+    }
+
+    #[test]
+    fn recordings_are_named_and_their_loss_is_tested() {
+        use crate::recording::{ForwarderTap, RecorderFigures, StartedRecording};
+        // Nothing recorded: no section, nothing lost.
+        let r = Report::from_results(&results());
+        assert!(!r.human().contains("\nRecording\n"));
+        assert_eq!(
+            Threshold::parse("recording_loss > 0").unwrap().check(&r),
+            None
+        );
+
+        let mut with = results();
+        with.recording = Some(RecordingReport::new(
+            vec![StartedRecording {
+                meeting: "unit-m-0001".into(),
+                recording_id: "rec-abc".into(),
+                stored_chunks: Some(3),
+                stored_bytes: Some(3000),
+            }],
+            Some("/tmp/store".into()),
+            vec![ForwarderTap {
+                forwarder: "fwd-0".into(),
+                packets: 990,
+                queue_dropped: 10,
+                sent: 991,
+                ..ForwarderTap::default()
+            }],
+            vec![RecorderFigures {
+                forwarder: "fwd-0".into(),
+                packets: 990,
+                chunks_uploaded: 3,
+                uploaded_bytes: 3000,
+                cpu_cores: Some(0.004),
+                ..RecorderFigures::default()
+            }],
+        ));
+        let r = Report::from_results(&with);
+        let text = r.human();
+        for needle in [
+            "\nRecording\n",
+            "rec-abc of unit-m-0001 (3 chunks, 0.00 MB stored)",
+            "1,000 packets (10 dropped in the queue, 0 at the recorder's socket)",
+            "lost                      10 packets (1.000%)",
+            "fwd-0 0.4%",
+            "fanout-recorder stitch --store /tmp/store --recording rec-abc",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        let v = Threshold::parse("recording_loss > 0")
+            .unwrap()
+            .check(&r)
+            .unwrap();
+        assert!(v.starts_with("recording_loss is 0.01"), "{v}");
+        let back: Report = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

@@ -140,6 +140,11 @@ pub struct Scenario {
     /// `AEAD_AES_256_GCM`, `AES_CM_128_HMAC_SHA1_80` or `AES_CM_128_HMAC_SHA1_32`.
     #[serde(with = "profile_serde")]
     pub srtp_profile: SrtpProfile,
+    /// Record every meeting and webinar (StartRecording once created, StopRecording at
+    /// the end; `--local` also starts a recorder beside each forwarder). Each
+    /// `[[meetings]]` or `[[webinars]]` entry may say otherwise with its own `record`.
+    /// Default false.
+    pub record: bool,
     /// How fast participants join.
     pub join: JoinSpec,
     /// Participants leaving and rejoining during the run.
@@ -168,6 +173,7 @@ impl Default for Scenario {
             warmup_s: None,
             seed: 1,
             srtp_profile: SrtpProfile::AeadAes128Gcm,
+            record: false,
             join: JoinSpec::default(),
             churn: ChurnSpec::default(),
             meetings: Vec::new(),
@@ -299,6 +305,8 @@ pub struct MeetingSpec {
     pub regions: Vec<String>,
     /// Passcode the meetings are created with and participants join with.
     pub passcode: Option<String>,
+    /// Record these meetings. Default: the scenario's `record`.
+    pub record: Option<bool>,
 }
 
 impl Default for MeetingSpec {
@@ -311,6 +319,7 @@ impl Default for MeetingSpec {
             audio_publishers: None,
             regions: Vec::new(),
             passcode: None,
+            record: None,
         }
     }
 }
@@ -351,6 +360,9 @@ pub struct WebinarSpec {
     pub screen_share: bool,
     /// Passcode the webinars are created with and participants join with.
     pub passcode: Option<String>,
+    /// Record these webinars (the presenters' media, on the forwarder that holds the
+    /// stage; relay nodes record nothing). Default: the scenario's `record`.
+    pub record: Option<bool>,
 }
 
 impl Default for WebinarSpec {
@@ -363,6 +375,7 @@ impl Default for WebinarSpec {
             presenter_region: None,
             screen_share: false,
             passcode: None,
+            record: None,
         }
     }
 }
@@ -769,6 +782,11 @@ pub struct LocalSpec {
     /// How long the control plane keeps a silent forwarder registered, in milliseconds:
     /// the detection part of failover time. Default 3000 (the control plane's default).
     pub lease_ttl_ms: u32,
+    /// Start a `fanout-recorder` beside each forwarder (and give the forwarder
+    /// `--recorder-socket`). Default: when the scenario records. `true` without recording
+    /// is the deployment as it runs in production, recorder idle: the baseline that
+    /// isolates what recording a meeting costs from what deploying a recorder costs.
+    pub recorders: Option<bool>,
 }
 
 impl Default for LocalSpec {
@@ -782,6 +800,7 @@ impl Default for LocalSpec {
             max_viewers_per_relay: 1000,
             controls: 1,
             lease_ttl_ms: 3000,
+            recorders: None,
         }
     }
 }
@@ -836,6 +855,8 @@ pub struct PlannedMeeting {
     pub id: String,
     pub webinar: bool,
     pub passcode: Option<String>,
+    /// Recorded: the run starts recording it once created and stops at the end.
+    pub record: bool,
     /// In join order (the first places the meeting).
     pub participants: Vec<PlannedParticipant>,
 }
@@ -1003,6 +1024,23 @@ impl Scenario {
         }
     }
 
+    /// Whether `--local` starts recorders: `[local] recorders`, or whether anything is
+    /// recorded.
+    pub fn local_recorders(&self) -> bool {
+        self.local.recorders.unwrap_or_else(|| self.records())
+    }
+
+    /// Whether any meeting or webinar is recorded.
+    pub fn records(&self) -> bool {
+        self.meetings
+            .iter()
+            .any(|m| m.record.unwrap_or(self.record))
+            || self
+                .webinars
+                .iter()
+                .any(|w| w.record.unwrap_or(self.record))
+    }
+
     /// Participants over all meetings and webinars.
     pub fn total_participants(&self) -> usize {
         let meetings: usize = self
@@ -1049,6 +1087,7 @@ impl Scenario {
                     id,
                     webinar: false,
                     passcode: spec.passcode.clone(),
+                    record: spec.record.unwrap_or(self.record),
                     participants,
                 });
             }
@@ -1086,6 +1125,7 @@ impl Scenario {
                     id,
                     webinar: true,
                     passcode: spec.passcode.clone(),
+                    record: spec.record.unwrap_or(self.record),
                     participants,
                 });
             }
@@ -1196,6 +1236,16 @@ impl Scenario {
                         "{} audio publishers but only {} participants",
                         m.audio_publishers(),
                         m.participants
+                    ),
+                );
+            }
+            if m.participants > fanout_control::domain::MAX_MEETING_PARTICIPANTS {
+                return fail(
+                    f("participants"),
+                    format!(
+                        "the control plane holds at most {} participants in a meeting (a \
+                         larger audience is a webinar)",
+                        fanout_control::domain::MAX_MEETING_PARTICIPANTS
                     ),
                 );
             }
@@ -1766,6 +1816,56 @@ screen_sharers = 1
         let s = parse("duration_s = 1\n[[meetings]]\nparticipants = 1\n").unwrap();
         let e = s.expand();
         assert!(!e.meetings[0].expects_media(0));
+    }
+
+    #[test]
+    fn a_meeting_holds_at_most_what_the_control_plane_allows() {
+        assert!(
+            parse("duration_s = 1\n[[meetings]]\nparticipants = 1000\npublishers = 2\n").is_ok()
+        );
+        let e = parse("duration_s = 1\n[[meetings]]\nparticipants = 1001\npublishers = 2\n")
+            .unwrap_err();
+        assert_eq!(e.field(), Some("meetings[0].participants"));
+        assert!(e.to_string().contains("at most 1000"), "{e}");
+    }
+
+    #[test]
+    fn record_defaults_to_the_scenario_and_entries_override_it() {
+        let s = parse(SMALL).unwrap();
+        assert!(!s.records());
+        assert!(s.expand().meetings.iter().all(|m| !m.record));
+
+        let s = parse(&format!("record = true\n{SMALL}")).unwrap();
+        assert!(s.records());
+        assert!(s.expand().meetings.iter().all(|m| m.record));
+
+        let s = parse(
+            "duration_s = 1\n[[meetings]]\ncount = 2\nparticipants = 2\nrecord = true\n\
+             [[meetings]]\nparticipants = 2\n[[webinars]]\nviewers = 2\nrecord = false\n",
+        )
+        .unwrap();
+        assert!(s.records());
+        let recorded: Vec<bool> = s.expand().meetings.iter().map(|m| m.record).collect();
+        assert_eq!(recorded, [true, true, false, false]);
+
+        // The scenario records, but every entry opted out.
+        let s = parse(
+            "duration_s = 1\nrecord = true\n[[meetings]]\nparticipants = 2\nrecord = false\n",
+        )
+        .unwrap();
+        assert!(!s.records());
+        assert!(!s.local_recorders());
+
+        // Recorders follow recording unless [local] says.
+        let s = parse(&format!("record = true\n{SMALL}")).unwrap();
+        assert!(s.local_recorders());
+        let s = parse(&format!("{SMALL}\n[local]\nrecorders = true\n")).unwrap();
+        assert!(!s.records() && s.local_recorders());
+        let s = parse(&format!(
+            "record = true\n{SMALL}\n[local]\nrecorders = false\n"
+        ))
+        .unwrap();
+        assert!(s.records() && !s.local_recorders());
     }
 
     #[test]

@@ -194,6 +194,12 @@ pub fn control_binary() -> Result<PathBuf> {
     workspace_binary("fanout-control", "control", "FANOUT_CONTROL_BIN")
 }
 
+/// The `fanout-recorder` binary, found and built like [`forwarder_binary`];
+/// `FANOUT_RECORDER_BIN` overrides the search.
+pub fn recorder_binary() -> Result<PathBuf> {
+    workspace_binary("fanout-recorder", "recorder", "FANOUT_RECORDER_BIN")
+}
+
 /// The directory holding `fanout-control` and `fanout-forwarder` (built if needed), for
 /// `fanout-loadgen run --local --bin-dir`.
 pub fn deployment_binary_dir() -> Result<PathBuf> {
@@ -207,12 +213,6 @@ pub fn deployment_binary_dir() -> Result<PathBuf> {
         "fanout-control and fanout-forwarder are in different directories"
     );
     Ok(dir.to_owned())
-}
-
-/// The `fanout-recorder` binary, found and built like [`forwarder_binary`];
-/// `FANOUT_RECORDER_BIN` overrides the search.
-pub fn recorder_binary() -> Result<PathBuf> {
-    workspace_binary("fanout-recorder", "recorder", "FANOUT_RECORDER_BIN")
 }
 
 /// The `fanout-loadgen` binary, found and built like [`forwarder_binary`];

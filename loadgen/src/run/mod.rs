@@ -12,6 +12,12 @@
 //!
 //! A run may be spread over several processes ([`parts`]): each plays a share of the
 //! participants, and the one the user started merges what the others measured.
+//!
+//! Recorded meetings ([`crate::recording`]): the process that created the meetings starts
+//! their recordings right after creating them (before anyone joins, so the recordings
+//! hold everything), and stops them once every part has finished, after the media
+//! drained; with a local deployment it then waits for the recorders to store their last
+//! chunks and reads what both sides counted.
 
 pub mod parts;
 mod roster;
@@ -32,6 +38,7 @@ use crate::control::{ControlClient, JoinRequest, MeetingNews, NewMeeting};
 use crate::engine::{Clock, Engine, ParticipantKey};
 use crate::forwarder_metrics::ForwarderSnapshot;
 use crate::local::LocalDeployment;
+use crate::recording::{self, ForwarderTap, RecordingReport, StartedRecording};
 use crate::report::{FailureResult, ParticipantResult, Progress, RunResults};
 use crate::scenario::{Expanded, FailureSpec, FailureTarget, Kill, Role, Scenario};
 use crate::Micros;
@@ -81,6 +88,11 @@ const CHILDREN_GRACE: Duration = Duration::from_secs(60);
 /// How long publishers stay silent before the receivers are read at the end: long enough
 /// for the last retransmissions (NACK retries span about a second).
 const DRAIN: Duration = Duration::from_millis(1500);
+
+/// How long local recorders get, after the recordings stopped, to close and store their
+/// last chunks: a chunk closes on the forwarder's End message or at its deadline (4 s by
+/// default), and a local-directory upload takes milliseconds.
+const RECORDERS_SETTLE: Duration = Duration::from_secs(20);
 
 /// Run `scenario` against `target`. The target is handed back (a local deployment is torn
 /// down by its owner).
@@ -184,7 +196,14 @@ pub async fn run_spread(
             passcode: meeting.passcode.clone(),
             // Only a webinar's stage needs one (it is hashed like a password: costly).
             host_key: meeting.webinar.then(|| host_keys[index].clone()),
-            max_participants: meeting.participants.len() as u32 + 16,
+            // Room for a few rejoins whose leave has not landed yet, within what the
+            // control plane allows a room of this kind (a 1,000-participant meeting is
+            // exactly at the meeting cap).
+            max_participants: (meeting.participants.len() as u32 + 16).min(if meeting.webinar {
+                fanout_control::domain::MAX_WEBINAR_PARTICIPANTS
+            } else {
+                fanout_control::domain::MAX_MEETING_PARTICIPANTS
+            }),
         };
         creations.spawn(async move { client.create_meeting(&new).await });
         while creations.len() >= 32 {
@@ -202,6 +221,23 @@ pub async fn run_spread(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "meetings created"
         );
+    }
+    // Recordings start before the joins, so that they hold every packet; the scenario
+    // asked for them, so a recording that cannot start ends the run.
+    let mut recordings = Vec::new();
+    for (index, meeting) in create.iter().enumerate() {
+        if !meeting.record {
+            continue;
+        }
+        let id = &meeting_ids[index];
+        let recording_id = clients.pick().start_recording(id).await?;
+        info!(meeting = %id, recording = %recording_id, "recording started");
+        recordings.push(StartedRecording {
+            meeting: id.clone(),
+            recording_id,
+            stored_chunks: None,
+            stored_bytes: None,
+        });
     }
     let region_sockets = match (&processes, &target) {
         (Processes::Child { shared, .. }, _) if !shared.namespaces.is_empty() => Some(Arc::new(
@@ -304,6 +340,17 @@ pub async fn run_spread(
         "joins done; steady state"
     );
 
+    // The deployment's processes whose CPU the report gives, over the measured window
+    // (after the warm-up).
+    let (forwarder_pids, recorder_pids) = match &target {
+        Target::Local(deployment) => (
+            deployment.forwarder_processes(),
+            deployment.recorder_processes(),
+        ),
+        Target::Remote { .. } => (Vec::new(), Vec::new()),
+    };
+    let mut cpu_from = CpuSample::take(&forwarder_pids, &recorder_pids);
+
     // Steady state: churn and failures run beside it.
     let target = Arc::new(AsyncMutex::new(target));
     let mut injected = tokio::task::JoinSet::new();
@@ -331,6 +378,7 @@ pub async fn run_spread(
             if let Err(e) = engine.reset_latency() {
                 warn!("{e:#}");
             }
+            cpu_from = CpuSample::take(&forwarder_pids, &recorder_pids);
             tokio::time::sleep(measured).await;
         };
         tokio::select! {
@@ -360,11 +408,15 @@ pub async fn run_spread(
         }
     }
     let ended_at = clock.now();
+    let cpu = CpuSample::take(&forwarder_pids, &recorder_pids).cores_since(&cpu_from);
     // Before the meetings end: a relay link's counters go with the link.
-    let deployment = match &*target.lock().await {
+    let mut deployment = match &*target.lock().await {
         Target::Local(deployment) => deployment.snapshots().await,
         Target::Remote { .. } => Vec::new(),
     };
+    for snapshot in &mut deployment {
+        snapshot.cpu_cores = cpu.forwarders.get(&snapshot.id).copied();
+    }
     engine.stop_publishing()?;
     tokio::time::sleep(DRAIN).await;
     background.shutdown().await;
@@ -391,6 +443,18 @@ pub async fn run_spread(
         }
         None => Vec::new(),
     };
+    // Every part is done sending: the recordings can stop (before the meetings end,
+    // which would stop them too, but without saying so to this run).
+    let recording = if recordings.is_empty() {
+        None
+    } else {
+        stop_recordings(&context, &recordings).await;
+        let target = target.lock().await;
+        Some(match &*target {
+            Target::Local(deployment) => recording_figures(deployment, recordings, &cpu).await,
+            Target::Remote { .. } => RecordingReport::new(recordings, None, Vec::new(), Vec::new()),
+        })
+    };
     if !matches!(processes, Processes::Child { .. }) {
         end_meetings(&context).await;
     }
@@ -398,6 +462,7 @@ pub async fn run_spread(
     let failures = failures.into_iter().map(|f| f.result(&context)).collect();
     let mut results = collect(&context, measured.latency, failures, steady_from, ended_at);
     results.deployment = deployment;
+    results.recording = recording;
     for (part, handed) in handed_back {
         match handed.and_then(|handed| parts::merge(&mut results, handed)) {
             Ok(()) => {}
@@ -455,6 +520,11 @@ pub fn listen_for_shutdown() -> Result<()> {
     });
     let _ = SHUTDOWN.set(shutdown);
     Ok(())
+}
+
+/// Whether SIGINT or SIGTERM came since [`listen_for_shutdown`] (false before it listens).
+pub fn shutdown_requested() -> bool {
+    SHUTDOWN.get().is_some_and(|shutdown| *shutdown.borrow())
 }
 
 /// SIGINT or SIGTERM (once one came, at once).
@@ -1062,6 +1132,115 @@ fn expects_media(context: &RunContext, key: ParticipantKey) -> bool {
     context.expanded.meetings[seat.meeting].expects_media(seat.index)
 }
 
+/// Stop the run's recordings (best effort: a failure is logged, and the recording then
+/// stops when its meeting ends).
+async fn stop_recordings(context: &RunContext, recordings: &[StartedRecording]) {
+    for started in recordings {
+        match context
+            .clients
+            .pick()
+            .stop_recording(&started.meeting)
+            .await
+        {
+            Ok(()) => info!(
+                meeting = %started.meeting,
+                recording = %started.recording_id,
+                "recording stopped"
+            ),
+            Err(e) => warn!("{e:#}"),
+        }
+    }
+}
+
+/// What a local deployment's recorders and forwarders counted of the recordings, once the
+/// recorders have stored their last chunks, and what the store holds of each recording.
+async fn recording_figures(
+    deployment: &LocalDeployment,
+    mut recordings: Vec<StartedRecording>,
+    cpu: &CpuCores,
+) -> RecordingReport {
+    let mut recorders = deployment.settle_recorders(RECORDERS_SETTLE).await;
+    for recorder in &mut recorders {
+        recorder.cpu_cores = cpu.recorders.get(&recorder.forwarder).copied();
+    }
+    // Read again now that nothing is recorded any more: the counters are final.
+    let forwarders = deployment
+        .snapshots()
+        .await
+        .iter()
+        .filter(|s| !s.killed)
+        .map(ForwarderTap::from_snapshot)
+        .collect();
+    let store = deployment.recording_store();
+    if let Some(store) = store {
+        for started in &mut recordings {
+            let (chunks, bytes) = recording::stored_chunks(store, &started.recording_id);
+            started.stored_chunks = Some(chunks);
+            started.stored_bytes = Some(bytes);
+        }
+    }
+    RecordingReport::new(
+        recordings,
+        store.map(|s| s.display().to_string()),
+        forwarders,
+        recorders,
+    )
+}
+
+/// CPU time of the deployment's processes at one moment.
+struct CpuSample {
+    at: Instant,
+    forwarders: HashMap<String, f64>,
+    recorders: HashMap<String, f64>,
+}
+
+/// Cores each process used between two samples.
+#[derive(Debug, Default)]
+struct CpuCores {
+    forwarders: HashMap<String, f64>,
+    recorders: HashMap<String, f64>,
+}
+
+impl CpuSample {
+    fn take(forwarders: &[(String, u32)], recorders: &[(String, u32)]) -> CpuSample {
+        let read = |processes: &[(String, u32)]| {
+            processes
+                .iter()
+                .filter_map(|(id, pid)| Some((id.clone(), crate::local::cpu_seconds(*pid)?)))
+                .collect()
+        };
+        CpuSample {
+            at: Instant::now(),
+            forwarders: read(forwarders),
+            recorders: read(recorders),
+        }
+    }
+
+    /// Cores used since `earlier`, for the processes read both times (a forwarder killed
+    /// in between has no figure).
+    fn cores_since(&self, earlier: &CpuSample) -> CpuCores {
+        let seconds = self.at.duration_since(earlier.at).as_secs_f64();
+        let cores = |now: &HashMap<String, f64>, then: &HashMap<String, f64>| {
+            if seconds <= 0.0 {
+                return HashMap::new();
+            }
+            now.iter()
+                .filter_map(|(id, cpu)| {
+                    let before = then.get(id)?;
+                    Some((
+                        id.clone(),
+                        ((cpu - before) / seconds * 1000.0).round() / 1000.0,
+                    ))
+                })
+                .collect()
+        };
+        CpuCores {
+            forwarders: cores(&self.forwarders, &earlier.forwarders),
+            recorders: cores(&self.recorders, &earlier.recorders),
+        }
+    }
+}
+
 /// End every meeting the run created (best effort: the report does not depend on it).
 async fn end_meetings(context: &Arc<RunContext>) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -1128,6 +1307,7 @@ fn collect(
         forwarders: context.forwarders,
         controls: context.clients.all.len(),
         deployment: Vec::new(),
+        recording: None,
         processes: context.part.count,
     }
 }

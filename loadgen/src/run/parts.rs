@@ -443,6 +443,7 @@ mod tests {
             forwarders: 3,
             controls: 1,
             deployment: Vec::new(),
+            recording: None,
             processes: 1,
         }
     }
