@@ -14,6 +14,9 @@
 //! and the stitcher must write exactly the video frames a keyframe-waiting depacketizer
 //! writes from those packets. FFmpeg's tools judge the file: it decodes without an error
 //! to its end, its packet timestamps increase, and it lasts as long as the meeting did.
+//! After the stop, the serving forwarder's End reaches its recorder, which seals the
+//! recording; the control plane (settle time 120 s) hands out the stitching job at once
+//! when one forwarder recorded the meeting, and not after a failover.
 //!
 //! * `a_recorded_meeting_through_loss_and_reordering` (acceptance 1): 30 s, 5% loss and
 //!   reordering on the way to the forwarder.
@@ -51,9 +54,9 @@ use serde_json::Value;
 use tonic::transport::Channel;
 
 use deployment::{
-    assigned_ssrc, create_meeting, finish_publisher, get_meeting, join, start_recording,
-    stop_recording, wait_until, with_bearer, Control, Forwarder, Publisher, Recorder, RecorderSpec,
-    CHUNK_SECONDS, LEASE_TTL,
+    assigned_ssrc, claim_stitch_job, create_meeting, finish_publisher, get_meeting, join,
+    start_recording, stop_recording, wait_until, with_bearer, Control, Forwarder, Publisher,
+    Recorder, RecorderSpec, CHUNK_SECONDS, LEASE_TTL, SETTLE,
 };
 use oracle::{coverage, expected_frames, read_store, stream, Coverage, FrameExpectation, Stored};
 use probe::{
@@ -118,7 +121,7 @@ impl Rig {
             .tempdir()?;
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store)?;
-        let mut control = Control::start(dir.path())?;
+        let mut control = Control::start(dir.path(), &store)?;
         let mut started = Vec::new();
         for i in 0..sites {
             let spec = RecorderSpec {
@@ -247,14 +250,28 @@ impl Rig {
         Ok(())
     }
 
-    /// Stops the recording, waits until the recorders stored everything, and stitches.
+    /// Stops the recording, waits until the recorders stored everything and the serving
+    /// one sealed it, asks the control plane for a stitching job (as a worker, long
+    /// before the settle time), and stitches.
     async fn stop_and_stitch(&mut self, live_sites: &[usize]) -> Result<Stitched> {
+        let stopped = Instant::now();
         stop_recording(&self.channel, MEETING).await?;
         for &i in live_sites {
             let end = i == self.serving;
             self.sites[i].recorder.wait_all_uploaded(end)?;
         }
-        stitch(self.dir.path(), &self.store, &self.recording_id)
+        self.sites[self.serving].recorder.wait_sealed()?;
+        let job = claim_stitch_job(&self.channel).await?;
+        anyhow::ensure!(
+            stopped.elapsed() < SETTLE,
+            "too slow to tell a sealed recording from a settled one"
+        );
+        if let Some(job) = &job {
+            assert_eq!(job.recording_id, self.recording_id);
+        }
+        let mut stitched = stitch(self.dir.path(), &self.store, &self.recording_id)?;
+        stitched.due_when_sealed = job.is_some();
+        Ok(stitched)
     }
 
     fn stored(&self) -> Stored {
@@ -283,6 +300,9 @@ struct Stitched {
     output: PathBuf,
     report: Value,
     took: Duration,
+    /// The stitching job was due once the serving recorder had sealed the recording,
+    /// before the settle time.
+    due_when_sealed: bool,
 }
 
 impl Stitched {
@@ -346,6 +366,7 @@ fn stitch(dir: &Path, store: &Path, recording: &str) -> Result<Stitched> {
         output,
         report,
         took,
+        due_when_sealed: false,
     })
 }
 
@@ -605,6 +626,10 @@ async fn a_recorded_meeting_through_loss_and_reordering() -> Result<()> {
     rig.start_media()?;
     rig.finish_media()?;
     let stitched = rig.stop_and_stitch(&[0]).await?;
+    assert!(
+        stitched.due_when_sealed,
+        "one forwarder recorded it: due as soon as its recorder sealed it"
+    );
     // Final: the recorder has the recording's End, which came after every packet.
     let tap = tap_counters(rig.serving_forwarder())?;
     let stored = rig.stored();
@@ -738,6 +763,10 @@ async fn a_recorder_killed_mid_meeting_loses_at_most_its_open_chunk() -> Result<
     let reconnected_at = unix_micros();
     rig.finish_media()?;
     let stitched = rig.stop_and_stitch(&[0]).await?;
+    assert!(
+        stitched.due_when_sealed,
+        "the restarted recorder's seal covers what its first run stored"
+    );
     let tap = tap_counters(rig.serving_forwarder())?;
     let stored = rig.stored();
 
@@ -933,6 +962,10 @@ async fn a_recording_follows_its_meeting_to_another_forwarder() -> Result<()> {
     rig.finish_media()?;
     // The dead forwarder's recorder still closes and stores what it got.
     let stitched = rig.stop_and_stitch(&[0, 1]).await?;
+    assert!(
+        !stitched.due_when_sealed,
+        "the dead forwarder's recorder never seals: the job waits for its settle time"
+    );
     let tap = tap_counters(rig.serving_forwarder())?;
     let sent_to_new: u64 = rig
         .participants

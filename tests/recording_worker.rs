@@ -6,20 +6,26 @@
 //! worker claims the job, stitches, uploads and reports; the recording turns READY with
 //! its size and duration; `DownloadRecording` streams exactly the stored file, which
 //! plays. A second worker running beside the first takes no part in a job already claimed.
+//!
+//! Sealing: a real `fanout-recorder run` gets two recordings over its tap socket and the
+//! End of each, as a forwarder sends them. The recording it alone recorded is due as soon
+//! as its seal is stored, long before the settle time; the one a second, dead recorder
+//! also stored chunks of (never sealed) waits out the settle time, then is stitched too.
 
 use std::net::UdpSocket;
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fanout_control::api::pb;
-use fanout_forwarder::recording::{MediaCodec, TapPacket};
+use fanout_forwarder::recording::{self, MediaCodec, TapPacket, MAX_MESSAGE_LEN};
 use fanout_forwarder::sfu::TrackKind;
 use fanout_recorder::chunk::{ChunkHeader, ChunkWriter};
 use fanout_recorder::store::{ChunkKey, RecordingStore};
-use fanout_tests::forwarder::{control_binary, recorder_binary};
-use fanout_tests::process::Proc;
+use fanout_tests::forwarder::{control_binary, http_get, recorder_binary, Metrics};
+use fanout_tests::process::{tail, Proc};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::Request;
@@ -87,38 +93,58 @@ fn vp8_rtp(seconds: u32) -> Result<Vec<Vec<u8>>> {
     Ok(packets)
 }
 
-/// The recording's chunks as one recorder writes them: two of `packets`' halves, arrival
-/// times from the RTP clock.
-async fn put_chunks(store: &RecordingStore, recording: &str, packets: &[Vec<u8>]) -> Result<()> {
+/// Arrival times for `packets` (µs since the epoch) from their RTP clock.
+fn arrivals(packets: &[Vec<u8>]) -> impl Fn(&[u8]) -> u64 {
     let base = 1_800_000_000_000_000u64;
     let timestamp = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
     let first = timestamp(&packets[0]);
+    move |p: &[u8]| base + u64::from(timestamp(p).wrapping_sub(first)) * 1000 / 90
+}
+
+/// One of alice's VP8 packets of `recording`, as the forwarder taps it.
+fn tapped<'a>(
+    meeting: &'a str,
+    recording: &'a str,
+    arrival_us: u64,
+    rtp: &'a [u8],
+) -> TapPacket<'a> {
+    TapPacket {
+        recording_id: recording,
+        meeting_id: meeting,
+        participant_id: "alice",
+        track: TrackKind::Video,
+        encoding: 0,
+        codec: MediaCodec::Vp8,
+        clock_rate: 90_000,
+        arrival_us,
+        rtp,
+    }
+}
+
+/// The recording's chunks as recorder `instance` writes them: two of `packets`' halves,
+/// arrival times from the RTP clock.
+async fn put_chunks(
+    store: &RecordingStore,
+    (meeting, recording): (&str, &str),
+    instance: &str,
+    packets: &[Vec<u8>],
+) -> Result<()> {
+    let arrival = arrivals(packets);
     let half = packets.len() / 2;
     for (seq, part) in [(1u64, &packets[..half]), (2, &packets[half..])] {
-        let arrival = |p: &[u8]| base + u64::from(timestamp(p).wrapping_sub(first)) * 1000 / 90;
         let header = ChunkHeader {
             recording_id: recording.into(),
-            instance: "rec-a".into(),
+            instance: instance.into(),
             seq,
             start_us: arrival(&part[0]),
         };
         let mut writer = ChunkWriter::new(Vec::new(), &header)?;
         for p in part {
-            writer.append(&TapPacket {
-                recording_id: recording,
-                meeting_id: "recorded",
-                participant_id: "alice",
-                track: TrackKind::Video,
-                encoding: 0,
-                codec: MediaCodec::Vp8,
-                clock_rate: 90_000,
-                arrival_us: arrival(p),
-                rtp: p,
-            })?;
+            writer.append(&tapped(meeting, recording, arrival(p), p))?;
         }
         let key = ChunkKey {
             recording_id: recording.into(),
-            instance: "rec-a".into(),
+            instance: instance.into(),
             seq,
         };
         store.put_chunk(&key, writer.close()?.into()).await?;
@@ -138,6 +164,66 @@ fn worker(control: &str, store: &Path, token: &Path, name: &str) -> Result<Proc>
     Proc::spawn(name, command)
 }
 
+/// `fanout-control` on its memory store, with the local directory `store` as its
+/// recording store and the operator credential in `{dir}/operator`.
+struct ControlPlane {
+    proc: Proc,
+    url: String,
+    metrics: std::net::SocketAddr,
+    token: std::path::PathBuf,
+}
+
+impl ControlPlane {
+    fn start(dir: &Path, store: &Path, settle_s: u64) -> Result<ControlPlane> {
+        let token = dir.join("operator");
+        std::fs::write(&token, OPERATOR)?;
+        let enrolment = dir.join("enrolment");
+        std::fs::write(&enrolment, "enrolment-token-for-recording-0123456789")?;
+        let config = dir.join("control.toml");
+        std::fs::write(
+            &config,
+            format!("[recordings]\nsettle_s = {settle_s}\nlease_s = 10\n"),
+        )?;
+        let mut command = Command::new(control_binary()?);
+        command
+            .args(["--store", "memory", "--listen", "127.0.0.1:0"])
+            .args(["--metrics", "127.0.0.1:0"])
+            .arg("--operator-token-file")
+            .arg(&token)
+            .arg("--enrolment-token-file")
+            .arg(&enrolment)
+            .arg("--config")
+            .arg(&config)
+            .arg("--recording-store")
+            .arg(store)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        let mut proc = Proc::spawn("fanout-control", command)?;
+        let timeout = Duration::from_secs(30);
+        let metrics = proc.logged_word(timeout, "metrics at http://")?.parse()?;
+        let address = proc.logged_word(timeout, "listening on ")?;
+        Ok(ControlPlane {
+            proc,
+            url: format!("http://{address}"),
+            metrics,
+            token,
+        })
+    }
+
+    async fn clients(
+        &self,
+    ) -> Result<(
+        pb::meetings_client::MeetingsClient<Channel>,
+        pb::recordings_client::RecordingsClient<Channel>,
+    )> {
+        let channel = Channel::from_shared(self.url.clone())?.connect().await?;
+        Ok((
+            pb::meetings_client::MeetingsClient::new(channel.clone()),
+            pb::recordings_client::RecordingsClient::new(channel),
+        ))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stitches_a_stopped_recording_and_it_downloads() -> Result<()> {
     if !have_ffmpeg() {
@@ -146,34 +232,9 @@ async fn a_worker_stitches_a_stopped_recording_and_it_downloads() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let store_dir = dir.path().join("store");
     std::fs::create_dir_all(&store_dir)?;
-    let token = dir.path().join("operator");
-    std::fs::write(&token, OPERATOR)?;
-    let enrolment = dir.path().join("enrolment");
-    std::fs::write(&enrolment, "enrolment-token-for-recording-0123456789")?;
     // No settle delay: the chunks are in the store before the recording stops.
-    let config = dir.path().join("control.toml");
-    std::fs::write(&config, "[recordings]\nsettle_s = 0\nlease_s = 10\n")?;
-    let mut command = Command::new(control_binary()?);
-    command
-        .args(["--store", "memory", "--listen", "127.0.0.1:0"])
-        .arg("--operator-token-file")
-        .arg(&token)
-        .arg("--enrolment-token-file")
-        .arg(&enrolment)
-        .arg("--config")
-        .arg(&config)
-        .arg("--recording-store")
-        .arg(&store_dir)
-        .stdin(Stdio::null());
-    let mut control = Proc::spawn("fanout-control", command)?;
-    let address = control.wait_stderr(Duration::from_secs(30), "its address", |line| {
-        let at = line.find("listening on ")?;
-        Some(line[at + 13..].split_whitespace().next()?.to_owned())
-    })?;
-    let url = format!("http://{address}");
-    let channel = Channel::from_shared(url.clone())?.connect().await?;
-    let mut meetings = pb::meetings_client::MeetingsClient::new(channel.clone());
-    let mut recordings = pb::recordings_client::RecordingsClient::new(channel);
+    let control = ControlPlane::start(dir.path(), &store_dir, 0)?;
+    let (mut meetings, mut recordings) = control.clients().await?;
 
     meetings
         .create_meeting(as_operator(pb::CreateMeetingRequest {
@@ -193,7 +254,7 @@ async fn a_worker_stitches_a_stopped_recording_and_it_downloads() -> Result<()> 
     let store = RecordingStore::local(&store_dir)?;
     let packets = vp8_rtp(4)?;
     let frames = packets.iter().filter(|p| p[1] & 0x80 != 0).count();
-    put_chunks(&store, &recording, &packets).await?;
+    put_chunks(&store, ("recorded", &recording), "rec-a", &packets).await?;
     meetings
         .stop_recording(as_operator(pb::StopRecordingRequest {
             meeting_id: "recorded".into(),
@@ -201,8 +262,8 @@ async fn a_worker_stitches_a_stopped_recording_and_it_downloads() -> Result<()> 
         .await?;
 
     // Two workers; the job is claimed once.
-    let first = worker(&url, &store_dir, &token, "worker-1")?;
-    let second = worker(&url, &store_dir, &token, "worker-2")?;
+    let first = worker(&control.url, &store_dir, &control.token, "worker-1")?;
+    let second = worker(&control.url, &store_dir, &control.token, "worker-2")?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let ready = loop {
         let view = recordings
@@ -265,5 +326,184 @@ async fn a_worker_stitches_a_stopped_recording_and_it_downloads() -> Result<()> 
         .sum();
     assert!(claims >= 1, "a worker stitched");
     drop((first, second, control));
+    Ok(())
+}
+
+/// Sends `packets` of `recording` to a recorder's tap socket as a forwarder does, then
+/// nothing: the End comes separately.
+fn tap_packets(socket: &Path, meeting: &str, recording: &str, packets: &[Vec<u8>]) -> Result<()> {
+    let sender = UnixDatagram::unbound()?;
+    let mut buffer = vec![0u8; MAX_MESSAGE_LEN];
+    let arrival = arrivals(packets);
+    for p in packets {
+        let len =
+            recording::encode_packet(&tapped(meeting, recording, arrival(p), p), &mut buffer)?;
+        // Blocking: waits while the recorder's queue is full, so nothing is dropped.
+        sender.send_to(&buffer[..len], socket)?;
+    }
+    Ok(())
+}
+
+fn tap_end(socket: &Path, recording: &str) -> Result<()> {
+    let mut buffer = vec![0u8; MAX_MESSAGE_LEN];
+    let len = recording::encode_end(recording, &mut buffer)?;
+    UnixDatagram::unbound()?.send_to(&buffer[..len], socket)?;
+    Ok(())
+}
+
+/// Waits until `proc` logs a line with every one of `words`.
+fn wait_logged(proc: &mut Proc, timeout: Duration, words: &[&str]) -> Result<()> {
+    let what = words.join(" + ");
+    proc.wait_stderr(timeout, &what, |text| {
+        text.lines()
+            .any(|line| words.iter().all(|w| line.contains(w)))
+            .then_some(())
+    })
+}
+
+async fn state_of(
+    recordings: &mut pb::recordings_client::RecordingsClient<Channel>,
+    recording: &str,
+) -> Result<pb::Recording> {
+    recordings
+        .get_recording(as_operator(pb::GetRecordingRequest {
+            recording_id: recording.into(),
+        }))
+        .await?
+        .into_inner()
+        .recording
+        .context("a recording")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_recording_is_due_before_its_settle_time_an_unsealed_one_after() -> Result<()> {
+    if !have_ffmpeg() {
+        return Ok(());
+    }
+    const SETTLE: Duration = Duration::from_secs(20);
+    let dir = tempfile::tempdir()?;
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir)?;
+    let mut control = ControlPlane::start(dir.path(), &store_dir, SETTLE.as_secs())?;
+    let (mut meetings, mut recordings) = control.clients().await?;
+
+    // The recorder beside a forwarder: chunks close only on End (or at the stop) here.
+    let socket = dir.path().join("tap.sock");
+    let mut command = Command::new(recorder_binary()?);
+    command
+        .arg("run")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .arg("--store")
+        .arg(&store_dir)
+        .args(["--instance", "rec-a", "--chunk-seconds", "600"])
+        .args(["--metrics", "127.0.0.1:0", "--progress-interval", "0"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    let mut recorder = Proc::spawn("fanout-recorder run", command)?;
+    // Logged after the socket is bound.
+    recorder.logged_word(Duration::from_secs(30), "metrics at http://")?;
+
+    let mut ids = Vec::new();
+    for meeting in ["sealed", "unsealed"] {
+        meetings
+            .create_meeting(as_operator(pb::CreateMeetingRequest {
+                meeting_id: meeting.into(),
+                kind: pb::MeetingKind::Meeting.into(),
+                title: meeting.into(),
+                ..Default::default()
+            }))
+            .await?;
+        let id = meetings
+            .start_recording(as_operator(pb::StartRecordingRequest {
+                meeting_id: meeting.into(),
+            }))
+            .await?
+            .into_inner()
+            .recording_id;
+        ids.push(id);
+    }
+    let (sealed, unsealed) = (ids[0].clone(), ids[1].clone());
+    let packets = vp8_rtp(4)?;
+    tap_packets(&socket, "sealed", &sealed, &packets)?;
+    tap_packets(&socket, "unsealed", &unsealed, &packets)?;
+    // A second recorder stored chunks of `unsealed` too (a restart under another name),
+    // and died: it never seals.
+    let store = RecordingStore::local(&store_dir)?;
+    put_chunks(&store, ("unsealed", &unsealed), "rec-dead", &packets).await?;
+
+    let worker = worker(&control.url, &store_dir, &control.token, "worker-1")?;
+    let stopped = Instant::now();
+    for meeting in ["sealed", "unsealed"] {
+        meetings
+            .stop_recording(as_operator(pb::StopRecordingRequest {
+                meeting_id: meeting.into(),
+            }))
+            .await?;
+    }
+    // What the forwarder sends once its plan no longer names the recordings.
+    tap_end(&socket, &sealed)?;
+    tap_end(&socket, &unsealed)?;
+    for id in [&sealed, &unsealed] {
+        wait_logged(
+            &mut recorder,
+            Duration::from_secs(30),
+            &["recording sealed", id],
+        )?;
+    }
+
+    wait_logged(
+        &mut control.proc,
+        SETTLE,
+        &["every recorder sealed the recording", &sealed],
+    )?;
+    let early = stopped.elapsed();
+    assert!(early < SETTLE / 2, "due {early:?} after the stop");
+    wait_logged(
+        &mut control.proc,
+        SETTLE + Duration::from_secs(30),
+        &["stitching job claimed", &unsealed],
+    )?;
+    let late = stopped.elapsed();
+    assert!(
+        late + Duration::from_millis(100) >= SETTLE,
+        "an unsealed recording was due {late:?} after its stop"
+    );
+    let objects = store.list_recording(&unsealed).await?;
+    assert_eq!(objects.seals.len(), 1, "{objects:?}");
+    assert_eq!(objects.seals[0].instance, "rec-a");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in [&sealed, &unsealed] {
+        loop {
+            let view = state_of(&mut recordings, id).await?;
+            match view.state() {
+                pb::RecordingState::Ready => {
+                    assert_eq!(view.attempts, 1, "{view:?}");
+                    let seconds = view.duration_ms as f64 / 1000.0;
+                    assert!((seconds - 4.0).abs() < 0.5, "{seconds} s");
+                    break;
+                }
+                pb::RecordingState::Failed => bail!("stitching failed: {}", view.error),
+                _ if Instant::now() > deadline => {
+                    bail!("not READY in time: {view:?}\n{}", tail(&worker.stderr()))
+                }
+                // Polling the API: the job's end is not pushed anywhere.
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    let metrics = Metrics::parse(&http_get(control.metrics, "/metrics")?)?;
+    assert_eq!(
+        metrics.get("fanout_control_stitch_due_total", &[("by", "sealed")])?,
+        1.0
+    );
+    assert_eq!(
+        metrics.get("fanout_control_stitch_due_total", &[("by", "settle")])?,
+        1.0
+    );
+    drop((worker, recorder, control));
     Ok(())
 }

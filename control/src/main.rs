@@ -152,8 +152,9 @@ struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecordingsSection {
-    /// Seconds after a recording stops before its stitching job is due: the recorders
-    /// upload the chunks that were open (default 10).
+    /// Seconds after a recording stops before its stitching job is due at the latest
+    /// (default 10): sooner once every recorder sealed it (with a recording store); this is
+    /// the bound for a recorder that never seals (dead).
     settle_s: Option<u64>,
     /// Seconds a worker's claim holds without a progress report (default 30).
     lease_s: Option<u64>,
@@ -404,10 +405,13 @@ async fn run(args: Args) -> Result<()> {
     match files_config {
         Some(config) => {
             let files = RecordingStore::open(&config).context("cannot open the recording store")?;
-            info!("recording downloads from {files}");
+            info!("recording downloads and seals from {files}");
             recordings = recordings.with_files(files);
         }
-        None => warn!("no recording store (--recording-store): recording downloads are refused"),
+        None => warn!(
+            "no recording store (--recording-store): recording downloads are refused, and \
+             stitching jobs wait for their whole settle time (no seals are read)"
+        ),
     }
     let recordings = Arc::new(recordings);
     let registry = Arc::new(ForwarderRegistry::new(

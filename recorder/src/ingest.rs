@@ -5,7 +5,9 @@
 //! a local spool directory, appends each packet to its recording's chunk, closes the chunk
 //! every `chunk_seconds`, at a size limit, or when the recording ends, and uploads closed
 //! chunks to the store in the background, deleting them from the spool only once they are
-//! stored. A crash therefore loses at most what the open chunks had not yet handed to the
+//! stored. When a recording ends (the forwarder's End), it also stores a seal once every
+//! chunk of that recording is stored ([`seal`]), so that the stitching job knows it has
+//! everything this recorder had. A crash therefore loses at most what the open chunks had not yet handed to the
 //! kernel: on start the daemon first queues whatever the spool holds, each file cut to its
 //! last whole record.
 //!
@@ -18,7 +20,8 @@
 //!   then (for a packet) append it to the slot `handle_packet` returned; wait at most until
 //!   [`IngestCore::poll_timeout`].
 //! * [`spool`] owns the spool directory: chunk files, and what a previous run left.
-//! * [`upload`] uploads closed chunks with retries, on a small tokio runtime.
+//! * [`upload`] uploads closed chunks with retries, on a small tokio runtime, and the
+//!   seals once the chunks before them are stored ([`seal::SealBook`]).
 //! * [`daemon`] is the thin driver: the socket, the loop, signals and metrics.
 //!
 //! # Sequence numbers
@@ -31,6 +34,10 @@
 //! old one's because time has passed, and above whatever the old run left unfinished in
 //! the spool (its open chunks). They would only repeat if the wall clock went back by more
 //! than the time between the two runs *and* the spool was lost.
+//!
+//! A seal takes its number from the same counter: above every chunk of the recording
+//! opened before the End, below every chunk opened after it (late packets, which a
+//! later End seals again).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -38,9 +45,11 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::chunk::ChunkHeader;
+use crate::store::SealKey;
 
 pub mod daemon;
 pub mod metrics;
+pub mod seal;
 pub mod spool;
 pub mod upload;
 
@@ -135,6 +144,9 @@ pub enum IngestAction {
     /// Close the chunk in `slot` (trailer, flush) and hand it to the uploader. The slot
     /// may be opened again by a later action.
     Close { slot: Slot, reason: CloseReason },
+    /// The recording ended: store `key` once every chunk of the recording handed to the
+    /// uploader before it is stored.
+    Seal { key: SealKey },
 }
 
 #[derive(Debug)]
@@ -195,11 +207,19 @@ impl IngestCore {
         slot
     }
 
-    /// The recording ended on the forwarder: close its chunk now.
-    pub fn handle_end(&mut self, recording_id: &str) {
+    /// The recording ended on the forwarder: close its chunk now, then seal the
+    /// recording (also when it has no open chunk: its chunks may still be uploading, or
+    /// nothing was recorded). The seal's number is above every chunk number given so far.
+    pub fn handle_end(&mut self, now: Now, recording_id: &str) {
         if let Some(&slot) = self.open.get(recording_id) {
             self.close(slot, CloseReason::End);
         }
+        let key = SealKey {
+            recording_id: recording_id.to_owned(),
+            instance: self.instance.clone(),
+            seq: self.take_seq(now),
+        };
+        self.actions.push_back(IngestAction::Seal { key });
     }
 
     /// Close the chunks whose time is up.
@@ -246,9 +266,15 @@ impl IngestCore {
         self.chunks.len()
     }
 
-    fn open_chunk(&mut self, now: Now, recording_id: &str) -> Slot {
+    /// The next number for a chunk or a seal: the time in ms, above every number given.
+    fn take_seq(&mut self, now: Now) -> u64 {
         let seq = self.next_seq.max(now.unix_us / 1000);
         self.next_seq = seq + 1;
+        seq
+    }
+
+    fn open_chunk(&mut self, now: Now, recording_id: &str) -> Slot {
+        let seq = self.take_seq(now);
         let header = ChunkHeader {
             recording_id: recording_id.to_owned(),
             instance: self.instance.clone(),
@@ -428,25 +454,41 @@ mod tests {
         let a = core.handle_packet(now, "A", 100);
         let b = core.handle_packet(now, "B", 100);
         drain(&mut core);
-        core.handle_end("A");
-        core.handle_end("nobody");
+        core.handle_end(now, "A");
+        core.handle_end(now, "nobody");
+        let seal = |recording: &str, seq| IngestAction::Seal {
+            key: SealKey {
+                recording_id: recording.into(),
+                instance: "i".into(),
+                seq,
+            },
+        };
+        // A's chunk was 1_790_000_000_000, B's the next number: the seals come after both.
         assert_eq!(
             drain(&mut core),
-            [IngestAction::Close {
-                slot: a,
-                reason: CloseReason::End
-            }]
+            [
+                IngestAction::Close {
+                    slot: a,
+                    reason: CloseReason::End
+                },
+                seal("A", 1_790_000_000_002),
+                seal("nobody", 1_790_000_000_003),
+            ]
         );
         assert_eq!(core.open_chunks(), 1);
         let late = core.handle_packet(now, "A", 100);
         let actions = drain(&mut core);
-        assert_eq!(opened(&actions).len(), 1);
+        assert_eq!(
+            opened(&actions),
+            [(late, "A".into(), 1_790_000_000_004)],
+            "a late packet's chunk is numbered after the seal"
+        );
         assert_ne!(late, b);
         core.close_all();
         let mut closed: Vec<_> = drain(&mut core);
         closed.sort_by_key(|a| match a {
-            IngestAction::Close { slot, .. } => *slot,
-            IngestAction::Open { slot, .. } => *slot,
+            IngestAction::Close { slot, .. } | IngestAction::Open { slot, .. } => *slot,
+            IngestAction::Seal { .. } => Slot::MAX,
         });
         let mut expected = vec![
             IngestAction::Close {
@@ -459,8 +501,8 @@ mod tests {
             },
         ];
         expected.sort_by_key(|a| match a {
-            IngestAction::Close { slot, .. } => *slot,
-            IngestAction::Open { slot, .. } => *slot,
+            IngestAction::Close { slot, .. } | IngestAction::Open { slot, .. } => *slot,
+            IngestAction::Seal { .. } => Slot::MAX,
         });
         assert_eq!(closed, expected);
         assert_eq!(core.open_chunks(), 0);
@@ -479,10 +521,15 @@ mod tests {
         for i in 0..20 {
             let id = format!("R{}", i % 3);
             core.handle_packet(now, &id, 100);
-            core.handle_end(&id);
-            seqs.extend(opened(&drain(&mut core)).into_iter().map(|(_, _, s)| s));
+            core.handle_end(now, &id);
+            seqs.extend(drain(&mut core).into_iter().filter_map(|a| match a {
+                IngestAction::Open { header, .. } => Some(header.seq),
+                IngestAction::Seal { key } => Some(key.seq),
+                IngestAction::Close { .. } => None,
+            }));
         }
-        assert_eq!(seqs.len(), 20);
+        // A chunk and a seal each time.
+        assert_eq!(seqs.len(), 40);
         assert_eq!(seqs[0], floor);
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
         // Once the clock passes the numbers given, they follow the clock again.
@@ -498,10 +545,10 @@ mod tests {
             unix_us: clock.unix_start_us - 10 * SECOND_US,
             ..later
         };
-        core.handle_end("R0");
+        core.handle_end(back, "R0");
         drain(&mut core);
         core.handle_packet(back, "R0", 100);
-        assert_eq!(opened(&drain(&mut core))[0].2, 1_790_000_001_001);
+        assert_eq!(opened(&drain(&mut core))[0].2, 1_790_000_001_002);
     }
 
     #[test]

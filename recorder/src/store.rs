@@ -15,12 +15,24 @@
 //!
 //! ```text
 //! recordings/{recording_id}/chunks/{instance}-{seq:010}.chunk   one per closed chunk
+//! recordings/{recording_id}/chunks/{instance}-{seq:010}.sealed  a recorder's seal
 //! recordings/{recording_id}/output.webm                         the stitched result
 //! ```
 //!
 //! Recording ids and instance names use the tap's alphabet (letters, digits, `.`, `_`,
 //! `-`, not starting with `.`), so a key can neither escape its recording's prefix nor
 //! parse two ways: the sequence number is the digits after the last `-`.
+//!
+//! # Seals
+//!
+//! A recorder that gets the forwarder's End for a recording stores a seal (an empty
+//! object) once every chunk of that recording it opened before the End is stored. Its
+//! sequence number comes from the counter that numbers the recorder's chunks, so it is
+//! above every chunk the seal covers and below every chunk opened after it. One listing
+//! of `recordings/{id}/chunks/` therefore says whether the recording is complete in the
+//! store ([`RecordingObjects::sealing`]): every instance with chunks has a seal above its
+//! newest chunk. The control plane makes the stitching job due on that, before its
+//! settle time (docs/recording.md, "Sealing").
 
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
@@ -107,24 +119,12 @@ impl ChunkKey {
 
     /// The key a chunk object's path stands for; `None` for anything else.
     pub fn parse(path: &Path) -> Option<ChunkKey> {
-        let mut parts = path.parts();
-        let (top, recording_id, chunks, file) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if top.as_ref() != "recordings" || chunks.as_ref() != "chunks" || parts.next().is_some() {
-            return None;
-        }
-        let (instance, seq) = file.as_ref().strip_suffix(".chunk")?.rsplit_once('-')?;
-        let recording_id = recording_id.as_ref();
-        let valid = is_valid_recording_id(recording_id)
-            && is_valid_recording_id(instance)
-            && seq.len() >= 10
-            && seq.bytes().all(|b| b.is_ascii_digit());
+        let (recording_id, instance, seq) = parse_numbered(path, ".chunk")?;
         Some(ChunkKey {
-            recording_id: recording_id.to_owned(),
-            instance: instance.to_owned(),
-            seq: seq.parse().ok()?,
+            recording_id,
+            instance,
+            seq,
         })
-        .filter(|_| valid)
     }
 }
 
@@ -135,6 +135,124 @@ impl fmt::Display for ChunkKey {
             "recordings/{}/chunks/{}-{:010}.chunk",
             self.recording_id, self.instance, self.seq
         )
+    }
+}
+
+/// Names one seal: `recordings/{recording_id}/chunks/{instance}-{seq:010}.sealed`. The
+/// recorder `instance` stored every chunk of the recording it numbered below `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SealKey {
+    pub recording_id: String,
+    pub instance: String,
+    pub seq: u64,
+}
+
+impl SealKey {
+    /// The object path, or an error for ids outside the key alphabet.
+    pub fn path(&self) -> Result<Path, StoreError> {
+        check_id(&self.recording_id)?;
+        check_id(&self.instance)?;
+        Ok(Path::from(self.to_string()))
+    }
+
+    /// The key a seal object's path stands for; `None` for anything else.
+    pub fn parse(path: &Path) -> Option<SealKey> {
+        let (recording_id, instance, seq) = parse_numbered(path, ".sealed")?;
+        Some(SealKey {
+            recording_id,
+            instance,
+            seq,
+        })
+    }
+}
+
+impl fmt::Display for SealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "recordings/{}/chunks/{}-{:010}.sealed",
+            self.recording_id, self.instance, self.seq
+        )
+    }
+}
+
+/// `recordings/{recording}/chunks/{instance}-{seq}{suffix}`, checked, in parts.
+fn parse_numbered(path: &Path, suffix: &str) -> Option<(String, String, u64)> {
+    let mut parts = path.parts();
+    let (top, recording_id, chunks, file) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if top.as_ref() != "recordings" || chunks.as_ref() != "chunks" || parts.next().is_some() {
+        return None;
+    }
+    let (instance, seq) = file.as_ref().strip_suffix(suffix)?.rsplit_once('-')?;
+    let recording_id = recording_id.as_ref();
+    let valid = is_valid_recording_id(recording_id)
+        && is_valid_recording_id(instance)
+        && seq.len() >= 10
+        && seq.bytes().all(|b| b.is_ascii_digit());
+    if !valid {
+        return None;
+    }
+    Some((
+        recording_id.to_owned(),
+        instance.to_owned(),
+        seq.parse().ok()?,
+    ))
+}
+
+/// One listing of a recording's `chunks/`: its chunks and its seals, each sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordingObjects {
+    pub chunks: Vec<ChunkKey>,
+    pub seals: Vec<SealKey>,
+}
+
+/// Whether a recording is complete in the store, by its seals ([`RecordingObjects::sealing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sealing {
+    /// No recorder has sealed it.
+    NoSeal,
+    /// These instances stored chunks that no seal of theirs covers (no seal, or chunks
+    /// opened after it): they may still be uploading.
+    Unsealed(Vec<String>),
+    /// Every instance that stored chunks sealed it after its newest chunk; `recorders`
+    /// instances sealed it.
+    Sealed { recorders: usize },
+}
+
+impl RecordingObjects {
+    /// Sealed when at least one recorder sealed the recording and every instance that
+    /// stored chunks of it has a seal numbered above its newest chunk. A recorder whose
+    /// chunks are all still in its spool cannot be seen here: the control plane only
+    /// trusts this when one forwarder (so one recorder) recorded the recording from its
+    /// start to its stop.
+    pub fn sealing(&self) -> Sealing {
+        use std::collections::BTreeMap;
+        let mut newest_seal: BTreeMap<&str, u64> = BTreeMap::new();
+        for seal in &self.seals {
+            let seq = newest_seal.entry(&seal.instance).or_default();
+            *seq = (*seq).max(seal.seq);
+        }
+        if newest_seal.is_empty() {
+            return Sealing::NoSeal;
+        }
+        let mut newest_chunk: BTreeMap<&str, u64> = BTreeMap::new();
+        for chunk in &self.chunks {
+            let seq = newest_chunk.entry(&chunk.instance).or_default();
+            *seq = (*seq).max(chunk.seq);
+        }
+        let unsealed: Vec<String> = newest_chunk
+            .iter()
+            .filter(|(instance, chunk)| newest_seal.get(*instance).is_none_or(|s| s <= chunk))
+            .map(|(instance, _)| (*instance).to_owned())
+            .collect();
+        if unsealed.is_empty() {
+            Sealing::Sealed {
+                recorders: newest_seal.len(),
+            }
+        } else {
+            Sealing::Unsealed(unsealed)
+        }
     }
 }
 
@@ -304,22 +422,35 @@ impl RecordingStore {
     /// The chunks of a recording, ordered by instance, then sequence number. Objects
     /// under the recording's `chunks/` that are not chunk keys are skipped.
     pub async fn list_chunks(&self, recording_id: &str) -> Result<Vec<ChunkKey>, StoreError> {
+        Ok(self.list_recording(recording_id).await?.chunks)
+    }
+
+    /// A recording's chunks and seals, in one listing, each ordered by instance, then
+    /// sequence number. Other objects under its `chunks/` are skipped.
+    pub async fn list_recording(&self, recording_id: &str) -> Result<RecordingObjects, StoreError> {
         check_id(recording_id)?;
         let prefix = Path::from(format!("recordings/{recording_id}/chunks"));
-        let mut keys: Vec<ChunkKey> = self
-            .store
-            .list(Some(&prefix))
-            .try_filter_map(|meta| async move {
-                let key = ChunkKey::parse(&meta.location);
-                if key.is_none() {
-                    debug!(object = %meta.location, "not a chunk key; skipped");
-                }
-                Ok(key)
-            })
-            .try_collect()
-            .await?;
-        keys.sort();
-        Ok(keys)
+        let mut objects = RecordingObjects::default();
+        let mut listing = self.store.list(Some(&prefix));
+        while let Some(meta) = listing.try_next().await? {
+            if let Some(key) = ChunkKey::parse(&meta.location) {
+                objects.chunks.push(key);
+            } else if let Some(key) = SealKey::parse(&meta.location) {
+                objects.seals.push(key);
+            } else {
+                debug!(object = %meta.location, "neither a chunk nor a seal; skipped");
+            }
+        }
+        objects.chunks.sort();
+        objects.seals.sort();
+        Ok(objects)
+    }
+
+    /// Store a seal: an empty object, whose key says everything. Storing it again
+    /// (a retry after a lost answer) changes nothing.
+    pub async fn put_seal(&self, key: &SealKey) -> Result<(), StoreError> {
+        self.store.put(&key.path()?, PutPayload::new()).await?;
+        Ok(())
     }
 
     /// The bytes of one chunk.
@@ -468,6 +599,81 @@ mod tests {
         ] {
             assert_eq!(ChunkKey::parse(&Path::from(path)), None, "{path}");
         }
+    }
+
+    fn seal(recording: &str, instance: &str, seq: u64) -> SealKey {
+        SealKey {
+            recording_id: recording.into(),
+            instance: instance.into(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn seal_keys_sit_next_to_the_chunks_and_are_not_chunk_keys() {
+        let s = seal("rec-1", "rec-host-a", 43);
+        let path = s.path().unwrap();
+        assert_eq!(
+            path.as_ref(),
+            "recordings/rec-1/chunks/rec-host-a-0000000043.sealed"
+        );
+        assert_eq!(SealKey::parse(&path), Some(s));
+        assert_eq!(ChunkKey::parse(&path), None);
+        assert_eq!(SealKey::parse(&key("rec-1", "i", 1).path().unwrap()), None);
+        for path in [
+            "recordings/r/chunks/i-12.sealed",
+            "recordings/r/chunks/-0000000012.sealed",
+            "recordings/r/sealed/i-0000000012.sealed",
+        ] {
+            assert_eq!(SealKey::parse(&Path::from(path)), None, "{path}");
+        }
+        assert!(matches!(
+            seal("r", "../i", 1).path(),
+            Err(StoreError::InvalidId(_))
+        ));
+    }
+
+    #[test]
+    fn sealed_once_every_instance_with_chunks_sealed_after_its_newest() {
+        let objects = |chunks: &[(&str, u64)], seals: &[(&str, u64)]| RecordingObjects {
+            chunks: chunks.iter().map(|(i, s)| key("r", i, *s)).collect(),
+            seals: seals.iter().map(|(i, s)| seal("r", i, *s)).collect(),
+        };
+        assert_eq!(objects(&[], &[]).sealing(), Sealing::NoSeal);
+        assert_eq!(objects(&[("a", 1)], &[]).sealing(), Sealing::NoSeal);
+        assert_eq!(
+            objects(&[("a", 1), ("a", 2)], &[("a", 3)]).sealing(),
+            Sealing::Sealed { recorders: 1 }
+        );
+        // An End with nothing recorded still seals (nobody published).
+        assert_eq!(
+            objects(&[], &[("a", 3)]).sealing(),
+            Sealing::Sealed { recorders: 1 }
+        );
+        // A chunk opened after the seal (packets after the End) is not covered...
+        assert_eq!(
+            objects(&[("a", 1), ("a", 4)], &[("a", 3)]).sealing(),
+            Sealing::Unsealed(vec!["a".into()])
+        );
+        // ...until a later End seals again.
+        assert_eq!(
+            objects(&[("a", 1), ("a", 4)], &[("a", 3), ("a", 5)]).sealing(),
+            Sealing::Sealed { recorders: 1 }
+        );
+        // Another recorder's chunks need that recorder's seal.
+        assert_eq!(
+            objects(&[("a", 1), ("b", 2)], &[("a", 3)]).sealing(),
+            Sealing::Unsealed(vec!["b".into()])
+        );
+        assert_eq!(
+            objects(&[("a", 1), ("b", 2)], &[("a", 3), ("b", 4)]).sealing(),
+            Sealing::Sealed { recorders: 2 }
+        );
+        // A seal covers only chunks numbered below it.
+        assert_eq!(
+            objects(&[("a", 7)], &[("a", 7)]).sealing(),
+            Sealing::Unsealed(vec!["a".into()])
+        );
     }
 
     #[test]

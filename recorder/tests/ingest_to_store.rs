@@ -1,7 +1,8 @@
 //! The real `fanout-recorder run` binary, fed tap datagrams for two recordings over its
 //! socket (encoded by the forwarder's `recording::encode_packet`), with malformed ones
-//! mixed in: End closes one recording's chunk at once, SIGTERM closes the other's, and the
-//! store holds exactly what was sent, in order, for a local directory and for S3 (moto).
+//! mixed in: End closes one recording's chunk at once and seals it once its chunks are
+//! stored, SIGTERM closes the other's (no seal), and the store holds exactly what was
+//! sent, in order, for a local directory and for S3 (moto).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::path::Path;
 
 use common::{packet, stored_chunks, stored_packets, Recorder, S3Server, SentPacket, TapSender};
 use fanout_recorder::chunk::ChunkTail;
-use fanout_recorder::store::RecordingStore;
+use fanout_recorder::store::{RecordingStore, Sealing};
 
 const PACKETS: u32 = 240;
 /// Chunks close by size here (their deadline is far), so where they close is decided by
@@ -73,10 +74,19 @@ fn scenario(dir: &Path, store_args: &[String], env: &[(&str, &str)], store: &Rec
     sent_a.push(tail_a);
     tap.end("rec-A");
     recorder.wait_metric("fanout_recorder_chunks_closed_total{reason=\"end\"}", 1);
-    common::wait_for("rec-A complete in the store", || {
-        let stored = stored_packets(&stored_chunks(&runtime, store, "rec-A"));
-        (stored.len() == sent_a.len()).then_some(())
-    });
+    // Sealed once its chunks are stored: the seal says the store holds all of rec-A.
+    recorder.wait_metric("fanout_recorder_seals_stored_total", 1);
+    let objects = runtime.block_on(store.list_recording("rec-A")).unwrap();
+    let stored = stored_packets(&stored_chunks(&runtime, store, "rec-A"));
+    assert_eq!(
+        stored.len(),
+        sent_a.len(),
+        "every chunk is stored before the seal"
+    );
+    assert_eq!(objects.seals.len(), 1);
+    assert_eq!(objects.seals[0].instance, "rec-test-1");
+    assert_eq!(objects.sealing(), Sealing::Sealed { recorders: 1 });
+    assert_eq!(recorder.metric("fanout_recorder_seals_waiting"), 0);
 
     // rec-B's last packets go into a chunk that only the stop closes.
     for i in PACKETS..PACKETS + 7 {
@@ -131,6 +141,10 @@ fn scenario(dir: &Path, store_args: &[String], env: &[(&str, &str)], store: &Rec
             "{recording}: stored packets differ from those sent"
         );
     }
+    // A stop closes rec-B's chunk but does not seal it: only the forwarder's End does.
+    let objects = runtime.block_on(store.list_recording("rec-B")).unwrap();
+    assert!(objects.seals.is_empty(), "{:?}", objects.seals);
+    assert_eq!(objects.sealing(), Sealing::NoSeal);
     let left = common::spooled_chunks(&spool);
     assert!(
         left.is_empty(),

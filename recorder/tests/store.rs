@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fanout_recorder::store::{ChunkKey, RecordingStore, StoreError};
+use fanout_recorder::store::{ChunkKey, RecordingStore, SealKey, Sealing, StoreError};
 use futures::TryStreamExt;
 
 fn key(recording: &str, instance: &str, seq: u64) -> ChunkKey {
@@ -71,6 +71,39 @@ async fn conformance(store: &RecordingStore, scratch: &std::path::Path) {
         store.list_chunks("../rec-1").await,
         Err(StoreError::InvalidId(_))
     ));
+
+    // Seals sit next to the chunks: one listing has both, and chunk listings skip them.
+    let seal = |instance: &str, seq| SealKey {
+        recording_id: "rec-1".into(),
+        instance: instance.into(),
+        seq,
+    };
+    store
+        .put_seal(&seal("rec-a", 1_790_000_000_124))
+        .await
+        .unwrap();
+    store
+        .put_seal(&seal("rec-a", 1_790_000_000_124))
+        .await
+        .unwrap();
+    let objects = store.list_recording("rec-1").await.unwrap();
+    assert_eq!(objects.chunks, listed, "{store}");
+    assert_eq!(objects.seals, [seal("rec-a", 1_790_000_000_124)], "{store}");
+    assert_eq!(objects.sealing(), Sealing::Unsealed(vec!["rec-b".into()]));
+    store.put_seal(&seal("rec-b", 11)).await.unwrap();
+    let objects = store.list_recording("rec-1").await.unwrap();
+    assert_eq!(
+        objects.sealing(),
+        Sealing::Sealed { recorders: 2 },
+        "{store}"
+    );
+    assert_eq!(store.list_chunks("rec-1").await.unwrap(), listed);
+    assert!(store
+        .list_recording("rec-10")
+        .await
+        .unwrap()
+        .seals
+        .is_empty());
 
     // The result, from memory and from a file large enough for two parts.
     assert!(matches!(

@@ -215,6 +215,20 @@ impl Proc {
         }
     }
 
+    /// The word after `marker` in stderr (an address a process logs when it has bound
+    /// it), up to a space or `/`; waits up to `timeout` for it.
+    pub fn logged_word(&mut self, timeout: Duration, marker: &str) -> Result<String> {
+        self.wait_stderr(timeout, marker, |text| {
+            let rest = &text[text.find(marker)? + marker.len()..];
+            let word: String = rest
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '/')
+                .collect();
+            // A word cut at the end of what was read so far is not whole yet.
+            (rest.len() > word.len()).then_some(word)
+        })
+    }
+
     /// Length of the stderr collected so far: a mark for [`Proc::wait_stderr_after`].
     pub fn stderr_mark(&self) -> usize {
         self.stderr.len()

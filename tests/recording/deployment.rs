@@ -57,15 +57,7 @@ fn scrape(address: SocketAddr) -> Result<Metrics> {
 
 /// The word after `marker` in the stderr of `proc` (an address a process logs at start).
 fn logged_word(proc: &mut Proc, marker: &str) -> Result<String> {
-    proc.wait_stderr(START_TIMEOUT, marker, |text| {
-        let rest = &text[text.find(marker)? + marker.len()..];
-        let word: String = rest
-            .chars()
-            .take_while(|c| !c.is_whitespace() && *c != '/')
-            .collect();
-        // A word cut at the end of what was read so far is not whole yet.
-        (rest.len() > word.len()).then_some(word)
-    })
+    proc.logged_word(START_TIMEOUT, marker)
 }
 
 /// `fanout-control --store memory`.
@@ -76,8 +68,13 @@ pub struct Control {
     pub metrics: SocketAddr,
 }
 
+/// A stopped recording's job is due this long after its stop at the latest: long, so
+/// that a job claimable soon after the stop shows its recorders sealed it.
+pub const SETTLE: Duration = Duration::from_secs(120);
+
 impl Control {
-    pub fn start(dir: &Path) -> Result<Control> {
+    /// With `store` as the recording store (the recorders' seals are read there).
+    pub fn start(dir: &Path, store: &Path) -> Result<Control> {
         let file = |name: &str, text: &str| -> Result<PathBuf> {
             let path = dir.join(name);
             std::fs::write(&path, text)?;
@@ -91,10 +88,16 @@ impl Control {
             .arg(file("operator", OPERATOR)?)
             .arg("--enrolment-token-file")
             .arg(file("enrolment", ENROLMENT)?)
+            .arg("--recording-store")
+            .arg(store)
             .arg("--config")
             .arg(file(
                 "control.toml",
-                &format!("[registry]\nlease_ttl_ms = {}\n", LEASE_TTL.as_millis()),
+                &format!(
+                    "[registry]\nlease_ttl_ms = {}\n[recordings]\nsettle_s = {}\n",
+                    LEASE_TTL.as_millis(),
+                    SETTLE.as_secs()
+                ),
             )?);
         command.env("NO_COLOR", "1");
         let mut proc = Proc::spawn("fanout-control", command)?;
@@ -176,6 +179,23 @@ impl Recorder {
     /// SIGKILL: no chance to close or upload anything.
     pub fn kill(&mut self) {
         self.proc.kill();
+    }
+
+    /// Waits until this recorder sealed a recording: the forwarder's End came, and every
+    /// chunk of the recording before it is stored.
+    pub fn wait_sealed(&mut self) -> Result<()> {
+        let metrics = self.metrics;
+        wait_until(
+            "the recorder seals the recording",
+            Duration::from_secs(30),
+            || {
+                Ok(
+                    (scrape(metrics)?.sum("fanout_recorder_seals_stored_total", &[]) >= 1.0)
+                        .then_some(()),
+                )
+            },
+        )
+        .with_context(|| format!("recorder stderr:\n{}", tail(&self.proc.stderr())))
     }
 
     /// Waits until every chunk this recorder closed is stored and none is open; with
@@ -356,6 +376,20 @@ pub async fn stop_recording(channel: &Channel, meeting: &str) -> Result<()> {
         ))
         .await?;
     Ok(())
+}
+
+/// Claims the next due stitching job as a worker would (`None`: none is due).
+pub async fn claim_stitch_job(channel: &Channel) -> Result<Option<pb::StitchJob>> {
+    let answer = pb::recordings_client::RecordingsClient::new(channel.clone())
+        .claim_stitch_job(with_bearer(
+            pb::ClaimStitchJobRequest {
+                worker: "e2e-test".into(),
+            },
+            OPERATOR,
+        ))
+        .await?
+        .into_inner();
+    Ok(answer.job)
 }
 
 pub async fn get_meeting(channel: &Channel, meeting: &str) -> Result<pb::Meeting> {

@@ -3,16 +3,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, id, optional_id};
 use super::pb::{self, meetings_server::Meetings};
-use super::{bearer, status, Secret};
+use super::{grpc_caller, now, operator_only, status, Secret};
 use crate::domain::{
-    BreakoutId, Limits, MeetingId, MeetingSpec, MuteChange, ParticipantId, Passcode, UnixMillis,
+    BreakoutId, Limits, MeetingId, MeetingSpec, MuteChange, ParticipantId, Passcode,
 };
 use crate::service::meetings::{Caller, JoinInput, MeetingService, MeetingUpdate, MeetingView};
 
@@ -38,15 +37,7 @@ impl MeetingsApi {
 
     /// The caller of a request: the operator, or a participant whose join token checks out.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let credential = bearer(request)?;
-        if self
-            .operator
-            .as_ref()
-            .is_some_and(|o| o.matches(credential))
-        {
-            return Ok(Caller::Operator);
-        }
-        self.service.authenticate(credential, now()).map_err(status)
+        grpc_caller(self.operator.as_ref(), &self.service, request)
     }
 
     /// A participant as it is now on the meeting's stage (after a change the call made).
@@ -63,17 +54,11 @@ impl MeetingsApi {
     }
 
     fn operator<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match self.caller(request)? {
-            Caller::Operator => Ok(()),
-            Caller::Participant(_) => Err(Status::permission_denied(
-                "this call needs the operator credential",
-            )),
-        }
+        operator_only(
+            self.caller(request)?,
+            "this call needs the operator credential",
+        )
     }
-}
-
-fn now() -> UnixMillis {
-    UnixMillis::from_system_time(SystemTime::now())
 }
 
 fn meeting_id(text: &str) -> Result<MeetingId, Status> {

@@ -16,6 +16,7 @@ pub mod web;
 
 use tonic::Status;
 
+use crate::service::meetings::{Caller, MeetingService};
 use crate::service::{Code, ServiceError};
 
 /// The wire types, for clients of the API (the forwarder, the load generator, tests). The
@@ -60,6 +61,44 @@ pub(crate) fn bearer<T>(request: &tonic::Request<T>) -> Result<&str, Status> {
         .to_str()
         .map_err(|_| Status::unauthenticated("`authorization` is not ASCII"))?;
     crate::domain::bearer_token(text).map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+/// The wall clock, as the use cases take time.
+pub(crate) fn now() -> crate::domain::UnixMillis {
+    crate::domain::UnixMillis::from_system_time(std::time::SystemTime::now())
+}
+
+/// Who presents `credential` to a client-facing API (Meetings, Recordings, the REST
+/// routes): the operator, when it is the deployment's operator credential (compared in
+/// constant time; never without one), else a participant whose join token `meetings`
+/// verifies now.
+pub(crate) fn authenticate(
+    operator: Option<&Secret>,
+    meetings: &MeetingService,
+    credential: &str,
+) -> Result<Caller, ServiceError> {
+    if operator.is_some_and(|o| o.matches(credential)) {
+        return Ok(Caller::Operator);
+    }
+    meetings.authenticate(credential, now())
+}
+
+/// The caller of a gRPC request, by its `authorization: Bearer` credential
+/// ([`authenticate`]).
+pub(crate) fn grpc_caller<T>(
+    operator: Option<&Secret>,
+    meetings: &MeetingService,
+    request: &tonic::Request<T>,
+) -> Result<Caller, Status> {
+    authenticate(operator, meetings, bearer(request)?).map_err(status)
+}
+
+/// The operator only: a participant is refused with PERMISSION_DENIED and `refusal`.
+pub(crate) fn operator_only(caller: Caller, refusal: &'static str) -> Result<(), Status> {
+    match caller {
+        Caller::Operator => Ok(()),
+        Caller::Participant(_) => Err(Status::permission_denied(refusal)),
+    }
 }
 
 /// A shared secret compared in constant time (operator and forwarder enrolment tokens).

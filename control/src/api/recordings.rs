@@ -4,15 +4,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::id;
 use super::pb::{self, recordings_server::Recordings};
-use super::{bearer, status, Secret};
-use crate::domain::{MeetingId, RecordingId, UnixMillis};
+use super::{grpc_caller, now, operator_only, status, Secret};
+use crate::domain::{MeetingId, RecordingId};
 use crate::service::meetings::{Caller, MeetingService};
 use crate::service::recordings::{
     Output, RecordingRecord, RecordingService, RecordingState, StitchResult,
@@ -47,32 +46,16 @@ impl RecordingsApi {
 
     /// The operator, or a participant whose join token checks out.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let credential = bearer(request)?;
-        if self
-            .operator
-            .as_ref()
-            .is_some_and(|o| o.matches(credential))
-        {
-            return Ok(Caller::Operator);
-        }
-        self.meetings
-            .authenticate(credential, now())
-            .map_err(status)
+        grpc_caller(self.operator.as_ref(), &self.meetings, request)
     }
 
     /// Stitch workers run with the operator credential.
     fn worker<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match self.caller(request)? {
-            Caller::Operator => Ok(()),
-            Caller::Participant(_) => Err(Status::permission_denied(
-                "stitch workers call with the operator credential",
-            )),
-        }
+        operator_only(
+            self.caller(request)?,
+            "stitch workers call with the operator credential",
+        )
     }
-}
-
-fn now() -> UnixMillis {
-    UnixMillis::from_system_time(SystemTime::now())
 }
 
 fn recording_id(text: &str) -> Result<RecordingId, Status> {

@@ -123,8 +123,8 @@ pub struct MeetingsConfig {
     /// reports the real number. A limit is not an estimate: reserving every meeting's
     /// maximum would fill forwarders with empty seats.
     pub expected_participants: u32,
-    /// How long after its stop a recording's stitching job becomes due (the recorders
-    /// upload the chunks that were open meanwhile): see [`super::recordings`].
+    /// How long after its stop a recording's stitching job becomes due at the latest
+    /// (sooner when every recorder sealed it): see [`super::recordings`].
     pub recording_settle: Duration,
 }
 

@@ -20,8 +20,13 @@
 //!   [`follow_events`] from its commit. A recording can therefore never be recording in
 //!   the meeting and not in its record, or the reverse, and a failover of the forwarder or
 //!   a restart of control changes nothing (the record is in the store, with no lease).
-//! * A PENDING recording is due `settle` after its stop (default 10 s): the recorders
-//!   upload the chunks that were still open.
+//! * A PENDING recording is due once every recorder that stored chunks of it has sealed
+//!   it (stored a marker after its last chunk, on the forwarder's End: docs/recording.md,
+//!   "Sealing"), checked at claim time in the recording store, or `settle` after its stop
+//!   (default 10 s) at the latest: a recorder that died never seals. Early only when one
+//!   forwarder held the meeting from the start to the stop (its placement epoch did not
+//!   change): after a failover, the first forwarder's recorder may hold chunks no listing
+//!   shows yet.
 //! * Jobs not yet done are listed under `keys::stitch_jobs` with the time they may next be
 //!   claimed, so a claim scans the outstanding jobs, not every recording ever made. A claim
 //!   takes a due PENDING job, or a STITCHING one whose lease expired, with a
@@ -48,7 +53,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use fanout_recorder::store::{RecordingStore, StoreError as FileStoreError};
+use fanout_recorder::store::{RecordingStore, Sealing, StoreError as FileStoreError};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
@@ -60,12 +65,13 @@ pub use record::{
 use record::{ClaimOutcome, Completion, IndexEntry, JobEntry, Rules, RECORD_VERSION};
 
 use super::meetings::{read_meeting, Caller};
+use super::placement::PlacementRecord;
 use super::{keys, ServiceError};
 use crate::domain::{DomainError, MeetingEvent, MeetingId, RecordingId, UnixMillis};
 use crate::store::{Compare, CompareOp, KeyValue, Op, Revision, Store, Txn};
 
-/// How long after its stop a recording becomes due: the chunks open at the stop are
-/// closed and uploaded by then.
+/// How long after its stop a recording becomes due at the latest, sealed or not: the
+/// upper bound for recorders that never seal it (dead, or the End lost).
 pub const DEFAULT_SETTLE_DELAY: Duration = Duration::from_secs(10);
 /// How long a claim holds without a progress report.
 pub const DEFAULT_STITCH_LEASE: Duration = Duration::from_secs(30);
@@ -173,6 +179,10 @@ struct MetricsInner {
     retried: AtomicU64,
     failed: AtomicU64,
     leases_expired: AtomicU64,
+    /// First attempts claimed before their settle time: every recorder had sealed.
+    due_sealed: AtomicU64,
+    /// First attempts claimed at or after their settle time.
+    due_settled: AtomicU64,
 }
 
 impl RecordingMetrics {
@@ -202,7 +212,8 @@ impl RecordingMetrics {
         self.inner.entered[index].load(Ordering::Relaxed)
     }
 
-    /// Claims granted, completions (ready, retried, failed) and leases found expired.
+    /// Claims granted, completions (ready, retried, failed), leases found expired, and
+    /// what made first attempts due.
     pub fn jobs(&self) -> JobCounts {
         let i = &self.inner;
         JobCounts {
@@ -211,6 +222,8 @@ impl RecordingMetrics {
             retried: i.retried.load(Ordering::Relaxed),
             failed: i.failed.load(Ordering::Relaxed),
             leases_expired: i.leases_expired.load(Ordering::Relaxed),
+            due_sealed: i.due_sealed.load(Ordering::Relaxed),
+            due_settled: i.due_settled.load(Ordering::Relaxed),
         }
     }
 
@@ -247,8 +260,20 @@ impl RecordingMetrics {
              # HELP fanout_control_stitch_leases_expired_total Claims whose worker stopped \
              reporting, found expired by a later claim\n\
              # TYPE fanout_control_stitch_leases_expired_total counter\n\
-             fanout_control_stitch_leases_expired_total {}",
-            jobs.claims, jobs.ready, jobs.retried, jobs.failed, jobs.leases_expired
+             fanout_control_stitch_leases_expired_total {}\n\
+             # HELP fanout_control_stitch_due_total First stitching attempts claimed, by what \
+             made them due (sealed: every recorder sealed the recording before its settle \
+             time; settle: the settle time passed)\n\
+             # TYPE fanout_control_stitch_due_total counter\n\
+             fanout_control_stitch_due_total{{by=\"sealed\"}} {}\n\
+             fanout_control_stitch_due_total{{by=\"settle\"}} {}",
+            jobs.claims,
+            jobs.ready,
+            jobs.retried,
+            jobs.failed,
+            jobs.leases_expired,
+            jobs.due_sealed,
+            jobs.due_settled
         );
         if let Some(n) = outstanding {
             let _ = writeln!(
@@ -271,6 +296,8 @@ pub struct JobCounts {
     pub retried: u64,
     pub failed: u64,
     pub leases_expired: u64,
+    pub due_sealed: u64,
+    pub due_settled: u64,
 }
 
 // ---------------------------------------------------------------------------- meetings
@@ -297,7 +324,10 @@ impl RecordingWrites {
 /// The record writes for the recording events of one meeting transaction: a start
 /// creates the record (RECORDING, compared absent) and its index entry; a stop moves the
 /// record to PENDING (compared unchanged since read here) and creates its job. Reads the
-/// stopped recordings' records; the caller's transaction compares them.
+/// stopped recordings' records and the meeting's placement (its epoch at the start and
+/// at the stop says whether one forwarder recorded it throughout, see
+/// [`RecordingRecord::stop`]); the caller's transaction compares them, so a failover
+/// committed in between makes the meeting's operation retry.
 pub(crate) async fn follow_events(
     store: &dyn Store,
     meeting: &MeetingId,
@@ -308,13 +338,41 @@ pub(crate) async fn follow_events(
     // Each record touched, with the compare that guards it and whether it is new.
     let mut touched: BTreeMap<RecordingId, (RecordingRecord, Compare, bool)> = BTreeMap::new();
     let mut writes = RecordingWrites::default();
+    let recorded = events.iter().any(|e| {
+        matches!(
+            e,
+            MeetingEvent::RecordingStarted {
+                recording: Some(_),
+                ..
+            } | MeetingEvent::RecordingStopped {
+                recording: Some(_),
+                ..
+            }
+        )
+    });
+    let mut epoch = 0;
+    if recorded {
+        let key = keys::placement(meeting);
+        match store.get(&key).await? {
+            Some(kv) => {
+                epoch = decode::<PlacementRecord>(&kv)?.epoch;
+                writes.compares.push(Compare::mod_revision(
+                    key,
+                    CompareOp::Equal,
+                    kv.mod_revision,
+                ));
+            }
+            None => writes.compares.push(Compare::absent(key)),
+        }
+    }
     for event in events {
         match event {
             MeetingEvent::RecordingStarted {
                 recording: Some(id),
                 ..
             } => {
-                let record = RecordingRecord::started(id.clone(), meeting.clone(), now);
+                let mut record = RecordingRecord::started(id.clone(), meeting.clone(), now);
+                record.placement_epoch = Some(epoch);
                 let compare = Compare::absent(keys::recording(id));
                 touched.insert(id.clone(), (record, compare, true));
                 writes.entered.push(RecordingState::Recording);
@@ -325,7 +383,7 @@ pub(crate) async fn follow_events(
             } => {
                 if let Some((record, _, _)) = touched.get_mut(id) {
                     // Started and stopped in one transaction (no operation does that today).
-                    if record.stop(now, settle) {
+                    if record.stop(now, settle, epoch) {
                         writes.entered.push(RecordingState::Pending);
                     }
                     continue;
@@ -334,7 +392,7 @@ pub(crate) async fn follow_events(
                 let (record, compare, new) = match store.get(&key).await? {
                     Some(kv) => {
                         let mut record: RecordingRecord = decode_record(&kv)?;
-                        if !record.stop(now, settle) {
+                        if !record.stop(now, settle, epoch) {
                             // Only meeting transactions write a RECORDING record, and the
                             // meeting document serialises them: a stop of a record in
                             // another state is a stale event, not a reason to fail the
@@ -389,6 +447,7 @@ fn record_ops(record: &RecordingRecord) -> Result<Vec<Op>, ServiceError> {
             let entry = JobEntry {
                 version: RECORD_VERSION,
                 claimable_at,
+                sealable: record.may_seal_early(),
             };
             ops.push(Op::put(job.clone(), encode(&job, &entry)?));
         }
@@ -521,7 +580,8 @@ pub struct RecordingService {
     store: Arc<dyn Store>,
     config: RecordingsConfig,
     metrics: RecordingMetrics,
-    /// Where the stitched files are (`with_files`); without, downloads are refused.
+    /// Where the chunks, seals and stitched files are (`with_files`); without, downloads
+    /// are refused and jobs wait for their settle time.
     files: Option<RecordingStore>,
 }
 
@@ -538,7 +598,8 @@ impl RecordingService {
         }
     }
 
-    /// Serve downloads from `files`: the object store the stitch workers write to.
+    /// Serve downloads from `files`, and read the recorders' seals there: the object
+    /// store the recorders and the stitch workers write to.
     pub fn with_files(mut self, files: RecordingStore) -> Self {
         self.files = Some(files);
         self
@@ -680,6 +741,18 @@ impl RecordingService {
 
     /// The next job due at `now` for `worker`, claimed for it, or `None` if no job is due.
     /// Jobs are tried oldest due first; a job another worker claims first is skipped.
+    /// When none of them can be claimed, the jobs still in their settle time that may be
+    /// due early (one forwarder recorded them) are tried, oldest stop first: each is due
+    /// as soon as every recorder that stored chunks of it has sealed it.
+    ///
+    /// The seal check lives here, at claim time in the control plane, rather than in the
+    /// worker or in a scheduler of its own: a claim already reads the outstanding jobs and
+    /// decides with a compare-and-swap on the record, so any number of stateless control
+    /// instances decide alike from the same store listing, with no timer, no state to hand
+    /// over and no worker held waiting on a recording that may never be sealed (a recorder
+    /// that died never seals; `settle` stays the upper bound). It costs one listing of the
+    /// recording store per settling job, and only when no job is due. Without a recording
+    /// store, or when it cannot be listed, jobs wait out their settle time.
     pub async fn claim(
         &self,
         worker: &str,
@@ -690,33 +763,71 @@ impl RecordingService {
         let prefix = keys::stitch_jobs();
         let (entries, _) = self.store.range(&prefix).await?;
         let mut due = Vec::new();
+        let mut settling = Vec::new();
         for kv in &entries {
             let entry: JobEntry = decode(kv)?;
-            if entry.claimable_at <= now {
-                let id = RecordingId::new(&kv.key[prefix.len()..]).map_err(|e| {
-                    ServiceError::Corrupt {
-                        key: kv.key.clone(),
-                        reason: e.to_string(),
-                    }
+            let list = if entry.claimable_at <= now {
+                &mut due
+            } else if entry.sealable && self.files.is_some() {
+                &mut settling
+            } else {
+                continue;
+            };
+            let id =
+                RecordingId::new(&kv.key[prefix.len()..]).map_err(|e| ServiceError::Corrupt {
+                    key: kv.key.clone(),
+                    reason: e.to_string(),
                 })?;
-                due.push((entry.claimable_at, id));
-            }
+            list.push((entry.claimable_at, id));
         }
         due.sort();
         for (_, id) in due {
-            if let Some(job) = self.claim_one(&id, worker, now, &rules).await? {
+            if let Some(job) = self.claim_one(&id, worker, now, false, &rules).await? {
                 return Ok(Some(job));
+            }
+        }
+        settling.sort();
+        for (_, id) in settling {
+            if self.sealed(&id).await {
+                if let Some(job) = self.claim_one(&id, worker, now, true, &rules).await? {
+                    return Ok(Some(job));
+                }
             }
         }
         Ok(None)
     }
 
-    /// Tries to claim one job; `None` if it is not claimable (any more).
+    /// Whether every recorder that stored chunks of `id` has sealed it, by one listing of
+    /// the recording store. A store that cannot be listed answers no: the job waits for
+    /// its settle time, as it would without seals.
+    async fn sealed(&self, id: &RecordingId) -> bool {
+        let Some(files) = &self.files else {
+            return false;
+        };
+        match files.list_recording(id.as_str()).await {
+            Ok(objects) => match objects.sealing() {
+                Sealing::Sealed { .. } => true,
+                sealing => {
+                    tracing::debug!(recording = %id, ?sealing, "recording not sealed yet");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(recording = %id, error = %e,
+                    "cannot list the recording's chunks for its seals: it waits for its settle time");
+                false
+            }
+        }
+    }
+
+    /// Tries to claim one job (`sealed`: every recorder sealed it); `None` if it is not
+    /// claimable (any more).
     async fn claim_one(
         &self,
         id: &RecordingId,
         worker: &str,
         now: UnixMillis,
+        sealed: bool,
         rules: &Rules,
     ) -> Result<Option<StitchJob>, ServiceError> {
         let claim = claim_id()?;
@@ -728,7 +839,8 @@ impl RecordingService {
                 Err(e) => return Err(e),
             };
             let expired = record.state == RecordingState::Stitching;
-            let outcome = record.claim(worker, claim.clone(), now, rules);
+            let due_at = record.due_at;
+            let outcome = record.claim(worker, claim.clone(), now, sealed, rules);
             if outcome == ClaimOutcome::NotDue {
                 return Ok(None);
             }
@@ -757,6 +869,20 @@ impl RecordingService {
             }
             self.metrics.inner.claims.fetch_add(1, Ordering::Relaxed);
             self.metrics.entered(RecordingState::Stitching);
+            if record.attempts.len() == 1 {
+                let early = due_at.filter(|due| now < *due);
+                let counter = match early {
+                    Some(due) => {
+                        tracing::info!(recording = %id,
+                            after_stop_ms = record.stopped_at.map_or(0, |s| now.0.saturating_sub(s.0)),
+                            before_settle_ms = due.0 - now.0,
+                            "every recorder sealed the recording: due before its settle time");
+                        &self.metrics.inner.due_sealed
+                    }
+                    None => &self.metrics.inner.due_settled,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::info!(recording = %id, worker, attempt = record.attempts.len(), "stitching job claimed");
             return Ok(Some(StitchJob {
                 recording: record.id.clone(),

@@ -300,7 +300,7 @@ impl Daemon {
             Ok(TapMessage::End { recording_id }) => {
                 self.metrics.ends.fetch_add(1, Ordering::Relaxed);
                 debug!(recording_id, "recording ended");
-                self.core.handle_end(recording_id);
+                self.core.handle_end(now, recording_id);
                 self.apply_actions();
             }
             Err(e) => {
@@ -368,6 +368,9 @@ impl Daemon {
                         self.close_file(file, reason);
                     }
                 }
+                // After the Close of the recording's chunk, which queued it for upload:
+                // the seal waits for it.
+                IngestAction::Seal { key } => self.uploader.seal(key),
             }
         }
         self.metrics

@@ -39,6 +39,11 @@ pub struct IngestMetrics {
     pub spool_backlog: AtomicU64,
     /// Gauge: recordings with an open chunk.
     pub open_recordings: AtomicU64,
+    /// Seals stored: recordings whose chunks from this recorder are all in the store.
+    pub seals_stored: AtomicU64,
+    /// Gauge: seals asked for (a recording ended) and not yet stored: waiting for the
+    /// recording's chunks, or being stored.
+    pub seals_waiting: AtomicU64,
     /// Malformed datagrams by reason. Behind a lock: only bad input takes it.
     malformed: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -94,7 +99,7 @@ fn sample(out: &mut String, name: &str, value: &AtomicU64) {
 
 impl ProcessMetrics for IngestMetrics {
     fn write_metrics(&self, out: &mut String) {
-        let simple: [(&str, &str, &str, &AtomicU64); 12] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 14] = [
             ("fanout_recorder_datagrams_total", "counter", "Datagrams received on the tap socket.", &self.datagrams),
             ("fanout_recorder_received_bytes_total", "counter", "Bytes of the datagrams received.", &self.bytes),
             ("fanout_recorder_packets_total", "counter", "Tapped RTP packets accepted.", &self.packets),
@@ -104,9 +109,11 @@ impl ProcessMetrics for IngestMetrics {
             ("fanout_recorder_chunks_recovered_total", "counter", "Chunks a previous run left in the spool, queued for upload at start.", &self.chunks_recovered),
             ("fanout_recorder_chunks_uploaded_total", "counter", "Chunks stored and removed from the spool.", &self.chunks_uploaded),
             ("fanout_recorder_uploaded_bytes_total", "counter", "Bytes of the chunks stored.", &self.uploaded_bytes),
-            ("fanout_recorder_upload_retries_total", "counter", "Chunk uploads that failed and were tried again.", &self.upload_retries),
+            ("fanout_recorder_upload_retries_total", "counter", "Chunk and seal uploads that failed and were tried again.", &self.upload_retries),
             ("fanout_recorder_chunks_failed_total", "counter", "Chunks given up on in this run (unreadable, or not stored by shutdown: left in the spool).", &self.chunks_failed),
             ("fanout_recorder_spool_backlog", "gauge", "Closed chunks waiting in the spool to be stored.", &self.spool_backlog),
+            ("fanout_recorder_seals_stored_total", "counter", "Ended recordings sealed: every chunk of theirs from this recorder stored.", &self.seals_stored),
+            ("fanout_recorder_seals_waiting", "gauge", "Ended recordings not yet sealed: their chunks are still being stored.", &self.seals_waiting),
         ];
         for (name, kind, help, value) in simple {
             family(out, name, kind, help);

@@ -1,10 +1,15 @@
 //! Background uploads of closed chunks: sync, upload, retry with backoff, then remove from
 //! the spool. Runs on a small tokio runtime of its own, beside the synchronous receive
 //! loop, which hands it chunks through a channel and never waits for it.
+//!
+//! Seals go the same way, but only once every chunk of their recording queued before
+//! them is done ([`SealBook`]): a seal that waits for nothing is queued at once; one that
+//! waits is stored by the upload that finishes the last chunk it waits for, in that
+//! upload's task, so a stop's wait for the uploads covers the seals they release.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +19,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use super::metrics::IngestMetrics;
+use super::seal::SealBook;
 use super::spool::SpooledChunk;
-use crate::store::{RecordingStore, StoreError};
+use crate::store::{RecordingStore, SealKey, StoreError};
 
 /// How uploads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,12 +54,21 @@ impl UploadSettings {
     }
 }
 
-/// Takes closed chunks and stores them.
+/// What the uploader stores.
+#[derive(Debug)]
+enum Upload {
+    Chunk(SpooledChunk),
+    /// A seal that waits for no chunk.
+    Seal(SealKey),
+}
+
+/// Takes closed chunks and seals, and stores them.
 #[derive(Debug)]
 pub struct Uploader {
-    queue: mpsc::UnboundedSender<SpooledChunk>,
+    queue: mpsc::UnboundedSender<Upload>,
     dispatcher: tokio::task::JoinHandle<()>,
     metrics: Arc<IngestMetrics>,
+    seals: Arc<Mutex<SealBook>>,
 }
 
 impl Uploader {
@@ -65,22 +80,50 @@ impl Uploader {
         metrics: Arc<IngestMetrics>,
     ) -> Uploader {
         let (queue, receiver) = mpsc::unbounded_channel();
-        let dispatcher = runtime.spawn(dispatch(receiver, store, settings, metrics.clone()));
+        let seals = Arc::new(Mutex::new(SealBook::default()));
+        let shared = Shared {
+            store,
+            settings,
+            metrics: metrics.clone(),
+            seals: seals.clone(),
+        };
+        let dispatcher = runtime.spawn(dispatch(receiver, shared));
         Uploader {
             queue,
             dispatcher,
             metrics,
+            seals,
         }
     }
 
     /// Queue a closed chunk. Never blocks: the spool is the buffer.
     pub fn submit(&self, chunk: SpooledChunk) {
         self.metrics.spool_backlog.fetch_add(1, Ordering::Relaxed);
-        if let Err(refused) = self.queue.send(chunk) {
+        // Booked before the chunk is queued, and on this thread, so that a seal asked
+        // for later (on this thread too) waits for it.
+        lock(&self.seals).chunk_queued(&chunk.key);
+        if let Err(refused) = self.queue.send(Upload::Chunk(chunk)) {
             // Only after finish(), which consumes self: cannot happen. The file stays in
             // the spool for the next run either way.
-            warn!(file = %refused.0.path.display(), "upload queue closed; chunk left in the spool");
+            if let Upload::Chunk(chunk) = refused.0 {
+                warn!(file = %chunk.path.display(), "upload queue closed; chunk left in the spool");
+            }
             IngestMetrics::decrement(&self.metrics.spool_backlog);
+        }
+    }
+
+    /// Store `key` once every chunk of its recording queued so far is done. Never blocks.
+    pub fn seal(&self, key: SealKey) {
+        self.metrics.seals_waiting.fetch_add(1, Ordering::Relaxed);
+        let ready = lock(&self.seals).seal(key.clone());
+        match ready {
+            Some(key) => {
+                if self.queue.send(Upload::Seal(key)).is_err() {
+                    // As in submit: cannot happen.
+                    IngestMetrics::decrement(&self.metrics.seals_waiting);
+                }
+            }
+            None => debug!(seal = %key, "seal waits for the recording's chunks to be stored"),
         }
     }
 
@@ -91,6 +134,7 @@ impl Uploader {
         let dispatcher = self.dispatcher;
         let done = runtime.block_on(async move { tokio::time::timeout(timeout, dispatcher).await });
         let left = self.metrics.spool_backlog.load(Ordering::Relaxed);
+        let seals = self.metrics.seals_waiting.load(Ordering::Relaxed);
         if done.is_err() {
             self.metrics
                 .chunks_failed
@@ -100,31 +144,80 @@ impl Uploader {
                 "uploads still pending at the shutdown timeout; left in the spool for the next run"
             );
         }
+        if seals > 0 {
+            // Not kept anywhere: those recordings' jobs wait for their settle time.
+            warn!(
+                seals,
+                "ended recordings not sealed at the stop: their chunks were not all stored"
+            );
+        }
         left
     }
 }
 
-async fn dispatch(
-    mut receiver: mpsc::UnboundedReceiver<SpooledChunk>,
+/// What every upload task needs.
+#[derive(Debug, Clone)]
+struct Shared {
     store: RecordingStore,
     settings: UploadSettings,
     metrics: Arc<IngestMetrics>,
-) {
-    let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    seals: Arc<Mutex<SealBook>>,
+}
+
+fn lock(book: &Mutex<SealBook>) -> std::sync::MutexGuard<'_, SealBook> {
+    // The book is consistent between calls (no call panics half way).
+    book.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn dispatch(mut receiver: mpsc::UnboundedReceiver<Upload>, shared: Shared) {
+    let permits = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
     let mut uploads = JoinSet::new();
-    while let Some(chunk) = receiver.recv().await {
+    while let Some(upload) = receiver.recv().await {
         // Never closed: the semaphore lives in this function.
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (store, metrics) = (store.clone(), metrics.clone());
+        let shared = shared.clone();
         uploads.spawn(async move {
-            upload_until_stored(&store, &chunk, settings, &metrics).await;
+            match upload {
+                Upload::Chunk(chunk) => {
+                    upload_until_stored(&shared.store, &chunk, shared.settings, &shared.metrics)
+                        .await;
+                    let ready = lock(&shared.seals).chunk_done(&chunk.key);
+                    for seal in ready {
+                        store_seal(&shared, &seal).await;
+                    }
+                }
+                Upload::Seal(seal) => store_seal(&shared, &seal).await,
+            }
             drop(permit);
         });
         while uploads.try_join_next().is_some() {}
     }
     while uploads.join_next().await.is_some() {}
+}
+
+/// Store a seal, retrying until it is stored (or the runtime is shut down).
+async fn store_seal(shared: &Shared, seal: &SealKey) {
+    let metrics = &shared.metrics;
+    let mut failures = 0u32;
+    loop {
+        match shared.store.put_seal(seal).await {
+            Ok(()) => {
+                IngestMetrics::decrement(&metrics.seals_waiting);
+                metrics.seals_stored.fetch_add(1, Ordering::Relaxed);
+                info!(recording = %seal.recording_id, seal = %seal, failures, "recording sealed: every chunk of it is stored");
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                metrics.upload_retries.fetch_add(1, Ordering::Relaxed);
+                let wait = shared.settings.backoff(failures);
+                warn!(seal = %seal, failures, error = %e, retry_in = ?wait, "seal upload failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// Upload one chunk, retrying until it is stored (or the runtime is shut down).
@@ -215,6 +308,190 @@ mod tests {
     use crate::ingest::spool::Spool;
     use crate::store::ChunkKey;
     use object_store::memory::InMemory;
+    use object_store::ObjectStore;
+
+    /// An in-memory store that writes down every put as it starts and ends, in order, and
+    /// holds the puts of the chunks `gated` selects until [`Gated::open`].
+    #[derive(Debug)]
+    struct Gated {
+        inner: InMemory,
+        gated: fn(&str) -> bool,
+        open: tokio::sync::watch::Receiver<bool>,
+        log: tokio::sync::watch::Sender<Vec<String>>,
+    }
+
+    impl std::fmt::Display for Gated {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("gated")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Gated {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.log
+                .send_modify(|l| l.push(format!("start {location}")));
+            if (self.gated)(location.as_ref()) {
+                let mut open = self.open.clone();
+                let _ = open.wait_for(|open| *open).await;
+            }
+            let result = self.inner.put_opts(location, payload, opts).await;
+            self.log.send_modify(|l| l.push(format!("done {location}")));
+            result
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<
+                'static,
+                object_store::Result<object_store::path::Path>,
+            >,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+        {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[test]
+    fn a_seal_is_stored_only_after_every_earlier_chunk_of_its_recording() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let (log, mut watch) = tokio::sync::watch::channel(Vec::new());
+        let gated = Arc::new(Gated {
+            inner: InMemory::new(),
+            // R's chunks hang until the gate opens; S's go through.
+            gated: |path| path.starts_with("recordings/R/") && path.ends_with(".chunk"),
+            open: gate,
+            log,
+        });
+        let store = RecordingStore::from_object_store(gated.clone(), "gated");
+        let metrics = Arc::new(IngestMetrics::default());
+        let settings = UploadSettings {
+            concurrency: 4,
+            ..UploadSettings::default()
+        };
+        let uploader = Uploader::start(&runtime, store.clone(), settings, metrics.clone());
+        let chunk = |recording: &str, seq: u64| {
+            let header = ChunkHeader {
+                recording_id: recording.into(),
+                instance: "i".into(),
+                seq,
+                start_us: 0,
+            };
+            let (path, writer) = spool.create(&header).unwrap();
+            writer.close().unwrap();
+            SpooledChunk {
+                len: std::fs::metadata(&path).unwrap().len(),
+                path,
+                key: ChunkKey {
+                    recording_id: recording.into(),
+                    instance: "i".into(),
+                    seq,
+                },
+                records: 0,
+                tail: ChunkTail::Closed,
+            }
+        };
+        let seal = |recording: &str, seq: u64| SealKey {
+            recording_id: recording.into(),
+            instance: "i".into(),
+            seq,
+        };
+        uploader.submit(chunk("R", 1));
+        uploader.submit(chunk("R", 2));
+        // Unreadable: given up on, so it holds no seal forever.
+        uploader.submit(SpooledChunk {
+            path: dir.path().join("gone.chunk"),
+            ..chunk("R", 3)
+        });
+        uploader.seal(seal("R", 4));
+        uploader.submit(chunk("S", 5));
+        uploader.seal(seal("S", 6));
+        assert_eq!(metrics.seals_waiting.load(Ordering::Relaxed), 2);
+
+        // S is sealed while R's chunks hang: a seal waits for its own recording only.
+        let s_sealed = format!("done {}", seal("S", 6));
+        runtime.block_on(async {
+            let wait = watch.wait_for(|log| log.contains(&s_sealed));
+            tokio::time::timeout(Duration::from_secs(10), wait)
+                .await
+                .expect("S sealed")
+                .unwrap();
+        });
+        let r_seal = format!("start {}", seal("R", 4));
+        assert!(!watch.borrow().contains(&r_seal), "{:?}", *watch.borrow());
+
+        open.send_replace(true);
+        assert_eq!(uploader.finish(&runtime, Duration::from_secs(10)), 0);
+        let log = watch.borrow().clone();
+        let at = |entry: &str| {
+            log.iter()
+                .position(|l| l == entry)
+                .unwrap_or_else(|| panic!("{entry} not in {log:?}"))
+        };
+        let sealed_at = at(&r_seal);
+        for seq in [1, 2] {
+            let key = chunk("R", seq).key;
+            assert!(at(&format!("done {key}")) < sealed_at, "{log:?}");
+        }
+        let objects = runtime.block_on(store.list_recording("R")).unwrap();
+        assert_eq!(objects.seals, [seal("R", 4)]);
+        assert_eq!(objects.chunks.len(), 2);
+        assert_eq!(metrics.seals_stored.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.seals_waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.chunks_failed.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

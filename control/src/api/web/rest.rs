@@ -2,8 +2,6 @@
 //! /v1/meetings/{id}/recording`, and the recordings: `GET /v1/meetings/{id}/recordings`,
 //! `GET /v1/recordings/{id}` and `GET /v1/recordings/{id}/file`.
 
-use std::time::SystemTime;
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -21,9 +19,7 @@ use crate::service::meetings::Caller;
 use crate::service::recordings::{RecordingRecord, RecordingService};
 use crate::service::Code;
 
-pub(crate) fn now() -> UnixMillis {
-    UnixMillis::from_system_time(SystemTime::now())
-}
+pub(crate) use crate::api::now;
 
 /// A meeting id from a path, or 400.
 pub(crate) fn meeting_id(text: &str) -> Result<MeetingId, ApiError> {
@@ -143,15 +139,11 @@ fn caller(api: &WebApi, headers: &HeaderMap) -> Result<Caller, ApiError> {
         .map_err(|_| ApiError::new(Code::Unauthenticated, "`Authorization` is not ASCII"))?;
     let credential =
         bearer_token(value).map_err(|e| ApiError::new(Code::Unauthenticated, e.to_string()))?;
-    if api
-        .inner
-        .operator
-        .as_ref()
-        .is_some_and(|o| o.matches(credential))
-    {
-        return Ok(Caller::Operator);
-    }
-    Ok(api.inner.service.authenticate(credential, now())?)
+    Ok(crate::api::authenticate(
+        api.inner.operator.as_ref(),
+        &api.inner.service,
+        credential,
+    )?)
 }
 
 /// What `POST` and `DELETE /v1/meetings/{id}/recording` answer.

@@ -116,6 +116,15 @@ pub struct RecordingRecord {
     /// recorders upload the chunks that were open, or after a retry's backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<UnixMillis>,
+    /// The meeting's placement epoch when the recording started (0: not placed yet); `None`
+    /// in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_epoch: Option<u64>,
+    /// Set at the stop: one forwarder held the meeting from the start to the stop (its
+    /// placement did not move), so its recorder's seal is all the first stitching attempt
+    /// waits for; it may be due before `due_at` ([`RecordingRecord::may_seal_early`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealable: bool,
     /// STITCHING: the claim in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
@@ -134,11 +143,14 @@ pub struct RecordingRecord {
 }
 
 /// `keys::stitch_job`: a job not yet done, and when it may next be claimed (PENDING: its
-/// `due_at`; STITCHING: its lease's expiry).
+/// `due_at`; STITCHING: its lease's expiry), or earlier once its recording is sealed
+/// (`sealable`: [`RecordingRecord::may_seal_early`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct JobEntry {
     pub(super) version: u32,
     pub(super) claimable_at: UnixMillis,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) sealable: bool,
 }
 
 /// `keys::meeting_recording`: the entry of a recording in its meeting's index.
@@ -186,6 +198,8 @@ impl RecordingRecord {
             started_at: Some(now),
             stopped_at: None,
             due_at: None,
+            placement_epoch: None,
+            sealable: false,
             claim: None,
             progress: 0.0,
             attempts: Vec::new(),
@@ -204,20 +218,36 @@ impl RecordingRecord {
     ) -> Self {
         let mut record = Self::started(id, meeting, now);
         record.started_at = None;
-        record.stop(now, settle);
+        // Where it was recorded is unknown: no early start on seals.
+        record.stop(now, settle, 0);
         record
     }
 
     /// RECORDING → PENDING, due once the chunks that were open have had `settle` to
-    /// upload. `false` (and no change) in any other state.
-    pub fn stop(&mut self, now: UnixMillis, settle: Duration) -> bool {
+    /// upload, or earlier when sealed if the meeting's placement is still at the epoch it
+    /// had at the start (`placement_epoch`: now; 0 if not placed). `false` (and no change)
+    /// in any other state.
+    pub fn stop(&mut self, now: UnixMillis, settle: Duration, placement_epoch: u64) -> bool {
         if self.state != RecordingState::Recording {
             return false;
         }
         self.state = RecordingState::Pending;
         self.stopped_at = Some(now);
         self.due_at = Some(now.saturating_add(settle));
+        // Placed once during the recording (0 then 1), or not moved since the start. A
+        // move (failover) means a second forwarder and recorder, and the first may hold
+        // chunks that no listing shows yet and that it will never seal.
+        self.sealable = self
+            .placement_epoch
+            .is_some_and(|start| placement_epoch == start || (start == 0 && placement_epoch == 1));
         true
+    }
+
+    /// Whether the job may be due before `due_at`, once every recorder sealed it: only
+    /// the first attempt after a stop that [`stop`](Self::stop) found sealable (a retry
+    /// waits out its backoff).
+    pub fn may_seal_early(&self) -> bool {
+        self.state == RecordingState::Pending && self.sealable && self.attempts.is_empty()
     }
 
     /// When a worker may next claim it; `None` once it is READY or FAILED (no job).
@@ -234,18 +264,22 @@ impl RecordingRecord {
         u32::try_from(self.attempts.len()).unwrap_or(u32::MAX)
     }
 
-    /// A claim by `worker` at `now` with the fresh id `claim`: a due PENDING recording, or
-    /// a STITCHING one whose lease expired (that attempt ends as expired). With no attempt
-    /// left, an expired one is given up instead (FAILED).
+    /// A claim by `worker` at `now` with the fresh id `claim`: a due PENDING recording
+    /// (or one not yet due that every recorder `sealed`, if it
+    /// [may be due early](Self::may_seal_early)), or a STITCHING one whose lease expired
+    /// (that attempt ends as expired). With no attempt left, an expired one is given up
+    /// instead (FAILED).
     pub(super) fn claim(
         &mut self,
         worker: &str,
         claim: String,
         now: UnixMillis,
+        sealed: bool,
         rules: &Rules,
     ) -> ClaimOutcome {
         match self.state {
             RecordingState::Pending if self.due_at.is_some_and(|due| due <= now) => {}
+            RecordingState::Pending if sealed && self.may_seal_early() => {}
             RecordingState::Stitching
                 if self
                     .claim
@@ -417,7 +451,7 @@ mod tests {
             MeetingId::new("m").unwrap(),
             T0,
         );
-        assert!(r.stop(at(1_000), SETTLE));
+        assert!(r.stop(at(1_000), SETTLE, 0));
         r
     }
 
@@ -436,28 +470,75 @@ mod tests {
         assert_eq!(r.stopped_at, Some(at(1_000)));
         assert_eq!(r.due_at, Some(at(11_000)));
         let before = r.clone();
-        assert!(!r.stop(at(2_000), SETTLE));
+        assert!(!r.stop(at(2_000), SETTLE, 0));
         assert_eq!(r, before);
+    }
+
+    #[test]
+    fn sealed_early_only_for_a_first_attempt_on_one_forwarder() {
+        let sealable = |start: Option<u64>, stop: u64| {
+            let mut r = RecordingRecord::started(
+                RecordingId::new("rec").unwrap(),
+                MeetingId::new("m").unwrap(),
+                T0,
+            );
+            r.placement_epoch = start;
+            assert!(r.stop(at(1_000), SETTLE, stop));
+            r.may_seal_early()
+        };
+        assert!(sealable(Some(1), 1), "not moved");
+        assert!(sealable(Some(4), 4), "moved before the start only");
+        assert!(sealable(Some(0), 1), "placed during the recording");
+        assert!(sealable(Some(0), 0), "never placed");
+        assert!(!sealable(Some(1), 2), "failed over while recorded");
+        assert!(!sealable(Some(0), 2), "placed, then failed over");
+        assert!(!sealable(None, 1), "a record from before epochs were kept");
+
+        let mut r = stopped();
+        r.placement_epoch = Some(1);
+        r.state = RecordingState::Recording;
+        assert!(r.stop(at(1_000), SETTLE, 1));
+        // Sealed: claimable before its due time; not sealed: not.
+        assert_eq!(
+            r.claim("w", "c0".into(), at(2_000), false, &RULES),
+            ClaimOutcome::NotDue
+        );
+        assert_eq!(
+            r.claim("w", "c1".into(), at(2_000), true, &RULES),
+            ClaimOutcome::Claimed
+        );
+        // A retry waits out its backoff, seals or not.
+        r.complete("c1", Err("ffmpeg died".into()), at(3_000), &RULES)
+            .unwrap();
+        assert!(!r.may_seal_early());
+        assert_eq!(
+            r.claim("w", "c2".into(), at(4_000), true, &RULES),
+            ClaimOutcome::NotDue
+        );
+        assert_eq!(
+            r.claim("w", "c2".into(), at(8_000), false, &RULES),
+            ClaimOutcome::Claimed
+        );
     }
 
     #[test]
     fn claim_waits_for_due_and_for_an_expired_lease() {
         let mut r = stopped();
         assert_eq!(
-            r.claim("w1", "c1".into(), at(10_999), &RULES),
+            r.claim("w1", "c1".into(), at(10_999), false, &RULES),
             ClaimOutcome::NotDue
         );
         assert_eq!(
-            r.claim("w1", "c1".into(), at(11_000), &RULES),
+            r.claim("w1", "c1".into(), at(11_000), false, &RULES),
             ClaimOutcome::Claimed
         );
         assert_eq!(r.claimable_at(), Some(at(41_000)));
         assert_eq!(
-            r.claim("w2", "c2".into(), at(40_999), &RULES),
+            r.claim("w2", "c2".into(), at(40_999), false, &RULES),
             ClaimOutcome::NotDue
         );
         assert_eq!(
-            r.claim("w2", "c2".into(), at(41_000), &RULES),
+            r.claim("w2", "c2".into(), at(41_000), false, &RULES),
             ClaimOutcome::Claimed
         );
         assert_eq!(r.attempts.len(), 2);
@@ -482,7 +563,7 @@ mod tests {
         for (attempt, backoff) in [(1, 5_000), (2, 10_000)] {
             let claim = format!("c{attempt}");
             assert_eq!(
-                r.claim("w", claim.clone(), now, &RULES),
+                r.claim("w", claim.clone(), now, false, &RULES),
                 ClaimOutcome::Claimed
             );
             assert_eq!(
@@ -495,7 +576,7 @@ mod tests {
             now = UnixMillis(now.0 + backoff);
         }
         assert_eq!(
-            r.claim("w", "c3".into(), now, &RULES),
+            r.claim("w", "c3".into(), now, false, &RULES),
             ClaimOutcome::Claimed
         );
         assert_eq!(
@@ -514,7 +595,7 @@ mod tests {
             Completion::Repeated(RecordingState::Failed)
         );
         assert_eq!(
-            r.claim("w", "c4".into(), UnixMillis(u64::MAX), &RULES),
+            r.claim("w", "c4".into(), UnixMillis(u64::MAX), false, &RULES),
             ClaimOutcome::NotDue
         );
     }
@@ -527,11 +608,11 @@ mod tests {
             ..RULES
         };
         assert_eq!(
-            r.claim("w1", "c1".into(), at(11_000), &rules),
+            r.claim("w1", "c1".into(), at(11_000), false, &rules),
             ClaimOutcome::Claimed
         );
         assert_eq!(
-            r.claim("w2", "c2".into(), at(41_000), &rules),
+            r.claim("w2", "c2".into(), at(41_000), false, &rules),
             ClaimOutcome::GaveUp
         );
         assert_eq!(r.state, RecordingState::Failed);
@@ -542,7 +623,7 @@ mod tests {
     #[test]
     fn success_is_ready_and_repeats_answer_ready() {
         let mut r = stopped();
-        r.claim("w", "c1".into(), at(11_000), &RULES);
+        r.claim("w", "c1".into(), at(11_000), false, &RULES);
         r.report("c1", 0.25, at(20_000), &RULES).unwrap();
         assert_eq!(r.claimable_at(), Some(at(50_000)), "the lease is renewed");
         assert_eq!(

@@ -290,6 +290,212 @@ async fn a_job_is_claimed_only_once_due() {
     );
 }
 
+/// The fixture's recordings read seals (and serve files) from a local directory store.
+fn with_seals(f: &mut Fixture) -> (tempfile::TempDir, RecordingStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = RecordingStore::local(dir.path()).unwrap();
+    let service = RecordingService::new(
+        f.store.clone(),
+        RecordingsConfig {
+            lease: LEASE,
+            max_attempts: 3,
+            retry_backoff: BACKOFF,
+            ..RecordingsConfig::default()
+        },
+        f.meetings.recording_metrics().clone(),
+    )
+    .with_files(files.clone());
+    f.recordings = Arc::new(service);
+    (dir, files)
+}
+
+/// The meeting's placement record at `epoch` (1 when placed, +1 per failover), as
+/// placement writes it.
+async fn place(f: &Fixture, m: &MeetingId, epoch: u64) {
+    let record = crate::service::placement::PlacementRecord {
+        meeting: m.clone(),
+        forwarder: ForwarderId::new(format!("fwd-{epoch}")).unwrap(),
+        region: "eu".into(),
+        address: "192.0.2.1:40000".into(),
+        port: 40000,
+        epoch,
+        created_at: T0,
+        placed_at: T0,
+        expected_participants: 2,
+        window: None,
+    };
+    let key = keys::placement(m);
+    f.store
+        .put(&key, serde_json::to_vec(&record).unwrap(), None)
+        .await
+        .unwrap();
+}
+
+async fn put_chunk(files: &RecordingStore, r: &RecordingId, instance: &str, seq: u64) {
+    let key = fanout_recorder::store::ChunkKey {
+        recording_id: r.to_string(),
+        instance: instance.into(),
+        seq,
+    };
+    files
+        .put_chunk(&key, Bytes::from_static(b"chunk"))
+        .await
+        .unwrap();
+}
+
+async fn seal(files: &RecordingStore, r: &RecordingId, instance: &str, seq: u64) {
+    let key = fanout_recorder::store::SealKey {
+        recording_id: r.to_string(),
+        instance: instance.into(),
+        seq,
+    };
+    files.put_seal(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_is_due_once_every_recorder_sealed_or_at_its_settle_time() {
+    let mut f = fixture();
+    let (_dir, files) = with_seals(&mut f);
+    let m = f.meeting("m").await;
+    place(&f, &m, 1).await;
+    let r = f.start(&m, T0).await;
+    f.stop(&m, at(0)).await;
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.placement_epoch, Some(1));
+    assert!(record.sealable, "one forwarder throughout");
+    assert_eq!(
+        record.due_at,
+        Some(at(10_000)),
+        "the settle time is still the bound"
+    );
+    assert!(f.job(&r).await.unwrap().sealable);
+
+    // Not sealed: chunks of one recorder, and no seal.
+    put_chunk(&files, &r, "rec-a", 100).await;
+    put_chunk(&files, &r, "rec-a", 200).await;
+    assert_eq!(f.claim("w", at(1_000)).await, None);
+    // Its seal, but a chunk of another recorder (a restart under another name) unsealed.
+    put_chunk(&files, &r, "rec-b", 150).await;
+    seal(&files, &r, "rec-a", 201).await;
+    assert_eq!(f.claim("w", at(2_000)).await, None);
+    // Every recorder that stored chunks sealed after its last one: due now, 8 s early.
+    seal(&files, &r, "rec-b", 160).await;
+    let job = f.claim("w", at(2_000)).await.expect("sealed: due");
+    assert_eq!(job.recording, r);
+    assert_eq!(job.attempt, 1);
+    f.recordings
+        .complete(
+            &r,
+            &job.claim,
+            StitchResult::Succeeded(output(&r)),
+            at(5_000),
+        )
+        .await
+        .unwrap();
+    let jobs = f.recordings.metrics().jobs();
+    assert_eq!((jobs.due_sealed, jobs.due_settled), (1, 0));
+    assert!(f
+        .recordings
+        .metrics()
+        .render(None)
+        .contains("fanout_control_stitch_due_total{by=\"sealed\"} 1"));
+
+    // A second recording one of whose recorders never seals (it died): due at its
+    // settle time all the same.
+    let r2 = f.start(&m, at(20_000)).await;
+    f.stop(&m, at(30_000)).await;
+    put_chunk(&files, &r2, "rec-a", 300).await;
+    seal(&files, &r2, "rec-a", 301).await;
+    put_chunk(&files, &r2, "rec-dead", 290).await;
+    assert_eq!(f.claim("w", at(39_999)).await, None);
+    let job = f.claim("w", at(40_000)).await.expect("settle time passed");
+    assert_eq!(job.recording, r2);
+    let jobs = f.recordings.metrics().jobs();
+    assert_eq!((jobs.due_sealed, jobs.due_settled), (1, 1));
+}
+
+#[tokio::test]
+async fn seals_do_not_shorten_a_recording_that_moved_or_a_retry() {
+    let mut f = fixture();
+    let (_dir, files) = with_seals(&mut f);
+    // Failed over while recorded: the first forwarder's recorder may hold chunks that no
+    // listing shows yet, and never seals. The live recorder's seal is not enough.
+    let m = f.meeting("m").await;
+    place(&f, &m, 1).await;
+    let moved = f.start(&m, T0).await;
+    place(&f, &m, 2).await;
+    f.stop(&m, at(0)).await;
+    assert!(!f.record(&moved).await.0.sealable);
+    assert!(!f.job(&moved).await.unwrap().sealable);
+    put_chunk(&files, &moved, "rec-b", 100).await;
+    seal(&files, &moved, "rec-b", 101).await;
+    assert_eq!(f.claim("w", at(1_000)).await, None);
+
+    // Placed after the start (nobody had joined), not moved: sealable. A failed attempt's
+    // retry waits out its backoff, sealed or not.
+    let n = f.meeting("n").await;
+    let retried = f.start(&n, T0).await;
+    place(&f, &n, 1).await;
+    f.stop(&n, at(0)).await;
+    assert_eq!(f.record(&retried).await.0.placement_epoch, Some(0));
+    seal(&files, &retried, "rec-a", 50).await;
+    let job = f.claim("w", at(1_000)).await.expect("sealed");
+    assert_eq!(job.recording, retried);
+    f.recordings
+        .complete(
+            &retried,
+            &job.claim,
+            StitchResult::Failed("ffmpeg: exit 1".into()),
+            at(2_000),
+        )
+        .await
+        .unwrap();
+    assert!(!f.job(&retried).await.unwrap().sealable);
+    assert_eq!(f.claim("w", at(6_999)).await, None, "backing off");
+    assert_eq!(f.claim("w", at(7_000)).await.unwrap().recording, retried);
+    // The moved one comes at its settle time.
+    assert_eq!(f.claim("w", at(10_000)).await.unwrap().recording, moved);
+}
+
+#[tokio::test]
+async fn without_a_recording_store_jobs_wait_for_their_settle_time() {
+    let f = fixture();
+    let m = f.meeting("m").await;
+    place(&f, &m, 1).await;
+    let r = f.start(&m, T0).await;
+    f.stop(&m, at(0)).await;
+    assert!(f.job(&r).await.unwrap().sealable);
+    assert_eq!(f.claim("w", at(9_999)).await, None);
+    assert_eq!(f.claim("w", at(10_000)).await.unwrap().recording, r);
+}
+
+#[tokio::test]
+async fn a_stop_compares_the_placement_it_read() {
+    let f = fixture();
+    let m = f.meeting("m").await;
+    place(&f, &m, 1).await;
+    let r = f.start(&m, T0).await;
+    let events = [MeetingEvent::RecordingStopped {
+        by: crate::domain::Actor::Operator,
+        recording: Some(r.clone()),
+    }];
+    let writes = follow_events(f.store.as_ref(), &m, &events, at(0), SETTLE)
+        .await
+        .unwrap();
+    // A failover commits between the stop's reads and its transaction...
+    place(&f, &m, 2).await;
+    let txn = Txn::new()
+        .when(writes.compares.clone())
+        .and_then(writes.ops.clone());
+    assert!(!f.store.txn(txn).await.unwrap().succeeded, "...which fails");
+    assert_eq!(f.record(&r).await.0.state, RecordingState::Recording);
+    // The meeting service retries the whole operation, which then sees the move.
+    f.stop(&m, at(0)).await;
+    let (record, _) = f.record(&r).await;
+    assert_eq!(record.state, RecordingState::Pending);
+    assert!(!record.sealable);
+}
+
 #[tokio::test]
 async fn jobs_go_oldest_due_first_and_recordings_still_recording_never() {
     let f = fixture();
