@@ -241,6 +241,7 @@ mod tests {
                 payload: 0..payload.len(),
             },
             wall_micros: ts,
+            correction_micros: 0,
         }
     }
 
