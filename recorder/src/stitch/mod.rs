@@ -2,18 +2,19 @@
 //! file for the design).
 //!
 //! ```text
-//! packets ─► per stream: Sequencer ─► Anchorer ─► video: FrameAssembler ─► KeyframeGate ─► spool file
-//! (any order               (order,       (RTP time        (depacketize,      (no garbage)
-//!  per chunk)               dedup,        → wall clock)    complete frames)
-//!                           segments)                 audio: Opus check ─► Ogg Opus file (holes concealed)
+//! packets ─► per stream: Sequencer ─► per participant: ParticipantClock ─► per stream: video: FrameAssembler ─► KeyframeGate ─► spool file
+//! (any order              (order,       (RTP time → wall clock, one          (depacketize,      (no garbage)
+//!  per chunk)              dedup,        sender clock for all its streams)    complete frames)
+//!                          segments)                                        audio: Opus check ─► Ogg Opus file (holes concealed)
 //!
 //! pass 2, per participant and track: spool files of its encodings ─► LayerSelector ─► IVF tile
 //! ffmpeg: IVF tiles + Ogg tracks ─► grid (overlay on black) + amix ─► WebM (VP8 + Opus)
 //! ```
 //!
 //! [`stitch`] streams through the packets once; what it holds in memory is bounded per
-//! stream (the reorder window, one second of packets while a segment is anchored, one
-//! frame being assembled), not by the length of the recording: frames go to disk at once.
+//! stream (the reorder window, one frame being assembled) and per participant (one second
+//! of packets waiting for the clock's lookahead), not by the length of the recording:
+//! frames go to disk at once.
 
 pub mod depacketize;
 pub mod ivf;
@@ -26,6 +27,8 @@ mod layers;
 mod pipeline;
 mod sequence;
 mod spool;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -108,7 +111,9 @@ pub struct StitchOptions {
     /// A packet waits this long (by the arrival time of later packets) for a missing
     /// predecessor before the gap counts as loss.
     pub reorder_window_micros: u64,
-    /// The anchor of a segment is found over its first packets of this span.
+    /// The anchor of a segment is found over its first packets of this span, and every
+    /// packet is placed once the arrivals of this span after it have been seen (the
+    /// lookahead of the participant's clock, see `anchor.rs`).
     pub anchor_window_micros: u64,
     /// An RTP timestamp further than this from what the arrival clock predicts starts a
     /// new segment.
@@ -188,7 +193,15 @@ pub struct StreamReport {
     pub gaps: u64,
     /// Continuous stretches of the stream (a new one at an SSRC change or a jump).
     pub segments: u32,
-    /// Times the anchor moved to follow the arrival clock (a drifting or stalled sender).
+    /// How far the participant's clock mapping moved between this stream's first and
+    /// last packet (the sender's clock drift it followed), µs; see `anchor.rs`.
+    pub clock_correction_micros: i64,
+    /// The longest a packet arrived after its place on the timeline, µs: network jitter,
+    /// or the backlog of a sender that stalled and then caught up.
+    pub max_arrival_lag_micros: u64,
+    /// Audio: times the stream was realigned with the timeline while its packets were
+    /// continuous (its sender's clock runs fast or slow): a packet dropped, or a packet's
+    /// worth concealed.
     pub drift_corrections: u64,
     /// Video: frames reassembled whole.
     pub frames_complete: u64,
@@ -200,6 +213,9 @@ pub struct StreamReport {
     /// Complete frames or Opus packets whose time lies before media already written
     /// (overlapping segments).
     pub frames_overlapping: u64,
+    /// Audio: Opus packets dropped because the sender's clock ran a packet ahead of the
+    /// wall clock (see `drift_corrections`).
+    pub frames_dropped_for_drift: u64,
     /// Video frames written to the stream's spool; Opus packets written to its Ogg file.
     pub frames_written: u64,
     pub keyframes_written: u64,
@@ -342,73 +358,13 @@ pub fn stitch(
 ) -> Result<StitchReport, StitchError> {
     validate(options)?;
     let work = WorkDir::new(options)?;
-    let packets = packets.into_iter();
-    let expected_packets = packets.size_hint().1.filter(|&n| n > 0);
-    let mut streams: BTreeMap<StreamKey, pipeline::StreamPipeline> = BTreeMap::new();
-    let mut packets_read = 0u64;
-    progress(Progress {
-        stage: Stage::Reading,
-        fraction: 0.0,
-        packets_read,
-    });
-    for packet in packets {
-        packets_read += 1;
-        if !streams.contains_key(&packet.stream) {
-            let index = streams.len();
-            let pipeline = pipeline::StreamPipeline::new(
-                packet.stream.clone(),
-                packet.codec,
-                packet.clock_rate,
-                options,
-                &work.path,
-                index,
-            );
-            streams.insert(packet.stream.clone(), pipeline);
-        }
-        if let Some(stream) = streams.get_mut(&packet.stream) {
-            stream
-                .push(packet)
-                .map_err(StitchError::io("writing intermediate files"))?;
-        }
-        if packets_read.is_multiple_of(PROGRESS_EVERY_PACKETS) {
-            let fraction = expected_packets.map_or(0.0, |n| {
-                READING_SHARE * (packets_read as f64 / n as f64).min(1.0)
-            });
-            progress(Progress {
-                stage: Stage::Reading,
-                fraction,
-                packets_read,
-            });
-        }
-    }
-    let mut finished = Vec::with_capacity(streams.len());
-    for (_, stream) in streams {
-        finished.push(
-            stream
-                .finish()
-                .map_err(StitchError::io("finishing intermediate files"))?,
-        );
-    }
+    let (finished, packets_read) = read_streams(packets, options, &work.path, progress)?;
     progress(Progress {
         stage: Stage::Selecting,
         fraction: READING_SHARE,
         packets_read,
     });
-
-    // The timeline: from the first media placed to the end of the last.
-    let start = finished
-        .iter()
-        .filter_map(|s| s.report.first_micros)
-        .min()
-        .ok_or(StitchError::NoMedia)?;
-    let end = finished
-        .iter()
-        .filter_map(|s| s.report.end_micros)
-        .max()
-        .unwrap_or(start);
-    let duration_micros = u64::try_from(end - start)
-        .unwrap_or(0)
-        .max(MIN_DURATION_MICROS);
+    let (start, duration_micros) = timeline(&finished)?;
 
     let tiles = layers::build_tiles(&finished, start, options, &work.path)?;
     let audio: Vec<compose::AudioInput> = finished
@@ -474,6 +430,135 @@ pub fn stitch(
         duration_micros,
         encode_micros,
     })
+}
+
+/// Pass 1: every packet through its stream's pipeline (ordering, placement on the wall
+/// clock, depacketizing, intermediate files). Returns the finished streams and how many
+/// packets were read.
+fn read_streams(
+    packets: impl IntoIterator<Item = RecordedPacket>,
+    options: &StitchOptions,
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Vec<pipeline::FinishedStream>, u64), StitchError> {
+    let packets = packets.into_iter();
+    let expected_packets = packets.size_hint().1.filter(|&n| n > 0);
+    // Streams by id (the order they appeared), each participant's clock, and scratch
+    // buffers reused for every packet.
+    let mut streams: Vec<pipeline::StreamPipeline> = Vec::new();
+    let mut ids: BTreeMap<StreamKey, usize> = BTreeMap::new();
+    let mut clocks: BTreeMap<String, anchor::ParticipantClock> = BTreeMap::new();
+    let mut sequenced = Vec::new();
+    let mut timed = Vec::new();
+    let new_clock = || anchor::ParticipantClock::new(options.anchor_window_micros);
+    let mut packets_read = 0u64;
+    progress(Progress {
+        stage: Stage::Reading,
+        fraction: 0.0,
+        packets_read,
+    });
+    for packet in packets {
+        packets_read += 1;
+        let id = match ids.get(&packet.stream) {
+            Some(&id) => id,
+            None => {
+                let id = streams.len();
+                streams.push(pipeline::StreamPipeline::new(
+                    packet.stream.clone(),
+                    packet.codec,
+                    packet.clock_rate,
+                    options,
+                    dir,
+                    id,
+                ));
+                ids.insert(packet.stream.clone(), id);
+                id
+            }
+        };
+        if !clocks.contains_key(&packet.stream.participant) {
+            clocks.insert(packet.stream.participant.clone(), new_clock());
+        }
+        let clock = clocks.get_mut(&packet.stream.participant);
+        streams[id].push(packet, &mut sequenced);
+        if let Some(clock) = clock {
+            let clock_rate = streams[id].clock_rate();
+            for packet in sequenced.drain(..) {
+                clock.push(id, clock_rate, packet, &mut timed);
+            }
+        }
+        place(&mut streams, &mut timed)?;
+        if packets_read.is_multiple_of(PROGRESS_EVERY_PACKETS) {
+            let fraction = expected_packets.map_or(0.0, |n| {
+                READING_SHARE * (packets_read as f64 / n as f64).min(1.0)
+            });
+            progress(Progress {
+                stage: Stage::Reading,
+                fraction,
+                packets_read,
+            });
+        }
+    }
+    for (key, &id) in &ids {
+        streams[id].finish_sequencing(&mut sequenced);
+        if let Some(clock) = clocks.get_mut(&key.participant) {
+            let clock_rate = streams[id].clock_rate();
+            for packet in sequenced.drain(..) {
+                clock.push(id, clock_rate, packet, &mut timed);
+            }
+        }
+        sequenced.clear();
+    }
+    for clock in clocks.values_mut() {
+        clock.finish(&mut timed);
+        place(&mut streams, &mut timed)?;
+    }
+    let mut streams: Vec<Option<pipeline::StreamPipeline>> =
+        streams.into_iter().map(Some).collect();
+    let mut finished = Vec::with_capacity(streams.len());
+    for &id in ids.values() {
+        if let Some(stream) = streams[id].take() {
+            finished.push(
+                stream
+                    .finish()
+                    .map_err(StitchError::io("finishing intermediate files"))?,
+            );
+        }
+    }
+    Ok((finished, packets_read))
+}
+
+/// Hands placed packets to their streams.
+fn place(
+    streams: &mut [pipeline::StreamPipeline],
+    timed: &mut Vec<(usize, anchor::TimedPacket)>,
+) -> Result<(), StitchError> {
+    for (id, packet) in timed.drain(..) {
+        if let Some(stream) = streams.get_mut(id) {
+            stream
+                .place(packet)
+                .map_err(StitchError::io("writing intermediate files"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The timeline: from the first media placed to the end of the last, as (start on the
+/// wall clock, duration).
+fn timeline(finished: &[pipeline::FinishedStream]) -> Result<(i64, u64), StitchError> {
+    let start = finished
+        .iter()
+        .filter_map(|s| s.report.first_micros)
+        .min()
+        .ok_or(StitchError::NoMedia)?;
+    let end = finished
+        .iter()
+        .filter_map(|s| s.report.end_micros)
+        .max()
+        .unwrap_or(start);
+    let duration_micros = u64::try_from(end - start)
+        .unwrap_or(0)
+        .max(MIN_DURATION_MICROS);
+    Ok((start, duration_micros))
 }
 
 /// Shares of the progress fraction: reading is I/O-bound and fast next to encoding.

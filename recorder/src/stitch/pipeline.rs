@@ -1,11 +1,11 @@
-//! Pass 1 for one stream: sequencer → anchorer → (video) assembler → keyframe gate →
-//! spool file, or (audio) Opus check → Ogg Opus file.
+//! Pass 1 for one stream: sequencer → (the participant's clock, [`super::anchor`]) →
+//! (video) assembler → keyframe gate → spool file, or (audio) Opus check → Ogg Opus file.
 
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
-use super::anchor::{Anchorer, TimedPacket};
+use super::anchor::TimedPacket;
 use super::depacketize::h264::H264Depacketizer;
 use super::depacketize::vp8::Vp8Depacketizer;
 use super::depacketize::vp9::Vp9Depacketizer;
@@ -21,6 +21,17 @@ const MAX_REORDER_PACKETS: usize = 2048;
 /// placed right after it: timestamps computed through microseconds round, and a sender's
 /// clock is not sample-exact against the recorder's.
 const AUDIO_SNAP_SAMPLES: u64 = 120;
+/// An Opus packet that continues the previous one (the next sequence number and
+/// timestamp) is placed right after it while its place on the timeline is at most this
+/// many samples (20 ms, or its own duration if longer) after there, or at most
+/// [`AUDIO_LATE_SAMPLES`] before: a sender's clock drifting against the wall clock, or the
+/// participant's clock correction moving (`anchor.rs`), bends no audio. Past that the
+/// stream is realigned by concealing one packet's worth, or by dropping one packet. The
+/// bounds keep the audio within what lip sync notices (ITU-R BT.1359: 45 ms early, 125 ms
+/// late), and dropping only past 40 ms lets the correction come down by small amounts
+/// (the first window of a sender that started slowly) without any drop.
+const AUDIO_EARLY_SAMPLES: u64 = 960;
+const AUDIO_LATE_SAMPLES: u64 = 1920;
 const OPUS_RATE: u64 = 48_000;
 
 /// A finished stream: its report and its intermediate file.
@@ -54,6 +65,9 @@ struct VideoSink {
 struct AudioSink {
     writer: Option<OggOpusWriter<BufWriter<File>>>,
     start_micros: i64,
+    /// The segment, extended sequence number and extended timestamp a packet continuing
+    /// the last one taken has.
+    next: Option<(u32, i64, i64)>,
 }
 
 enum Sink {
@@ -68,11 +82,10 @@ pub(crate) struct StreamPipeline {
     path: PathBuf,
     serial: u32,
     sequencer: Sequencer,
-    anchorer: Anchorer,
     sink: Sink,
     report: StreamReport,
-    sequenced: Vec<SequencedPacket>,
-    timed: Vec<TimedPacket>,
+    /// The participant clock's correction at the first and last packet placed.
+    corrections: Option<(i64, i64)>,
 }
 
 impl std::fmt::Debug for StreamPipeline {
@@ -123,6 +136,7 @@ impl StreamPipeline {
                 Sink::Audio(AudioSink {
                     writer: None,
                     start_micros: 0,
+                    next: None,
                 }),
                 "ogg",
             ),
@@ -139,51 +153,50 @@ impl StreamPipeline {
             path: dir.join(format!("stream-{index}.{extension}")),
             serial: u32::try_from(index).unwrap_or(u32::MAX),
             sequencer: Sequencer::new(config),
-            anchorer: Anchorer::new(clock_rate.max(1), options.anchor_window_micros),
             sink,
-            sequenced: Vec::new(),
-            timed: Vec::new(),
+            corrections: None,
         }
     }
 
-    /// Takes one packet of this stream. Errors are I/O errors of the intermediate files;
-    /// bad packets are counted, not errors.
-    pub fn push(&mut self, packet: RecordedPacket) -> io::Result<()> {
+    /// The stream's RTP clock rate (never 0 for a packet that left the sequencer).
+    pub fn clock_rate(&self) -> u32 {
+        self.clock_rate
+    }
+
+    /// Takes one packet of this stream; appends what the sequencer releases, in order, to
+    /// `out`, for the participant's clock to place. Bad packets are counted.
+    pub fn push(&mut self, packet: RecordedPacket, out: &mut Vec<SequencedPacket>) {
         self.report.packets += 1;
         if packet.codec != self.codec || packet.clock_rate != self.clock_rate {
             self.report.mismatched_packets += 1;
-            return Ok(());
+            return;
         }
         let Some(header) = rtp::parse(&packet.rtp).filter(|_| self.clock_rate > 0) else {
             self.report.malformed_packets += 1;
-            return Ok(());
+            return;
         };
-        self.sequencer.push(
-            header,
-            packet.arrival_micros,
-            packet.rtp,
-            &mut self.sequenced,
-        );
-        self.drain()
+        self.sequencer
+            .push(header, packet.arrival_micros, packet.rtp, out);
     }
 
-    fn drain(&mut self) -> io::Result<()> {
-        for packet in self.sequenced.drain(..) {
-            self.anchorer.push(packet, &mut self.timed);
-        }
-        let mut timed = std::mem::take(&mut self.timed);
-        for packet in timed.drain(..) {
-            self.consume(packet)?;
-        }
-        self.timed = timed;
-        Ok(())
+    /// End of input for the sequencer: everything it still holds, in order.
+    pub fn finish_sequencing(&mut self, out: &mut Vec<SequencedPacket>) {
+        self.sequencer.finish(out);
     }
 
-    fn consume(&mut self, timed: TimedPacket) -> io::Result<()> {
+    /// Takes one packet placed on the wall clock. Errors are I/O errors of the
+    /// intermediate files.
+    pub fn place(&mut self, timed: TimedPacket) -> io::Result<()> {
         let wall = timed.wall_micros;
         if self.report.first_micros.is_none_or(|first| wall < first) {
             self.report.first_micros = Some(wall);
         }
+        let lag = u64::try_from((timed.packet.arrival_micros as i64).saturating_sub(wall));
+        self.report.max_arrival_lag_micros =
+            self.report.max_arrival_lag_micros.max(lag.unwrap_or(0));
+        let correction = timed.correction_micros;
+        let first = self.corrections.map_or(correction, |(first, _)| first);
+        self.corrections = Some((first, correction));
         match &mut self.sink {
             Sink::Video(video) => {
                 self.report.end_micros =
@@ -210,11 +223,45 @@ impl StreamPipeline {
                         audio.writer.insert(OggOpusWriter::new(out, self.serial)?)
                     }
                 };
+                // Continuous: nothing lost and no silence left out (DTX) since the last
+                // packet taken, so its audio follows without a hole.
+                let packet = &timed.packet;
+                let continues =
+                    audio.next == Some((packet.segment, packet.ext_seq, packet.ext_timestamp));
+                let ticks = i64::from(samples) * i64::from(self.clock_rate) / OPUS_RATE as i64;
+                audio.next = Some((
+                    packet.segment,
+                    packet.ext_seq + 1,
+                    packet.ext_timestamp + ticks,
+                ));
                 let wanted = micros_to_samples(wall - audio.start_micros);
                 let position = writer.position();
-                let at = if wanted.abs_diff(position) <= AUDIO_SNAP_SAMPLES {
+                // Before where the last one ended by up to 40 ms (or a packet): right after
+                // it. Further before: a continuous stream is that far late (its sender's
+                // clock runs fast, or the correction came down) and gives up this packet;
+                // after a gap it overlaps what was written. After where the last one ended:
+                // right after it within 2.5 ms (or, continuous, within 20 ms or a packet),
+                // else after a concealed hole.
+                let late = AUDIO_LATE_SAMPLES.max(u64::from(samples));
+                let early = AUDIO_EARLY_SAMPLES.max(u64::from(samples));
+                let at = if wanted <= position {
+                    if position - wanted <= late {
+                        position
+                    } else if continues {
+                        self.report.drift_corrections += 1;
+                        self.report.frames_dropped_for_drift += 1;
+                        return Ok(());
+                    } else {
+                        wanted
+                    }
+                } else if wanted - position <= AUDIO_SNAP_SAMPLES
+                    || (continues && wanted - position <= early)
+                {
                     position
                 } else {
+                    // A whole packet behind while nothing was lost: the sender's clock
+                    // runs slow against the wall clock (or the correction rose).
+                    self.report.drift_corrections += u64::from(continues);
                     wanted
                 };
                 if writer.write_packet_at(at, timed.packet.payload(), samples)? {
@@ -223,6 +270,8 @@ impl StreamPipeline {
                     self.report.end_micros =
                         Some(self.report.end_micros.map_or(end, |e| e.max(end)));
                 } else {
+                    // Not taken: the packets after it do not continue anything written.
+                    audio.next = None;
                     self.report.frames_overlapping += 1;
                 }
                 self.report.concealed_micros = samples_to_micros(writer.filled_samples()) as u64;
@@ -231,25 +280,18 @@ impl StreamPipeline {
         Ok(())
     }
 
-    /// End of input: flushes every stage and closes the intermediate file.
+    /// End of input (after [`Self::finish_sequencing`] and the last packets placed):
+    /// flushes the assembler and closes the intermediate file.
     pub fn finish(mut self) -> io::Result<FinishedStream> {
-        self.sequencer.finish(&mut self.sequenced);
-        let sequenced = std::mem::take(&mut self.sequenced);
-        for packet in sequenced {
-            self.anchorer.push(packet, &mut self.timed);
-        }
-        self.anchorer.flush(&mut self.timed);
-        let timed = std::mem::take(&mut self.timed);
-        for packet in timed {
-            self.consume(packet)?;
-        }
         let stats = self.sequencer.stats;
         self.report.duplicate_packets = stats.duplicates;
         self.report.late_packets = stats.late;
         self.report.stale_source_packets = stats.stale_source;
         self.report.unconfirmed_jumps = stats.unconfirmed_jumps;
         self.report.segments = stats.segments;
-        self.report.drift_corrections = self.anchorer.drift_corrections;
+        if let Some((first, last)) = self.corrections {
+            self.report.clock_correction_micros = last - first;
+        }
         let mut spool = None;
         let mut audio = None;
         match self.sink {

@@ -491,12 +491,15 @@ pub fn ffprobe(path: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// Decodes the whole file; returns FFmpeg's error output (empty when clean).
+/// Decodes the whole file; returns FFmpeg's error output (empty when clean). Frames keep
+/// the file's own time base: a tile's frames are as far apart as their RTP timestamps and
+/// the sender's clock say, not on a 30 fps grid, and rounding them onto one would report
+/// two frames at one time.
 pub fn decode_errors(path: &Path) -> String {
     let output = Command::new("ffmpeg")
         .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"])
+        .args(["-enc_time_base:v", "-1", "-f", "null", "-"])
         .output()
         .unwrap();
     let mut errors = String::from_utf8_lossy(&output.stderr).into_owned();

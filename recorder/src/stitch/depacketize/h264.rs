@@ -8,26 +8,12 @@
 //! only once: the depacketizer remembers the last SPS and PPS it saw and puts them in
 //! front of an IDR access unit that lacks them. An IDR with no parameter sets ever seen
 //! is not a keyframe (a decoder could not start there). Only one SPS and one PPS are
-//! remembered (the last of each), which is what WebRTC senders use.
+//! remembered (the last of each), which is what WebRTC senders use. Where an access unit
+//! may begin is the forwarder's reading ([`fanout_forwarder::codec::h264::inspect`]).
+
+use fanout_forwarder::codec::h264::{self, nal_type};
 
 use super::{DepacketizeError, VideoDepacketizer, VideoFrame};
-
-/// NAL unit types (H.264 Table 7-1, RFC 6184 Table 1).
-pub mod nal_type {
-    pub const SLICE: u8 = 1;
-    pub const SLICE_DATA_PARTITION_A: u8 = 2;
-    pub const IDR: u8 = 5;
-    pub const SEI: u8 = 6;
-    pub const SPS: u8 = 7;
-    pub const PPS: u8 = 8;
-    pub const AUD: u8 = 9;
-    pub const STAP_A: u8 = 24;
-    pub const STAP_B: u8 = 25;
-    pub const MTAP16: u8 = 26;
-    pub const MTAP24: u8 = 27;
-    pub const FU_A: u8 = 28;
-    pub const FU_B: u8 = 29;
-}
 
 const TYPE_MASK: u8 = 0x1f;
 /// The F and NRI bits of a NAL unit header, which an FU indicator carries for the
@@ -39,19 +25,6 @@ const FU_END: u8 = 0x40;
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 /// Parameter sets larger than this are not remembered (real ones are tens of bytes).
 const MAX_PARAMETER_SET_BYTES: usize = 4096;
-
-/// Whether a NAL unit of this type, whose payload starts with `first_payload_byte`, can
-/// begin an access unit (H.264 §7.4.1.2.3): AUD, SEI, SPS, PPS, types 14-18, or the first
-/// slice of a picture (`first_mb_in_slice` = 0, whose ue(v) code is the single bit 1).
-fn may_start_access_unit(ty: u8, first_payload_byte: Option<u8>) -> bool {
-    match ty {
-        nal_type::SEI..=nal_type::AUD | 14..=18 => true,
-        nal_type::SLICE | nal_type::SLICE_DATA_PARTITION_A | nal_type::IDR => {
-            first_payload_byte.is_some_and(|b| b & 0x80 != 0)
-        }
-        _ => false,
-    }
-}
 
 /// Splits the payloads of one access unit into NAL units (without start codes).
 pub fn nal_units(payloads: &[&[u8]]) -> Result<Vec<Vec<u8>>, DepacketizeError> {
@@ -127,20 +100,9 @@ pub struct H264Depacketizer {
 
 impl VideoDepacketizer for H264Depacketizer {
     fn starts_frame(&self, payload: &[u8]) -> bool {
-        let Some((&header, rest)) = payload.split_first() else {
-            return false;
-        };
-        match header & TYPE_MASK {
-            ty @ 1..=23 => may_start_access_unit(ty, rest.first().copied()),
-            nal_type::STAP_A => rest
-                .get(2..)
-                .and_then(|unit| unit.split_first())
-                .is_some_and(|(&h, r)| may_start_access_unit(h & TYPE_MASK, r.first().copied())),
-            nal_type::FU_A => rest.split_first().is_some_and(|(&fu, r)| {
-                fu & FU_START != 0 && may_start_access_unit(fu & TYPE_MASK, r.first().copied())
-            }),
-            _ => false,
-        }
+        // The forwarder's reading of the NAL unit headers (H.264 §7.4.1.2.3): an access
+        // unit delimiter, SEI, parameter set, or the first slice of a picture.
+        h264::inspect(payload, false).is_ok_and(|info| info.start_of_frame)
     }
 
     fn frame(&mut self, payloads: &[&[u8]]) -> Result<VideoFrame, DepacketizeError> {

@@ -9,7 +9,10 @@
 //!
 //! The video depacketizers are pure functions of the payloads of one frame
 //! ([`VideoDepacketizer::frame`]); [`FrameAssembler`] decides which packets form a frame
-//! and whether the frame is complete. Every function here is total: malformed payloads
+//! and whether the frame is complete. The payload descriptors and NAL unit headers are
+//! read by the forwarder's parsers (`fanout_forwarder::codec`), the ones it forwards
+//! with: what is recorded is read the way it was forwarded. What is here is what only a
+//! recorder needs: joining the codec data into frames a decoder takes. Every function here is total: malformed payloads
 //! are errors, never panics (the fuzz targets in `recorder/fuzz` and the proptests check
 //! it).
 
@@ -17,6 +20,8 @@ pub mod h264;
 pub mod opus;
 pub mod vp8;
 pub mod vp9;
+
+use fanout_forwarder::codec::CodecError;
 
 use super::anchor::TimedPacket;
 
@@ -32,6 +37,16 @@ pub enum DepacketizeError {
     Unsupported,
     #[error("frame carries no data")]
     Empty,
+}
+
+impl From<CodecError> for DepacketizeError {
+    fn from(error: CodecError) -> Self {
+        match error {
+            CodecError::TooShort => DepacketizeError::TooShort,
+            CodecError::Unsupported => DepacketizeError::Unsupported,
+            _ => DepacketizeError::Malformed,
+        }
+    }
 }
 
 /// One reassembled video frame, as a decoder (and an IVF file) takes it.
@@ -241,6 +256,7 @@ mod tests {
                 payload: 0..payload.len(),
             },
             wall_micros: ts,
+            correction_micros: 0,
         }
     }
 

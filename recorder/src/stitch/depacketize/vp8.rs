@@ -1,70 +1,25 @@
 //! VP8 (RFC 7741): the payload descriptor (§4.2) is stripped from every packet and the
 //! rest concatenated; the first packet of a frame has S=1 and PID=0 (§4.2), and the VP8
 //! payload header it starts with (§4.3, the frame tag of RFC 6386 §9.1) says whether the
-//! frame is a key frame.
+//! frame is a key frame. The descriptor is read by the forwarder's parser
+//! ([`fanout_forwarder::codec::vp8::inspect`]), which, like libwebrtc, refuses a key frame
+//! whose first packet does not hold the whole 10-byte key frame header.
 //!
 //! ```text
 //!      |X|R|N|S|R| PID |      X: |I|L|T|K| RSV |      I: |M| PictureID (7 or 15 bits)
 //!      L: TL0PICIDX           T/K: |TID|Y| KEYIDX|
 //! ```
 
+use fanout_forwarder::codec::vp8;
+
 use super::{DepacketizeError, VideoDepacketizer, VideoFrame};
 
-/// First octet: X, extended control bits present.
-const X: u8 = 0x80;
-/// First octet: S, start of a VP8 partition.
-const S: u8 = 0x10;
-/// First octet: PID, partition index.
-const PID_MASK: u8 = 0x07;
-/// Extended control bits: I (picture id), L (TL0PICIDX), T (TID/Y), K (KEYIDX).
-const I: u8 = 0x80;
-const L: u8 = 0x40;
-const T: u8 = 0x20;
-const K: u8 = 0x10;
-/// Picture id octet: M, the id has 15 bits.
-const LONG_PICTURE_ID: u8 = 0x80;
 /// RFC 6386 §9.1: frame tag bit 0 is the *inverse* key frame flag.
 const INVERSE_KEY_FRAME: u8 = 0x01;
 /// A key frame begins with the 3-byte frame tag, the start code 9d 01 2a and two 16-bit
 /// dimensions (14 bits of size, 2 of scale).
 const KEY_FRAME_START_CODE: [u8; 3] = [0x9d, 0x01, 0x2a];
 const KEY_FRAME_HEADER_LEN: usize = 10;
-
-/// The parts of the payload descriptor that depacketizing needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vp8Descriptor {
-    /// Bytes of descriptor before the VP8 data.
-    pub len: usize,
-    /// S=1 and PID=0: the first packet of a frame.
-    pub starts_frame: bool,
-}
-
-/// Reads the payload descriptor (RFC 7741 §4.2).
-pub fn parse_descriptor(payload: &[u8]) -> Result<Vp8Descriptor, DepacketizeError> {
-    let first = *payload.first().ok_or(DepacketizeError::TooShort)?;
-    let mut len = 1;
-    if first & X != 0 {
-        let ext = *payload.get(len).ok_or(DepacketizeError::TooShort)?;
-        len += 1;
-        if ext & I != 0 {
-            let id = *payload.get(len).ok_or(DepacketizeError::TooShort)?;
-            len += if id & LONG_PICTURE_ID != 0 { 2 } else { 1 };
-        }
-        if ext & L != 0 {
-            len += 1;
-        }
-        if ext & (T | K) != 0 {
-            len += 1;
-        }
-    }
-    if len > payload.len() {
-        return Err(DepacketizeError::TooShort);
-    }
-    Ok(Vp8Descriptor {
-        len,
-        starts_frame: first & S != 0 && first & PID_MASK == 0,
-    })
-}
 
 /// Width and height of a VP8 key frame (RFC 6386 §9.1), `None` for an inter frame or a
 /// key frame without the start code.
@@ -84,17 +39,18 @@ pub struct Vp8Depacketizer;
 
 impl VideoDepacketizer for Vp8Depacketizer {
     fn starts_frame(&self, payload: &[u8]) -> bool {
-        parse_descriptor(payload).is_ok_and(|d| d.starts_frame)
+        vp8::inspect(payload, false).is_ok_and(|info| info.start_of_frame)
     }
 
     fn frame(&mut self, payloads: &[&[u8]]) -> Result<VideoFrame, DepacketizeError> {
         let mut data = Vec::with_capacity(payloads.iter().map(|p| p.len()).sum());
         for (index, payload) in payloads.iter().enumerate() {
-            let descriptor = parse_descriptor(payload)?;
-            if index == 0 && !descriptor.starts_frame {
+            // The marker does not matter here: the assembler has framed the packets.
+            let info = vp8::inspect(payload, false)?;
+            if index == 0 && !info.start_of_frame {
                 return Err(DepacketizeError::Malformed);
             }
-            data.extend_from_slice(&payload[descriptor.len..]);
+            data.extend_from_slice(payload.get(info.descriptor_len..).unwrap_or_default());
         }
         let tag = *data.first().ok_or(DepacketizeError::Empty)?;
         let keyframe = tag & INVERSE_KEY_FRAME == 0;
@@ -126,9 +82,9 @@ mod tests {
     fn ffmpeg_style_key_frame_over_two_packets() {
         // FFmpeg's packetizer: X=1 S=1, I=1, 15-bit picture id; then X=1 S=0.
         let mut first = vec![0x90, 0x80, 0x81, 0x2c];
-        first.extend_from_slice(&KEY_FRAME[..7]);
+        first.extend_from_slice(&KEY_FRAME[..10]);
         let mut second = vec![0x80, 0x80, 0x81, 0x2c];
-        second.extend_from_slice(&KEY_FRAME[7..]);
+        second.extend_from_slice(&KEY_FRAME[10..]);
         let mut depacketizer = Vp8Depacketizer;
         assert!(depacketizer.starts_frame(&first));
         assert!(!depacketizer.starts_frame(&second));
@@ -136,6 +92,14 @@ mod tests {
         assert_eq!(frame.data, KEY_FRAME);
         assert!(frame.keyframe);
         assert_eq!(frame.dimensions, Some((640, 480)));
+        // A first packet cut inside the key frame header: refused, as it is forwarded.
+        let mut cut = vec![0x90, 0x80, 0x81, 0x2c];
+        cut.extend_from_slice(&KEY_FRAME[..7]);
+        assert!(!depacketizer.starts_frame(&cut));
+        assert_eq!(
+            depacketizer.frame(&[&cut, &second]),
+            Err(DepacketizeError::TooShort)
+        );
     }
 
     #[test]
@@ -167,7 +131,7 @@ mod tests {
         );
         assert_eq!(
             Vp8Depacketizer.frame(&[&[0x10]]),
-            Err(DepacketizeError::Empty)
+            Err(DepacketizeError::TooShort)
         );
         // A "key frame" without the start code.
         assert_eq!(

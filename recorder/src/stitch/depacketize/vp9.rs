@@ -14,27 +14,16 @@
 //! with all its packets; a partly received picture is dropped like any incomplete frame.
 //!
 //! The key-frame decision reads the bitstream, not the descriptor's P bit: P=0 also marks
-//! intra-only frames, where a decoder without state cannot start.
+//! intra-only frames, where a decoder without state cannot start. The descriptor (with
+//! its reference indices and scalability structure) is read by the forwarder's parser
+//! ([`fanout_forwarder::codec::vp9::inspect`]).
 
 use std::ops::Range;
 
+use fanout_forwarder::codec::vp9;
+
 use super::{DepacketizeError, VideoDepacketizer, VideoFrame};
 
-const I: u8 = 0x80;
-const P: u8 = 0x40;
-const L: u8 = 0x20;
-const F: u8 = 0x10;
-const B: u8 = 0x08;
-const E: u8 = 0x04;
-const V: u8 = 0x02;
-/// Picture id octet: M, 15-bit id.
-const LONG_PICTURE_ID: u8 = 0x80;
-/// Reference index octet: N, another follows.
-const N: u8 = 0x01;
-const MAX_REFERENCES: usize = 3;
-/// Scalability structure: Y (resolutions) and G (picture group) present.
-const SS_Y: u8 = 0x10;
-const SS_G: u8 = 0x08;
 /// Annex B: a superframe holds at most 8 frames; its index starts and ends with a marker
 /// byte `110 SS FFF` (SS+1 bytes per size, FFF+1 frames).
 const MAX_SUPERFRAME_FRAMES: usize = 8;
@@ -44,80 +33,6 @@ const SUPERFRAME_MARKER: u8 = 0xc0;
 const SYNC_CODE: u32 = 0x49_83_42;
 /// §7.2 color_config: color space 7 is RGB.
 const CS_RGB: u32 = 7;
-
-/// The parts of the payload descriptor that depacketizing needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vp9Descriptor {
-    /// Bytes of descriptor before the VP9 data.
-    pub len: usize,
-    /// B: first packet of a layer frame.
-    pub begins_layer_frame: bool,
-    /// E: last packet of a layer frame.
-    pub ends_layer_frame: bool,
-    /// SID, when layer indices are present.
-    pub spatial_layer: Option<u8>,
-}
-
-/// Reads the payload descriptor (RFC 9628 §4.2), skipping the reference indices and the
-/// scalability structure.
-pub fn parse_descriptor(payload: &[u8]) -> Result<Vp9Descriptor, DepacketizeError> {
-    let first = *payload.first().ok_or(DepacketizeError::TooShort)?;
-    let byte = |at: usize| payload.get(at).copied().ok_or(DepacketizeError::TooShort);
-    let mut at = 1;
-    if first & I != 0 {
-        at += if byte(at)? & LONG_PICTURE_ID != 0 {
-            2
-        } else {
-            1
-        };
-    }
-    let mut spatial_layer = None;
-    if first & L != 0 {
-        spatial_layer = Some((byte(at)? >> 1) & 0x07);
-        at += 1;
-        if first & F == 0 {
-            at += 1; // TL0PICIDX
-        }
-    }
-    if first & F != 0 && first & P != 0 {
-        let mut references = 0;
-        loop {
-            let reference = byte(at)?;
-            at += 1;
-            references += 1;
-            if reference & N == 0 {
-                break;
-            }
-            if references == MAX_REFERENCES {
-                return Err(DepacketizeError::Malformed);
-            }
-        }
-    }
-    if first & V != 0 {
-        let header = byte(at)?;
-        at += 1;
-        if header & SS_Y != 0 {
-            at += 4 * (usize::from(header >> 5) + 1);
-        }
-        if header & SS_G != 0 {
-            let pictures = byte(at)?;
-            at += 1;
-            for _ in 0..pictures {
-                let picture = byte(at)?;
-                at += 1 + usize::from((picture >> 2) & 0x03);
-            }
-        }
-    }
-    if at > payload.len() {
-        return Err(DepacketizeError::TooShort);
-    }
-    Ok(Vp9Descriptor {
-        len: at,
-        begins_layer_frame: first & B != 0,
-        ends_layer_frame: first & E != 0,
-        spatial_layer,
-    })
-}
 
 /// The frames of a superframe (Annex B), or the whole buffer as one frame when it has no
 /// valid superframe index.
@@ -246,8 +161,8 @@ pub struct Vp9Depacketizer;
 
 impl VideoDepacketizer for Vp9Depacketizer {
     fn starts_frame(&self, payload: &[u8]) -> bool {
-        parse_descriptor(payload)
-            .is_ok_and(|d| d.begins_layer_frame && d.spatial_layer.unwrap_or(0) == 0)
+        vp9::inspect(payload)
+            .is_ok_and(|info| info.start_of_frame && info.spatial_layer.unwrap_or(0) == 0)
     }
 
     fn frame(&mut self, payloads: &[&[u8]]) -> Result<VideoFrame, DepacketizeError> {
@@ -255,8 +170,9 @@ impl VideoDepacketizer for Vp9Depacketizer {
         let mut layer_frames: Vec<Vec<u8>> = Vec::new();
         let mut open = false;
         for payload in payloads {
-            let descriptor = parse_descriptor(payload)?;
-            if descriptor.begins_layer_frame {
+            let info = vp9::inspect(payload)?;
+            // B and E delimit a layer frame.
+            if info.start_of_frame {
                 if open {
                     return Err(DepacketizeError::Malformed); // E missing before a new B
                 }
@@ -267,8 +183,8 @@ impl VideoDepacketizer for Vp9Depacketizer {
                 .last_mut()
                 .filter(|_| open)
                 .ok_or(DepacketizeError::Malformed)?;
-            current.extend_from_slice(&payload[descriptor.len..]);
-            if descriptor.ends_layer_frame {
+            current.extend_from_slice(payload.get(info.descriptor_len..).unwrap_or_default());
+            if info.end_of_frame {
                 open = false;
             }
         }
@@ -304,6 +220,14 @@ impl VideoDepacketizer for Vp9Depacketizer {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The descriptor's first octet (RFC 9628 §4.2, `I|P|L|F|B|E|V|Z`) with the named
+    /// bits set: `flags("ILBV")`.
+    fn flags(set: &str) -> u8 {
+        set.chars()
+            .map(|bit| 0x80 >> "IPLFBEVZ".find(bit).unwrap())
+            .fold(0, |octet, bit| octet | bit)
+    }
 
     /// A profile 0 key frame header of 352x288: frame_marker 2, profile 0, show_existing
     /// 0, frame_type 0, show_frame 1, error_res 0, sync code, color space 2 (BT.709),
@@ -345,7 +269,7 @@ mod tests {
         let key = key_frame();
         // I=1 (15-bit id), L=1, B=1, V=1 with SS (1 layer, Y=1: 352x288, no G).
         let mut first = vec![
-            I | L | B | V,
+            flags("ILBV"),
             0x80,
             0x05,
             0x00,
@@ -357,7 +281,7 @@ mod tests {
             0x20,
         ];
         first.extend_from_slice(&key[..10]);
-        let mut second = vec![I | L | E, 0x80, 0x05, 0x00, 0x07];
+        let mut second = vec![flags("ILE"), 0x80, 0x05, 0x00, 0x07];
         second.extend_from_slice(&key[10..]);
         let mut depacketizer = Vp9Depacketizer;
         assert!(depacketizer.starts_frame(&first));
@@ -371,8 +295,8 @@ mod tests {
     #[test]
     fn flexible_mode_two_spatial_layers_become_a_superframe() {
         // Picture of SID 0 (inter, 2 references) and SID 1 (inter, inter-layer dep).
-        let base = [I | P | L | F | B | E, 0x12, 0x00, 0x03, 0x04];
-        let upper = [I | P | L | F | B | E, 0x12, 0x03, 0x02];
+        let base = [flags("IPLFBE"), 0x12, 0x00, 0x03, 0x04];
+        let upper = [flags("IPLFBE"), 0x12, 0x03, 0x02];
         let mut p0 = base.to_vec();
         p0.extend_from_slice(&INTER_FRAME);
         let mut p1 = upper.to_vec();
@@ -394,9 +318,9 @@ mod tests {
     #[test]
     fn key_picture_with_layers_is_a_keyframe() {
         let key = key_frame();
-        let mut p0 = vec![L | B | E, 0x00, 0x00];
+        let mut p0 = vec![flags("LBE"), 0x00, 0x00];
         p0.extend_from_slice(&key);
-        let mut p1 = vec![L | B | E, 0x03, 0x00];
+        let mut p1 = vec![flags("LBE"), 0x03, 0x00];
         p1.extend_from_slice(&INTER_FRAME);
         let frame = Vp9Depacketizer.frame(&[&p0, &p1]).unwrap();
         assert!(frame.keyframe);
@@ -406,25 +330,25 @@ mod tests {
     fn refuses_broken_layer_framing() {
         // Continuation without a begin; a begin while a layer frame is open; empty.
         assert_eq!(
-            Vp9Depacketizer.frame(&[&[E, 1]]),
+            Vp9Depacketizer.frame(&[&[flags("E"), 1]]),
             Err(DepacketizeError::Malformed)
         );
         assert_eq!(
-            Vp9Depacketizer.frame(&[&[B, 1], &[B | E, 2]]),
+            Vp9Depacketizer.frame(&[&[flags("B"), 1], &[flags("BE"), 2]]),
             Err(DepacketizeError::Malformed)
         );
         assert_eq!(
-            Vp9Depacketizer.frame(&[&[B | E]]),
+            Vp9Depacketizer.frame(&[&[flags("BE")]]),
             Err(DepacketizeError::Empty)
         );
         // Four reference indices.
         assert_eq!(
-            parse_descriptor(&[P | F | B, 3, 3, 3, 3]),
+            Vp9Depacketizer.frame(&[&[flags("PFBE"), 3, 3, 3, 3, 0]]),
             Err(DepacketizeError::Malformed)
         );
         // Scalability structure running past the end.
         assert_eq!(
-            parse_descriptor(&[V, 0xf0, 0]),
+            Vp9Depacketizer.frame(&[&[flags("VBE"), 0xf0, 0]]),
             Err(DepacketizeError::TooShort)
         );
     }
