@@ -1515,9 +1515,9 @@ mod tests {
         assert_eq!(Delivery::after(Code::NotFound), Delivery::Refused);
     }
 
-    #[test]
-    fn paused_kinds_are_read_and_unknown_ones_ignored() {
-        let leg = pb::Leg {
+    /// A plain SRTP leg `p` of meeting `m` that may publish, with keys and no tracks.
+    fn plain_leg() -> pb::Leg {
+        pb::Leg {
             meeting_id: "m".into(),
             participant_id: "p".into(),
             srtp_profile: pb::SrtpProfile::AeadAes128Gcm as i32,
@@ -1530,6 +1530,13 @@ mod tests {
                 master_salt: vec![0x12; 12],
             }),
             can_publish: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn paused_kinds_are_read_and_unknown_ones_ignored() {
+        let leg = pb::Leg {
             tracks: [
                 pb::TrackKind::Audio,
                 pb::TrackKind::Camera,
@@ -1549,7 +1556,7 @@ mod tests {
                 99,
                 pb::TrackKind::Audio as i32,
             ],
-            ..Default::default()
+            ..plain_leg()
         };
         let desired = leg_from_pb(&leg).unwrap();
         let paused: Vec<_> = desired.tracks.iter().map(|t| (t.kind, t.paused)).collect();
@@ -1567,24 +1574,7 @@ mod tests {
     fn tokens_and_keys_stay_out_of_debug_output() {
         let token = Token::new("s3cret-token".into());
         assert!(!format!("{token:?}").contains("s3cret"));
-        let leg = pb::Leg {
-            meeting_id: "m".into(),
-            participant_id: "p".into(),
-            srtp_profile: pb::SrtpProfile::AeadAes128Gcm as i32,
-            inbound_key: Some(pb::SrtpKey {
-                master_key: vec![0xAB; 16],
-                master_salt: vec![0xCD; 12],
-            }),
-            outbound_key: Some(pb::SrtpKey {
-                master_key: vec![0xEF; 16],
-                master_salt: vec![0x12; 12],
-            }),
-            can_publish: true,
-            breakout_id: String::new(),
-            tracks: vec![],
-            webrtc: None,
-            paused_tracks: vec![],
-        };
+        let leg = plain_leg();
         let desired = leg_from_pb(&leg).unwrap();
         let browser = pb::Leg {
             webrtc: Some(pb::WebrtcTransport {

@@ -1128,6 +1128,11 @@ mod tests {
 
         fn upsert(&mut self, name: &str, can_publish: bool, room: Option<&str>) -> Vec<Batch> {
             let leg = self.leg(name, can_publish, room);
+            self.upsert_leg(name, leg)
+        }
+
+        /// Upsert `leg` as `name`'s and apply what it changes.
+        fn upsert_leg(&mut self, name: &str, leg: DesiredLeg) -> Vec<Batch> {
             let batches = self.reconciler.changes(vec![Change::LegUpserted {
                 meeting: m(),
                 participant: name.into(),
@@ -1320,13 +1325,7 @@ mod tests {
             for track in &mut leg.tracks {
                 track.paused = paused.contains(&track.kind);
             }
-            let batches = net.reconciler.changes(vec![Change::LegUpserted {
-                meeting: m(),
-                participant: name.into(),
-                leg,
-            }]);
-            net.run(batches.clone());
-            batches
+            net.upsert_leg(name, leg)
         };
         // Thirty who joined muted: no tracks, so the two on air send each of their
         // tracks to 31 others and nobody subscribes to the thirty.
