@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let mut writer = OggOpusWriter::new(Vec::new(), 1).expect("writing to memory");
     let gap = u64::from(data.first().copied().unwrap_or(0)) * 120;
     assert!(writer.write_packet_at(0, data, samples).expect("memory"));
-    assert!(writer.write_packet_at(u64::from(samples) + gap, data, samples).expect("memory"));
+    assert!(writer
+        .write_packet_at(u64::from(samples) + gap, data, samples)
+        .expect("memory"));
     assert_eq!(writer.position(), 2 * u64::from(samples) + gap);
     if let Some(filler) = concealment_packet(samples) {
         assert_eq!(packet_samples(&filler), Ok(samples));
