@@ -1,5 +1,6 @@
-//! Test support: a real, throwaway etcd server, and a store wrapper that lines up racing
-//! transactions ([`TxnGate`]).
+//! Test support: a real, throwaway etcd server, a store wrapper that lines up racing
+//! transactions ([`TxnGate`]), and a placer that puts every meeting on one forwarder
+//! ([`OneForwarderPlacer`]).
 //!
 //! [`EtcdServer::start`] runs the `etcd` binary (Debian's `etcd-server`, etcd 3.4; installed
 //! by `scripts/install-deps.sh`) as a single-member cluster on a fresh data directory and two
@@ -21,7 +22,7 @@ use std::io;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -390,6 +391,46 @@ impl crate::store::Store for GatedStore {
         start_revision: Option<crate::store::Revision>,
     ) -> BoxFuture<'a, Result<crate::store::WatchStream, StoreError>> {
         self.inner.watch(prefix, start_revision)
+    }
+}
+
+/// A [`Placer`](crate::service::Placer) for service tests: every meeting goes to forwarder
+/// `fwd-1` at 192.0.2.1:40000 (epoch 1), and nothing is placed until asked. Counts the
+/// calls to `place`.
+#[derive(Debug, Default)]
+pub struct OneForwarderPlacer {
+    calls: AtomicUsize,
+}
+
+impl OneForwarderPlacer {
+    /// How many times `place` was called.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl crate::service::Placer for OneForwarderPlacer {
+    fn place<'a>(
+        &'a self,
+        _meeting: &'a crate::domain::MeetingId,
+        _hint: &'a crate::service::PlacementHint,
+    ) -> BoxFuture<'a, Result<crate::service::Placement, crate::service::ServiceError>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async {
+            Ok(crate::service::Placement {
+                forwarder: crate::domain::ForwarderId::new("fwd-1").expect("a valid id"),
+                address: "192.0.2.1:40000".into(),
+                epoch: 1,
+            })
+        })
+    }
+
+    fn placement<'a>(
+        &'a self,
+        _meeting: &'a crate::domain::MeetingId,
+    ) -> BoxFuture<'a, Result<Option<crate::service::Placement>, crate::service::ServiceError>>
+    {
+        Box::pin(async { Ok(None) })
     }
 }
 

@@ -11,19 +11,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-
 use fanout_control::domain::{
-    ForwarderId, MeetingId, MeetingKind, MeetingSpec, PasscodeCost, RecordingId, TokenKey,
-    UnixMillis,
+    MeetingId, MeetingKind, MeetingSpec, PasscodeCost, RecordingId, TokenKey, UnixMillis,
 };
 use fanout_control::service::meetings::{Caller, MeetingService, MeetingsConfig};
 use fanout_control::service::recordings::{
     AttemptEnd, Output, RecordingService, RecordingState, RecordingsConfig, StitchJob, StitchResult,
 };
-use fanout_control::service::{Code, Placement, PlacementHint, Placer, ServiceError};
+use fanout_control::service::Code;
 use fanout_control::store::Store;
-use fanout_control::testing::{EtcdServer, GatedStore, TxnGate};
+use fanout_control::testing::{EtcdServer, GatedStore, OneForwarderPlacer, TxnGate};
 
 const T0: UnixMillis = UnixMillis(1_700_000_000_000);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -31,33 +28,6 @@ const LEASE: Duration = Duration::from_secs(30);
 
 fn at(ms: u64) -> UnixMillis {
     UnixMillis(T0.0 + ms)
-}
-
-/// Recording needs no placement; joins are not part of this test.
-#[derive(Debug)]
-struct NoPlacement;
-
-impl Placer for NoPlacement {
-    fn place<'a>(
-        &'a self,
-        _meeting: &'a MeetingId,
-        _hint: &'a PlacementHint,
-    ) -> BoxFuture<'a, Result<Placement, ServiceError>> {
-        Box::pin(async {
-            Ok(Placement {
-                forwarder: ForwarderId::new("unused").unwrap(),
-                address: "192.0.2.1:40000".into(),
-                epoch: 1,
-            })
-        })
-    }
-
-    fn placement<'a>(
-        &'a self,
-        _meeting: &'a MeetingId,
-    ) -> BoxFuture<'a, Result<Option<Placement>, ServiceError>> {
-        Box::pin(async { Ok(None) })
-    }
 }
 
 /// One control instance: its own etcd client, meeting and recording services.
@@ -72,7 +42,7 @@ async fn control(server: &EtcdServer, gate: &Arc<TxnGate>) -> Control {
     let meetings = MeetingService::new(
         store.clone(),
         TokenKey::generate().unwrap(),
-        Arc::new(NoPlacement),
+        Arc::new(OneForwarderPlacer::default()),
         MeetingsConfig {
             passcode_cost: PasscodeCost::INSECURE_FOR_TESTS,
             recording_settle: SETTLE,

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -20,43 +19,17 @@ use super::*;
 use crate::api::meetings::MeetingsApi;
 use crate::api::pb;
 use crate::api::recordings::RecordingsApi;
-use crate::domain::{ForwarderId, MeetingId, PasscodeCost, TokenKey};
+use crate::domain::{MeetingId, PasscodeCost, TokenKey};
 use crate::service::meetings::{MeetingService, MeetingsConfig};
 use crate::service::recordings::{RecordingService, RecordingsConfig};
 use crate::service::webrtc::NoWebrtc;
-use crate::service::{Placement, PlacementHint, Placer};
 use crate::store::MemoryStore;
+use crate::testing::OneForwarderPlacer;
 
 mod recordings;
 
 const OPERATOR: &str = "operator-token-for-tests";
 const WAIT: Duration = Duration::from_secs(5);
-
-#[derive(Debug)]
-struct FixedPlacer;
-
-impl Placer for FixedPlacer {
-    fn place<'a>(
-        &'a self,
-        _meeting: &'a MeetingId,
-        _hint: &'a PlacementHint,
-    ) -> BoxFuture<'a, Result<Placement, ServiceError>> {
-        Box::pin(async {
-            Ok(Placement {
-                forwarder: ForwarderId::new("fwd-1").unwrap(),
-                address: "192.0.2.1:40000".into(),
-                epoch: 1,
-            })
-        })
-    }
-
-    fn placement<'a>(
-        &'a self,
-        _meeting: &'a MeetingId,
-    ) -> BoxFuture<'a, Result<Option<Placement>, ServiceError>> {
-        Box::pin(async { Ok(None) })
-    }
-}
 
 struct Server {
     addr: SocketAddr,
@@ -74,7 +47,7 @@ async fn server_with(config: WebConfig) -> Server {
     let service = Arc::new(MeetingService::new(
         store.clone(),
         TokenKey::generate().unwrap(),
-        Arc::new(FixedPlacer),
+        Arc::new(OneForwarderPlacer::default()),
         MeetingsConfig {
             passcode_cost: PasscodeCost::INSECURE_FOR_TESTS,
             // These tests run on the wall clock: a stopped recording's job is due at once.

@@ -1,61 +1,30 @@
 //! Unit tests of [`MeetingService`] on a [`MemoryStore`] with a fake [`Placer`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::*;
-use crate::domain::{ForwarderId, Limits, MeetingState};
+use crate::domain::{Limits, MeetingState};
 use crate::service::Code;
 use crate::store::{MemoryConfig, MemoryStore};
+use crate::testing::OneForwarderPlacer;
 
 const T0: UnixMillis = UnixMillis(1_700_000_000_000);
 
-/// Places every meeting on one forwarder; counts the calls.
-#[derive(Debug, Default)]
-struct FakePlacer {
-    calls: AtomicUsize,
-}
-
-impl Placer for FakePlacer {
-    fn place<'a>(
-        &'a self,
-        _meeting: &'a MeetingId,
-        _hint: &'a PlacementHint,
-    ) -> BoxFuture<'a, Result<Placement, ServiceError>> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        Box::pin(async {
-            Ok(Placement {
-                forwarder: ForwarderId::new("fwd-1").unwrap(),
-                address: "192.0.2.1:40000".into(),
-                epoch: 1,
-            })
-        })
-    }
-
-    fn placement<'a>(
-        &'a self,
-        _meeting: &'a MeetingId,
-    ) -> BoxFuture<'a, Result<Option<Placement>, ServiceError>> {
-        Box::pin(async { Ok(None) })
-    }
-}
-
 struct Fixture {
     store: Arc<MemoryStore>,
-    placer: Arc<FakePlacer>,
+    placer: Arc<OneForwarderPlacer>,
     svc: Arc<MeetingService>,
 }
 
 fn fixture_with(store: MemoryStore) -> Fixture {
     let store = Arc::new(store);
-    let placer = Arc::new(FakePlacer::default());
+    let placer = Arc::new(OneForwarderPlacer::default());
     let config = MeetingsConfig {
         passcode_cost: PasscodeCost::INSECURE_FOR_TESTS,
         ..MeetingsConfig::default()
@@ -220,7 +189,7 @@ async fn join_places_keys_and_tokens() {
     let (h, host) = f.join(&m, "Host").await;
     assert_eq!((h.role, h.presence), (Role::Host, Presence::Admitted));
     assert_eq!(h.placement.address, "192.0.2.1:40000");
-    assert_eq!(f.placer.calls.load(Ordering::Relaxed), 1);
+    assert_eq!(f.placer.calls(), 1);
     assert_eq!(h.srtp.profile, "AEAD_AES_128_GCM");
     for k in [&h.srtp.send_key, &h.srtp.receive_key] {
         let raw = STANDARD.decode(k.strip_prefix("inline:").unwrap()).unwrap();

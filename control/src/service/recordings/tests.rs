@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 use super::*;
 use crate::domain::{ForwarderId, MeetingKind, MeetingSpec, PasscodeCost, TokenKey, UnixMillis};
 use crate::service::meetings::{JoinInput, MeetingService, MeetingsConfig};
-use crate::service::{Code, Placement, PlacementHint, Placer};
+use crate::service::Code;
 use crate::store::MemoryStore;
+use crate::testing::OneForwarderPlacer;
 use crate::testing::{GatedStore, TxnGate};
 
 const T0: UnixMillis = UnixMillis(1_700_000_000_000);
@@ -20,32 +19,6 @@ const BACKOFF: Duration = Duration::from_secs(5);
 
 fn at(ms: u64) -> UnixMillis {
     UnixMillis(T0.0 + ms)
-}
-
-#[derive(Debug)]
-struct FixedPlacer;
-
-impl Placer for FixedPlacer {
-    fn place<'a>(
-        &'a self,
-        _meeting: &'a MeetingId,
-        _hint: &'a PlacementHint,
-    ) -> BoxFuture<'a, Result<Placement, ServiceError>> {
-        Box::pin(async {
-            Ok(Placement {
-                forwarder: ForwarderId::new("fwd-1").unwrap(),
-                address: "192.0.2.1:40000".into(),
-                epoch: 1,
-            })
-        })
-    }
-
-    fn placement<'a>(
-        &'a self,
-        _meeting: &'a MeetingId,
-    ) -> BoxFuture<'a, Result<Option<Placement>, ServiceError>> {
-        Box::pin(async { Ok(None) })
-    }
 }
 
 struct Fixture {
@@ -58,7 +31,7 @@ fn fixture_on(store: Arc<dyn Store>) -> Fixture {
     let meetings = Arc::new(MeetingService::new(
         store.clone(),
         TokenKey::generate().unwrap(),
-        Arc::new(FixedPlacer),
+        Arc::new(OneForwarderPlacer::default()),
         MeetingsConfig {
             passcode_cost: PasscodeCost::INSECURE_FOR_TESTS,
             recording_settle: SETTLE,
