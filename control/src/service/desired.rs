@@ -19,8 +19,14 @@
 //! debounce, so a burst of joins is one batch) and diffed against what was last sent, and
 //! only the difference goes out. Reading a meeting a little later than the event that
 //! marked it is harmless: the recomputation sees at least that change.
+//!
+//! Relay nodes are recomputed one by one: a viewer's seat, transport or attendee record
+//! marks only the node it is seated on (when that node is on this forwarder), so a join
+//! costs each forwarder a read of one node of at most `max_viewers_per_relay` viewers, or
+//! nothing, not a read of every node it runs. The tree itself (nodes, links, their keys)
+//! and the webinar's document are read again whole when they change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +40,7 @@ use super::meetings::{
     TrackKind,
 };
 use super::placement::PlacementRecord;
-use super::relays::{LinkDirection, RelayPlanner};
+use super::relays::{LinkDirection, RelayId, RelayNode, RelayPlanner};
 use super::ServiceError;
 use crate::domain::{
     BreakoutId, ForwarderId, MeetingId, MeetingKind, Participant, ParticipantId, Presence,
@@ -115,6 +121,74 @@ struct PlanContents {
     kind: MeetingKind,
     recording: Option<RecordingId>,
     legs: BTreeMap<ParticipantId, DesiredLeg>,
+}
+
+/// The relay nodes on one forwarder as last read, to tell which node a record is about.
+#[derive(Debug, Default)]
+struct RelayIndex {
+    /// Plan id (`{meeting}/{relay}`) to the node.
+    nodes: BTreeMap<String, NodeHere>,
+    /// Each viewer seated on one of the nodes, with or without a leg yet (a seat may be
+    /// written before the transport it needs), to its plan id.
+    seated: HashMap<(MeetingId, ParticipantId), String>,
+}
+
+/// A relay node on this forwarder.
+#[derive(Debug, Clone)]
+struct NodeHere {
+    meeting: MeetingId,
+    relay: RelayId,
+    address: String,
+    /// Its seated viewers at the last read.
+    viewers: Vec<ParticipantId>,
+}
+
+impl NodeHere {
+    fn of(meeting: &MeetingId, node: &RelayNode) -> NodeHere {
+        NodeHere {
+            meeting: meeting.clone(),
+            relay: node.relay.clone(),
+            address: node.address.clone(),
+            viewers: Vec::new(),
+        }
+    }
+}
+
+impl RelayIndex {
+    /// The node on this forwarder that the record at `key` concerns: a viewer's seat on
+    /// it, or the transport or attendee record of a viewer seated on it.
+    fn node_of(&self, key: &str, meetings: &BTreeSet<MeetingId>) -> Option<String> {
+        for meeting in meetings {
+            if let Some(rest) = key.strip_prefix(&keys::relay_viewers(meeting)) {
+                let relay = rest.split('/').next()?;
+                let plan = format!("{meeting}/{relay}");
+                return self.nodes.contains_key(&plan).then_some(plan);
+            }
+            let participant = key
+                .strip_prefix(&keys::transports(meeting))
+                .or_else(|| key.strip_prefix(&keys::audience(meeting)));
+            if let Some(participant) = participant {
+                let participant = ParticipantId::new(participant).ok()?;
+                return self.seated.get(&(meeting.clone(), participant)).cloned();
+            }
+        }
+        None
+    }
+
+    /// Record node `plan`'s viewers as now read.
+    fn reseat(&mut self, plan: &str, viewers: Vec<ParticipantId>) {
+        let Some(node) = self.nodes.get_mut(plan) else {
+            return;
+        };
+        for old in &node.viewers {
+            self.seated.remove(&(node.meeting.clone(), old.clone()));
+        }
+        for viewer in &viewers {
+            self.seated
+                .insert((node.meeting.clone(), viewer.clone()), plan.to_owned());
+        }
+        node.viewers = viewers;
+    }
 }
 
 /// Everything a forwarder should hold.
@@ -389,7 +463,8 @@ impl DesiredStates {
     }
 
     /// Relay nodes on `forwarder` (as plans `{meeting}/{relay}` with their viewers' legs)
-    /// and the link ends it holds, for the webinars in `meetings`.
+    /// and the link ends it holds, for the webinars in `meetings`; and the index of those
+    /// nodes and their viewers.
     async fn relay_part(
         &self,
         forwarder: &ForwarderId,
@@ -398,39 +473,28 @@ impl DesiredStates {
         (
             BTreeMap<String, DesiredMeeting>,
             BTreeMap<String, DesiredLink>,
+            RelayIndex,
         ),
         ServiceError,
     > {
         let mut plans = BTreeMap::new();
         let mut links = BTreeMap::new();
+        let mut index = RelayIndex::default();
         let Some(relays) = &self.relays else {
-            return Ok((plans, links));
+            return Ok((plans, links, index));
         };
         for meeting in meetings {
             let tree = relays.tree(meeting).await?;
             for node in tree.nodes.iter().filter(|n| &n.forwarder == forwarder) {
                 let plan = format!("{meeting}/{}", node.relay.as_str());
-                let viewers: BTreeSet<ParticipantId> = relays
-                    .viewers_of(meeting, &node.relay)
-                    .await?
-                    .into_iter()
-                    .collect();
-                let Some(contents) = self
-                    .legs(meeting, &plan, Members::Viewers(&viewers))
-                    .await?
-                else {
-                    continue;
-                };
-                plans.insert(
-                    plan.clone(),
-                    DesiredMeeting {
-                        id: plan,
-                        kind: contents.kind,
-                        listen_address: node.address.clone(),
-                        recording: None,
-                        legs: contents.legs,
-                    },
-                );
+                index
+                    .nodes
+                    .insert(plan.clone(), NodeHere::of(meeting, node));
+                let (contents, viewers) = self.node_plan(&index.nodes[&plan], &plan).await?;
+                index.reseat(&plan, viewers);
+                if let Some(contents) = contents {
+                    plans.insert(plan, contents);
+                }
             }
             for end in tree
                 .links()
@@ -459,7 +523,32 @@ impl DesiredStates {
                 );
             }
         }
-        Ok((plans, links))
+        Ok((plans, links, index))
+    }
+
+    /// Relay node `node` as plan `plan` (`None` if its webinar is gone or over), and the
+    /// viewers seated on it.
+    async fn node_plan(
+        &self,
+        node: &NodeHere,
+        plan: &str,
+    ) -> Result<(Option<DesiredMeeting>, Vec<ParticipantId>), ServiceError> {
+        let Some(relays) = &self.relays else {
+            return Ok((None, Vec::new()));
+        };
+        let viewers = relays.viewers_of(&node.meeting, &node.relay).await?;
+        let seated: BTreeSet<ParticipantId> = viewers.iter().cloned().collect();
+        let contents = self
+            .legs(&node.meeting, plan, Members::Viewers(&seated))
+            .await?
+            .map(|contents| DesiredMeeting {
+                id: plan.to_owned(),
+                kind: contents.kind,
+                listen_address: node.address.clone(),
+                recording: None,
+                legs: contents.legs,
+            });
+        Ok((contents, viewers))
     }
 
     /// The whole desired state of `forwarder`, complete up to the returned revision.
@@ -479,7 +568,7 @@ impl DesiredStates {
             }
         }
         let relay_meetings = self.relay_meetings(forwarder, &placed).await?;
-        let (plans, links) = self.relay_part(forwarder, &relay_meetings).await?;
+        let (plans, links, _) = self.relay_part(forwarder, &relay_meetings).await?;
         state.meetings.extend(plans);
         state.links = links;
         Ok((state, revision))
@@ -540,7 +629,7 @@ impl DesiredStates {
             }
         }
         let mut relay_meetings = self.relay_meetings(forwarder, &placed).await?;
-        let (plans, links) = self.relay_part(forwarder, &relay_meetings).await?;
+        let (plans, links, mut index) = self.relay_part(forwarder, &relay_meetings).await?;
         sent.meetings.extend(plans);
         sent.links = links;
 
@@ -571,6 +660,7 @@ impl DesiredStates {
                 events.push(event);
             }
             let mut dirty: BTreeSet<MeetingId> = BTreeSet::new();
+            let mut dirty_nodes: BTreeSet<String> = BTreeSet::new();
             let mut relays_dirty = false;
             for event in events {
                 let event: WatchEvent = event?;
@@ -580,25 +670,23 @@ impl DesiredStates {
                     // A placement appeared, moved or went: re-read it.
                     dirty.insert(meeting);
                 } else if key.starts_with(&keys::all_relays()) {
+                    // The tree: nodes, their forwarders, links and keys.
                     relays_dirty = true;
                 } else {
                     if let Some(meeting) = meeting_of(key, placed.keys()) {
                         dirty.insert(meeting);
                     }
-                    if meeting_of(key, relay_meetings.iter()).is_some()
-                        || relay_meetings
-                            .iter()
-                            .any(|m| key.starts_with(&keys::relay_viewers(m)))
-                    {
+                    if relay_meetings.iter().any(|m| key == &keys::meeting(m)) {
+                        // The webinar's document (open or over, its kind): every node.
                         relays_dirty = true;
+                    } else if let Some(plan) = index.node_of(key, &relay_meetings) {
+                        dirty_nodes.insert(plan);
                     }
                 }
             }
-            let mut changes = Vec::new();
-            let mut now = DesiredState {
-                meetings: sent.meetings.clone(),
-                links: sent.links.clone(),
-            };
+            // What each plan touched is now (`None`: gone), and the links if re-read.
+            let mut replaced: BTreeMap<String, Option<DesiredMeeting>> = BTreeMap::new();
+            let mut new_links = None;
             for id in &dirty {
                 match self.placement_of(forwarder, id).await? {
                     Some(p) => {
@@ -608,28 +696,50 @@ impl DesiredStates {
                         placed.remove(id);
                     }
                 }
-                match placed.get(id) {
-                    Some(p) => match self.meeting(p).await? {
-                        Some(m) => now.meetings.insert(m.id.clone(), m),
-                        None => now.meetings.remove(id.as_str()),
-                    },
-                    None => now.meetings.remove(id.as_str()),
+                let meeting = match placed.get(id) {
+                    Some(p) => self.meeting(p).await?,
+                    None => None,
                 };
+                replaced.insert(id.to_string(), meeting);
             }
             if relays_dirty || !dirty.is_empty() {
                 let again = self.relay_meetings(forwarder, &placed).await?;
                 if relays_dirty || again != relay_meetings {
                     relay_meetings = again;
-                    let (plans, links) = self.relay_part(forwarder, &relay_meetings).await?;
-                    now.meetings.retain(|id, _| !id.contains('/'));
-                    now.meetings.extend(plans);
-                    now.links = links;
+                    let (plans, links, fresh) = self.relay_part(forwarder, &relay_meetings).await?;
+                    for id in sent.meetings.keys().filter(|id| id.contains('/')) {
+                        replaced.insert(id.clone(), None);
+                    }
+                    replaced.extend(plans.into_iter().map(|(id, plan)| (id, Some(plan))));
+                    new_links = Some(links);
+                    index = fresh;
+                    // Every node was just read.
+                    dirty_nodes.clear();
                 }
+            }
+            for plan in dirty_nodes {
+                let Some(node) = index.nodes.get(&plan) else {
+                    continue;
+                };
+                let (contents, viewers) = self.node_plan(node, &plan).await?;
+                index.reseat(&plan, viewers);
+                replaced.insert(plan, contents);
             }
             self.rewatch(&mut watches, &placed, &relay_meetings, last + 1)
                 .await?;
-            diff_state(&sent, &now, &mut changes);
-            sent = now;
+            // Only what was touched is compared: a join changes one plan of thousands.
+            let mut changes = Vec::new();
+            for (id, meeting) in replaced {
+                diff(sent.meetings.get(&id), meeting.as_ref(), &mut changes);
+                match meeting {
+                    Some(meeting) => sent.meetings.insert(id, meeting),
+                    None => sent.meetings.remove(&id),
+                };
+            }
+            if let Some(links) = new_links {
+                diff_links(&sent.links, &links, &mut changes);
+                sent.links = links;
+            }
             if !changes.is_empty()
                 && tx
                     .send(Ok(DesiredUpdate::Changes {
@@ -717,26 +827,18 @@ fn meeting_of<'a>(
         .cloned()
 }
 
-/// The changes that turn the state `before` into `after`.
-fn diff_state(before: &DesiredState, after: &DesiredState, out: &mut Vec<DesiredChange>) {
-    let ids: BTreeSet<&String> = before
-        .meetings
-        .keys()
-        .chain(after.meetings.keys())
-        .collect();
-    for id in ids {
-        diff(before.meetings.get(id), after.meetings.get(id), out);
-    }
-    for (id, link) in &after.links {
-        if before.links.get(id) != Some(link) {
+/// The changes that turn the links `before` into `after`.
+fn diff_links(
+    before: &BTreeMap<String, DesiredLink>,
+    after: &BTreeMap<String, DesiredLink>,
+    out: &mut Vec<DesiredChange>,
+) {
+    for (id, link) in after {
+        if before.get(id) != Some(link) {
             out.push(DesiredChange::LinkUpserted(link.clone()));
         }
     }
-    for id in before
-        .links
-        .keys()
-        .filter(|id| !after.links.contains_key(*id))
-    {
+    for id in before.keys().filter(|id| !after.contains_key(*id)) {
         out.push(DesiredChange::LinkRemoved(id.clone()));
     }
 }

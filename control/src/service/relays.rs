@@ -1595,7 +1595,9 @@ fn event_id() -> String {
 mod tests {
     use super::*;
     use crate::domain::{MeetingKind, MeetingSpec, PasscodeCost, TokenKey};
-    use crate::service::desired::{DesiredState, DesiredStates};
+    use crate::service::desired::{
+        DesiredChange, DesiredMeeting, DesiredState, DesiredStates, DesiredUpdate,
+    };
     use crate::service::failover::{Failover, FailoverConfig};
     use crate::service::forwarders::{
         Capacity, ForwarderInfo, ForwarderRegistry, Load, RegistryConfig, Session,
@@ -1621,6 +1623,18 @@ mod tests {
 
     fn mid(s: &str) -> MeetingId {
         MeetingId::new(s).unwrap()
+    }
+
+    fn webinar_spec() -> MeetingSpec {
+        MeetingSpec {
+            kind: MeetingKind::Webinar,
+            title: "Launch".into(),
+            schedule: None,
+            passcode: None,
+            host_key: None,
+            waiting_room: false,
+            limits: None,
+        }
     }
 
     fn pid(i: usize) -> ParticipantId {
@@ -1682,6 +1696,20 @@ mod tests {
                 placer,
                 relays: Arc::new(relays),
             }
+        }
+
+        /// The meeting service over this fixture's store, placer and relays.
+        fn meeting_service(&self) -> MeetingService {
+            MeetingService::new(
+                Arc::new(self.store.clone()),
+                TokenKey::generate().unwrap(),
+                Arc::clone(&self.placer) as Arc<dyn Placer>,
+                MeetingsConfig {
+                    passcode_cost: PasscodeCost::INSECURE_FOR_TESTS,
+                    ..MeetingsConfig::default()
+                },
+            )
+            .with_relays(Arc::clone(&self.relays))
         }
 
         async fn register(&self, info: ForwarderInfo) -> Session {
@@ -2149,28 +2177,12 @@ mod tests {
         let fx = Fixture::new(3_600_000, 1000, Vec::new()).await;
         fx.register(fwd("eu-1", "eu", 100_000)).await;
         fx.register(fwd("eu-2", "eu", 100_000)).await;
-        let svc = MeetingService::new(
-            Arc::new(fx.store.clone()),
-            TokenKey::generate().unwrap(),
-            Arc::clone(&fx.placer) as Arc<dyn Placer>,
-            MeetingsConfig {
-                passcode_cost: PasscodeCost::INSECURE_FOR_TESTS,
-                ..MeetingsConfig::default()
-            },
-        )
-        .with_relays(Arc::clone(&fx.relays));
+        let svc = fx.meeting_service();
         let now = UnixMillis(1_700_000_000_000);
-        let spec = MeetingSpec {
-            kind: MeetingKind::Webinar,
-            title: "Launch".into(),
-            schedule: None,
-            passcode: None,
-            host_key: None,
-            waiting_room: false,
-            limits: None,
-        };
         let m = mid("launch");
-        svc.create(Some(m.clone()), spec, now).await.unwrap();
+        svc.create(Some(m.clone()), webinar_spec(), now)
+            .await
+            .unwrap();
         let join = |name: &str| JoinInput {
             display_name: name.into(),
             region: Some("eu".into()),
@@ -2212,5 +2224,117 @@ mod tests {
         assert!(fx.relays.tree(&m).await.unwrap().nodes.is_empty());
         let (ports, _) = fx.store.range("v1/ports/").await.unwrap();
         assert_eq!(ports.len(), 1, "only the origin's");
+    }
+
+    /// The stream a relay forwarder watches stays what a fresh read gives, through
+    /// joins that fill a node and open another, and a leave; a join touches only its own
+    /// viewer's leg.
+    #[tokio::test]
+    async fn a_relay_forwarders_stream_follows_joins_node_by_node() {
+        use futures::StreamExt;
+
+        let fx = Fixture::new(3_600_000, 2, Vec::new()).await;
+        fx.register(fwd("eu-1", "eu", 100_000)).await;
+        fx.register(fwd("eu-2", "eu", 100_000)).await;
+        let svc = fx.meeting_service();
+        let now = UnixMillis(1_700_000_000_000);
+        let m = mid("launch");
+        svc.create(Some(m.clone()), webinar_spec(), now)
+            .await
+            .unwrap();
+        let join = |name: &str| JoinInput {
+            display_name: name.into(),
+            region: Some("eu".into()),
+            ..JoinInput::default()
+        };
+        svc.join(&m, join("Host"), now).await.unwrap();
+        let a = svc.join(&m, join("A"), now).await.unwrap();
+        let relay_forwarder = a.placement.forwarder.clone();
+        let desired =
+            DesiredStates::new(Arc::new(fx.store.clone())).with_relays(Arc::clone(&fx.relays));
+        let mut stream = desired.watch(relay_forwarder.clone());
+        let Some(Ok(DesiredUpdate::Snapshot { mut state, .. })) = stream.next().await else {
+            panic!("no snapshot");
+        };
+
+        // Apply the stream's changes until the state is what a fresh read gives; returns
+        // the changes applied.
+        let mut follow = async |state: &mut DesiredState| -> Vec<DesiredChange> {
+            let (expected, _) = desired.read(&relay_forwarder).await.unwrap();
+            let mut applied = Vec::new();
+            while *state != expected {
+                let update = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("stream stalled at {state:?}, want {expected:?}"))
+                    .expect("stream ended")
+                    .unwrap();
+                let DesiredUpdate::Changes { changes, .. } = update else {
+                    panic!("a second snapshot");
+                };
+                for change in &changes {
+                    apply(state, change.clone());
+                }
+                applied.extend(changes);
+            }
+            applied
+        };
+
+        let b = svc.join(&m, join("B"), now).await.unwrap();
+        assert_eq!(b.placement, a.placement, "A's node has a seat left");
+        let changes = follow(&mut state).await;
+        assert!(
+            matches!(&changes[..], [DesiredChange::LegUpserted(leg)] if leg.participant == b.participant),
+            "{changes:?}"
+        );
+        // A's node is full: C and D open another node, here or on the other forwarder.
+        svc.join(&m, join("C"), now).await.unwrap();
+        svc.join(&m, join("D"), now).await.unwrap();
+        follow(&mut state).await;
+        let caller = svc.authenticate(&a.token, now).unwrap();
+        svc.leave(&caller, now).await.unwrap();
+        let changes = follow(&mut state).await;
+        assert!(changes
+            .iter()
+            .any(|c| matches!(c, DesiredChange::LegRemoved(_, p) if *p == a.participant)));
+        let plan = format!("{m}/{}", fx.checked_tree(&m).await.nodes[0].relay.as_str());
+        let legs: BTreeSet<_> = state.meetings[&plan].legs.keys().cloned().collect();
+        assert_eq!(legs, BTreeSet::from([b.participant.clone()]));
+    }
+
+    /// A change applied as a forwarder applies it.
+    fn apply(state: &mut DesiredState, change: DesiredChange) {
+        match change {
+            DesiredChange::MeetingUpserted(meeting) => {
+                let legs = state
+                    .meetings
+                    .remove(&meeting.id)
+                    .map(|m| m.legs)
+                    .unwrap_or_default();
+                state
+                    .meetings
+                    .insert(meeting.id.clone(), DesiredMeeting { legs, ..meeting });
+            }
+            DesiredChange::MeetingRemoved(id) => {
+                state.meetings.remove(&id);
+            }
+            DesiredChange::LegUpserted(leg) => {
+                let meeting = state
+                    .meetings
+                    .get_mut(&leg.meeting)
+                    .expect("leg of a known plan");
+                meeting.legs.insert(leg.participant.clone(), *leg);
+            }
+            DesiredChange::LegRemoved(plan, participant) => {
+                if let Some(meeting) = state.meetings.get_mut(&plan) {
+                    meeting.legs.remove(&participant);
+                }
+            }
+            DesiredChange::LinkUpserted(link) => {
+                state.links.insert(link.id.clone(), link);
+            }
+            DesiredChange::LinkRemoved(id) => {
+                state.links.remove(&id);
+            }
+        }
     }
 }
