@@ -108,7 +108,7 @@ impl MioDriver {
                 socket,
                 local,
                 readable: true,
-                recv: RecvBatch::new(),
+                recv: RecvBatch::default(),
                 send: SendBatch::new(),
             });
         }
@@ -247,7 +247,7 @@ impl MioDriver {
                 self.drain(core);
             }
             self.flush_all(core);
-            if n < BATCH {
+            if n < self.sockets[i].recv.capacity() {
                 self.sockets[i].readable = false;
                 return Ok(());
             }
@@ -366,31 +366,61 @@ fn two_mut<T>(items: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     }
 }
 
-/// Receive buffers and the `mmsghdr` vector that points into them.
-struct RecvBatch {
+/// Receive buffers and the `mmsghdr` vector that points into them: one `recvmmsg` fills
+/// up to [`capacity`](RecvBatch::capacity) datagrams. Public for other drivers of many
+/// sockets (the load generator's), which read each socket in one call.
+pub struct RecvBatch {
     bufs: Vec<[u8; MAX_DATAGRAM_LEN]>,
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
 }
 
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("capacity", &self.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch::with_capacity(BATCH)
+    }
+}
+
 impl RecvBatch {
-    fn new() -> Self {
+    /// Room for `capacity` datagrams (at least one) per call.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         RecvBatch {
-            bufs: vec![[0u8; MAX_DATAGRAM_LEN]; BATCH],
+            bufs: vec![[0u8; MAX_DATAGRAM_LEN]; capacity],
             // SAFETY: all-zero bytes are a valid sockaddr_storage, iovec and mmsghdr (null
             // pointers and zero lengths), and every pointer is set before use in `recv`.
-            addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            addrs: (0..capacity)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
             // SAFETY: as above.
-            iovecs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            iovecs: (0..capacity)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
             // SAFETY: as above.
-            msgs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            msgs: (0..capacity)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
         }
     }
 
+    /// Datagrams one call can take. A call that returns fewer found the socket empty, so
+    /// an edge-triggered socket needs no further read until its next readiness.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
     /// One `recvmmsg` without blocking; returns how many datagrams arrived.
-    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        for i in 0..BATCH {
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..self.capacity() {
             self.iovecs[i] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr().cast(),
                 iov_len: MAX_DATAGRAM_LEN,
@@ -411,7 +441,7 @@ impl RecvBatch {
             libc::recvmmsg(
                 fd,
                 self.msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.capacity() as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -423,13 +453,23 @@ impl RecvBatch {
     }
 
     /// Source, length and truncation flag of message `i` of the last batch.
-    fn message(&self, i: usize) -> (Option<SocketAddr>, usize, bool) {
+    pub fn message(&self, i: usize) -> (Option<SocketAddr>, usize, bool) {
         let m = &self.msgs[i];
         (
             sockaddr::from_storage(&self.addrs[i]),
             m.msg_len as usize,
             m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
         )
+    }
+
+    /// Message `i` of the last batch as its source and bytes, or `None` for a datagram
+    /// cut short (longer than a buffer) or without a readable source.
+    pub fn datagram_mut(&mut self, i: usize) -> Option<(SocketAddr, &mut [u8])> {
+        let (source, len, truncated) = self.message(i);
+        if truncated || len > MAX_DATAGRAM_LEN {
+            return None;
+        }
+        Some((source?, &mut self.bufs[i][..len]))
     }
 }
 

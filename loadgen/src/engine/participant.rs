@@ -4,7 +4,9 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
+use fanout_forwarder::driver::mio::RecvBatch;
 use fanout_forwarder::ids::Ssrc;
 use fanout_forwarder::rtcp;
 use fanout_forwarder::srtp::{MasterKey, SrtpContext, SrtpError};
@@ -46,7 +48,10 @@ pub struct Work {
 
 /// Buffers and sinks the worker lends a participant for one call.
 pub struct Scratch<'a> {
+    /// What is built and sent.
     pub buf: &'a mut [u8; DATAGRAM],
+    /// What is read: one `recvmmsg` takes everything a socket holds, up to its capacity.
+    pub recv: &'a mut RecvBatch,
     pub pool: &'a mut Vec<Vec<u8>>,
     pub latency: &'a mut Histogram<u64>,
     pub window: &'a mut Histogram<u64>,
@@ -215,27 +220,39 @@ impl Participant {
         .min()
     }
 
-    /// Read everything the socket holds.
+    /// Read everything the socket holds: one `recvmmsg` per readiness as a rule (a
+    /// participant rarely has more than a datagram waiting), another only when it filled
+    /// the batch.
     pub fn on_readable(&mut self, now: Micros, scratch: &mut Scratch<'_>) -> Work {
         let mut work = Work::default();
+        let fd = self.path.socket.as_raw_fd();
         loop {
-            let (len, from) = match self.path.socket.recv_from(scratch.buf.as_mut_slice()) {
+            let got = match scratch.recv.recv(fd) {
                 Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ICMP errors surface here on some kernels; nothing to read.
+                // WouldBlock: drained. ICMP errors surface here on some kernels; nothing
+                // to read.
                 Err(_) => break,
             };
-            match &mut self.path.down {
-                Some(down) => down.push(now, pooled(scratch.pool, &scratch.buf[..len], from)),
-                None => self.inbound.dispatch(
-                    &mut self.publisher,
-                    now,
-                    (&mut scratch.buf[..len], from, self.path.forwarder),
-                    scratch.latency,
-                    scratch.window,
-                    &mut work,
-                ),
+            for i in 0..got {
+                let Some((from, datagram)) = scratch.recv.datagram_mut(i) else {
+                    work.rejected += 1;
+                    continue;
+                };
+                match &mut self.path.down {
+                    Some(down) => down.push(now, pooled(scratch.pool, datagram, from)),
+                    None => self.inbound.dispatch(
+                        &mut self.publisher,
+                        now,
+                        (datagram, from, self.path.forwarder),
+                        scratch.latency,
+                        scratch.window,
+                        &mut work,
+                    ),
+                }
+            }
+            if got < scratch.recv.capacity() {
+                break;
             }
         }
         self.tally(work)

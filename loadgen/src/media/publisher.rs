@@ -293,6 +293,11 @@ struct RtpState {
     sr_packets: u32,
     sr_octets: u32,
     next_sr_at: Micros,
+    /// How long after the publisher starts this stream's schedule begins. A microphone's
+    /// packetizer and a camera's capture run on clocks of their own, so a publisher's
+    /// streams are out of step: at reduced rates (a packet a second) streams in step
+    /// would send every stream's packet, to every viewer, in the same instant.
+    phase_us: Micros,
 }
 
 impl RtpState {
@@ -307,6 +312,7 @@ impl RtpState {
             sr_packets: 0,
             sr_octets: 0,
             next_sr_at: 0,
+            phase_us: 0,
         }
     }
 
@@ -483,12 +489,13 @@ impl VideoStream {
         self.rtp.ts_base.wrapping_add(offset as u32)
     }
 
+    /// When the stream's next packet is due, for a publisher started at `start`.
     fn next_due(&self, start: Micros) -> Micros {
         match self.frame {
             Some(_) => self.next_packet_at,
             None => self
                 .next_packet_at
-                .max(start + self.capture_offset(self.next_frame)),
+                .max(start + self.rtp.phase_us + self.capture_offset(self.next_frame)),
         }
     }
 
@@ -633,7 +640,7 @@ impl Publisher {
             .max_payload
             .max(MIN_MAX_PAYLOAD)
             .min(u16::MAX as usize);
-        let audio = config.audio.map(|a| AudioStream {
+        let mut audio = config.audio.map(|a| AudioStream {
             rtp: RtpState::new(a.ssrc, a.payload_type, AUDIO_CLOCK_HZ, seed),
             packets_per_s: u64::from(a.packets_per_s.clamp(1, 1000)),
             talking_bytes: (*a.payload_bytes.start()).max(PROBE_LEN)
@@ -719,6 +726,28 @@ impl Publisher {
         }
         // 255 streams at most: the retransmission queue names them with a u8.
         video.truncate(usize::from(u8::MAX));
+        // Out of step (`RtpState::phase_us`): the microphone, the camera (its encodings
+        // together: one capture feeds them all) and the screen each start within one
+        // interval of their own, at most a second.
+        let phase = |salt: u64, interval_us: u64| {
+            hash(seed, 0x9a5e, salt) % interval_us.clamp(1, 1_000_000)
+        };
+        if let Some(audio) = &mut audio {
+            audio.rtp.phase_us = phase(0, 1_000_000 / audio.packets_per_s.max(1));
+        }
+        let camera_interval = video
+            .iter()
+            .filter(|v| v.kind == MediaKind::Camera)
+            .map(|v| 1_000_000_000 / v.millifps)
+            .min()
+            .unwrap_or(1);
+        let camera_phase = phase(1, camera_interval);
+        for v in &mut video {
+            v.rtp.phase_us = match v.kind {
+                MediaKind::Camera => camera_phase,
+                _ => phase(2, 1_000_000_000 / v.millifps),
+            };
+        }
         let mut cname = [0u8; 24];
         let cname_len = {
             let mut cursor = &mut cname[..];
@@ -807,7 +836,9 @@ impl Publisher {
     }
 
     fn audio_due(audio: &AudioStream, start: Micros) -> Micros {
-        start + (audio.rtp.sent + audio.skipped) * 1_000_000 / audio.packets_per_s
+        start
+            + audio.rtp.phase_us
+            + (audio.rtp.sent + audio.skipped) * 1_000_000 / audio.packets_per_s
     }
 
     fn start(&mut self, now: Micros) {
@@ -888,7 +919,10 @@ impl Publisher {
                 continue;
             }
             rtp.next_sr_at = now + SENDER_REPORT_INTERVAL_US;
-            let elapsed_units = (now - start).saturating_mul(rtp.clock_hz) / 1_000_000;
+            let elapsed_units = now
+                .saturating_sub(start + rtp.phase_us)
+                .saturating_mul(rtp.clock_hz)
+                / 1_000_000;
             let info = SenderInfo {
                 ntp_timestamp: ntp_timestamp(now),
                 rtp_timestamp: rtp.ts_base.wrapping_add(elapsed_units as u32),
@@ -914,7 +948,8 @@ impl Publisher {
         if behind > MAX_LAG_US {
             // Skip the 20 ms frames we are too late for, as a capture that stalled would:
             // the timestamps jump, the sequence numbers stay continuous (no loss).
-            let slot = (now - start) * audio.packets_per_s / 1_000_000;
+            let slot =
+                now.saturating_sub(start + audio.rtp.phase_us) * audio.packets_per_s / 1_000_000;
             audio.skipped = slot.saturating_sub(audio.rtp.sent);
         }
         let index = audio.rtp.sent;
@@ -999,13 +1034,15 @@ impl Publisher {
     ) -> Option<usize> {
         let (seed, max_payload, publisher_id) = (self.seed, self.max_payload, self.publisher_id);
         let stream = self.video.get_mut(i)?;
+        // The stream's own start (see `RtpState::phase_us`).
+        let start = start + stream.rtp.phase_us;
         let frame = match stream.frame {
             Some(frame) => frame,
             None => {
                 let mut k = stream.next_frame;
                 if now > start + stream.capture_offset(k) + MAX_LAG_US {
                     // Far behind (the caller polled late): drop the frames we missed.
-                    k = ((now - start) * stream.millifps / 1_000_000_000) as u32;
+                    k = (now.saturating_sub(start) * stream.millifps / 1_000_000_000) as u32;
                 }
                 let (frame, requested) = stream.build_frame(k, start, seed, max_payload);
                 if requested {
@@ -1155,6 +1192,7 @@ mod tests {
     use super::*;
     use fanout_forwarder::codec::vp8::inspect;
     use fanout_forwarder::rtp::{payload_range, RtpHeader};
+    use std::collections::{HashMap, HashSet};
 
     fn camera_only(seed: u64) -> Publisher {
         let mut config = PublisherConfig::new(7, seed);
@@ -1292,6 +1330,49 @@ mod tests {
         let len = rtcp::write_nack(&mut nack, Ssrc(99), Ssrc(12), &[far]).unwrap();
         p.handle_rtcp(500_002, &nack[..len]);
         assert!(p.rtx.is_empty());
+    }
+
+    #[test]
+    fn streams_are_out_of_step_and_a_cameras_encodings_in_step() {
+        // A packet a second per stream: in step, every stream would send at once.
+        let mut starts = Vec::new();
+        for seed in 0..20 {
+            let mut config = PublisherConfig::new(seed, u64::from(seed));
+            config.audio = Some(AudioConfig {
+                packets_per_s: 1,
+                ..AudioConfig::opus(1)
+            });
+            let mut camera = CameraConfig::simulcast([10, 11, 12]);
+            for (e, fps) in camera.encodings.iter_mut().zip([1.0, 2.0, 2.0]) {
+                e.fps = fps;
+                e.bitrate_bps = 2_000;
+            }
+            config.camera = Some(camera);
+            let mut p = Publisher::new(config);
+            let mut first = HashMap::new();
+            for (at, bytes, rtcp) in run(&mut p, 3_000_000) {
+                if !rtcp {
+                    let ssrc = RtpHeader::parse(&bytes).unwrap().ssrc.0;
+                    first.entry(ssrc).or_insert(at);
+                }
+            }
+            let (audio, low, mid, high) = (first[&1], first[&10], first[&11], first[&12]);
+            // Within one interval of the start: a second for audio and the 1 fps encoding,
+            // the camera's fastest frame interval (500 ms) for its phase.
+            assert!(audio < 1_000_000 && mid < 500_000, "{audio} {mid}");
+            // One capture feeds every encoding: their first frames leave together (a
+            // frame's packets are paced, so within a few ms).
+            assert!(low.abs_diff(mid) < 20_000 && high.abs_diff(mid) < 20_000);
+            starts.push((audio, mid));
+        }
+        // Seeds give different phases, and audio and camera differ.
+        let audios: HashSet<_> = starts.iter().map(|s| s.0).collect();
+        assert!(audios.len() > 15, "{starts:?}");
+        let apart = starts
+            .iter()
+            .filter(|(a, v)| a.abs_diff(*v) > 50_000)
+            .count();
+        assert!(apart > 10, "{starts:?}");
     }
 
     #[test]

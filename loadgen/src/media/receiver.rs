@@ -1071,7 +1071,8 @@ mod tests {
         assert_eq!(s.freezes, 0);
         // Three camera encodings at 30 fps for 2 s, minus what is still in the buffer.
         assert!(s.frames_rendered >= 170, "{}", s.frames_rendered);
-        assert_eq!(s.first_media_at, Some(20_000));
+        // The first packet, 20 ms after it left.
+        assert_eq!(s.first_media_at, Some(packets[0].0 + 20_000));
         assert!(s.longest_gap_us < 30_000, "{}", s.longest_gap_us);
         // Receiver reports went out with a block per stream and a CNAME.
         let report = rtcp_out

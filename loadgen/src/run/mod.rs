@@ -1188,6 +1188,9 @@ async fn recording_figures(
 }
 
 /// CPU time of the deployment's processes at one moment.
+/// The shortest window over which processes' CPU use is reported.
+const MIN_CPU_WINDOW: Duration = Duration::from_secs(1);
+
 struct CpuSample {
     at: Instant,
     forwarders: HashMap<String, f64>,
@@ -1217,11 +1220,13 @@ impl CpuSample {
     }
 
     /// Cores used since `earlier`, for the processes read both times (a forwarder killed
-    /// in between has no figure).
+    /// in between has no figure), and none at all over a window under
+    /// [`MIN_CPU_WINDOW`]: the kernel counts CPU time in ticks (10 ms), so a run
+    /// interrupted before its media began would show a process at thousands of percent.
     fn cores_since(&self, earlier: &CpuSample) -> CpuCores {
         let seconds = self.at.duration_since(earlier.at).as_secs_f64();
         let cores = |now: &HashMap<String, f64>, then: &HashMap<String, f64>| {
-            if seconds <= 0.0 {
+            if seconds < MIN_CPU_WINDOW.as_secs_f64() {
                 return HashMap::new();
             }
             now.iter()
@@ -1309,5 +1314,29 @@ fn collect(
         deployment: Vec::new(),
         recording: None,
         processes: context.part.count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at: Instant, forwarder_seconds: f64) -> CpuSample {
+        CpuSample {
+            at,
+            forwarders: [("fwd".to_string(), forwarder_seconds)].into(),
+            recorders: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn cpu_is_cores_over_the_window_and_nothing_over_a_window_too_short() {
+        let start = Instant::now();
+        let before = sample(start, 10.0);
+        let after = sample(start + Duration::from_secs(4), 12.0);
+        assert_eq!(after.cores_since(&before).forwarders["fwd"], 0.5);
+        // An interrupted run: a tick of CPU over a few milliseconds is no figure.
+        let interrupted = sample(start + Duration::from_millis(3), 10.01);
+        assert!(interrupted.cores_since(&before).forwarders.is_empty());
     }
 }
