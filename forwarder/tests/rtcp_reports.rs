@@ -145,6 +145,45 @@ fn a_sender_report_reaches_every_subscriber_of_a_large_meeting() {
     assert_eq!(reached.len(), 600);
 }
 
+/// Relayed sender reports are paced to what the subscriber receives (RFC 3550 §6.2): a
+/// publisher's SR every second reaches a viewer of a trickle of media every 5 s, and a
+/// viewer of a full-rate stream every time.
+#[test]
+fn sender_reports_are_paced_to_what_the_subscriber_receives() {
+    let count_srs = |payload: usize| {
+        let mut s = Scenario::new(SrtpProfile::AeadAes128Gcm, 1);
+        let viewer = s.subscribers[0].address;
+        let ssrc = s.track_ssrc;
+        let mut relayed = 0;
+        for second in 0..10u16 {
+            // 100 packets a second, of `payload` bytes.
+            for i in 0..100u16 {
+                let seq = second * 100 + i;
+                s.publish(seq, u32::from(seq) * 900, &vec![0u8; payload]);
+                s.advance(Duration::from_millis(10));
+            }
+            let info = SenderInfo {
+                ntp_timestamp: (u64::from(second) + 1) << 32,
+                rtp_timestamp: u32::from(second) * 90_000,
+                packet_count: u32::from(second) * 100,
+                octet_count: 0,
+            };
+            let sr = srtcp(&mut s.publisher, |b| {
+                rtcp::write_sender_report(b, ssrc, &info, &[]).unwrap()
+            });
+            s.rtcp.clear();
+            let publisher = s.publisher.address;
+            s.deliver(publisher, sr);
+            relayed += s.rtcp.iter().filter(|(to, _)| *to == viewer).count();
+        }
+        relayed
+    };
+    // 100 x 1,200 bytes a second: ~1 Mbit/s, every SR.
+    assert_eq!(count_srs(1_200), 10);
+    // 100 x 4 bytes a second: 3.2 kbit/s, the first SR and then one per 5 s.
+    assert_eq!(count_srs(4), 2);
+}
+
 /// Receiver reports reach every publisher of a large meeting each second: the round is
 /// produced lazily, not through the bounded RTCP queue.
 #[test]

@@ -6,6 +6,11 @@
 //!   RTP timestamp moved by the subscription's timestamp offset (so it still pairs with the
 //!   same NTP instant in the subscriber's timeline) and the subscription's own packet and
 //!   octet counts. Report blocks are left out: they describe what the *publisher* receives.
+//!   Relays are paced to the subscription's own bandwidth (RFC 3550 §6.2): the first goes
+//!   at once, later ones no closer than [`SentReports::interval`], between the publisher's
+//!   pace and one every 5 s. A publisher sends its SRs for the bitrate *it* sends; a
+//!   viewer of its lowest encoding, or of audio alone, would otherwise get more RTCP than
+//!   its share (at a few packets a second, more SRs than media).
 //! * **Receiver reports towards publishers**, every second (RFC 4585 §3.5 lets AVPF
 //!   sessions report more often than RFC 3550's 5 s minimum), one block per encoding the
 //!   forwarder receives: loss, extended highest sequence number and jitter from
@@ -60,17 +65,59 @@ pub(crate) struct OutgoingRtcp {
     data: [u8; RTCP_SLOT_LEN],
 }
 
-/// SRs recently sent to one subscriber, to turn its LSR/DLSR into a round-trip time.
+/// The longest a subscription waits for its next SR when the publisher sends them
+/// (RFC 3550 §6.2's minimum interval, and libwebrtc's audio pace): receivers pair audio
+/// and video through SRs, so a low bandwidth lengthens the interval only this far.
+pub(crate) const SR_MAX_INTERVAL: Duration = Duration::from_secs(5);
+/// The part of a subscription's bitrate its SRs may use: RTCP gets 5 % of the session
+/// bandwidth, and senders (here, the forwarder towards the subscriber) 25 % of that
+/// (RFC 3550 §6.2).
+const SR_SHARE_OF_BITRATE: f64 = 0.05 * 0.25;
+/// An SR with SDES CNAME under SRTCP (header, sender info, SDES, index and tag), in bits.
+const SR_WIRE_BITS: f64 = ((28 + 16 + 4 + 16) * 8) as f64;
+
+/// SRs recently sent to one subscriber, to turn its LSR/DLSR into a round-trip time, and
+/// when the last one went (with the subscription's octet count then), to pace the next.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SentReports {
     sent: [Option<(u32, Instant)>; SR_HISTORY],
     next: usize,
+    last: Option<(Instant, u32)>,
 }
 
 impl SentReports {
-    fn record(&mut self, compact_ntp: u32, at: Instant) {
+    fn record(&mut self, compact_ntp: u32, at: Instant, octets_sent: u32) {
         self.sent[self.next % SR_HISTORY] = Some((compact_ntp, at));
         self.next = self.next.wrapping_add(1);
+        self.last = Some((at, octets_sent));
+    }
+
+    /// Whether an SR may go to the subscription at `now`, having sent `octets_sent`
+    /// payload octets in all.
+    fn due(&self, now: Instant, octets_sent: u32) -> bool {
+        let Some((at, octets_then)) = self.last else {
+            return true;
+        };
+        let elapsed = now.saturating_duration_since(at);
+        let bits = f64::from(octets_sent.wrapping_sub(octets_then)) * 8.0;
+        let bitrate = bits / elapsed.as_secs_f64().max(1e-3);
+        elapsed >= Self::interval(bitrate)
+    }
+
+    /// RFC 3550 §6.2 for one SSRC at `bitrate_bps`: the larger of the interval that keeps
+    /// its SRs within the sender share of RTCP and the reduced minimum (360 s divided by
+    /// the bandwidth in kbit/s), capped at [`SR_MAX_INTERVAL`].
+    pub(crate) fn interval(bitrate_bps: f64) -> Duration {
+        if bitrate_bps <= 0.0 {
+            return SR_MAX_INTERVAL;
+        }
+        let share = SR_WIRE_BITS / (SR_SHARE_OF_BITRATE * bitrate_bps);
+        let reduced_minimum = 360.0 / (bitrate_bps / 1000.0);
+        Duration::from_secs_f64(
+            share
+                .max(reduced_minimum)
+                .min(SR_MAX_INTERVAL.as_secs_f64()),
+        )
     }
 
     /// RFC 3550 §6.4.1: RTT = arrival - LSR - DLSR, with LSR matched to when we sent it.
@@ -187,6 +234,9 @@ impl Forwarder {
             while let Some(&sub_id) = track.subscribers.get(relay.next) {
                 relay.next += 1;
                 let sub = &mut self.subscriptions[sub_id.index()];
+                if !sub.reports.due(self.now, sub.octets_sent) {
+                    continue;
+                }
                 let Some(rtp_timestamp) = sub
                     .rewriter
                     .map_timestamp(relay.source, relay.rtp_timestamp)
@@ -209,8 +259,11 @@ impl Forwarder {
                 }) else {
                     continue;
                 };
-                sub.reports
-                    .record((relay.ntp_timestamp >> 16) as u32, relay.at);
+                sub.reports.record(
+                    (relay.ntp_timestamp >> 16) as u32,
+                    relay.at,
+                    sub.octets_sent,
+                );
                 if let Some(transmit) = leg.protect_rtcp(buf, len, destination, source) {
                     return Some(transmit);
                 }
@@ -350,8 +403,8 @@ mod tests {
     fn round_trip_matches_the_echoed_report() {
         let t0 = Instant::now();
         let mut sent = SentReports::default();
-        sent.record(0x1111, t0);
-        sent.record(0x2222, t0 + Duration::from_millis(500));
+        sent.record(0x1111, t0, 0);
+        sent.record(0x2222, t0 + Duration::from_millis(500), 0);
         // The subscriber held the second SR for 0.25 s (16384/65536) and its RR arrives
         // 0.35 s after we sent that SR: 100 ms round trip.
         let rtt = sent
@@ -360,5 +413,27 @@ mod tests {
         assert!((rtt.as_secs_f64() - 0.1).abs() < 1e-3, "{rtt:?}");
         assert_eq!(sent.round_trip(0, 0, t0), None, "LSR 0: no SR received yet");
         assert_eq!(sent.round_trip(0x3333, 0, t0), None, "unknown SR");
+    }
+
+    #[test]
+    fn sender_reports_are_paced_to_the_subscriptions_bitrate() {
+        // A video subscription at 1 Mbit/s: the publisher's one SR a second all pass.
+        assert!(SentReports::interval(1_000_000.0) < Duration::from_millis(400));
+        // 100 kbit/s: 360 s / 100 = 3.6 s.
+        let at_100k = SentReports::interval(100_000.0).as_secs_f64();
+        assert!((at_100k - 3.6).abs() < 1e-9, "{at_100k}");
+        // A few kbit/s, or nothing sent: one every 5 s, never less often.
+        assert_eq!(SentReports::interval(12_000.0), SR_MAX_INTERVAL);
+        assert_eq!(SentReports::interval(0.0), SR_MAX_INTERVAL);
+
+        let t0 = Instant::now();
+        let mut sent = SentReports::default();
+        assert!(sent.due(t0, 0), "the first SR goes at once");
+        sent.record(1, t0, 0);
+        // 1.5 kB in 1 s (12 kbit/s): not yet, until 5 s have passed.
+        assert!(!sent.due(t0 + Duration::from_secs(1), 1_500));
+        assert!(sent.due(t0 + SR_MAX_INTERVAL, 7_500));
+        // 125 kB in 1 s (1 Mbit/s): due after a second.
+        assert!(sent.due(t0 + Duration::from_secs(1), 125_000));
     }
 }

@@ -10,7 +10,11 @@
 //! cannot share a socket. The descriptor limit is raised to match
 //! ([`fanout_forwarder::driver::os::raise_nofile`]). A worker thread owns its sockets,
 //! registered edge-triggered in one `mio::Poll`, and a timer heap; commands (add, remove,
-//! move, finish) reach it over a channel and a `mio::Waker`.
+//! move, finish) reach it over a channel and a `mio::Waker`. A readable socket is read with
+//! one `recvmmsg` (the forwarder's [`RecvBatch`]): a batch that comes back short proves the
+//! socket empty, where reading until `EWOULDBLOCK` cost a second system call per datagram.
+//!
+//! [`RecvBatch`]: fanout_forwarder::driver::mio::RecvBatch
 //!
 //! [`Publisher`]: crate::media::Publisher
 //! [`Receiver`]: crate::media::Receiver
