@@ -19,6 +19,18 @@ fn srtcp(peer: &mut common::Peer, write: impl FnOnce(&mut [u8]) -> usize) -> Vec
     buf
 }
 
+/// The publisher sends the forwarder an SR about its track; what the forwarder sends in
+/// answer is left in `s.rtcp` (cleared first).
+fn deliver_sender_report(s: &mut Scenario, info: &SenderInfo) {
+    let ssrc = s.track_ssrc;
+    let sr = srtcp(&mut s.publisher, |b| {
+        rtcp::write_sender_report(b, ssrc, info, &[]).unwrap()
+    });
+    s.rtcp.clear();
+    let publisher = s.publisher.address;
+    s.deliver(publisher, sr);
+}
+
 #[test]
 fn sender_reports_are_rewritten_and_receiver_reports_generated() {
     let profile = SrtpProfile::AeadAes128Gcm;
@@ -37,12 +49,8 @@ fn sender_reports_are_rewritten_and_receiver_reports_generated() {
         packet_count: 12345,
         octet_count: 999_999,
     };
-    let sr = srtcp(&mut s.publisher, |b| {
-        rtcp::write_sender_report(b, track_ssrc, &info, &[]).unwrap()
-    });
+    deliver_sender_report(&mut s, &info);
     let publisher = s.publisher.address;
-    s.rtcp.clear();
-    s.deliver(publisher, sr);
     let viewer_addr = s.subscribers[viewer].address;
     let (to, relayed) = s.rtcp.pop().expect("the SR is relayed");
     assert_eq!(to, viewer_addr);
@@ -126,19 +134,13 @@ fn sender_reports_are_rewritten_and_receiver_reports_generated() {
 fn a_sender_report_reaches_every_subscriber_of_a_large_meeting() {
     let mut s = Scenario::new(SrtpProfile::AeadAes128Gcm, 600);
     s.publish(1, 0, b"media");
-    let ssrc = s.track_ssrc;
     let info = SenderInfo {
         ntp_timestamp: 1 << 40,
         rtp_timestamp: 0,
         packet_count: 1,
         octet_count: 5,
     };
-    let sr = srtcp(&mut s.publisher, |b| {
-        rtcp::write_sender_report(b, ssrc, &info, &[]).unwrap()
-    });
-    s.rtcp.clear();
-    let publisher = s.publisher.address;
-    s.deliver(publisher, sr);
+    deliver_sender_report(&mut s, &info);
     let mut reached: Vec<_> = s.rtcp.iter().map(|(to, _)| *to).collect();
     reached.sort();
     reached.dedup();
@@ -153,7 +155,6 @@ fn sender_reports_are_paced_to_what_the_subscriber_receives() {
     let count_srs = |payload: usize| {
         let mut s = Scenario::new(SrtpProfile::AeadAes128Gcm, 1);
         let viewer = s.subscribers[0].address;
-        let ssrc = s.track_ssrc;
         let mut relayed = 0;
         for second in 0..10u16 {
             // 100 packets a second, of `payload` bytes.
@@ -168,12 +169,7 @@ fn sender_reports_are_paced_to_what_the_subscriber_receives() {
                 packet_count: u32::from(second) * 100,
                 octet_count: 0,
             };
-            let sr = srtcp(&mut s.publisher, |b| {
-                rtcp::write_sender_report(b, ssrc, &info, &[]).unwrap()
-            });
-            s.rtcp.clear();
-            let publisher = s.publisher.address;
-            s.deliver(publisher, sr);
+            deliver_sender_report(&mut s, &info);
             relayed += s.rtcp.iter().filter(|(to, _)| *to == viewer).count();
         }
         relayed

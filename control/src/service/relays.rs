@@ -2170,11 +2170,10 @@ mod tests {
         assert!(old_ports.is_empty());
     }
 
-    /// Through the meeting service: hosts get the origin, attendees a relay; leaving,
-    /// denial and the end release.
-    #[tokio::test]
-    async fn webinar_attendees_join_through_relays() {
-        let fx = Fixture::new(3_600_000, 1000, Vec::new()).await;
+    /// A webinar created through the meeting service, with two eu forwarders whose relay
+    /// nodes seat `max_viewers` each; and the time the test runs at.
+    async fn eu_webinar(max_viewers: u32) -> (Fixture, MeetingService, MeetingId, UnixMillis) {
+        let fx = Fixture::new(3_600_000, max_viewers, Vec::new()).await;
         fx.register(fwd("eu-1", "eu", 100_000)).await;
         fx.register(fwd("eu-2", "eu", 100_000)).await;
         let svc = fx.meeting_service();
@@ -2183,11 +2182,24 @@ mod tests {
         svc.create(Some(m.clone()), webinar_spec(), now)
             .await
             .unwrap();
-        let join = |name: &str| JoinInput {
+        (fx, svc, m, now)
+    }
+
+    /// A join from eu.
+    fn eu_join(name: &str) -> JoinInput {
+        JoinInput {
             display_name: name.into(),
             region: Some("eu".into()),
             ..JoinInput::default()
-        };
+        }
+    }
+
+    /// Through the meeting service: hosts get the origin, attendees a relay; leaving,
+    /// denial and the end release.
+    #[tokio::test]
+    async fn webinar_attendees_join_through_relays() {
+        let (fx, svc, m, now) = eu_webinar(1000).await;
+        let join = eu_join;
         let host = svc.join(&m, join("Host"), now).await.unwrap();
         let origin = fx.placer.placement(&m).await.unwrap().unwrap();
         assert_eq!(host.placement, origin);
@@ -2233,20 +2245,8 @@ mod tests {
     async fn a_relay_forwarders_stream_follows_joins_node_by_node() {
         use futures::StreamExt;
 
-        let fx = Fixture::new(3_600_000, 2, Vec::new()).await;
-        fx.register(fwd("eu-1", "eu", 100_000)).await;
-        fx.register(fwd("eu-2", "eu", 100_000)).await;
-        let svc = fx.meeting_service();
-        let now = UnixMillis(1_700_000_000_000);
-        let m = mid("launch");
-        svc.create(Some(m.clone()), webinar_spec(), now)
-            .await
-            .unwrap();
-        let join = |name: &str| JoinInput {
-            display_name: name.into(),
-            region: Some("eu".into()),
-            ..JoinInput::default()
-        };
+        let (fx, svc, m, now) = eu_webinar(2).await;
+        let join = eu_join;
         svc.join(&m, join("Host"), now).await.unwrap();
         let a = svc.join(&m, join("A"), now).await.unwrap();
         let relay_forwarder = a.placement.forwarder.clone();
