@@ -150,6 +150,20 @@ impl Fixture {
     async fn claim(&self, worker: &str, now: UnixMillis) -> Option<StitchJob> {
         self.recordings.claim(worker, now).await.unwrap()
     }
+
+    /// The stitcher holding `job` of recording `r` reports that it failed with `reason`.
+    async fn fail(
+        &self,
+        r: &RecordingId,
+        job: &StitchJob,
+        reason: &str,
+        now: UnixMillis,
+    ) -> RecordingState {
+        self.recordings
+            .complete(r, &job.claim, StitchResult::Failed(reason.into()), now)
+            .await
+            .unwrap()
+    }
 }
 
 #[tokio::test]
@@ -414,15 +428,7 @@ async fn seals_do_not_shorten_a_recording_that_moved_or_a_retry() {
     seal(&files, &retried, "rec-a", 50).await;
     let job = f.claim("w", at(1_000)).await.expect("sealed");
     assert_eq!(job.recording, retried);
-    f.recordings
-        .complete(
-            &retried,
-            &job.claim,
-            StitchResult::Failed("ffmpeg: exit 1".into()),
-            at(2_000),
-        )
-        .await
-        .unwrap();
+    f.fail(&retried, &job, "ffmpeg: exit 1", at(2_000)).await;
     assert!(!f.job(&retried).await.unwrap().sealable);
     assert_eq!(f.claim("w", at(6_999)).await, None, "backing off");
     assert_eq!(f.claim("w", at(7_000)).await.unwrap().recording, retried);
@@ -574,16 +580,7 @@ async fn failures_retry_after_a_backoff_then_fail_for_good() {
     for (attempt, backoff_ms) in [(1u32, 5_000u64), (2, 10_000)] {
         let job = f.claim("w", now).await.unwrap();
         assert_eq!(job.attempt, attempt);
-        let state = f
-            .recordings
-            .complete(
-                &r,
-                &job.claim,
-                StitchResult::Failed("ffmpeg: exit 1".into()),
-                now,
-            )
-            .await
-            .unwrap();
+        let state = f.fail(&r, &job, "ffmpeg: exit 1", now).await;
         assert_eq!(state, RecordingState::Pending);
         let (record, _) = f.record(&r).await;
         assert_eq!(record.error.as_deref(), Some("ffmpeg: exit 1"));
@@ -598,16 +595,7 @@ async fn failures_retry_after_a_backoff_then_fail_for_good() {
     }
     let job = f.claim("w", now).await.unwrap();
     assert_eq!(job.attempt, 3);
-    let state = f
-        .recordings
-        .complete(
-            &r,
-            &job.claim,
-            StitchResult::Failed("out of disk".into()),
-            now,
-        )
-        .await
-        .unwrap();
+    let state = f.fail(&r, &job, "out of disk", now).await;
     assert_eq!(state, RecordingState::Failed);
     let (record, _) = f.record(&r).await;
     assert_eq!(record.attempts.len(), 3);
@@ -660,11 +648,7 @@ async fn success_is_ready_and_a_repeated_complete_answers_the_same() {
     let before = f.revision().await;
     assert_eq!(done(&f).await.unwrap(), RecordingState::Ready);
     // A retry carrying a failure (its first answer was lost) answers READY all the same.
-    let failed_retry = f
-        .recordings
-        .complete(&r, &job.claim, StitchResult::Failed("x".into()), at(21_000))
-        .await
-        .unwrap();
+    let failed_retry = f.fail(&r, &job, "x", at(21_000)).await;
     assert_eq!(failed_retry, RecordingState::Ready);
     assert_eq!(f.revision().await, before, "repeats write nothing");
     assert_eq!(f.recordings.metrics().jobs().ready, 1);
